@@ -1,0 +1,467 @@
+//! The gateway's configuration: one TOML file, overridden per key by
+//! `KIOSK_GATEWAY_<SECTION>_<KEY>` environment variables, with secrets from
+//! the environment, `*_file` keys or systemd credentials. Loading reports
+//! every problem at once, each with file, line and key.
+
+mod loader;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use toml_edit::Document;
+
+use loader::Loader;
+pub use loader::{ENV_PREFIX, Env, Origin, Problem};
+
+/// Where `run` and the other commands look when no `--config` is given.
+pub const DEFAULT_PATH: &str = "/etc/kiosk-gateway/config.toml";
+/// Environment variable naming the config file.
+pub const PATH_VAR: &str = "KIOSK_GATEWAY_CONFIG";
+
+/// This kiosk's identity in logs, room names and upstream sync.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KioskId(String);
+
+impl KioskId {
+    /// Letters, digits, `-` and `_`, 1 to 64 of them: the characters Daily
+    /// allows in room names, which embed the id.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "expected 1 to 64 letters, digits, '-' or '_', found {s:?}"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KioskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub source: PathBuf,
+    pub kiosk: KioskConfig,
+    pub audio: AudioConfig,
+    pub vad: VadConfig,
+    pub daily: DailyConfig,
+    pub agent: AgentConfig,
+    pub session: SessionConfig,
+    pub store: StoreConfig,
+    pub sync: SyncConfig,
+    pub status: StatusConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct KioskConfig {
+    pub id: KioskId,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AudioConfig {
+    /// `"default"`, a device name (exact or unique substring) or `"wav:<path>"`.
+    pub input: String,
+    pub output: String,
+    pub barge_in: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct VadConfig {
+    pub aggressiveness: u8,
+    pub preroll_ms: u32,
+    pub hangover_ms: u32,
+    pub min_speech_ms: u32,
+    pub max_utterance_ms: u32,
+    pub buffer_ms: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomPrivacy {
+    Private,
+    Public,
+}
+
+#[derive(Debug, Clone)]
+pub struct DailyConfig {
+    pub base_url: url::Url,
+    pub api_key: Option<SecretString>,
+    pub privacy: RoomPrivacy,
+    pub max_participants: u32,
+    pub enable_chat: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub start_url: Option<url::Url>,
+    pub offer_url: Option<url::Url>,
+    pub api_key: Option<SecretString>,
+}
+
+/// What starts a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Voice,
+    Http,
+    Always,
+}
+
+/// How a session's cloud side is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provision {
+    /// A fixed `agent.offer_url`.
+    Static,
+    /// A Daily room and tokens, handed to the agent's start endpoint.
+    Daily,
+    /// Pipecat runner or Pipecat Cloud start endpoint.
+    Pipecat,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub trigger: Trigger,
+    pub provision: Provision,
+    pub idle_timeout: Duration,
+    pub max_duration: Duration,
+    pub ready_timeout: Duration,
+    pub reconnect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Upstream endpoint; `None` leaves sync off.
+    pub url: Option<url::Url>,
+    pub token: Option<SecretString>,
+    pub interval: Duration,
+    pub batch_size: u32,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatusConfig {
+    pub listen: SocketAddr,
+    pub token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    /// The journal when started by systemd, stderr otherwise.
+    Auto,
+    Journal,
+    Stderr,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `"info"` or `"info,kiosk_gateway::link=debug"`.
+    pub level: String,
+    pub target: LogTarget,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not valid TOML: {message}", location(path, *line))]
+    Syntax {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("{}", problems_text(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn location(path: &Path, line: Option<usize>) -> String {
+    match line {
+        Some(l) => format!("{}:{l}", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
+fn problems_text(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+impl ConfigError {
+    /// Every problem, one per line, for printing.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid(p) => p.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates the file at `path`, applying `env`.
+    pub fn load(path: &Path, env: &Env) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &src, env)
+    }
+
+    /// Validates `src` as if it had been read from `path`.
+    pub fn parse(path: &Path, src: &str, env: &Env) -> Result<Config, ConfigError> {
+        let doc = Document::parse(src).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line: e
+                .span()
+                .map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1),
+            message: e.message().trim().to_string(),
+        })?;
+        let mut l = Loader::new(path, src, doc.as_table(), env);
+        let config = read(&mut l, path, env);
+        let problems = l.finish();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "kiosk".to_string())
+}
+
+fn default_store_path(env: &Env) -> PathBuf {
+    env.state_dir()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kiosk-gateway"))
+        .join("kiosk.db")
+}
+
+fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
+    let kiosk = read_kiosk(l);
+    let audio = AudioConfig {
+        input: l.string("audio", "input", "default"),
+        output: l.string("audio", "output", "default"),
+        barge_in: l.boolean("audio", "barge_in", true),
+    };
+    let vad = VadConfig {
+        aggressiveness: l.integer("vad", "aggressiveness", 2, 0..=3) as u8,
+        preroll_ms: l.integer("vad", "preroll_ms", 300, 0..=2_000) as u32,
+        hangover_ms: l.integer("vad", "hangover_ms", 700, 100..=5_000) as u32,
+        min_speech_ms: l.integer("vad", "min_speech_ms", 200, 0..=5_000) as u32,
+        max_utterance_ms: l.integer("vad", "max_utterance_ms", 30_000, 1_000..=300_000) as u32,
+        buffer_ms: l.integer("vad", "buffer_ms", 15_000, 1_000..=120_000) as u32,
+    };
+    let daily = DailyConfig {
+        base_url: l
+            .url("daily", "base_url")
+            .unwrap_or_else(|| url::Url::parse("https://api.daily.co/v1").expect("valid URL")),
+        api_key: l.secret("daily", "api_key"),
+        privacy: match l.choice("daily", "privacy", "private", &["private", "public"]) {
+            "public" => RoomPrivacy::Public,
+            _ => RoomPrivacy::Private,
+        },
+        max_participants: l.integer("daily", "max_participants", 3, 2..=200) as u32,
+        enable_chat: l.boolean("daily", "enable_chat", false),
+    };
+    let agent = AgentConfig {
+        start_url: l.url("agent", "start_url"),
+        offer_url: l.url("agent", "offer_url"),
+        api_key: l.secret("agent", "api_key"),
+    };
+    let session = read_session(l);
+    let store = StoreConfig {
+        path: l.path("store", "path", default_store_path(env)),
+        retention_days: l.integer("store", "retention_days", 30, 1..=3_650) as u32,
+    };
+    let sync = SyncConfig {
+        url: l.url("sync", "url"),
+        token: l.secret("sync", "token"),
+        interval: l.duration(
+            "sync",
+            "interval",
+            Duration::from_secs(60),
+            Duration::from_secs(1)..=Duration::from_secs(86_400),
+        ),
+        batch_size: l.integer("sync", "batch_size", 500, 1..=10_000) as u32,
+        timeout: l.duration(
+            "sync",
+            "timeout",
+            Duration::from_secs(30),
+            Duration::from_secs(1)..=Duration::from_secs(600),
+        ),
+    };
+    let status = StatusConfig {
+        listen: l.socket_addr("status", "listen", SocketAddr::from(([127, 0, 0, 1], 8080))),
+        token: l.secret("status", "token"),
+    };
+    let log = read_log(l);
+    let config = Config {
+        source: path.to_path_buf(),
+        kiosk,
+        audio,
+        vad,
+        daily,
+        agent,
+        session,
+        store,
+        sync,
+        status,
+        log,
+    };
+    check_requirements(l, &config);
+    config
+}
+
+fn read_kiosk(l: &mut Loader<'_>) -> KioskConfig {
+    let raw_id = l.string("kiosk", "id", &hostname());
+    let id = KioskId::parse(&raw_id).unwrap_or_else(|message| {
+        l.problem_at("kiosk", "id", message);
+        KioskId("invalid".to_string())
+    });
+    let name = l.string("kiosk", "name", id.as_str());
+    KioskConfig { id, name }
+}
+
+fn read_session(l: &mut Loader<'_>) -> SessionConfig {
+    let trigger = match l.choice("session", "trigger", "voice", &["voice", "http", "always"]) {
+        "http" => Trigger::Http,
+        "always" => Trigger::Always,
+        _ => Trigger::Voice,
+    };
+    let provision = match l.choice(
+        "session",
+        "provision",
+        "static",
+        &["static", "daily", "pipecat"],
+    ) {
+        "daily" => Provision::Daily,
+        "pipecat" => Provision::Pipecat,
+        _ => Provision::Static,
+    };
+    let secs = Duration::from_secs;
+    SessionConfig {
+        trigger,
+        provision,
+        idle_timeout: l.duration("session", "idle_timeout", secs(30), secs(5)..=secs(3_600)),
+        max_duration: l.duration(
+            "session",
+            "max_duration",
+            secs(15 * 60),
+            secs(60)..=secs(24 * 3_600),
+        ),
+        ready_timeout: l.duration("session", "ready_timeout", secs(5), secs(1)..=secs(120)),
+        reconnect_timeout: l.duration(
+            "session",
+            "reconnect_timeout",
+            secs(15),
+            secs(1)..=secs(600),
+        ),
+    }
+}
+
+fn read_log(l: &mut Loader<'_>) -> LogConfig {
+    let level = l.string("log", "level", "info");
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+        l.problem_at(
+            "log",
+            "level",
+            format!("expected a level such as \"info\" or \"debug\" ({e})"),
+        );
+    }
+    let target = match l.choice("log", "target", "auto", &["auto", "journal", "stderr"]) {
+        "journal" => LogTarget::Journal,
+        "stderr" => LogTarget::Stderr,
+        _ => LogTarget::Auto,
+    };
+    LogConfig { level, target }
+}
+
+/// Keys that are only required because of another key's value.
+fn check_requirements(l: &mut Loader<'_>, c: &Config) {
+    let provision_line = l.line("session", Some("provision"));
+    let require = |l: &mut Loader<'_>, missing: bool, key: &str, why: &str| {
+        if missing {
+            let origin = l.file_origin(provision_line);
+            l.problem(origin, key.to_string(), why.to_string());
+        }
+    };
+    match c.session.provision {
+        Provision::Static => require(
+            l,
+            c.agent.offer_url.is_none(),
+            "agent.offer_url",
+            "missing: session.provision = \"static\" needs the agent's offer URL",
+        ),
+        Provision::Daily => {
+            require(
+                l,
+                c.daily.api_key.is_none(),
+                "daily.api_key",
+                "missing secret: session.provision = \"daily\" needs a Daily API key \
+                 (KIOSK_GATEWAY_DAILY_API_KEY, daily.api_key_file or credential daily_api_key)",
+            );
+            require(
+                l,
+                c.agent.start_url.is_none(),
+                "agent.start_url",
+                "missing: session.provision = \"daily\" needs the agent's start URL",
+            );
+        }
+        Provision::Pipecat => require(
+            l,
+            c.agent.start_url.is_none(),
+            "agent.start_url",
+            "missing: session.provision = \"pipecat\" needs the agent's start URL",
+        ),
+    }
+    if c.sync.url.is_some() && c.sync.token.is_none() {
+        l.problem_at(
+            "sync",
+            "url",
+            "missing secret sync.token: uploading needs a bearer token \
+             (KIOSK_GATEWAY_SYNC_TOKEN, sync.token_file or credential sync_token)",
+        );
+    }
+    if !c.status.listen.ip().is_loopback() && c.status.token.is_none() {
+        l.problem_at(
+            "status",
+            "listen",
+            format!(
+                "missing secret status.token: the status page serves transcripts, so \
+                 listening on {} (beyond this machine) needs a token \
+                 (KIOSK_GATEWAY_STATUS_TOKEN, status.token_file or credential status_token)",
+                c.status.listen
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

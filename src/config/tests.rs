@@ -1,0 +1,222 @@
+use super::*;
+
+fn parse(src: &str, env: &Env) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/kiosk-gateway/config.toml"), src, env)
+}
+
+fn problems(src: &str, env: &Env) -> Vec<String> {
+    match parse(src, env) {
+        Ok(_) => panic!("expected problems in:\n{src}"),
+        Err(e) => e.problems(),
+    }
+}
+
+const MINIMAL: &str = "[agent]\noffer_url = \"http://127.0.0.1:7860/api/offer\"\n";
+
+#[test]
+fn minimal_file_gets_defaults() {
+    let c = parse(MINIMAL, &Env::default()).unwrap();
+    assert_eq!(c.status.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.vad.aggressiveness, 2);
+    assert_eq!(c.session.idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.store.path, Path::new("/var/lib/kiosk-gateway/kiosk.db"));
+    assert_eq!(c.daily.base_url.as_str(), "https://api.daily.co/v1");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_line() {
+    let src = "\
+[kiosk]
+id = \"lobby-1\"
+
+[vad]
+aggresiveness = 2
+hangover_ms = \"long\"
+
+[session]
+provision = \"daily\"
+
+[agent]
+start_url = \"https://agent.example/start\"
+";
+    let p = problems(src, &Env::default());
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert_eq!(
+        p[0],
+        "/etc/kiosk-gateway/config.toml:5: vad.aggresiveness: unknown key; did you mean \"aggressiveness\"?"
+    );
+    assert_eq!(
+        p[1],
+        "/etc/kiosk-gateway/config.toml:6: vad.hangover_ms: expected an integer from 100 to 5000, found the string \"long\""
+    );
+    assert!(
+        p[2].starts_with("/etc/kiosk-gateway/config.toml:9: daily.api_key: missing secret"),
+        "{}",
+        p[2]
+    );
+}
+
+#[test]
+fn out_of_range_and_bad_words_are_named() {
+    let src = format!(
+        "{MINIMAL}[vad]\naggressiveness = 7\n[session]\ntrigger = \"voise\"\nidle_timeout = \"soon\"\n"
+    );
+    let p = problems(&src, &Env::default());
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert!(p[0].contains("vad.aggressiveness: expected an integer from 0 to 3, found 7"));
+    assert!(p[1].contains("did you mean \"voice\"?"), "{}", p[1]);
+    assert!(p[2].contains("session.idle_timeout: expected a duration"));
+}
+
+#[test]
+fn unknown_section_is_an_error() {
+    let p = problems(
+        &format!("{MINIMAL}[stauts]\nlisten = \"x\"\n"),
+        &Env::default(),
+    );
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].contains(":3: stauts: unknown section; did you mean \"status\"?"),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let err = parse("[vad]\naggressiveness = = 2\n", &Env::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("/etc/kiosk-gateway/config.toml:2: not valid TOML"),
+        "{text}"
+    );
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let env = Env::new(
+        [
+            ("KIOSK_GATEWAY_STATUS_LISTEN", "127.0.0.1:0"),
+            ("KIOSK_GATEWAY_VAD_AGGRESSIVENESS", "3"),
+            ("KIOSK_GATEWAY_AUDIO_BARGE_IN", "false"),
+        ],
+        None,
+    );
+    let c = parse(&format!("{MINIMAL}[vad]\naggressiveness = 1\n"), &env).unwrap();
+    assert_eq!(c.status.listen.port(), 0);
+    assert_eq!(c.vad.aggressiveness, 3);
+    assert!(!c.audio.barge_in);
+}
+
+#[test]
+fn bad_environment_values_name_the_variable() {
+    let env = Env::new(
+        [
+            ("KIOSK_GATEWAY_VAD_AGGRESSIVENESS", "high"),
+            ("KIOSK_GATEWAY_STATUS_LISTN", "0.0.0.0:80"),
+        ],
+        None,
+    );
+    let p = problems(MINIMAL, &env);
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert!(p.iter().any(|l| l.starts_with(
+        "environment variable KIOSK_GATEWAY_VAD_AGGRESSIVENESS: vad.aggressiveness: expected an integer"
+    )));
+    assert!(p.iter().any(|l| l.contains("KIOSK_GATEWAY_STATUS_LISTN")
+        && l.contains("did you mean \"KIOSK_GATEWAY_STATUS_LISTEN\"?")));
+}
+
+#[test]
+fn secrets_come_from_env_file_or_credentials_and_never_from_the_file_itself() {
+    use secrecy::ExposeSecret;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("daily.key"), "from-file\n").unwrap();
+    std::fs::write(dir.path().join("sync_token"), "from-credential").unwrap();
+    let config_path = dir.path().join("config.toml");
+    let src = format!(
+        "{MINIMAL}[daily]\napi_key_file = \"daily.key\"\n[sync]\nurl = \"https://up.example/v1/batches\"\n"
+    );
+    let env = Env::new(
+        [("KIOSK_GATEWAY_AGENT_API_KEY", "from-env")],
+        Some(dir.path().to_path_buf()),
+    );
+    let c = Config::parse(&config_path, &src, &env).unwrap();
+    assert_eq!(
+        c.daily.api_key.as_ref().unwrap().expose_secret(),
+        "from-file"
+    );
+    assert_eq!(
+        c.agent.api_key.as_ref().unwrap().expose_secret(),
+        "from-env"
+    );
+    assert_eq!(
+        c.sync.token.as_ref().unwrap().expose_secret(),
+        "from-credential"
+    );
+    let debug = format!("{c:?}");
+    for secret in ["from-file", "from-env", "from-credential"] {
+        assert!(
+            !debug.contains(secret),
+            "secret {secret} leaked into Debug output"
+        );
+    }
+
+    let inline = format!("{MINIMAL}[daily]\napi_key = \"sk-live-123\"\n");
+    let p = problems(&inline, &Env::default());
+    assert_eq!(p.len(), 1);
+    assert!(p[0].contains(":4: daily.api_key: secrets are not read from the config file"));
+    assert!(!p[0].contains("sk-live-123"));
+}
+
+#[test]
+fn unreadable_secret_file_is_reported_without_its_content() {
+    let p = problems(
+        &format!("{MINIMAL}[status]\ntoken_file = \"/nonexistent/status-token\"\n"),
+        &Env::default(),
+    );
+    assert_eq!(p.len(), 1);
+    assert!(p[0].contains("status.token_file: cannot read /nonexistent/status-token"));
+}
+
+#[test]
+fn listening_beyond_loopback_needs_a_token() {
+    let p = problems(
+        &format!("{MINIMAL}[status]\nlisten = \"0.0.0.0:8080\"\n"),
+        &Env::default(),
+    );
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].contains(":4: status.listen: missing secret status.token"),
+        "{}",
+        p[0]
+    );
+    let env = Env::new([("KIOSK_GATEWAY_STATUS_TOKEN", "t0ken")], None);
+    assert!(
+        parse(
+            &format!("{MINIMAL}[status]\nlisten = \"0.0.0.0:8080\"\n"),
+            &env
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn relative_paths_are_taken_from_the_config_folder() {
+    let c = Config::parse(
+        Path::new("/srv/kiosk/config.toml"),
+        &format!("{MINIMAL}[store]\npath = \"state/kiosk.db\"\n"),
+        &Env::default(),
+    )
+    .unwrap();
+    assert_eq!(c.store.path, Path::new("/srv/kiosk/state/kiosk.db"));
+}
+
+#[test]
+fn kiosk_id_is_checked() {
+    let p = problems(
+        &format!("{MINIMAL}[kiosk]\nid = \"lobby 1\"\n"),
+        &Env::default(),
+    );
+    assert_eq!(p.len(), 1);
+    assert!(p[0].contains("kiosk.id: expected 1 to 64 letters"));
+}
