@@ -1,0 +1,318 @@
+//! Sessions and transcripts as stored, and the queries on them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Store, StoreError, sql};
+
+/// A kiosk session's id: a UUIDv7, so ids sort by start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct SessionId(Uuid);
+
+impl SessionId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for SessionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| StoreError::BadSessionId(s.to_string()))
+    }
+}
+
+/// A transcript line's id: a UUIDv7, stable across sync retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct TranscriptId(Uuid);
+
+impl fmt::Display for TranscriptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Who spoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Bot,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Bot => "bot",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The one text form of times in the database: UTC, millisecond precision,
+/// fixed width, so that text order is time order.
+pub fn format_time(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn parse_time(s: String) -> rusqlite::Result<Timestamp> {
+    s.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn parse_uuid(s: String) -> rusqlite::Result<Uuid> {
+    Uuid::parse_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: SessionId,
+    pub kiosk_id: String,
+    pub started_at: Timestamp,
+    pub room_name: Option<String>,
+    pub room_url: Option<String>,
+    pub agent_session_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionEnd {
+    pub ended_at: Timestamp,
+    pub reason: String,
+    pub user_speech_ms: u64,
+    pub bot_speech_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub kiosk_id: String,
+    pub started_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    pub end_reason: Option<String>,
+    pub room_name: Option<String>,
+    pub room_url: Option<String>,
+    pub agent_session_id: Option<String>,
+    pub user_speech_ms: u64,
+    pub bot_speech_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTranscript {
+    pub session_id: SessionId,
+    pub role: Role,
+    pub text: String,
+    pub is_final: bool,
+    pub confidence: Option<f64>,
+    pub spoken_at: Timestamp,
+    pub received_at: Timestamp,
+}
+
+/// A stored transcript line; its JSON form is the `transcripts --json`
+/// contract.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transcript {
+    pub id: TranscriptId,
+    pub session_id: SessionId,
+    pub seq: u32,
+    pub role: Role,
+    pub text: String,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub spoken_at: Timestamp,
+}
+
+/// Row counts for the status page and metrics.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counts {
+    pub sessions: u64,
+    pub open_sessions: u64,
+    pub transcripts: u64,
+    pub unsynced_transcripts: u64,
+}
+
+impl Store {
+    /// Records a session as started; it stays open (no `ended_at`) until
+    /// [`Store::end_session`], so a crash leaves a trace.
+    pub fn start_session(&self, s: &NewSession) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO sessions (id, kiosk_id, started_at, room_name, room_url, agent_session_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    s.id.to_string(),
+                    s.kiosk_id,
+                    format_time(s.started_at),
+                    s.room_name,
+                    s.room_url,
+                    s.agent_session_id
+                ],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    pub fn end_session(&self, id: SessionId, end: &SessionEnd) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET ended_at = ?2, end_reason = ?3, user_speech_ms = ?4,
+                        bot_speech_ms = ?5
+                 WHERE id = ?1 AND ended_at IS NULL",
+                params![
+                    id.to_string(),
+                    format_time(end.ended_at),
+                    end.reason,
+                    end.user_speech_ms,
+                    end.bot_speech_ms
+                ],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    /// Appends a transcript line with the next `seq` of its session, in one
+    /// transaction so the order of arrival is the order stored.
+    pub fn add_transcript(&mut self, t: &NewTranscript) -> Result<Transcript, StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(sql(&path))?;
+        let seq: u32 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM transcripts WHERE session_id = ?1",
+                [t.session_id.to_string()],
+                |r| r.get(0),
+            )
+            .map_err(sql(&path))?;
+        let id = TranscriptId(Uuid::now_v7());
+        tx.execute(
+            "INSERT INTO transcripts (id, session_id, seq, role, text, final, confidence,
+                                      spoken_at, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                id.to_string(),
+                t.session_id.to_string(),
+                seq,
+                t.role.as_str(),
+                t.text,
+                t.is_final,
+                t.confidence,
+                format_time(t.spoken_at),
+                format_time(t.received_at)
+            ],
+        )
+        .map_err(sql(&path))?;
+        tx.commit().map_err(sql(&path))?;
+        Ok(Transcript {
+            id,
+            session_id: t.session_id,
+            seq,
+            role: t.role,
+            text: t.text.clone(),
+            is_final: t.is_final,
+            spoken_at: t.spoken_at,
+        })
+    }
+
+    pub fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id, kiosk_id, started_at, ended_at, end_reason, room_name, room_url,
+                        agent_session_id, user_speech_ms, bot_speech_ms
+                 FROM sessions WHERE id = ?1",
+                [id.to_string()],
+                |r| {
+                    Ok(SessionRecord {
+                        id: SessionId(parse_uuid(r.get(0)?)?),
+                        kiosk_id: r.get(1)?,
+                        started_at: parse_time(r.get(2)?)?,
+                        ended_at: r.get::<_, Option<String>>(3)?.map(parse_time).transpose()?,
+                        end_reason: r.get(4)?,
+                        room_name: r.get(5)?,
+                        room_url: r.get(6)?,
+                        agent_session_id: r.get(7)?,
+                        user_speech_ms: r.get(8)?,
+                        bot_speech_ms: r.get(9)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql(&self.path))
+    }
+
+    /// Transcript lines in session and arrival order, of one session or all.
+    pub fn transcripts(&self, session: Option<SessionId>) -> Result<Vec<Transcript>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT t.id, t.session_id, t.seq, t.role, t.text, t.final, t.spoken_at
+                 FROM transcripts t JOIN sessions s ON s.id = t.session_id
+                 WHERE ?1 IS NULL OR t.session_id = ?1
+                 ORDER BY s.started_at, t.session_id, t.seq",
+            )
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map([session.map(|s| s.to_string())], |r| {
+                let role: String = r.get(3)?;
+                Ok(Transcript {
+                    id: TranscriptId(parse_uuid(r.get(0)?)?),
+                    session_id: SessionId(parse_uuid(r.get(1)?)?),
+                    seq: r.get(2)?,
+                    role: if role == "bot" { Role::Bot } else { Role::User },
+                    text: r.get(4)?,
+                    is_final: r.get(5)?,
+                    spoken_at: parse_time(r.get(6)?)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(sql(&self.path))?;
+        Ok(rows)
+    }
+
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM sessions),
+                        (SELECT COUNT(*) FROM sessions WHERE ended_at IS NULL),
+                        (SELECT COUNT(*) FROM transcripts),
+                        (SELECT COUNT(*) FROM transcripts WHERE synced_at IS NULL)",
+                [],
+                |r| {
+                    Ok(Counts {
+                        sessions: r.get(0)?,
+                        open_sessions: r.get(1)?,
+                        transcripts: r.get(2)?,
+                        unsynced_transcripts: r.get(3)?,
+                    })
+                },
+            )
+            .map_err(sql(&self.path))
+    }
+}
