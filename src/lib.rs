@@ -1,5 +1,10 @@
 //! kiosk-gateway: bridges a voice kiosk's microphone and speaker to a cloud
 //! voice agent over WebRTC. See DESIGN.md for the shared picture.
 
+pub mod commands;
 pub mod config;
+pub mod daemon;
+pub mod status;
 pub mod store;
+pub mod systemd;
+pub mod telemetry;

@@ -1,10 +1,78 @@
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// Bridges an on-prem voice kiosk to a cloud voice agent.
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kiosk_gateway::config::{self, Config, Env};
+use kiosk_gateway::{commands, daemon, telemetry};
+
+/// Bridges an on-prem voice kiosk's microphone and speaker to a cloud voice agent.
 #[derive(Parser)]
 #[command(name = "kiosk-gateway", version, about)]
-struct Cli {}
+struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = config::PATH_VAR, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway daemon (systemd's ExecStart).
+    Run,
+    /// Validate the config file and print every problem.
+    Check,
+    /// Print stored transcripts.
+    Transcripts {
+        /// Only this session (its id).
+        #[arg(long)]
+        session: Option<String>,
+        /// JSON: an array of {id, session_id, seq, role, text, final, spoken_at}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run => {
+            let config = load(&cli.config)?;
+            telemetry::init(&config.log, &config.kiosk.id);
+            daemon::run(config)?;
+        }
+        Command::Check => {
+            let ok = commands::check(&cli.config, &mut std::io::stdout(), &mut std::io::stderr())?;
+            if !ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Transcripts { session, json } => {
+            telemetry::init_for_command();
+            let config = load(&cli.config)?;
+            commands::transcripts(
+                &config.store.path,
+                session.as_deref(),
+                json,
+                &mut std::io::stdout(),
+            )
+            .context("cannot list transcripts")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path, &Env::from_process()).map_err(|e| anyhow::anyhow!("{e}"))
 }

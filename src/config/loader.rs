@@ -128,13 +128,15 @@ pub struct Loader<'a> {
 
 impl<'a> Loader<'a> {
     pub fn new(path: &Path, src: &'a str, root: &'a Table, env: &'a Env) -> Self {
+        // Absolute, so paths in the config mean the same from any working folder.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base_dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         Self {
-            path: path.to_path_buf(),
+            path: path.clone(),
             base_dir,
             src,
             root,

@@ -1,0 +1,117 @@
+//! One-shot commands for technicians: what they print is written for
+//! people, and `--json` output is a stable contract.
+
+use std::io::Write;
+use std::path::Path;
+
+use secrecy::SecretString;
+
+use crate::config::{Config, ConfigError, Env};
+use crate::store::{SessionId, Store, StoreError};
+
+/// `check`: loads and validates the config, printing every problem.
+/// Returns whether it is valid. Nothing on disk is touched.
+pub fn check(path: &Path, out: &mut impl Write, err: &mut impl Write) -> std::io::Result<bool> {
+    match Config::load(path, &Env::from_process()) {
+        Ok(c) => {
+            writeln!(out, "{}: ok", path.display())?;
+            writeln!(out, "  kiosk        {} ({})", c.kiosk.id, c.kiosk.name)?;
+            writeln!(
+                out,
+                "  session      trigger {:?}, provision {:?}",
+                c.session.trigger, c.session.provision
+            )?;
+            writeln!(
+                out,
+                "  audio        in {:?}, out {:?}",
+                c.audio.input, c.audio.output
+            )?;
+            writeln!(out, "  store        {}", c.store.path.display())?;
+            writeln!(out, "  status       http://{}/", c.status.listen)?;
+            let sync = c
+                .sync
+                .url
+                .as_ref()
+                .map_or("off".to_string(), |u| u.to_string());
+            writeln!(out, "  sync         {sync}")?;
+            let secrets = [
+                ("daily.api_key", &c.daily.api_key),
+                ("agent.api_key", &c.agent.api_key),
+                ("sync.token", &c.sync.token),
+                ("status.token", &c.status.token),
+            ];
+            let set: Vec<&str> = secrets
+                .iter()
+                .filter(|(_, s): &&(&str, &Option<SecretString>)| s.is_some())
+                .map(|(name, _)| *name)
+                .collect();
+            let set = if set.is_empty() {
+                "none".to_string()
+            } else {
+                set.join(", ")
+            };
+            writeln!(out, "  secrets set  {set}")?;
+            Ok(true)
+        }
+        Err(e @ ConfigError::Invalid(_)) => {
+            let problems = e.problems();
+            for p in &problems {
+                writeln!(err, "error: {p}")?;
+            }
+            writeln!(
+                err,
+                "{}: {} problem{}",
+                path.display(),
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            )?;
+            Ok(false)
+        }
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            Ok(false)
+        }
+    }
+}
+
+/// `transcripts`: prints stored transcripts, of one session or all.
+pub fn transcripts(
+    db: &Path,
+    session: Option<&str>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), TranscriptsError> {
+    let session: Option<SessionId> = session.map(str::parse).transpose()?;
+    let store = Store::open_read_only(db)?;
+    let lines = store.transcripts(session)?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &lines)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    if lines.is_empty() {
+        writeln!(out, "no transcripts in {}", db.display())?;
+        return Ok(());
+    }
+    let mut current = None;
+    for t in &lines {
+        if current != Some(t.session_id) {
+            writeln!(out, "session {}", t.session_id)?;
+            current = Some(t.session_id);
+        }
+        let time = t.spoken_at.strftime("%Y-%m-%d %H:%M:%S");
+        let partial = if t.is_final { "" } else { " (partial)" };
+        writeln!(out, "  {time}  {:>4}: {}{partial}", t.role, t.text)?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranscriptsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot write JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}

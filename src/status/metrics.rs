@@ -1,0 +1,100 @@
+//! Prometheus metrics: one process-wide recorder, rendered on `/metrics`.
+
+use std::sync::OnceLock;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::store::Counts;
+
+struct Recorder {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+/// The recorder, installed on first use. Installing is once per process;
+/// everything that records a metric shares it.
+fn recorder() -> &'static Recorder {
+    static RECORDER: OnceLock<Recorder> = OnceLock::new();
+    RECORDER.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the metrics recorder is installed only here, once");
+        let process = metrics_process::Collector::default();
+        process.describe();
+        describe();
+        Recorder { handle, process }
+    })
+}
+
+fn describe() {
+    describe_gauge!("kiosk_store_sessions", "Sessions stored.");
+    describe_gauge!(
+        "kiosk_store_open_sessions",
+        "Sessions stored without an end."
+    );
+    describe_gauge!("kiosk_store_transcripts", "Transcript lines stored.");
+    describe_gauge!(
+        "kiosk_store_unsynced_transcripts",
+        "Transcript lines not yet accepted upstream."
+    );
+    describe_gauge!(
+        "kiosk_store_size_bytes",
+        "Database file size, with its WAL."
+    );
+    describe_gauge!("kiosk_uptime_seconds", "Seconds since the gateway started.");
+    describe_counter!(
+        "kiosk_store_recoveries_total",
+        "Damaged databases moved aside at start-up."
+    );
+    describe_counter!(
+        "kiosk_http_requests_total",
+        "Status server requests by route and status code."
+    );
+}
+
+/// Makes sure the recorder exists before anything records.
+pub fn init() {
+    recorder();
+}
+
+pub fn record_store_recovery() {
+    counter!("kiosk_store_recoveries_total").increment(1);
+}
+
+/// Renders the text exposition, refreshing the figures read on demand.
+pub fn render(counts: Option<Counts>, db_bytes: u64, uptime_s: f64) -> String {
+    let r = recorder();
+    r.process.collect();
+    if let Some(c) = counts {
+        gauge!("kiosk_store_sessions").set(c.sessions as f64);
+        gauge!("kiosk_store_open_sessions").set(c.open_sessions as f64);
+        gauge!("kiosk_store_transcripts").set(c.transcripts as f64);
+        gauge!("kiosk_store_unsynced_transcripts").set(c.unsynced_transcripts as f64);
+    }
+    gauge!("kiosk_store_size_bytes").set(db_bytes as f64);
+    gauge!("kiosk_uptime_seconds").set(uptime_s);
+    r.handle.run_upkeep();
+    r.handle.render()
+}
+
+/// Counts every request by its route pattern (never the raw path, whose
+/// ids would make the series unbounded) and status code.
+pub async fn count_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(req).await;
+    counter!(
+        "kiosk_http_requests_total",
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}

@@ -1,0 +1,248 @@
+//! The technician's one-shot commands: `check` and `transcripts`.
+
+mod common;
+
+use std::path::Path;
+
+use common::{command, write_config};
+use jiff::Timestamp;
+use kiosk_gateway::store::{NewSession, NewTranscript, Role, SessionId, Store};
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn check_accepts_the_shipped_configs() {
+    for file in ["config/kiosk-gateway.toml", "config/dev.toml"] {
+        let out = command(&repo(file)).arg("check").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+    }
+}
+
+#[test]
+fn check_names_every_problem_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[kiosk]\nid = \"lobby-1\"\n\n[vad]\nhangover_ms = \"long\"\n\n[status]\nlistn = \"127.0.0.1:8080\"\n\n\
+         [session]\nprovision = \"daily\"\n\n[agent]\nstart_url = \"https://agent.example/start\"\n\n\
+         [store]\npath = \"kiosk.db\"\n",
+    )
+    .unwrap();
+    let out = command(&config)
+        .arg("check")
+        .env("KIOSK_GATEWAY_SYNC_TOKEN", "not-a-secret-to-print")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = |line: u32, rest: &str| format!("error: {}:{line}: {rest}", config.display());
+    for expected in [
+        at(
+            5,
+            "vad.hangover_ms: expected an integer from 100 to 5000, found the string \"long\"",
+        ),
+        at(8, "status.listn: unknown key; did you mean \"listen\"?"),
+        at(11, "daily.api_key: missing secret"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("3 problems"), "{stderr}");
+    assert!(
+        !dir.path().join("kiosk.db").exists(),
+        "check must not create the store"
+    );
+}
+
+#[test]
+fn check_reports_a_missing_file_and_syntax_errors() {
+    let out = command(Path::new("/nonexistent/kiosk.toml"))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot read config file /nonexistent/kiosk.toml")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[vad]\naggressiveness = \n").unwrap();
+    let out = command(&config).arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:2: not valid TOML", config.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_never_prints_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[sync]\nurl = \"https://upstream.example/batches\"\n",
+    );
+    let out = command(&config)
+        .arg("check")
+        .env("KIOSK_GATEWAY_SYNC_TOKEN", "s3cret-upstream-token")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("secrets set  sync.token"), "{all}");
+    assert!(!all.contains("s3cret-upstream-token"));
+}
+
+#[test]
+fn the_config_path_comes_from_the_environment_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let out = std::process::Command::new(common::BIN)
+        .arg("check")
+        .env("KIOSK_GATEWAY_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn seed(db: &Path) -> (SessionId, SessionId) {
+    let (mut store, _) = Store::open(db).unwrap();
+    let mut ids = Vec::new();
+    for (n, lines) in [
+        vec![
+            (Role::User, "where is the pharmacy?"),
+            (Role::Bot, "second floor, on the left"),
+        ],
+        vec![(Role::User, "thanks")],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = SessionId::new();
+        let t0: Timestamp = format!("2026-11-22T10:0{n}:00Z").parse().unwrap();
+        store
+            .start_session(&NewSession {
+                id,
+                kiosk_id: "test-kiosk".into(),
+                started_at: t0,
+                room_name: None,
+                room_url: None,
+                agent_session_id: None,
+            })
+            .unwrap();
+        for (role, text) in lines {
+            store
+                .add_transcript(&NewTranscript {
+                    session_id: id,
+                    role,
+                    text: text.into(),
+                    is_final: true,
+                    confidence: Some(0.9),
+                    spoken_at: t0,
+                    received_at: t0,
+                })
+                .unwrap();
+        }
+        ids.push(id);
+    }
+    (ids[0], ids[1])
+}
+
+#[test]
+fn transcripts_json_is_the_documented_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (first, second) = seed(&dir.path().join("kiosk.db"));
+
+    let out = command(&config)
+        .args(["transcripts", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 3);
+    let mut keys: Vec<&str> = rows[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "final",
+            "id",
+            "role",
+            "seq",
+            "session_id",
+            "spoken_at",
+            "text"
+        ]
+    );
+    assert_eq!(rows[0]["session_id"], first.to_string());
+    assert_eq!(rows[0]["role"], "user");
+    assert_eq!(rows[1]["role"], "bot");
+    assert_eq!(rows[1]["seq"], 2);
+    assert_eq!(rows[1]["final"], true);
+    assert_eq!(rows[2]["spoken_at"], "2026-11-22T10:01:00Z");
+
+    let out = command(&config)
+        .args(["transcripts", "--json", "--session", &second.to_string()])
+        .output()
+        .unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["text"], "thanks");
+
+    let out = command(&config).arg("transcripts").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("session {first}")), "{text}");
+    assert!(text.contains(" bot: second floor, on the left"), "{text}");
+}
+
+#[test]
+fn transcripts_explains_a_missing_database_and_a_bad_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let out = command(&config).arg("transcripts").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database at"));
+
+    seed(&dir.path().join("kiosk.db"));
+    let out = command(&config)
+        .args(["transcripts", "--session", "yesterday"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown session id \"yesterday\""));
+}
