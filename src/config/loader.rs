@@ -103,6 +103,9 @@ impl Env {
     }
 }
 
+/// The credential id the shipped systemd unit loads its credentials folder under.
+const CREDENTIAL_PREFIX: &str = "kiosk-gateway";
+
 /// Variables with the prefix that are not configuration overrides.
 const NON_OVERRIDE_VARS: &[&str] = &["KIOSK_GATEWAY_CONFIG"];
 
@@ -428,12 +431,16 @@ impl<'a> Loader<'a> {
             let path = self.resolve(Path::new(&file));
             return self.read_secret_file(section, file_key, &path);
         }
-        let credential = format!("{section}_{name}");
-        let cred_path = self.env.credentials_dir.as_ref()?.join(&credential);
-        if cred_path.exists() {
-            return self.read_secret_file(section, file_key, &cred_path);
-        }
-        None
+        // `LoadCredential=daily_api_key:...` names it directly; the shipped
+        // unit loads the folder /etc/kiosk-gateway/credentials with
+        // `LoadCredential=kiosk-gateway:<folder>`, which prefixes each name.
+        let dir = self.env.credentials_dir.clone()?;
+        let names = [
+            format!("{section}_{name}"),
+            format!("{CREDENTIAL_PREFIX}_{section}_{name}"),
+        ];
+        let found = names.iter().map(|n| dir.join(n)).find(|p| p.exists())?;
+        self.read_secret_file(section, file_key, &found)
     }
 
     fn read_secret_file(

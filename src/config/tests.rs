@@ -132,6 +132,7 @@ fn secrets_come_from_env_file_or_credentials_and_never_from_the_file_itself() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("daily.key"), "from-file\n").unwrap();
     std::fs::write(dir.path().join("sync_token"), "from-credential").unwrap();
+    std::fs::write(dir.path().join("kiosk-gateway_status_token"), "from-folder").unwrap();
     let config_path = dir.path().join("config.toml");
     let src = format!(
         "{MINIMAL}[daily]\napi_key_file = \"daily.key\"\n[sync]\nurl = \"https://up.example/v1/batches\"\n"
