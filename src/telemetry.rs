@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -34,8 +35,16 @@ pub fn init(log: &LogConfig, kiosk_id: &KioskId) -> Sink {
     if want_journal {
         match tracing_journald::layer() {
             Ok(layer) => {
+                // syslog's meaning of the levels, so `journalctl -p info`
+                // shows routine records and hides debug ones.
+                let priorities = PriorityMappings {
+                    info: Priority::Informational,
+                    debug: Priority::Debug,
+                    ..PriorityMappings::new()
+                };
                 let layer = layer
                     .with_field_prefix(None)
+                    .with_priority_mappings(priorities)
                     .with_syslog_identifier("kiosk-gateway".into())
                     .with_custom_fields([("KIOSK_ID", kiosk_id.as_str())]);
                 tracing_subscriber::registry()
