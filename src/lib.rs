@@ -4,7 +4,9 @@
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod health;
 pub mod status;
 pub mod store;
+pub mod sync;
 pub mod systemd;
 pub mod telemetry;

@@ -15,29 +15,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use jiff::Timestamp;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::health::ErrorNote;
 use crate::store::{Counts, Store};
-
-/// A problem worth showing a technician.
-#[derive(Debug, Clone, Serialize)]
-pub struct ErrorNote {
-    pub at: Timestamp,
-    pub message: String,
-}
-
-impl ErrorNote {
-    pub fn now(message: impl Into<String>) -> Self {
-        Self {
-            at: Timestamp::now(),
-            message: message.into(),
-        }
-    }
-}
 
 /// What the rest of the gateway publishes for the status server.
 #[derive(Debug, Clone, Default)]

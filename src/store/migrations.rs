@@ -4,9 +4,10 @@
 use rusqlite_migration::{M, Migrations};
 
 pub fn all() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!(
-        "migrations/0001_sessions_transcripts.sql"
-    ))])
+    Migrations::new(vec![
+        M::up(include_str!("migrations/0001_sessions_transcripts.sql")),
+        M::up(include_str!("migrations/0002_sync_batches.sql")),
+    ])
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 
 mod migrations;
 mod records;
+mod sync_queue;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +19,8 @@ pub use records::{
     Counts, NewSession, NewTranscript, Role, SessionEnd, SessionId, SessionRecord, Transcript,
     TranscriptId, format_time,
 };
+pub use sync_queue::{Backlog, Batch, BatchId, ParkedBatch, TranscriptUpload};
+pub use writer::{StoreHandle, WriterThread};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,6 +50,8 @@ pub enum StoreError {
     },
     #[error("no database at {} (the daemon creates it when it first runs)", path.display())]
     Missing { path: PathBuf },
+    #[error("the store's writer thread has stopped")]
+    WriterGone,
     #[error("unknown session id {0:?}")]
     BadSessionId(String),
 }

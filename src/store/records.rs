@@ -19,6 +19,10 @@ impl SessionId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
+
+    pub(super) fn from_uuid(u: Uuid) -> Self {
+        Self(u)
+    }
 }
 
 impl Default for SessionId {
@@ -46,6 +50,12 @@ impl FromStr for SessionId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct TranscriptId(Uuid);
+
+impl TranscriptId {
+    pub(super) fn from_uuid(u: Uuid) -> Self {
+        Self(u)
+    }
+}
 
 impl fmt::Display for TranscriptId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -82,13 +92,13 @@ pub fn format_time(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
-fn parse_time(s: String) -> rusqlite::Result<Timestamp> {
+pub(super) fn parse_time(s: String) -> rusqlite::Result<Timestamp> {
     s.parse().map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })
 }
 
-fn parse_uuid(s: String) -> rusqlite::Result<Uuid> {
+pub(super) fn parse_uuid(s: String) -> rusqlite::Result<Uuid> {
     Uuid::parse_str(&s).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })
@@ -124,6 +134,23 @@ pub struct SessionRecord {
     pub agent_session_id: Option<String>,
     pub user_speech_ms: u64,
     pub bot_speech_ms: u64,
+}
+
+/// Reads the columns `id, kiosk_id, started_at, ended_at, end_reason,
+/// room_name, room_url, agent_session_id, user_speech_ms, bot_speech_ms`.
+pub(super) fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: SessionId(parse_uuid(r.get(0)?)?),
+        kiosk_id: r.get(1)?,
+        started_at: parse_time(r.get(2)?)?,
+        ended_at: r.get::<_, Option<String>>(3)?.map(parse_time).transpose()?,
+        end_reason: r.get(4)?,
+        room_name: r.get(5)?,
+        room_url: r.get(6)?,
+        agent_session_id: r.get(7)?,
+        user_speech_ms: r.get(8)?,
+        bot_speech_ms: r.get(9)?,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -248,20 +275,7 @@ impl Store {
                         agent_session_id, user_speech_ms, bot_speech_ms
                  FROM sessions WHERE id = ?1",
                 [id.to_string()],
-                |r| {
-                    Ok(SessionRecord {
-                        id: SessionId(parse_uuid(r.get(0)?)?),
-                        kiosk_id: r.get(1)?,
-                        started_at: parse_time(r.get(2)?)?,
-                        ended_at: r.get::<_, Option<String>>(3)?.map(parse_time).transpose()?,
-                        end_reason: r.get(4)?,
-                        room_name: r.get(5)?,
-                        room_url: r.get(6)?,
-                        agent_session_id: r.get(7)?,
-                        user_speech_ms: r.get(8)?,
-                        bot_speech_ms: r.get(9)?,
-                    })
-                },
+                session_from_row,
             )
             .optional()
             .map_err(sql(&self.path))

@@ -1,0 +1,301 @@
+//! Upstream transcript sync (DESIGN.md section 6): batches of unsynced rows
+//! go to the operator's cloud, each retried under its own Idempotency-Key
+//! until accepted, so nothing is lost and nothing is counted twice.
+
+mod upload;
+mod wire;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use jiff::Timestamp;
+use metrics::counter;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::health::ErrorNote;
+use crate::store::{Batch, StoreError, StoreHandle};
+pub use upload::Outcome;
+use upload::Uploader;
+pub use wire::Document;
+
+/// The longest `Retry-After` obeyed; a larger one is likely a mistake.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub url: url::Url,
+    pub token: SecretString,
+    pub kiosk_id: String,
+    /// Rows of each kind per batch.
+    pub batch_size: u32,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Synced rows older than this are deleted.
+    pub retention: Duration,
+    /// Backoff between retries of one batch: from `backoff_min`, doubling,
+    /// with jitter, capped at `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl SyncSettings {
+    /// `None` when sync is off (no `sync.url`).
+    pub fn from_config(c: &Config) -> Option<Self> {
+        Some(Self {
+            url: c.sync.url.clone()?,
+            token: c.sync.token.clone()?,
+            kiosk_id: c.kiosk.id.to_string(),
+            batch_size: c.sync.batch_size,
+            interval: c.sync.interval,
+            timeout: c.sync.timeout,
+            retention: Duration::from_secs(u64::from(c.store.retention_days) * 86_400),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+        })
+    }
+
+    /// Identifies the settings a batch was refused under; different
+    /// settings give parked batches another chance. Not a secret digest
+    /// anyone sees: it stays in the local database.
+    fn fingerprint(&self) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.url.as_str().hash(&mut h);
+        self.token.expose_secret().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+}
+
+/// What the status page shows about sync.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    pub enabled: bool,
+    pub last_success: Option<Timestamp>,
+    pub last_error: Option<ErrorNote>,
+    /// True while a batch is waiting out a backoff.
+    pub retrying: bool,
+    pub batches_accepted: u64,
+}
+
+/// Wakes the worker: after a session ends, on `POST /api/sync`.
+#[derive(Clone, Default)]
+pub struct SyncTrigger {
+    wake: Arc<Notify>,
+    retry_parked: Arc<AtomicBool>,
+}
+
+impl SyncTrigger {
+    pub fn sync_now(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A technician asks to send parked batches again.
+    pub fn retry_parked(&self) {
+        self.retry_parked.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+}
+
+/// Counts of one drain, for `sync --once` and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DrainReport {
+    pub batches: u64,
+    pub sessions: u64,
+    pub transcripts: u64,
+    pub parked: u64,
+    pub retries: u64,
+    /// Whether the queue was emptied (false when stopped by cancellation).
+    pub complete: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct SyncWorker {
+    settings: SyncSettings,
+    store: StoreHandle,
+    uploader: Uploader,
+    trigger: SyncTrigger,
+    status: watch::Sender<SyncStatus>,
+}
+
+impl SyncWorker {
+    pub fn new(settings: SyncSettings, store: StoreHandle) -> Self {
+        let uploader = Uploader::new(
+            settings.url.clone(),
+            settings.token.clone(),
+            settings.timeout,
+        );
+        let (status, _) = watch::channel(SyncStatus {
+            enabled: true,
+            ..SyncStatus::default()
+        });
+        Self {
+            settings,
+            store,
+            uploader,
+            trigger: SyncTrigger::default(),
+            status,
+        }
+    }
+
+    pub fn trigger(&self) -> SyncTrigger {
+        self.trigger.clone()
+    }
+
+    pub fn status(&self) -> watch::Receiver<SyncStatus> {
+        self.status.subscribe()
+    }
+
+    /// Syncs every `interval` and whenever triggered, until cancelled.
+    pub async fn run(self, cancel: CancellationToken) {
+        let fingerprint = self.settings.fingerprint();
+        match self.store.call(move |s| s.unpark(Some(&fingerprint))).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                batches = n,
+                "sync settings changed; parked batches queued again"
+            ),
+            Err(e) => warn!(error = %e, "cannot re-queue parked batches"),
+        }
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = self.trigger.wake.notified() => {}
+            }
+            if let Err(e) = self.drain(&cancel).await {
+                warn!(error = %e, "sync stopped by a store error");
+                self.note_error(e.to_string());
+            }
+        }
+    }
+
+    /// Uploads batches until none is left (or `cancel`), waiting out
+    /// retryable failures; refused batches are parked and skipped.
+    pub async fn drain(&self, cancel: &CancellationToken) -> Result<DrainReport, SyncError> {
+        if self.trigger.retry_parked.swap(false, Ordering::SeqCst) {
+            let n = self.store.call(|s| s.unpark(None)).await?;
+            info!(batches = n, "parked batches queued again on request");
+        }
+        let mut report = DrainReport::default();
+        let max = self.settings.batch_size;
+        while let Some(batch) = self.store.call(move |s| s.next_batch(max)).await? {
+            if !self.send_until_settled(&batch, cancel, &mut report).await? {
+                return Ok(report);
+            }
+        }
+        report.complete = true;
+        if report.batches > 0 {
+            let cutoff = Timestamp::now()
+                .checked_sub(
+                    jiff::SignedDuration::try_from(self.settings.retention).unwrap_or_default(),
+                )
+                .unwrap_or(Timestamp::MIN);
+            let (sessions, transcripts) = self
+                .store
+                .call(move |s| s.purge_synced_before(cutoff))
+                .await?;
+            if sessions + transcripts > 0 {
+                info!(sessions, transcripts, "deleted synced rows past retention");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Sends one batch until it is accepted or parked. Returns false if
+    /// cancelled first (the batch stays pending and is resent later under
+    /// the same key).
+    async fn send_until_settled(
+        &self,
+        batch: &Batch,
+        cancel: &CancellationToken,
+        report: &mut DrainReport,
+    ) -> Result<bool, SyncError> {
+        let body = Document::new(&self.settings.kiosk_id, batch).to_gzip();
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(self.settings.backoff_min)
+            .with_max_delay(self.settings.backoff_max)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let id = batch.id;
+        loop {
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return Ok(false),
+                o = self.uploader.send(id, body.clone()) => o,
+            };
+            match outcome {
+                Outcome::Accepted => {
+                    counter!("kiosk_sync_attempts_total", "result" => "accepted").increment(1);
+                    self.store
+                        .call(move |s| s.mark_synced(id, Timestamp::now()))
+                        .await?;
+                    report.batches += 1;
+                    report.sessions += batch.sessions.len() as u64;
+                    report.transcripts += batch.transcripts.len() as u64;
+                    info!(
+                        batch = %id,
+                        sessions = batch.sessions.len(),
+                        transcripts = batch.transcripts.len(),
+                        "batch accepted upstream"
+                    );
+                    self.status.send_modify(|s| {
+                        s.last_success = Some(Timestamp::now());
+                        s.retrying = false;
+                        s.batches_accepted += 1;
+                    });
+                    return Ok(true);
+                }
+                Outcome::Park { reason } => {
+                    counter!("kiosk_sync_attempts_total", "result" => "parked").increment(1);
+                    warn!(batch = %id, %reason, "upstream refused the batch; parked until settings change or a retry is asked for");
+                    let fingerprint = self.settings.fingerprint();
+                    let why = reason.clone();
+                    self.store
+                        .call(move |s| s.park(id, &why, &fingerprint))
+                        .await?;
+                    report.parked += 1;
+                    self.note_error(format!("batch {id} parked: {reason}"));
+                    return Ok(true);
+                }
+                Outcome::Retry { reason, after } => {
+                    counter!("kiosk_sync_attempts_total", "result" => "retry").increment(1);
+                    report.retries += 1;
+                    let planned = backoff.next().unwrap_or(self.settings.backoff_max);
+                    // The upstream knows its load best: its Retry-After wins, within reason.
+                    let delay = after.map_or(planned, |a| a.min(MAX_RETRY_AFTER));
+                    warn!(batch = %id, %reason, retry_in_ms = delay.as_millis() as u64, "upload failed; will retry");
+                    let why = reason.clone();
+                    self.store.call(move |s| s.record_attempt(id, &why)).await?;
+                    self.note_error(format!("upload failed: {reason}"));
+                    self.status.send_modify(|s| s.retrying = true);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn note_error(&self, message: String) {
+        self.status
+            .send_modify(|s| s.last_error = Some(ErrorNote::now(message)));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+//! A fake of the operator's upstream, as the README documents it: POST of a
+//! gzip JSON batch with a bearer token and an Idempotency-Key. It behaves as
+//! an idempotent receiver should (a repeated key is answered without being
+//! counted again) and injects faults per request, including a dropped
+//! connection before or after it has stored the batch.
+#![allow(dead_code)] // each test binary uses a different part of this
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+pub const TOKEN: &str = "upstream-test-token";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// 200 and store it.
+    Accept,
+    /// This status, nothing stored.
+    Status(u16),
+    /// 429 with `Retry-After: secs`.
+    TooMany(u64),
+    /// Close the connection without reading or answering.
+    Reset,
+    /// Store the batch, then close the connection without answering.
+    AcceptThenDrop,
+    /// Store the batch, then answer only after this long.
+    AcceptSlowly(Duration),
+}
+
+#[derive(Default)]
+pub struct Received {
+    /// How many distinct batches each transcript id arrived in.
+    pub transcripts: HashMap<String, u32>,
+    pub sessions: HashMap<String, u32>,
+    /// Batches stored, by Idempotency-Key, with their body.
+    pub batches: HashMap<String, serde_json::Value>,
+    pub requests: u64,
+    /// Anything that breaks the documented contract.
+    pub violations: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    received: Received,
+    plan: VecDeque<Fault>,
+    /// Used when the plan is empty.
+    default: Option<Fault>,
+    /// Refuse (400) any batch containing this transcript id.
+    refuse_transcript: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct FakeUpstream {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeUpstream {
+    pub async fn start() -> FakeUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeUpstream {
+            url: format!("http://{addr}/v1/kiosk-batches"),
+            state,
+        }
+    }
+
+    pub fn plan(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.state.lock().unwrap().plan.extend(faults);
+    }
+
+    pub fn set_default(&self, fault: Fault) {
+        self.state.lock().unwrap().default = Some(fault);
+    }
+
+    pub fn refuse_transcript(&self, id: Option<String>) {
+        self.state.lock().unwrap().refuse_transcript = id;
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&Received) -> R) -> R {
+        f(&self.state.lock().unwrap().received)
+    }
+}
+
+type Reply = Result<Response<Full<Bytes>>, std::io::Error>;
+
+fn reply(status: u16, body: &str) -> Reply {
+    Ok(Response::builder()
+        .status(StatusCode::from_u16(status).unwrap())
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap())
+}
+
+/// Returning an error makes hyper close the connection without a response.
+fn drop_connection() -> Reply {
+    Err(std::io::Error::other("fault: connection dropped"))
+}
+
+async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
+    let fault = {
+        let mut s = state.lock().unwrap();
+        s.received.requests += 1;
+        let default = s.default.unwrap_or(Fault::Accept);
+        s.plan.pop_front().unwrap_or(default)
+    };
+    if fault == Fault::Reset {
+        return drop_connection();
+    }
+    let headers = req.headers().clone();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return drop_connection(),
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if header("authorization").as_deref() != Some(&format!("Bearer {TOKEN}")) {
+        return reply(401, "bad token");
+    }
+    let mut violations = Vec::new();
+    if header("content-encoding").as_deref() != Some("gzip") {
+        violations.push("body not gzip-encoded".to_string());
+    }
+    let mut json = String::new();
+    if flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut json)
+        .is_err()
+    {
+        return reply(400, "not gzip");
+    }
+    let doc: serde_json::Value = match serde_json::from_str(&json) {
+        Ok(d) => d,
+        Err(_) => return reply(400, "not JSON"),
+    };
+    let Some(key) = header("idempotency-key") else {
+        return reply(400, "Idempotency-Key missing");
+    };
+    if doc["batch_id"].as_str() != Some(key.as_str()) {
+        violations.push(format!("Idempotency-Key {key} is not the batch_id"));
+    }
+    match fault {
+        Fault::Status(code) => return reply(code, "fault injected"),
+        Fault::TooMany(secs) => {
+            return Ok(Response::builder()
+                .status(429)
+                .header("Retry-After", secs.to_string())
+                .body(Full::new(Bytes::from_static(b"slow down")))
+                .unwrap());
+        }
+        _ => {}
+    }
+    {
+        let mut s = state.lock().unwrap();
+        s.received.violations.extend(violations);
+        if let Some(refused) = &s.refuse_transcript {
+            let ids = doc["transcripts"].as_array().into_iter().flatten();
+            if ids.clone().any(|t| t["id"].as_str() == Some(refused)) {
+                return reply(400, "{\"error\":\"transcript text too long\"}");
+            }
+        }
+        match s.received.batches.get(&key) {
+            Some(previous) if *previous != doc => {
+                s.received
+                    .violations
+                    .push(format!("batch {key} resent with different content"));
+            }
+            Some(_) => {}
+            None => {
+                for t in doc["transcripts"].as_array().into_iter().flatten() {
+                    *s.received
+                        .transcripts
+                        .entry(t["id"].as_str().unwrap().to_string())
+                        .or_default() += 1;
+                }
+                for t in doc["sessions"].as_array().into_iter().flatten() {
+                    *s.received
+                        .sessions
+                        .entry(t["id"].as_str().unwrap().to_string())
+                        .or_default() += 1;
+                }
+                s.received.batches.insert(key.clone(), doc);
+            }
+        }
+    }
+    match fault {
+        Fault::AcceptThenDrop => drop_connection(),
+        Fault::AcceptSlowly(d) => {
+            tokio::time::sleep(d).await;
+            reply(200, "{\"accepted\":true}")
+        }
+        _ => reply(200, "{\"accepted\":true}"),
+    }
+}
