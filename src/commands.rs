@@ -7,7 +7,10 @@ use std::path::Path;
 use secrecy::SecretString;
 
 use crate::config::{Config, ConfigError, Env};
-use crate::store::{SessionId, Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{SessionId, Store, StoreError, StoreHandle};
+use crate::sync::{SyncSettings, SyncWorker};
 
 /// `check`: loads and validates the config, printing every problem.
 /// Returns whether it is valid. Nothing on disk is touched.
@@ -104,6 +107,84 @@ pub fn transcripts(
         writeln!(out, "  {time}  {:>4}: {}{partial}", t.role, t.text)?;
     }
     Ok(())
+}
+
+/// `sync`: uploads until the queue is empty (`once`) or until Ctrl-C.
+/// Returns whether everything waiting was accepted.
+pub fn sync(
+    config: &Config,
+    once: bool,
+    retry_parked: bool,
+    out: &mut impl Write,
+) -> Result<bool, SyncCommandError> {
+    let mut settings = SyncSettings::from_config(config).ok_or(SyncCommandError::Off)?;
+    if once {
+        // A technician waits at the terminal: a few tries, then report.
+        settings.max_attempts = Some(4);
+    }
+    let (store, _) = Store::open(&config.store.path)?;
+    let (store, writer) = StoreHandle::spawn(store);
+    let worker = SyncWorker::new(settings, store.clone());
+    if retry_parked {
+        worker.trigger().retry_parked();
+    }
+    let runtime = crate::daemon::runtime()?;
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let outcome = runtime.block_on(async move {
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            stop.cancel();
+        });
+        if once {
+            let report = worker.drain(&cancel).await?;
+            let backlog = store.call(|s| s.backlog()).await?;
+            Ok::<_, SyncCommandError>(Some((report, backlog)))
+        } else {
+            worker.run(cancel).await;
+            Ok(None)
+        }
+    })?;
+    writer.join();
+    let Some((report, backlog)) = outcome else {
+        return Ok(true);
+    };
+    writeln!(
+        out,
+        "uploaded {} batches ({} sessions, {} lines) after {} retries; {} batches parked",
+        report.batches, report.sessions, report.transcripts, report.retries, report.parked
+    )?;
+    writeln!(
+        out,
+        "waiting: {} lines, {} sessions; parked batches: {}",
+        backlog.transcripts,
+        backlog.sessions,
+        backlog.parked.len()
+    )?;
+    for p in &backlog.parked {
+        writeln!(
+            out,
+            "  parked {} ({} lines): {}",
+            p.id,
+            p.transcripts,
+            p.error.as_deref().unwrap_or("?")
+        )?;
+    }
+    Ok(report.complete && backlog.transcripts == 0 && backlog.sessions == 0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncCommandError {
+    #[error("sync is off: set sync.url (and the sync.token secret)")]
+    Off,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
+    #[error(transparent)]
+    Runtime(#[from] crate::daemon::DaemonError),
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,22 +1,26 @@
 //! `kiosk-gateway run`: the long-lived service. It opens the store, starts
-//! the status server, tells systemd it is ready, keeps the watchdog fed and
-//! stops everything through one cancellation token on SIGTERM or SIGINT.
+//! the status server and the sync worker, tells systemd it is ready, keeps
+//! the watchdog fed and stops everything through one cancellation token on
+//! SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::status::{self, ErrorNote, Identity, Published, StatusState};
-use crate::store::{Store, StoreError};
+use crate::status::{self, Auth, ErrorNote, Identity, Published, StatusState, SyncView};
+use crate::store::{Store, StoreError, StoreHandle};
+use crate::sync::{SyncSettings, SyncWorker};
 use crate::systemd;
+use crate::telemetry::RecentEvents;
 
 /// How long tasks get to finish after a stop signal; well inside systemd's
-/// default stop timeout, so we are never killed mid-write.
+/// stop timeout, so we are never killed mid-write.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 #[derive(Debug, thiserror::Error)]
@@ -35,18 +39,22 @@ pub enum DaemonError {
     Signal(&'static str, #[source] std::io::Error),
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: Config) -> Result<(), DaemonError> {
-    // Two workers are plenty for a kiosk's I/O and keep idle memory low.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Builds the runtime the daemon and other long commands run on. Two
+/// workers are plenty for a kiosk's I/O and keep idle memory low.
+pub fn runtime() -> Result<tokio::runtime::Runtime, DaemonError> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(DaemonError::Runtime)?;
-    runtime.block_on(serve(config))
+        .map_err(DaemonError::Runtime)
 }
 
-async fn serve(config: Config) -> Result<(), DaemonError> {
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config, recent: RecentEvents) -> Result<(), DaemonError> {
+    runtime()?.block_on(serve(config, recent))
+}
+
+async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> {
     let started = Instant::now();
     // Before anything records a metric, or the record would be lost.
     status::metrics::init();
@@ -57,6 +65,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         signal(SignalKind::interrupt()).map_err(|e| DaemonError::Signal("SIGINT", e))?;
 
     let (store, report) = Store::open(&config.store.path)?;
+    let store_path = store.path().to_path_buf();
     let mut published = Published {
         state: "idle",
         ..Published::default()
@@ -79,7 +88,22 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         )));
         published.store_recovered_from = Some(aside.clone());
     }
+    let (store, writer) = StoreHandle::spawn(store);
     let (_publish, published_rx) = watch::channel(published);
+    let mut tasks = JoinSet::new();
+
+    let sync = SyncSettings::from_config(&config).map(|settings| {
+        let worker = SyncWorker::new(settings, store.clone());
+        let view = SyncView {
+            status: worker.status(),
+            trigger: worker.trigger(),
+        };
+        tasks.spawn(worker.run(cancel.clone()));
+        view
+    });
+    if sync.is_none() {
+        info!("sync is off (no sync.url)");
+    }
 
     let listener =
         status::bind(config.status.listen)
@@ -96,18 +120,26 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         Identity {
             kiosk_id: config.kiosk.id.to_string(),
             kiosk_name: config.kiosk.name.clone(),
-            store_path: config.store.path.clone(),
+            store_path: store_path.clone(),
         },
         published_rx,
+        sync,
+        Auth::new(config.status.token.clone()),
+        recent,
     );
-    let server = tokio::spawn(status::serve(listener, state, cancel.clone()));
+    let server_cancel = cancel.clone();
+    tasks.spawn(async move {
+        if let Err(e) = status::serve(listener, state, server_cancel).await {
+            warn!(error = %e, "status server ended with an error");
+        }
+    });
 
     let status_line = format!("idle; status page http://{addr}/");
     systemd::ready(&status_line);
     info!(
         kiosk_id = %config.kiosk.id,
         status_addr = %addr,
-        store = %store.path().display(),
+        store = %store_path.display(),
         startup_ms = started.elapsed().as_millis() as u64,
         "kiosk-gateway ready"
     );
@@ -126,13 +158,16 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     info!(signal = reason, "stopping");
     systemd::stopping();
     cancel.cancel();
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "status server ended with an error"),
-        Ok(Err(e)) => warn!(error = %e, "status server task failed"),
-        Err(_) => warn!("status server did not stop in time"),
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("tasks did not stop in time");
+        tasks.abort_all();
     }
     drop(store);
+    writer.join();
     info!("stopped");
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kiosk_gateway::config::{self, Config, Env};
+use kiosk_gateway::telemetry::RecentEvents;
 use kiosk_gateway::{commands, daemon, telemetry};
 
 /// Bridges an on-prem voice kiosk's microphone and speaker to a cloud voice agent.
@@ -32,6 +33,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upload unsynced transcripts to `sync.url` (Ctrl-C stops).
+    Sync {
+        /// Upload what is waiting, then exit (non-zero if anything is left).
+        #[arg(long)]
+        once: bool,
+        /// Also send batches the upstream refused before.
+        #[arg(long)]
+        retry_parked: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,8 +59,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run => {
             let config = load(&cli.config)?;
-            telemetry::init(&config.log, &config.kiosk.id);
-            daemon::run(config)?;
+            let recent = RecentEvents::default();
+            telemetry::init(&config.log, &config.kiosk.id, &recent);
+            daemon::run(config, recent)?;
         }
         Command::Check => {
             let ok = commands::check(&cli.config, &mut std::io::stdout(), &mut std::io::stderr())?;
@@ -68,6 +79,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 &mut std::io::stdout(),
             )
             .context("cannot list transcripts")?;
+        }
+        Command::Sync { once, retry_parked } => {
+            let config = load(&cli.config)?;
+            let recent = RecentEvents::default();
+            telemetry::init(&config.log, &config.kiosk.id, &recent);
+            let complete = commands::sync(&config, once, retry_parked, &mut std::io::stdout())?;
+            if !complete {
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,8 +1,10 @@
 //! Logging through `tracing`: to the journal with structured fields when
 //! systemd runs us, human-readable to stderr otherwise.
 
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
 
 use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::EnvFilter;
@@ -19,11 +21,12 @@ pub enum Sink {
 }
 
 /// Installs the global subscriber. `RUST_LOG` wins over `log.level`.
+/// Warnings and errors are also kept in `recent` for the status page.
 ///
 /// Journal records carry `KIOSK_ID` on every record and the fields of the
 /// enclosing spans (`SESSION_ID`, `STATE`) upper-cased, so
 /// `journalctl SESSION_ID=...` finds one visitor's whole session.
-pub fn init(log: &LogConfig, kiosk_id: &KioskId) -> Sink {
+pub fn init(log: &LogConfig, kiosk_id: &KioskId, recent: &RecentEvents) -> Sink {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -49,6 +52,7 @@ pub fn init(log: &LogConfig, kiosk_id: &KioskId) -> Sink {
                     .with_custom_fields([("KIOSK_ID", kiosk_id.as_str())]);
                 tracing_subscriber::registry()
                     .with(filter)
+                    .with(recent.layer())
                     .with(layer)
                     .init();
                 return Sink::Journal;
@@ -58,6 +62,7 @@ pub fn init(log: &LogConfig, kiosk_id: &KioskId) -> Sink {
     }
     tracing_subscriber::registry()
         .with(filter)
+        .with(recent.layer())
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
@@ -95,4 +100,90 @@ fn stderr_is_journal() -> bool {
         return false;
     };
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+/// A warning or error kept for the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogEvent {
+    pub at: jiff::Timestamp,
+    pub level: &'static str,
+    pub target: String,
+    /// The message followed by its fields, as `key=value`.
+    pub message: String,
+}
+
+/// The last warnings and errors, newest last; filled by [`RecentLayer`].
+#[derive(Clone, Default)]
+pub struct RecentEvents(Arc<Mutex<VecDeque<LogEvent>>>);
+
+/// How many warnings and errors the status page keeps.
+const RECENT_CAPACITY: usize = 50;
+
+impl RecentEvents {
+    pub fn snapshot(&self) -> Vec<LogEvent> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn push(&self, event: LogEvent) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == RECENT_CAPACITY {
+            q.pop_front();
+        }
+        q.push_back(event);
+    }
+
+    /// A layer that records WARN and ERROR events here.
+    pub fn layer(&self) -> RecentLayer {
+        RecentLayer(self.clone())
+    }
+}
+
+pub struct RecentLayer(RecentEvents);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let level = *event.metadata().level();
+        if level > tracing::Level::WARN {
+            return;
+        }
+        let mut text = MessageText::default();
+        event.record(&mut text);
+        self.0.push(LogEvent {
+            at: jiff::Timestamp::now(),
+            level: if level == tracing::Level::ERROR {
+                "error"
+            } else {
+                "warn"
+            },
+            target: event.metadata().target().to_string(),
+            message: text.0,
+        });
+    }
+}
+
+#[derive(Default)]
+struct MessageText(String);
+
+impl tracing::field::Visit for MessageText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            self.0.push_str(&format!(" {}={value}", field.name()));
+        }
+    }
 }

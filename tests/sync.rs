@@ -25,6 +25,7 @@ fn settings(url: &str, batch_size: u32) -> SyncSettings {
         retention: Duration::from_secs(30 * 86_400),
         backoff_min: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
+        max_attempts: None,
     }
 }
 

@@ -8,7 +8,7 @@ use axum::response::Response;
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::store::Counts;
+use crate::store::{Backlog, Counts};
 
 struct Recorder {
     handle: PrometheusHandle,
@@ -50,6 +50,22 @@ fn describe() {
         "kiosk_store_recoveries_total",
         "Damaged databases moved aside at start-up."
     );
+    describe_gauge!(
+        "kiosk_sync_backlog_transcripts",
+        "Transcript lines waiting for upload."
+    );
+    describe_gauge!(
+        "kiosk_sync_backlog_sessions",
+        "Ended sessions waiting for upload."
+    );
+    describe_gauge!(
+        "kiosk_sync_parked_batches",
+        "Batches the upstream refused, kept aside."
+    );
+    describe_counter!(
+        "kiosk_sync_attempts_total",
+        "Upload attempts by result: accepted, retry, parked."
+    );
     describe_counter!(
         "kiosk_http_requests_total",
         "Status server requests by route and status code."
@@ -66,7 +82,12 @@ pub fn record_store_recovery() {
 }
 
 /// Renders the text exposition, refreshing the figures read on demand.
-pub fn render(counts: Option<Counts>, db_bytes: u64, uptime_s: f64) -> String {
+pub fn render(
+    counts: Option<Counts>,
+    backlog: Option<&Backlog>,
+    db_bytes: u64,
+    uptime_s: f64,
+) -> String {
     let r = recorder();
     r.process.collect();
     if let Some(c) = counts {
@@ -74,6 +95,11 @@ pub fn render(counts: Option<Counts>, db_bytes: u64, uptime_s: f64) -> String {
         gauge!("kiosk_store_open_sessions").set(c.open_sessions as f64);
         gauge!("kiosk_store_transcripts").set(c.transcripts as f64);
         gauge!("kiosk_store_unsynced_transcripts").set(c.unsynced_transcripts as f64);
+    }
+    if let Some(b) = backlog {
+        gauge!("kiosk_sync_backlog_transcripts").set(b.transcripts as f64);
+        gauge!("kiosk_sync_backlog_sessions").set(b.sessions as f64);
+        gauge!("kiosk_sync_parked_batches").set(b.parked.len() as f64);
     }
     gauge!("kiosk_store_size_bytes").set(db_bytes as f64);
     gauge!("kiosk_uptime_seconds").set(uptime_s);

@@ -1,36 +1,87 @@
-//! The technicians' window into the box: health probes, a JSON status
-//! document and Prometheus metrics, served by axum. It reads snapshots
-//! (the store through its own read-only handle, the published state) and
-//! never touches devices.
+//! The technicians' window into the box: the status page, a JSON API,
+//! health probes and Prometheus metrics. It reads snapshots (the store
+//! through its own read-only handle, state published by the rest of the
+//! gateway) and never touches devices.
 
+mod api;
+pub mod auth;
 pub mod metrics;
+mod page;
+mod server;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
+use axum::routing::{get, post};
+use jiff::Timestamp;
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
 
 pub use crate::health::ErrorNote;
-use crate::store::{Counts, Store};
+use crate::store::{Store, StoreError};
+use crate::sync::{SyncStatus, SyncTrigger};
+use crate::telemetry::RecentEvents;
+pub use auth::Auth;
+pub use server::{bind, serve};
 
 /// What the rest of the gateway publishes for the status server.
 #[derive(Debug, Clone, Default)]
 pub struct Published {
     /// The session state's name (`idle`, `listening`, ...).
     pub state: &'static str,
+    pub session: Option<CurrentSession>,
+    /// Health of the parts a technician can act on (devices, link, cloud).
+    pub components: Vec<Component>,
     pub last_error: Option<ErrorNote>,
     /// Where a damaged database was moved at start-up.
     pub store_recovered_from: Option<PathBuf>,
+}
+
+/// The session in progress; its lines are shown to technicians only.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurrentSession {
+    pub id: String,
+    pub started_at: Timestamp,
+    pub lines: Vec<Line>,
+    /// The visitor's words as recognised so far, not yet final.
+    pub partial: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Line {
+    pub role: &'static str,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Component {
+    pub name: &'static str,
+    pub health: Health,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Ok,
+    Degraded,
+    Down,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Ok => "ok",
+            Health::Degraded => "degraded",
+            Health::Down => "down",
+        })
+    }
 }
 
 /// Fixed facts about this gateway, for the status document.
@@ -41,29 +92,51 @@ pub struct Identity {
     pub store_path: PathBuf,
 }
 
+/// The sync worker as the status server sees it.
+#[derive(Clone)]
+pub struct SyncView {
+    pub status: watch::Receiver<SyncStatus>,
+    pub trigger: SyncTrigger,
+}
+
 #[derive(Clone)]
 pub struct StatusState {
     identity: Arc<Identity>,
     started: Instant,
     published: watch::Receiver<Published>,
+    sync: Option<SyncView>,
+    auth: Auth,
+    recent: RecentEvents,
     /// Read-only; opened lazily so a missing database shows as not ready
     /// instead of keeping the server from starting.
     reader: Arc<Mutex<Option<Store>>>,
 }
 
 impl StatusState {
-    pub fn new(identity: Identity, published: watch::Receiver<Published>) -> Self {
+    pub fn new(
+        identity: Identity,
+        published: watch::Receiver<Published>,
+        sync: Option<SyncView>,
+        auth: Auth,
+        recent: RecentEvents,
+    ) -> Self {
         metrics::init();
         Self {
             identity: Arc::new(identity),
             started: Instant::now(),
             published,
+            sync,
+            auth,
+            recent,
             reader: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// Row counts, read on a blocking thread; `None` if the store cannot be read.
-    async fn counts(&self) -> Option<Counts> {
+    /// Runs a read on a blocking thread; `None` if the store cannot be read.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Option<R> {
         let reader = self.reader.clone();
         let path = self.identity.store_path.clone();
         tokio::task::spawn_blocking(move || {
@@ -71,9 +144,8 @@ impl StatusState {
             if guard.is_none() {
                 *guard = Store::open_read_only(&path).ok();
             }
-            let counts = guard.as_ref()?.counts();
-            match counts {
-                Ok(c) => Some(c),
+            match f(guard.as_ref()?) {
+                Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!(error = %e, "status: cannot read the store");
                     *guard = None;
@@ -98,104 +170,58 @@ impl StatusState {
     }
 }
 
+/// No request here takes long; a stuck one is cut off.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Request bodies are tiny here (a login form); anything larger is refused.
+const MAX_BODY: usize = 16 * 1024;
+
 pub fn router(state: StatusState) -> Router {
+    let technician = Router::new()
+        .route("/api/sessions/{id}", get(api::session))
+        .route("/sessions/{id}", get(page::session))
+        .route("/api/sync", post(api::sync_now))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_technician,
+        ));
+    let protected = Router::new()
+        .route("/", get(page::status))
+        .route("/api/status", get(api::status))
+        .route("/api/sessions", get(api::sessions))
+        .route("/metrics", get(api::metrics_text))
+        .merge(technician)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_login,
+        ));
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/api/status", get(api_status))
-        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .merge(protected)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
         .layer(axum::middleware::from_fn(metrics::count_requests))
         .with_state(state)
-}
-
-/// Binds the status address; port 0 picks a free port.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, std::io::Error> {
-    TcpListener::bind(addr).await
-}
-
-/// Serves until `cancel` fires, then finishes in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    state: StatusState,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(state): State<StatusState>) -> Response {
-    match state.counts().await {
-        Some(_) => (StatusCode::OK, "ready\n").into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "store not readable\n").into_response(),
-    }
-}
-
-#[derive(Serialize)]
-struct StatusDoc {
-    version: &'static str,
-    kiosk: KioskDoc,
-    uptime_s: u64,
-    state: &'static str,
-    store: StoreDoc,
-    last_error: Option<ErrorNote>,
-}
-
-#[derive(Serialize)]
-struct KioskDoc {
-    id: String,
-    name: String,
-}
-
-#[derive(Serialize)]
-struct StoreDoc {
-    path: PathBuf,
-    readable: bool,
-    size_bytes: u64,
-    #[serde(flatten)]
-    counts: Counts,
-    recovered_from: Option<PathBuf>,
-}
-
-async fn api_status(State(state): State<StatusState>) -> Json<StatusDoc> {
-    let counts = state.counts().await;
-    let published = state.published.borrow().clone();
-    Json(StatusDoc {
-        version: env!("CARGO_PKG_VERSION"),
-        kiosk: KioskDoc {
-            id: state.identity.kiosk_id.clone(),
-            name: state.identity.kiosk_name.clone(),
-        },
-        uptime_s: state.started.elapsed().as_secs(),
-        state: published.state,
-        store: StoreDoc {
-            path: state.identity.store_path.clone(),
-            readable: counts.is_some(),
-            size_bytes: state.db_bytes(),
-            counts: counts.unwrap_or_default(),
-            recovered_from: published.store_recovered_from,
-        },
-        last_error: published.last_error,
-    })
-}
-
-async fn metrics_text(State(state): State<StatusState>) -> Response {
-    let counts = state.counts().await;
-    let body = metrics::render(
-        counts,
-        state.db_bytes(),
-        state.started.elapsed().as_secs_f64(),
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 pub use records::{
-    Counts, NewSession, NewTranscript, Role, SessionEnd, SessionId, SessionRecord, Transcript,
-    TranscriptId, format_time,
+    Counts, NewSession, NewTranscript, Role, SessionEnd, SessionId, SessionRecord, SessionSummary,
+    Transcript, TranscriptId, format_time,
 };
 pub use sync_queue::{Backlog, Batch, BatchId, ParkedBatch, TranscriptUpload};
 pub use writer::{StoreHandle, WriterThread};

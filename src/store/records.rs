@@ -330,3 +330,47 @@ impl Store {
             .map_err(sql(&self.path))
     }
 }
+
+/// A session as listed on the status page.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    #[serde(flatten)]
+    pub session: SessionRecord,
+    pub transcripts: u64,
+    pub synced: bool,
+}
+
+impl SessionSummary {
+    /// Whole seconds from start to end; `None` while running.
+    pub fn duration_s(&self) -> Option<i64> {
+        let end = self.session.ended_at?;
+        Some(end.duration_since(self.session.started_at).as_secs())
+    }
+}
+
+impl Store {
+    /// The most recent sessions, newest first.
+    pub fn recent_sessions(&self, limit: u32) -> Result<Vec<SessionSummary>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT s.id, s.kiosk_id, s.started_at, s.ended_at, s.end_reason, s.room_name,
+                        s.room_url, s.agent_session_id, s.user_speech_ms, s.bot_speech_ms,
+                        (SELECT COUNT(*) FROM transcripts t WHERE t.session_id = s.id),
+                        s.synced_at IS NOT NULL
+                 FROM sessions s ORDER BY s.started_at DESC LIMIT ?1",
+            )
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok(SessionSummary {
+                    session: session_from_row(r)?,
+                    transcripts: r.get(10)?,
+                    synced: r.get(11)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(sql(&self.path))?;
+        Ok(rows)
+    }
+}

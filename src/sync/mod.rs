@@ -44,6 +44,9 @@ pub struct SyncSettings {
     /// with jitter, capped at `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Failed attempts on one batch before a drain gives up for now;
+    /// `None` (the daemon) keeps trying.
+    pub max_attempts: Option<u32>,
 }
 
 impl SyncSettings {
@@ -59,6 +62,7 @@ impl SyncSettings {
             retention: Duration::from_secs(u64::from(c.store.retention_days) * 86_400),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            max_attempts: None,
         })
     }
 
@@ -216,8 +220,8 @@ impl SyncWorker {
     }
 
     /// Sends one batch until it is accepted or parked. Returns false if
-    /// cancelled first (the batch stays pending and is resent later under
-    /// the same key).
+    /// cancelled or out of attempts first (the batch stays pending and is
+    /// resent later under the same key).
     async fn send_until_settled(
         &self,
         batch: &Batch,
@@ -232,6 +236,7 @@ impl SyncWorker {
             .without_max_times()
             .build();
         let id = batch.id;
+        let mut failures = 0;
         loop {
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => return Ok(false),
@@ -274,6 +279,7 @@ impl SyncWorker {
                 Outcome::Retry { reason, after } => {
                     counter!("kiosk_sync_attempts_total", "result" => "retry").increment(1);
                     report.retries += 1;
+                    failures += 1;
                     let planned = backoff.next().unwrap_or(self.settings.backoff_max);
                     // The upstream knows its load best: its Retry-After wins, within reason.
                     let delay = after.map_or(planned, |a| a.min(MAX_RETRY_AFTER));
@@ -281,6 +287,13 @@ impl SyncWorker {
                     let why = reason.clone();
                     self.store.call(move |s| s.record_attempt(id, &why)).await?;
                     self.note_error(format!("upload failed: {reason}"));
+                    if self
+                        .settings
+                        .max_attempts
+                        .is_some_and(|max| failures >= max)
+                    {
+                        return Ok(false);
+                    }
                     self.status.send_modify(|s| s.retrying = true);
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(false),

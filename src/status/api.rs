@@ -1,0 +1,230 @@
+//! JSON endpoints and probes. `/api/status` is also what the page polls.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Access;
+use super::{Component, CurrentSession, ErrorNote, StatusState, metrics};
+use crate::store::{Backlog, Counts, SessionId, SessionRecord, SessionSummary, Transcript};
+use crate::sync::SyncStatus;
+use crate::telemetry::LogEvent;
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn readyz(State(state): State<StatusState>) -> Response {
+    match state.read(|s| s.counts()).await {
+        Some(_) => (StatusCode::OK, "ready\n").into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "store not readable\n").into_response(),
+    }
+}
+
+/// The whole status document. Field names are a documented contract
+/// (README "Status server").
+#[derive(Serialize)]
+pub struct StatusDoc {
+    pub version: &'static str,
+    pub kiosk: KioskDoc,
+    pub uptime_s: u64,
+    pub state: &'static str,
+    /// Lines and partial text only for a technician.
+    pub session: Option<CurrentSession>,
+    pub components: Vec<Component>,
+    pub sync: SyncDoc,
+    pub store: StoreDoc,
+    pub recent_sessions: Vec<SessionSummary>,
+    pub last_error: Option<ErrorNote>,
+    pub recent_events: Vec<LogEvent>,
+    /// Whether this request may see transcripts and act.
+    pub technician: bool,
+    pub token_configured: bool,
+}
+
+#[derive(Serialize)]
+pub struct KioskDoc {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Serialize)]
+pub struct SyncDoc {
+    #[serde(flatten)]
+    pub status: SyncStatus,
+    pub backlog: Backlog,
+}
+
+#[derive(Serialize)]
+pub struct StoreDoc {
+    pub path: std::path::PathBuf,
+    pub readable: bool,
+    pub size_bytes: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub recovered_from: Option<std::path::PathBuf>,
+}
+
+/// Recent sessions shown on the page.
+const RECENT_SESSIONS: u32 = 10;
+
+pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
+    let read = state
+        .read(|s| {
+            Ok((
+                s.counts()?,
+                s.backlog()?,
+                s.recent_sessions(RECENT_SESSIONS)?,
+            ))
+        })
+        .await;
+    let published = state.published.borrow().clone();
+    let technician = access == Access::Technician;
+    let session = published.session.map(|mut s| {
+        if !technician {
+            s.lines.clear();
+            s.partial = None;
+        }
+        s
+    });
+    let (counts, backlog, recent_sessions) = match read {
+        Some((c, b, r)) => (Some(c), b, r),
+        None => (None, Backlog::default(), Vec::new()),
+    };
+    let sync_status = state
+        .sync
+        .as_ref()
+        .map(|s| s.status.borrow().clone())
+        .unwrap_or_default();
+    StatusDoc {
+        version: env!("CARGO_PKG_VERSION"),
+        kiosk: KioskDoc {
+            id: state.identity.kiosk_id.clone(),
+            name: state.identity.kiosk_name.clone(),
+        },
+        uptime_s: state.started.elapsed().as_secs(),
+        state: published.state,
+        session,
+        components: published.components,
+        sync: SyncDoc {
+            status: sync_status,
+            backlog,
+        },
+        store: StoreDoc {
+            path: state.identity.store_path.clone(),
+            readable: counts.is_some(),
+            size_bytes: state.db_bytes(),
+            counts: counts.unwrap_or_default(),
+            recovered_from: published.store_recovered_from,
+        },
+        recent_sessions,
+        last_error: published.last_error,
+        recent_events: state.recent.snapshot(),
+        technician,
+        token_configured: state.auth.token_configured(),
+    }
+}
+
+pub async fn status(
+    State(state): State<StatusState>,
+    Extension(access): Extension<Access>,
+) -> Json<StatusDoc> {
+    Json(status_doc(&state, access).await)
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<u32>,
+}
+
+pub async fn sessions(State(state): State<StatusState>, Query(q): Query<ListQuery>) -> Response {
+    let limit = q.limit.unwrap_or(50).min(1000);
+    match state.read(move |s| s.recent_sessions(limit)).await {
+        Some(list) => Json(list).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "store not readable\n").into_response(),
+    }
+}
+
+#[derive(Serialize)]
+pub struct SessionDoc {
+    #[serde(flatten)]
+    pub session: SessionRecord,
+    pub transcripts: Vec<Transcript>,
+}
+
+pub async fn session_doc(state: &StatusState, id: &str) -> Result<SessionDoc, Response> {
+    let id: SessionId = id
+        .parse()
+        .map_err(|_| (StatusCode::NOT_FOUND, "no such session\n").into_response())?;
+    let found = state
+        .read(move |s| Ok((s.session(id)?, s.transcripts(Some(id))?)))
+        .await
+        .ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "store not readable\n").into_response())?;
+    match found {
+        (Some(session), transcripts) => Ok(SessionDoc {
+            session,
+            transcripts,
+        }),
+        (None, _) => Err((StatusCode::NOT_FOUND, "no such session\n").into_response()),
+    }
+}
+
+pub async fn session(State(state): State<StatusState>, Path(id): Path<String>) -> Response {
+    match session_doc(&state, &id).await {
+        Ok(doc) => Json(doc).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SyncQuery {
+    #[serde(default)]
+    retry_parked: bool,
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    accepted: bool,
+    at: Timestamp,
+}
+
+pub async fn sync_now(State(state): State<StatusState>, Query(q): Query<SyncQuery>) -> Response {
+    let Some(sync) = &state.sync else {
+        return (StatusCode::CONFLICT, "sync is off (no sync.url)\n").into_response();
+    };
+    if q.retry_parked {
+        sync.trigger.retry_parked();
+    } else {
+        sync.trigger.sync_now();
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            accepted: true,
+            at: Timestamp::now(),
+        }),
+    )
+        .into_response()
+}
+
+pub async fn metrics_text(State(state): State<StatusState>) -> Response {
+    let read = state.read(|s| Ok((s.counts()?, s.backlog()?))).await;
+    let body = metrics::render(
+        read.as_ref().map(|(c, _)| *c),
+        read.as_ref().map(|(_, b)| b),
+        state.db_bytes(),
+        state.started.elapsed().as_secs_f64(),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

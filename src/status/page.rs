@@ -1,0 +1,104 @@
+//! Server-rendered HTML (askama templates in `templates/`). No external
+//! assets: a kiosk may be offline. Scripts and styles are inline and
+//! allowed by a per-response nonce in a strict Content-Security-Policy.
+
+use askama::Template;
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{Html, IntoResponse, Response};
+use rand::RngCore;
+
+use super::StatusState;
+use super::api::{SessionDoc, StatusDoc, session_doc, status_doc};
+use super::auth::Access;
+
+#[derive(Template)]
+#[template(path = "status.html")]
+struct StatusPage<'a> {
+    doc: &'a StatusDoc,
+    nonce: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    kiosk_name: &'a str,
+    error: Option<&'a str>,
+    nonce: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "session.html")]
+struct SessionPage<'a> {
+    kiosk_name: &'a str,
+    doc: &'a SessionDoc,
+    nonce: &'a str,
+}
+
+fn nonce() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The page with its CSP: only this response's inline script and style
+/// run, only same-origin requests are made.
+fn with_csp(body: String, nonce: &str) -> Response {
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    );
+    let mut response = Html(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    response
+}
+
+fn render(t: &impl Template) -> String {
+    t.render()
+        .unwrap_or_else(|e| format!("<!doctype html><title>error</title><p>page error: {e}"))
+}
+
+pub async fn status(
+    State(state): State<StatusState>,
+    Extension(access): Extension<Access>,
+) -> Response {
+    let doc = status_doc(&state, access).await;
+    let nonce = nonce();
+    with_csp(
+        render(&StatusPage {
+            doc: &doc,
+            nonce: &nonce,
+        }),
+        &nonce,
+    )
+}
+
+pub fn login_response(kiosk_name: &str, error: Option<&str>) -> Response {
+    let nonce = nonce();
+    let body = render(&LoginPage {
+        kiosk_name,
+        error,
+        nonce: &nonce,
+    });
+    with_csp(body, &nonce)
+}
+
+pub async fn session(State(state): State<StatusState>, Path(id): Path<String>) -> Response {
+    match session_doc(&state, &id).await {
+        Ok(doc) => {
+            let nonce = nonce();
+            let page = SessionPage {
+                kiosk_name: &state.identity.kiosk_name,
+                doc: &doc,
+                nonce: &nonce,
+            };
+            with_csp(render(&page), &nonce)
+        }
+        Err(r) => r,
+    }
+}
