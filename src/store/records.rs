@@ -229,43 +229,64 @@ impl Store {
     /// Appends a transcript line with the next `seq` of its session, in one
     /// transaction so the order of arrival is the order stored.
     pub fn add_transcript(&mut self, t: &NewTranscript) -> Result<Transcript, StoreError> {
+        let mut stored = self.add_transcripts(std::slice::from_ref(t))?;
+        Ok(stored.remove(0))
+    }
+
+    /// Appends several lines in arrival order in one transaction: one disk
+    /// sync for all of them.
+    pub fn add_transcripts(
+        &mut self,
+        lines: &[NewTranscript],
+    ) -> Result<Vec<Transcript>, StoreError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(sql(&path))?;
-        let seq: u32 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM transcripts WHERE session_id = ?1",
-                [t.session_id.to_string()],
-                |r| r.get(0),
-            )
-            .map_err(sql(&path))?;
-        let id = TranscriptId(Uuid::now_v7());
-        tx.execute(
-            "INSERT INTO transcripts (id, session_id, seq, role, text, final, confidence,
-                                      spoken_at, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                id.to_string(),
-                t.session_id.to_string(),
-                seq,
-                t.role.as_str(),
-                t.text,
-                t.is_final,
-                t.confidence,
-                format_time(t.spoken_at),
-                format_time(t.received_at)
-            ],
-        )
-        .map_err(sql(&path))?;
+        let mut stored = Vec::with_capacity(lines.len());
+        {
+            let mut next_seq = tx
+                .prepare_cached(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM transcripts WHERE session_id = ?1",
+                )
+                .map_err(sql(&path))?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO transcripts (id, session_id, seq, role, text, final, confidence,
+                                              spoken_at, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(sql(&path))?;
+            for t in lines {
+                let session = t.session_id.to_string();
+                let seq: u32 = next_seq
+                    .query_row([&session], |r| r.get(0))
+                    .map_err(sql(&path))?;
+                let id = TranscriptId(Uuid::now_v7());
+                insert
+                    .execute(params![
+                        id.to_string(),
+                        session,
+                        seq,
+                        t.role.as_str(),
+                        t.text,
+                        t.is_final,
+                        t.confidence,
+                        format_time(t.spoken_at),
+                        format_time(t.received_at)
+                    ])
+                    .map_err(sql(&path))?;
+                stored.push(Transcript {
+                    id,
+                    session_id: t.session_id,
+                    seq,
+                    role: t.role,
+                    text: t.text.clone(),
+                    is_final: t.is_final,
+                    spoken_at: t.spoken_at,
+                });
+            }
+        }
         tx.commit().map_err(sql(&path))?;
-        Ok(Transcript {
-            id,
-            session_id: t.session_id,
-            seq,
-            role: t.role,
-            text: t.text.clone(),
-            is_final: t.is_final,
-            spoken_at: t.spoken_at,
-        })
+        Ok(stored)
     }
 
     pub fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {

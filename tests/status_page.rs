@@ -1,0 +1,117 @@
+//! The status page in a real browser (Debian's headless Chromium driven by
+//! playwright-core, installed by .ci/setup): login, state, session list,
+//! a transcript, and no script blocked by the Content-Security-Policy.
+//! Screenshots land in target/tmp/status-page/.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Daemon, write_config};
+use jiff::Timestamp;
+use kiosk_gateway::store::{NewSession, NewTranscript, Role, SessionEnd, SessionId, Store};
+
+const TOKEN: &str = "page-test-token";
+
+#[test]
+fn a_technician_signs_in_and_reads_a_transcript() {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core missing: run `bash .ci/setup` (it runs npm ci in tests/browser)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, _) = Store::open(&dir.path().join("kiosk.db")).unwrap();
+        let id = SessionId::new();
+        let t = Timestamp::now();
+        store
+            .start_session(&NewSession {
+                id,
+                kiosk_id: "test-kiosk".into(),
+                started_at: t,
+                room_name: None,
+                room_url: None,
+                agent_session_id: None,
+            })
+            .unwrap();
+        for (role, text) in [
+            (Role::User, "where is the cloakroom?"),
+            (Role::Bot, "downstairs, next to the café"),
+        ] {
+            store
+                .add_transcript(&NewTranscript {
+                    session_id: id,
+                    role,
+                    text: text.into(),
+                    is_final: true,
+                    confidence: None,
+                    spoken_at: t,
+                    received_at: t,
+                })
+                .unwrap();
+        }
+        store
+            .end_session(
+                id,
+                &SessionEnd {
+                    ended_at: t.checked_add(jiff::SignedDuration::from_secs(42)).unwrap(),
+                    reason: "idle".into(),
+                    user_speech_ms: 2000,
+                    bot_speech_ms: 1500,
+                },
+            )
+            .unwrap();
+    }
+    let config = write_config(dir.path(), "");
+    let d = Daemon::start(
+        dir.path(),
+        &config,
+        &[("KIOSK_GATEWAY_STATUS_TOKEN", TOKEN)],
+    );
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    let out = Command::new("node")
+        .arg(browser_dir.join("status_page.mjs"))
+        .arg(&d.url)
+        .arg(TOKEN)
+        .arg(&shots)
+        .output()
+        .expect("node is installed");
+    assert!(
+        out.status.success(),
+        "browser run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["redirected_to"], "/login");
+    assert_eq!(seen["wrong_token_message"], "That token is not right.");
+    assert_eq!(seen["state"], "idle");
+    let sessions = seen["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1);
+    let row = sessions[0].as_str().unwrap();
+    assert!(row.contains("42 s") && row.contains("idle"), "{row}");
+    let transcript: Vec<&str> = seen["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        transcript,
+        [
+            "1 user where is the cloakroom?",
+            "2 bot downstairs, next to the café"
+        ]
+    );
+    assert_eq!(
+        seen["console_errors"].as_array().unwrap().len(),
+        0,
+        "{seen}"
+    );
+    assert!(shots.join("status-page.png").exists());
+    eprintln!("screenshots in {}", shots.display());
+}
