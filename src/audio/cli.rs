@@ -1,0 +1,101 @@
+//! The audio subcommands (`vad`, `bench`, `devices`); `main` only parses
+//! arguments and calls these.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::AudioError;
+use super::capture::{CaptureEvent, CaptureProcessor, CaptureSink, EncodedFrame};
+use super::metrics::AudioMetrics;
+use super::settings::{AudioSettings, VadSettings};
+use super::units::FRAME_MS;
+use super::wav::read_wav;
+
+/// One utterance in `vad --json` output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SegmentReport {
+    pub start_ms: u32,
+    pub end_ms: u32,
+}
+
+/// `vad --json` output: `{"segments":[{"start_ms","end_ms"}],"speech_ms","duration_ms"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VadReport {
+    pub segments: Vec<SegmentReport>,
+    pub speech_ms: u32,
+    pub duration_ms: u32,
+}
+
+impl VadReport {
+    /// Human-readable table for the terminal.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.segments.iter().enumerate() {
+            out.push_str(&format!(
+                "{:>3}  {:>8.2} s  {:>8.2} s  {:>6} ms\n",
+                i + 1,
+                f64::from(s.start_ms) / 1000.0,
+                f64::from(s.end_ms) / 1000.0,
+                s.end_ms - s.start_ms
+            ));
+        }
+        out.push_str(&format!(
+            "{} utterance(s), {} ms of speech in {} ms\n",
+            self.segments.len(),
+            self.speech_ms,
+            self.duration_ms
+        ));
+        out
+    }
+}
+
+/// Collects the utterances of a capture run.
+#[derive(Default)]
+struct SegmentCollector {
+    segments: Vec<SegmentReport>,
+}
+
+impl CaptureSink for SegmentCollector {
+    fn event(&mut self, event: CaptureEvent) {
+        if let CaptureEvent::SpeechEnded(u) = event {
+            self.segments.push(SegmentReport {
+                start_ms: u.start.0,
+                end_ms: u.end.0,
+            });
+        }
+    }
+
+    fn frame(&mut self, _frame: EncodedFrame) {}
+}
+
+/// Runs the capture-side processing over a WAV file as fast as possible
+/// and reports the utterances found (`kiosk-gateway vad`).
+pub fn vad_file(path: &Path, vad: &VadSettings) -> Result<VadReport, AudioError> {
+    let clip = read_wav(path)?;
+    let block = clip.rate.samples_in(FRAME_MS).max(1);
+    let mut capture = CaptureProcessor::new(
+        &AudioSettings::default(),
+        vad,
+        clip.rate,
+        block,
+        false,
+        Arc::new(AudioMetrics::default()),
+    )?;
+    let mut collector = SegmentCollector::default();
+    for chunk in clip.samples.chunks(block) {
+        capture.push_samples(chunk, &mut collector)?;
+    }
+    capture.finish(&mut collector);
+    let speech_ms = collector
+        .segments
+        .iter()
+        .map(|s| s.end_ms - s.start_ms)
+        .sum();
+    Ok(VadReport {
+        segments: collector.segments,
+        speech_ms,
+        duration_ms: clip.duration().0,
+    })
+}

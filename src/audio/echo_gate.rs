@@ -1,0 +1,110 @@
+//! Keeps the bot's own voice, coming back from the speaker into the
+//! microphone, from counting as the visitor speaking.
+//!
+//! The playout signal is the reference. While it is active, a microphone
+//! frame only counts as speech if it is louder than the estimated echo
+//! (reference envelope plus the learned speaker-to-microphone coupling) by
+//! a margin. The coupling is learned while the bot plays and the visitor is
+//! silent, so a loud speaker or a quiet one both settle to a usable gate.
+
+use super::units::Dbfs;
+
+/// Reference frames considered when estimating the echo: the playout queue,
+/// the device buffers and the room's reverberation delay the echo by up to
+/// this many 10 ms frames after the reference.
+const ECHO_SPAN_FRAMES: usize = 25;
+/// A reference quieter than this is not audible in the room.
+const REFERENCE_ACTIVE: Dbfs = Dbfs(-60.0);
+/// Before anything is learned, assume the echo is this far below the
+/// reference: a speaker close to the microphone.
+const INITIAL_COUPLING_DB: f32 = -6.0;
+/// Couplings are learned within these bounds so one odd frame can't open
+/// or shut the gate for good.
+const COUPLING_RANGE_DB: (f32, f32) = (-40.0, 0.0);
+/// Per-frame weight of a new coupling observation (about 1 s memory).
+const COUPLING_RATE: f32 = 0.01;
+
+pub struct EchoGate {
+    margin_db: f32,
+    coupling_db: f32,
+    recent_reference: [f32; ECHO_SPAN_FRAMES],
+    next: usize,
+    gated_frames: u64,
+}
+
+impl EchoGate {
+    pub fn new(margin_db: f32) -> Self {
+        Self {
+            margin_db,
+            coupling_db: INITIAL_COUPLING_DB,
+            recent_reference: [Dbfs::FLOOR.0; ECHO_SPAN_FRAMES],
+            next: 0,
+            gated_frames: 0,
+        }
+    }
+
+    /// Records the level of the 10 ms of playout handed to the speaker this tick.
+    pub fn observe_reference(&mut self, level: Dbfs) {
+        self.recent_reference[self.next] = level.0;
+        self.next = (self.next + 1) % ECHO_SPAN_FRAMES;
+    }
+
+    /// Whether a voiced microphone frame at `mic` may count as the visitor.
+    ///
+    /// `visitor_speaking` says an utterance is already open; the coupling is
+    /// only learned from frames that are then surely echo.
+    pub fn admits(&mut self, mic: Dbfs, voiced: bool, visitor_speaking: bool) -> bool {
+        let envelope = self
+            .recent_reference
+            .iter()
+            .copied()
+            .fold(Dbfs::FLOOR.0, f32::max);
+        if envelope < REFERENCE_ACTIVE.0 {
+            return voiced;
+        }
+        let echo_estimate = envelope + self.coupling_db;
+        let admitted = mic.0 > echo_estimate + self.margin_db;
+        if !admitted && !visitor_speaking {
+            let observed = (mic.0 - envelope).clamp(COUPLING_RANGE_DB.0, COUPLING_RANGE_DB.1);
+            self.coupling_db += COUPLING_RATE * (observed - self.coupling_db);
+        }
+        if voiced && !admitted {
+            self.gated_frames += 1;
+        }
+        voiced && admitted
+    }
+
+    /// Voiced frames rejected as echo so far.
+    pub fn gated_frames(&self) -> u64 {
+        self.gated_frames
+    }
+
+    /// Current estimate of the speaker-to-microphone coupling.
+    pub fn coupling_db(&self) -> f32 {
+        self.coupling_db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_playout_the_vad_decides_alone() {
+        let mut gate = EchoGate::new(10.0);
+        assert!(gate.admits(Dbfs(-50.0), true, false));
+        assert!(!gate.admits(Dbfs(-10.0), false, false));
+    }
+
+    #[test]
+    fn echo_is_gated_and_a_louder_visitor_gets_through() {
+        let mut gate = EchoGate::new(10.0);
+        for _ in 0..500 {
+            gate.observe_reference(Dbfs(-20.0));
+            assert!(!gate.admits(Dbfs(-32.0), true, false));
+        }
+        assert!(gate.coupling_db() < -10.0, "learned {}", gate.coupling_db());
+        gate.observe_reference(Dbfs(-20.0));
+        assert!(gate.admits(Dbfs(-18.0), true, false));
+    }
+}
