@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use kiosk_gateway::audio::cli::{SegmentReport, vad_file};
 use kiosk_gateway::audio::{
-    AudioMetrics, AudioSettings, CaptureEvent, CaptureProcessor, CaptureSink, Dbfs, EncodedFrame,
+    AudioEvent, AudioMetrics, AudioSettings, AudioSink, CaptureProcessor, Dbfs, EncodedFrame,
     FRAME_48K, Millis, PcmClip, SampleRate, SegmentOutput, Segmenter, VAD_FRAME, VadSettings,
     VoiceDetector, read_wav, resample_clip, write_wav,
 };
@@ -118,13 +118,13 @@ fn preroll_hands_out_the_audio_from_before_the_onset() {
 
 #[derive(Default)]
 struct Recorder {
-    events: Vec<CaptureEvent>,
+    events: Vec<AudioEvent>,
     frames: Vec<EncodedFrame>,
 }
 
-impl CaptureSink for Recorder {
-    fn event(&mut self, event: CaptureEvent) {
-        if !matches!(event, CaptureEvent::Level(_)) {
+impl AudioSink for Recorder {
+    fn event(&mut self, event: AudioEvent) {
+        if !matches!(event, AudioEvent::Level(_)) {
             self.events.push(event);
         }
     }
@@ -162,7 +162,7 @@ fn speech_is_held_until_the_link_is_ready_then_released_in_order() {
     );
     assert!(matches!(
         rec.events[0],
-        CaptureEvent::SpeechStarted {
+        AudioEvent::SpeechStarted {
             onset: Millis(1000),
             ..
         }

@@ -25,9 +25,9 @@ const LEVEL_EVERY_FRAMES: u64 = 10;
 /// Packets of this size or smaller are Opus DTX (comfort-noise) frames.
 const DTX_PACKET_MAX: usize = 2;
 
-/// What the capture side reports to the session layer.
+/// What the audio engine reports to the session layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum CaptureEvent {
+pub enum AudioEvent {
     /// The visitor started speaking at `onset` (capture timeline); `preroll`
     /// of audio before it is included in the stream.
     SpeechStarted {
@@ -37,6 +37,8 @@ pub enum CaptureEvent {
     SpeechEnded(Utterance),
     /// Microphone level over the last 100 ms.
     Level(Dbfs),
+    /// The visitor spoke over the bot: its playback was faded out and flushed.
+    BargeIn,
 }
 
 /// One 20 ms Opus frame of microphone audio.
@@ -51,9 +53,9 @@ pub struct EncodedFrame {
     pub after_silence: bool,
 }
 
-/// Receives the capture path's output.
-pub trait CaptureSink {
-    fn event(&mut self, event: CaptureEvent);
+/// Receives the audio engine's output.
+pub trait AudioSink {
+    fn event(&mut self, event: AudioEvent);
     fn frame(&mut self, frame: EncodedFrame);
 }
 
@@ -182,7 +184,7 @@ impl CaptureProcessor {
     }
 
     /// The link can take audio: release the buffer in order, then stream.
-    pub fn link_ready(&mut self, sink: &mut dyn CaptureSink) {
+    pub fn link_ready(&mut self, sink: &mut dyn AudioSink) {
         if self.buffer.dropped_since_release > 0 {
             info!(
                 dropped_ms = self.buffer.dropped_since_release * 20,
@@ -211,7 +213,7 @@ impl CaptureProcessor {
     pub fn push_samples(
         &mut self,
         samples: &[f32],
-        sink: &mut dyn CaptureSink,
+        sink: &mut dyn AudioSink,
     ) -> Result<(), AudioError> {
         self.to_vad.push(samples)?;
         self.to_opus.push(samples)?;
@@ -224,7 +226,7 @@ impl CaptureProcessor {
     }
 
     /// Closes an utterance still open at the end of a file.
-    pub fn finish(&mut self, sink: &mut dyn CaptureSink) {
+    pub fn finish(&mut self, sink: &mut dyn AudioSink) {
         let mut pending = None;
         self.segmenter.finish(&mut |o| {
             if let SegmentOutput::Ended(u) = o {
@@ -233,11 +235,11 @@ impl CaptureProcessor {
         });
         if let Some(u) = pending {
             AudioMetrics::add(&self.metrics.utterances, 1);
-            sink.event(CaptureEvent::SpeechEnded(u));
+            sink.event(AudioEvent::SpeechEnded(u));
         }
     }
 
-    fn process_frame(&mut self, sink: &mut dyn CaptureSink) -> Result<(), AudioError> {
+    fn process_frame(&mut self, sink: &mut dyn AudioSink) -> Result<(), AudioError> {
         self.frames += 1;
         AudioMetrics::add(&self.metrics.frames_processed, 1);
         let level = Dbfs::rms(&self.vad_frame);
@@ -247,7 +249,7 @@ impl CaptureProcessor {
             let avg = Dbfs((10.0 * avg.max(1e-10).log10()).max(Dbfs::FLOOR.0));
             self.level_energy = 0.0;
             self.metrics.set_level(avg);
-            sink.event(CaptureEvent::Level(avg));
+            sink.event(AudioEvent::Level(avg));
         }
 
         let raw_voiced = self.vad.is_voiced(&self.vad_frame);
@@ -297,10 +299,10 @@ impl CaptureProcessor {
         // Order matters for a split: the old utterance ends, then the next starts.
         for u in ended.into_iter().flatten() {
             AudioMetrics::add(&self.metrics.utterances, 1);
-            sink.event(CaptureEvent::SpeechEnded(u));
+            sink.event(AudioEvent::SpeechEnded(u));
         }
         for (onset, preroll) in starts.into_iter().flatten() {
-            sink.event(CaptureEvent::SpeechStarted { onset, preroll });
+            sink.event(AudioEvent::SpeechStarted { onset, preroll });
         }
         if streaming {
             self.encode(&frame, sink)?;
@@ -318,7 +320,7 @@ impl CaptureProcessor {
     fn encode(
         &mut self,
         frame: &[f32; FRAME_48K],
-        sink: &mut dyn CaptureSink,
+        sink: &mut dyn AudioSink,
     ) -> Result<(), AudioError> {
         let Some(encoder) = self.encoder.as_mut() else {
             return Ok(());

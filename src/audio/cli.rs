@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::AudioError;
-use super::capture::{CaptureEvent, CaptureProcessor, CaptureSink, EncodedFrame};
+use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
 use super::metrics::AudioMetrics;
 use super::settings::{AudioSettings, VadSettings};
 use super::units::FRAME_MS;
@@ -57,9 +57,9 @@ struct SegmentCollector {
     segments: Vec<SegmentReport>,
 }
 
-impl CaptureSink for SegmentCollector {
-    fn event(&mut self, event: CaptureEvent) {
-        if let CaptureEvent::SpeechEnded(u) = event {
+impl AudioSink for SegmentCollector {
+    fn event(&mut self, event: AudioEvent) {
+        if let AudioEvent::SpeechEnded(u) = event {
             self.segments.push(SegmentReport {
                 start_ms: u.start.0,
                 end_ms: u.end.0,

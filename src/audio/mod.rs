@@ -7,8 +7,10 @@
 mod capture;
 pub mod cli;
 mod codec;
+mod dsp;
 mod echo_gate;
 mod metrics;
+mod playout;
 mod resample;
 mod segmenter;
 mod settings;
@@ -16,10 +18,12 @@ mod units;
 mod vad;
 mod wav;
 
-pub use capture::{CaptureEvent, CaptureProcessor, CaptureSink, EncodedFrame, StreamState};
+pub use capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame, StreamState};
 pub use codec::{MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket};
+pub use dsp::Dsp;
 pub use echo_gate::EchoGate;
 pub use metrics::AudioMetrics;
+pub use playout::{IncomingPacket, JitterBuffer, NextFrame, Playout};
 pub use resample::{StreamResampler, resample_clip};
 pub use segmenter::{SegmentOutput, Segmenter, Utterance};
 pub use settings::{AudioSettings, DeviceSpec, VadSettings};

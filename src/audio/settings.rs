@@ -104,7 +104,7 @@ impl Default for VadSettings {
             min_speech_ms: Millis(200),
             max_utterance_ms: Millis(30_000),
             buffer_ms: Millis(15_000),
-            echo_margin_db: 10.0,
+            echo_margin_db: 6.0,
         }
     }
 }
