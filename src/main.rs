@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use kiosk_gateway::audio::{self, Aggressiveness, VadSettings};
+use kiosk_gateway::audio::{self, Aggressiveness, AudioSettings, SampleRate, VadSettings};
 
 /// Bridges an on-prem voice kiosk to a cloud voice agent.
 #[derive(Parser)]
@@ -27,6 +27,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure audio pipeline throughput (capture and playout paths)
+    Bench {
+        /// Microphone and speaker rate to simulate
+        #[arg(long, default_value_t = 48_000)]
+        device_rate: u32,
+        /// Opus encoder complexity, 0-10
+        #[arg(long)]
+        opus_complexity: Option<i32>,
+        /// Print {"capture":{"x_realtime","ns_per_10ms_frame","stages"},"playout":{...}}
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +54,22 @@ fn main() -> anyhow::Result<()> {
                 settings.aggressiveness = a;
             }
             let report = audio::cli::vad_file(&input, &settings)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
+        Some(Command::Bench {
+            device_rate,
+            opus_complexity,
+            json,
+        }) => {
+            let mut settings = AudioSettings::default();
+            if let Some(c) = opus_complexity {
+                settings.opus_complexity = c;
+            }
+            let report = audio::bench::run(SampleRate(device_rate), &settings)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -183,7 +183,8 @@ impl CaptureProcessor {
         self.gate.observe_reference(level);
     }
 
-    /// The link can take audio: release the buffer in order, then stream.
+    /// The link can take audio: release the buffer in order, then stream
+    /// every frame until [`end_stream`](Self::end_stream).
     pub fn link_ready(&mut self, sink: &mut dyn AudioSink) {
         if self.buffer.dropped_since_release > 0 {
             info!(
@@ -195,9 +196,7 @@ impl CaptureProcessor {
             sink.frame(frame);
         }
         self.buffer.dropped_since_release = 0;
-        if self.state != StreamState::Idle {
-            self.state = StreamState::Streaming;
-        }
+        self.state = StreamState::Streaming;
     }
 
     /// The conversation is over: drop anything unsent and go back to idle.

@@ -4,6 +4,7 @@
 //! This module knows nothing of the network, storage or sessions. It takes
 //! samples and settings and gives back events and encoded frames.
 
+pub mod bench;
 mod capture;
 pub mod cli;
 mod codec;
