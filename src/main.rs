@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use kiosk_gateway::audio::{self, Aggressiveness, AudioSettings, SampleRate, VadSettings};
+use kiosk_gateway::audio::{
+    self, Aggressiveness, AudioSettings, DeviceSpec, Millis, SampleRate, VadSettings,
+};
 
 /// Bridges an on-prem voice kiosk to a cloud voice agent.
 #[derive(Parser)]
@@ -18,12 +20,24 @@ enum Command {
     /// Run voice activity detection over a WAV file and print the utterances
     Vad {
         /// WAV file (any rate, mono or multichannel)
+        #[arg(long, required_unless_present = "device", conflicts_with = "device")]
+        input: Option<PathBuf>,
+        /// Listen on a live input instead ("default" or a device name)
         #[arg(long)]
-        input: PathBuf,
+        device: Option<String>,
+        /// How long to listen on --device
+        #[arg(long, default_value_t = 10_000)]
+        duration_ms: u32,
         /// VAD aggressiveness, 0 (least) to 3 (most noise rejection)
         #[arg(long)]
         aggressiveness: Option<Aggressiveness>,
         /// Print {"segments":[{"start_ms","end_ms"}],"speech_ms","duration_ms"}
+        #[arg(long)]
+        json: bool,
+    },
+    /// List audio inputs and outputs with their rates and channel counts
+    Devices {
+        /// Print {"inputs":[...],"outputs":[...]}
         #[arg(long)]
         json: bool,
     },
@@ -46,6 +60,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Vad {
             input,
+            device,
+            duration_ms,
             aggressiveness,
             json,
         }) => {
@@ -53,11 +69,26 @@ fn main() -> anyhow::Result<()> {
             if let Some(a) = aggressiveness {
                 settings.aggressiveness = a;
             }
-            let report = audio::cli::vad_file(&input, &settings)?;
+            let report = match (input, device) {
+                (Some(path), _) => audio::cli::vad_file(&path, &settings)?,
+                (None, device) => audio::cli::vad_device(
+                    DeviceSpec::parse(device.as_deref().unwrap_or("default")),
+                    Millis(duration_ms),
+                    &settings,
+                )?,
+            };
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 print!("{}", report.to_text());
+            }
+        }
+        Some(Command::Devices { json }) => {
+            let devices = audio::device::list_devices()?;
+            if json {
+                println!("{}", serde_json::to_string(&devices)?);
+            } else {
+                print!("{}", devices.to_text());
             }
         }
         Some(Command::Bench {

@@ -39,6 +39,11 @@ pub enum AudioEvent {
     Level(Dbfs),
     /// The visitor spoke over the bot: its playback was faded out and flushed.
     BargeIn,
+    /// A device was lost (and will be reopened) or (re)opened.
+    Device {
+        direction: super::device::Direction,
+        open: bool,
+    },
 }
 
 /// One 20 ms Opus frame of microphone audio.

@@ -3,14 +3,16 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::AudioError;
 use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
+use super::engine::AudioEngine;
 use super::metrics::AudioMetrics;
-use super::settings::{AudioSettings, VadSettings};
-use super::units::FRAME_MS;
+use super::settings::{AudioSettings, DeviceSpec, VadSettings};
+use super::units::{FRAME_MS, Millis};
 use super::wav::read_wav;
 
 /// One utterance in `vad --json` output.
@@ -68,6 +70,46 @@ impl AudioSink for SegmentCollector {
     }
 
     fn frame(&mut self, _frame: EncodedFrame) {}
+}
+
+/// Listens on a live input for `duration` and reports the utterances, as
+/// `vad_file` does for a file: a technician's check of microphone and VAD.
+pub fn vad_device(
+    input: DeviceSpec,
+    duration: Millis,
+    vad: &VadSettings,
+) -> Result<VadReport, AudioError> {
+    let audio = AudioSettings {
+        input,
+        output: DeviceSpec::Disabled,
+        ..AudioSettings::default()
+    };
+    let mut engine = AudioEngine::start(&audio, vad)?;
+    let started = Instant::now();
+    let limit = Duration::from_millis(u64::from(duration.0));
+    let mut collector = SegmentCollector::default();
+    while started.elapsed() < limit {
+        if let Ok(event) = engine
+            .events()
+            .recv_timeout(limit - started.elapsed().min(limit))
+        {
+            collector.event(event);
+        }
+    }
+    engine.stop()?;
+    for event in engine.events().try_iter() {
+        collector.event(event);
+    }
+    let speech_ms = collector
+        .segments
+        .iter()
+        .map(|s| s.end_ms - s.start_ms)
+        .sum();
+    Ok(VadReport {
+        segments: collector.segments,
+        speech_ms,
+        duration_ms: duration.0,
+    })
 }
 
 /// Runs the capture-side processing over a WAV file as fast as possible

@@ -98,6 +98,11 @@ impl Dsp {
         self.capture.link_ready(sink);
     }
 
+    /// Closes an utterance still open when capture stops.
+    pub fn finish(&mut self, sink: &mut dyn AudioSink) {
+        self.capture.finish(sink);
+    }
+
     pub fn end_stream(&mut self) {
         self.capture.end_stream();
     }

@@ -22,6 +22,8 @@ pub struct AudioMetrics {
     /// Encoded packets dropped, oldest first, while waiting for the link.
     pub buffer_overflow_packets: AtomicU64,
     pub packets_received: AtomicU64,
+    /// 20 ms frames of the bot's audio decoded for the speaker.
+    pub packets_played: AtomicU64,
     pub packets_late: AtomicU64,
     pub packets_concealed: AtomicU64,
     pub jitter_target_ms: AtomicU64,
@@ -33,6 +35,11 @@ pub struct AudioMetrics {
     pub input_open: AtomicBool,
     pub output_open: AtomicBool,
     level_centi_dbfs: AtomicI32,
+    /// From the microphone delivering a packet's last samples to the packet
+    /// leaving the DSP thread (the 20 ms of framing comes on top).
+    capture_latency_max_us: AtomicU64,
+    capture_latency_sum_us: AtomicU64,
+    capture_latency_count: AtomicU64,
 }
 
 impl AudioMetrics {
@@ -48,6 +55,24 @@ impl AudioMetrics {
     /// Most recent microphone level.
     pub fn level(&self) -> Dbfs {
         Dbfs(self.level_centi_dbfs.load(Ordering::Relaxed) as f32 / 100.0)
+    }
+
+    pub fn record_capture_latency(&self, latency: std::time::Duration) {
+        let us = latency.as_micros() as u64;
+        self.capture_latency_max_us.fetch_max(us, Ordering::Relaxed);
+        self.capture_latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        self.capture_latency_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mean and maximum capture latency (see `record_capture_latency`), in µs.
+    pub fn capture_latency_us(&self) -> Option<(u64, u64)> {
+        let count = self.capture_latency_count.load(Ordering::Relaxed);
+        (count > 0).then(|| {
+            (
+                self.capture_latency_sum_us.load(Ordering::Relaxed) / count,
+                self.capture_latency_max_us.load(Ordering::Relaxed),
+            )
+        })
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

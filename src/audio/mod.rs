@@ -8,8 +8,10 @@ pub mod bench;
 mod capture;
 pub mod cli;
 mod codec;
+pub mod device;
 mod dsp;
 mod echo_gate;
+mod engine;
 mod metrics;
 mod playout;
 mod resample;
@@ -23,12 +25,13 @@ pub use capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame, StreamS
 pub use codec::{MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket};
 pub use dsp::Dsp;
 pub use echo_gate::EchoGate;
+pub use engine::{AudioEngine, PlayoutSender};
 pub use metrics::AudioMetrics;
 pub use playout::{IncomingPacket, JitterBuffer, NextFrame, Playout};
 pub use resample::{StreamResampler, resample_clip};
 pub use segmenter::{SegmentOutput, Segmenter, Utterance};
 pub use settings::{AudioSettings, DeviceSpec, VadSettings};
-pub use units::{Dbfs, FRAME_48K, FRAME_MS, Millis, OPUS_FRAME, SampleRate, VAD_FRAME};
+pub use units::{Dbfs, FRAME_48K, FRAME_MS, Millis, OPUS_FRAME, SampleRate, VAD_FRAME, f32_to_i16};
 pub use vad::{Aggressiveness, VoiceDetector};
 pub use wav::{PcmClip, read_wav, write_wav};
 
@@ -47,4 +50,15 @@ pub enum AudioError {
     Resampler(String),
     #[error("opus: {0}")]
     Opus(#[from] opus::Error),
+    #[error("audio device: {0}")]
+    Device(#[source] cpal::Error),
+    #[error("{direction} device not found: {detail}")]
+    DeviceNotFound {
+        direction: device::Direction,
+        detail: String,
+    },
+    #[error("audio engine stopped: {0}")]
+    Stopped(String),
+    #[error("{direction} device offers no 16-bit or float format")]
+    NoUsableFormat { direction: device::Direction },
 }

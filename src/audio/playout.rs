@@ -301,6 +301,7 @@ impl Playout {
         match self.jitter.pop() {
             NextFrame::Packet(p) => {
                 self.decoder.decode(p.payload.bytes(), &mut self.pcm)?;
+                AudioMetrics::add(&self.metrics.packets_played, 1);
             }
             NextFrame::Lost { next } => {
                 let fec = next.as_ref().map(|p| p.payload.bytes());

@@ -15,6 +15,8 @@ pub enum DeviceSpec {
     Named(String),
     /// `wav:<path>`: input plays the file in real time; output records to it.
     Wav(std::path::PathBuf),
+    /// `none`: no device in this direction (tools, or a kiosk without a speaker).
+    Disabled,
 }
 
 impl DeviceSpec {
@@ -22,6 +24,7 @@ impl DeviceSpec {
     pub fn parse(spec: &str) -> DeviceSpec {
         match spec {
             "" | "default" => DeviceSpec::Default,
+            "none" => DeviceSpec::Disabled,
             _ => match spec.strip_prefix("wav:") {
                 Some(path) => DeviceSpec::Wav(path.into()),
                 None => DeviceSpec::Named(spec.to_owned()),
@@ -45,8 +48,15 @@ pub struct AudioSettings {
     /// The playout jitter buffer adapts its depth between these bounds.
     pub jitter_min_ms: Millis,
     pub jitter_max_ms: Millis,
-    /// Samples queued between the DSP thread and each device callback.
+    /// Playout queued between the DSP thread and the speaker callback:
+    /// enough to ride over the thread's wake-ups, small enough that a
+    /// barge-in fade is heard at once.
     pub device_buffer_ms: Millis,
+    /// Microphone samples the ring between callback and DSP thread holds.
+    /// It adds no delay (the DSP thread drains it every 2 ms); it absorbs
+    /// bursts from devices that deliver faster than real time. Overflow is
+    /// dropped and counted.
+    pub input_buffer_ms: Millis,
     /// Backoff for reopening a device that failed, doubling up to the max.
     pub reopen_backoff_min_ms: Millis,
     pub reopen_backoff_max_ms: Millis,
@@ -64,6 +74,7 @@ impl Default for AudioSettings {
             jitter_min_ms: Millis(40),
             jitter_max_ms: Millis(60),
             device_buffer_ms: Millis(20),
+            input_buffer_ms: Millis(500),
             reopen_backoff_min_ms: Millis(500),
             reopen_backoff_max_ms: Millis(10_000),
         }
