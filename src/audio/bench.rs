@@ -17,16 +17,20 @@ use serde::Serialize;
 use super::AudioError;
 use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
 use super::codec::{OpusDecoder, OpusEncoder};
+use super::engine::AudioEngine;
 use super::metrics::AudioMetrics;
 use super::playout::{IncomingPacket, JitterBuffer, Playout};
 use super::resample::{StreamResampler, resample_clip};
 use super::segmenter::Segmenter;
-use super::settings::{AudioSettings, VadSettings};
+use super::settings::{AudioSettings, DeviceSpec, VadSettings};
 use super::units::{FRAME_48K, FRAME_MS, Millis, OPUS_FRAME, SampleRate, VAD_FRAME};
 use super::vad::VoiceDetector;
 
 /// The multi-utterance fixture, built in so the benchmark runs on a kiosk.
 const SPEECH_WAV: &[u8] = include_bytes!("../../fixtures/audio/multi_utterance_16k.wav");
+
+/// How long the live engine runs for the latency figure.
+const LATENCY_RUN: Duration = Duration::from_secs(3);
 
 /// Audio pushed through each path.
 pub const BENCH_AUDIO: Millis = Millis(60_000);
@@ -40,6 +44,18 @@ pub struct PathReport {
     pub stages: BTreeMap<&'static str, u64>,
 }
 
+/// Delay the engine adds from the microphone delivering samples to their
+/// Opus packet leaving the DSP thread, measured on a live engine.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyReport {
+    /// Collecting a 20 ms Opus frame: the first sample of a packet waits this long.
+    pub framing_ms: u32,
+    /// From the delivery of a packet's last samples to the packet.
+    pub mean_us: u64,
+    pub max_us: u64,
+    pub packets: u64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub device_rate_hz: u32,
@@ -47,6 +63,7 @@ pub struct BenchReport {
     pub audio_ms: u32,
     pub capture: PathReport,
     pub playout: PathReport,
+    pub latency: LatencyReport,
 }
 
 impl BenchReport {
@@ -66,6 +83,11 @@ impl BenchReport {
                 out.push_str(&format!("  {stage:<14} {ns:>7} ns\n"));
             }
         }
+        let l = &self.latency;
+        out.push_str(&format!(
+            "latency  {} ms framing + {} us mean, {} us max to the encoded packet ({} packets, live engine)\n",
+            l.framing_ms, l.mean_us, l.max_us, l.packets
+        ));
         out
     }
 }
@@ -144,7 +166,9 @@ pub fn run(device_rate: SampleRate, audio: &AudioSettings) -> Result<BenchReport
 
     let capture = bench_capture(audio, &vad, device_rate, block, &mic, &speech48, frames)?;
     let playout = bench_playout(audio, device_rate, &speech48, frames)?;
+    let latency = live_latency(audio)?;
     Ok(BenchReport {
+        latency,
         device_rate_hz: device_rate.hz(),
         opus_complexity: audio.opus_complexity,
         audio_ms: BENCH_AUDIO.0,
@@ -318,4 +342,36 @@ fn bench_playout(
         ns_per_10ms_frame: per_frame(total, frames),
         stages,
     })
+}
+
+/// Runs the real engine for a few seconds with the speech fixture as a
+/// real-time WAV microphone and reads its capture-latency metric.
+fn live_latency(audio: &AudioSettings) -> Result<LatencyReport, AudioError> {
+    let path = std::env::temp_dir().join(format!("kiosk-gateway-bench-{}.wav", std::process::id()));
+    let wav_err = |source| AudioError::Wav {
+        path: path.clone(),
+        source: hound::Error::IoError(source),
+    };
+    std::fs::write(&path, SPEECH_WAV).map_err(wav_err)?;
+    let settings = AudioSettings {
+        input: DeviceSpec::Wav(path.clone()),
+        output: DeviceSpec::Disabled,
+        ..audio.clone()
+    };
+    let result = (|| {
+        let mut engine = AudioEngine::start(&settings, &VadSettings::default())?;
+        engine.link_ready();
+        std::thread::sleep(LATENCY_RUN);
+        engine.stop()?;
+        let packets = engine.frames().try_iter().count() as u64;
+        let (mean_us, max_us) = engine.metrics().capture_latency_us().unwrap_or((0, 0));
+        Ok(LatencyReport {
+            framing_ms: 20,
+            mean_us,
+            max_us,
+            packets,
+        })
+    })();
+    std::fs::remove_file(&path).map_err(wav_err)?;
+    result
 }

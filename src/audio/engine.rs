@@ -246,6 +246,12 @@ impl Pacer {
         self.done += due;
         due
     }
+
+    /// When the latest due frame became due: what a device callback's
+    /// timestamp would have been.
+    fn last_due(&self) -> Instant {
+        self.start + Duration::from_millis(self.done * u64::from(FRAME_MS.0))
+    }
 }
 
 /// Sample types the callbacks convert.
@@ -458,10 +464,10 @@ impl DspThread {
                 self.block[available..n].fill(0.0);
                 *pos += available;
                 if n > 0 {
-                    self.sink.last_input.store(
-                        self.sink.epoch.elapsed().as_nanos() as u64,
-                        Ordering::Relaxed,
-                    );
+                    let at = pacer.last_due().saturating_duration_since(self.sink.epoch);
+                    self.sink
+                        .last_input
+                        .store(at.as_nanos() as u64, Ordering::Relaxed);
                 }
                 n
             }
