@@ -54,9 +54,15 @@ impl EchoGate {
 
     /// Whether a voiced microphone frame at `mic` may count as the visitor.
     ///
-    /// `visitor_speaking` says an utterance is already open; the coupling is
-    /// only learned from frames that are then surely echo.
+    /// The gate guards onsets only: once the visitor's utterance is open
+    /// (`visitor_speaking`), a bot that starts talking must not cut them off
+    /// mid-sentence, so their frames pass; at worst the echo prolongs the
+    /// utterance's hangover. The coupling is learned only from frames that
+    /// are then surely echo.
     pub fn admits(&mut self, mic: Dbfs, voiced: bool, visitor_speaking: bool) -> bool {
+        if visitor_speaking {
+            return voiced;
+        }
         let envelope = self
             .recent_reference
             .iter()
@@ -67,7 +73,7 @@ impl EchoGate {
         }
         let echo_estimate = envelope + self.coupling_db;
         let admitted = mic.0 > echo_estimate + self.margin_db;
-        if !admitted && !visitor_speaking {
+        if !admitted {
             let observed = (mic.0 - envelope).clamp(COUPLING_RANGE_DB.0, COUPLING_RANGE_DB.1);
             let rate = if observed > self.coupling_db {
                 COUPLING_ATTACK
@@ -117,5 +123,7 @@ mod tests {
         assert!((-13.0..=-8.0).contains(&learned), "learned {learned}");
         gate.observe_reference(Dbfs(-20.0));
         assert!(gate.admits(Dbfs(-12.0), true, false));
+        // A visitor already speaking is not cut off when the bot starts.
+        assert!(gate.admits(Dbfs(-30.0), true, true));
     }
 }
