@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kiosk_gateway::audio::cli::{SegmentReport, vad_file};
+use kiosk_gateway::audio::device::Direction;
 use kiosk_gateway::audio::{
     AudioEngine, AudioEvent, AudioMetrics, AudioSettings, DeviceSpec, IncomingPacket, Millis,
     OPUS_FRAME, OpusDecoder, OpusEncoder, SampleRate, VadSettings, f32_to_i16, read_wav,
@@ -44,6 +45,23 @@ fn segments(engine: &AudioEngine, count: usize, timeout: Duration) -> Vec<Segmen
         }
     }
     found
+}
+
+/// Waits for a device event.
+fn wait_for_device(engine: &AudioEngine, direction: Direction, open: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(AudioEvent::Device {
+            direction: d,
+            open: o,
+        }) = engine.events().recv_timeout(Duration::from_millis(100))
+            && d == direction
+            && o == open
+        {
+            return true;
+        }
+    }
+    false
 }
 
 #[test]
@@ -173,6 +191,10 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
         output: DeviceSpec::parse("kiosk_test_speaker"),
         // The pipe still drains in bursts of up to 42 ms; queue enough.
         device_buffer_ms: Millis(100),
+        // This test's own sleeps are its network: on a loaded machine they
+        // jitter by far more than a LAN does.
+        jitter_min_ms: Millis(200),
+        jitter_max_ms: Millis(200),
         ..AudioSettings::default()
     };
     let mut engine = AudioEngine::start(&playback_settings, &VadSettings::default()).unwrap();
@@ -224,6 +246,53 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
         played.len() - start,
         sent.len()
     );
+
+    // A speaker that fails mid-stream (its FIFO reader goes away: EPIPE)
+    // is reported lost, reopened with backoff when it can be, and plays again.
+    let reader = |for_how_long: Duration| {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut chunk = [0u8; 960];
+            while start.elapsed() < for_how_long {
+                let mut file = std::fs::File::open(&fifo).unwrap();
+                while start.elapsed() < for_how_long && file.read(&mut chunk).unwrap_or(0) > 0 {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        })
+    };
+    let first_reader = reader(Duration::from_millis(800));
+    let flaky = AudioSettings {
+        reopen_backoff_min_ms: Millis(100),
+        reopen_backoff_max_ms: Millis(200),
+        ..playback_settings.clone()
+    };
+    let mut engine = AudioEngine::start(&flaky, &VadSettings::default()).unwrap();
+    assert!(wait_for_device(&engine, Direction::Output, true));
+    assert!(
+        wait_for_device(&engine, Direction::Output, false),
+        "loss not noticed"
+    );
+    first_reader.join().unwrap();
+    let second_reader = reader(Duration::from_millis(1500));
+    assert!(
+        wait_for_device(&engine, Direction::Output, true),
+        "not reopened"
+    );
+    assert!(AudioMetrics::get(&engine.metrics().device_errors) > 0);
+    let sender = engine.playout();
+    for p in &packets[..20] {
+        assert!(sender.push(*p));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(AudioMetrics::get(&engine.metrics().packets_played) >= 15);
+    second_reader.join().unwrap();
+    // A third open would wait for a FIFO reader forever; give it one.
+    let unblock = reader(Duration::from_millis(300));
+    engine.stop().unwrap();
+    unblock.join().unwrap();
 
     // A microphone that is missing at start is retried with backoff and
     // capture begins once it appears (a USB microphone plugged in late).
