@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use kiosk_gateway::audio::{
-    self, Aggressiveness, AudioSettings, DeviceSpec, Millis, SampleRate, VadSettings,
-};
+use kiosk_gateway::audio::{self, Aggressiveness, Millis, SampleRate};
 
 /// Bridges an on-prem voice kiosk to a cloud voice agent.
 #[derive(Parser)]
@@ -56,58 +54,28 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+    let output = match Cli::parse().command {
         Some(Command::Vad {
             input,
             device,
             duration_ms,
             aggressiveness,
             json,
-        }) => {
-            let mut settings = VadSettings::default();
-            if let Some(a) = aggressiveness {
-                settings.aggressiveness = a;
-            }
-            let report = match (input, device) {
-                (Some(path), _) => audio::cli::vad_file(&path, &settings)?,
-                (None, device) => audio::cli::vad_device(
-                    DeviceSpec::parse(device.as_deref().unwrap_or("default")),
-                    Millis(duration_ms),
-                    &settings,
-                )?,
-            };
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
-        }
-        Some(Command::Devices { json }) => {
-            let devices = audio::device::list_devices()?;
-            if json {
-                println!("{}", serde_json::to_string(&devices)?);
-            } else {
-                print!("{}", devices.to_text());
-            }
-        }
+        }) => audio::cli::vad_command(&audio::cli::VadArgs {
+            input,
+            device,
+            duration: Millis(duration_ms),
+            aggressiveness,
+            json,
+        })?,
+        Some(Command::Devices { json }) => audio::cli::devices_command(json)?,
         Some(Command::Bench {
             device_rate,
             opus_complexity,
             json,
-        }) => {
-            let mut settings = AudioSettings::default();
-            if let Some(c) = opus_complexity {
-                settings.opus_complexity = c;
-            }
-            let report = audio::bench::run(SampleRate(device_rate), &settings)?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
-        }
-        None => {}
-    }
+        }) => audio::cli::bench_command(SampleRate(device_rate), opus_complexity, json)?,
+        None => String::new(),
+    };
+    print!("{output}");
     Ok(())
 }

@@ -1,19 +1,85 @@
 //! The audio subcommands (`vad`, `bench`, `devices`); `main` only parses
 //! arguments and calls these.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::AudioError;
+use super::bench::{self, BenchReport};
 use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
+use super::device::{DeviceList, list_devices};
 use super::engine::AudioEngine;
 use super::metrics::AudioMetrics;
 use super::settings::{AudioSettings, DeviceSpec, VadSettings};
-use super::units::{FRAME_MS, Millis};
+use super::units::{FRAME_MS, Millis, SampleRate};
+use super::vad::Aggressiveness;
 use super::wav::read_wav;
+
+/// Arguments of `kiosk-gateway vad`.
+#[derive(Clone, Debug)]
+pub struct VadArgs {
+    /// A WAV file, processed as fast as possible...
+    pub input: Option<PathBuf>,
+    /// ...or a live input, listened to for `duration`.
+    pub device: Option<String>,
+    pub duration: Millis,
+    pub aggressiveness: Option<Aggressiveness>,
+    pub json: bool,
+}
+
+fn render<T: Serialize>(
+    value: &T,
+    json: bool,
+    text: impl FnOnce(&T) -> String,
+) -> Result<String, AudioError> {
+    if json {
+        Ok(serde_json::to_string(value)? + "\n")
+    } else {
+        Ok(text(value))
+    }
+}
+
+/// `kiosk-gateway vad`: what to print.
+pub fn vad_command(args: &VadArgs) -> Result<String, AudioError> {
+    let mut settings = VadSettings::default();
+    if let Some(a) = args.aggressiveness {
+        settings.aggressiveness = a;
+    }
+    let report = match &args.input {
+        Some(path) => vad_file(path, &settings)?,
+        None => vad_device(
+            DeviceSpec::parse(args.device.as_deref().unwrap_or("default")),
+            args.duration,
+            &settings,
+        )?,
+    };
+    render(&report, args.json, VadReport::to_text)
+}
+
+/// `kiosk-gateway devices`: what to print.
+pub fn devices_command(json: bool) -> Result<String, AudioError> {
+    render(&list_devices()?, json, DeviceList::to_text)
+}
+
+/// `kiosk-gateway bench`: what to print.
+pub fn bench_command(
+    device_rate: SampleRate,
+    opus_complexity: Option<i32>,
+    json: bool,
+) -> Result<String, AudioError> {
+    let mut settings = AudioSettings::default();
+    if let Some(c) = opus_complexity {
+        settings.opus_complexity = c;
+    }
+    render(
+        &bench::run(device_rate, &settings)?,
+        json,
+        BenchReport::to_text,
+    )
+}
 
 /// One utterance in `vad --json` output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

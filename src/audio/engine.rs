@@ -18,7 +18,6 @@ use cpal::traits::{DeviceTrait, StreamTrait};
 use cpal::{SampleFormat, SizedSample};
 use tracing::{info, warn};
 
-use super::AudioError;
 use super::capture::{AudioEvent, AudioSink, EncodedFrame};
 use super::device::{ChosenConfig, Direction, choose_config, find_device};
 use super::dsp::Dsp;
@@ -28,6 +27,7 @@ use super::resample::StreamResampler;
 use super::settings::{AudioSettings, DeviceSpec, VadSettings};
 use super::units::{FRAME_48K, FRAME_MS, Millis, SampleRate, f32_to_i16};
 use super::wav::read_wav;
+use super::{AudioError, error_chain};
 
 /// Events and packets queued for the session layer before the oldest are
 /// dropped (and counted): 2 s of packets, plenty of events.
@@ -192,7 +192,7 @@ impl AudioEngine {
 impl Drop for AudioEngine {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            warn!(error = %e, "audio engine stopped with an error");
+            warn!(error = %error_chain(&e), "audio engine stopped with an error");
         }
     }
 }
@@ -572,7 +572,7 @@ impl DspThread {
                 }
                 Err(e) => {
                     let wait = self.input_backoff.failed();
-                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot open microphone");
+                    warn!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot open microphone");
                 }
             }
         }
@@ -612,7 +612,7 @@ impl DspThread {
                 }
                 Err(e) => {
                     let wait = self.output_backoff.failed();
-                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot open speaker");
+                    warn!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot open speaker");
                 }
             }
         }

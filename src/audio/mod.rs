@@ -88,10 +88,23 @@ pub use wav::{PcmClip, read_wav, write_wav};
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong in the audio engine.
+/// The error and its causes on one line, for log fields.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Everything that can go wrong in the audio engine. Causes are kept as
+/// sources, not repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
-    #[error("WAV file {path}: {source}")]
+    #[error("WAV file {path}")]
     Wav {
         path: PathBuf,
         #[source]
@@ -99,15 +112,17 @@ pub enum AudioError {
     },
     #[error("resampler: {0}")]
     Resampler(String),
-    #[error("opus: {0}")]
+    #[error("Opus codec")]
     Opus(#[from] opus::Error),
-    #[error("audio device: {0}")]
+    #[error("audio device")]
     Device(#[source] cpal::Error),
     #[error("{direction} device not found: {detail}")]
     DeviceNotFound {
         direction: device::Direction,
         detail: String,
     },
+    #[error("JSON output")]
+    Json(#[from] serde_json::Error),
     #[error("audio engine stopped: {0}")]
     Stopped(String),
     #[error("{direction} device offers no 16-bit or float format")]

@@ -108,6 +108,8 @@ mod tests {
     #[test]
     fn missing_file_names_the_path() {
         let err = read_wav(Path::new("/nonexistent/x.wav")).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/x.wav"), "{err}");
+        let text = crate::audio::error_chain(&err);
+        assert!(text.contains("/nonexistent/x.wav"), "{text}");
+        assert!(text.contains("No such file"), "{text}");
     }
 }
