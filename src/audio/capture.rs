@@ -66,7 +66,7 @@ pub trait AudioSink {
 
 /// Where encoded audio goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamState {
+enum StreamState {
     /// No conversation: nothing is encoded until the visitor speaks.
     Idle,
     /// Speech is encoded and held until the link is ready.
@@ -172,15 +172,6 @@ impl CaptureProcessor {
             level_energy: 0.0,
             metrics,
         })
-    }
-
-    pub fn state(&self) -> StreamState {
-        self.state
-    }
-
-    /// Whether the visitor is in a confirmed utterance.
-    pub fn visitor_speaking(&self) -> bool {
-        self.segmenter.in_speech()
     }
 
     /// Level of the 10 ms of playout just handed to the speaker (the echo reference).

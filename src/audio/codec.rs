@@ -69,11 +69,6 @@ impl OpusEncoder {
         out.len = len as u16;
         Ok(out)
     }
-
-    /// Samples of delay the encoder adds before a sound appears in its output.
-    pub fn lookahead(&mut self) -> Result<usize, AudioError> {
-        Ok(usize::try_from(self.encoder.get_lookahead()?).unwrap_or(0))
-    }
 }
 
 /// Decoder with packet-loss concealment and FEC recovery.

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::AudioError;
-use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame, StreamState};
+use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
 use super::metrics::AudioMetrics;
 use super::playout::{IncomingPacket, Playout};
 use super::settings::{AudioSettings, VadSettings};
@@ -105,10 +105,6 @@ impl Dsp {
 
     pub fn end_stream(&mut self) {
         self.capture.end_stream();
-    }
-
-    pub fn stream_state(&self) -> StreamState {
-        self.capture.state()
     }
 
     pub fn bot_playing(&self) -> bool {

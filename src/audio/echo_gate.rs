@@ -32,7 +32,6 @@ pub struct EchoGate {
     coupling_db: f32,
     recent_reference: [f32; ECHO_SPAN_FRAMES],
     next: usize,
-    gated_frames: u64,
 }
 
 impl EchoGate {
@@ -42,7 +41,6 @@ impl EchoGate {
             coupling_db: INITIAL_COUPLING_DB,
             recent_reference: [Dbfs::FLOOR.0; ECHO_SPAN_FRAMES],
             next: 0,
-            gated_frames: 0,
         }
     }
 
@@ -82,15 +80,7 @@ impl EchoGate {
             };
             self.coupling_db += rate * (observed - self.coupling_db);
         }
-        if voiced && !admitted {
-            self.gated_frames += 1;
-        }
         voiced && admitted
-    }
-
-    /// Voiced frames rejected as echo so far.
-    pub fn gated_frames(&self) -> u64 {
-        self.gated_frames
     }
 
     /// Current estimate of the speaker-to-microphone coupling.

@@ -72,7 +72,7 @@ mod units;
 mod vad;
 mod wav;
 
-pub use capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame, StreamState};
+pub use capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
 pub use codec::{MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket};
 pub use dsp::Dsp;
 pub use echo_gate::EchoGate;

@@ -33,10 +33,6 @@ impl fmt::Display for SampleRate {
 pub struct Millis(pub u32);
 
 impl Millis {
-    pub fn as_u32(self) -> u32 {
-        self.0
-    }
-
     /// Whole 10 ms DSP frames in this duration, rounded up so that a
     /// configured minimum is never undercut.
     pub fn frames(self) -> u32 {
