@@ -13,6 +13,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use toml_edit::Document;
 
+use crate::audio::{Aggressiveness, AudioSettings, DeviceSpec, Millis, VadSettings};
+
 use loader::Loader;
 pub use loader::{ENV_PREFIX, Env, Origin, Problem};
 
@@ -58,8 +60,8 @@ pub struct Config {
     /// The file this was loaded from.
     pub source: PathBuf,
     pub kiosk: KioskConfig,
-    pub audio: AudioConfig,
-    pub vad: VadConfig,
+    pub audio: AudioSettings,
+    pub vad: VadSettings,
     pub daily: DailyConfig,
     pub agent: AgentConfig,
     pub session: SessionConfig,
@@ -73,24 +75,6 @@ pub struct Config {
 pub struct KioskConfig {
     pub id: KioskId,
     pub name: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct AudioConfig {
-    /// `"default"`, a device name (exact or unique substring) or `"wav:<path>"`.
-    pub input: String,
-    pub output: String,
-    pub barge_in: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct VadConfig {
-    pub aggressiveness: u8,
-    pub preroll_ms: u32,
-    pub hangover_ms: u32,
-    pub min_speech_ms: u32,
-    pub max_utterance_ms: u32,
-    pub buffer_ms: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,19 +249,8 @@ fn default_store_path(env: &Env) -> PathBuf {
 
 fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
     let kiosk = read_kiosk(l);
-    let audio = AudioConfig {
-        input: l.string("audio", "input", "default"),
-        output: l.string("audio", "output", "default"),
-        barge_in: l.boolean("audio", "barge_in", true),
-    };
-    let vad = VadConfig {
-        aggressiveness: l.integer("vad", "aggressiveness", 2, 0..=3) as u8,
-        preroll_ms: l.integer("vad", "preroll_ms", 300, 0..=2_000) as u32,
-        hangover_ms: l.integer("vad", "hangover_ms", 700, 100..=5_000) as u32,
-        min_speech_ms: l.integer("vad", "min_speech_ms", 200, 0..=5_000) as u32,
-        max_utterance_ms: l.integer("vad", "max_utterance_ms", 30_000, 1_000..=300_000) as u32,
-        buffer_ms: l.integer("vad", "buffer_ms", 15_000, 1_000..=120_000) as u32,
-    };
+    let audio = read_audio(l);
+    let vad = read_vad(l);
     let daily = DailyConfig {
         base_url: l
             .url("daily", "base_url")
@@ -347,6 +320,110 @@ fn read_kiosk(l: &mut Loader<'_>) -> KioskConfig {
     });
     let name = l.string("kiosk", "name", id.as_str());
     KioskConfig { id, name }
+}
+
+/// Milliseconds within `range`, for the audio engine's settings.
+fn millis(
+    l: &mut Loader<'_>,
+    section: &'static str,
+    key: &'static str,
+    default: Millis,
+    range: std::ops::RangeInclusive<u32>,
+) -> Millis {
+    let range = i64::from(*range.start())..=i64::from(*range.end());
+    Millis(l.integer(section, key, i64::from(default.0), range) as u32)
+}
+
+fn read_audio(l: &mut Loader<'_>) -> AudioSettings {
+    let d = AudioSettings::default();
+    let a = AudioSettings {
+        input: DeviceSpec::parse(&l.string("audio", "input", "default")),
+        output: DeviceSpec::parse(&l.string("audio", "output", "default")),
+        barge_in: l.boolean("audio", "barge_in", d.barge_in),
+        opus_bitrate_bps: l.integer(
+            "audio",
+            "opus_bitrate_bps",
+            d.opus_bitrate_bps.into(),
+            6_000..=128_000,
+        ) as i32,
+        opus_complexity: l.integer("audio", "opus_complexity", d.opus_complexity.into(), 0..=10)
+            as i32,
+        opus_expected_loss_percent: l.integer(
+            "audio",
+            "opus_expected_loss_percent",
+            d.opus_expected_loss_percent.into(),
+            0..=100,
+        ) as i32,
+        jitter_min_ms: millis(l, "audio", "jitter_min_ms", d.jitter_min_ms, 20..=500),
+        jitter_max_ms: millis(l, "audio", "jitter_max_ms", d.jitter_max_ms, 20..=1_000),
+        device_buffer_ms: millis(l, "audio", "device_buffer_ms", d.device_buffer_ms, 5..=200),
+        input_buffer_ms: millis(l, "audio", "input_buffer_ms", d.input_buffer_ms, 50..=5_000),
+        reopen_backoff_min_ms: millis(
+            l,
+            "audio",
+            "reopen_backoff_min_ms",
+            d.reopen_backoff_min_ms,
+            100..=60_000,
+        ),
+        reopen_backoff_max_ms: millis(
+            l,
+            "audio",
+            "reopen_backoff_max_ms",
+            d.reopen_backoff_max_ms,
+            100..=600_000,
+        ),
+    };
+    if a.jitter_max_ms < a.jitter_min_ms {
+        l.problem_at(
+            "audio",
+            "jitter_max_ms",
+            "must not be less than audio.jitter_min_ms",
+        );
+    }
+    if a.reopen_backoff_max_ms < a.reopen_backoff_min_ms {
+        l.problem_at(
+            "audio",
+            "reopen_backoff_max_ms",
+            "must not be less than audio.reopen_backoff_min_ms",
+        );
+    }
+    a
+}
+
+fn read_vad(l: &mut Loader<'_>) -> VadSettings {
+    let d = VadSettings::default();
+    let level = l.integer(
+        "vad",
+        "aggressiveness",
+        d.aggressiveness.level().into(),
+        0..=3,
+    ) as u8;
+    let v = VadSettings {
+        aggressiveness: Aggressiveness::from_level(level).unwrap_or(d.aggressiveness),
+        onset_window_ms: millis(l, "vad", "onset_window_ms", d.onset_window_ms, 10..=1_000),
+        onset_voiced_ms: millis(l, "vad", "onset_voiced_ms", d.onset_voiced_ms, 10..=1_000),
+        preroll_ms: millis(l, "vad", "preroll_ms", d.preroll_ms, 0..=2_000),
+        hangover_ms: millis(l, "vad", "hangover_ms", d.hangover_ms, 100..=5_000),
+        min_speech_ms: millis(l, "vad", "min_speech_ms", d.min_speech_ms, 0..=5_000),
+        max_utterance_ms: millis(
+            l,
+            "vad",
+            "max_utterance_ms",
+            d.max_utterance_ms,
+            1_000..=300_000,
+        ),
+        buffer_ms: millis(l, "vad", "buffer_ms", d.buffer_ms, 1_000..=120_000),
+        echo_margin_db: l.number("vad", "echo_margin_db", d.echo_margin_db.into(), 0.0..=40.0)
+            as f32,
+    };
+    if v.onset_voiced_ms > v.onset_window_ms {
+        l.problem_at(
+            "vad",
+            "onset_voiced_ms",
+            "must not be more than vad.onset_window_ms",
+        );
+    }
+    v
 }
 
 fn read_session(l: &mut Loader<'_>) -> SessionConfig {

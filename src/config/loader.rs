@@ -276,6 +276,38 @@ impl<'a> Loader<'a> {
         })
     }
 
+    /// A number, integer or not, within `range`.
+    pub fn number(
+        &mut self,
+        section: &'static str,
+        key: &'static str,
+        default: f64,
+        range: RangeInclusive<f64>,
+    ) -> f64 {
+        let expected = format!(
+            "expected a number from {} to {}",
+            range.start(),
+            range.end()
+        );
+        self.typed(section, key, default, |raw| {
+            let v = match raw {
+                Raw::Env(s) => s
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|_| format!("{expected}, found {s:?}"))?,
+                Raw::Toml(item) => item
+                    .as_float()
+                    .or_else(|| item.as_integer().map(|i| i as f64))
+                    .ok_or_else(|| format!("{expected}, found {}", describe(item)))?,
+            };
+            if range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(format!("{expected}, found {v}"))
+            }
+        })
+    }
+
     /// A duration written the human way: `"30s"`, `"5m"`, `"1h 30m"`.
     pub fn duration(
         &mut self,

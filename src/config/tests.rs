@@ -17,7 +17,7 @@ const MINIMAL: &str = "[agent]\noffer_url = \"http://127.0.0.1:7860/api/offer\"\
 fn minimal_file_gets_defaults() {
     let c = parse(MINIMAL, &Env::default()).unwrap();
     assert_eq!(c.status.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(c.vad.aggressiveness, 2);
+    assert_eq!(c.vad.aggressiveness.level(), 2);
     assert_eq!(c.session.idle_timeout, Duration::from_secs(30));
     assert_eq!(c.store.path, Path::new("/var/lib/kiosk-gateway/kiosk.db"));
     assert_eq!(c.daily.base_url.as_str(), "https://api.daily.co/v1");
@@ -104,7 +104,7 @@ fn environment_overrides_the_file() {
     );
     let c = parse(&format!("{MINIMAL}[vad]\naggressiveness = 1\n"), &env).unwrap();
     assert_eq!(c.status.listen.port(), 0);
-    assert_eq!(c.vad.aggressiveness, 3);
+    assert_eq!(c.vad.aggressiveness.level(), 3);
     assert!(!c.audio.barge_in);
 }
 

@@ -1,0 +1,92 @@
+//! Criterion benchmarks of the per-frame DSP stages (`cargo bench --bench audio`).
+//! `kiosk-gateway bench` gives the whole-path figures on a kiosk.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use kiosk_gateway::audio::{
+    AudioMetrics, AudioSettings, CaptureProcessor, FRAME_48K, OPUS_FRAME, OpusDecoder, OpusEncoder,
+    SampleRate, VAD_FRAME, VadSettings, VoiceDetector, read_wav, resample_clip,
+};
+
+fn speech() -> (Vec<f32>, Vec<f32>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/audio/multi_utterance_16k.wav");
+    let clip = read_wav(&path).unwrap();
+    let s48 = resample_clip(&clip.samples, clip.rate, SampleRate::OPUS).unwrap();
+    (clip.samples, s48)
+}
+
+fn stages(c: &mut Criterion) {
+    let (s16, s48) = speech();
+    let frames16: Vec<[f32; VAD_FRAME]> = s16
+        .chunks_exact(VAD_FRAME)
+        .map(|f| f.try_into().unwrap())
+        .collect();
+    let frames20: Vec<[f32; OPUS_FRAME]> = s48
+        .chunks_exact(OPUS_FRAME)
+        .map(|f| f.try_into().unwrap())
+        .collect();
+
+    let mut vad = VoiceDetector::new(VadSettings::default().aggressiveness);
+    let mut i = 0;
+    c.bench_function("vad_10ms", |b| {
+        b.iter(|| {
+            i = (i + 1) % frames16.len();
+            black_box(vad.is_voiced(&frames16[i]))
+        })
+    });
+
+    let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
+    let packets: Vec<_> = frames20.iter().map(|f| enc.encode(f).unwrap()).collect();
+    let mut j = 0;
+    c.bench_function("opus_encode_20ms", |b| {
+        b.iter(|| {
+            j = (j + 1) % frames20.len();
+            black_box(enc.encode(&frames20[j]).unwrap())
+        })
+    });
+
+    let mut dec = OpusDecoder::new().unwrap();
+    let mut pcm = [0.0; OPUS_FRAME];
+    let mut k = 0;
+    c.bench_function("opus_decode_20ms", |b| {
+        b.iter(|| {
+            k = (k + 1) % packets.len();
+            black_box(dec.decode(packets[k].bytes(), &mut pcm).unwrap())
+        })
+    });
+
+    let mut capture = CaptureProcessor::new(
+        &AudioSettings::default(),
+        &VadSettings::default(),
+        SampleRate::OPUS,
+        FRAME_48K,
+        true,
+        Arc::new(AudioMetrics::default()),
+    )
+    .unwrap();
+    struct Discard;
+    impl kiosk_gateway::audio::AudioSink for Discard {
+        fn event(&mut self, e: kiosk_gateway::audio::AudioEvent) {
+            black_box(e);
+        }
+        fn frame(&mut self, f: kiosk_gateway::audio::EncodedFrame) {
+            black_box(f);
+        }
+    }
+    capture.link_ready(&mut Discard);
+    let mut m = 0;
+    c.bench_function("capture_path_10ms_48k", |b| {
+        b.iter(|| {
+            m = (m + FRAME_48K) % (s48.len() - FRAME_48K);
+            capture
+                .push_samples(&s48[m..m + FRAME_48K], &mut Discard)
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);

@@ -1,0 +1,377 @@
+//! `kiosk-gateway bench`: audio throughput on this machine.
+//!
+//! Pushes 60 s of the built-in speech fixture through the capture path
+//! (resample, VAD, segmenter, Opus encode) and the playout path (Opus
+//! decode, jitter buffer, resample) as fast as possible on one thread, in
+//! the same 10 ms frames the engine uses, and times each stage on its own
+//! as well as the whole path.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::AudioError;
+use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
+use super::codec::{OpusDecoder, OpusEncoder};
+use super::engine::AudioEngine;
+use super::metrics::AudioMetrics;
+use super::playout::{IncomingPacket, JitterBuffer, Playout};
+use super::resample::{StreamResampler, resample_clip};
+use super::segmenter::Segmenter;
+use super::settings::{AudioSettings, DeviceSpec, VadSettings};
+use super::units::{FRAME_48K, FRAME_MS, Millis, OPUS_FRAME, SampleRate, VAD_FRAME};
+use super::vad::VoiceDetector;
+
+/// The multi-utterance fixture, built in so the benchmark runs on a kiosk.
+const SPEECH_WAV: &[u8] = include_bytes!("../../fixtures/audio/multi_utterance_16k.wav");
+
+/// How long the live engine runs for the latency figure.
+const LATENCY_RUN: Duration = Duration::from_secs(3);
+
+/// Audio pushed through each path.
+pub const BENCH_AUDIO: Millis = Millis(60_000);
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PathReport {
+    /// Seconds of audio processed per second of one core's CPU time.
+    pub x_realtime: f64,
+    pub ns_per_10ms_frame: u64,
+    /// The same figure for each stage run alone.
+    pub stages: BTreeMap<&'static str, u64>,
+}
+
+/// Delay the engine adds from the microphone delivering samples to their
+/// Opus packet leaving the DSP thread, measured on a live engine.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyReport {
+    /// Collecting a 20 ms Opus frame: the first sample of a packet waits this long.
+    pub framing_ms: u32,
+    /// From the delivery of a packet's last samples to the packet.
+    pub mean_us: u64,
+    pub max_us: u64,
+    pub packets: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub device_rate_hz: u32,
+    pub opus_complexity: i32,
+    pub audio_ms: u32,
+    pub capture: PathReport,
+    pub playout: PathReport,
+    pub latency: LatencyReport,
+}
+
+impl BenchReport {
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "{} s of speech, device rate {} Hz, Opus complexity {}, one thread (CPU time)\n",
+            self.audio_ms / 1000,
+            self.device_rate_hz,
+            self.opus_complexity
+        );
+        for (name, path) in [("capture", &self.capture), ("playout", &self.playout)] {
+            out.push_str(&format!(
+                "{name:<8} {:>8.0}x real time  {:>7} ns per 10 ms frame\n",
+                path.x_realtime, path.ns_per_10ms_frame
+            ));
+            for (stage, ns) in &path.stages {
+                out.push_str(&format!("  {stage:<14} {ns:>7} ns\n"));
+            }
+        }
+        let l = &self.latency;
+        out.push_str(&format!(
+            "latency  {} ms framing + {} us mean, {} us max to the encoded packet ({} packets, live engine)\n",
+            l.framing_ms, l.mean_us, l.max_us, l.packets
+        ));
+        out
+    }
+}
+
+/// Counts what the capture path produced, so nothing is optimised away.
+#[derive(Default)]
+struct CountingSink {
+    events: u64,
+    bytes: u64,
+}
+
+impl AudioSink for CountingSink {
+    fn event(&mut self, event: AudioEvent) {
+        if !matches!(event, AudioEvent::Level(_)) {
+            self.events += 1;
+        }
+    }
+    fn frame(&mut self, frame: EncodedFrame) {
+        self.bytes += frame.packet.bytes().len() as u64;
+    }
+}
+
+/// CPU time of the calling thread. The figures are CPU time rather than
+/// wall time so that other work on a shared machine does not skew them.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID
+    // is supported on every Linux the gateway runs on.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn time<T>(f: impl FnOnce() -> Result<T, AudioError>) -> Result<(Duration, T), AudioError> {
+    let start = thread_cpu_time();
+    let value = f()?;
+    Ok((thread_cpu_time().saturating_sub(start), value))
+}
+
+fn per_frame(elapsed: Duration, frames: usize) -> u64 {
+    (elapsed.as_nanos() / frames.max(1) as u128) as u64
+}
+
+/// Runs the benchmark with microphone and speaker at `device_rate`.
+pub fn run(device_rate: SampleRate, audio: &AudioSettings) -> Result<BenchReport, AudioError> {
+    let clip = hound::WavReader::new(Cursor::new(SPEECH_WAV))
+        .and_then(|r| {
+            let rate = r.spec().sample_rate;
+            let samples = r
+                .into_samples::<i16>()
+                .map(|s| s.map(|v| f32::from(v) / 32768.0))
+                .collect::<Result<Vec<f32>, _>>()?;
+            Ok((SampleRate(rate), samples))
+        })
+        .map_err(|source| AudioError::Wav {
+            path: "built-in speech fixture".into(),
+            source,
+        })?;
+    let speech16: Vec<f32> = clip
+        .1
+        .iter()
+        .copied()
+        .cycle()
+        .take(SampleRate::VAD.samples_in(BENCH_AUDIO))
+        .collect();
+    let mic = resample_clip(&speech16, SampleRate::VAD, device_rate)?;
+    let speech48 = resample_clip(&speech16, SampleRate::VAD, SampleRate::OPUS)?;
+    let frames = BENCH_AUDIO.frames() as usize;
+    let block = device_rate.samples_in(FRAME_MS);
+    let vad = VadSettings::default();
+
+    let capture = bench_capture(audio, &vad, device_rate, block, &mic, &speech48, frames)?;
+    let playout = bench_playout(audio, device_rate, &speech48, frames)?;
+    let latency = live_latency(audio)?;
+    Ok(BenchReport {
+        latency,
+        device_rate_hz: device_rate.hz(),
+        opus_complexity: audio.opus_complexity,
+        audio_ms: BENCH_AUDIO.0,
+        capture,
+        playout,
+    })
+}
+
+fn bench_capture(
+    audio: &AudioSettings,
+    vad_settings: &VadSettings,
+    rate: SampleRate,
+    block: usize,
+    mic: &[f32],
+    speech48: &[f32],
+    frames: usize,
+) -> Result<PathReport, AudioError> {
+    let mut stages = BTreeMap::new();
+
+    let (resample, voiced) = time(|| {
+        let mut to_vad = StreamResampler::new(rate, SampleRate::VAD, block)?;
+        let mut to_opus = StreamResampler::new(rate, SampleRate::OPUS, block)?;
+        let mut f16 = [0.0; VAD_FRAME];
+        let mut f48 = [0.0; FRAME_48K];
+        let mut n = 0usize;
+        for chunk in mic.chunks(block) {
+            to_vad.push(chunk)?;
+            to_opus.push(chunk)?;
+            while to_vad.pop_frame(&mut f16) && to_opus.pop_frame(&mut f48) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    })?;
+    stages.insert("resample", per_frame(resample, voiced));
+
+    let speech16 = resample_clip(speech48, SampleRate::OPUS, SampleRate::VAD)?;
+    let (vad_time, decisions) = time(|| {
+        let mut detector = VoiceDetector::new(vad_settings.aggressiveness);
+        Ok(speech16
+            .chunks_exact(VAD_FRAME)
+            .map(|f| detector.is_voiced(f.try_into().unwrap_or(&[0.0; VAD_FRAME])))
+            .collect::<Vec<bool>>())
+    })?;
+    stages.insert("vad", per_frame(vad_time, decisions.len()));
+
+    let (seg_time, emitted) = time(|| {
+        let mut segmenter = Segmenter::new(vad_settings);
+        let mut emitted = 0u64;
+        for (voiced, frame) in decisions.iter().zip(speech48.chunks_exact(FRAME_48K)) {
+            let frame: &[f32; FRAME_48K] = frame.try_into().unwrap_or(&[0.0; FRAME_48K]);
+            segmenter.push(*voiced, frame, &mut |_| emitted += 1);
+        }
+        Ok(emitted)
+    })?;
+    black_box(emitted);
+    stages.insert("segmenter", per_frame(seg_time, decisions.len()));
+
+    let (enc_time, bytes) = time(|| {
+        let mut encoder = OpusEncoder::new(audio)?;
+        let mut bytes = 0usize;
+        for chunk in speech48.chunks_exact(OPUS_FRAME) {
+            let frame: &[f32; OPUS_FRAME] = chunk.try_into().unwrap_or(&[0.0; OPUS_FRAME]);
+            bytes += encoder.encode(frame)?.bytes().len();
+        }
+        Ok(bytes)
+    })?;
+    black_box(bytes);
+    stages.insert("opus_encode", per_frame(enc_time, frames));
+
+    let (total, sink) = time(|| {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut capture = CaptureProcessor::new(audio, vad_settings, rate, block, true, metrics)?;
+        let mut sink = CountingSink::default();
+        // Stream from the start so every frame is encoded, the costly case.
+        capture.link_ready(&mut sink);
+        for chunk in mic.chunks(block) {
+            capture.push_samples(chunk, &mut sink)?;
+        }
+        Ok(sink)
+    })?;
+    black_box((sink.events, sink.bytes));
+    Ok(PathReport {
+        x_realtime: f64::from(BENCH_AUDIO.0) / 1000.0 / total.as_secs_f64(),
+        ns_per_10ms_frame: per_frame(total, frames),
+        stages,
+    })
+}
+
+fn bench_playout(
+    audio: &AudioSettings,
+    rate: SampleRate,
+    speech48: &[f32],
+    frames: usize,
+) -> Result<PathReport, AudioError> {
+    let mut encoder = OpusEncoder::new(audio)?;
+    let packets: Vec<IncomingPacket> = speech48
+        .chunks_exact(OPUS_FRAME)
+        .enumerate()
+        .map(|(k, c)| {
+            let frame: &[f32; OPUS_FRAME] = c.try_into().unwrap_or(&[0.0; OPUS_FRAME]);
+            Ok(IncomingPacket {
+                seq: k as u16,
+                timestamp: (k * OPUS_FRAME) as u32,
+                payload: encoder.encode(frame)?,
+            })
+        })
+        .collect::<Result<_, AudioError>>()?;
+    let mut stages = BTreeMap::new();
+
+    let (dec_time, samples) = time(|| {
+        let mut decoder = OpusDecoder::new()?;
+        let mut pcm = [0.0; OPUS_FRAME];
+        let mut n = 0;
+        for p in &packets {
+            n += decoder.decode(p.payload.bytes(), &mut pcm)?;
+        }
+        Ok(n)
+    })?;
+    stages.insert("opus_decode", per_frame(dec_time, samples / FRAME_48K));
+
+    let (jb_time, popped) = time(|| {
+        let mut jitter = JitterBuffer::new(audio, Arc::new(AudioMetrics::default()));
+        let mut popped = 0usize;
+        for (k, p) in packets.iter().enumerate() {
+            jitter.insert(*p, Millis(k as u32 * 20));
+            popped += usize::from(!matches!(jitter.pop(), super::playout::NextFrame::Silence));
+        }
+        Ok(popped)
+    })?;
+    black_box(popped);
+    stages.insert("jitter_buffer", per_frame(jb_time, frames));
+
+    let (rs_time, out_frames) = time(|| {
+        let out_block = rate.samples_in(FRAME_MS);
+        let mut to_device = StreamResampler::new(SampleRate::OPUS, rate, FRAME_48K)?;
+        let mut out = vec![0.0; out_block];
+        let mut n = 0;
+        for f in speech48.chunks_exact(FRAME_48K) {
+            to_device.push(f)?;
+            while to_device.pop_frame(&mut out) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    })?;
+    stages.insert("resample", per_frame(rs_time, out_frames));
+
+    let (total, played) = time(|| {
+        let mut playout = Playout::new(audio, Arc::new(AudioMetrics::default()))?;
+        let out_block = rate.samples_in(FRAME_MS);
+        let mut to_device = StreamResampler::new(SampleRate::OPUS, rate, FRAME_48K)?;
+        let mut frame = [0.0; FRAME_48K];
+        let mut out = vec![0.0; out_block];
+        let mut played = 0usize;
+        let mut next = 0;
+        for tick in 0..frames as u32 {
+            while next < packets.len() && packets[next].timestamp / 48 <= tick * 10 {
+                playout.push(packets[next], Millis(tick * 10));
+                next += 1;
+            }
+            played += usize::from(playout.next_frame(&mut frame)?);
+            to_device.push(&frame)?;
+            while to_device.pop_frame(&mut out) {}
+        }
+        Ok(played)
+    })?;
+    black_box(played);
+    Ok(PathReport {
+        x_realtime: f64::from(BENCH_AUDIO.0) / 1000.0 / total.as_secs_f64(),
+        ns_per_10ms_frame: per_frame(total, frames),
+        stages,
+    })
+}
+
+/// Runs the real engine for a few seconds with the speech fixture as a
+/// real-time WAV microphone and reads its capture-latency metric.
+fn live_latency(audio: &AudioSettings) -> Result<LatencyReport, AudioError> {
+    let path = std::env::temp_dir().join(format!("kiosk-gateway-bench-{}.wav", std::process::id()));
+    let wav_err = |source| AudioError::Wav {
+        path: path.clone(),
+        source: hound::Error::IoError(source),
+    };
+    std::fs::write(&path, SPEECH_WAV).map_err(wav_err)?;
+    let settings = AudioSettings {
+        input: DeviceSpec::Wav(path.clone()),
+        output: DeviceSpec::Disabled,
+        ..audio.clone()
+    };
+    let result = (|| {
+        let mut engine = AudioEngine::start(&settings, &VadSettings::default())?;
+        engine.link_ready();
+        std::thread::sleep(LATENCY_RUN);
+        engine.stop()?;
+        let packets = engine.frames().try_iter().count() as u64;
+        let (mean_us, max_us) = engine.metrics().capture_latency_us().unwrap_or((0, 0));
+        Ok(LatencyReport {
+            framing_ms: 20,
+            mean_us,
+            max_us,
+            packets,
+        })
+    })();
+    std::fs::remove_file(&path).map_err(wav_err)?;
+    result
+}

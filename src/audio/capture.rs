@@ -1,0 +1,349 @@
+//! The capture path without threads or devices: microphone samples in,
+//! speech events and Opus packets out.
+//!
+//! Stages per 10 ms frame: resample (device rate to 16 kHz for the VAD and to
+//! 48 kHz for Opus), VAD, echo gate, segmenter, and while a conversation is
+//! active, Opus encoding into the buffer-until-ready.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::AudioError;
+use super::codec::{OpusEncoder, OpusPacket};
+use super::echo_gate::EchoGate;
+use super::metrics::AudioMetrics;
+use super::resample::StreamResampler;
+use super::segmenter::{SegmentOutput, Segmenter, Utterance};
+use super::settings::{AudioSettings, VadSettings};
+use super::units::{Dbfs, FRAME_48K, Millis, OPUS_FRAME, SampleRate, VAD_FRAME};
+use super::vad::VoiceDetector;
+
+/// Level events are sent this often (in 10 ms frames) for the status page.
+const LEVEL_EVERY_FRAMES: u64 = 10;
+/// Packets of this size or smaller are Opus DTX (comfort-noise) frames.
+const DTX_PACKET_MAX: usize = 2;
+
+/// What the audio engine reports to the session layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AudioEvent {
+    /// The visitor started speaking at `onset` (capture timeline); `preroll`
+    /// of audio before it is included in the stream.
+    SpeechStarted {
+        onset: Millis,
+        preroll: Millis,
+    },
+    SpeechEnded(Utterance),
+    /// Microphone level over the last 100 ms.
+    Level(Dbfs),
+    /// The visitor spoke over the bot: its playback was faded out and flushed.
+    BargeIn,
+    /// A device was lost (and will be reopened) or (re)opened.
+    Device {
+        direction: super::device::Direction,
+        open: bool,
+    },
+}
+
+/// One 20 ms Opus frame of microphone audio.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodedFrame {
+    pub packet: OpusPacket,
+    /// Position of the frame's first sample, in 48 kHz samples of encoded
+    /// audio; continuous within a conversation, so it serves as the RTP
+    /// timestamp offset (gaps are DTX silence or dropped overflow).
+    pub timestamp: u32,
+    /// First packet of a talkspurt: set the RTP marker bit.
+    pub after_silence: bool,
+}
+
+/// Receives the audio engine's output.
+pub trait AudioSink {
+    fn event(&mut self, event: AudioEvent);
+    fn frame(&mut self, frame: EncodedFrame);
+}
+
+/// Where encoded audio goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamState {
+    /// No conversation: nothing is encoded until the visitor speaks.
+    Idle,
+    /// Speech is encoded and held until the link is ready.
+    Buffering,
+    /// The link takes packets as they are made.
+    Streaming,
+}
+
+/// Bounded holding area for encoded speech while the link comes up.
+struct SpeechBuffer {
+    queue: VecDeque<EncodedFrame>,
+    capacity: usize,
+    dropped_since_release: u64,
+}
+
+impl SpeechBuffer {
+    fn new(buffer: Millis) -> Self {
+        let capacity = (buffer.0 / 20).max(1) as usize;
+        Self {
+            queue: VecDeque::with_capacity(capacity),
+            capacity,
+            dropped_since_release: 0,
+        }
+    }
+
+    fn push(&mut self, frame: EncodedFrame, metrics: &AudioMetrics) {
+        if self.queue.len() == self.capacity {
+            self.queue.pop_front();
+            if self.dropped_since_release == 0 {
+                warn!(
+                    capacity_ms = self.capacity * 20,
+                    "speech buffer full while waiting for the link; dropping the oldest audio"
+                );
+            }
+            self.dropped_since_release += 1;
+            AudioMetrics::add(&metrics.buffer_overflow_packets, 1);
+            // The receiver now sees a jump in the audio: start a new talkspurt.
+            if let Some(front) = self.queue.front_mut() {
+                front.after_silence = true;
+            }
+        }
+        self.queue.push_back(frame);
+    }
+}
+
+pub struct CaptureProcessor {
+    to_vad: StreamResampler,
+    to_opus: StreamResampler,
+    vad_frame: [f32; VAD_FRAME],
+    frame_48k: [f32; FRAME_48K],
+    vad: VoiceDetector,
+    gate: EchoGate,
+    segmenter: Segmenter,
+    encoder: Option<OpusEncoder>,
+    opus_input: [f32; OPUS_FRAME],
+    opus_filled: usize,
+    /// 48 kHz samples handed to the encoder so far.
+    encoded_samples: u64,
+    state: StreamState,
+    next_after_silence: bool,
+    buffer: SpeechBuffer,
+    /// Frames the segmenter hands out when a conversation starts, reused.
+    scratch: Vec<[f32; FRAME_48K]>,
+    frames: u64,
+    level_energy: f32,
+    metrics: Arc<AudioMetrics>,
+}
+
+impl CaptureProcessor {
+    /// `encode` is false for tools that only need the segmentation.
+    /// `max_block` is the largest block of samples `push` will be given.
+    pub fn new(
+        audio: &AudioSettings,
+        vad: &VadSettings,
+        input_rate: SampleRate,
+        max_block: usize,
+        encode: bool,
+        metrics: Arc<AudioMetrics>,
+    ) -> Result<Self, AudioError> {
+        let segmenter = Segmenter::new(vad);
+        let scratch = Vec::with_capacity(segmenter.history_len());
+        Ok(Self {
+            to_vad: StreamResampler::new(input_rate, SampleRate::VAD, max_block)?,
+            to_opus: StreamResampler::new(input_rate, SampleRate::OPUS, max_block)?,
+            vad_frame: [0.0; VAD_FRAME],
+            frame_48k: [0.0; FRAME_48K],
+            vad: VoiceDetector::new(vad.aggressiveness),
+            gate: EchoGate::new(vad.echo_margin_db),
+            segmenter,
+            encoder: if encode {
+                Some(OpusEncoder::new(audio)?)
+            } else {
+                None
+            },
+            opus_input: [0.0; OPUS_FRAME],
+            opus_filled: 0,
+            encoded_samples: 0,
+            state: StreamState::Idle,
+            next_after_silence: true,
+            buffer: SpeechBuffer::new(vad.buffer_ms),
+            scratch,
+            frames: 0,
+            level_energy: 0.0,
+            metrics,
+        })
+    }
+
+    /// Level of the 10 ms of playout just handed to the speaker (the echo reference).
+    pub fn observe_playout(&mut self, level: Dbfs) {
+        self.gate.observe_reference(level);
+    }
+
+    /// The link can take audio: release the buffer in order, then stream
+    /// every frame until [`end_stream`](Self::end_stream).
+    pub fn link_ready(&mut self, sink: &mut dyn AudioSink) {
+        if self.buffer.dropped_since_release > 0 {
+            info!(
+                dropped_ms = self.buffer.dropped_since_release * 20,
+                "released speech buffer after dropping its oldest audio"
+            );
+        }
+        for frame in self.buffer.queue.drain(..) {
+            sink.frame(frame);
+        }
+        self.buffer.dropped_since_release = 0;
+        self.state = StreamState::Streaming;
+    }
+
+    /// The conversation is over: drop anything unsent and go back to idle.
+    pub fn end_stream(&mut self) {
+        self.buffer.queue.clear();
+        self.buffer.dropped_since_release = 0;
+        self.state = StreamState::Idle;
+        self.opus_filled = 0;
+        self.next_after_silence = true;
+    }
+
+    /// Processes microphone samples (mono, at the input rate).
+    pub fn push_samples(
+        &mut self,
+        samples: &[f32],
+        sink: &mut dyn AudioSink,
+    ) -> Result<(), AudioError> {
+        self.to_vad.push(samples)?;
+        self.to_opus.push(samples)?;
+        while self.to_vad.available() >= VAD_FRAME && self.to_opus.available() >= FRAME_48K {
+            self.to_vad.pop_frame(&mut self.vad_frame);
+            self.to_opus.pop_frame(&mut self.frame_48k);
+            self.process_frame(sink)?;
+        }
+        Ok(())
+    }
+
+    /// Closes an utterance still open at the end of a file.
+    pub fn finish(&mut self, sink: &mut dyn AudioSink) {
+        let mut pending = None;
+        self.segmenter.finish(&mut |o| {
+            if let SegmentOutput::Ended(u) = o {
+                pending = Some(u);
+            }
+        });
+        if let Some(u) = pending {
+            AudioMetrics::add(&self.metrics.utterances, 1);
+            sink.event(AudioEvent::SpeechEnded(u));
+        }
+    }
+
+    fn process_frame(&mut self, sink: &mut dyn AudioSink) -> Result<(), AudioError> {
+        self.frames += 1;
+        AudioMetrics::add(&self.metrics.frames_processed, 1);
+        let level = Dbfs::rms(&self.vad_frame);
+        self.level_energy += 10f32.powf(level.0 / 10.0);
+        if self.frames.is_multiple_of(LEVEL_EVERY_FRAMES) {
+            let avg = self.level_energy / LEVEL_EVERY_FRAMES as f32;
+            let avg = Dbfs((10.0 * avg.max(1e-10).log10()).max(Dbfs::FLOOR.0));
+            self.level_energy = 0.0;
+            self.metrics.set_level(avg);
+            sink.event(AudioEvent::Level(avg));
+        }
+
+        let raw_voiced = self.vad.is_voiced(&self.vad_frame);
+        let voiced = self
+            .gate
+            .admits(level, raw_voiced, self.segmenter.in_speech());
+        if raw_voiced {
+            AudioMetrics::add(&self.metrics.voiced_frames, 1);
+        }
+        if raw_voiced && !voiced {
+            AudioMetrics::add(&self.metrics.echo_gated_frames, 1);
+        }
+
+        // While streaming or buffering every frame is encoded in order, so
+        // the segmenter's copy of the audio is only needed to start a
+        // conversation with its pre-roll.
+        let streaming = self.state != StreamState::Idle;
+        let discarded_before = self.segmenter.discarded();
+        let frame = self.frame_48k;
+        let mut starts: [Option<(Millis, Millis)>; 2] = [None, None];
+        let mut ended: [Option<Utterance>; 2] = [None, None];
+        // Split borrows: the segmenter's callback fills the reused scratch list.
+        let Self {
+            segmenter, scratch, ..
+        } = self;
+        scratch.clear();
+        segmenter.push(voiced, &frame, &mut |o| match o {
+            SegmentOutput::Started { onset, preroll } => {
+                let slot = usize::from(starts[0].is_some());
+                starts[slot] = Some((onset, preroll));
+            }
+            SegmentOutput::Speech(f) => {
+                if !streaming {
+                    scratch.push(*f);
+                }
+            }
+            SegmentOutput::Ended(u) => {
+                let slot = usize::from(ended[0].is_some());
+                ended[slot] = Some(u);
+            }
+        });
+        AudioMetrics::add(
+            &self.metrics.discarded_onsets,
+            self.segmenter.discarded() - discarded_before,
+        );
+
+        // Order matters for a split: the old utterance ends, then the next starts.
+        for u in ended.into_iter().flatten() {
+            AudioMetrics::add(&self.metrics.utterances, 1);
+            sink.event(AudioEvent::SpeechEnded(u));
+        }
+        for (onset, preroll) in starts.into_iter().flatten() {
+            sink.event(AudioEvent::SpeechStarted { onset, preroll });
+        }
+        if streaming {
+            self.encode(&frame, sink)?;
+        } else if !self.scratch.is_empty() {
+            self.state = StreamState::Buffering;
+            self.next_after_silence = true;
+            for i in 0..self.scratch.len() {
+                let f = self.scratch[i];
+                self.encode(&f, sink)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(
+        &mut self,
+        frame: &[f32; FRAME_48K],
+        sink: &mut dyn AudioSink,
+    ) -> Result<(), AudioError> {
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Ok(());
+        };
+        self.opus_input[self.opus_filled..self.opus_filled + FRAME_48K].copy_from_slice(frame);
+        self.opus_filled += FRAME_48K;
+        if self.opus_filled < OPUS_FRAME {
+            return Ok(());
+        }
+        self.opus_filled = 0;
+        let packet = encoder.encode(&self.opus_input)?;
+        let timestamp = self.encoded_samples as u32;
+        self.encoded_samples += OPUS_FRAME as u64;
+        AudioMetrics::add(&self.metrics.packets_encoded, 1);
+        if packet.bytes().len() <= DTX_PACKET_MAX {
+            // Nothing to send for DTX silence; the next real packet opens a talkspurt.
+            self.next_after_silence = true;
+            return Ok(());
+        }
+        let frame = EncodedFrame {
+            packet,
+            timestamp,
+            after_silence: std::mem::take(&mut self.next_after_silence),
+        };
+        match self.state {
+            StreamState::Streaming => sink.frame(frame),
+            StreamState::Buffering | StreamState::Idle => self.buffer.push(frame, &self.metrics),
+        }
+        Ok(())
+    }
+}

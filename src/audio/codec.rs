@@ -1,0 +1,190 @@
+//! Opus at 48 kHz mono in 20 ms frames (libopus through the `opus` crate).
+
+use opus::{Application, Bandwidth, Bitrate, Channels, Decoder, Encoder};
+
+use super::AudioError;
+use super::settings::AudioSettings;
+use super::units::{OPUS_FRAME, SampleRate};
+
+/// Largest packet kept; at the bitrates a kiosk uses a 20 ms packet is well
+/// under 200 bytes, and libopus never produces more than this for one frame.
+pub const MAX_PACKET: usize = 400;
+
+/// One encoded 20 ms frame, held inline so passing it around never allocates.
+#[derive(Clone, Copy)]
+pub struct OpusPacket {
+    data: [u8; MAX_PACKET],
+    len: u16,
+}
+
+impl OpusPacket {
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let len = u16::try_from(bytes.len())
+            .ok()
+            .filter(|&l| usize::from(l) <= MAX_PACKET)?;
+        let mut data = [0; MAX_PACKET];
+        data[..bytes.len()].copy_from_slice(bytes);
+        Some(Self { data, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for OpusPacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OpusPacket({} bytes)", self.len)
+    }
+}
+
+/// VoIP-tuned encoder with in-band FEC and DTX.
+pub struct OpusEncoder {
+    encoder: Encoder,
+}
+
+impl OpusEncoder {
+    pub fn new(settings: &AudioSettings) -> Result<Self, AudioError> {
+        let mut encoder = Encoder::new(SampleRate::OPUS.hz(), Channels::Mono, Application::Voip)?;
+        encoder.set_bitrate(Bitrate::Bits(settings.opus_bitrate_bps))?;
+        encoder.set_complexity(settings.opus_complexity)?;
+        encoder.set_inband_fec(true)?;
+        encoder.set_packet_loss_perc(settings.opus_expected_loss_percent)?;
+        encoder.set_dtx(true)?;
+        // Speech recognition on the far side works on 16 kHz audio; capping
+        // the coded band at wideband keeps Opus in its SILK mode, which
+        // costs far less CPU than the hybrid modes at no loss to the agent.
+        encoder.set_max_bandwidth(Bandwidth::Wideband)?;
+        Ok(Self { encoder })
+    }
+
+    /// Encodes exactly one 20 ms frame.
+    pub fn encode(&mut self, frame: &[f32; OPUS_FRAME]) -> Result<OpusPacket, AudioError> {
+        let mut out = OpusPacket {
+            data: [0; MAX_PACKET],
+            len: 0,
+        };
+        let len = self.encoder.encode_float(frame, &mut out.data)?;
+        // The buffer bounds `len`, so it fits in u16.
+        out.len = len as u16;
+        Ok(out)
+    }
+}
+
+/// Decoder with packet-loss concealment and FEC recovery.
+pub struct OpusDecoder {
+    decoder: Decoder,
+}
+
+impl OpusDecoder {
+    pub fn new() -> Result<Self, AudioError> {
+        Ok(Self {
+            decoder: Decoder::new(SampleRate::OPUS.hz(), Channels::Mono)?,
+        })
+    }
+
+    /// Decodes one packet into a 20 ms frame.
+    pub fn decode(
+        &mut self,
+        packet: &[u8],
+        out: &mut [f32; OPUS_FRAME],
+    ) -> Result<usize, AudioError> {
+        Ok(self.decoder.decode_float(packet, out, false)?)
+    }
+
+    /// Fills the frame of a lost packet: from `next`'s in-band FEC data when
+    /// the following packet has arrived, otherwise by concealment.
+    pub fn conceal(
+        &mut self,
+        next: Option<&[u8]>,
+        out: &mut [f32; OPUS_FRAME],
+    ) -> Result<usize, AudioError> {
+        let n = match next {
+            Some(packet) => self.decoder.decode_float(packet, out, true)?,
+            None => self.decoder.decode_float(&[], out, false)?,
+        };
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let t = i as f32 / 48_000.0;
+                0.3 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
+                    + 0.1 * (2.0 * std::f32::consts::PI * 1320.0 * t).sin()
+            })
+            .collect()
+    }
+
+    fn frame(samples: &[f32]) -> [f32; OPUS_FRAME] {
+        samples.try_into().unwrap()
+    }
+
+    /// Best normalised correlation over small lags (Opus adds a few ms of delay).
+    fn correlation(a: &[f32], b: &[f32], max_lag: usize) -> f32 {
+        (0..max_lag)
+            .map(|lag| {
+                let n = a.len().min(b.len() - lag);
+                let (x, y) = (&a[..n], &b[lag..lag + n]);
+                let xy: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+                let xx: f32 = x.iter().map(|p| p * p).sum();
+                let yy: f32 = y.iter().map(|q| q * q).sum();
+                xy / (xx * yy).sqrt().max(1e-9)
+            })
+            .fold(f32::MIN, f32::max)
+    }
+
+    #[test]
+    fn round_trip_keeps_the_signal() {
+        let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
+        let mut dec = OpusDecoder::new().unwrap();
+        let input = tone(OPUS_FRAME * 50);
+        let mut output = Vec::new();
+        let mut pcm = [0.0; OPUS_FRAME];
+        for chunk in input.chunks_exact(OPUS_FRAME) {
+            let packet = enc.encode(&frame(chunk)).unwrap();
+            assert!(packet.bytes().len() < 200, "{packet:?}");
+            assert_eq!(dec.decode(packet.bytes(), &mut pcm).unwrap(), OPUS_FRAME);
+            output.extend_from_slice(&pcm);
+        }
+        // Skip the first frames while the codec settles.
+        let c = correlation(&input[4800..], &output[4800..], 480);
+        assert!(c > 0.9, "correlation {c}");
+    }
+
+    #[test]
+    fn concealment_fills_a_dropped_packet_with_sound() {
+        let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
+        let mut dec = OpusDecoder::new().unwrap();
+        let input = tone(OPUS_FRAME * 30);
+        let packets: Vec<OpusPacket> = input
+            .chunks_exact(OPUS_FRAME)
+            .map(|c| enc.encode(&frame(c)).unwrap())
+            .collect();
+        let mut pcm = [0.0; OPUS_FRAME];
+        for p in &packets[..20] {
+            dec.decode(p.bytes(), &mut pcm).unwrap();
+        }
+        // Packet 20 is lost; without FEC data the decoder must conceal.
+        assert_eq!(dec.conceal(None, &mut pcm).unwrap(), OPUS_FRAME);
+        let level = super::super::units::Dbfs::rms(&pcm).0;
+        assert!(
+            level > -25.0,
+            "concealed frame is near silent: {level} dBFS"
+        );
+        // Decoded audio lags the input by the encoder's lookahead (< 480 samples).
+        let lost = &input[20 * OPUS_FRAME - 480..21 * OPUS_FRAME];
+        let c = correlation(lost, &pcm, 480);
+        assert!(c > 0.5, "concealed frame does not continue the tone: {c}");
+        // Packet 21 arrives; FEC in it can also rebuild a lost predecessor.
+        assert_eq!(
+            dec.conceal(Some(packets[21].bytes()), &mut pcm).unwrap(),
+            OPUS_FRAME
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! One tick of the whole audio engine, without threads or devices: the
+//! capture and playout paths side by side, so the playout can serve as the
+//! echo reference and a visitor's onset can cut the bot off.
+//!
+//! The engine's DSP thread drives this; tests and the benchmark drive it
+//! directly with file audio.
+
+use std::sync::Arc;
+
+use super::AudioError;
+use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
+use super::metrics::AudioMetrics;
+use super::playout::{IncomingPacket, Playout};
+use super::settings::{AudioSettings, VadSettings};
+use super::units::{Dbfs, FRAME_48K, FRAME_MS, Millis, SampleRate};
+
+pub struct Dsp {
+    capture: CaptureProcessor,
+    playout: Playout,
+    /// Advances by 10 ms per playout frame; timestamps packet arrivals.
+    clock: Millis,
+}
+
+/// Passes capture output on, cutting the bot off when the visitor starts
+/// speaking over it and letting it back in when they stop.
+struct BargeInSink<'a> {
+    playout: &'a mut Playout,
+    inner: &'a mut dyn AudioSink,
+}
+
+impl AudioSink for BargeInSink<'_> {
+    fn event(&mut self, event: AudioEvent) {
+        match event {
+            AudioEvent::SpeechStarted { .. } => {
+                self.inner.event(event);
+                if self.playout.barge_in() {
+                    self.inner.event(AudioEvent::BargeIn);
+                }
+            }
+            AudioEvent::SpeechEnded(_) => {
+                self.playout.release();
+                self.inner.event(event);
+            }
+            _ => self.inner.event(event),
+        }
+    }
+
+    fn frame(&mut self, frame: EncodedFrame) {
+        self.inner.frame(frame);
+    }
+}
+
+impl Dsp {
+    pub fn new(
+        audio: &AudioSettings,
+        vad: &VadSettings,
+        input_rate: SampleRate,
+        max_block: usize,
+        metrics: Arc<AudioMetrics>,
+    ) -> Result<Self, AudioError> {
+        Ok(Self {
+            capture: CaptureProcessor::new(
+                audio,
+                vad,
+                input_rate,
+                max_block,
+                true,
+                metrics.clone(),
+            )?,
+            playout: Playout::new(audio, metrics)?,
+            clock: Millis(0),
+        })
+    }
+
+    /// Microphone samples (mono, input rate).
+    pub fn capture(&mut self, samples: &[f32], sink: &mut dyn AudioSink) -> Result<(), AudioError> {
+        let mut sink = BargeInSink {
+            playout: &mut self.playout,
+            inner: sink,
+        };
+        self.capture.push_samples(samples, &mut sink)
+    }
+
+    /// The next 10 ms for the speaker, at 48 kHz.
+    pub fn play_frame(&mut self, out: &mut [f32; FRAME_48K]) -> Result<(), AudioError> {
+        self.playout.next_frame(out)?;
+        self.capture.observe_playout(Dbfs::rms(out));
+        self.clock = Millis(self.clock.0 + FRAME_MS.0);
+        Ok(())
+    }
+
+    /// A packet of the bot's voice from the link.
+    pub fn push_packet(&mut self, packet: IncomingPacket) {
+        self.playout.push(packet, self.clock);
+    }
+
+    pub fn link_ready(&mut self, sink: &mut dyn AudioSink) {
+        self.capture.link_ready(sink);
+    }
+
+    /// Closes an utterance still open when capture stops.
+    pub fn finish(&mut self, sink: &mut dyn AudioSink) {
+        self.capture.finish(sink);
+    }
+
+    pub fn end_stream(&mut self) {
+        self.capture.end_stream();
+    }
+
+    pub fn bot_playing(&self) -> bool {
+        self.playout.is_playing()
+    }
+}

@@ -1,0 +1,119 @@
+//! Keeps the bot's own voice, coming back from the speaker into the
+//! microphone, from counting as the visitor speaking.
+//!
+//! The playout signal is the reference. While it is active, a microphone
+//! frame only counts as speech if it is louder than the estimated echo
+//! (reference envelope plus the learned speaker-to-microphone coupling) by
+//! a margin. The coupling is learned while the bot plays and the visitor is
+//! silent, so a loud speaker or a quiet one both settle to a usable gate.
+
+use super::units::Dbfs;
+
+/// Reference frames considered when estimating the echo: the playout queue,
+/// the device buffers and the room's reverberation delay the echo by up to
+/// this many 10 ms frames after the reference.
+const ECHO_SPAN_FRAMES: usize = 25;
+/// A reference quieter than this is not audible in the room.
+const REFERENCE_ACTIVE: Dbfs = Dbfs(-60.0);
+/// Before anything is learned, assume the echo is this far below the
+/// reference: a speaker close to the microphone.
+const INITIAL_COUPLING_DB: f32 = -6.0;
+/// Couplings are learned within these bounds so one odd frame can't open
+/// or shut the gate for good.
+const COUPLING_RANGE_DB: (f32, f32) = (-40.0, 0.0);
+/// Per-frame weights of a new coupling observation. The echo estimate has
+/// to cover the loudest echo, not the average one, so it rises quickly
+/// and falls back over several seconds.
+const COUPLING_ATTACK: f32 = 0.2;
+const COUPLING_RELEASE: f32 = 0.002;
+
+pub struct EchoGate {
+    margin_db: f32,
+    coupling_db: f32,
+    recent_reference: [f32; ECHO_SPAN_FRAMES],
+    next: usize,
+}
+
+impl EchoGate {
+    pub fn new(margin_db: f32) -> Self {
+        Self {
+            margin_db,
+            coupling_db: INITIAL_COUPLING_DB,
+            recent_reference: [Dbfs::FLOOR.0; ECHO_SPAN_FRAMES],
+            next: 0,
+        }
+    }
+
+    /// Records the level of the 10 ms of playout handed to the speaker this tick.
+    pub fn observe_reference(&mut self, level: Dbfs) {
+        self.recent_reference[self.next] = level.0;
+        self.next = (self.next + 1) % ECHO_SPAN_FRAMES;
+    }
+
+    /// Whether a voiced microphone frame at `mic` may count as the visitor.
+    ///
+    /// The gate guards onsets only: once the visitor's utterance is open
+    /// (`visitor_speaking`), a bot that starts talking must not cut them off
+    /// mid-sentence, so their frames pass; at worst the echo prolongs the
+    /// utterance's hangover. The coupling is learned only from frames that
+    /// are then surely echo.
+    pub fn admits(&mut self, mic: Dbfs, voiced: bool, visitor_speaking: bool) -> bool {
+        if visitor_speaking {
+            return voiced;
+        }
+        let envelope = self
+            .recent_reference
+            .iter()
+            .copied()
+            .fold(Dbfs::FLOOR.0, f32::max);
+        if envelope < REFERENCE_ACTIVE.0 {
+            return voiced;
+        }
+        let echo_estimate = envelope + self.coupling_db;
+        let admitted = mic.0 > echo_estimate + self.margin_db;
+        if !admitted {
+            let observed = (mic.0 - envelope).clamp(COUPLING_RANGE_DB.0, COUPLING_RANGE_DB.1);
+            let rate = if observed > self.coupling_db {
+                COUPLING_ATTACK
+            } else {
+                COUPLING_RELEASE
+            };
+            self.coupling_db += rate * (observed - self.coupling_db);
+        }
+        voiced && admitted
+    }
+
+    /// Current estimate of the speaker-to-microphone coupling.
+    pub fn coupling_db(&self) -> f32 {
+        self.coupling_db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_playout_the_vad_decides_alone() {
+        let mut gate = EchoGate::new(10.0);
+        assert!(gate.admits(Dbfs(-50.0), true, false));
+        assert!(!gate.admits(Dbfs(-10.0), false, false));
+    }
+
+    #[test]
+    fn echo_is_gated_and_a_louder_visitor_gets_through() {
+        let mut gate = EchoGate::new(10.0);
+        // Echo 12 dB below the reference, varying by a few dB frame to frame.
+        for i in 0..500 {
+            gate.observe_reference(Dbfs(-20.0));
+            let echo = -32.0 + [0.0, -6.0, 3.0, -9.0][i % 4];
+            assert!(!gate.admits(Dbfs(echo), true, false), "frame {i}");
+        }
+        let learned = gate.coupling_db();
+        assert!((-13.0..=-8.0).contains(&learned), "learned {learned}");
+        gate.observe_reference(Dbfs(-20.0));
+        assert!(gate.admits(Dbfs(-12.0), true, false));
+        // A visitor already speaking is not cut off when the bot starts.
+        assert!(gate.admits(Dbfs(-30.0), true, true));
+    }
+}

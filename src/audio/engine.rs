@@ -1,0 +1,796 @@
+//! The running audio engine: devices, the DSP thread and the channels the
+//! session layer talks to.
+//!
+//! Device callbacks only move samples through lock-free SPSC rings (rtrb)
+//! and bump atomic counters. Everything else happens on one dedicated DSP
+//! thread in 10 ms frames, which also reopens failed devices with backoff.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cpal::traits::{DeviceTrait, StreamTrait};
+use cpal::{SampleFormat, SizedSample};
+use tracing::{info, warn};
+
+use super::capture::{AudioEvent, AudioSink, EncodedFrame};
+use super::device::{ChosenConfig, Direction, choose_config, find_device};
+use super::dsp::Dsp;
+use super::metrics::AudioMetrics;
+use super::playout::IncomingPacket;
+use super::resample::StreamResampler;
+use super::settings::{AudioSettings, DeviceSpec, VadSettings};
+use super::units::{FRAME_48K, FRAME_MS, Millis, SampleRate, f32_to_i16};
+use super::wav::read_wav;
+use super::{AudioError, error_chain};
+
+/// Events and packets queued for the session layer before the oldest are
+/// dropped (and counted): 2 s of packets, plenty of events.
+const EVENT_QUEUE: usize = 256;
+const FRAME_QUEUE: usize = 100;
+/// Packets from the link queued for the DSP thread.
+const CONTROL_QUEUE: usize = 256;
+/// Speaker ring space beyond `device_buffer_ms`, used only by devices that
+/// ask for larger blocks than requested.
+const OUTPUT_RING_SPARE: Millis = Millis(250);
+/// How often the DSP thread wakes to look for work. Bounds the latency it
+/// adds after a device callback.
+const POLL: Duration = Duration::from_millis(2);
+
+// Packets travel inline: boxing them would make the DSP thread free memory
+// for every packet.
+#[expect(clippy::large_enum_variant, reason = "packets are the common case")]
+enum Control {
+    Packet(IncomingPacket),
+    LinkReady,
+    EndStream,
+}
+
+/// Hands the bot's audio to the engine; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct PlayoutSender {
+    control: SyncSender<Control>,
+    metrics: Arc<AudioMetrics>,
+}
+
+impl PlayoutSender {
+    /// Queues a packet for the jitter buffer. Returns false (and counts it)
+    /// if the engine is not keeping up or has stopped.
+    pub fn push(&self, packet: IncomingPacket) -> bool {
+        let sent = self.control.try_send(Control::Packet(packet)).is_ok();
+        if !sent {
+            AudioMetrics::add(&self.metrics.events_dropped, 1);
+        }
+        sent
+    }
+}
+
+/// The audio engine. Dropping it stops the DSP thread and closes devices.
+pub struct AudioEngine {
+    control: SyncSender<Control>,
+    events: Receiver<AudioEvent>,
+    frames: Receiver<EncodedFrame>,
+    metrics: Arc<AudioMetrics>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), AudioError>>>,
+}
+
+impl AudioEngine {
+    /// Opens the devices and starts the DSP thread. A device that cannot be
+    /// opened is not fatal: it is retried with backoff while the engine runs.
+    pub fn start(audio: &AudioSettings, vad: &VadSettings) -> Result<Self, AudioError> {
+        let metrics = Arc::new(AudioMetrics::default());
+        let (control_tx, control_rx) = mpsc::sync_channel(CONTROL_QUEUE);
+        let (event_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
+        let (frame_tx, frames) = mpsc::sync_channel(FRAME_QUEUE);
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (audio, vad, metrics, stop) =
+                (audio.clone(), vad.clone(), metrics.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("audio-dsp".into())
+                .spawn(move || {
+                    let sink = ChannelSink {
+                        events: event_tx,
+                        frames: frame_tx,
+                        metrics: metrics.clone(),
+                        last_input: Arc::new(AtomicU64::new(0)),
+                        epoch: Instant::now(),
+                    };
+                    let setup = DspThread::new(audio, vad, metrics, sink, control_rx, stop);
+                    match setup {
+                        Ok(dsp) => {
+                            // The receiver only goes away if start() already returned.
+                            let _ = ready_tx.send(Ok(()));
+                            dsp.run()
+                        }
+                        Err(e) => {
+                            let message = e.to_string();
+                            let _ = ready_tx.send(Err(e));
+                            Err(AudioError::Stopped(message))
+                        }
+                    }
+                })
+                .map_err(|e| AudioError::Stopped(e.to_string()))?
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(AudioError::Stopped("DSP thread exited during setup".into())),
+        }
+        Ok(Self {
+            control: control_tx,
+            events,
+            frames,
+            metrics,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Speech, level, barge-in and device events, in order.
+    pub fn events(&self) -> &Receiver<AudioEvent> {
+        &self.events
+    }
+
+    /// Encoded 20 ms microphone frames, once the link is ready (held until then).
+    pub fn frames(&self) -> &Receiver<EncodedFrame> {
+        &self.frames
+    }
+
+    /// Where the link delivers the bot's audio.
+    pub fn playout(&self) -> PlayoutSender {
+        PlayoutSender {
+            control: self.control.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// The link can take audio: release buffered speech, then stream.
+    pub fn link_ready(&self) {
+        self.send(Control::LinkReady);
+    }
+
+    /// The conversation is over: drop unsent audio and wait for the next visitor.
+    pub fn end_stream(&self) {
+        self.send(Control::EndStream);
+    }
+
+    pub fn metrics(&self) -> &Arc<AudioMetrics> {
+        &self.metrics
+    }
+
+    /// Stops the DSP thread, closing an open utterance and any WAV output.
+    /// Events and frames produced up to then can still be received.
+    pub fn stop(&mut self) -> Result<(), AudioError> {
+        self.shutdown()
+    }
+
+    fn send(&self, control: Control) {
+        // Control messages are rare; a full queue means the DSP thread is gone or stuck.
+        if let Err(TrySendError::Full(_)) = self.control.try_send(control) {
+            warn!("audio engine control queue full");
+        }
+    }
+
+    fn shutdown(&mut self) -> Result<(), AudioError> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(AudioError::Stopped("DSP thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AudioEngine {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            warn!(error = %error_chain(&e), "audio engine stopped with an error");
+        }
+    }
+}
+
+/// Delivers DSP output to the session layer without ever blocking.
+struct ChannelSink {
+    events: SyncSender<AudioEvent>,
+    frames: SyncSender<EncodedFrame>,
+    metrics: Arc<AudioMetrics>,
+    /// When the microphone last delivered samples (ns since `epoch`).
+    last_input: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl AudioSink for ChannelSink {
+    fn event(&mut self, event: AudioEvent) {
+        if self.events.try_send(event).is_err() {
+            AudioMetrics::add(&self.metrics.events_dropped, 1);
+        }
+    }
+
+    fn frame(&mut self, frame: EncodedFrame) {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let since_input = now.saturating_sub(self.last_input.load(Ordering::Relaxed));
+        self.metrics
+            .record_capture_latency(Duration::from_nanos(since_input));
+        if self.frames.try_send(frame).is_err() {
+            AudioMetrics::add(&self.metrics.events_dropped, 1);
+        }
+    }
+}
+
+/// Counts 10 ms frames due by the wall clock, for sources and sinks that
+/// have no device clock (WAV files, a missing speaker).
+struct Pacer {
+    start: Instant,
+    done: u64,
+}
+
+impl Pacer {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            done: 0,
+        }
+    }
+
+    fn due(&mut self) -> u64 {
+        let elapsed = self.start.elapsed().as_millis() as u64 / u64::from(FRAME_MS.0);
+        let due = elapsed.saturating_sub(self.done);
+        self.done += due;
+        due
+    }
+
+    /// When the latest due frame became due: what a device callback's
+    /// timestamp would have been.
+    fn last_due(&self) -> Instant {
+        self.start + Duration::from_millis(self.done * u64::from(FRAME_MS.0))
+    }
+}
+
+/// Sample types the callbacks convert.
+trait CallbackSample: SizedSample + Send + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(sample: f32) -> Self;
+}
+
+impl CallbackSample for i16 {
+    fn to_f32(self) -> f32 {
+        f32::from(self) / 32768.0
+    }
+    fn from_f32(sample: f32) -> Self {
+        f32_to_i16(sample)
+    }
+}
+
+impl CallbackSample for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(sample: f32) -> Self {
+        sample
+    }
+}
+
+enum Input {
+    Device {
+        _stream: cpal::Stream,
+        ring: rtrb::Consumer<f32>,
+        failed: Arc<AtomicBool>,
+    },
+    Wav {
+        samples: Vec<f32>,
+        pos: usize,
+        rate: SampleRate,
+        pacer: Pacer,
+    },
+    /// Waiting to be (re)opened.
+    Closed,
+    Disabled,
+}
+
+enum Output {
+    Device {
+        _stream: cpal::Stream,
+        ring: rtrb::Producer<f32>,
+        failed: Arc<AtomicBool>,
+        resampler: StreamResampler,
+        frame: Vec<f32>,
+        target_fill: usize,
+        /// Largest block the callback has asked for; the ring must hold
+        /// at least that much or every callback underruns.
+        largest_request: Arc<AtomicUsize>,
+    },
+    Wav {
+        writer: hound::WavWriter<BufWriter<File>>,
+        pacer: Pacer,
+        resampler: StreamResampler,
+        frame: Vec<f32>,
+    },
+    /// No speaker (closed or disabled): playout still runs on the wall clock.
+    Absent { pacer: Pacer },
+}
+
+/// Exponential backoff for reopening a device.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+    next_attempt: Instant,
+}
+
+impl Backoff {
+    fn new(settings: &AudioSettings) -> Self {
+        let min = Duration::from_millis(u64::from(settings.reopen_backoff_min_ms.0));
+        Self {
+            min,
+            max: Duration::from_millis(u64::from(settings.reopen_backoff_max_ms.0)).max(min),
+            current: min,
+            next_attempt: Instant::now(),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        Instant::now() >= self.next_attempt
+    }
+
+    fn failed(&mut self) -> Duration {
+        let wait = self.current;
+        self.next_attempt = Instant::now() + wait;
+        self.current = (self.current * 2).min(self.max);
+        wait
+    }
+
+    fn succeeded(&mut self) {
+        self.current = self.min;
+    }
+}
+
+struct DspThread {
+    audio: AudioSettings,
+    vad: VadSettings,
+    dsp: Dsp,
+    dsp_rate: SampleRate,
+    input: Input,
+    output: Output,
+    input_backoff: Backoff,
+    output_backoff: Backoff,
+    sink: ChannelSink,
+    control: Receiver<Control>,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<AudioMetrics>,
+    block: Vec<f32>,
+    playout_frame: [f32; FRAME_48K],
+}
+
+impl DspThread {
+    fn new(
+        audio: AudioSettings,
+        vad: VadSettings,
+        metrics: Arc<AudioMetrics>,
+        sink: ChannelSink,
+        control: Receiver<Control>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, AudioError> {
+        let input = match &audio.input {
+            DeviceSpec::Wav(path) => open_wav_input(path)?,
+            DeviceSpec::Disabled => Input::Disabled,
+            _ => Input::Closed,
+        };
+        let output = match &audio.output {
+            DeviceSpec::Wav(path) => open_wav_output(path)?,
+            _ => Output::Absent {
+                pacer: Pacer::new(),
+            },
+        };
+        let dsp_rate = match &input {
+            Input::Wav { rate, .. } => *rate,
+            _ => SampleRate::OPUS,
+        };
+        let block_len = dsp_rate.samples_in(audio.input_buffer_ms);
+        Ok(Self {
+            dsp: Dsp::new(&audio, &vad, dsp_rate, block_len, metrics.clone())?,
+            dsp_rate,
+            input,
+            output,
+            input_backoff: Backoff::new(&audio),
+            output_backoff: Backoff::new(&audio),
+            audio,
+            vad,
+            sink,
+            control,
+            stop,
+            metrics,
+            block: vec![0.0; block_len],
+            playout_frame: [0.0; FRAME_48K],
+        })
+    }
+
+    fn run(mut self) -> Result<(), AudioError> {
+        while !self.stop.load(Ordering::Relaxed) {
+            self.keep_devices_open()?;
+            self.handle_control();
+            self.capture()?;
+            self.play()?;
+            std::thread::sleep(POLL);
+        }
+        self.dsp.finish(&mut self.sink);
+        if let Output::Wav { writer, .. } = self.output {
+            writer.finalize().map_err(|source| AudioError::Wav {
+                path: "speaker output".into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn handle_control(&mut self) {
+        while let Ok(control) = self.control.try_recv() {
+            match control {
+                Control::Packet(p) => self.dsp.push_packet(p),
+                Control::LinkReady => self.dsp.link_ready(&mut self.sink),
+                Control::EndStream => self.dsp.end_stream(),
+            }
+        }
+    }
+
+    fn capture(&mut self) -> Result<(), AudioError> {
+        let n = match &mut self.input {
+            Input::Device { ring, .. } => {
+                let n = ring.slots().min(self.block.len());
+                for slot in &mut self.block[..n] {
+                    // `slots()` said these are readable; pop cannot fail.
+                    *slot = ring.pop().unwrap_or(0.0);
+                }
+                n
+            }
+            Input::Wav {
+                samples,
+                pos,
+                rate,
+                pacer,
+            } => {
+                let due = pacer.due() as usize * rate.samples_in(FRAME_MS);
+                let n = due.min(self.block.len());
+                let available = samples.len().saturating_sub(*pos).min(n);
+                self.block[..available].copy_from_slice(&samples[*pos..*pos + available]);
+                // After the end of the file the room is quiet.
+                self.block[available..n].fill(0.0);
+                *pos += available;
+                if n > 0 {
+                    let at = pacer.last_due().saturating_duration_since(self.sink.epoch);
+                    self.sink
+                        .last_input
+                        .store(at.as_nanos() as u64, Ordering::Relaxed);
+                }
+                n
+            }
+            Input::Closed | Input::Disabled => 0,
+        };
+        if n > 0 {
+            self.dsp.capture(&self.block[..n], &mut self.sink)?;
+        }
+        Ok(())
+    }
+
+    fn play(&mut self) -> Result<(), AudioError> {
+        match &mut self.output {
+            Output::Device {
+                ring,
+                resampler,
+                frame,
+                target_fill,
+                largest_request,
+                ..
+            } => {
+                let capacity = ring.buffer().capacity();
+                let fill = (*target_fill)
+                    .max(largest_request.load(Ordering::Relaxed) + frame.len())
+                    .min(capacity - frame.len());
+                while capacity - ring.slots() + frame.len() <= fill {
+                    self.dsp.play_frame(&mut self.playout_frame)?;
+                    resampler.push(&self.playout_frame)?;
+                    while resampler.pop_frame(frame) {
+                        for &s in frame.iter() {
+                            // Sized so a frame always fits; a full ring just drops it.
+                            let _ = ring.push(s);
+                        }
+                    }
+                }
+            }
+            Output::Wav {
+                writer,
+                pacer,
+                resampler,
+                frame,
+            } => {
+                for _ in 0..pacer.due() {
+                    self.dsp.play_frame(&mut self.playout_frame)?;
+                    resampler.push(&self.playout_frame)?;
+                    while resampler.pop_frame(frame) {
+                        for &s in frame.iter() {
+                            writer.write_sample(f32_to_i16(s)).map_err(|source| {
+                                AudioError::Wav {
+                                    path: "speaker output".into(),
+                                    source,
+                                }
+                            })?;
+                        }
+                    }
+                }
+            }
+            Output::Absent { pacer } => {
+                for _ in 0..pacer.due() {
+                    self.dsp.play_frame(&mut self.playout_frame)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn keep_devices_open(&mut self) -> Result<(), AudioError> {
+        if let Input::Device { failed, .. } = &self.input
+            && failed.load(Ordering::Relaxed)
+        {
+            warn!("microphone failed; reopening");
+            self.input = Input::Closed;
+            self.metrics.input_open.store(false, Ordering::Relaxed);
+            self.sink.event(AudioEvent::Device {
+                direction: Direction::Input,
+                open: false,
+            });
+        }
+        if matches!(self.input, Input::Closed) && self.input_backoff.ready() {
+            match open_input(&self.audio, &self.metrics, &self.sink) {
+                Ok((input, rate)) => {
+                    info!(rate = %rate, "microphone open");
+                    if rate != self.dsp_rate {
+                        self.dsp_rate = rate;
+                        self.block = vec![0.0; rate.samples_in(self.audio.input_buffer_ms)];
+                        self.dsp = Dsp::new(
+                            &self.audio,
+                            &self.vad,
+                            rate,
+                            self.block.len(),
+                            self.metrics.clone(),
+                        )?;
+                    }
+                    self.input = input;
+                    self.input_backoff.succeeded();
+                    self.metrics.input_open.store(true, Ordering::Relaxed);
+                    AudioMetrics::add(&self.metrics.device_reopens, 1);
+                    self.sink.event(AudioEvent::Device {
+                        direction: Direction::Input,
+                        open: true,
+                    });
+                }
+                Err(e) => {
+                    let wait = self.input_backoff.failed();
+                    warn!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot open microphone");
+                }
+            }
+        }
+
+        let wants_device = matches!(
+            self.audio.output,
+            DeviceSpec::Default | DeviceSpec::Named(_)
+        );
+        if let Output::Device { failed, .. } = &self.output
+            && failed.load(Ordering::Relaxed)
+        {
+            warn!("speaker failed; reopening");
+            self.output = Output::Absent {
+                pacer: Pacer::new(),
+            };
+            self.metrics.output_open.store(false, Ordering::Relaxed);
+            self.sink.event(AudioEvent::Device {
+                direction: Direction::Output,
+                open: false,
+            });
+        }
+        if wants_device
+            && matches!(self.output, Output::Absent { .. })
+            && self.output_backoff.ready()
+        {
+            match open_output(&self.audio, &self.metrics) {
+                Ok(output) => {
+                    info!("speaker open");
+                    self.output = output;
+                    self.output_backoff.succeeded();
+                    self.metrics.output_open.store(true, Ordering::Relaxed);
+                    AudioMetrics::add(&self.metrics.device_reopens, 1);
+                    self.sink.event(AudioEvent::Device {
+                        direction: Direction::Output,
+                        open: true,
+                    });
+                }
+                Err(e) => {
+                    let wait = self.output_backoff.failed();
+                    warn!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot open speaker");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_wav_input(path: &Path) -> Result<Input, AudioError> {
+    let clip = read_wav(path)?;
+    Ok(Input::Wav {
+        samples: clip.samples,
+        pos: 0,
+        rate: clip.rate,
+        pacer: Pacer::new(),
+    })
+}
+
+fn open_wav_output(path: &Path) -> Result<Output, AudioError> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: SampleRate::OPUS.hz(),
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let writer = hound::WavWriter::create(path, spec).map_err(|source| AudioError::Wav {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Output::Wav {
+        writer,
+        pacer: Pacer::new(),
+        resampler: StreamResampler::new(SampleRate::OPUS, SampleRate::OPUS, FRAME_48K)?,
+        frame: vec![0.0; FRAME_48K],
+    })
+}
+
+fn open_input(
+    audio: &AudioSettings,
+    metrics: &Arc<AudioMetrics>,
+    sink: &ChannelSink,
+) -> Result<(Input, SampleRate), AudioError> {
+    let device = find_device(&audio.input, Direction::Input)?;
+    let chosen = choose_config(&device, Direction::Input)?;
+    let rate = chosen.rate();
+    let (producer, consumer) = rtrb::RingBuffer::new(rate.samples_in(audio.input_buffer_ms).max(1));
+    let failed = Arc::new(AtomicBool::new(false));
+    let stream = match chosen.format {
+        SampleFormat::I16 => build_input::<i16>(&device, &chosen, producer, metrics, sink, &failed),
+        _ => build_input::<f32>(&device, &chosen, producer, metrics, sink, &failed),
+    }?;
+    stream.play().map_err(AudioError::Device)?;
+    Ok((
+        Input::Device {
+            _stream: stream,
+            ring: consumer,
+            failed,
+        },
+        rate,
+    ))
+}
+
+fn build_input<T: CallbackSample>(
+    device: &cpal::Device,
+    chosen: &ChosenConfig,
+    mut producer: rtrb::Producer<f32>,
+    metrics: &Arc<AudioMetrics>,
+    sink: &ChannelSink,
+    failed: &Arc<AtomicBool>,
+) -> Result<cpal::Stream, AudioError> {
+    let channels = usize::from(chosen.config.channels.max(1));
+    let (data_metrics, error_metrics) = (metrics.clone(), metrics.clone());
+    let last_input = sink.last_input.clone();
+    let epoch = sink.epoch;
+    let failed = failed.clone();
+    device
+        .build_input_stream::<T, _, _>(
+            chosen.config,
+            // Real-time: no allocation, locks or logging in here.
+            move |data: &[T], _| {
+                let mut overrun = 0;
+                for frame in data.chunks_exact(channels) {
+                    let mono = frame.iter().map(|&s| s.to_f32()).sum::<f32>() / channels as f32;
+                    if producer.push(mono).is_err() {
+                        overrun += 1;
+                    }
+                }
+                if overrun > 0 {
+                    AudioMetrics::add(&data_metrics.input_overrun_samples, overrun);
+                }
+                last_input.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            },
+            move |_err| {
+                AudioMetrics::add(&error_metrics.device_errors, 1);
+                failed.store(true, Ordering::Relaxed);
+            },
+            None,
+        )
+        .map_err(AudioError::Device)
+}
+
+fn open_output(audio: &AudioSettings, metrics: &Arc<AudioMetrics>) -> Result<Output, AudioError> {
+    let device = find_device(&audio.output, Direction::Output)?;
+    let chosen = choose_config(&device, Direction::Output)?;
+    let rate = chosen.rate();
+    let frame_len = rate.samples_in(FRAME_MS);
+    // The DSP thread keeps about `device_buffer_ms` queued: enough to ride
+    // over its own wake-ups, little enough that a barge-in fade is heard at once.
+    let target_fill = rate.samples_in(audio.device_buffer_ms).max(2 * frame_len);
+    // Room for devices that insist on large blocks despite the 10 ms request.
+    let (producer, consumer) =
+        rtrb::RingBuffer::new(target_fill + rate.samples_in(OUTPUT_RING_SPARE));
+    let failed = Arc::new(AtomicBool::new(false));
+    let largest_request = Arc::new(AtomicUsize::new(0));
+    let stream = match chosen.format {
+        SampleFormat::I16 => build_output::<i16>(
+            &device,
+            &chosen,
+            consumer,
+            metrics,
+            &failed,
+            &largest_request,
+        ),
+        _ => build_output::<f32>(
+            &device,
+            &chosen,
+            consumer,
+            metrics,
+            &failed,
+            &largest_request,
+        ),
+    }?;
+    stream.play().map_err(AudioError::Device)?;
+    Ok(Output::Device {
+        _stream: stream,
+        ring: producer,
+        failed,
+        resampler: StreamResampler::new(SampleRate::OPUS, rate, FRAME_48K)?,
+        frame: vec![0.0; frame_len],
+        target_fill,
+        largest_request,
+    })
+}
+
+fn build_output<T: CallbackSample>(
+    device: &cpal::Device,
+    chosen: &ChosenConfig,
+    mut consumer: rtrb::Consumer<f32>,
+    metrics: &Arc<AudioMetrics>,
+    failed: &Arc<AtomicBool>,
+    largest_request: &Arc<AtomicUsize>,
+) -> Result<cpal::Stream, AudioError> {
+    let channels = usize::from(chosen.config.channels.max(1));
+    let (data_metrics, error_metrics) = (metrics.clone(), metrics.clone());
+    let failed = failed.clone();
+    let largest_request = largest_request.clone();
+    device
+        .build_output_stream::<T, _, _>(
+            chosen.config,
+            // Real-time: no allocation, locks or logging in here.
+            move |data: &mut [T], _| {
+                largest_request.fetch_max(data.len() / channels, Ordering::Relaxed);
+                let mut underrun = 0;
+                for frame in data.chunks_exact_mut(channels) {
+                    let sample = consumer.pop().unwrap_or_else(|_| {
+                        underrun += 1;
+                        0.0
+                    });
+                    frame.fill(T::from_f32(sample));
+                }
+                if underrun > 0 {
+                    AudioMetrics::add(&data_metrics.output_underrun_samples, underrun);
+                }
+            },
+            move |_err| {
+                AudioMetrics::add(&error_metrics.device_errors, 1);
+                failed.store(true, Ordering::Relaxed);
+            },
+            None,
+        )
+        .map_err(AudioError::Device)
+}

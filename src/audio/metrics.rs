@@ -1,0 +1,81 @@
+//! Counters shared between the audio threads and whoever reports on them.
+//!
+//! Plain relaxed atomics: cheap enough for the DSP thread and safe to touch
+//! from device callbacks, and readable at any time as a snapshot.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+
+use super::units::Dbfs;
+
+#[derive(Debug, Default)]
+pub struct AudioMetrics {
+    /// Input samples dropped because the DSP thread fell behind.
+    pub input_overrun_samples: AtomicU64,
+    /// Output samples the callback filled with silence for lack of audio.
+    pub output_underrun_samples: AtomicU64,
+    pub frames_processed: AtomicU64,
+    pub voiced_frames: AtomicU64,
+    pub echo_gated_frames: AtomicU64,
+    pub utterances: AtomicU64,
+    pub discarded_onsets: AtomicU64,
+    pub packets_encoded: AtomicU64,
+    /// Encoded packets dropped, oldest first, while waiting for the link.
+    pub buffer_overflow_packets: AtomicU64,
+    pub packets_received: AtomicU64,
+    /// 20 ms frames of the bot's audio decoded for the speaker.
+    pub packets_played: AtomicU64,
+    pub packets_late: AtomicU64,
+    pub packets_concealed: AtomicU64,
+    pub jitter_target_ms: AtomicU64,
+    pub barge_ins: AtomicU64,
+    /// Events or packets not delivered because the consumer was not reading.
+    pub events_dropped: AtomicU64,
+    pub device_errors: AtomicU64,
+    pub device_reopens: AtomicU64,
+    pub input_open: AtomicBool,
+    pub output_open: AtomicBool,
+    level_centi_dbfs: AtomicI32,
+    /// From the microphone delivering a packet's last samples to the packet
+    /// leaving the DSP thread (the 20 ms of framing comes on top).
+    capture_latency_max_us: AtomicU64,
+    capture_latency_sum_us: AtomicU64,
+    capture_latency_count: AtomicU64,
+}
+
+impl AudioMetrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_level(&self, level: Dbfs) {
+        self.level_centi_dbfs
+            .store((level.0 * 100.0) as i32, Ordering::Relaxed);
+    }
+
+    /// Most recent microphone level.
+    pub fn level(&self) -> Dbfs {
+        Dbfs(self.level_centi_dbfs.load(Ordering::Relaxed) as f32 / 100.0)
+    }
+
+    pub fn record_capture_latency(&self, latency: std::time::Duration) {
+        let us = latency.as_micros() as u64;
+        self.capture_latency_max_us.fetch_max(us, Ordering::Relaxed);
+        self.capture_latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        self.capture_latency_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mean and maximum capture latency (see `record_capture_latency`), in µs.
+    pub fn capture_latency_us(&self) -> Option<(u64, u64)> {
+        let count = self.capture_latency_count.load(Ordering::Relaxed);
+        (count > 0).then(|| {
+            (
+                self.capture_latency_sum_us.load(Ordering::Relaxed) / count,
+                self.capture_latency_max_us.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

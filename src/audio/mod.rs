@@ -1,0 +1,130 @@
+//! The audio engine: microphone in, speaker out, and the voice activity
+//! detection that decides what the visitor said.
+//!
+//! This module knows nothing of the network, storage or sessions. It takes
+//! samples and settings and gives back events and encoded frames.
+//!
+//! # What the session layer uses
+//!
+//! ```no_run
+//! use kiosk_gateway::audio::{AudioEngine, AudioEvent, AudioSettings, IncomingPacket, OpusPacket, VadSettings};
+//! # fn main() -> Result<(), kiosk_gateway::audio::AudioError> {
+//! let mut engine = AudioEngine::start(&AudioSettings::default(), &VadSettings::default())?;
+//! let bot_audio = engine.playout(); // clone into the link task
+//! loop {
+//!     match engine.events().recv() {
+//!         // The visitor spoke: their speech, pre-roll first, is now being
+//!         // encoded and held (up to `vad.buffer_ms`). Provision a session.
+//!         Ok(AudioEvent::SpeechStarted { onset, preroll }) => {}
+//!         Ok(AudioEvent::SpeechEnded(utterance)) => {} // utterance.speech()
+//!         Ok(AudioEvent::BargeIn) => {}          // bot audio was cut off
+//!         Ok(AudioEvent::Level(dbfs)) => {}      // 10 per second
+//!         Ok(AudioEvent::Device { direction, open }) => {}
+//!         Err(_) => break,
+//!     }
+//!     # let peer_connected = true;
+//!     // Once the peer connection can take audio: release the buffer in
+//!     // order, then stream every frame until `end_stream`.
+//!     if peer_connected {
+//!         engine.link_ready();
+//!     }
+//!     while let Ok(frame) = engine.frames().try_recv() {
+//!         // RTP: payload frame.packet.bytes(), timestamp base + frame.timestamp,
+//!         // marker bit = frame.after_silence.
+//!     }
+//!     # let (seq, timestamp, payload) = (0u16, 0u32, [0u8; 3]);
+//!     // From the link, for each incoming RTP packet of the bot's voice:
+//!     if let Some(payload) = OpusPacket::from_slice(&payload) {
+//!         bot_audio.push(IncomingPacket { seq, timestamp, payload });
+//!     }
+//! }
+//! engine.end_stream(); // conversation over: back to waiting for a visitor
+//! engine.stop()?;
+//! # Ok(()) }
+//! ```
+//!
+//! The receivers are `std::sync::mpsc` (bounded; the engine never blocks on
+//! them and counts what it had to drop), so a tokio task reads them through
+//! `spawn_blocking` or a forwarding thread. [`AudioMetrics`] (from
+//! [`AudioEngine::metrics`]) holds counters and gauges for the status page.
+//!
+//! # Building blocks
+//!
+//! [`Dsp`] is one engine tick without threads or devices (capture,
+//! playout, echo gate, barge-in); [`CaptureProcessor`], [`Playout`],
+//! [`Segmenter`], [`VoiceDetector`], [`StreamResampler`] and the Opus
+//! wrappers are its stages. Tools, tests and benchmarks drive these directly.
+
+pub mod bench;
+mod capture;
+pub mod cli;
+mod codec;
+pub mod device;
+mod dsp;
+mod echo_gate;
+mod engine;
+mod metrics;
+mod playout;
+mod resample;
+mod segmenter;
+mod settings;
+mod units;
+mod vad;
+mod wav;
+
+pub use capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
+pub use codec::{MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket};
+pub use dsp::Dsp;
+pub use echo_gate::EchoGate;
+pub use engine::{AudioEngine, PlayoutSender};
+pub use metrics::AudioMetrics;
+pub use playout::{IncomingPacket, JitterBuffer, NextFrame, Playout};
+pub use resample::{StreamResampler, resample_clip};
+pub use segmenter::{SegmentOutput, Segmenter, Utterance};
+pub use settings::{AudioSettings, DeviceSpec, VadSettings};
+pub use units::{Dbfs, FRAME_48K, FRAME_MS, Millis, OPUS_FRAME, SampleRate, VAD_FRAME, f32_to_i16};
+pub use vad::{Aggressiveness, VoiceDetector};
+pub use wav::{PcmClip, read_wav, write_wav};
+
+use std::path::PathBuf;
+
+/// The error and its causes on one line, for log fields.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Everything that can go wrong in the audio engine. Causes are kept as
+/// sources, not repeated in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    #[error("WAV file {path}")]
+    Wav {
+        path: PathBuf,
+        #[source]
+        source: hound::Error,
+    },
+    #[error("resampler: {0}")]
+    Resampler(String),
+    #[error("Opus codec")]
+    Opus(#[from] opus::Error),
+    #[error("audio device")]
+    Device(#[source] cpal::Error),
+    #[error("{direction} device not found: {detail}")]
+    DeviceNotFound {
+        direction: device::Direction,
+        detail: String,
+    },
+    #[error("JSON output")]
+    Json(#[from] serde_json::Error),
+    #[error("audio engine stopped: {0}")]
+    Stopped(String),
+    #[error("{direction} device offers no 16-bit or float format")]
+    NoUsableFormat { direction: device::Direction },
+}

@@ -1,0 +1,139 @@
+//! Plain parameter structs for the audio engine.
+//!
+//! The configuration layer maps the TOML sections `[audio]` and `[vad]` onto
+//! these; the defaults here are the documented defaults.
+
+use super::units::Millis;
+use super::vad::Aggressiveness;
+
+/// Where audio comes from or goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The host's default device.
+    Default,
+    /// A device whose name equals this, or uniquely contains it.
+    Named(String),
+    /// `wav:<path>`: input plays the file in real time; output records to it.
+    Wav(std::path::PathBuf),
+    /// `none`: no device in this direction (tools, or a kiosk without a speaker).
+    Disabled,
+}
+
+impl DeviceSpec {
+    /// Parses the config form: `"default"`, `"wav:<path>"` or a device name.
+    pub fn parse(spec: &str) -> DeviceSpec {
+        match spec {
+            "" | "default" => DeviceSpec::Default,
+            "none" => DeviceSpec::Disabled,
+            _ => match spec.strip_prefix("wav:") {
+                Some(path) => DeviceSpec::Wav(path.into()),
+                None => DeviceSpec::Named(spec.to_owned()),
+            },
+        }
+    }
+}
+
+/// `[audio]`: devices, codec and playout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AudioSettings {
+    pub input: DeviceSpec,
+    pub output: DeviceSpec,
+    /// Fade out and flush the bot's audio when the visitor starts speaking.
+    pub barge_in: bool,
+    pub opus_bitrate_bps: i32,
+    /// 0 (cheapest) to 10 (best); 5 keeps a small ARM core well under budget.
+    pub opus_complexity: i32,
+    /// Loss the encoder should expect, which sizes its in-band FEC.
+    pub opus_expected_loss_percent: i32,
+    /// The playout jitter buffer adapts its depth between these bounds.
+    pub jitter_min_ms: Millis,
+    pub jitter_max_ms: Millis,
+    /// Playout queued between the DSP thread and the speaker callback:
+    /// enough to ride over the thread's wake-ups, small enough that a
+    /// barge-in fade is heard at once.
+    pub device_buffer_ms: Millis,
+    /// Microphone samples the ring between callback and DSP thread holds.
+    /// It adds no delay (the DSP thread drains it every 2 ms); it absorbs
+    /// bursts from devices that deliver faster than real time. Overflow is
+    /// dropped and counted.
+    pub input_buffer_ms: Millis,
+    /// Backoff for reopening a device that failed, doubling up to the max.
+    pub reopen_backoff_min_ms: Millis,
+    pub reopen_backoff_max_ms: Millis,
+}
+
+impl Default for AudioSettings {
+    fn default() -> Self {
+        Self {
+            input: DeviceSpec::Default,
+            output: DeviceSpec::Default,
+            barge_in: true,
+            opus_bitrate_bps: 32_000,
+            opus_complexity: 5,
+            opus_expected_loss_percent: 10,
+            jitter_min_ms: Millis(40),
+            jitter_max_ms: Millis(60),
+            device_buffer_ms: Millis(20),
+            input_buffer_ms: Millis(500),
+            reopen_backoff_min_ms: Millis(500),
+            reopen_backoff_max_ms: Millis(10_000),
+        }
+    }
+}
+
+/// `[vad]`: what counts as the visitor speaking.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VadSettings {
+    pub aggressiveness: Aggressiveness,
+    /// Onset: at least `onset_voiced_ms` of voiced frames within the last
+    /// `onset_window_ms`.
+    pub onset_window_ms: Millis,
+    pub onset_voiced_ms: Millis,
+    /// Audio kept from before the onset so the first phoneme is not clipped.
+    pub preroll_ms: Millis,
+    /// Silence that ends an utterance.
+    pub hangover_ms: Millis,
+    /// Shorter bursts are clicks and bumps, not speech; they are discarded.
+    pub min_speech_ms: Millis,
+    /// Longer utterances are split so downstream consumers see bounded pieces.
+    pub max_utterance_ms: Millis,
+    /// Speech held while the link is not ready; the oldest goes first on overflow.
+    pub buffer_ms: Millis,
+    /// While the bot plays, the microphone must be this far above the
+    /// estimated echo of the bot's voice for the VAD to count it.
+    pub echo_margin_db: f32,
+}
+
+impl Default for VadSettings {
+    fn default() -> Self {
+        Self {
+            aggressiveness: Aggressiveness::Aggressive,
+            onset_window_ms: Millis(50),
+            onset_voiced_ms: Millis(30),
+            preroll_ms: Millis(300),
+            hangover_ms: Millis(500),
+            min_speech_ms: Millis(200),
+            max_utterance_ms: Millis(30_000),
+            buffer_ms: Millis(15_000),
+            echo_margin_db: 6.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse_from_config_strings() {
+        assert_eq!(DeviceSpec::parse("default"), DeviceSpec::Default);
+        assert_eq!(
+            DeviceSpec::parse("wav:/tmp/in.wav"),
+            DeviceSpec::Wav("/tmp/in.wav".into())
+        );
+        assert_eq!(
+            DeviceSpec::parse("USB Audio"),
+            DeviceSpec::Named("USB Audio".into())
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! WAV files as audio sources and sinks (for tools, tests and `wav:` devices).
+
+use std::path::Path;
+
+use super::AudioError;
+use super::units::{Millis, SampleRate, f32_to_i16};
+
+/// A mono clip held in memory, samples in [-1, 1].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PcmClip {
+    pub rate: SampleRate,
+    pub samples: Vec<f32>,
+}
+
+impl PcmClip {
+    pub fn duration(&self) -> Millis {
+        let ms = self.samples.len() as u64 * 1000 / u64::from(self.rate.hz().max(1));
+        Millis(u32::try_from(ms).unwrap_or(u32::MAX))
+    }
+}
+
+/// Reads a WAV file of any rate, channel count and PCM/float format and
+/// downmixes it to mono, because every stage after the device is mono.
+pub fn read_wav(path: &Path) -> Result<PcmClip, AudioError> {
+    let wav_err = |source| AudioError::Wav {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = hound::WavReader::open(path).map_err(wav_err)?;
+    let spec = reader.spec();
+    let channels = usize::from(spec.channels.max(1));
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(wav_err)?,
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|v| v as f32 * scale))
+                .collect::<Result<_, _>>()
+                .map_err(wav_err)?
+        }
+    };
+    let samples = interleaved
+        .chunks_exact(channels)
+        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
+        .collect();
+    Ok(PcmClip {
+        rate: SampleRate(spec.sample_rate),
+        samples,
+    })
+}
+
+/// Writes mono 16-bit PCM.
+pub fn write_wav(path: &Path, clip: &PcmClip) -> Result<(), AudioError> {
+    let wav_err = |source| AudioError::Wav {
+        path: path.to_path_buf(),
+        source,
+    };
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: clip.rate.hz(),
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(path, spec).map_err(wav_err)?;
+    for &s in &clip.samples {
+        writer.write_sample(f32_to_i16(s)).map_err(wav_err)?;
+    }
+    writer.finalize().map_err(wav_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stereo_file_is_downmixed_and_round_trips_at_16_bit_precision() {
+        let dir = tempfile::tempdir().unwrap();
+        let stereo = dir.path().join("stereo.wav");
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 44_100,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&stereo, spec).unwrap();
+        for _ in 0..441 {
+            w.write_sample(16_384i16).unwrap();
+            w.write_sample(0i16).unwrap();
+        }
+        w.finalize().unwrap();
+
+        let clip = read_wav(&stereo).unwrap();
+        assert_eq!(clip.rate, SampleRate(44_100));
+        assert_eq!(clip.samples.len(), 441);
+        assert_eq!(clip.duration(), Millis(10));
+        assert!((clip.samples[0] - 0.25).abs() < 1e-4);
+
+        let mono = dir.path().join("mono.wav");
+        write_wav(&mono, &clip).unwrap();
+        let back = read_wav(&mono).unwrap();
+        assert!(back.samples.iter().all(|s| (s - 0.25).abs() < 1e-4));
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = read_wav(Path::new("/nonexistent/x.wav")).unwrap_err();
+        let text = crate::audio::error_chain(&err);
+        assert!(text.contains("/nonexistent/x.wav"), "{text}");
+        assert!(text.contains("No such file"), "{text}");
+    }
+}

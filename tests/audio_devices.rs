@@ -1,0 +1,322 @@
+//! Real cpal devices through ALSA's `file` plugin (fixtures/alsa/test.conf.in):
+//! listing, capture, playback and reopening a device that was missing.
+//!
+//! ALSA reads its configuration from the environment once per process, so
+//! everything runs in this single test, in order.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kiosk_gateway::audio::cli::{SegmentReport, vad_file};
+use kiosk_gateway::audio::device::Direction;
+use kiosk_gateway::audio::{
+    AudioEngine, AudioEvent, AudioMetrics, AudioSettings, DeviceSpec, IncomingPacket, Millis,
+    OPUS_FRAME, OpusDecoder, OpusEncoder, SampleRate, VadSettings, f32_to_i16, read_wav,
+    resample_clip,
+};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
+
+fn write_raw(path: &Path, samples: &[f32]) {
+    let bytes: Vec<u8> = samples
+        .iter()
+        .flat_map(|&s| f32_to_i16(s).to_le_bytes())
+        .collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Collects utterances from an engine until `count` have ended or time runs out.
+fn segments(engine: &AudioEngine, count: usize, timeout: Duration) -> Vec<SegmentReport> {
+    let deadline = Instant::now() + timeout;
+    let mut found = Vec::new();
+    while found.len() < count && Instant::now() < deadline {
+        if let Ok(AudioEvent::SpeechEnded(u)) =
+            engine.events().recv_timeout(Duration::from_millis(100))
+        {
+            found.push(SegmentReport {
+                start_ms: u.start.0,
+                end_ms: u.end.0,
+            });
+        }
+    }
+    found
+}
+
+/// Waits for a device event.
+fn wait_for_device(engine: &AudioEngine, direction: Direction, open: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(AudioEvent::Device {
+            direction: d,
+            open: o,
+        }) = engine.events().recv_timeout(Duration::from_millis(100))
+            && d == direction
+            && o == open
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn file_backed_alsa_devices_capture_play_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("test.conf");
+    let template = std::fs::read_to_string(format!("{FIXTURES}/alsa/test.conf.in")).unwrap();
+    std::fs::write(
+        &conf,
+        template.replace("@DIR@", dir.path().to_str().unwrap()),
+    )
+    .unwrap();
+    let speech = read_wav(Path::new(&format!(
+        "{FIXTURES}/audio/multi_utterance_16k.wav"
+    )))
+    .unwrap();
+    let mic48 = resample_clip(&speech.samples, speech.rate, SampleRate::OPUS).unwrap();
+    write_raw(&dir.path().join("mic.raw"), &mic48);
+    let alsa_path = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
+    // SAFETY: this test binary has a single test; nothing else runs yet.
+    unsafe { std::env::set_var("ALSA_CONFIG_PATH", &alsa_path) };
+
+    // `devices` lists both with their formats, without alsa-lib noise on stderr.
+    let out = Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"))
+        .args(["devices", "--json"])
+        .env("ALSA_CONFIG_PATH", &alsa_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains(r#""id":"kiosk_test_mic","name":"Kiosk test microphone""#),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#""id":"kiosk_test_speaker""#), "{stdout}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Capture from the fixture-backed microphone gives the file path's segments.
+    let expected = vad_file(
+        Path::new(&format!("{FIXTURES}/audio/multi_utterance_16k.wav")),
+        &VadSettings::default(),
+    )
+    .unwrap()
+    .segments;
+    let capture_settings = AudioSettings {
+        input: DeviceSpec::parse("test microphone"),
+        output: DeviceSpec::Disabled,
+        // The null slave delivers the whole file at once; hold all of it.
+        input_buffer_ms: Millis(20_000),
+        ..AudioSettings::default()
+    };
+    let mut engine = AudioEngine::start(&capture_settings, &VadSettings::default()).unwrap();
+    let found = segments(&engine, expected.len(), Duration::from_secs(20));
+    engine.stop().unwrap();
+    assert_eq!(found.len(), expected.len(), "{found:?} vs {expected:?}");
+    for (f, e) in found.iter().zip(&expected) {
+        assert!(
+            f.start_ms.abs_diff(e.start_ms) <= 20 && f.end_ms.abs_diff(e.end_ms) <= 20,
+            "{found:?} vs {expected:?}"
+        );
+    }
+
+    // Playback to the file-backed speaker writes what was decoded.
+    // (The late microphone below reuses the capture file.)
+    let bot = read_wav(Path::new(&format!(
+        "{FIXTURES}/audio/bot_reference_16k.wav"
+    )))
+    .unwrap();
+    let bot48 = resample_clip(&bot.samples, bot.rate, SampleRate::OPUS).unwrap();
+    let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
+    let packets: Vec<IncomingPacket> = bot48[48_000..48_000 + 100 * OPUS_FRAME]
+        .chunks_exact(OPUS_FRAME)
+        .enumerate()
+        .map(|(k, c)| IncomingPacket {
+            seq: k as u16,
+            timestamp: (k * OPUS_FRAME) as u32,
+            payload: enc.encode(c.try_into().unwrap()).unwrap(),
+        })
+        .collect();
+    let mut reference: Vec<i16> = Vec::new();
+    let mut dec = OpusDecoder::new().unwrap();
+    let mut pcm = [0.0; OPUS_FRAME];
+    for p in &packets {
+        dec.decode(p.payload.bytes(), &mut pcm).unwrap();
+        reference.extend(pcm.iter().map(|&s| f32_to_i16(s)));
+    }
+    // The speaker's file is a FIFO drained at real-time pace, so the
+    // otherwise unpaced device plays at the speed of a real one.
+    let fifo = dir.path().join("speaker.raw");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let stop_reader = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (fifo, stop) = (fifo.clone(), stop_reader.clone());
+        std::thread::spawn(move || {
+            let mut played = Vec::new();
+            let start = Instant::now();
+            let mut chunk = [0u8; 960];
+            // Each open by ALSA (probing, then the stream) is one writer.
+            while !stop.load(Ordering::Relaxed) {
+                let mut file = std::fs::File::open(&fifo).unwrap();
+                // The smallest pipe (one page, 42 ms) keeps the device's
+                // bursts short.
+                // SAFETY: a valid open descriptor.
+                unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+                loop {
+                    let n = file.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    played.extend_from_slice(&chunk[..n]);
+                    // 960 bytes are 10 ms of 48 kHz 16-bit mono.
+                    let due = start + Duration::from_micros(played.len() as u64 * 10_000 / 960);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
+            }
+            played
+        })
+    };
+    let playback_settings = AudioSettings {
+        input: DeviceSpec::Disabled,
+        output: DeviceSpec::parse("kiosk_test_speaker"),
+        // The pipe still drains in bursts of up to 42 ms; queue enough.
+        device_buffer_ms: Millis(100),
+        // This test's own sleeps are its network: on a loaded machine they
+        // jitter by far more than a LAN does.
+        jitter_min_ms: Millis(200),
+        jitter_max_ms: Millis(200),
+        ..AudioSettings::default()
+    };
+    let mut engine = AudioEngine::start(&playback_settings, &VadSettings::default()).unwrap();
+    let sender = engine.playout();
+    let begin = Instant::now();
+    for (k, p) in packets.iter().enumerate() {
+        let due = begin + Duration::from_millis(20 * k as u64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        assert!(sender.push(*p));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while AudioMetrics::get(&engine.metrics().packets_played) < packets.len() as u64 {
+        let m = engine.metrics();
+        assert!(
+            Instant::now() < deadline,
+            "playout stalled: {} received, {} played, {} concealed, output open {}",
+            AudioMetrics::get(&m.packets_received),
+            AudioMetrics::get(&m.packets_played),
+            AudioMetrics::get(&m.packets_concealed),
+            m.output_open.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Let the last frames through the device and the pipe.
+    std::thread::sleep(Duration::from_millis(1000));
+    stop_reader.store(true, Ordering::Relaxed);
+    engine.stop().unwrap();
+    let underruns = AudioMetrics::get(&engine.metrics().output_underrun_samples);
+    drop(engine);
+    // Unblock the reader if it is waiting for a writer to open the FIFO.
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo));
+    let played: Vec<i16> = reader
+        .join()
+        .unwrap()
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    // Silence before the bot spoke and any underrun gaps aside, the speaker
+    // received exactly the decoded audio, in order.
+    let played: Vec<i16> = played.into_iter().filter(|&s| s != 0).collect();
+    let sent: Vec<i16> = reference.into_iter().filter(|&s| s != 0).collect();
+    let start = played
+        .windows(64)
+        .position(|w| w == &sent[..64])
+        .expect("decoded audio not found in the speaker's file");
+    assert!(
+        played[start..].starts_with(&sent),
+        "speaker got {} samples, sent {} ({underruns} underrun samples)",
+        played.len() - start,
+        sent.len()
+    );
+
+    // A speaker that fails mid-stream (its FIFO reader goes away: EPIPE)
+    // is reported lost, reopened with backoff when it can be, and plays again.
+    let reader = |for_how_long: Duration| {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut chunk = [0u8; 960];
+            while start.elapsed() < for_how_long {
+                let mut file = std::fs::File::open(&fifo).unwrap();
+                while start.elapsed() < for_how_long && file.read(&mut chunk).unwrap_or(0) > 0 {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        })
+    };
+    let first_reader = reader(Duration::from_millis(800));
+    let flaky = AudioSettings {
+        reopen_backoff_min_ms: Millis(100),
+        reopen_backoff_max_ms: Millis(200),
+        ..playback_settings.clone()
+    };
+    let mut engine = AudioEngine::start(&flaky, &VadSettings::default()).unwrap();
+    assert!(wait_for_device(&engine, Direction::Output, true));
+    assert!(
+        wait_for_device(&engine, Direction::Output, false),
+        "loss not noticed"
+    );
+    first_reader.join().unwrap();
+    let second_reader = reader(Duration::from_millis(1500));
+    assert!(
+        wait_for_device(&engine, Direction::Output, true),
+        "not reopened"
+    );
+    assert!(AudioMetrics::get(&engine.metrics().device_errors) > 0);
+    let sender = engine.playout();
+    for p in &packets[..20] {
+        assert!(sender.push(*p));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(AudioMetrics::get(&engine.metrics().packets_played) >= 15);
+    second_reader.join().unwrap();
+    // A third open would wait for a FIFO reader forever; give it one.
+    let unblock = reader(Duration::from_millis(300));
+    engine.stop().unwrap();
+    unblock.join().unwrap();
+
+    // A microphone that is missing at start is retried with backoff and
+    // capture begins once it appears (a USB microphone plugged in late).
+    let late = AudioSettings {
+        input: DeviceSpec::parse("kiosk_test_late_mic"),
+        output: DeviceSpec::Disabled,
+        input_buffer_ms: Millis(20_000),
+        reopen_backoff_min_ms: Millis(100),
+        reopen_backoff_max_ms: Millis(400),
+        ..AudioSettings::default()
+    };
+    let mut engine = AudioEngine::start(&late, &VadSettings::default()).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!engine.metrics().input_open.load(Ordering::Relaxed));
+    let mic_pcm = &template
+        [template.find("pcm.kiosk_test_mic").unwrap()..template.find("# A speaker").unwrap()];
+    let late_pcm = mic_pcm
+        .replace("@DIR@", dir.path().to_str().unwrap())
+        .replace("kiosk_test_mic", "kiosk_test_late_mic");
+    let mut conf_text = std::fs::read_to_string(&conf).unwrap();
+    conf_text.push_str(&late_pcm);
+    std::fs::write(&conf, conf_text).unwrap();
+    let found = segments(&engine, 1, Duration::from_secs(10));
+    assert!(engine.metrics().input_open.load(Ordering::Relaxed));
+    engine.stop().unwrap();
+    assert_eq!(found.first(), expected.first(), "capture did not resume");
+}
