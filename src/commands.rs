@@ -26,8 +26,10 @@ pub fn check(path: &Path, out: &mut impl Write, err: &mut impl Write) -> std::io
             )?;
             writeln!(
                 out,
-                "  audio        in {:?}, out {:?}",
-                c.audio.input, c.audio.output
+                "  audio        in {:?}, out {:?}, VAD aggressiveness {}",
+                c.audio.input,
+                c.audio.output,
+                c.vad.aggressiveness.level()
             )?;
             writeln!(out, "  store        {}", c.store.path.display())?;
             writeln!(out, "  status       http://{}/", c.status.listen)?;
