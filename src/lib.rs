@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod health;
+pub mod session;
 pub mod status;
 pub mod store;
 pub mod sync;
