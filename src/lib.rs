@@ -2,3 +2,4 @@
 //! voice agent over WebRTC. See DESIGN.md for the shared picture.
 
 pub mod daily;
+pub mod link;
