@@ -134,7 +134,8 @@ pub struct OpusPacket {
 }
 
 /// What the link tells the session.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum LinkEvent {
     /// Data channel open, `client-ready` sent.
     Ready,
@@ -143,6 +144,7 @@ pub enum LinkEvent {
         reason: String,
     },
     Reconnected {
+        #[serde(rename = "after_ms", serialize_with = "millis")]
         after: Duration,
     },
     /// The agent ended the call (`peerLeft`).
@@ -264,7 +266,7 @@ impl Link {
             audio_out: audio_out_rx,
             signalling: signalling_rx,
             cancel: cancel.clone(),
-            stats: stats::StatsState::default(),
+            stats: stats::StatsState::new(Instant::now()),
         };
         let task = tokio::spawn(supervisor.run());
         Ok((
@@ -737,6 +739,10 @@ impl Supervisor {
         let _ = self.ctx.events.send(LinkEvent::Lost { reason }).await;
         false
     }
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
 }
 
 /// A message id for RTVI: unique within the call is all RTVI needs.

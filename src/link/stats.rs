@@ -37,14 +37,23 @@ pub struct LinkStats {
     pub last_recovery_ms: Option<u64>,
 }
 
-#[derive(Default)]
 pub(crate) struct StatsState {
     pub first_packet_sent: Option<Duration>,
     pub last_recovery: Option<Duration>,
-    previous: Option<(Instant, u64, u64)>,
+    /// When and at which byte counts the previous snapshot was taken.
+    previous: (Instant, u64, u64),
 }
 
 impl StatsState {
+    /// Rates in the first snapshot are averages since `connected`.
+    pub fn new(connected: Instant) -> Self {
+        Self {
+            first_packet_sent: None,
+            last_recovery: None,
+            previous: (connected, 0, 0),
+        }
+    }
+
     pub async fn collect(&mut self, c: &Counters, pc: &dyn PeerConnection) -> LinkStats {
         let now = Instant::now();
         let mut s = LinkStats {
@@ -85,14 +94,13 @@ impl StatsState {
                 _ => {}
             }
         }
-        if let Some((at, sent, received)) = self.previous {
-            let secs = now.duration_since(at).as_secs_f64();
-            if secs > 0.0 {
-                s.send_bitrate_bps = ((s.bytes_sent - sent) as f64 * 8.0 / secs) as u64;
-                s.recv_bitrate_bps = ((s.bytes_received - received) as f64 * 8.0 / secs) as u64;
-            }
+        let (at, sent, received) = self.previous;
+        let secs = now.duration_since(at).as_secs_f64();
+        if secs > 0.0 {
+            s.send_bitrate_bps = ((s.bytes_sent - sent) as f64 * 8.0 / secs) as u64;
+            s.recv_bitrate_bps = ((s.bytes_received - received) as f64 * 8.0 / secs) as u64;
         }
-        self.previous = Some((now, s.bytes_sent, s.bytes_received));
+        self.previous = (now, s.bytes_sent, s.bytes_received);
         s
     }
 }
