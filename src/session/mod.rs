@@ -1,0 +1,3 @@
+//! Session layer. In this branch: cloud provisioning only.
+
+pub mod provision;
