@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -46,6 +48,9 @@ pub struct LoopbackAgentConfig {
     pub vad_onset: Duration,
     /// Silence that ends an utterance.
     pub vad_hangover: Duration,
+    /// Put a UDP relay in the media path so tests can cut the network
+    /// ([`LoopbackAgent::cut_network`]).
+    pub simulate_network: bool,
 }
 
 impl LoopbackAgentConfig {
@@ -57,6 +62,7 @@ impl LoopbackAgentConfig {
             vad_threshold_dbfs: -40.0,
             vad_onset: Duration::from_millis(60),
             vad_hangover: Duration::from_millis(400),
+            simulate_network: false,
         }
     }
 }
@@ -78,6 +84,7 @@ pub struct AgentRecord {
     pub offers: u32,
     pub restarts: u32,
     pub trickled: Vec<Candidate>,
+    pub whip_deleted: u32,
 }
 
 struct Shared {
@@ -85,11 +92,13 @@ struct Shared {
     peer_config: PeerConfig,
     record: Mutex<AgentRecord>,
     sessions: tokio::sync::Mutex<HashMap<PcId, AgentPeer>>,
+    cut_until: Arc<Mutex<Option<Instant>>>,
 }
 
 struct AgentPeer {
     peer: Arc<Peer>,
     cancel: CancellationToken,
+    relay: Option<Relay>,
 }
 
 /// A running loopback agent; stops when dropped.
@@ -114,6 +123,7 @@ impl LoopbackAgent {
             config,
             record: Mutex::new(AgentRecord::default()),
             sessions: tokio::sync::Mutex::new(HashMap::new()),
+            cut_until: Arc::new(Mutex::new(None)),
         });
         let app = Router::new()
             .route("/start", post(start_session))
@@ -122,6 +132,8 @@ impl LoopbackAgent {
                 "/sessions/{id}/api/offer",
                 post(session_offer).patch(session_trickle),
             )
+            .route("/whip", post(whip_create))
+            .route("/whip/{id}", patch(whip_patch).delete(whip_delete))
             .with_state(Arc::clone(&shared));
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -144,6 +156,11 @@ impl LoopbackAgent {
         Url::parse(&format!("http://{}/api/offer", self.addr)).expect("valid URL")
     }
 
+    /// The WHIP endpoint of the same agent.
+    pub fn whip_url(&self) -> Url {
+        Url::parse(&format!("http://{}/whip", self.addr)).expect("valid URL")
+    }
+
     pub fn start_url(&self) -> Url {
         Url::parse(&format!("http://{}/start", self.addr)).expect("valid URL")
     }
@@ -155,6 +172,12 @@ impl LoopbackAgent {
 
     /// Ends every call as Pipecat does when the bot leaves: `peerLeft`
     /// on the data channel, then closing the connection.
+    /// Drops every media packet both ways for `duration` (needs
+    /// `simulate_network`): the agent simply stops answering.
+    pub fn cut_network(&self, duration: Duration) {
+        *self.shared.cut_until.lock().expect("cut lock") = Some(Instant::now() + duration);
+    }
+
     pub async fn hang_up_all(&self) {
         for (_, s) in self.shared.sessions.lock().await.drain() {
             s.cancel.cancel();
@@ -197,6 +220,8 @@ struct PatchRequest {
 
 type HttpError = (StatusCode, String);
 
+const SDP: &str = "application/sdp";
+
 fn internal(e: impl std::fmt::Display) -> HttpError {
     (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
@@ -238,17 +263,44 @@ async fn offer(
     if req.kind != "offer" {
         return Err((StatusCode::BAD_REQUEST, "type must be \"offer\"".into()));
     }
-    let offer = RTCSessionDescription::offer(req.sdp)
-        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    if let Some(data) = &req.request_data {
+        debug!(%data, "request data with the offer");
+    }
     let restart = req.restart_pc.unwrap_or(false);
+    let (pc_id, sdp) = answer(&shared, req.pc_id, req.sdp, restart).await?;
+    Ok(Json(Answer {
+        sdp,
+        kind: "answer",
+        pc_id,
+    }))
+}
+
+/// Answers an offer: renegotiates a live connection with the same id, or
+/// (new id, or `restart`) replaces it with a new peer connection, as
+/// Pipecat's SmallWebRTC transport does.
+async fn answer(
+    shared: &Arc<Shared>,
+    pc_id: Option<PcId>,
+    offer_sdp: String,
+    restart: bool,
+) -> Result<(PcId, String), HttpError> {
     {
         let mut record = shared.record.lock().expect("record lock");
         record.offers += 1;
         record.restarts += u32::from(restart);
     }
+    let simulate = shared.config.simulate_network;
+    // Behind the relay the agent must only learn the kiosk's address from
+    // packets that came through the relay.
+    let offer_sdp = if simulate {
+        strip_candidates(&offer_sdp)
+    } else {
+        offer_sdp
+    };
+    let offer = RTCSessionDescription::offer(offer_sdp)
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let mut sessions = shared.sessions.lock().await;
-    // Renegotiation on a live connection keeps the peer connection.
-    if let Some(pc_id) = &req.pc_id
+    if let Some(pc_id) = &pc_id
         && !restart
         && let Some(existing) = sessions.get(pc_id)
     {
@@ -261,18 +313,13 @@ async fn offer(
             .await
             .ok_or_else(|| internal("no answer"))?
             .sdp;
-        return Ok(Json(Answer {
-            sdp,
-            kind: "answer",
-            pc_id: pc_id.clone(),
-        }));
+        let sdp = match &existing.relay {
+            Some(relay) => relay.rewrite(&sdp),
+            None => sdp,
+        };
+        return Ok((pc_id.clone(), sdp));
     }
-    // `restart_pc` (or an unknown id) replaces the peer connection, as
-    // Pipecat's SmallWebRTC transport does.
-    let pc_id = req
-        .pc_id
-        .clone()
-        .unwrap_or_else(|| PcId(format!("loopback-{:016x}", rand::random::<u64>())));
+    let pc_id = pc_id.unwrap_or_else(|| PcId(format!("loopback-{:016x}", rand::random::<u64>())));
     if let Some(old) = sessions.remove(&pc_id) {
         old.cancel.cancel();
         old.peer.pc.close().await.ok();
@@ -300,54 +347,214 @@ async fn offer(
         .await
         .ok_or_else(|| internal("no answer"))?
         .sdp;
-    if let Some(data) = req.request_data {
-        debug!(%data, "request data with the offer");
-    }
-    let peer = Arc::new(peer);
     let cancel = CancellationToken::new();
+    let relay = if simulate {
+        Some(
+            Relay::start(&sdp, Arc::clone(&shared.cut_until), cancel.clone())
+                .await
+                .map_err(internal)?,
+        )
+    } else {
+        None
+    };
+    let sdp = match &relay {
+        Some(relay) => relay.rewrite(&sdp),
+        None => sdp,
+    };
+    let peer = Arc::new(peer);
     tokio::spawn(run_session(
         Arc::clone(&peer),
         signals,
-        Arc::clone(&shared),
+        Arc::clone(shared),
         cancel.clone(),
     ));
-    sessions.insert(pc_id.clone(), AgentPeer { peer, cancel });
+    sessions.insert(
+        pc_id.clone(),
+        AgentPeer {
+            peer,
+            cancel,
+            relay,
+        },
+    );
     info!(%pc_id, restart, "loopback agent answered an offer");
-    Ok(Json(Answer {
-        sdp,
-        kind: "answer",
-        pc_id,
-    }))
+    Ok((pc_id, sdp))
+}
+
+fn strip_candidates(sdp: &str) -> String {
+    sdp.split("\r\n")
+        .filter(|l| !l.starts_with("a=candidate:") && !l.starts_with("a=end-of-candidates"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+/// A UDP relay between the kiosk and the agent's peer connection, so a
+/// network cut can be simulated: while cut, packets both ways are dropped,
+/// exactly what a dead uplink looks like to ICE (no close, no error).
+struct Relay {
+    /// The agent's own candidate address, replaced in its answers.
+    agent: SocketAddr,
+    /// Where the kiosk sends to.
+    public: SocketAddr,
+}
+
+impl Relay {
+    async fn start(
+        answer_sdp: &str,
+        cut_until: Arc<Mutex<Option<Instant>>>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let agent = answer_sdp
+            .lines()
+            .filter(|l| {
+                l.starts_with("a=candidate:") && (l.contains(" udp ") || l.contains(" UDP "))
+            })
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                format!("{}:{}", f.get(4)?, f.get(5)?).parse().ok()
+            })
+            .ok_or_else(|| std::io::Error::other("no UDP candidate in the answer"))?;
+        let outer = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let inner = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let public = outer.local_addr()?;
+        tokio::spawn(async move {
+            let mut kiosk: Option<SocketAddr> = None;
+            let (mut a, mut b) = (vec![0u8; 2048], vec![0u8; 2048]);
+            let is_cut = || {
+                cut_until
+                    .lock()
+                    .expect("cut lock")
+                    .is_some_and(|until| Instant::now() < until)
+            };
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    Ok((n, from)) = outer.recv_from(&mut a) => {
+                        kiosk = Some(from);
+                        if !is_cut() {
+                            let _ = inner.send_to(&a[..n], agent).await;
+                        }
+                    }
+                    Ok((n, _)) = inner.recv_from(&mut b) => {
+                        if let (Some(k), false) = (kiosk, is_cut()) {
+                            let _ = outer.send_to(&b[..n], k).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { agent, public })
+    }
+
+    fn rewrite(&self, sdp: &str) -> String {
+        let from = format!("{} {}", self.agent.ip(), self.agent.port());
+        let to = format!("{} {}", self.public.ip(), self.public.port());
+        sdp.replace(&from, &to)
+    }
 }
 
 async fn trickle(
     State(shared): State<Arc<Shared>>,
     Json(req): Json<PatchRequest>,
 ) -> Result<StatusCode, HttpError> {
+    add_candidates(&shared, &req.pc_id, req.candidates).await
+}
+
+async fn add_candidates(
+    shared: &Shared,
+    pc_id: &PcId,
+    candidates: Vec<Candidate>,
+) -> Result<StatusCode, HttpError> {
     let sessions = shared.sessions.lock().await;
     let session = sessions
-        .get(&req.pc_id)
+        .get(pc_id)
         .ok_or((StatusCode::NOT_FOUND, "Peer connection not found".into()))?;
-    for c in &req.candidates {
-        session
-            .peer
-            .pc
-            .add_ice_candidate(RTCIceCandidateInit {
-                candidate: c.candidate.clone(),
-                sdp_mid: Some(c.sdp_mid.clone()),
-                sdp_mline_index: Some(c.sdp_mline_index),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    // Behind the relay, direct candidates would bypass it.
+    if session.relay.is_none() {
+        for c in &candidates {
+            session
+                .peer
+                .pc
+                .add_ice_candidate(RTCIceCandidateInit {
+                    candidate: c.candidate.clone(),
+                    sdp_mid: Some(c.sdp_mid.clone()),
+                    sdp_mline_index: Some(c.sdp_mline_index),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+        }
     }
     shared
         .record
         .lock()
         .expect("record lock")
         .trickled
-        .extend(req.candidates);
+        .extend(candidates);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// WHIP `POST`: `application/sdp` offer → `201 Created`, `Location`, answer.
+async fn whip_create(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, HttpError> {
+    if headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        != Some(SDP)
+    {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected application/sdp".into(),
+        ));
+    }
+    let (pc_id, sdp) = answer(&shared, None, body, false).await?;
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, SDP.to_owned()),
+            (header::LOCATION, format!("/whip/{pc_id}")),
+        ],
+        sdp,
+    )
+        .into_response())
+}
+
+/// WHIP `PATCH`: trickled candidates as an `application/trickle-ice-sdpfrag`.
+async fn whip_patch(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: String,
+) -> Result<StatusCode, HttpError> {
+    let mut mid = String::from("0");
+    let mut candidates = Vec::new();
+    for line in body.lines() {
+        if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = m.trim().to_owned();
+        } else if let Some(c) = line.strip_prefix("a=")
+            && c.starts_with("candidate:")
+        {
+            candidates.push(Candidate {
+                candidate: c.trim().to_owned(),
+                sdp_mid: mid.clone(),
+                sdp_mline_index: 0,
+            });
+        }
+    }
+    add_candidates(&shared, &PcId(id), candidates).await
+}
+
+/// WHIP `DELETE`: ends the session.
+async fn whip_delete(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> StatusCode {
+    match shared.sessions.lock().await.remove(&PcId(id)) {
+        Some(session) => {
+            session.cancel.cancel();
+            shared.record.lock().expect("record lock").whip_deleted += 1;
+            StatusCode::OK
+        }
+        None => StatusCode::NOT_FOUND,
+    }
 }
 
 /// One finished utterance, from the decoder to the responder.
@@ -372,6 +579,8 @@ async fn run_session(
             _ = cancel.cancelled() => {
                 if let Some(dc) = &dc {
                     let _ = dc.send_text(&rtvi::signalling_json(&rtvi::Signalling::PeerLeft)).await;
+                    // Let SCTP deliver it before the connection goes.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 break;
             }

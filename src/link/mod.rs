@@ -554,6 +554,9 @@ impl RtpClock {
     }
 }
 
+/// How long a remote close waits for the `peerLeft` that may explain it.
+const PEER_LEFT_GRACE: Duration = Duration::from_millis(500);
+
 struct Supervisor {
     ctx: Arc<Ctx>,
     run: PeerRun,
@@ -604,10 +607,17 @@ impl Supervisor {
     async fn on_signal(&mut self, signal: Option<PeerSignal>) -> Next {
         match signal {
             None => Next::Restart("peer connection driver ended".into()),
+            Some(PeerSignal::State(RTCPeerConnectionState::Closed)) => {
+                // A bot that leaves sends `peerLeft` and closes at once; the
+                // close can overtake the message on its way to us, and a
+                // deliberate hang-up must not be "repaired" by a restart.
+                match tokio::time::timeout(PEER_LEFT_GRACE, self.signalling.recv()).await {
+                    Ok(Some(message)) => self.on_signalling(message).await,
+                    _ => Next::Restart("peer connection closed by the agent".into()),
+                }
+            }
             Some(PeerSignal::State(
-                s @ (RTCPeerConnectionState::Disconnected
-                | RTCPeerConnectionState::Failed
-                | RTCPeerConnectionState::Closed),
+                s @ (RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed),
             )) => Next::Restart(format!("peer connection {s}")),
             Some(other) => {
                 handle_signal(&self.ctx, &mut self.run, other).await;
