@@ -106,6 +106,41 @@ async fn agent_leaving_ends_the_link() {
     link.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_requested_renegotiation_keeps_the_call() {
+    let agent = agent().await;
+    let signaling = Arc::new(SmallWebRtcSignaling::new(
+        agent.offer_url(),
+        None,
+        None,
+        TIMEOUT,
+    ));
+    let (link, mut io) = Link::connect(local_settings(), signaling.clone())
+        .await
+        .unwrap();
+    let pc_id_before = signaling.pc_id().unwrap();
+    next_matching(&mut io.events, |e| {
+        matches!(e, LinkEvent::Bot(BotMessage::BotReady { .. }))
+    })
+    .await;
+    agent.request_renegotiation().await;
+    // the second offer is answered on the same connection
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while agent.record().offers < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a renegotiation offer");
+    let record = agent.record();
+    assert_eq!(record.restarts, 0, "renegotiation is not a restart");
+    assert_eq!(signaling.pc_id().unwrap(), pc_id_before);
+    // still alive: a stats round trip and no Reconnecting event
+    link.stats().await.unwrap();
+    assert!(io.events.try_recv().is_err());
+    link.close().await;
+}
+
 /// A server that answers every POST with `reply`.
 async fn fake(
     reply: (

@@ -99,6 +99,8 @@ struct AgentPeer {
     peer: Arc<Peer>,
     cancel: CancellationToken,
     relay: Option<Relay>,
+    /// Asks the session to send a `renegotiate` signalling message.
+    renegotiate: mpsc::Sender<()>,
 }
 
 /// A running loopback agent; stops when dropped.
@@ -176,6 +178,13 @@ impl LoopbackAgent {
     /// `simulate_network`): the agent simply stops answering.
     pub fn cut_network(&self, duration: Duration) {
         *self.shared.cut_until.lock().expect("cut lock") = Some(Instant::now() + duration);
+    }
+
+    /// Asks every connected kiosk for a fresh offer on the same `pc_id`.
+    pub async fn request_renegotiation(&self) {
+        for s in self.shared.sessions.lock().await.values() {
+            let _ = s.renegotiate.try_send(());
+        }
     }
 
     pub async fn hang_up_all(&self) {
@@ -362,11 +371,13 @@ async fn answer(
         None => sdp,
     };
     let peer = Arc::new(peer);
+    let (renegotiate, renegotiate_rx) = mpsc::channel(1);
     tokio::spawn(run_session(
         Arc::clone(&peer),
         signals,
         Arc::clone(shared),
         cancel.clone(),
+        renegotiate_rx,
     ));
     sessions.insert(
         pc_id.clone(),
@@ -374,6 +385,7 @@ async fn answer(
             peer,
             cancel,
             relay,
+            renegotiate,
         },
     );
     info!(%pc_id, restart, "loopback agent answered an offer");
@@ -567,6 +579,7 @@ async fn run_session(
     mut signals: mpsc::UnboundedReceiver<PeerSignal>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    mut renegotiate: mpsc::Receiver<()>,
 ) {
     let (utterance_tx, mut utterance_rx) = mpsc::channel::<Utterance>(8);
     let (dc_tx, mut dc_rx) = mpsc::channel::<Arc<dyn DataChannel>>(1);
@@ -599,6 +612,11 @@ async fn run_session(
                 Some(_) => {}
             },
             Some(channel) = dc_rx.recv() => dc = Some(channel),
+            Some(()) = renegotiate.recv() => {
+                if let Some(dc) = &dc {
+                    let _ = dc.send_text(&rtvi::signalling_json(&rtvi::Signalling::Renegotiate)).await;
+                }
+            }
             Some(utterance) = utterance_rx.recv() => {
                 replies += 1;
                 if let Some(dc) = &dc {
