@@ -103,7 +103,12 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
+    // One thread is plenty for these commands, and on a 2-core kiosk it
+    // spares the cross-thread wake-ups a work-stealing pool costs per packet.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     match cli.command {
         Command::Room {
             action,
