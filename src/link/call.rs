@@ -70,17 +70,24 @@ pub struct Transcript {
     pub text: String,
 }
 
-/// The `--json` summary (stable field names, documented in the README).
+/// The `--json` summary. Field names are stable; times are milliseconds
+/// since `call` started.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CallSummary {
+    /// The peer connection came up (a failed connect is an error instead).
     pub connected: bool,
     pub connect_ms: u64,
+    /// When `bot-ready` arrived, if it did.
     pub bot_ready_ms: Option<u64>,
+    /// Audio handed to the link (talk spurts only, pauses send nothing).
     pub audio_sent_ms: u64,
+    /// Audio received from the agent and decoded.
     pub audio_received_ms: u64,
     pub first_audio_received_ms: Option<u64>,
+    /// Final user transcriptions and bot text, in arrival order.
     pub transcripts: Vec<Transcript>,
     pub reconnects: u32,
+    /// `duration`, `peer_left` or `lost`.
     pub ended_by: &'static str,
     pub stats: LinkStats,
 }
@@ -114,7 +121,9 @@ pub async fn run_call(
     let cycle = speech_frames + pause_frames;
     let mut frame_index = 0usize;
     let mut frames_sent = 0u64;
+    // Decoded audio is kept only when it is written out.
     let mut received: Vec<i16> = Vec::new();
+    let mut received_samples = 0u64;
     let mut first_audio = None;
     let mut bot_ready = None;
     let mut transcripts = Vec::new();
@@ -150,11 +159,12 @@ pub async fn run_call(
             Some(packet) = io.audio_in.recv() => {
                 first_audio.get_or_insert_with(|| ms(started.elapsed()));
                 match decoder.decode(&packet.data) {
-                    Ok(pcm) => if options.output != CallOutput::Discard {
-                        received.extend_from_slice(pcm);
-                    } else {
-                        received.resize(received.len() + pcm.len(), 0);
-                    },
+                    Ok(pcm) => {
+                        received_samples += pcm.len() as u64;
+                        if options.output != CallOutput::Discard {
+                            received.extend_from_slice(pcm);
+                        }
+                    }
                     Err(e) => warn!(error = %e, "undecodable packet from the agent"),
                 }
             }
@@ -188,7 +198,7 @@ pub async fn run_call(
         connect_ms,
         bot_ready_ms: bot_ready,
         audio_sent_ms: frames_sent * FRAME_DURATION.as_millis() as u64,
-        audio_received_ms: received.len() as u64 * 1000 / u64::from(SAMPLE_RATE),
+        audio_received_ms: received_samples * 1000 / u64::from(SAMPLE_RATE),
         first_audio_received_ms: first_audio,
         transcripts,
         reconnects,

@@ -645,7 +645,7 @@ impl Supervisor {
     async fn on_control(&mut self, control: Control) {
         match control {
             Control::Send(message) => {
-                let id = uuid_like();
+                let id = message_id();
                 if let Err(e) = self.run.dc.send_text(&message.to_json(&id)).await {
                     warn!(error = %e, "sending an RTVI message failed");
                 }
@@ -756,7 +756,7 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// A message id for RTVI: unique within the call is all RTVI needs.
-fn uuid_like() -> String {
+fn message_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
