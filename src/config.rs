@@ -14,6 +14,8 @@ use secrecy::SecretString;
 use toml_edit::Document;
 
 use crate::audio::{Aggressiveness, AudioSettings, DeviceSpec, Millis, VadSettings};
+use crate::daily::{DailySettings, Privacy, RoomSettings};
+use crate::session::provision::{AgentSettings, ProvisionMode};
 
 use loader::Loader;
 pub use loader::{ENV_PREFIX, Env, Origin, Problem};
@@ -77,17 +79,11 @@ pub struct KioskConfig {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoomPrivacy {
-    Private,
-    Public,
-}
-
 #[derive(Debug, Clone)]
 pub struct DailyConfig {
     pub base_url: url::Url,
     pub api_key: Option<SecretString>,
-    pub privacy: RoomPrivacy,
+    pub privacy: Privacy,
     pub max_participants: u32,
     pub enable_chat: bool,
 }
@@ -235,6 +231,41 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The Daily client's settings; `None` without an API key.
+    pub fn daily_settings(&self) -> Option<DailySettings> {
+        Some(DailySettings {
+            base_url: self.daily.base_url.clone(),
+            api_key: self.daily.api_key.clone()?,
+            room: RoomSettings {
+                lifetime: self.session.max_duration,
+                max_participants: self.daily.max_participants,
+                eject_at_room_exp: true,
+                enable_chat: self.daily.enable_chat,
+                privacy: self.daily.privacy,
+            },
+            ..DailySettings::default()
+        })
+    }
+
+    pub fn agent_settings(&self) -> AgentSettings {
+        AgentSettings {
+            start_url: self.agent.start_url.clone(),
+            offer_url: self.agent.offer_url.clone(),
+            api_key: self.agent.api_key.clone(),
+            ..AgentSettings::default()
+        }
+    }
+
+    pub fn provision_mode(&self) -> ProvisionMode {
+        match self.session.provision {
+            Provision::Static => ProvisionMode::Static,
+            Provision::Daily => ProvisionMode::Daily,
+            Provision::Pipecat => ProvisionMode::Pipecat,
+        }
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -257,8 +288,8 @@ fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
             .unwrap_or_else(|| url::Url::parse("https://api.daily.co/v1").expect("valid URL")),
         api_key: l.secret("daily", "api_key"),
         privacy: match l.choice("daily", "privacy", "private", &["private", "public"]) {
-            "public" => RoomPrivacy::Public,
-            _ => RoomPrivacy::Private,
+            "public" => Privacy::Public,
+            _ => Privacy::Private,
         },
         max_participants: l.integer("daily", "max_participants", 3, 2..=200) as u32,
         enable_chat: l.boolean("daily", "enable_chat", false),

@@ -1,10 +1,15 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kiosk_gateway::audio::{self, Aggressiveness, Millis, SampleRate};
 use kiosk_gateway::config::{self, Config, Env};
+use kiosk_gateway::daily::cli::{RoomCommand, run_room_command};
+use kiosk_gateway::daily::{DailyClient, RoomName};
+use kiosk_gateway::link::call::{CallInput, CallOutput};
+use kiosk_gateway::link::cli::{CallArgs, Endpoint};
 use kiosk_gateway::telemetry::RecentEvents;
 use kiosk_gateway::{commands, daemon, telemetry};
 
@@ -20,9 +25,25 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once; boxing would only add noise
 enum Command {
     /// Run the gateway daemon (systemd's ExecStart).
     Run,
+    /// One full session offline against the built-in loopback agent.
+    Demo {
+        /// Visitor speech (WAV); default: the built-in four-utterance fixture.
+        #[arg(long, conflicts_with = "devices")]
+        input: Option<PathBuf>,
+        /// Use the real default microphone and speaker (an on-site self-test).
+        #[arg(long)]
+        devices: bool,
+        /// Where SQLite and the WAVs go; default: a new folder under the temp dir.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the config file and print every problem.
     Check,
     /// Print stored transcripts.
@@ -61,6 +82,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Daily rooms, for technicians (uses daily.api_key and daily.base_url).
+    Room {
+        #[command(subcommand)]
+        action: RoomAction,
+        /// Print JSON instead of one line per room.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// A direct call to a voice agent: sends audio, prints RTVI events and a summary.
+    Call {
+        /// SmallWebRTC offer URL (Pipecat); default: agent.offer_url from the config.
+        #[arg(long, conflicts_with = "whip_url")]
+        offer_url: Option<url::Url>,
+        /// WHIP endpoint instead of SmallWebRTC.
+        #[arg(long)]
+        whip_url: Option<url::Url>,
+        /// Audio to send, `wav:PATH` (48 kHz mono), repeated with pauses.
+        #[arg(long)]
+        input: CallInput,
+        /// Where the agent's audio goes: `wav:PATH` or `none`.
+        #[arg(long, default_value = "none")]
+        output: CallOutput,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Silence between repetitions of the input.
+        #[arg(long, default_value_t = 1500)]
+        pause_ms: u64,
+        /// Local UDP address for ICE.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: String,
+        /// Use no STUN server (agents on the local network).
+        #[arg(long)]
+        no_stun: bool,
+        /// Print events as JSON lines on stderr and the summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the built-in loopback agent (SmallWebRTC on 127.0.0.1) until interrupted.
+    LoopbackAgent {
+        #[arg(long, default_value = "127.0.0.1:7860")]
+        listen: std::net::SocketAddr,
+        /// Reply played after each utterance, a 48 kHz mono WAV.
+        #[arg(long)]
+        reply: PathBuf,
+    },
     /// List audio inputs and outputs with their rates and channel counts.
     Devices {
         /// Print {"inputs":[...],"outputs":[...]}
@@ -79,6 +145,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum RoomAction {
+    /// Create a room with the session room properties.
+    Create {
+        /// Room name; generated from the kiosk id when omitted.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete a room (a room already gone is not an error).
+    Delete { name: String },
+    /// List recent rooms.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +183,32 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let recent = RecentEvents::default();
             telemetry::init(&config.log, &config.kiosk.id, &recent);
             daemon::run(config, recent)?;
+        }
+        Command::Demo {
+            input,
+            devices,
+            state_dir,
+            json,
+        } => {
+            let recent = RecentEvents::default();
+            telemetry::init_for_command_with(&recent);
+            let summary = kiosk_gateway::demo::run(
+                kiosk_gateway::demo::DemoArgs {
+                    input,
+                    devices,
+                    state_dir,
+                },
+                recent,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", summary.to_text());
+            }
+            if summary.session_id.is_none() {
+                eprintln!("error: no session took place (no speech heard?)");
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Check => {
             if !commands::check(&path, &mut std::io::stdout(), &mut std::io::stderr())? {
@@ -151,6 +257,71 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?
             );
         }
+        Command::Room { action, json } => {
+            telemetry::init_for_command();
+            let config = load(&path)?;
+            let settings = config
+                .daily_settings()
+                .context("no Daily API key: set KIOSK_GATEWAY_DAILY_API_KEY, daily.api_key_file or the daily_api_key credential")?;
+            let command = match action {
+                RoomAction::Create { name } => RoomCommand::Create {
+                    name: name.as_deref().map(RoomName::parse).transpose()?,
+                    kiosk_id: config.kiosk.id.to_string(),
+                },
+                RoomAction::Delete { name } => RoomCommand::Delete {
+                    name: RoomName::parse(&name)?,
+                },
+                RoomAction::List => RoomCommand::List,
+            };
+            let client = DailyClient::new(&settings)?;
+            println!(
+                "{}",
+                small_runtime()?.block_on(run_room_command(&client, command, json))?
+            );
+        }
+        Command::Call {
+            offer_url,
+            whip_url,
+            input,
+            output,
+            seconds,
+            pause_ms,
+            bind,
+            no_stun,
+            json,
+        } => {
+            telemetry::init_for_command();
+            let config = tool_config(&path, explicit)?;
+            let endpoint = match (offer_url, whip_url) {
+                (_, Some(url)) => Endpoint::Whip(url),
+                (Some(url), None) => Endpoint::SmallWebRtc(url),
+                (None, None) => Endpoint::SmallWebRtc(
+                    config
+                        .as_ref()
+                        .and_then(|c| c.agent.offer_url.clone())
+                        .context("give --offer-url or --whip-url, or set agent.offer_url")?,
+                ),
+            };
+            let args = CallArgs {
+                endpoint,
+                api_key: config.and_then(|c| c.agent.api_key),
+                input,
+                output,
+                duration: Duration::from_secs_f64(seconds),
+                pause: Duration::from_millis(pause_ms),
+                bind,
+                ice_servers: no_stun.then(Vec::new),
+                json,
+            };
+            println!(
+                "{}",
+                small_runtime()?.block_on(kiosk_gateway::link::cli::call(args))?
+            );
+        }
+        Command::LoopbackAgent { listen, reply } => {
+            telemetry::init_for_command();
+            small_runtime()?.block_on(kiosk_gateway::link::cli::loopback_agent(listen, reply))?;
+        }
         Command::Devices { json } => {
             telemetry::init_for_command();
             print!("{}", audio::cli::devices_command(json)?);
@@ -176,6 +347,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One thread is plenty for the one-shot network commands, and on a 2-core
+/// kiosk it spares the cross-thread wake-ups a work-stealing pool costs per packet.
+fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

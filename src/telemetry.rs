@@ -74,9 +74,15 @@ pub fn init(log: &LogConfig, kiosk_id: &KioskId, recent: &RecentEvents) -> Sink 
 
 /// Simple logging for one-shot commands: warnings and errors to stderr.
 pub fn init_for_command() {
+    init_for_command_with(&RecentEvents::default());
+}
+
+/// As [`init_for_command`], keeping warnings and errors in `recent` too.
+pub fn init_for_command_with(recent: &RecentEvents) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::registry()
         .with(filter)
+        .with(recent.layer())
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)

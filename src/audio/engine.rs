@@ -144,6 +144,17 @@ impl AudioEngine {
         &self.frames
     }
 
+    /// Moves the event and frame streams out, to forward them to async
+    /// code; afterwards [`Self::events`] and [`Self::frames`] stay empty.
+    pub fn take_streams(&mut self) -> (Receiver<AudioEvent>, Receiver<EncodedFrame>) {
+        let (_, no_events) = mpsc::sync_channel(0);
+        let (_, no_frames) = mpsc::sync_channel(0);
+        (
+            std::mem::replace(&mut self.events, no_events),
+            std::mem::replace(&mut self.frames, no_frames),
+        )
+    }
+
     /// Where the link delivers the bot's audio.
     pub fn playout(&self) -> PlayoutSender {
         PlayoutSender {

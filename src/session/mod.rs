@@ -1,6 +1,9 @@
-//! The kiosk loop: a pure state machine (`machine`) and the orchestrator
-//! that wires audio, link, cloud provisioning and the store around it.
+//! The kiosk loop: a pure state machine (`machine`), cloud provisioning
+//! (`provision`), and the orchestrator that wires audio, link and store
+//! around them.
 
 pub mod machine;
+pub mod orchestrator;
+pub mod provision;
 
 pub use machine::{Action, EndReason, Event, Machine, State};

@@ -395,3 +395,40 @@ impl Store {
         Ok(rows)
     }
 }
+
+impl Store {
+    /// Sessions left open by a process that died (power cut, kill -9) are
+    /// closed as `crashed`, ending at their last stored line. Returns how many.
+    pub fn close_crashed_sessions(&self) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET end_reason = 'crashed',
+                     ended_at = COALESCE(
+                         (SELECT MAX(received_at) FROM transcripts t WHERE t.session_id = sessions.id),
+                         started_at)
+                 WHERE ended_at IS NULL",
+                [],
+            )
+            .map_err(sql(&self.path))
+    }
+}
+
+impl Store {
+    /// Records where a session's cloud side is, once provisioned.
+    pub fn set_session_cloud(
+        &self,
+        id: SessionId,
+        room_name: Option<String>,
+        room_url: Option<String>,
+        agent_session_id: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET room_name = ?2, room_url = ?3, agent_session_id = ?4
+                 WHERE id = ?1",
+                params![id.to_string(), room_name, room_url, agent_session_id],
+            )
+            .map(drop)
+            .map_err(sql(&self.path))
+    }
+}

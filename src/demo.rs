@@ -1,0 +1,278 @@
+//! `kiosk-gateway demo`: one whole session, offline, in one process — the
+//! built-in loopback agent on 127.0.0.1, a visitor speaking from a WAV (or
+//! the real microphone and speaker: an on-site self-test), the status
+//! server, SQLite in a state folder, and the bot's replies written to a
+//! WAV. It ends when the input has ended and the session has idled out.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::RngCore;
+use secrecy::SecretString;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::audio::{AudioEngine, AudioError, AudioSettings, DeviceSpec, VadSettings};
+use crate::config::Trigger;
+use crate::link::LinkSettings;
+use crate::link::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig};
+use crate::link::media::{self, MediaError};
+use crate::session::orchestrator::{Orchestrator, SessionSettings, Transition};
+use crate::session::provision::{AgentSettings, ProvisionError, ProvisionMode, Provisioner};
+use crate::status::{self, Auth, Identity, Published, StatusState};
+use crate::store::{Store, StoreError, StoreHandle, Transcript};
+use crate::telemetry::RecentEvents;
+
+/// The visitor: four utterances with known silences between them.
+const VISITOR: &[u8] = include_bytes!("../fixtures/audio/multi_utterance_16k.wav");
+/// What the loopback agent says after each utterance.
+const REPLY: &[u8] = include_bytes!("../fixtures/link/reply_48k.wav");
+/// What a visitor hears when the agent cannot be reached.
+pub const FAILURE_PROMPT: &[u8] = include_bytes!("../fixtures/audio/failure_prompt_48k.wav");
+
+pub struct DemoArgs {
+    /// Visitor speech; the built-in fixture when `None`.
+    pub input: Option<PathBuf>,
+    /// Use the real default microphone and speaker.
+    pub devices: bool,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The demo's result; its JSON form is the `demo --json` contract.
+#[derive(Debug, Serialize)]
+pub struct DemoSummary {
+    pub session_id: Option<String>,
+    pub states: Vec<Transition>,
+    pub utterances: u64,
+    pub speech_ms_sent: u64,
+    pub speech_ms_received_by_agent: u64,
+    /// From the first speech onset to the first packet handed to the link.
+    pub onset_to_first_packet_ms: Option<u64>,
+    /// From the first speech onset until the agent was provisioned.
+    pub provisioning_ms: Option<u64>,
+    pub transcripts: Vec<Transcript>,
+    pub output_wav: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub status_url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot prepare the state folder {}: {source}", path.display())]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+    #[error(transparent)]
+    Media(#[from] MediaError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error("cannot start the status server: {0}")]
+    Status(std::io::Error),
+    #[error(transparent)]
+    Runtime(#[from] crate::daemon::DaemonError),
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, DemoError> {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).map_err(|source| DemoError::StateDir {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+pub fn run(args: DemoArgs, recent: RecentEvents) -> Result<DemoSummary, DemoError> {
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "kiosk-gateway-demo-{}",
+            jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S")
+        ))
+    });
+    std::fs::create_dir_all(&state_dir).map_err(|source| DemoError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    crate::daemon::runtime()?.block_on(run_async(args, state_dir, recent))
+}
+
+async fn run_async(
+    args: DemoArgs,
+    state_dir: PathBuf,
+    recent: RecentEvents,
+) -> Result<DemoSummary, DemoError> {
+    status::metrics::init();
+    let reply = media::read_wav(&write_file(&state_dir, "agent-reply.wav", REPLY)?)?;
+    let mut agent_config = LoopbackAgentConfig::new(reply);
+    agent_config.bind = ([127, 0, 0, 1], 0).into();
+    let agent = LoopbackAgent::start(agent_config).await?;
+
+    let (store, _) = Store::open(&state_dir.join("kiosk.db"))?;
+    let (store, writer) = StoreHandle::spawn(store);
+
+    let output_wav = (!args.devices).then(|| state_dir.join("bot-replies.wav"));
+    let input = match (&args.input, args.devices) {
+        (_, true) => DeviceSpec::Default,
+        (Some(path), false) => DeviceSpec::Wav(path.clone()),
+        (None, false) => DeviceSpec::Wav(write_file(&state_dir, "visitor.wav", VISITOR)?),
+    };
+    let audio = AudioSettings {
+        input,
+        output: output_wav
+            .clone()
+            .map_or(DeviceSpec::Default, DeviceSpec::Wav),
+        ..AudioSettings::default()
+    };
+    let engine = AudioEngine::start(&audio, &VadSettings::default())?;
+
+    let provisioner = Provisioner::new(
+        ProvisionMode::Static,
+        None,
+        AgentSettings {
+            offer_url: Some(agent.offer_url()),
+            ..AgentSettings::default()
+        },
+    )?;
+
+    let (publish, published) = watch::channel(Published {
+        state: "idle",
+        ..Published::default()
+    });
+    let listener = status::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .map_err(DemoError::Status)?;
+    let addr = listener.local_addr().map_err(DemoError::Status)?;
+    let token = random_token();
+    let status_url = format!("http://{addr}/");
+    eprintln!("status page: {status_url} (token {token})");
+    let cancel = CancellationToken::new();
+    let state = StatusState::new(
+        Identity {
+            kiosk_id: "demo".into(),
+            kiosk_name: "kiosk-gateway demo".into(),
+            store_path: state_dir.join("kiosk.db"),
+        },
+        published,
+        None,
+        Auth::new(Some(SecretString::from(token))),
+        recent,
+    );
+    let server = tokio::spawn(status::serve(listener, state, cancel.clone()));
+
+    let settings = SessionSettings {
+        kiosk_id: "demo".into(),
+        trigger: Trigger::Voice,
+        idle_timeout: Duration::from_secs(4),
+        max_duration: Duration::from_secs(300),
+        ready_timeout: Duration::from_secs(5),
+        link: LinkSettings {
+            ice_servers: vec![],
+            udp_bind: vec!["127.0.0.1:0".into()],
+            ..LinkSettings::default()
+        },
+        failure_prompt: Some(read_prompt(&state_dir)?),
+        failure_backoff_min: Duration::from_secs(2),
+        failure_backoff_max: Duration::from_secs(60),
+    };
+    let (orchestrator, _commands) =
+        Orchestrator::new(settings, provisioner, store.clone(), engine, publish, None);
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        stop.cancel();
+    });
+    let report = orchestrator.single_session().run(cancel.clone()).await;
+    cancel.cancel();
+    let _ = server.await;
+
+    let record = agent.record();
+    let transcripts = match report.sessions.first() {
+        Some(id) => {
+            let id = *id;
+            store.call(move |s| s.transcripts(Some(id))).await?
+        }
+        None => Vec::new(),
+    };
+    drop(store);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .ok();
+    Ok(DemoSummary {
+        session_id: report.sessions.first().map(ToString::to_string),
+        states: report.transitions,
+        utterances: report.utterances,
+        speech_ms_sent: report.speech_ms_sent,
+        speech_ms_received_by_agent: record.utterances.iter().map(|d| d.as_millis() as u64).sum(),
+        onset_to_first_packet_ms: report
+            .onset_to_first_packet
+            .first()
+            .map(|d| d.as_millis() as u64),
+        provisioning_ms: report
+            .provisioning_time
+            .first()
+            .map(|d| d.as_millis() as u64),
+        transcripts,
+        output_wav,
+        state_dir,
+        status_url,
+    })
+}
+
+fn read_prompt(state_dir: &Path) -> Result<Vec<i16>, DemoError> {
+    Ok(media::read_wav(&write_file(
+        state_dir,
+        "failure-prompt.wav",
+        FAILURE_PROMPT,
+    )?)?)
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl DemoSummary {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        out.push_str(&format!(
+            "session      {}\n",
+            self.session_id.as_deref().unwrap_or("none")
+        ));
+        for t in &self.states {
+            out.push_str(&format!(
+                "  {}  {}\n",
+                t.at.strftime("%H:%M:%S%.3f"),
+                t.state
+            ));
+        }
+        out.push_str(&format!("utterances   {}\n", self.utterances));
+        out.push_str(&format!(
+            "speech       {} ms sent, {} ms heard by the agent\n",
+            self.speech_ms_sent, self.speech_ms_received_by_agent
+        ));
+        out.push_str(&format!(
+            "latency      onset to first packet {}, provisioning {}\n",
+            ms(self.onset_to_first_packet_ms),
+            ms(self.provisioning_ms)
+        ));
+        out.push_str(&format!("transcripts  {}\n", self.transcripts.len()));
+        for t in &self.transcripts {
+            out.push_str(&format!("  {:>4}: {}\n", t.role, t.text));
+        }
+        if let Some(w) = &self.output_wav {
+            out.push_str(&format!("bot audio    {}\n", w.display()));
+        }
+        out.push_str(&format!("state        {}\n", self.state_dir.display()));
+        out
+    }
+}

@@ -1,0 +1,100 @@
+//! `kiosk-gateway call` and `loopback-agent`: a technician's direct call to
+//! an agent, and the built-in agent run on its own.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use super::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig};
+use super::call::{CallError, CallInput, CallOptions, CallOutput, run_call};
+use super::media::{self, MediaError};
+use super::signaling::Signaling;
+use super::signaling::smallwebrtc::SmallWebRtcSignaling;
+use super::signaling::whip::WhipSignaling;
+use super::{IceServer, LinkSettings};
+
+/// Where `call` sends its offer.
+pub enum Endpoint {
+    SmallWebRtc(url::Url),
+    Whip(url::Url),
+}
+
+pub struct CallArgs {
+    pub endpoint: Endpoint,
+    pub api_key: Option<SecretString>,
+    pub input: CallInput,
+    pub output: CallOutput,
+    pub duration: Duration,
+    pub pause: Duration,
+    pub bind: String,
+    /// `None`: the link's default STUN server; empty: none (local agents).
+    pub ice_servers: Option<Vec<IceServer>>,
+    pub json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error(transparent)]
+    Media(#[from] MediaError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("cannot write JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the call, printing RTVI events as they come (JSON lines on stderr
+/// with `json`), and returns the summary to print.
+pub async fn call(args: CallArgs) -> Result<String, CliError> {
+    let timeout = Duration::from_secs(10);
+    let signaling: Arc<dyn Signaling> = match args.endpoint {
+        Endpoint::SmallWebRtc(url) => {
+            Arc::new(SmallWebRtcSignaling::new(url, args.api_key, None, timeout))
+        }
+        Endpoint::Whip(url) => Arc::new(WhipSignaling::new(url, args.api_key, timeout)),
+    };
+    let mut link = LinkSettings {
+        udp_bind: vec![args.bind],
+        ..LinkSettings::default()
+    };
+    if let Some(servers) = args.ice_servers {
+        link.ice_servers = servers;
+    }
+    let options = CallOptions {
+        input: args.input,
+        output: args.output,
+        duration: args.duration,
+        pause: args.pause,
+        link,
+    };
+    let json = args.json;
+    let summary = run_call(options, signaling, |event| {
+        if json {
+            eprintln!("{}", serde_json::to_string(event).unwrap_or_default());
+        } else {
+            println!("{event:?}");
+        }
+    })
+    .await?;
+    Ok(if json {
+        serde_json::to_string_pretty(&summary)?
+    } else {
+        format!("{summary:#?}")
+    })
+}
+
+/// Runs the loopback agent on `listen` until Ctrl-C.
+pub async fn loopback_agent(listen: std::net::SocketAddr, reply: PathBuf) -> Result<(), CliError> {
+    let reply = media::read_wav(&reply)?;
+    let mut config = LoopbackAgentConfig::new(reply);
+    config.bind = listen;
+    let agent = LoopbackAgent::start(config).await?;
+    println!("offer URL: {}", agent.offer_url());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Building a webrtc-rs peer connection with one Opus track; shared by the
+//! kiosk side ([`super::Link`]) and the loopback agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use tokio::sync::mpsc;
+use webrtc::data_channel::DataChannel;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
+    register_default_interceptors,
+};
+
+/// Opus over RTP: 48 kHz clock; the SDP always says 2 channels (RFC 7587).
+pub const OPUS_CLOCK_RATE: u32 = 48_000;
+const OPUS_PAYLOAD_TYPE: u8 = 111;
+
+pub(crate) fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: OPUS_CLOCK_RATE,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// Something the peer connection's driver reported.
+pub(crate) enum PeerSignal {
+    Candidate(RTCIceCandidateInit),
+    GatheringComplete,
+    State(RTCPeerConnectionState),
+    Track(Arc<dyn TrackRemote>),
+    DataChannel(Arc<dyn DataChannel>),
+}
+
+/// Forwards driver callbacks into a channel: callbacks run on the driver,
+/// so they must return at once and never block it.
+struct Forwarder(mpsc::UnboundedSender<PeerSignal>);
+
+#[async_trait]
+impl PeerConnectionEventHandler for Forwarder {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.0.send(PeerSignal::Candidate(init));
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.0.send(PeerSignal::GatheringComplete);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.0.send(PeerSignal::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.0.send(PeerSignal::Track(track));
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        let _ = self.0.send(PeerSignal::DataChannel(channel));
+    }
+}
+
+/// Network and ICE settings for one peer connection.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerConfig {
+    pub ice_servers: Vec<RTCIceServer>,
+    pub udp_bind: Vec<String>,
+    pub ice_disconnected_timeout: Duration,
+    pub ice_failed_timeout: Duration,
+    pub ice_keepalive_interval: Duration,
+}
+
+pub(crate) struct Peer {
+    pub pc: Arc<dyn PeerConnection>,
+    pub audio: Arc<TrackLocalStaticRTP>,
+    pub ssrc: u32,
+}
+
+impl Peer {
+    /// A peer connection with a sendrecv Opus track sending as `ssrc`.
+    pub async fn build(
+        config: &PeerConfig,
+        ssrc: u32,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<PeerSignal>), webrtc::error::Error> {
+        let mut media_engine = MediaEngine::default();
+        let codec = RTCRtpCodecParameters {
+            rtp_codec: opus_codec(),
+            payload_type: OPUS_PAYLOAD_TYPE,
+        };
+        media_engine.register_codec(codec, RtpCodecKind::Audio)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        let settings = SettingEngineBuilder::new()
+            .with_ice_timeouts(
+                Some(config.ice_disconnected_timeout),
+                Some(config.ice_failed_timeout),
+                Some(config.ice_keepalive_interval),
+            )
+            .build();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_ice_servers(config.ice_servers.clone())
+                    .build(),
+            )
+            .with_media_engine(media_engine)
+            .with_setting_engine(settings)
+            .with_interceptor_registry(registry)
+            .with_handler(Arc::new(Forwarder(tx)))
+            .with_udp_addrs(config.udp_bind.clone())
+            .build()
+            .await?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let audio = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "kiosk-gateway".to_owned(),
+            "audio".to_owned(),
+            "audio".to_owned(),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: opus_codec(),
+                ..Default::default()
+            }],
+        )));
+        pc.add_track(Arc::clone(&audio) as Arc<dyn TrackLocal>)
+            .await?;
+        Ok((Self { pc, audio, ssrc }, rx))
+    }
+
+    /// Payload type the answer settled on for our Opus sender.
+    pub async fn payload_type(&self) -> u8 {
+        for sender in self.pc.get_senders().await {
+            if let Ok(params) = sender.get_parameters().await
+                && let Some(codec) = params.rtp_parameters.codecs.first()
+            {
+                return codec.payload_type;
+            }
+        }
+        OPUS_PAYLOAD_TYPE
+    }
+}

@@ -1,0 +1,127 @@
+//! How an SDP offer reaches the agent: one trait, two dialects.
+
+pub mod smallwebrtc;
+pub mod whip;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// Pipecat's peer-connection id, returned with the first answer and sent
+/// back with every renegotiation and trickle PATCH.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PcId(pub String);
+
+impl fmt::Display for PcId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A local ICE candidate to trickle to the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub candidate: String,
+    pub sdp_mid: String,
+    pub sdp_mline_index: u16,
+}
+
+/// What kind of offer this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfferKind {
+    /// The first offer of a call.
+    Initial,
+    /// The agent asked for renegotiation on the same connection.
+    Renegotiate,
+    /// Recovery after the media path broke: the agent should replace its
+    /// peer connection (SmallWebRTC `restart_pc`).
+    Restart,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignalingError {
+    #[error("signaling {step} failed: network error: {source}")]
+    Network {
+        step: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("signaling {step} failed: HTTP {status}: {body}")]
+    Status {
+        step: &'static str,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("signaling {step}: malformed answer: {detail}")]
+    MalformedAnswer { step: &'static str, detail: String },
+    #[error("signaling {step} needs an established session first")]
+    NoSession { step: &'static str },
+}
+
+impl SignalingError {
+    pub(crate) fn network(step: &'static str, source: reqwest::Error) -> Self {
+        Self::Network {
+            step,
+            source: source.without_url(),
+        }
+    }
+
+    /// Whether trying again later could help (network trouble, 5xx, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Network { .. } => true,
+            Self::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Longest error body kept in an error message.
+const MAX_ERROR_BODY: usize = 512;
+
+pub(crate) async fn error_for_status(
+    step: &'static str,
+    response: reqwest::Response,
+) -> Result<reqwest::Response, SignalingError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let mut body = response.text().await.unwrap_or_default();
+    if body.len() > MAX_ERROR_BODY {
+        let mut cut = MAX_ERROR_BODY;
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        body.truncate(cut);
+    }
+    Err(SignalingError::Status { step, status, body })
+}
+
+/// Offer/answer exchange with an agent.
+#[async_trait]
+pub trait Signaling: Send + Sync {
+    /// Sends an SDP offer, returns the agent's SDP answer.
+    async fn offer(&self, sdp: &str, kind: OfferKind) -> Result<String, SignalingError>;
+    /// Sends local candidates found after the offer went out.
+    async fn trickle(&self, candidates: &[Candidate]) -> Result<(), SignalingError>;
+    /// Ends the session on the agent's side, where the dialect has a way to.
+    async fn hang_up(&self) -> Result<(), SignalingError>;
+}
+
+/// SDP must at least look like a session description with an audio section.
+pub(crate) fn check_answer_sdp(step: &'static str, sdp: &str) -> Result<(), SignalingError> {
+    if sdp.starts_with("v=0") && sdp.contains("m=audio") {
+        Ok(())
+    } else {
+        Err(SignalingError::MalformedAnswer {
+            step,
+            detail: "answer SDP lacks v=0 or an audio section".into(),
+        })
+    }
+}

@@ -1,0 +1,106 @@
+//! Link statistics for the status page and metrics: our own counters plus
+//! what webrtc-rs learns from RTCP (round-trip time, jitter, loss).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use webrtc::peer_connection::{PeerConnection, RTCStatsReportEntry, StatsSelector};
+
+use super::Counters;
+use super::peer::OPUS_CLOCK_RATE;
+
+/// A snapshot of one link. Rates are averages since the previous snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LinkStats {
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Packets the agent reported lost (RTCP receiver reports).
+    pub packets_lost_remote: i64,
+    /// Packets we counted as lost on the way in.
+    pub packets_lost_local: i64,
+    pub rtt_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub send_bitrate_bps: u64,
+    pub recv_bitrate_bps: u64,
+    /// Incoming packets dropped because the decoder fell behind.
+    pub audio_in_dropped: u64,
+    pub rtvi_unknown: u64,
+    pub rtvi_malformed: u64,
+    pub rtvi_oversized: u64,
+    pub restarts: u64,
+    /// From `Link::connect` to the first audio packet written.
+    pub first_packet_sent_ms: Option<u64>,
+    /// Duration of the latest recovery from a broken media path.
+    pub last_recovery_ms: Option<u64>,
+}
+
+pub(crate) struct StatsState {
+    pub first_packet_sent: Option<Duration>,
+    pub last_recovery: Option<Duration>,
+    /// When and at which byte counts the previous snapshot was taken.
+    previous: (Instant, u64, u64),
+}
+
+impl StatsState {
+    /// Rates in the first snapshot are averages since `connected`.
+    pub fn new(connected: Instant) -> Self {
+        Self {
+            first_packet_sent: None,
+            last_recovery: None,
+            previous: (connected, 0, 0),
+        }
+    }
+
+    pub async fn collect(&mut self, c: &Counters, pc: &dyn PeerConnection) -> LinkStats {
+        let now = Instant::now();
+        let mut s = LinkStats {
+            packets_sent: c.packets_sent.load(Ordering::Relaxed),
+            packets_received: c.packets_received.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            audio_in_dropped: c.audio_in_dropped.load(Ordering::Relaxed),
+            rtvi_unknown: c.rtvi_unknown.load(Ordering::Relaxed),
+            rtvi_malformed: c.rtvi_malformed.load(Ordering::Relaxed),
+            rtvi_oversized: c.rtvi_oversized.load(Ordering::Relaxed),
+            restarts: c.restarts.load(Ordering::Relaxed),
+            first_packet_sent_ms: self.first_packet_sent.map(|d| d.as_millis() as u64),
+            last_recovery_ms: self.last_recovery.map(|d| d.as_millis() as u64),
+            ..LinkStats::default()
+        };
+        for entry in pc.get_stats(now, StatsSelector::None).await.iter() {
+            match entry {
+                RTCStatsReportEntry::RemoteInboundRtp(r) => {
+                    s.packets_lost_remote += r.received_rtp_stream_stats.packets_lost;
+                    if r.round_trip_time_measurements > 0 {
+                        s.rtt_ms = Some(r.round_trip_time * 1000.0);
+                    }
+                }
+                RTCStatsReportEntry::InboundRtp(r) => {
+                    s.packets_lost_local += r.received_rtp_stream_stats.packets_lost;
+                    // webrtc-rs reports interarrival jitter in RTP timestamp
+                    // units (RFC 3550), not seconds: 48 units per ms for Opus.
+                    s.jitter_ms = Some(
+                        r.received_rtp_stream_stats.jitter / f64::from(OPUS_CLOCK_RATE / 1000),
+                    );
+                }
+                RTCStatsReportEntry::IceCandidatePair(p)
+                    if s.rtt_ms.is_none() && p.current_round_trip_time > 0.0 =>
+                {
+                    s.rtt_ms = Some(p.current_round_trip_time * 1000.0);
+                }
+                _ => {}
+            }
+        }
+        let (at, sent, received) = self.previous;
+        let secs = now.duration_since(at).as_secs_f64();
+        if secs > 0.0 {
+            s.send_bitrate_bps = ((s.bytes_sent - sent) as f64 * 8.0 / secs) as u64;
+            s.recv_bitrate_bps = ((s.bytes_received - received) as f64 * 8.0 / secs) as u64;
+        }
+        self.previous = (now, s.bytes_sent, s.bytes_received);
+        s
+    }
+}

@@ -1,0 +1,643 @@
+//! The orchestrator: drives the [`Machine`] with what the audio engine, the
+//! link, timers and technicians report, and carries out its actions —
+//! provisioning, connecting, releasing buffered speech, storing transcripts
+//! and tearing sessions down with their reason.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use tokio::sync::{mpsc, watch};
+use tokio::time::sleep_until;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::machine::{Action, EndReason, Event, Machine, State};
+use super::provision::{Provisioned, Provisioner};
+use crate::audio::{
+    AudioEngine, AudioEvent, EncodedFrame, IncomingPacket, OpusPacket, PlayoutSender,
+};
+use crate::config::Trigger;
+use crate::link::rtvi::{BotMessage, BotTextKind};
+use crate::link::signaling::smallwebrtc::SmallWebRtcSignaling;
+use crate::link::{Link, LinkEvent, LinkIo, LinkSettings, OpusFrame, OpusPacket as LinkPacket};
+use crate::status::{CurrentSession, Line, Published};
+use crate::store::{NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreHandle};
+use crate::sync::SyncTrigger;
+
+/// Session behaviour, from `[session]` and `[agent]`.
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    pub kiosk_id: String,
+    pub trigger: Trigger,
+    pub idle_timeout: Duration,
+    pub max_duration: Duration,
+    pub ready_timeout: Duration,
+    pub link: LinkSettings,
+    /// Played locally when a session cannot be set up (48 kHz mono).
+    pub failure_prompt: Option<Vec<i16>>,
+    /// Wait before the next attempt after a failure, doubling to the max.
+    pub failure_backoff_min: Duration,
+    pub failure_backoff_max: Duration,
+}
+
+/// A technician's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Start,
+    Stop,
+}
+
+/// One state change, for `demo` and tests.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Transition {
+    pub at: Timestamp,
+    pub state: State,
+}
+
+/// What a run did, for `demo` and tests.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub sessions: Vec<SessionId>,
+    pub transitions: Vec<Transition>,
+    pub utterances: u64,
+    pub speech_ms_sent: u64,
+    /// Onset to first packet handed to the link, per session.
+    pub onset_to_first_packet: Vec<Duration>,
+    pub provisioning_time: Vec<Duration>,
+}
+
+/// The session in progress.
+struct Current {
+    id: SessionId,
+    started_at: Timestamp,
+    onset: Instant,
+    provisioned: Option<Provisioned>,
+    link: Option<(Link, LinkIo)>,
+    user_speech_ms: u64,
+    bot_speech_ms: u64,
+    bot_speaking_since: Option<Instant>,
+    lines: Vec<Line>,
+    partial: Option<String>,
+    /// Agents send the bot's words under several types; one is stored.
+    bot_text_kind: Option<BotTextKind>,
+    first_packet_sent: bool,
+}
+
+type Pending<T> = Option<tokio::task::JoinHandle<T>>;
+
+/// What the open call delivered.
+enum LinkInput {
+    Event(Option<LinkEvent>),
+    Packet(LinkPacket),
+}
+
+pub struct Orchestrator {
+    machine: Machine,
+    settings: SessionSettings,
+    provisioner: Arc<Provisioner>,
+    store: StoreHandle,
+    engine: AudioEngine,
+    playout: PlayoutSender,
+    events: mpsc::Receiver<AudioEvent>,
+    frames: mpsc::Receiver<EncodedFrame>,
+    commands: mpsc::Receiver<Command>,
+    published: watch::Sender<Published>,
+    sync: Option<SyncTrigger>,
+    current: Option<Current>,
+    provisioning: Pending<Result<Provisioned, String>>,
+    connecting: Pending<Result<(Link, LinkIo), String>>,
+    idle_at: Option<Instant>,
+    max_at: Option<Instant>,
+    ready_at: Option<Instant>,
+    retry_after: Option<Instant>,
+    backoff: Duration,
+    /// When the speech that is starting a session began.
+    next_onset: Option<Instant>,
+    report: RunReport,
+    /// Close after the first session (the demo).
+    single_session: bool,
+}
+
+/// Forwards a std channel from the audio engine into tokio.
+fn forward<T: Send + 'static>(rx: std::sync::mpsc::Receiver<T>, name: &str) -> mpsc::Receiver<T> {
+    let (tx, out) = mpsc::channel(256);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            for item in rx {
+                if tx.blocking_send(item).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawning a forwarding thread");
+    out
+}
+
+impl Orchestrator {
+    pub fn new(
+        settings: SessionSettings,
+        provisioner: Provisioner,
+        store: StoreHandle,
+        mut engine: AudioEngine,
+        published: watch::Sender<Published>,
+        sync: Option<SyncTrigger>,
+    ) -> (Self, mpsc::Sender<Command>) {
+        let (events, frames) = engine.take_streams();
+        let (command_tx, commands) = mpsc::channel(8);
+        let machine = Machine::new(settings.trigger);
+        let backoff = settings.failure_backoff_min;
+        let orchestrator = Self {
+            machine,
+            provisioner: Arc::new(provisioner),
+            store,
+            playout: engine.playout(),
+            engine,
+            events: forward(events, "audio-events"),
+            frames: forward(frames, "audio-frames"),
+            commands,
+            published,
+            sync,
+            current: None,
+            provisioning: None,
+            connecting: None,
+            idle_at: None,
+            max_at: None,
+            ready_at: None,
+            retry_after: None,
+            backoff,
+            next_onset: None,
+            report: RunReport::default(),
+            single_session: false,
+            settings,
+        };
+        (orchestrator, command_tx)
+    }
+
+    /// Ends the run when the first session has closed (the demo).
+    pub fn single_session(mut self) -> Self {
+        self.single_session = true;
+        self
+    }
+
+    /// Runs until `cancel` (ending an open session as `shutdown`).
+    pub async fn run(mut self, cancel: CancellationToken) -> RunReport {
+        match self.store.call(|s| s.close_crashed_sessions()).await {
+            Ok(0) => {}
+            Ok(n) => warn!(
+                sessions = n,
+                "sessions left open by a crash closed as crashed"
+            ),
+            Err(e) => warn!(error = %e, "cannot close crashed sessions"),
+        }
+        self.note_state();
+        if self.settings.trigger == Trigger::Always {
+            self.apply(Event::StartRequested).await;
+        }
+        let mut shutting_down = false;
+        loop {
+            if shutting_down && self.machine.state() == State::Idle {
+                break;
+            }
+            if self.single_session
+                && !self.report.sessions.is_empty()
+                && self.machine.state() == State::Idle
+            {
+                break;
+            }
+            let far = Instant::now() + Duration::from_secs(86_400);
+            let idle_at = self.idle_at.unwrap_or(far);
+            let max_at = self.max_at.unwrap_or(far);
+            let ready_at = self.ready_at.unwrap_or(far);
+            let has_link = self.current.as_ref().is_some_and(|c| c.link.is_some());
+            tokio::select! {
+                _ = cancel.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    self.apply(Event::Shutdown).await;
+                }
+                Some(e) = self.events.recv() => self.on_audio(e).await,
+                Some(f) = self.frames.recv() => self.on_frame(f),
+                Some(c) = self.commands.recv() => {
+                    let event = match c { Command::Start => Event::StartRequested, Command::Stop => Event::StopRequested };
+                    self.apply(event).await;
+                }
+                r = async { self.provisioning.as_mut().expect("guarded").await }, if self.provisioning.is_some() => {
+                    self.provisioning = None;
+                    self.on_provisioned(r.unwrap_or_else(|e| Err(e.to_string()))).await;
+                }
+                r = async { self.connecting.as_mut().expect("guarded").await }, if self.connecting.is_some() => {
+                    self.connecting = None;
+                    self.on_connected(r.unwrap_or_else(|e| Err(e.to_string()))).await;
+                }
+                input = async {
+                    let io = &mut self.current.as_mut().and_then(|c| c.link.as_mut()).expect("guarded").1;
+                    tokio::select! {
+                        e = io.events.recv() => LinkInput::Event(e),
+                        Some(p) = io.audio_in.recv() => LinkInput::Packet(p),
+                    }
+                }, if has_link => match input {
+                    LinkInput::Event(Some(e)) => self.on_link(e).await,
+                    LinkInput::Event(None) => self.apply(Event::ReconnectTimeout).await,
+                    LinkInput::Packet(p) => self.on_packet(p),
+                },
+                _ = sleep_until(idle_at.into()), if self.idle_at.is_some() => {
+                    self.idle_at = None;
+                    self.apply(Event::IdleTimeout).await;
+                }
+                _ = sleep_until(max_at.into()), if self.max_at.is_some() => {
+                    self.max_at = None;
+                    self.apply(Event::MaxDuration).await;
+                }
+                _ = sleep_until(ready_at.into()), if self.ready_at.is_some() => {
+                    self.ready_at = None;
+                    self.apply(Event::ReadyTimeout).await;
+                }
+            }
+        }
+        self.report
+    }
+
+    async fn on_audio(&mut self, event: AudioEvent) {
+        match event {
+            AudioEvent::SpeechStarted { .. } => {
+                if self.machine.state() == State::Idle
+                    && self.retry_after.is_some_and(|t| Instant::now() < t)
+                {
+                    info!("speech while backing off after a failure; not starting a session yet");
+                    return;
+                }
+                if self.machine.state() == State::Idle {
+                    self.next_onset = Some(Instant::now());
+                }
+                self.apply(Event::SpeechStarted).await;
+            }
+            AudioEvent::SpeechEnded(utterance) => {
+                let speech = u64::from(utterance.speech().0);
+                if let Some(c) = &mut self.current {
+                    c.user_speech_ms += speech;
+                    self.report.utterances += 1;
+                    self.report.speech_ms_sent += speech;
+                }
+                self.apply(Event::SpeechEnded).await;
+            }
+            AudioEvent::BargeIn => info!("visitor spoke over the bot; playback stopped"),
+            AudioEvent::Device { direction, open } => {
+                if open {
+                    info!(?direction, "audio device open");
+                } else {
+                    warn!(?direction, "audio device lost; reopening");
+                }
+            }
+            AudioEvent::Level(_) => {}
+        }
+    }
+
+    fn on_frame(&mut self, frame: EncodedFrame) {
+        let Some(c) = &mut self.current else { return };
+        let Some((_, io)) = &c.link else { return };
+        let out = OpusFrame {
+            data: Bytes::copy_from_slice(frame.packet.bytes()),
+            duration: Duration::from_millis(20),
+            after_silence: frame.after_silence,
+        };
+        if io.audio_out.try_send(out).is_err() {
+            metrics::counter!("kiosk_link_audio_dropped_total").increment(1);
+            return;
+        }
+        if !c.first_packet_sent {
+            c.first_packet_sent = true;
+            self.report.onset_to_first_packet.push(c.onset.elapsed());
+        }
+    }
+
+    fn on_packet(&mut self, p: LinkPacket) {
+        if let Some(payload) = OpusPacket::from_slice(&p.data) {
+            self.playout.push(IncomingPacket {
+                seq: p.sequence,
+                timestamp: p.rtp_timestamp,
+                payload,
+            });
+        }
+    }
+
+    async fn on_link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Ready => self.apply(Event::Connected).await,
+            LinkEvent::Reconnecting { reason } => {
+                warn!(%reason, "call dropped; reconnecting");
+                self.apply(Event::LinkLost).await;
+            }
+            LinkEvent::Reconnected { after } => {
+                info!(after_ms = after.as_millis() as u64, "call restored");
+                self.apply(Event::LinkRestored).await;
+            }
+            LinkEvent::PeerLeft => self.apply(Event::AgentLeft).await,
+            LinkEvent::Lost { reason } => {
+                warn!(%reason, "call lost");
+                self.apply(Event::ReconnectTimeout).await;
+            }
+            LinkEvent::Bot(message) => self.on_bot(message).await,
+        }
+    }
+
+    async fn on_bot(&mut self, message: BotMessage) {
+        match message {
+            BotMessage::BotReady { .. } => self.apply(Event::BotReady).await,
+            BotMessage::BotStartedSpeaking => {
+                if let Some(c) = &mut self.current {
+                    c.bot_speaking_since = Some(Instant::now());
+                }
+                self.apply(Event::BotStartedSpeaking).await;
+            }
+            BotMessage::BotStoppedSpeaking => {
+                if let Some(c) = &mut self.current
+                    && let Some(since) = c.bot_speaking_since.take()
+                {
+                    c.bot_speech_ms += since.elapsed().as_millis() as u64;
+                }
+                self.apply(Event::BotStoppedSpeaking).await;
+            }
+            BotMessage::UserTranscription { text, is_final, .. } => {
+                if is_final {
+                    self.store_line(Role::User, text).await;
+                } else if let Some(c) = &mut self.current {
+                    c.partial = Some(text);
+                    self.note_state();
+                }
+            }
+            BotMessage::BotText { kind, text } if kind != BotTextKind::BotTtsText => {
+                let take = match &mut self.current {
+                    Some(c) => *c.bot_text_kind.get_or_insert(kind) == kind,
+                    None => false,
+                };
+                if take {
+                    self.store_line(Role::Bot, text).await;
+                }
+            }
+            BotMessage::Error { error, fatal } => {
+                warn!(%error, fatal, "the agent reported an error");
+            }
+            _ => {}
+        }
+    }
+
+    async fn store_line(&mut self, role: Role, text: String) {
+        let Some(c) = &mut self.current else { return };
+        if role == Role::User {
+            c.partial = None;
+        }
+        c.lines.push(Line {
+            role: if role == Role::User { "user" } else { "bot" },
+            text: text.clone(),
+        });
+        let line = NewTranscript {
+            session_id: c.id,
+            role,
+            text,
+            is_final: true,
+            confidence: None,
+            spoken_at: Timestamp::now(),
+            received_at: Timestamp::now(),
+        };
+        if let Err(e) = self.store.call(move |s| s.add_transcript(&line)).await {
+            warn!(error = %e, "cannot store a transcript line");
+        }
+        self.note_state();
+    }
+
+    async fn on_provisioned(&mut self, result: Result<Provisioned, String>) {
+        match result {
+            Ok(p) => {
+                if let Some(c) = &mut self.current {
+                    self.report.provisioning_time.push(c.onset.elapsed());
+                    let (id, room_name, room_url, agent_id) = (
+                        c.id,
+                        p.room.as_ref().map(|r| r.name.to_string()),
+                        p.room.as_ref().map(|r| r.url.clone()),
+                        p.agent_session_id.as_ref().map(|a| a.0.clone()),
+                    );
+                    c.provisioned = Some(p);
+                    if let Err(e) = self
+                        .store
+                        .call(move |s| s.set_session_cloud(id, room_name, room_url, agent_id))
+                        .await
+                    {
+                        warn!(error = %e, "cannot record the session's room");
+                    }
+                }
+                self.apply(Event::Provisioned).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "provisioning failed");
+                self.apply(Event::ProvisionFailed).await;
+            }
+        }
+    }
+
+    async fn on_connected(&mut self, result: Result<(Link, LinkIo), String>) {
+        match result {
+            Ok(link) => {
+                if let Some(c) = &mut self.current {
+                    c.link = Some(link);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "could not connect the call");
+                self.apply(Event::ConnectFailed).await;
+            }
+        }
+    }
+
+    /// Feeds one event to the machine and carries out its actions.
+    async fn apply(&mut self, event: Event) {
+        let before = self.machine.state();
+        let actions = self.machine.handle(event);
+        for action in actions {
+            self.act(action).await;
+        }
+        if self.machine.state() != before {
+            self.note_state();
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
+        match action {
+            Action::BeginSession => self.begin().await,
+            Action::Provision => {
+                let provisioner = self.provisioner.clone();
+                let kiosk = self.settings.kiosk_id.clone();
+                self.provisioning = Some(tokio::spawn(async move {
+                    provisioner
+                        .provision(&kiosk)
+                        .await
+                        .map_err(|e| e.to_string())
+                }));
+            }
+            Action::Connect => {
+                let Some(p) = self.current.as_ref().and_then(|c| c.provisioned.as_ref()) else {
+                    return;
+                };
+                let signaling = Arc::new(SmallWebRtcSignaling::new(
+                    p.offer_url.clone(),
+                    None,
+                    None,
+                    Duration::from_secs(10),
+                ));
+                let settings = self.settings.link.clone();
+                self.connecting = Some(tokio::spawn(async move {
+                    Link::connect(settings, signaling)
+                        .await
+                        .map_err(|e| e.to_string())
+                }));
+            }
+            Action::AwaitReady => {
+                self.ready_at = Some(Instant::now() + self.settings.ready_timeout);
+            }
+            Action::ReleaseAudio => {
+                self.ready_at = None;
+                self.engine.link_ready();
+            }
+            Action::HoldAudio => {}
+            Action::BargeIn => info!("barge-in"),
+            Action::TouchActivity => {
+                self.idle_at = Some(Instant::now() + self.settings.idle_timeout);
+            }
+            Action::Teardown(reason) => self.teardown(reason).await,
+            Action::PlayFailurePrompt => self.play_failure_prompt(),
+            Action::SessionClosed => {}
+        }
+    }
+
+    async fn begin(&mut self) {
+        let id = SessionId::new();
+        let started_at = Timestamp::now();
+        let onset = self.next_onset.take().unwrap_or_else(Instant::now);
+        let row = NewSession {
+            id,
+            kiosk_id: self.settings.kiosk_id.clone(),
+            started_at,
+            room_name: None,
+            room_url: None,
+            agent_session_id: None,
+        };
+        if let Err(e) = self.store.call(move |s| s.start_session(&row)).await {
+            warn!(error = %e, "cannot record the session start");
+        }
+        info!(session_id = %id, "session started");
+        self.report.sessions.push(id);
+        self.max_at = Some(Instant::now() + self.settings.max_duration);
+        self.current = Some(Current {
+            id,
+            started_at,
+            onset,
+            provisioned: None,
+            link: None,
+            user_speech_ms: 0,
+            bot_speech_ms: 0,
+            bot_speaking_since: None,
+            lines: Vec::new(),
+            partial: None,
+            bot_text_kind: None,
+            first_packet_sent: false,
+        });
+    }
+
+    async fn teardown(&mut self, reason: EndReason) {
+        self.idle_at = None;
+        self.max_at = None;
+        self.ready_at = None;
+        if let Some(p) = self.provisioning.take() {
+            p.abort();
+        }
+        if let Some(c) = self.connecting.take() {
+            c.abort();
+        }
+        self.engine.end_stream();
+        if let Some(mut c) = self.current.take() {
+            if let Some((link, _)) = c.link.take() {
+                link.close().await;
+            }
+            if let Some(p) = c.provisioned.take()
+                && let Err(e) = self.provisioner.release(&p).await
+            {
+                warn!(session_id = %c.id, error = %e, "cannot delete the session's room");
+            }
+            if let Some(since) = c.bot_speaking_since.take() {
+                c.bot_speech_ms += since.elapsed().as_millis() as u64;
+            }
+            let end = SessionEnd {
+                ended_at: Timestamp::now(),
+                reason: reason.as_str().into(),
+                user_speech_ms: c.user_speech_ms,
+                bot_speech_ms: c.bot_speech_ms,
+            };
+            let id = c.id;
+            if let Err(e) = self.store.call(move |s| s.end_session(id, &end)).await {
+                warn!(session_id = %id, error = %e, "cannot record the session end");
+            }
+            info!(session_id = %id, %reason, "session ended");
+            metrics::counter!("kiosk_sessions_total", "end_reason" => reason.as_str()).increment(1);
+            metrics::histogram!("kiosk_session_duration_seconds")
+                .record(c.onset.elapsed().as_secs_f64());
+        }
+        if reason.is_failure() {
+            self.retry_after = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(self.settings.failure_backoff_max);
+        } else {
+            self.backoff = self.settings.failure_backoff_min;
+        }
+        if let Some(sync) = &self.sync {
+            sync.sync_now();
+        }
+        // Teardown is complete: the machine may close the session.
+        Box::pin(self.apply(Event::TornDown)).await;
+    }
+
+    fn play_failure_prompt(&mut self) {
+        let Some(prompt) = &self.settings.failure_prompt else {
+            return;
+        };
+        let Ok(mut encoder) = crate::link::media::Encoder::new() else {
+            return;
+        };
+        let frame = crate::link::media::FRAME_SAMPLES;
+        for (i, chunk) in prompt.chunks(frame).enumerate() {
+            let mut pcm = chunk.to_vec();
+            pcm.resize(frame, 0);
+            let Ok(data) = encoder.encode(&pcm) else {
+                return;
+            };
+            let Some(payload) = OpusPacket::from_slice(&data) else {
+                continue;
+            };
+            self.playout.push(IncomingPacket {
+                seq: i as u16,
+                timestamp: (i * frame) as u32,
+                payload,
+            });
+        }
+    }
+
+    fn note_state(&mut self) {
+        let state = self.machine.state();
+        if self.report.transitions.last().map(|t| t.state) != Some(state) {
+            self.report.transitions.push(Transition {
+                at: Timestamp::now(),
+                state,
+            });
+        }
+        let session = self.current.as_ref().map(|c| CurrentSession {
+            id: c.id.to_string(),
+            started_at: c.started_at,
+            lines: c.lines.clone(),
+            partial: c.partial.clone(),
+        });
+        self.published.send_modify(|p| {
+            p.state = state.as_str();
+            p.session = session;
+        });
+        crate::systemd::status(state.as_str());
+    }
+}

@@ -1,0 +1,367 @@
+//! Provisioning a session in the cloud before the link opens
+//! (`session.provision`):
+//!
+//! - `daily`: a Daily room plus two meeting tokens (kiosk, bot), then
+//!   `POST agent.start_url` with `{room_url, token, kiosk_id}` (the bot's token);
+//! - `pipecat`: `POST agent.start_url` (Pipecat runner or Pipecat Cloud) with
+//!   the configured body;
+//! - `static`: a fixed `agent.offer_url`.
+//!
+//! The start reply names the offer URL (`offer_url`), or a `sessionId` that
+//! becomes `<start_url base>/sessions/<id>/api/offer`. If anything fails after
+//! the room exists, the room is deleted before the error is returned.
+
+use std::fmt;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+use url::Url;
+
+use crate::daily::cli::unix_now;
+use crate::daily::{DailyClient, DailyError, MeetingTokenProperties, RoomName};
+
+/// `session.provision`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProvisionMode {
+    Daily,
+    Pipecat,
+    #[default]
+    Static,
+}
+
+/// How to reach the agent. Mapped from the `[agent]` config table.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    /// Pipecat runner / Pipecat Cloud `.../start`, or an operator backend.
+    pub start_url: Option<Url>,
+    /// Fixed SmallWebRTC offer URL for `static`.
+    pub offer_url: Option<Url>,
+    /// Bearer key for the start endpoint (Pipecat Cloud public key).
+    pub api_key: Option<SecretString>,
+    /// JSON body for `pipecat` starts; merged into the `daily` start body.
+    pub body: Value,
+    pub request_timeout: Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            start_url: None,
+            offer_url: None,
+            api_key: None,
+            body: Value::Object(Default::default()),
+            request_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// An agent-side session id (Pipecat's `sessionId`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct AgentSessionId(pub String);
+
+impl fmt::Display for AgentSessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The Daily room of a session.
+#[derive(Clone, Debug)]
+pub struct ProvisionedRoom {
+    pub name: RoomName,
+    pub url: String,
+    /// The kiosk's own meeting token (for joining the room by other means,
+    /// e.g. a supervisor tool); never logged.
+    pub kiosk_token: SecretString,
+}
+
+/// Where the session's media goes, and what to clean up afterwards.
+#[derive(Clone, Debug)]
+pub struct Provisioned {
+    pub offer_url: Url,
+    pub room: Option<ProvisionedRoom>,
+    pub agent_session_id: Option<AgentSessionId>,
+}
+
+/// The step that failed, for errors and the status page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    CreateRoom,
+    KioskToken,
+    BotToken,
+    StartAgent,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::CreateRoom => "create Daily room",
+            Self::KioskToken => "create kiosk meeting token",
+            Self::BotToken => "create bot meeting token",
+            Self::StartAgent => "start agent session",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentStartError {
+    #[error("network error: {0}")]
+    Network(#[source] reqwest::Error),
+    #[error("HTTP {status}: {body}")]
+    Status {
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    #[error("reply has neither offer_url nor sessionId: {0}")]
+    Reply(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Daily(#[from] DailyError),
+    #[error(transparent)]
+    Agent(#[from] AgentStartError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("provisioning needs {0}, which is not configured")]
+    NotConfigured(&'static str),
+    #[error("provisioning failed at step \"{step}\": {cause}{}", leaked_note(.leaked_room))]
+    Failed {
+        step: Step,
+        #[source]
+        cause: StepError,
+        /// Set when deleting the room after the failure failed too.
+        leaked_room: Option<RoomName>,
+    },
+}
+
+fn leaked_note(room: &Option<RoomName>) -> String {
+    room.as_ref()
+        .map(|r| format!(" (and room {r} could not be deleted)"))
+        .unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+struct StartReply {
+    #[serde(default)]
+    offer_url: Option<Url>,
+    #[serde(default, rename = "sessionId")]
+    session_id: Option<AgentSessionId>,
+}
+
+/// Provisions sessions per `session.provision`.
+pub struct Provisioner {
+    mode: ProvisionMode,
+    daily: Option<DailyClient>,
+    agent: AgentSettings,
+    http: reqwest::Client,
+}
+
+/// Longest part of an agent reply kept in an error: it may be a page of HTML.
+const MAX_BODY_IN_ERROR: usize = 300;
+
+impl Provisioner {
+    /// `daily` is needed for [`ProvisionMode::Daily`] only.
+    pub fn new(
+        mode: ProvisionMode,
+        daily: Option<DailyClient>,
+        agent: AgentSettings,
+    ) -> Result<Self, ProvisionError> {
+        match mode {
+            ProvisionMode::Daily if daily.is_none() => {
+                return Err(ProvisionError::NotConfigured("[daily] api_key"));
+            }
+            ProvisionMode::Daily | ProvisionMode::Pipecat if agent.start_url.is_none() => {
+                return Err(ProvisionError::NotConfigured("agent.start_url"));
+            }
+            ProvisionMode::Static if agent.offer_url.is_none() => {
+                return Err(ProvisionError::NotConfigured("agent.offer_url"));
+            }
+            _ => {}
+        }
+        let http = reqwest::Client::builder()
+            .timeout(agent.request_timeout)
+            .build()
+            .expect("static reqwest configuration is valid");
+        Ok(Self {
+            mode,
+            daily,
+            agent,
+            http,
+        })
+    }
+
+    pub async fn provision(&self, kiosk_id: &str) -> Result<Provisioned, ProvisionError> {
+        match self.mode {
+            ProvisionMode::Static => Ok(Provisioned {
+                offer_url: self.agent.offer_url.clone().expect("checked in new"),
+                room: None,
+                agent_session_id: None,
+            }),
+            ProvisionMode::Pipecat => {
+                let (offer_url, agent_session_id) = self
+                    .start_agent(self.agent.body.clone())
+                    .await
+                    .map_err(|cause| ProvisionError::Failed {
+                        step: Step::StartAgent,
+                        cause: cause.into(),
+                        leaked_room: None,
+                    })?;
+                Ok(Provisioned {
+                    offer_url,
+                    room: None,
+                    agent_session_id,
+                })
+            }
+            ProvisionMode::Daily => self.provision_daily(kiosk_id).await,
+        }
+    }
+
+    /// Deletes the session's room, if it has one.
+    pub async fn release(&self, provisioned: &Provisioned) -> Result<(), DailyError> {
+        if let (Some(room), Some(daily)) = (&provisioned.room, &self.daily) {
+            let outcome = daily.delete_room(&room.name).await?;
+            info!(room = %room.name, ?outcome, "session room released");
+        }
+        Ok(())
+    }
+
+    async fn provision_daily(&self, kiosk_id: &str) -> Result<Provisioned, ProvisionError> {
+        let daily = self.daily.as_ref().expect("checked in new");
+        let request = daily
+            .room_settings()
+            .create_request(RoomName::for_kiosk(kiosk_id), unix_now());
+        let exp = request.properties.exp.unwrap_or_default();
+        let room = daily
+            .create_room(&request)
+            .await
+            .map_err(|cause| ProvisionError::Failed {
+                step: Step::CreateRoom,
+                cause: cause.into(),
+                leaked_room: None,
+            })?;
+        info!(room = %room.name, "session room created");
+        match self
+            .after_room(daily, &room.name, &room.url, exp, kiosk_id)
+            .await
+        {
+            Ok(p) => Ok(p),
+            Err((step, cause)) => {
+                // No leaked rooms: a room nobody joins would still count
+                // against the account until it expires.
+                let leaked_room = match daily.delete_room(&room.name).await {
+                    Ok(_) => None,
+                    Err(e) => {
+                        warn!(room = %room.name, error = %e, "could not delete the room of a failed provisioning");
+                        Some(room.name.clone())
+                    }
+                };
+                Err(ProvisionError::Failed {
+                    step,
+                    cause,
+                    leaked_room,
+                })
+            }
+        }
+    }
+
+    async fn after_room(
+        &self,
+        daily: &DailyClient,
+        room_name: &RoomName,
+        room_url: &str,
+        exp: i64,
+        kiosk_id: &str,
+    ) -> Result<Provisioned, (Step, StepError)> {
+        let token = |user_id: String, user_name: String, is_owner: bool| MeetingTokenProperties {
+            room_name: room_name.clone(),
+            exp,
+            user_name,
+            user_id,
+            is_owner,
+        };
+        let kiosk = daily
+            .create_meeting_token(&token(
+                format!("kiosk-{kiosk_id}"),
+                format!("kiosk {kiosk_id}"),
+                false,
+            ))
+            .await
+            .map_err(|e| (Step::KioskToken, e.into()))?;
+        let bot = daily
+            .create_meeting_token(&token("agent".into(), "agent".into(), true))
+            .await
+            .map_err(|e| (Step::BotToken, e.into()))?;
+        let mut body = json!({
+            "room_url": room_url,
+            "token": bot.token.expose_secret(),
+            "kiosk_id": kiosk_id,
+        });
+        if let (Some(extra), Some(map)) = (self.agent.body.as_object(), body.as_object_mut()) {
+            for (k, v) in extra {
+                map.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let (offer_url, agent_session_id) = self
+            .start_agent(body)
+            .await
+            .map_err(|e| (Step::StartAgent, e.into()))?;
+        Ok(Provisioned {
+            offer_url,
+            room: Some(ProvisionedRoom {
+                name: room_name.clone(),
+                url: room_url.to_owned(),
+                kiosk_token: kiosk.token,
+            }),
+            agent_session_id,
+        })
+    }
+
+    async fn start_agent(
+        &self,
+        body: Value,
+    ) -> Result<(Url, Option<AgentSessionId>), AgentStartError> {
+        let start_url = self.agent.start_url.clone().expect("checked in new");
+        let mut request = self.http.post(start_url.clone()).json(&body);
+        if let Some(key) = &self.agent.api_key {
+            request = request.bearer_auth(key.expose_secret());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| AgentStartError::Network(e.without_url()))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| AgentStartError::Network(e.without_url()))?;
+        let short: String = text.chars().take(MAX_BODY_IN_ERROR).collect();
+        if !status.is_success() {
+            return Err(AgentStartError::Status {
+                status,
+                body: short,
+            });
+        }
+        let reply: StartReply =
+            serde_json::from_str(&text).map_err(|_| AgentStartError::Reply(short.clone()))?;
+        match (reply.offer_url, reply.session_id) {
+            (Some(url), id) => Ok((url, id)),
+            (None, Some(id)) => {
+                let url = start_url
+                    .join(&format!("sessions/{id}/api/offer"))
+                    .map_err(|_| AgentStartError::Reply(short))?;
+                info!(session = %id, offer_url = %url, "agent session started");
+                Ok((url, Some(id)))
+            }
+            (None, None) => Err(AgentStartError::Reply(short)),
+        }
+    }
+}
