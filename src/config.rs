@@ -15,6 +15,7 @@ use toml_edit::Document;
 
 use crate::audio::{Aggressiveness, AudioSettings, DeviceSpec, Millis, VadSettings};
 use crate::daily::{DailySettings, Privacy, RoomSettings};
+use crate::link::{IceServer, LinkSettings};
 use crate::session::provision::{AgentSettings, ProvisionMode};
 
 use loader::Loader;
@@ -93,6 +94,10 @@ pub struct AgentConfig {
     pub start_url: Option<url::Url>,
     pub offer_url: Option<url::Url>,
     pub api_key: Option<SecretString>,
+    /// STUN servers (`stun:host:port`); empty for agents on the local network.
+    pub stun_urls: Vec<String>,
+    /// Local UDP address for the call's ICE (`host:port`, port 0 = any).
+    pub udp_bind: String,
 }
 
 /// What starts a session.
@@ -122,6 +127,8 @@ pub struct SessionConfig {
     pub max_duration: Duration,
     pub ready_timeout: Duration,
     pub reconnect_timeout: Duration,
+    /// WAV (48 kHz mono) played when a session cannot be set up; `None`: the built-in one.
+    pub failure_prompt: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +264,24 @@ impl Config {
         }
     }
 
+    /// The call's settings.
+    pub fn link_settings(&self) -> LinkSettings {
+        LinkSettings {
+            ice_servers: self
+                .agent
+                .stun_urls
+                .iter()
+                .map(|u| IceServer {
+                    urls: vec![u.clone()],
+                    ..IceServer::default()
+                })
+                .collect(),
+            udp_bind: vec![self.agent.udp_bind.clone()],
+            reconnect_timeout: self.session.reconnect_timeout,
+            ..LinkSettings::default()
+        }
+    }
+
     pub fn provision_mode(&self) -> ProvisionMode {
         match self.session.provision {
             Provision::Static => ProvisionMode::Static,
@@ -298,6 +323,8 @@ fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
         start_url: l.url("agent", "start_url"),
         offer_url: l.url("agent", "offer_url"),
         api_key: l.secret("agent", "api_key"),
+        stun_urls: l.strings("agent", "stun_urls", &["stun:stun.l.google.com:19302"]),
+        udp_bind: l.string("agent", "udp_bind", "0.0.0.0:0"),
     };
     let session = read_session(l);
     let store = StoreConfig {
@@ -491,6 +518,8 @@ fn read_session(l: &mut Loader<'_>) -> SessionConfig {
             secs(15),
             secs(1)..=secs(600),
         ),
+        failure_prompt: Some(l.path("session", "failure_prompt", PathBuf::new()))
+            .filter(|p| !p.as_os_str().is_empty()),
     }
 }
 

@@ -12,7 +12,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::audio::AudioEngine;
 use crate::config::Config;
+use crate::daily::DailyClient;
+use crate::link::media;
+use crate::session::orchestrator::{Orchestrator, SessionSettings};
+use crate::session::provision::Provisioner;
 use crate::status::{self, Auth, ErrorNote, Identity, Published, StatusState, SyncView};
 use crate::store::{Store, StoreError, StoreHandle};
 use crate::sync::{SyncSettings, SyncWorker};
@@ -37,6 +42,18 @@ pub enum DaemonError {
     Runtime(#[source] std::io::Error),
     #[error("cannot install the {0} handler: {1}")]
     Signal(&'static str, #[source] std::io::Error),
+    #[error(transparent)]
+    Audio(#[from] crate::audio::AudioError),
+    #[error(transparent)]
+    Daily(#[from] crate::daily::DailyError),
+    #[error(transparent)]
+    Provision(#[from] crate::session::provision::ProvisionError),
+    #[error("cannot read the failure prompt {}: {source}", path.display())]
+    Prompt {
+        path: std::path::PathBuf,
+        #[source]
+        source: crate::link::media::MediaError,
+    },
 }
 
 /// Builds the runtime the daemon and other long commands run on. Two
@@ -89,7 +106,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         published.store_recovered_from = Some(aside.clone());
     }
     let (store, writer) = StoreHandle::spawn(store);
-    let (_publish, published_rx) = watch::channel(published);
+    let (publish, published_rx) = watch::channel(published);
     let mut tasks = JoinSet::new();
 
     let sync = SyncSettings::from_config(&config).map(|settings| {
@@ -104,6 +121,27 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     if sync.is_none() {
         info!("sync is off (no sync.url)");
     }
+
+    // Devices that are missing now are retried by the engine: the kiosk
+    // comes up, and says so on the status page, even without a microphone.
+    let engine = AudioEngine::start(&config.audio, &config.vad)?;
+    let daily = config
+        .daily_settings()
+        .map(|d| DailyClient::new(&d))
+        .transpose()?;
+    let provisioner = Provisioner::new(config.provision_mode(), daily, config.agent_settings())?;
+    let (orchestrator, session_commands) = Orchestrator::new(
+        session_settings(&config)?,
+        provisioner,
+        store.clone(),
+        engine,
+        publish,
+        sync.as_ref().map(|s| s.trigger.clone()),
+    );
+    let session_cancel = cancel.clone();
+    tasks.spawn(async move {
+        orchestrator.run(session_cancel).await;
+    });
 
     let listener =
         status::bind(config.status.listen)
@@ -126,7 +164,8 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         sync,
         Auth::new(config.status.token.clone()),
         recent,
-    );
+    )
+    .with_session_commands(session_commands);
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
         if let Err(e) = status::serve(listener, state, server_cancel).await {
@@ -170,4 +209,31 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     writer.join();
     info!("stopped");
     Ok(())
+}
+
+/// The orchestrator's settings from the config.
+pub fn session_settings(config: &Config) -> Result<SessionSettings, DaemonError> {
+    let failure_prompt = match &config.session.failure_prompt {
+        Some(path) => media::read_wav(path).map_err(|source| DaemonError::Prompt {
+            path: path.clone(),
+            source,
+        })?,
+        None => media::read_wav_bytes(crate::demo::FAILURE_PROMPT).map_err(|source| {
+            DaemonError::Prompt {
+                path: "(built in)".into(),
+                source,
+            }
+        })?,
+    };
+    Ok(SessionSettings {
+        kiosk_id: config.kiosk.id.to_string(),
+        trigger: config.session.trigger,
+        idle_timeout: config.session.idle_timeout,
+        max_duration: config.session.max_duration,
+        ready_timeout: config.session.ready_timeout,
+        link: config.link_settings(),
+        failure_prompt: Some(failure_prompt),
+        failure_backoff_min: Duration::from_secs(2),
+        failure_backoff_max: Duration::from_secs(60),
+    })
 }

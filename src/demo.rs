@@ -178,7 +178,7 @@ async fn run_async(
             udp_bind: vec!["127.0.0.1:0".into()],
             ..LinkSettings::default()
         },
-        failure_prompt: Some(read_prompt(&state_dir)?),
+        failure_prompt: Some(media::read_wav_bytes(FAILURE_PROMPT)?),
         failure_backoff_min: Duration::from_secs(2),
         failure_backoff_max: Duration::from_secs(60),
     };
@@ -224,14 +224,6 @@ async fn run_async(
         state_dir,
         status_url,
     })
-}
-
-fn read_prompt(state_dir: &Path) -> Result<Vec<i16>, DemoError> {
-    Ok(media::read_wav(&write_file(
-        state_dir,
-        "failure-prompt.wav",
-        FAILURE_PROMPT,
-    )?)?)
 }
 
 fn random_token() -> String {

@@ -276,6 +276,28 @@ impl<'a> Loader<'a> {
         })
     }
 
+    /// A list of strings; from the environment, comma-separated.
+    pub fn strings(
+        &mut self,
+        section: &'static str,
+        key: &'static str,
+        default: &[&str],
+    ) -> Vec<String> {
+        let default: Vec<String> = default.iter().map(|s| s.to_string()).collect();
+        self.typed(section, key, default, |raw| match raw {
+            Raw::Env(s) => Ok(s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()),
+            Raw::Toml(item) => item
+                .as_array()
+                .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect())
+                .ok_or_else(|| format!("expected a list of strings, found {}", describe(item))),
+        })
+    }
+
     /// A number, integer or not, within `range`.
     pub fn number(
         &mut self,

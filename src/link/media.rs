@@ -39,15 +39,32 @@ pub enum MediaError {
 /// Reads a 48 kHz mono 16-bit WAV.
 pub fn read_wav(path: &Path) -> Result<Vec<i16>, MediaError> {
     let name = path.display().to_string();
-    let wav_err = |source| MediaError::Wav {
+    let reader = hound::WavReader::open(path).map_err(|source| MediaError::Wav {
         path: name.clone(),
         source,
-    };
-    let reader = hound::WavReader::open(path).map_err(wav_err)?;
+    })?;
+    samples_48k_mono(reader, &name)
+}
+
+/// As [`read_wav`], for a WAV held in memory (built-in prompts).
+pub fn read_wav_bytes(bytes: &[u8]) -> Result<Vec<i16>, MediaError> {
+    let name = "(built in)".to_string();
+    let reader =
+        hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|source| MediaError::Wav {
+            path: name.clone(),
+            source,
+        })?;
+    samples_48k_mono(reader, &name)
+}
+
+fn samples_48k_mono<R: std::io::Read>(
+    reader: hound::WavReader<R>,
+    name: &str,
+) -> Result<Vec<i16>, MediaError> {
     let spec = reader.spec();
     if spec.sample_rate != SAMPLE_RATE || spec.channels != 1 || spec.bits_per_sample != 16 {
         return Err(MediaError::WavFormat {
-            path: name.clone(),
+            path: name.to_string(),
             rate: spec.sample_rate,
             channels: spec.channels,
             bits: spec.bits_per_sample,
@@ -56,7 +73,10 @@ pub fn read_wav(path: &Path) -> Result<Vec<i16>, MediaError> {
     reader
         .into_samples::<i16>()
         .collect::<Result<_, _>>()
-        .map_err(wav_err)
+        .map_err(|source| MediaError::Wav {
+            path: name.to_string(),
+            source,
+        })
 }
 
 /// Writes 48 kHz mono 16-bit samples to a WAV.

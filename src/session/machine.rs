@@ -179,6 +179,8 @@ pub struct Machine {
     user_speaking: bool,
     bot_speaking: bool,
     stopping: bool,
+    /// The session being torn down failed: the next waits for a backoff.
+    failed: bool,
 }
 
 impl Machine {
@@ -191,6 +193,7 @@ impl Machine {
             user_speaking: false,
             bot_speaking: false,
             stopping: false,
+            failed: false,
         }
     }
 
@@ -305,8 +308,10 @@ impl Machine {
                 self.bot_speaking = false;
                 let mut actions = vec![A::SessionClosed];
                 // A visitor still talking when the last session ended (or
-                // an always-on kiosk) gets a new one at once.
+                // an always-on kiosk) gets a new one at once, unless it
+                // failed: then the orchestrator retries after a backoff.
                 let restart = !self.stopping
+                    && !self.failed
                     && (self.trigger == Trigger::Always
                         || (self.trigger == Trigger::Voice && self.user_speaking));
                 if restart {
@@ -328,6 +333,7 @@ impl Machine {
 
     fn end(&mut self, reason: EndReason) -> Vec<Action> {
         self.state = State::Ending;
+        self.failed = reason.is_failure();
         let mut actions = vec![Action::Teardown(reason)];
         if reason.is_failure() && !self.stopping {
             actions.insert(0, Action::PlayFailurePrompt);

@@ -3,6 +3,7 @@
 //! provisioning, connecting, releasing buffered speech, storing transcripts
 //! and tearing sessions down with their reason.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,10 @@ struct Current {
 
 type Pending<T> = Option<tokio::task::JoinHandle<T>>;
 
+/// Frames the outbox holds before dropping the oldest: 15 s of speech, as
+/// the audio engine's own buffer-until-ready.
+const OUTBOX_FRAMES: usize = 750;
+
 /// What the open call delivered.
 enum LinkInput {
     Event(Option<LinkEvent>),
@@ -115,6 +120,13 @@ pub struct Orchestrator {
     backoff: Duration,
     /// When the speech that is starting a session began.
     next_onset: Option<Instant>,
+    /// An always-on kiosk's next attempt after a failure.
+    restart_at: Option<Instant>,
+    /// Frames waiting for the link: the burst of buffered speech released
+    /// at once, or everything said while the call is being restored.
+    outbox: VecDeque<OpusFrame>,
+    outbox_limit: usize,
+    audio_out: Option<mpsc::Sender<OpusFrame>>,
     report: RunReport,
     /// Close after the first session (the demo).
     single_session: bool,
@@ -169,6 +181,10 @@ impl Orchestrator {
             retry_after: None,
             backoff,
             next_onset: None,
+            restart_at: None,
+            outbox: VecDeque::new(),
+            outbox_limit: OUTBOX_FRAMES,
+            audio_out: None,
             report: RunReport::default(),
             single_session: false,
             settings,
@@ -211,7 +227,9 @@ impl Orchestrator {
             let idle_at = self.idle_at.unwrap_or(far);
             let max_at = self.max_at.unwrap_or(far);
             let ready_at = self.ready_at.unwrap_or(far);
+            let restart_at = self.restart_at.unwrap_or(far);
             let has_link = self.current.as_ref().is_some_and(|c| c.link.is_some());
+            let sender = self.audio_out.clone().filter(|_| !self.outbox.is_empty());
             tokio::select! {
                 _ = cancel.cancelled(), if !shutting_down => {
                     shutting_down = true;
@@ -242,6 +260,11 @@ impl Orchestrator {
                     LinkInput::Event(None) => self.apply(Event::ReconnectTimeout).await,
                     LinkInput::Packet(p) => self.on_packet(p),
                 },
+                Ok(permit) = async { sender.clone().expect("guarded").reserve_owned().await }, if sender.is_some() => {
+                    if let Some(frame) = self.outbox.pop_front() {
+                        permit.send(frame);
+                    }
+                }
                 _ = sleep_until(idle_at.into()), if self.idle_at.is_some() => {
                     self.idle_at = None;
                     self.apply(Event::IdleTimeout).await;
@@ -249,6 +272,10 @@ impl Orchestrator {
                 _ = sleep_until(max_at.into()), if self.max_at.is_some() => {
                     self.max_at = None;
                     self.apply(Event::MaxDuration).await;
+                }
+                _ = sleep_until(restart_at.into()), if self.restart_at.is_some() && !shutting_down => {
+                    self.restart_at = None;
+                    self.apply(Event::StartRequested).await;
                 }
                 _ = sleep_until(ready_at.into()), if self.ready_at.is_some() => {
                     self.ready_at = None;
@@ -296,17 +323,16 @@ impl Orchestrator {
 
     fn on_frame(&mut self, frame: EncodedFrame) {
         let Some(c) = &mut self.current else { return };
-        let Some((_, io)) = &c.link else { return };
-        let out = OpusFrame {
+        self.outbox.push_back(OpusFrame {
             data: Bytes::copy_from_slice(frame.packet.bytes()),
             duration: Duration::from_millis(20),
             after_silence: frame.after_silence,
-        };
-        if io.audio_out.try_send(out).is_err() {
+        });
+        if self.outbox.len() > self.outbox_limit {
+            self.outbox.pop_front();
             metrics::counter!("kiosk_link_audio_dropped_total").increment(1);
-            return;
         }
-        if !c.first_packet_sent {
+        if !c.first_packet_sent && self.audio_out.is_some() {
             c.first_packet_sent = true;
             self.report.onset_to_first_packet.push(c.onset.elapsed());
         }
@@ -440,6 +466,7 @@ impl Orchestrator {
         match result {
             Ok(link) => {
                 if let Some(c) = &mut self.current {
+                    self.audio_out = Some(link.1.audio_out.clone());
                     c.link = Some(link);
                 }
             }
@@ -555,18 +582,14 @@ impl Orchestrator {
             c.abort();
         }
         self.engine.end_stream();
+        self.audio_out = None;
+        self.outbox.clear();
         if let Some(mut c) = self.current.take() {
-            if let Some((link, _)) = c.link.take() {
-                link.close().await;
-            }
-            if let Some(p) = c.provisioned.take()
-                && let Err(e) = self.provisioner.release(&p).await
-            {
-                warn!(session_id = %c.id, error = %e, "cannot delete the session's room");
-            }
             if let Some(since) = c.bot_speaking_since.take() {
                 c.bot_speech_ms += since.elapsed().as_millis() as u64;
             }
+            // The end is recorded first: a slow room deletion must not
+            // leave the session open if the stop deadline cuts it short.
             let end = SessionEnd {
                 ended_at: Timestamp::now(),
                 reason: reason.as_str().into(),
@@ -581,9 +604,25 @@ impl Orchestrator {
             metrics::counter!("kiosk_sessions_total", "end_reason" => reason.as_str()).increment(1);
             metrics::histogram!("kiosk_session_duration_seconds")
                 .record(c.onset.elapsed().as_secs_f64());
+            if let Some((link, _)) = c.link.take() {
+                link.close().await;
+            }
+            if let Some(p) = c.provisioned.take()
+                && let Err(e) = self.provisioner.release(&p).await
+            {
+                warn!(session_id = %id, error = %e, "cannot delete the session's room");
+            }
         }
         if reason.is_failure() {
-            self.retry_after = Some(Instant::now() + self.backoff);
+            let at = Instant::now() + self.backoff;
+            self.retry_after = Some(at);
+            if self.settings.trigger == Trigger::Always && reason != EndReason::Shutdown {
+                self.restart_at = Some(at);
+            }
+            info!(
+                retry_in_ms = self.backoff.as_millis() as u64,
+                "backing off before the next session"
+            );
             self.backoff = (self.backoff * 2).min(self.settings.failure_backoff_max);
         } else {
             self.backoff = self.settings.failure_backoff_min;
@@ -627,6 +666,7 @@ impl Orchestrator {
                 at: Timestamp::now(),
                 state,
             });
+            crate::systemd::status(state.as_str());
         }
         let session = self.current.as_ref().map(|c| CurrentSession {
             id: c.id.to_string(),
@@ -638,6 +678,5 @@ impl Orchestrator {
             p.state = state.as_str();
             p.session = session;
         });
-        crate::systemd::status(state.as_str());
     }
 }

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Access;
-use super::{Component, CurrentSession, ErrorNote, StatusState, metrics};
+use super::{Component, CurrentSession, ErrorNote, SessionCommand, StatusState, metrics};
 use crate::store::{Backlog, Counts, SessionId, SessionRecord, SessionSummary, Transcript};
 use crate::sync::SyncStatus;
 use crate::telemetry::LogEvent;
@@ -227,4 +227,33 @@ pub async fn metrics_text(State(state): State<StatusState>) -> Response {
         body,
     )
         .into_response()
+}
+
+pub async fn session_start(State(state): State<StatusState>) -> Response {
+    session_command(&state, SessionCommand::Start).await
+}
+
+pub async fn session_stop(State(state): State<StatusState>) -> Response {
+    session_command(&state, SessionCommand::Stop).await
+}
+
+async fn session_command(state: &StatusState, command: SessionCommand) -> Response {
+    let Some(commands) = &state.session_commands else {
+        return (StatusCode::CONFLICT, "no session control here\n").into_response();
+    };
+    match commands.send(command).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                accepted: true,
+                at: Timestamp::now(),
+            }),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session loop has stopped\n",
+        )
+            .into_response(),
+    }
 }

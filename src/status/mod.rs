@@ -24,6 +24,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
 pub use crate::health::ErrorNote;
+use crate::session::orchestrator::Command as SessionCommand;
 use crate::store::{Store, StoreError};
 use crate::sync::{SyncStatus, SyncTrigger};
 use crate::telemetry::RecentEvents;
@@ -107,6 +108,7 @@ pub struct StatusState {
     sync: Option<SyncView>,
     auth: Auth,
     recent: RecentEvents,
+    session_commands: Option<tokio::sync::mpsc::Sender<SessionCommand>>,
     /// Read-only; opened lazily so a missing database shows as not ready
     /// instead of keeping the server from starting.
     reader: Arc<Mutex<Option<Store>>>,
@@ -128,8 +130,18 @@ impl StatusState {
             sync,
             auth,
             recent,
+            session_commands: None,
             reader: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Lets technicians start and stop sessions (`POST /api/session/...`).
+    pub fn with_session_commands(
+        mut self,
+        commands: tokio::sync::mpsc::Sender<SessionCommand>,
+    ) -> Self {
+        self.session_commands = Some(commands);
+        self
     }
 
     /// Runs a read on a blocking thread; `None` if the store cannot be read.
@@ -181,6 +193,8 @@ pub fn router(state: StatusState) -> Router {
         .route("/api/sessions/{id}", get(api::session))
         .route("/sessions/{id}", get(page::session))
         .route("/api/sync", post(api::sync_now))
+        .route("/api/session/start", post(api::session_start))
+        .route("/api/session/stop", post(api::session_stop))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_technician,

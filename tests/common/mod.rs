@@ -104,6 +104,8 @@ impl Daemon {
                 if pred(&m) {
                     return Some(m);
                 }
+                // Read everything already sent before judging an exit.
+                continue;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(

@@ -156,11 +156,21 @@ fn a_visitor_still_talking_at_the_end_gets_a_new_session() {
 fn always_on_reopens_and_shutdown_stops_everything() {
     let mut m = Machine::new(Trigger::Always);
     m.handle(E::StartRequested);
-    m.handle(E::ProvisionFailed);
+    run(
+        &mut m,
+        &[E::Provisioned, E::Connected, E::BotReady, E::IdleTimeout],
+    );
     assert_eq!(
         m.handle(E::TornDown),
         [A::SessionClosed, A::BeginSession, A::Provision]
     );
+    m.handle(E::ProvisionFailed);
+    assert_eq!(
+        m.handle(E::TornDown),
+        [A::SessionClosed],
+        "after a failure the orchestrator retries after a backoff"
+    );
+    m.handle(E::StartRequested);
     assert_eq!(
         m.handle(E::Shutdown),
         [A::Teardown(EndReason::Shutdown)],
