@@ -125,6 +125,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     // Devices that are missing now are retried by the engine: the kiosk
     // comes up, and says so on the status page, even without a microphone.
     let engine = AudioEngine::start(&config.audio, &config.vad)?;
+    let audio_metrics = engine.metrics().clone();
     let daily = config
         .daily_settings()
         .map(|d| DailyClient::new(&d))
@@ -165,7 +166,8 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         Auth::new(config.status.token.clone()),
         recent,
     )
-    .with_session_commands(session_commands);
+    .with_session_commands(session_commands)
+    .with_audio_metrics(audio_metrics);
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
         if let Err(e) = status::serve(listener, state, server_cancel).await {

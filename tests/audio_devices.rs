@@ -66,6 +66,13 @@ fn wait_for_device(engine: &AudioEngine, direction: Direction, open: bool) -> bo
 
 #[test]
 fn file_backed_alsa_devices_capture_play_and_come_back() {
+    // FIFO-backed devices block in open() while nobody reads; if a step
+    // goes wrong that way, fail after a generous deadline instead of hanging.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(180));
+        eprintln!("file_backed_alsa_devices_capture_play_and_come_back: stuck for 180 s");
+        std::process::exit(101);
+    });
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("test.conf");
     let template = std::fs::read_to_string(format!("{FIXTURES}/alsa/test.conf.in")).unwrap();
@@ -289,9 +296,23 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(AudioMetrics::get(&engine.metrics().packets_played) >= 15);
     second_reader.join().unwrap();
-    // A third open would wait for a FIFO reader forever; give it one.
-    let unblock = reader(Duration::from_millis(300));
+    // A reopen waits for a FIFO reader (that is how a FIFO opens): keep one
+    // there until the engine has stopped, however slow the machine is.
+    let keep_reading = Arc::new(AtomicBool::new(true));
+    let unblock = {
+        let (fifo, keep) = (fifo.clone(), keep_reading.clone());
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 960];
+            while keep.load(Ordering::Relaxed) {
+                let mut file = std::fs::File::open(&fifo).unwrap();
+                while keep.load(Ordering::Relaxed) && file.read(&mut chunk).unwrap_or(0) > 0 {}
+            }
+        })
+    };
     engine.stop().unwrap();
+    keep_reading.store(false, Ordering::Relaxed);
+    // Release a reader waiting in open() for a writer.
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo));
     unblock.join().unwrap();
 
     // A microphone that is missing at start is retried with backoff and

@@ -28,6 +28,13 @@ async fn serves_status_and_stops_cleanly_on_sigterm() {
     assert_eq!(status["store"]["sessions"], 0);
     assert_eq!(status["store"]["readable"], true);
     assert!(status["last_error"].is_null());
+    let components: Vec<&str> = status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(components, ["microphone", "speaker"]);
 
     let (code, metrics) = get(&format!("{}/metrics", d.url)).await;
     assert_eq!(code, 200);
@@ -35,6 +42,8 @@ async fn serves_status_and_stops_cleanly_on_sigterm() {
         "kiosk_store_sessions 0",
         "kiosk_store_transcripts 0",
         "process_resident_memory_bytes",
+        "kiosk_audio_input_open",
+        "kiosk_audio_output_underrun_samples_total",
         "kiosk_http_requests_total{route=\"/healthz\",status=\"200\"} 1",
     ] {
         assert!(

@@ -36,6 +36,8 @@ pub struct StatusDoc {
     /// Lines and partial text only for a technician.
     pub session: Option<CurrentSession>,
     pub components: Vec<Component>,
+    /// Microphone level over the last 100 ms, dBFS.
+    pub mic_level_dbfs: Option<f32>,
     pub sync: SyncDoc,
     pub store: StoreDoc,
     pub recent_sessions: Vec<SessionSummary>,
@@ -109,7 +111,12 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
         uptime_s: state.started.elapsed().as_secs(),
         state: published.state,
         session,
-        components: published.components,
+        components: state
+            .audio_components()
+            .into_iter()
+            .chain(published.components)
+            .collect(),
+        mic_level_dbfs: state.audio.as_ref().map(|a| a.level().0),
         sync: SyncDoc {
             status: sync_status,
             backlog,
@@ -213,6 +220,9 @@ pub async fn sync_now(State(state): State<StatusState>, Query(q): Query<SyncQuer
 
 pub async fn metrics_text(State(state): State<StatusState>) -> Response {
     let read = state.read(|s| Ok((s.counts()?, s.backlog()?))).await;
+    if let Some(audio) = &state.audio {
+        metrics::record_audio(audio);
+    }
     let body = metrics::render(
         read.as_ref().map(|(c, _)| *c),
         read.as_ref().map(|(_, b)| b),

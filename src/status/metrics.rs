@@ -5,9 +5,10 @@ use std::sync::OnceLock;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::audio::AudioMetrics;
 use crate::store::{Backlog, Counts};
 
 struct Recorder {
@@ -67,6 +68,17 @@ fn describe() {
         "Upload attempts by result: accepted, retry, parked."
     );
     describe_counter!(
+        "kiosk_audio_input_overrun_samples_total",
+        "Microphone samples dropped because the DSP thread fell behind."
+    );
+    describe_counter!(
+        "kiosk_audio_output_underrun_samples_total",
+        "Speaker samples filled with silence for want of audio."
+    );
+    describe_counter!("kiosk_vad_utterances_total", "Utterances the VAD found.");
+    describe_counter!("kiosk_sessions_total", "Sessions ended, by end_reason.");
+    describe_histogram!("kiosk_session_duration_seconds", "Session length.");
+    describe_counter!(
         "kiosk_http_requests_total",
         "Status server requests by route and status code."
     );
@@ -79,6 +91,34 @@ pub fn init() {
 
 pub fn record_store_recovery() {
     counter!("kiosk_store_recoveries_total").increment(1);
+}
+
+/// Copies the audio engine's counters into the exposition.
+pub fn record_audio(a: &AudioMetrics) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let total = |name: &'static str, v: &std::sync::atomic::AtomicU64| {
+        counter!(name).absolute(AudioMetrics::get(v));
+    };
+    total(
+        "kiosk_audio_input_overrun_samples_total",
+        &a.input_overrun_samples,
+    );
+    total(
+        "kiosk_audio_output_underrun_samples_total",
+        &a.output_underrun_samples,
+    );
+    total("kiosk_vad_utterances_total", &a.utterances);
+    total("kiosk_audio_barge_ins_total", &a.barge_ins);
+    total(
+        "kiosk_audio_buffer_overflow_packets_total",
+        &a.buffer_overflow_packets,
+    );
+    total("kiosk_audio_packets_concealed_total", &a.packets_concealed);
+    total("kiosk_audio_device_errors_total", &a.device_errors);
+    total("kiosk_audio_device_reopens_total", &a.device_reopens);
+    gauge!("kiosk_audio_input_open").set(f64::from(u8::from(a.input_open.load(Relaxed))));
+    gauge!("kiosk_audio_output_open").set(f64::from(u8::from(a.output_open.load(Relaxed))));
+    gauge!("kiosk_audio_level_dbfs").set(f64::from(a.level().0));
 }
 
 /// Renders the text exposition, refreshing the figures read on demand.

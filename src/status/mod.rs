@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::audio::AudioMetrics;
 pub use crate::health::ErrorNote;
 use crate::session::orchestrator::Command as SessionCommand;
 use crate::store::{Store, StoreError};
@@ -109,6 +110,7 @@ pub struct StatusState {
     auth: Auth,
     recent: RecentEvents,
     session_commands: Option<tokio::sync::mpsc::Sender<SessionCommand>>,
+    audio: Option<Arc<AudioMetrics>>,
     /// Read-only; opened lazily so a missing database shows as not ready
     /// instead of keeping the server from starting.
     reader: Arc<Mutex<Option<Store>>>,
@@ -131,8 +133,40 @@ impl StatusState {
             auth,
             recent,
             session_commands: None,
+            audio: None,
             reader: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Shows the audio engine's counters, device health and level.
+    pub fn with_audio_metrics(mut self, audio: Arc<AudioMetrics>) -> Self {
+        self.audio = Some(audio);
+        self
+    }
+
+    /// Devices as components, from the audio engine's counters.
+    fn audio_components(&self) -> Vec<Component> {
+        let Some(a) = &self.audio else {
+            return Vec::new();
+        };
+        let device = |name, open: bool| Component {
+            name,
+            health: if open { Health::Ok } else { Health::Down },
+            detail: if open {
+                "open".to_string()
+            } else {
+                format!(
+                    "not available; retrying ({} errors, {} reopens so far)",
+                    AudioMetrics::get(&a.device_errors),
+                    AudioMetrics::get(&a.device_reopens)
+                )
+            },
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            device("microphone", a.input_open.load(Relaxed)),
+            device("speaker", a.output_open.load(Relaxed)),
+        ]
     }
 
     /// Lets technicians start and stop sessions (`POST /api/session/...`).
