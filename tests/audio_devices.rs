@@ -282,7 +282,22 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
         "loss not noticed"
     );
     first_reader.join().unwrap();
-    let second_reader = reader(Duration::from_millis(1500));
+    // The second reader stays until the engine has stopped: a reopen waits
+    // in open() for a FIFO reader, and a slow machine must not turn that
+    // into a hang.
+    let keep_reading = Arc::new(AtomicBool::new(true));
+    let second_reader = {
+        let (fifo, keep) = (fifo.clone(), keep_reading.clone());
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 960];
+            while keep.load(Ordering::Relaxed) {
+                let mut file = std::fs::File::open(&fifo).unwrap();
+                while keep.load(Ordering::Relaxed) && file.read(&mut chunk).unwrap_or(0) > 0 {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        })
+    };
     assert!(
         wait_for_device(&engine, Direction::Output, true),
         "not reopened"
@@ -293,27 +308,16 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
         assert!(sender.push(*p));
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while AudioMetrics::get(&engine.metrics().packets_played) < 15 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(AudioMetrics::get(&engine.metrics().packets_played) >= 15);
-    second_reader.join().unwrap();
-    // A reopen waits for a FIFO reader (that is how a FIFO opens): keep one
-    // there until the engine has stopped, however slow the machine is.
-    let keep_reading = Arc::new(AtomicBool::new(true));
-    let unblock = {
-        let (fifo, keep) = (fifo.clone(), keep_reading.clone());
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 960];
-            while keep.load(Ordering::Relaxed) {
-                let mut file = std::fs::File::open(&fifo).unwrap();
-                while keep.load(Ordering::Relaxed) && file.read(&mut chunk).unwrap_or(0) > 0 {}
-            }
-        })
-    };
     engine.stop().unwrap();
     keep_reading.store(false, Ordering::Relaxed);
     // Release a reader waiting in open() for a writer.
     drop(std::fs::OpenOptions::new().write(true).open(&fifo));
-    unblock.join().unwrap();
+    second_reader.join().unwrap();
 
     // A microphone that is missing at start is retried with backoff and
     // capture begins once it appears (a USB microphone plugged in late).
