@@ -634,29 +634,37 @@ impl Orchestrator {
         Box::pin(self.apply(Event::TornDown)).await;
     }
 
+    /// Plays the prompt through the playout path at its real pace, as the
+    /// agent's audio arrives: the jitter buffer holds tens of milliseconds,
+    /// not a whole sentence.
     fn play_failure_prompt(&mut self) {
-        let Some(prompt) = &self.settings.failure_prompt else {
+        let Some(prompt) = self.settings.failure_prompt.clone() else {
             return;
         };
         let Ok(mut encoder) = crate::link::media::Encoder::new() else {
             return;
         };
-        let frame = crate::link::media::FRAME_SAMPLES;
-        for (i, chunk) in prompt.chunks(frame).enumerate() {
-            let mut pcm = chunk.to_vec();
-            pcm.resize(frame, 0);
-            let Ok(data) = encoder.encode(&pcm) else {
-                return;
-            };
-            let Some(payload) = OpusPacket::from_slice(&data) else {
-                continue;
-            };
-            self.playout.push(IncomingPacket {
-                seq: i as u16,
-                timestamp: (i * frame) as u32,
-                payload,
-            });
-        }
+        let playout = self.engine.playout();
+        tokio::spawn(async move {
+            let frame = crate::link::media::FRAME_SAMPLES;
+            let mut tick = tokio::time::interval(crate::link::media::FRAME_DURATION);
+            for (i, chunk) in prompt.chunks(frame).enumerate() {
+                tick.tick().await;
+                let mut pcm = chunk.to_vec();
+                pcm.resize(frame, 0);
+                let Ok(data) = encoder.encode(&pcm) else {
+                    return;
+                };
+                let Some(payload) = OpusPacket::from_slice(&data) else {
+                    continue;
+                };
+                playout.push(IncomingPacket {
+                    seq: i as u16,
+                    timestamp: (i * frame) as u32,
+                    payload,
+                });
+            }
+        });
     }
 
     fn note_state(&mut self) {
