@@ -4,8 +4,6 @@
 use std::io::Write;
 use std::path::Path;
 
-use secrecy::SecretString;
-
 use crate::config::{Config, ConfigError, Env};
 use tokio_util::sync::CancellationToken;
 
@@ -40,14 +38,14 @@ pub fn check(path: &Path, out: &mut impl Write, err: &mut impl Write) -> std::io
                 .map_or("off".to_string(), |u| u.to_string());
             writeln!(out, "  sync         {sync}")?;
             let secrets = [
-                ("daily.api_key", &c.daily.api_key),
-                ("agent.api_key", &c.agent.api_key),
-                ("sync.token", &c.sync.token),
-                ("status.token", &c.status.token),
+                ("daily.api_key", c.daily.api_key.is_some()),
+                ("agent.api_key", c.agent.api_key.is_some()),
+                ("sync.token", c.sync.token.is_some()),
+                ("status.token", c.status.token.is_some()),
             ];
             let set: Vec<&str> = secrets
                 .iter()
-                .filter(|(_, s): &&(&str, &Option<SecretString>)| s.is_some())
+                .filter(|(_, present)| *present)
                 .map(|(name, _)| *name)
                 .collect();
             let set = if set.is_empty() {

@@ -41,6 +41,10 @@ const OUTPUT_RING_SPARE: Millis = Millis(250);
 /// How often the DSP thread wakes to look for work. Bounds the latency it
 /// adds after a device callback.
 const POLL: Duration = Duration::from_millis(2);
+/// The wake-up interval while no microphone and no speaker is open: there is
+/// no callback to keep up with, only reopen attempts and paced playout that
+/// catches up in whole frames, so the kiosk costs nothing while it waits.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 // Packets travel inline: boxing them would make the DSP thread free memory
 // for every packet.
@@ -429,7 +433,7 @@ impl DspThread {
             self.handle_control();
             self.capture()?;
             self.play()?;
-            std::thread::sleep(POLL);
+            std::thread::sleep(if self.nothing_open() { IDLE_POLL } else { POLL });
         }
         self.dsp.finish(&mut self.sink);
         if let Output::Wav { writer, .. } = self.output {
@@ -439,6 +443,11 @@ impl DspThread {
             })?;
         }
         Ok(())
+    }
+
+    fn nothing_open(&self) -> bool {
+        matches!(self.input, Input::Closed | Input::Disabled)
+            && matches!(self.output, Output::Absent { .. })
     }
 
     fn handle_control(&mut self) {
