@@ -128,7 +128,14 @@ fn describe(device: &Device, direction: Direction, default_id: Option<&str>) -> 
 /// probing; those messages are captured and logged at debug level instead
 /// so a technician's listing stays readable.
 pub fn list_devices() -> Result<DeviceList, AudioError> {
-    let alsa_messages = alsa::Output::local_error_handler().ok();
+    let (list, messages) = with_alsa_messages(list_devices_quietly);
+    if let Some(messages) = messages {
+        debug!(alsa_lib = %messages, "alsa-lib messages while listing devices");
+    }
+    list
+}
+
+fn list_devices_quietly() -> Result<DeviceList, AudioError> {
     let host = cpal::default_host();
     let default_in = host.default_input_device().map(|d| device_id(&d));
     let default_out = host.default_output_device().map(|d| device_id(&d));
@@ -143,10 +150,36 @@ pub fn list_devices() -> Result<DeviceList, AudioError> {
                 .push(describe(&device, Direction::Output, default_out.as_deref()));
         }
     }
-    if let Some(messages) = alsa_messages {
-        debug!(messages = %messages.borrow(), "alsa-lib messages while listing devices");
-    }
     Ok(list)
+}
+
+/// Runs `f` with alsa-lib's diagnostics, which it would otherwise print to
+/// stderr, captured on this thread; returns them condensed to one line
+/// (the first and the last distinct message, which name the cause and
+/// the PCM that failed) so they can go into a structured log record.
+pub fn with_alsa_messages<T>(f: impl FnOnce() -> T) -> (T, Option<String>) {
+    let Ok(buffer) = alsa::Output::local_error_handler() else {
+        return (f(), None);
+    };
+    let value = f();
+    let text = buffer.borrow().to_string();
+    (value, condense_alsa(&text))
+}
+
+fn condense_alsa(text: &str) -> Option<String> {
+    let mut distinct: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        // "snd_pcm_open_noupdate: Unknown PCM default"
+        let message = line.trim();
+        if !message.is_empty() && !distinct.contains(&message) {
+            distinct.push(message);
+        }
+    }
+    match distinct.as_slice() {
+        [] => None,
+        [only] => Some((*only).to_string()),
+        [first, .., last] => Some(format!("{first} ... {last}")),
+    }
 }
 
 /// Finds the configured device: the default, an exact id or name, or a
@@ -228,13 +261,21 @@ impl ChosenConfig {
 /// otherwise the fewest channels (downmixed or duplicated in the callback);
 /// 16-bit integer before float, as USB audio delivers natively.
 pub fn choose_config(device: &Device, direction: Direction) -> Result<ChosenConfig, AudioError> {
+    // A device that cannot list its formats (no card behind "default", a
+    // busy or vanished PCM) says why; reporting that as "no usable format"
+    // would send a technician looking in the wrong place.
+    let ranges: Vec<SupportedStreamConfigRange> = match direction {
+        Direction::Input => device.supported_input_configs().map(|c| c.collect()),
+        Direction::Output => device.supported_output_configs().map(|c| c.collect()),
+    }
+    .map_err(AudioError::Device)?;
     let default_rate = match direction {
         Direction::Input => device.default_input_config(),
         Direction::Output => device.default_output_config(),
     }
     .map(|c| c.sample_rate())
     .unwrap_or(SampleRate::OPUS.hz());
-    let best = ranges(device, direction)
+    let best = ranges
         .into_iter()
         .filter_map(|r| format_rank(r.sample_format()).map(|rank| (rank, r)))
         .min_by_key(|(rank, r)| (!r.contains_rate(SampleRate::OPUS.hz()), r.channels(), *rank))
@@ -261,4 +302,26 @@ pub fn choose_config(device: &Device, direction: Direction) -> Result<ChosenConf
         format: supported.sample_format(),
         config,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::condense_alsa;
+
+    #[test]
+    fn alsa_chatter_is_condensed_to_its_cause_and_outcome() {
+        let text = "parse_card: cannot find card '0'\n\
+            _snd_config_evaluate: function snd_func_card_inum returned error: No such file or directory\n\
+            parse_card: cannot find card '0'\n\
+            snd_pcm_open_noupdate: Unknown PCM default\n";
+        assert_eq!(
+            condense_alsa(text).as_deref(),
+            Some("parse_card: cannot find card '0' ... snd_pcm_open_noupdate: Unknown PCM default")
+        );
+        assert_eq!(condense_alsa("\n"), None);
+        assert_eq!(
+            condense_alsa("snd_pcm_open: Unknown PCM x\n").as_deref(),
+            Some("snd_pcm_open: Unknown PCM x")
+        );
+    }
 }

@@ -19,7 +19,7 @@ use cpal::{SampleFormat, SizedSample};
 use tracing::{info, warn};
 
 use super::capture::{AudioEvent, AudioSink, EncodedFrame};
-use super::device::{ChosenConfig, Direction, choose_config, find_device};
+use super::device::{ChosenConfig, Direction, choose_config, find_device, with_alsa_messages};
 use super::dsp::Dsp;
 use super::metrics::AudioMetrics;
 use super::playout::IncomingPacket;
@@ -567,7 +567,9 @@ impl DspThread {
             });
         }
         if matches!(self.input, Input::Closed) && self.input_backoff.ready() {
-            match open_input(&self.audio, &self.metrics, &self.sink) {
+            let (opened, alsa_lib) =
+                with_alsa_messages(|| open_input(&self.audio, &self.metrics, &self.sink));
+            match opened {
                 Ok((input, rate)) => {
                     info!(rate = %rate, "microphone open");
                     if rate != self.dsp_rate {
@@ -592,7 +594,7 @@ impl DspThread {
                 }
                 Err(e) => {
                     let wait = self.input_backoff.failed();
-                    warn!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot open microphone");
+                    warn!(error = %error_chain(&e), alsa_lib, retry_in_ms = wait.as_millis() as u64, "cannot open microphone");
                 }
             }
         }
@@ -618,7 +620,8 @@ impl DspThread {
             && matches!(self.output, Output::Absent { .. })
             && self.output_backoff.ready()
         {
-            match open_output(&self.audio, &self.metrics) {
+            let (opened, alsa_lib) = with_alsa_messages(|| open_output(&self.audio, &self.metrics));
+            match opened {
                 Ok(output) => {
                     info!("speaker open");
                     self.output = output;
@@ -632,7 +635,7 @@ impl DspThread {
                 }
                 Err(e) => {
                     let wait = self.output_backoff.failed();
-                    warn!(error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "cannot open speaker");
+                    warn!(error = %error_chain(&e), alsa_lib, retry_in_ms = wait.as_millis() as u64, "cannot open speaker");
                 }
             }
         }
