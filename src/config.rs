@@ -151,6 +151,9 @@ pub struct SyncConfig {
 pub struct StatusConfig {
     pub listen: SocketAddr,
     pub token: Option<SecretString>,
+    /// How often Daily and the agent are checked for the status page; zero
+    /// checks only after a session failed to start.
+    pub probe_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +285,15 @@ impl Config {
         }
     }
 
+    /// The endpoint the reachability prober checks for the agent: where
+    /// sessions are started, or the fixed offer URL.
+    pub fn agent_probe_url(&self) -> Option<url::Url> {
+        match self.session.provision {
+            Provision::Static => self.agent.offer_url.clone(),
+            Provision::Daily | Provision::Pipecat => self.agent.start_url.clone(),
+        }
+    }
+
     pub fn provision_mode(&self) -> ProvisionMode {
         match self.session.provision {
             Provision::Static => ProvisionMode::Static,
@@ -351,6 +363,12 @@ fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
     let status = StatusConfig {
         listen: l.socket_addr("status", "listen", SocketAddr::from(([127, 0, 0, 1], 8080))),
         token: l.secret("status", "token"),
+        probe_interval: l.duration(
+            "status",
+            "probe_interval",
+            Duration::from_secs(60),
+            Duration::ZERO..=Duration::from_secs(86_400),
+        ),
     };
     let log = read_log(l);
     let config = Config {

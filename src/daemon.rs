@@ -16,8 +16,9 @@ use crate::audio::AudioEngine;
 use crate::config::Config;
 use crate::daily::DailyClient;
 use crate::link::media;
+use crate::reachability::Prober;
 use crate::session::orchestrator::{Orchestrator, SessionSettings};
-use crate::session::provision::Provisioner;
+use crate::session::provision::{ProvisionMode, Provisioner};
 use crate::status::{self, Auth, ErrorNote, Identity, Published, StatusState, SyncView};
 use crate::store::{Store, StoreError, StoreHandle};
 use crate::sync::{SyncSettings, SyncWorker};
@@ -130,6 +131,16 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         .daily_settings()
         .map(|d| DailyClient::new(&d))
         .transpose()?;
+    let prober = Prober::new(
+        daily
+            .clone()
+            .filter(|_| config.provision_mode() == ProvisionMode::Daily),
+        config.agent_probe_url(),
+        config.status.probe_interval,
+    );
+    let cloud_checks = prober.checks();
+    let probe_trigger = prober.trigger();
+    tasks.spawn(prober.run(cancel.clone()));
     let provisioner = Provisioner::new(config.provision_mode(), daily, config.agent_settings())?;
     let (orchestrator, session_commands) = Orchestrator::new(
         session_settings(&config)?,
@@ -139,6 +150,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         publish,
         sync.as_ref().map(|s| s.trigger.clone()),
     );
+    let orchestrator = orchestrator.with_probe_trigger(probe_trigger);
     let session_cancel = cancel.clone();
     tasks.spawn(async move {
         orchestrator.run(session_cancel).await;
@@ -167,7 +179,12 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         recent,
     )
     .with_session_commands(session_commands)
-    .with_audio_metrics(audio_metrics);
+    .with_audio(
+        audio_metrics,
+        config.audio.input.clone(),
+        config.audio.output.clone(),
+    )
+    .with_cloud_checks(cloud_checks);
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
         if let Err(e) = status::serve(listener, state, server_cancel).await {

@@ -18,9 +18,10 @@ use crate::config::Trigger;
 use crate::link::LinkSettings;
 use crate::link::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig};
 use crate::link::media::{self, MediaError};
+use crate::reachability::Prober;
 use crate::session::orchestrator::{Orchestrator, SessionSettings, Transition};
 use crate::session::provision::{AgentSettings, ProvisionError, ProvisionMode, Provisioner};
-use crate::status::{self, Auth, Identity, Published, StatusState};
+use crate::status::{self, Auth, Identity, LinkView, Published, StatusState};
 use crate::store::{Store, StoreError, StoreHandle, Transcript};
 use crate::telemetry::RecentEvents;
 
@@ -52,6 +53,8 @@ pub struct DemoSummary {
     /// From the first speech onset until the agent was provisioned.
     pub provisioning_ms: Option<u64>,
     pub transcripts: Vec<Transcript>,
+    /// The call's final quality figures.
+    pub link: Option<LinkView>,
     pub output_wav: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub status_url: String,
@@ -132,6 +135,9 @@ async fn run_async(
         ..AudioSettings::default()
     };
     let engine = AudioEngine::start(&audio, &VadSettings::default())?;
+    let audio_metrics = engine.metrics().clone();
+    let prober = Prober::new(None, Some(agent.offer_url()), Duration::from_secs(60));
+    let cloud_checks = prober.checks();
 
     let provisioner = Provisioner::new(
         ProvisionMode::Static,
@@ -154,6 +160,8 @@ async fn run_async(
     let status_url = format!("http://{addr}/");
     eprintln!("status page: {status_url} (token {token})");
     let cancel = CancellationToken::new();
+    tokio::spawn(prober.run(cancel.clone()));
+    let final_link = published.clone();
     let state = StatusState::new(
         Identity {
             kiosk_id: "demo".into(),
@@ -164,7 +172,9 @@ async fn run_async(
         None,
         Auth::new(Some(SecretString::from(token))),
         recent,
-    );
+    )
+    .with_audio(audio_metrics, audio.input.clone(), audio.output.clone())
+    .with_cloud_checks(cloud_checks);
     let server = tokio::spawn(status::serve(listener, state, cancel.clone()));
 
     let settings = SessionSettings {
@@ -220,6 +230,7 @@ async fn run_async(
             .first()
             .map(|d| d.as_millis() as u64),
         transcripts,
+        link: final_link.borrow().link.clone(),
         output_wav,
         state_dir,
         status_url,
@@ -257,6 +268,13 @@ impl DemoSummary {
             ms(self.onset_to_first_packet_ms),
             ms(self.provisioning_ms)
         ));
+        if let Some(l) = &self.link {
+            let rtt = l.rtt_ms.map_or("-".into(), |r| format!("{r:.1} ms"));
+            out.push_str(&format!(
+                "call         RTT {rtt}, loss {:.1}% out / {:.1}% in, {} restarts\n",
+                l.loss_out_percent, l.loss_in_percent, l.restarts
+            ));
+        }
         out.push_str(&format!("transcripts  {}\n", self.transcripts.len()));
         for t in &self.transcripts {
             out.push_str(&format!("  {:>4}: {}\n", t.role, t.text));

@@ -9,6 +9,7 @@ pub mod daily;
 pub mod demo;
 pub mod health;
 pub mod link;
+pub mod reachability;
 pub mod session;
 pub mod status;
 pub mod store;

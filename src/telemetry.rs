@@ -154,7 +154,10 @@ pub struct RecentLayer(RecentEvents);
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let level = *event.metadata().level();
-        if level > tracing::Level::WARN {
+        // Only the gateway's own records: the WebRTC stack warns about
+        // routine ICE and DTLS events on every call, which would bury what
+        // a technician can act on (those still reach the journal).
+        if level > tracing::Level::WARN || !event.metadata().target().starts_with("kiosk_gateway") {
             return;
         }
         let mut text = MessageText::default();

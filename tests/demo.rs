@@ -61,6 +61,18 @@ fn demo_runs_a_whole_session_offline() {
     assert!(s["speech_ms_received_by_agent"].as_u64().unwrap() >= 2000);
     assert!(s["onset_to_first_packet_ms"].as_u64().is_some());
 
+    // The call's quality was measured over RTCP: a round trip on loopback,
+    // nothing lost either way.
+    let link = &s["link"];
+    assert_eq!(
+        link["live"], false,
+        "final figures of a closed call: {link}"
+    );
+    let rtt = link["rtt_ms"].as_f64().expect("a round-trip time");
+    assert!(rtt > 0.0 && rtt < 200.0, "{link}");
+    assert_eq!(link["loss_out_percent"], 0.0, "{link}");
+    assert_eq!(link["loss_in_percent"], 0.0, "{link}");
+
     // The bot's replies were played: the output WAV holds sound.
     let wav = s["output_wav"].as_str().unwrap();
     let mut reader = hound::WavReader::open(wav).unwrap();

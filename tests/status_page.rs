@@ -115,3 +115,108 @@ fn a_technician_signs_in_and_reads_a_transcript() {
     assert!(shots.join("status-page.png").exists());
     eprintln!("screenshots in {}", shots.display());
 }
+
+/// A technician watching the demo's session live: the state, the visitor's
+/// words as they are stored, the call's quality and the agent's
+/// reachability, with a screenshot of the moment.
+#[test]
+fn the_page_follows_a_live_demo_session() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"))
+        .args(["demo", "--state-dir"])
+        .arg(dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (found, announced) = std::sync::mpsc::channel();
+    let stderr = demo.stderr.take().unwrap();
+    // Reads the announcement, then keeps draining so the demo never blocks.
+    let drain = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("status page: ") {
+                let _ = found.send(rest.to_string());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let line = announced
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the demo announces its status page");
+    // "http://127.0.0.1:PORT/ (token TOKEN)"
+    let (url, token) = line.split_once(" (token ").unwrap();
+    let (url, token) = (url.trim_end_matches('/'), token.trim_end_matches(')'));
+
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg(browser_dir.join("live_session.mjs"))
+        .arg(url)
+        .arg(token)
+        .arg(&shots)
+        .output()
+        .expect("node is installed");
+    let status = demo.wait().unwrap();
+    let log = drain.join().unwrap();
+    assert!(
+        out.status.success(),
+        "browser run failed:\n{}\n{}\ndemo:\n{log}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(status.success(), "demo failed:\n{log}");
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{seen:#}");
+    let state = seen["state"].as_str().unwrap();
+    assert!(
+        ["listening", "user_speaking", "bot_thinking", "bot_speaking"].contains(&state),
+        "{seen}"
+    );
+    let lines = seen["lines"].as_array().unwrap();
+    assert!(
+        lines[0].as_str().unwrap().starts_with("user: utterance 1"),
+        "{seen}"
+    );
+    assert!(
+        seen["link_rtt"].as_str().unwrap().ends_with(" ms"),
+        "{seen}"
+    );
+    assert_eq!(seen["link_loss"], "0.0 % / 0.0 %", "{seen}");
+    let cloud = seen["cloud"].as_array().unwrap();
+    assert!(
+        cloud[0]
+            .as_str()
+            .unwrap()
+            .starts_with("agent http://127.0.0.1:"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["console_errors"].as_array().unwrap().len(),
+        0,
+        "{seen}"
+    );
+    let components: Vec<&str> = seen["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        components[0].starts_with("microphone: file ")
+            && components[1].starts_with("speaker: file "),
+        "{seen}"
+    );
+    // The WebRTC stack's routine warnings stay in the log, off the page.
+    for event in seen["events"].as_array().unwrap() {
+        assert!(!event.as_str().unwrap().contains("log.target"), "{seen}");
+    }
+    assert!(shots.join("live-session.png").exists());
+}

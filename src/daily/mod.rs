@@ -146,6 +146,23 @@ impl DailyClient {
         })
     }
 
+    /// The API's base URL (no secrets in it).
+    pub fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
+    /// One unretried `GET /rooms?limit=1`: is the API reachable, and does it
+    /// accept the key? For the reachability prober.
+    pub async fn check(&self) -> Result<(), DailyError> {
+        let url = self
+            .base_url
+            .join("rooms?limit=1")
+            .map_err(|e| DailyError::InvalidUrl(e.to_string()))?;
+        self.attempt::<RoomList, ()>("check API", Method::GET, url, None)
+            .await
+            .map(|_| ())
+    }
+
     /// Properties used for rooms this client creates for sessions.
     pub fn room_settings(&self) -> &RoomSettings {
         &self.room

@@ -23,7 +23,8 @@ use crate::config::Trigger;
 use crate::link::rtvi::{BotMessage, BotTextKind};
 use crate::link::signaling::smallwebrtc::SmallWebRtcSignaling;
 use crate::link::{Link, LinkEvent, LinkIo, LinkSettings, OpusFrame, OpusPacket as LinkPacket};
-use crate::status::{CurrentSession, Line, Published};
+use crate::reachability::ProbeTrigger;
+use crate::status::{CurrentSession, Line, LinkView, Published};
 use crate::store::{NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreHandle};
 use crate::sync::SyncTrigger;
 
@@ -92,6 +93,9 @@ type Pending<T> = Option<tokio::task::JoinHandle<T>>;
 /// the audio engine's own buffer-until-ready.
 const OUTBOX_FRAMES: usize = 750;
 
+/// How often an open call's statistics are published.
+const LINK_STATS_EVERY: Duration = Duration::from_secs(2);
+
 /// What the open call delivered.
 enum LinkInput {
     Event(Option<LinkEvent>),
@@ -130,6 +134,8 @@ pub struct Orchestrator {
     report: RunReport,
     /// Close after the first session (the demo).
     single_session: bool,
+    /// Asks for a cloud reachability check when a session cannot be set up.
+    probe: Option<ProbeTrigger>,
 }
 
 /// Forwards a std channel from the audio engine into tokio.
@@ -187,9 +193,16 @@ impl Orchestrator {
             audio_out: None,
             report: RunReport::default(),
             single_session: false,
+            probe: None,
             settings,
         };
         (orchestrator, command_tx)
+    }
+
+    /// Checks the cloud's reachability whenever a session cannot be set up.
+    pub fn with_probe_trigger(mut self, probe: ProbeTrigger) -> Self {
+        self.probe = Some(probe);
+        self
     }
 
     /// Ends the run when the first session has closed (the demo).
@@ -213,6 +226,8 @@ impl Orchestrator {
             self.apply(Event::StartRequested).await;
         }
         let mut shutting_down = false;
+        let mut link_stats = tokio::time::interval(LINK_STATS_EVERY);
+        link_stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if shutting_down && self.machine.state() == State::Idle {
                 break;
@@ -263,6 +278,11 @@ impl Orchestrator {
                 Ok(permit) = async { sender.clone().expect("guarded").reserve_owned().await }, if sender.is_some() => {
                     if let Some(frame) = self.outbox.pop_front() {
                         permit.send(frame);
+                    }
+                }
+                _ = link_stats.tick(), if has_link => {
+                    if let Some((link, _)) = self.current.as_ref().and_then(|c| c.link.as_ref()) {
+                        publish_link_stats(link, &self.published, true).await;
                     }
                 }
                 _ = sleep_until(idle_at.into()), if self.idle_at.is_some() => {
@@ -457,6 +477,7 @@ impl Orchestrator {
             }
             Err(e) => {
                 warn!(error = %e, "provisioning failed");
+                self.probe_cloud();
                 self.apply(Event::ProvisionFailed).await;
             }
         }
@@ -472,6 +493,7 @@ impl Orchestrator {
             }
             Err(e) => {
                 warn!(error = %e, "could not connect the call");
+                self.probe_cloud();
                 self.apply(Event::ConnectFailed).await;
             }
         }
@@ -605,6 +627,7 @@ impl Orchestrator {
             metrics::histogram!("kiosk_session_duration_seconds")
                 .record(c.onset.elapsed().as_secs_f64());
             if let Some((link, _)) = c.link.take() {
+                publish_link_stats(&link, &self.published, false).await;
                 link.close().await;
             }
             if let Some(p) = c.provisioned.take()
@@ -667,6 +690,12 @@ impl Orchestrator {
         });
     }
 
+    fn probe_cloud(&self) {
+        if let Some(probe) = &self.probe {
+            probe.probe_now();
+        }
+    }
+
     fn note_state(&mut self) {
         let state = self.machine.state();
         if self.report.transitions.last().map(|t| t.state) != Some(state) {
@@ -687,4 +716,17 @@ impl Orchestrator {
             p.session = session;
         });
     }
+}
+
+/// Publishes a call's quality for the status page and metrics; `live` is
+/// false for the final figures of a call being closed.
+async fn publish_link_stats(link: &Link, published: &watch::Sender<Published>, live: bool) {
+    // The link task answers at once unless it is wedged; the session loop
+    // must not wait on it.
+    let Ok(Ok(stats)) = tokio::time::timeout(Duration::from_millis(500), link.stats()).await else {
+        return;
+    };
+    let view = LinkView::from_stats(&stats, live);
+    crate::status::metrics::record_link(&view);
+    published.send_modify(|p| p.link = Some(view));
 }

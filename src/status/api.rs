@@ -9,7 +9,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Access;
-use super::{Component, CurrentSession, ErrorNote, SessionCommand, StatusState, metrics};
+use super::{Component, CurrentSession, ErrorNote, LinkView, SessionCommand, StatusState, metrics};
+use crate::reachability::CloudCheck;
 use crate::store::{Backlog, Counts, SessionId, SessionRecord, SessionSummary, Transcript};
 use crate::sync::SyncStatus;
 use crate::telemetry::LogEvent;
@@ -38,6 +39,10 @@ pub struct StatusDoc {
     pub components: Vec<Component>,
     /// Microphone level over the last 100 ms, dBFS.
     pub mic_level_dbfs: Option<f32>,
+    /// Daily and agent reachability.
+    pub cloud: Vec<CloudCheck>,
+    /// The current call's quality, or the last call's.
+    pub link: Option<LinkView>,
     pub sync: SyncDoc,
     pub store: StoreDoc,
     pub recent_sessions: Vec<SessionSummary>,
@@ -116,7 +121,9 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
             .into_iter()
             .chain(published.components)
             .collect(),
-        mic_level_dbfs: state.audio.as_ref().map(|a| a.level().0),
+        mic_level_dbfs: state.audio.as_ref().map(|a| a.metrics.level().0),
+        cloud: state.cloud_checks(),
+        link: published.link,
         sync: SyncDoc {
             status: sync_status,
             backlog,
@@ -220,7 +227,7 @@ pub async fn sync_now(State(state): State<StatusState>, Query(q): Query<SyncQuer
 
 pub async fn metrics_text(State(state): State<StatusState>) -> Response {
     let read = state.read(|s| Ok((s.counts()?, s.backlog()?))).await;
-    if let Some(audio) = &state.audio {
+    if let Some(audio) = state.audio.as_ref().map(|a| &a.metrics) {
         metrics::record_audio(audio);
     }
     let body = metrics::render(

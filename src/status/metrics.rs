@@ -8,6 +8,7 @@ use axum::response::Response;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use super::{Health, LinkView};
 use crate::audio::AudioMetrics;
 use crate::store::{Backlog, Counts};
 
@@ -82,6 +83,52 @@ fn describe() {
         "kiosk_http_requests_total",
         "Status server requests by route and status code."
     );
+    describe_gauge!(
+        "kiosk_cloud_up",
+        "1 if the last check of the service (daily, agent) succeeded."
+    );
+    describe_gauge!(
+        "kiosk_cloud_probe_seconds",
+        "How long the last check of the service took."
+    );
+    describe_counter!(
+        "kiosk_cloud_probes_total",
+        "Service checks by service and result (ok, degraded, down)."
+    );
+    describe_gauge!(
+        "kiosk_link_rtt_seconds",
+        "Round-trip time to the agent on the current or last call (RTCP)."
+    );
+    describe_gauge!(
+        "kiosk_link_jitter_seconds",
+        "Interarrival jitter of the agent's audio on the current or last call."
+    );
+    describe_gauge!(
+        "kiosk_link_loss_ratio",
+        "Share of packets lost on the current or last call, by direction (out: to the agent)."
+    );
+    describe_gauge!("kiosk_link_up", "1 while a call to the agent is open.");
+}
+
+/// One reachability check's outcome.
+pub fn record_probe(service: &'static str, health: Health, took: std::time::Duration) {
+    gauge!("kiosk_cloud_up", "service" => service).set(f64::from(u8::from(health == Health::Ok)));
+    gauge!("kiosk_cloud_probe_seconds", "service" => service).set(took.as_secs_f64());
+    counter!("kiosk_cloud_probes_total", "service" => service, "result" => health.to_string())
+        .increment(1);
+}
+
+/// The latest call statistics.
+pub fn record_link(link: &LinkView) {
+    gauge!("kiosk_link_up").set(f64::from(u8::from(link.live)));
+    if let Some(rtt) = link.rtt_ms {
+        gauge!("kiosk_link_rtt_seconds").set(rtt / 1000.0);
+    }
+    if let Some(jitter) = link.jitter_ms {
+        gauge!("kiosk_link_jitter_seconds").set(jitter / 1000.0);
+    }
+    gauge!("kiosk_link_loss_ratio", "direction" => "out").set(link.loss_out_percent / 100.0);
+    gauge!("kiosk_link_loss_ratio", "direction" => "in").set(link.loss_in_percent / 100.0);
 }
 
 /// Makes sure the recorder exists before anything records.

@@ -23,8 +23,10 @@ use tokio::sync::watch;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::audio::AudioMetrics;
+use crate::audio::{AudioMetrics, DeviceSpec};
 pub use crate::health::ErrorNote;
+use crate::link::LinkStats;
+use crate::reachability::CloudCheck;
 use crate::session::orchestrator::Command as SessionCommand;
 use crate::store::{Store, StoreError};
 use crate::sync::{SyncStatus, SyncTrigger};
@@ -43,6 +45,55 @@ pub struct Published {
     pub last_error: Option<ErrorNote>,
     /// Where a damaged database was moved at start-up.
     pub store_recovered_from: Option<PathBuf>,
+    /// The current call's statistics, or the last call's once it ended.
+    pub link: Option<LinkView>,
+}
+
+/// Call quality as a technician reads it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LinkView {
+    /// A call is open now; false for the last call's final figures.
+    pub live: bool,
+    pub updated_at: Option<Timestamp>,
+    pub rtt_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    /// Packets we sent that the agent reported lost.
+    pub loss_out_percent: f64,
+    /// Packets from the agent that never arrived.
+    pub loss_in_percent: f64,
+    pub send_kbps: f64,
+    pub recv_kbps: f64,
+    pub restarts: u64,
+}
+
+impl LinkView {
+    pub fn from_stats(s: &LinkStats, live: bool) -> Self {
+        let percent = |lost: i64, total: u64| {
+            let lost = lost.max(0) as f64;
+            if lost + total as f64 > 0.0 {
+                100.0 * lost / (lost + total as f64)
+            } else {
+                0.0
+            }
+        };
+        Self {
+            live,
+            updated_at: Some(Timestamp::now()),
+            rtt_ms: s.rtt_ms,
+            jitter_ms: s.jitter_ms,
+            // The agent's count of lost packets is against what it got,
+            // which is what we sent less what it lost.
+            loss_out_percent: percent(
+                s.packets_lost_remote,
+                s.packets_sent
+                    .saturating_sub(s.packets_lost_remote.max(0) as u64),
+            ),
+            loss_in_percent: percent(s.packets_lost_local, s.packets_received),
+            send_kbps: s.send_bitrate_bps as f64 / 1000.0,
+            recv_kbps: s.recv_bitrate_bps as f64 / 1000.0,
+            restarts: s.restarts,
+        }
+    }
 }
 
 /// The session in progress; its lines are shown to technicians only.
@@ -101,6 +152,23 @@ pub struct SyncView {
     pub trigger: SyncTrigger,
 }
 
+/// The audio engine as the status server sees it.
+#[derive(Clone)]
+struct AudioView {
+    metrics: Arc<AudioMetrics>,
+    input: DeviceSpec,
+    output: DeviceSpec,
+}
+
+fn describe(spec: &DeviceSpec) -> String {
+    match spec {
+        DeviceSpec::Default => "default device".into(),
+        DeviceSpec::Named(name) => format!("device \"{name}\""),
+        DeviceSpec::Wav(path) => format!("file {}", path.display()),
+        DeviceSpec::Disabled => "none".into(),
+    }
+}
+
 #[derive(Clone)]
 pub struct StatusState {
     identity: Arc<Identity>,
@@ -110,7 +178,8 @@ pub struct StatusState {
     auth: Auth,
     recent: RecentEvents,
     session_commands: Option<tokio::sync::mpsc::Sender<SessionCommand>>,
-    audio: Option<Arc<AudioMetrics>>,
+    audio: Option<AudioView>,
+    cloud: Option<watch::Receiver<Vec<CloudCheck>>>,
     /// Read-only; opened lazily so a missing database shows as not ready
     /// instead of keeping the server from starting.
     reader: Arc<Mutex<Option<Store>>>,
@@ -134,38 +203,71 @@ impl StatusState {
             recent,
             session_commands: None,
             audio: None,
+            cloud: None,
             reader: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// Shows the audio engine's counters, device health and level.
-    pub fn with_audio_metrics(mut self, audio: Arc<AudioMetrics>) -> Self {
-        self.audio = Some(audio);
+    /// Shows the audio engine's counters, device health and level, and
+    /// which devices are configured.
+    pub fn with_audio(
+        mut self,
+        metrics: Arc<AudioMetrics>,
+        input: DeviceSpec,
+        output: DeviceSpec,
+    ) -> Self {
+        self.audio = Some(AudioView {
+            metrics,
+            input,
+            output,
+        });
         self
+    }
+
+    /// Shows the Daily and agent reachability checks.
+    pub fn with_cloud_checks(mut self, checks: watch::Receiver<Vec<CloudCheck>>) -> Self {
+        self.cloud = Some(checks);
+        self
+    }
+
+    fn cloud_checks(&self) -> Vec<CloudCheck> {
+        self.cloud
+            .as_ref()
+            .map(|c| c.borrow().clone())
+            .unwrap_or_default()
     }
 
     /// Devices as components, from the audio engine's counters.
     fn audio_components(&self) -> Vec<Component> {
-        let Some(a) = &self.audio else {
+        let Some(view) = &self.audio else {
             return Vec::new();
         };
-        let device = |name, open: bool| Component {
-            name,
-            health: if open { Health::Ok } else { Health::Down },
-            detail: if open {
-                "open".to_string()
-            } else {
-                format!(
-                    "not available; retrying ({} errors, {} reopens so far)",
-                    AudioMetrics::get(&a.device_errors),
-                    AudioMetrics::get(&a.device_reopens)
-                )
-            },
+        let a = &view.metrics;
+        let device = |name, spec: &DeviceSpec, open: bool| {
+            let (health, detail) = match spec {
+                DeviceSpec::Disabled => (Health::Ok, "off (configured \"none\")".to_string()),
+                DeviceSpec::Wav(path) => (Health::Ok, format!("file {}", path.display())),
+                _ if open => (Health::Ok, format!("open: {}", describe(spec))),
+                _ => (
+                    Health::Down,
+                    format!(
+                        "{} not available; retrying ({} errors, {} reopens so far)",
+                        describe(spec),
+                        AudioMetrics::get(&a.device_errors),
+                        AudioMetrics::get(&a.device_reopens)
+                    ),
+                ),
+            };
+            Component {
+                name,
+                health,
+                detail,
+            }
         };
         use std::sync::atomic::Ordering::Relaxed;
         vec![
-            device("microphone", a.input_open.load(Relaxed)),
-            device("speaker", a.output_open.load(Relaxed)),
+            device("microphone", &view.input, a.input_open.load(Relaxed)),
+            device("speaker", &view.output, a.output_open.load(Relaxed)),
         ]
     }
 

@@ -340,7 +340,16 @@ async fn create_token(
         .into_response()
 }
 
-async fn agent_start(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn agent_start(
+    State(state): State<Shared>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // Like a real start endpoint: only POST starts anything.
+    if method != Method::POST {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
     let mut s = state.lock().unwrap();
     s.agent_start_bodies.push((
         headers,

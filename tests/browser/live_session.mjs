@@ -1,0 +1,46 @@
+// Follows a session as it happens (the demo's): signs in, waits until the
+// page shows a conversation with transcript lines and an open call, and
+// takes a screenshot.
+// usage: node live_session.mjs BASE_URL TOKEN OUT_DIR
+// Prints one JSON object with what it saw; exits non-zero on failure.
+import { chromium } from "playwright-core";
+
+const [base, token, out] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-quic"],
+});
+const seen = {};
+try {
+  const page = await browser.newPage({ viewport: { width: 420, height: 1400 } });
+  const errors = [];
+  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(base + "/login");
+  await page.fill("#token", token);
+  await page.click("button[type=submit]");
+  await page.waitForSelector("#state");
+  // The page refreshes itself every 2 s; wait for a call in progress with
+  // at least one line of transcript and its round-trip time measured.
+  await page.waitForFunction(() => {
+    const text = (id) => document.getElementById(id).textContent.trim();
+    return text("state") !== "idle" && text("link-live") === "open" && text("link-rtt").endsWith("ms")
+      && document.querySelectorAll("#session-lines li").length > 0;
+  }, null, { timeout: 45000, polling: 200 });
+  const text = async (sel) => (await page.textContent(sel)).trim();
+  seen.state = await text("#state");
+  seen.session = await text("#session");
+  seen.lines = await page.$$eval("#session-lines li", (items) => items.map((i) => i.textContent));
+  seen.link_rtt = await text("#link-rtt");
+  seen.link_loss = await text("#link-loss");
+  seen.cloud = await page.$$eval("#cloud li", (items) => items.map((i) => i.textContent));
+  seen.level = await page.$eval("#level", (m) => m.value);
+  seen.components = await page.$$eval("#components li", (items) => items.map((i) => i.textContent));
+  seen.events = await page.$$eval("#events li", (items) => items.map((i) => i.textContent));
+  await page.screenshot({ path: `${out}/live-session.png`, fullPage: true });
+  seen.console_errors = errors;
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(seen));
