@@ -59,8 +59,8 @@ impl LoopbackAgentConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             udp_bind: "127.0.0.1:0".into(),
             reply,
-            vad_threshold_dbfs: -40.0,
-            vad_onset: Duration::from_millis(60),
+            vad_threshold_dbfs: -44.0,
+            vad_onset: Duration::from_millis(200),
             vad_hangover: Duration::from_millis(400),
             simulate_network: false,
         }
@@ -662,9 +662,12 @@ async fn serve_data_channel(
     }
 }
 
-/// Decodes the kiosk's audio, records it and feeds the VAD. A gap in the
-/// packets counts as silence, so a sender that stops during silence (DTX)
-/// still ends its utterance.
+/// Decodes the kiosk's audio, records it and feeds the VAD on the
+/// sender's timeline. The kiosk sends nothing during DTX silence, so a gap
+/// in the packets is silence: the RTP timestamps say exactly how long it
+/// was, and while no packet comes at all, the wall clock stands in for them
+/// so an utterance still ends. Counting a gap any other way stretches or
+/// merges utterances, and the agent would report speech it never heard.
 async fn decode_track(
     track: Arc<dyn TrackRemote>,
     shared: Arc<Shared>,
@@ -678,20 +681,32 @@ async fn decode_track(
             return;
         }
     };
-    let mut vad = EnergyVad::new(
-        config.vad_threshold_dbfs,
-        config.vad_onset,
-        config.vad_hangover,
-    );
-    let silence = [0i16; FRAME_SAMPLES];
+    let mut ear = Ear {
+        vad: EnergyVad::new(
+            config.vad_threshold_dbfs,
+            config.vad_onset,
+            config.vad_hangover,
+        ),
+        shared: Arc::clone(&shared),
+        out,
+    };
+    // Silence beyond the hangover changes nothing: a longer jump (a
+    // restarted stream) is fed as just enough to end any utterance.
+    let max_gap_frames = (config.vad_hangover.as_millis() / FRAME_DURATION.as_millis()) as u32 + 1;
+    const WAIT_FRAMES: u32 = 5;
+    // RTP timestamp the next packet has if no silence comes first.
+    let mut next_ts: Option<u32> = None;
+    // Silence already fed for the current gap while waiting for packets.
+    let mut silence_fed = 0u32;
     loop {
-        let event = match tokio::time::timeout(FRAME_DURATION * 5, track.poll()).await {
+        let event = match tokio::time::timeout(FRAME_DURATION * WAIT_FRAMES, track.poll()).await {
             Ok(Some(event)) => event,
             Ok(None) => break,
             Err(_) => {
-                if let Some(VadEdge::End { speech }) = vad.push(&silence) {
-                    let _ = out.send(Utterance { speech }).await;
+                for _ in 0..WAIT_FRAMES {
+                    ear.hear_silence().await;
                 }
+                silence_fed += WAIT_FRAMES;
                 continue;
             }
         };
@@ -705,6 +720,17 @@ async fn decode_track(
                 continue;
             }
         };
+        let ts = packet.header.timestamp;
+        if let Some(next) = next_ts {
+            // Negative: a late packet, which adds no silence.
+            let gap = (ts.wrapping_sub(next) as i32).max(0) as u32;
+            let gap_frames = (gap / FRAME_SAMPLES as u32).min(max_gap_frames);
+            for _ in silence_fed..gap_frames {
+                ear.hear_silence().await;
+            }
+        }
+        silence_fed = 0;
+        next_ts = Some(ts.wrapping_add(pcm.len() as u32));
         shared
             .record
             .lock()
@@ -712,16 +738,33 @@ async fn decode_track(
             .received
             .extend_from_slice(pcm);
         for frame in pcm.chunks(FRAME_SAMPLES) {
-            if let Some(VadEdge::End { speech }) = vad.push(frame) {
-                shared
-                    .record
-                    .lock()
-                    .expect("record lock")
-                    .utterances
-                    .push(speech);
-                let _ = out.send(Utterance { speech }).await;
-            }
+            ear.hear(frame).await;
         }
+    }
+}
+
+/// The agent's VAD; every utterance it closes is recorded and answered.
+struct Ear {
+    vad: EnergyVad,
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Utterance>,
+}
+
+impl Ear {
+    async fn hear(&mut self, frame: &[i16]) {
+        if let Some(VadEdge::End { speech }) = self.vad.push(frame) {
+            self.shared
+                .record
+                .lock()
+                .expect("record lock")
+                .utterances
+                .push(speech);
+            let _ = self.out.send(Utterance { speech }).await;
+        }
+    }
+
+    async fn hear_silence(&mut self) {
+        self.hear(&[0i16; FRAME_SAMPLES]).await;
     }
 }
 
