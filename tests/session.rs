@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Daemon, U1_MS, VISITOR_WAV, get, loud_samples, session_config, session_rows, silence,
-    speaker_samples, transcript_lines, visitor_clip, wait_for, wait_for_prompt, write_wav_16k,
+    speaker_samples, transcript_lines, visitor_clip, wait_for, wait_for_prompt, write_wav,
 };
 use kiosk_gateway::link::agent::{LoopbackAgent, LoopbackAgentConfig};
 use kiosk_gateway::link::media;
@@ -190,7 +190,7 @@ async fn a_visitor_talking_over_the_bot_stops_its_playback() {
     mic.extend(u1.iter().map(|s| s.saturating_mul(2)));
     mic.extend(silence(8000));
     let input = dir.path().join("mic.wav");
-    write_wav_16k(&input, &mic);
+    write_wav(&input, 16_000, &mic);
     let config = session_config(
         dir.path(),
         &input,

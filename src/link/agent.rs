@@ -76,7 +76,8 @@ pub enum AgentError {
 /// What the agent observed, for tests and self-tests.
 #[derive(Clone, Debug, Default)]
 pub struct AgentRecord {
-    /// Everything decoded from the kiosk, concatenated (48 kHz mono).
+    /// Everything decoded from the kiosk (48 kHz mono) on the sender's
+    /// timeline: the silences it skipped (DTX) are filled in, up to 10 s each.
     pub received: Vec<i16>,
     pub client_messages: Vec<ClientMessage>,
     pub utterances: Vec<Duration>,
@@ -690,9 +691,6 @@ async fn decode_track(
         shared: Arc::clone(&shared),
         out,
     };
-    // Silence beyond the hangover changes nothing: a longer jump (a
-    // restarted stream) is fed as just enough to end any utterance.
-    let max_gap_frames = (config.vad_hangover.as_millis() / FRAME_DURATION.as_millis()) as u32 + 1;
     const WAIT_FRAMES: u32 = 5;
     // RTP timestamp the next packet has if no silence comes first.
     let mut next_ts: Option<u32> = None;
@@ -721,27 +719,34 @@ async fn decode_track(
             }
         };
         let ts = packet.header.timestamp;
+        let mut gap_frames = 0;
         if let Some(next) = next_ts {
             // Negative: a late packet, which adds no silence.
             let gap = (ts.wrapping_sub(next) as i32).max(0) as u32;
-            let gap_frames = (gap / FRAME_SAMPLES as u32).min(max_gap_frames);
+            gap_frames = (gap / FRAME_SAMPLES as u32).min(MAX_GAP_FRAMES);
             for _ in silence_fed..gap_frames {
                 ear.hear_silence().await;
             }
         }
         silence_fed = 0;
         next_ts = Some(ts.wrapping_add(pcm.len() as u32));
-        shared
-            .record
-            .lock()
-            .expect("record lock")
-            .received
-            .extend_from_slice(pcm);
+        {
+            let mut record = shared.record.lock().expect("record lock");
+            let at = record.received.len();
+            record
+                .received
+                .resize(at + gap_frames as usize * FRAME_SAMPLES, 0);
+            record.received.extend_from_slice(pcm);
+        }
         for frame in pcm.chunks(FRAME_SAMPLES) {
             ear.hear(frame).await;
         }
     }
 }
+
+/// Longest silence kept in the recording (and fed to the VAD): plenty to
+/// separate utterances, and a jumping timestamp cannot fill the memory.
+const MAX_GAP_FRAMES: u32 = 500;
 
 /// The agent's VAD; every utterance it closes is recorded and answered.
 struct Ear {

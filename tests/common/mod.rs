@@ -203,11 +203,11 @@ pub fn silence(ms: u32) -> Vec<i16> {
     vec![0; (ms * 16) as usize]
 }
 
-/// Writes a 16 kHz mono WAV, the microphone of a test.
-pub fn write_wav_16k(path: &Path, samples: &[i16]) {
+/// Writes a mono WAV: a test's microphone, or audio to analyse.
+pub fn write_wav(path: &Path, rate: u32, samples: &[i16]) {
     let spec = hound::WavSpec {
         channels: 1,
-        sample_rate: 16_000,
+        sample_rate: rate,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
