@@ -264,3 +264,28 @@ async fn an_agent_that_fails_to_start_plays_the_prompt_and_leaks_no_room() {
     assert_eq!(deleted, created, "every room created was deleted");
     assert!(fake.room_names().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_while_provisioning_leaks_no_room() {
+    let fake = FakeDaily::start().await;
+    // The room exists, and the kiosk's token takes a while.
+    fake.inject(
+        "POST /v1/meeting-tokens",
+        [Fault::Slow(Duration::from_secs(3))],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = start(dir.path(), &fake, &one_utterance());
+    wait_until("a room is created", Duration::from_secs(20), &d, || {
+        !fake.room_history().0.is_empty()
+    })
+    .await;
+    d.signal("TERM");
+    let (code, _) = d
+        .wait_exit(Duration::from_secs(10))
+        .expect("stops within 10 s");
+    assert!(code.success(), "{}", d.stderr());
+    let (created, deleted) = fake.room_history();
+    assert_eq!(deleted, created, "a room was left behind\n{}", d.stderr());
+    let rows = session_rows(dir.path());
+    assert_eq!(rows[0].end_reason.as_deref(), Some("shutdown"), "{rows:?}");
+}
