@@ -252,3 +252,20 @@ async fn static_mode_needs_no_network_and_checks_config() {
         Err(ProvisionError::NotConfigured(_))
     ));
 }
+
+#[tokio::test]
+async fn a_provisioning_cut_short_leaves_its_room_to_release_abandoned() {
+    let fake = FakeDaily::start().await;
+    fake.inject(
+        "POST /v1/meeting-tokens",
+        [Fault::Slow(Duration::from_secs(5))],
+    );
+    let p = Provisioner::new(ProvisionMode::Daily, Some(daily(&fake)), agent(&fake)).unwrap();
+    // Dropped while the kiosk's token is being made: the room exists.
+    let cut = tokio::time::timeout(Duration::from_millis(200), p.provision("k1")).await;
+    assert!(cut.is_err());
+    assert_eq!(fake.room_names().len(), 1);
+    p.release_abandoned().await;
+    let (created, deleted) = fake.room_history();
+    assert_eq!((created.len(), deleted), (1, created));
+}

@@ -1,84 +1,49 @@
 //! The kiosk loop in the daemon, end to end: a visitor speaks (a WAV as the
 //! microphone), a session starts against the loopback agent, transcripts
 //! are stored, and sessions end with the right reason — idle, SIGTERM, a
-//! crash, a failure that plays the prompt.
+//! crash, a failure that plays the prompt, the session's time limit, the
+//! agent leaving — and the visitor can talk over the bot.
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, get};
+use common::{
+    Daemon, U1_MS, VISITOR_WAV, get, loud_samples, session_config, session_rows, silence,
+    speaker_samples, transcript_lines, visitor_clip, wait_for, wait_for_prompt, write_wav,
+};
 use kiosk_gateway::link::agent::{LoopbackAgent, LoopbackAgentConfig};
 use kiosk_gateway::link::media;
 
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/fixtures/audio/multi_utterance_16k.wav"
-);
+fn fixture_48k(name: &str) -> Vec<i16> {
+    media::read_wav(&Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).unwrap()
+}
 
-async fn agent() -> LoopbackAgent {
-    let reply = media::read_wav(Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/link/reply_48k.wav"
-    )))
-    .unwrap();
+async fn agent_replying(reply: Vec<i16>) -> LoopbackAgent {
     LoopbackAgent::start(LoopbackAgentConfig::new(reply))
         .await
         .unwrap()
 }
 
+async fn agent() -> LoopbackAgent {
+    agent_replying(fixture_48k("fixtures/link/reply_48k.wav")).await
+}
+
+/// The visitor fixture against a static offer URL.
 fn config(dir: &Path, offer_url: &str, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[kiosk]\nid = \"test-kiosk\"\n\
-             [audio]\ninput = \"wav:{FIXTURE}\"\noutput = \"wav:{}\"\n\
-             [agent]\noffer_url = \"{offer_url}\"\nstun_urls = []\nudp_bind = \"127.0.0.1:0\"\n\
-             [store]\npath = \"kiosk.db\"\n\
-             [status]\nlisten = \"127.0.0.1:0\"\n\
-             [log]\ntarget = \"stderr\"\nlevel = \"info\"\n{extra}",
-            dir.join("speaker.wav").display()
-        ),
+    session_config(
+        dir,
+        Path::new(VISITOR_WAV),
+        &format!("offer_url = \"{offer_url}\""),
+        extra,
     )
-    .unwrap();
-    path
 }
 
-async fn status(d: &Daemon) -> serde_json::Value {
-    serde_json::from_str(&get(&format!("{}/api/status", d.url)).await.1).unwrap()
-}
-
-async fn wait_for(
-    d: &Daemon,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = status(d).await;
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: never happened; last status {s:#}\nstderr:\n{}",
-            d.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
+/// (id, end_reason, user_speech_ms) of the latest session.
 fn session_row(dir: &Path) -> (String, Option<String>, i64) {
-    let db = rusqlite::Connection::open(dir.join("kiosk.db")).unwrap();
-    db.query_row(
-        "SELECT id, end_reason, user_speech_ms FROM sessions ORDER BY started_at DESC LIMIT 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
-    .unwrap()
+    let row = session_rows(dir).pop().expect("a session");
+    (row.id, row.end_reason, row.user_speech_ms)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,26 +162,155 @@ async fn an_unreachable_agent_plays_the_prompt_and_ends_the_session() {
     let (_, reason, _) = session_row(dir.path());
     assert_eq!(reason.as_deref(), Some("connect_failed"));
     // The prompt reached the speaker: the WAV holds sound, not silence.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        // The WAV is still being written: its header's length is not final,
-        // so the samples are read raw, after the 44-byte header.
-        let bytes = std::fs::read(dir.path().join("speaker.wav")).unwrap_or_default();
-        let loud = bytes
-            .get(44..)
-            .unwrap_or_default()
-            .chunks_exact(2)
-            .filter(|b| i16::from_le_bytes([b[0], b[1]]).unsigned_abs() > 1000)
-            .count();
-        // At least one second of the 4.6 s prompt, loud.
-        if loud > 48_000 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no prompt in the speaker WAV ({loud} loud samples)"
-        );
+    wait_for_prompt(dir.path(), Duration::from_secs(10)).await;
+    drop(d);
+}
+
+/// Milliseconds between two stored RFC 3339 timestamps.
+fn ms_between(from: &str, to: &str) -> i64 {
+    let (a, b): (jiff::Timestamp, jiff::Timestamp) = (from.parse().unwrap(), to.parse().unwrap());
+    b.duration_since(a).as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_talking_over_the_bot_stops_its_playback() {
+    // A long reply (the prompt twice, at half level: a bot quieter at the
+    // microphone than a visitor standing at it) that the visitor interrupts.
+    let prompt = fixture_48k("fixtures/audio/failure_prompt_48k.wav");
+    let reply: Vec<i16> = prompt.iter().chain(&prompt).map(|s| s / 2).collect();
+    let agent = agent_replying(reply).await;
+    let dir = tempfile::tempdir().unwrap();
+    // u1, then u1 again, louder, 3.5 s after it ended: the agent answers u1
+    // within about a second and its 9 s reply is still playing then.
+    let u1 = visitor_clip(U1_MS.0, U1_MS.1);
+    let talk_over_ms = 1000 + (U1_MS.1 - U1_MS.0) + 3500;
+    let mut mic = silence(1000);
+    mic.extend(&u1);
+    mic.extend(silence(3500));
+    mic.extend(u1.iter().map(|s| s.saturating_mul(2)));
+    mic.extend(silence(8000));
+    let input = dir.path().join("mic.wav");
+    write_wav(&input, 16_000, &mic);
+    let config = session_config(
+        dir.path(),
+        &input,
+        &format!("offer_url = \"{}\"", agent.offer_url()),
+        "[session]\nidle_timeout = \"5s\"\n",
+    );
+    let d = Daemon::start(dir.path(), &config, &[]);
+    let talk_over_end = talk_over_ms + (U1_MS.1 - U1_MS.0);
+    // The speaker WAV and the microphone WAV run on the same clock from
+    // the engine's start, so the speaker's sample n is mic time n / 48 ms.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while speaker_samples(dir.path()).len() < (talk_over_end as usize) * 48 {
+        assert!(Instant::now() < deadline, "speaker stalled: {}", d.stderr());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop(d);
+    let speaker = speaker_samples(dir.path());
+    let window = |from_ms: u32, to_ms: u32| &speaker[from_ms as usize * 48..to_ms as usize * 48];
+    let before = loud_samples(window(talk_over_ms - 1000, talk_over_ms));
+    assert!(
+        before > 4800,
+        "the bot was not speaking when the visitor started ({before} loud samples)\n{}",
+        d.stderr()
+    );
+    // Onset detection and the 20 ms fade take well under 300 ms; the
+    // playback stays off until the visitor stops.
+    let during = loud_samples(window(talk_over_ms + 300, talk_over_end - 100));
+    assert!(
+        during < 480,
+        "the bot kept playing over the visitor ({during} loud samples)\n{}",
+        d.stderr()
+    );
+    let (_, metrics) = get(&format!("{}/metrics", d.url)).await;
+    let barge_ins: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kiosk_audio_barge_ins_total "))
+        .expect("barge-in metric")
+        .parse()
+        .unwrap();
+    assert!(barge_ins >= 1.0, "{metrics}");
+    assert!(
+        d.stderr().contains("visitor spoke over the bot"),
+        "{}",
+        d.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_duration_ends_a_session_that_never_idles() {
+    let agent = agent().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The shortest limit the config allows, and an idle timeout past it.
+    let config = config(
+        dir.path(),
+        agent.offer_url().as_str(),
+        "[session]\nmax_duration = \"60s\"\nidle_timeout = \"120s\"\n",
+    );
+    let d = Daemon::start(dir.path(), &config, &[]);
+    let s = wait_for(&d, "the session ends", Duration::from_secs(120), |s| {
+        s["recent_sessions"][0]["end_reason"].is_string()
+    })
+    .await;
+    assert_eq!(s["recent_sessions"][0]["end_reason"], "max_duration");
+    let rows = session_rows(dir.path());
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    let lasted = ms_between(&row.started_at, row.ended_at.as_deref().unwrap());
+    assert!((60_000..65_000).contains(&lasted), "lasted {lasted} ms");
+    assert!(row.user_speech_ms > 1000, "{row:?}");
+    wait_for(&d, "back to idle", Duration::from_secs(10), |s| {
+        s["state"] == "idle"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_leaving_ends_the_session_and_the_next_visitor_gets_a_new_one() {
+    let agent = agent().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        agent.offer_url().as_str(),
+        "[session]\nidle_timeout = \"5s\"\n",
+    );
+    let d = Daemon::start(dir.path(), &config, &[]);
+    // Hang up once the agent has answered the first utterance; the
+    // fixture's later utterances are the next visitor.
+    wait_for(&d, "a first transcript", Duration::from_secs(30), |s| {
+        let open = &s["recent_sessions"][0];
+        open["end_reason"].is_null() && open["transcripts"].as_u64() >= Some(1)
+    })
+    .await;
+    agent.hang_up_all().await;
+    let s = wait_for(&d, "two sessions ended", Duration::from_secs(40), |s| {
+        let recent = s["recent_sessions"].as_array().unwrap();
+        recent.len() >= 2 && recent.iter().all(|r| r["end_reason"].is_string())
+    })
+    .await;
+    assert_eq!(s["state"], "idle");
+    let rows = session_rows(dir.path());
+    assert_eq!(
+        rows[0].end_reason.as_deref(),
+        Some("agent_left"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[0].user_speech_ms > 0 && rows[0].ended_at.is_some(),
+        "{rows:?}"
+    );
+    let next = &rows[1];
+    assert!(
+        ms_between(rows[0].ended_at.as_deref().unwrap(), &next.started_at) >= 0,
+        "{rows:?}"
+    );
+    assert_eq!(next.end_reason.as_deref(), Some("idle"), "{rows:?}");
+    // The new session reached the agent again: it heard and answered.
+    let lines = transcript_lines(dir.path(), &next.id);
+    assert!(
+        lines.iter().any(|(_, role, _)| role == "user")
+            && lines.iter().any(|(_, role, _)| role == "bot"),
+        "{lines:?}\n{}",
+        d.stderr()
+    );
 }

@@ -59,8 +59,8 @@ impl LoopbackAgentConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             udp_bind: "127.0.0.1:0".into(),
             reply,
-            vad_threshold_dbfs: -40.0,
-            vad_onset: Duration::from_millis(60),
+            vad_threshold_dbfs: -44.0,
+            vad_onset: Duration::from_millis(200),
             vad_hangover: Duration::from_millis(400),
             simulate_network: false,
         }
@@ -76,7 +76,8 @@ pub enum AgentError {
 /// What the agent observed, for tests and self-tests.
 #[derive(Clone, Debug, Default)]
 pub struct AgentRecord {
-    /// Everything decoded from the kiosk, concatenated (48 kHz mono).
+    /// Everything decoded from the kiosk (48 kHz mono) on the sender's
+    /// timeline: the silences it skipped (DTX) are filled in, up to 10 s each.
     pub received: Vec<i16>,
     pub client_messages: Vec<ClientMessage>,
     pub utterances: Vec<Duration>,
@@ -662,9 +663,12 @@ async fn serve_data_channel(
     }
 }
 
-/// Decodes the kiosk's audio, records it and feeds the VAD. A gap in the
-/// packets counts as silence, so a sender that stops during silence (DTX)
-/// still ends its utterance.
+/// Decodes the kiosk's audio, records it and feeds the VAD on the
+/// sender's timeline. The kiosk sends nothing during DTX silence, so a gap
+/// in the packets is silence: the RTP timestamps say exactly how long it
+/// was, and while no packet comes at all, the wall clock stands in for them
+/// so an utterance still ends. Counting a gap any other way stretches or
+/// merges utterances, and the agent would report speech it never heard.
 async fn decode_track(
     track: Arc<dyn TrackRemote>,
     shared: Arc<Shared>,
@@ -678,20 +682,29 @@ async fn decode_track(
             return;
         }
     };
-    let mut vad = EnergyVad::new(
-        config.vad_threshold_dbfs,
-        config.vad_onset,
-        config.vad_hangover,
-    );
-    let silence = [0i16; FRAME_SAMPLES];
+    let mut ear = Ear {
+        vad: EnergyVad::new(
+            config.vad_threshold_dbfs,
+            config.vad_onset,
+            config.vad_hangover,
+        ),
+        shared: Arc::clone(&shared),
+        out,
+    };
+    const WAIT_FRAMES: u32 = 5;
+    // RTP timestamp the next packet has if no silence comes first.
+    let mut next_ts: Option<u32> = None;
+    // Silence already fed for the current gap while waiting for packets.
+    let mut silence_fed = 0u32;
     loop {
-        let event = match tokio::time::timeout(FRAME_DURATION * 5, track.poll()).await {
+        let event = match tokio::time::timeout(FRAME_DURATION * WAIT_FRAMES, track.poll()).await {
             Ok(Some(event)) => event,
             Ok(None) => break,
             Err(_) => {
-                if let Some(VadEdge::End { speech }) = vad.push(&silence) {
-                    let _ = out.send(Utterance { speech }).await;
+                for _ in 0..WAIT_FRAMES {
+                    ear.hear_silence().await;
                 }
+                silence_fed += WAIT_FRAMES;
                 continue;
             }
         };
@@ -705,23 +718,58 @@ async fn decode_track(
                 continue;
             }
         };
-        shared
-            .record
-            .lock()
-            .expect("record lock")
-            .received
-            .extend_from_slice(pcm);
-        for frame in pcm.chunks(FRAME_SAMPLES) {
-            if let Some(VadEdge::End { speech }) = vad.push(frame) {
-                shared
-                    .record
-                    .lock()
-                    .expect("record lock")
-                    .utterances
-                    .push(speech);
-                let _ = out.send(Utterance { speech }).await;
+        let ts = packet.header.timestamp;
+        let mut gap_frames = 0;
+        if let Some(next) = next_ts {
+            // Negative: a late packet, which adds no silence.
+            let gap = (ts.wrapping_sub(next) as i32).max(0) as u32;
+            gap_frames = (gap / FRAME_SAMPLES as u32).min(MAX_GAP_FRAMES);
+            for _ in silence_fed..gap_frames {
+                ear.hear_silence().await;
             }
         }
+        silence_fed = 0;
+        next_ts = Some(ts.wrapping_add(pcm.len() as u32));
+        {
+            let mut record = shared.record.lock().expect("record lock");
+            let at = record.received.len();
+            record
+                .received
+                .resize(at + gap_frames as usize * FRAME_SAMPLES, 0);
+            record.received.extend_from_slice(pcm);
+        }
+        for frame in pcm.chunks(FRAME_SAMPLES) {
+            ear.hear(frame).await;
+        }
+    }
+}
+
+/// Longest silence kept in the recording (and fed to the VAD): plenty to
+/// separate utterances, and a jumping timestamp cannot fill the memory.
+const MAX_GAP_FRAMES: u32 = 500;
+
+/// The agent's VAD; every utterance it closes is recorded and answered.
+struct Ear {
+    vad: EnergyVad,
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Utterance>,
+}
+
+impl Ear {
+    async fn hear(&mut self, frame: &[i16]) {
+        if let Some(VadEdge::End { speech }) = self.vad.push(frame) {
+            self.shared
+                .record
+                .lock()
+                .expect("record lock")
+                .utterances
+                .push(speech);
+            let _ = self.out.send(Utterance { speech }).await;
+        }
+    }
+
+    async fn hear_silence(&mut self) {
+        self.hear(&[0i16; FRAME_SAMPLES]).await;
     }
 }
 

@@ -599,6 +599,15 @@ impl Orchestrator {
         self.ready_at = None;
         if let Some(p) = self.provisioning.take() {
             p.abort();
+            // Cut short, it may have created a room: once it has stopped,
+            // that room is deleted, or released below if it had just
+            // finished.
+            if let Ok(Ok(done)) = p.await
+                && let Some(c) = &mut self.current
+            {
+                c.provisioned.get_or_insert(done);
+            }
+            self.provisioner.release_abandoned().await;
         }
         if let Some(c) = self.connecting.take() {
             c.abort();

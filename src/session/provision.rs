@@ -163,6 +163,9 @@ pub struct Provisioner {
     daily: Option<DailyClient>,
     agent: AgentSettings,
     http: reqwest::Client,
+    /// Rooms of provisionings still under way. One cut short (its session
+    /// ended meanwhile) leaves its room here for [`Self::release_abandoned`].
+    in_flight: std::sync::Mutex<Vec<RoomName>>,
 }
 
 /// Longest part of an agent reply kept in an error: it may be a page of HTML.
@@ -196,6 +199,7 @@ impl Provisioner {
             daily,
             agent,
             http,
+            in_flight: Default::default(),
         })
     }
 
@@ -234,6 +238,21 @@ impl Provisioner {
         Ok(())
     }
 
+    /// Deletes the rooms of provisionings that were cut short. Call it once
+    /// the cut-short provisioning has stopped.
+    pub async fn release_abandoned(&self) {
+        let rooms = std::mem::take(&mut *self.in_flight.lock().expect("in-flight lock"));
+        let Some(daily) = &self.daily else { return };
+        for room in rooms {
+            match daily.delete_room(&room).await {
+                Ok(outcome) => info!(%room, ?outcome, "room of an abandoned provisioning released"),
+                Err(e) => {
+                    warn!(%room, error = %e, "cannot delete the room of an abandoned provisioning")
+                }
+            }
+        }
+    }
+
     async fn provision_daily(&self, kiosk_id: &str) -> Result<Provisioned, ProvisionError> {
         let daily = self.daily.as_ref().expect("checked in new");
         let request = daily
@@ -249,10 +268,19 @@ impl Provisioner {
                 leaked_room: None,
             })?;
         info!(room = %room.name, "session room created");
-        match self
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .push(room.name.clone());
+        let result = self
             .after_room(daily, &room.name, &room.url, exp, kiosk_id)
-            .await
-        {
+            .await;
+        // From here the room is the caller's, or deleted below.
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .retain(|r| r != &room.name);
+        match result {
             Ok(p) => Ok(p),
             Err((step, cause)) => {
                 // No leaked rooms: a room nobody joins would still count

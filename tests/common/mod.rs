@@ -156,3 +156,171 @@ pub async fn get(url: &str) -> (u16, String) {
     let status = r.status().as_u16();
     (status, r.text().await.unwrap())
 }
+
+/// The visitor fixture: four utterances (see fixtures/audio/README.md).
+pub const VISITOR_WAV: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/fixtures/audio/multi_utterance_16k.wav"
+);
+
+/// Where the first utterance ("Hello there, I would like some help
+/// please") lies in [`VISITOR_WAV`], in ms.
+pub const U1_MS: (u32, u32) = (1000, 3730);
+/// The second utterance ("Where is the train station").
+pub const U2_MS: (u32, u32) = (5230, 6697);
+
+/// A daemon config for the session tests: `input` as the microphone, the
+/// speaker recorded to `dir/speaker.wav`, the call on loopback UDP.
+/// `agent` is the rest of the `[agent]` table; `extra` adds tables.
+pub fn session_config(dir: &Path, input: &Path, agent: &str, extra: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[kiosk]\nid = \"test-kiosk\"\n\
+             [audio]\ninput = \"wav:{}\"\noutput = \"wav:{}\"\n\
+             [agent]\nstun_urls = []\nudp_bind = \"127.0.0.1:0\"\n{agent}\n\
+             [store]\npath = \"kiosk.db\"\n\
+             [status]\nlisten = \"127.0.0.1:0\"\n\
+             [log]\ntarget = \"stderr\"\nlevel = \"info\"\n{extra}",
+            input.display(),
+            dir.join("speaker.wav").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// 16 kHz mono samples of `VISITOR_WAV` between `from_ms` and `to_ms`.
+pub fn visitor_clip(from_ms: u32, to_ms: u32) -> Vec<i16> {
+    let mut reader = hound::WavReader::open(VISITOR_WAV).unwrap();
+    let all: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    all[(from_ms * 16) as usize..(to_ms * 16) as usize].to_vec()
+}
+
+/// `ms` of digital silence at 16 kHz.
+pub fn silence(ms: u32) -> Vec<i16> {
+    vec![0; (ms * 16) as usize]
+}
+
+/// Writes a mono WAV: a test's microphone, or audio to analyse.
+pub fn write_wav(path: &Path, rate: u32, samples: &[i16]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for &s in samples {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// What the daemon's speaker (48 kHz) has played so far. The WAV is still
+/// being written, so its header's length is not final: the samples are
+/// read raw after the 44-byte header.
+pub fn speaker_samples(dir: &Path) -> Vec<i16> {
+    let bytes = std::fs::read(dir.join("speaker.wav")).unwrap_or_default();
+    bytes
+        .get(44..)
+        .unwrap_or_default()
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+pub fn loud_samples(samples: &[i16]) -> usize {
+    samples.iter().filter(|s| s.unsigned_abs() > 1000).count()
+}
+
+/// Waits until the speaker has played at least one second of loud sound
+/// (the failure prompt is 4.6 s).
+pub async fn wait_for_prompt(dir: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let loud = loud_samples(&speaker_samples(dir));
+        if loud > 48_000 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no prompt in the speaker WAV ({loud} loud samples)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn status(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&get(&format!("{}/api/status", d.url)).await.1).unwrap()
+}
+
+/// Polls the status API until `pred` holds.
+pub async fn wait_for(
+    d: &Daemon,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = status(d).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never happened; last status {s:#}\nstderr:\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One row of the `sessions` table.
+#[derive(Debug)]
+pub struct SessionRow {
+    pub id: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub end_reason: Option<String>,
+    pub room_name: Option<String>,
+    pub user_speech_ms: i64,
+    pub bot_speech_ms: i64,
+}
+
+/// Every session in the store, oldest first.
+pub fn session_rows(dir: &Path) -> Vec<SessionRow> {
+    let db = rusqlite::Connection::open(dir.join("kiosk.db")).unwrap();
+    db.prepare(
+        "SELECT id, started_at, ended_at, end_reason, room_name, user_speech_ms, bot_speech_ms
+         FROM sessions ORDER BY started_at",
+    )
+    .unwrap()
+    .query_map([], |r| {
+        Ok(SessionRow {
+            id: r.get(0)?,
+            started_at: r.get(1)?,
+            ended_at: r.get(2)?,
+            end_reason: r.get(3)?,
+            room_name: r.get(4)?,
+            user_speech_ms: r.get(5)?,
+            bot_speech_ms: r.get(6)?,
+        })
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// (seq, role, text) of a session's transcript lines, in order.
+pub fn transcript_lines(dir: &Path, session_id: &str) -> Vec<(i64, String, String)> {
+    let db = rusqlite::Connection::open(dir.join("kiosk.db")).unwrap();
+    db.prepare("SELECT seq, role, text FROM transcripts WHERE session_id = ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([session_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}

@@ -49,6 +49,10 @@ pub struct FakeState {
     /// What the agent start endpoint returns (status, body).
     pub agent_start_reply: Option<(StatusCode, Value)>,
     pub agent_start_bodies: Vec<(HeaderMap, Value)>,
+    /// Every room created and every room deleted, in order, so a test can
+    /// tell that none was left behind.
+    pub created: Vec<String>,
+    pub deleted: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -97,6 +101,12 @@ impl FakeDaily {
             .iter()
             .filter(|l| l.method == method && l.path == path)
             .count()
+    }
+
+    /// (created, deleted) room names, in order.
+    pub fn room_history(&self) -> (Vec<String>, Vec<String>) {
+        let s = self.state.lock().unwrap();
+        (s.created.clone(), s.deleted.clone())
     }
 
     pub fn room_names(&self) -> Vec<String> {
@@ -227,6 +237,7 @@ async fn create_room(
         );
     }
     let room = room_json(&name, &privacy, &props);
+    s.created.push(name.clone());
     s.rooms.insert(name, room.clone());
     axum::Json(room).into_response()
 }
@@ -278,8 +289,12 @@ async fn delete_room(
     if let Some(r) = gate(&state, &method, &uri, &headers, &body).await {
         return r;
     }
-    match state.lock().unwrap().rooms.remove(&name) {
-        Some(_) => axum::Json(json!({"deleted": true, "name": name})).into_response(),
+    let mut s = state.lock().unwrap();
+    match s.rooms.remove(&name) {
+        Some(_) => {
+            s.deleted.push(name.clone());
+            axum::Json(json!({"deleted": true, "name": name})).into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             axum::Json(fixture("error_not_found.json")),
