@@ -154,9 +154,6 @@ async fn a_slowly_provisioned_daily_session_is_recorded_and_deletes_its_room() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: releasing more than 2 s of buffered speech overflows the audio \
-            engine's frame queue (FRAME_QUEUE = 100 in src/audio/engine.rs) and \
-            the newest buffered frames are dropped"]
 async fn a_slowly_provisioned_daily_session_loses_no_speech() {
     let agent = agent().await;
     let fake = FakeDaily::start().await;

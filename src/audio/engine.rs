@@ -29,10 +29,13 @@ use super::units::{FRAME_48K, FRAME_MS, Millis, SampleRate, f32_to_i16};
 use super::wav::read_wav;
 use super::{AudioError, error_chain};
 
-/// Events and packets queued for the session layer before the oldest are
-/// dropped (and counted): 2 s of packets, plenty of events.
+/// Events queued for the session layer before the newest are dropped (and
+/// counted). The packet queue is sized from `vad.buffer_ms` instead: when
+/// the link becomes ready the whole speech buffer is released at once, and
+/// every packet of it must fit.
 const EVENT_QUEUE: usize = 256;
-const FRAME_QUEUE: usize = 100;
+/// Packets beyond the speech buffer: what is captured while the burst drains.
+const FRAME_QUEUE_SPARE: usize = 100;
 /// Packets from the link queued for the DSP thread.
 const CONTROL_QUEUE: usize = 256;
 /// Speaker ring space beyond `device_buffer_ms`, used only by devices that
@@ -91,7 +94,9 @@ impl AudioEngine {
         let metrics = Arc::new(AudioMetrics::default());
         let (control_tx, control_rx) = mpsc::sync_channel(CONTROL_QUEUE);
         let (event_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
-        let (frame_tx, frames) = mpsc::sync_channel(FRAME_QUEUE);
+        // One packet per 20 ms Opus frame.
+        let buffered_packets = (vad.buffer_ms.0 / (2 * FRAME_MS.0)) as usize;
+        let (frame_tx, frames) = mpsc::sync_channel(buffered_packets + FRAME_QUEUE_SPARE);
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
