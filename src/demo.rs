@@ -19,7 +19,7 @@ use crate::link::LinkSettings;
 use crate::link::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig};
 use crate::link::media::{self, MediaError};
 use crate::reachability::Prober;
-use crate::session::orchestrator::{Orchestrator, SessionSettings, Transition};
+use crate::session::orchestrator::{Orchestrator, SessionSettings, Startup, Transition};
 use crate::session::provision::{AgentSettings, ProvisionError, ProvisionMode, Provisioner};
 use crate::status::{self, Auth, Identity, LinkView, Published, StatusState};
 use crate::store::{Store, StoreError, StoreHandle, Transcript};
@@ -48,10 +48,9 @@ pub struct DemoSummary {
     pub utterances: u64,
     pub speech_ms_sent: u64,
     pub speech_ms_received_by_agent: u64,
-    /// From the first speech onset to the first packet handed to the link.
-    pub onset_to_first_packet_ms: Option<u64>,
-    /// From the first speech onset until the agent was provisioned.
-    pub provisioning_ms: Option<u64>,
+    /// From the first speech onset to the first packet handed to the link,
+    /// stage by stage.
+    pub startup: Option<Startup>,
     pub transcripts: Vec<Transcript>,
     /// The call's final quality figures.
     pub link: Option<LinkView>,
@@ -221,14 +220,7 @@ async fn run_async(
         utterances: report.utterances,
         speech_ms_sent: report.speech_ms_sent,
         speech_ms_received_by_agent: record.utterances.iter().map(|d| d.as_millis() as u64).sum(),
-        onset_to_first_packet_ms: report
-            .onset_to_first_packet
-            .first()
-            .map(|d| d.as_millis() as u64),
-        provisioning_ms: report
-            .provisioning_time
-            .first()
-            .map(|d| d.as_millis() as u64),
+        startup: report.startups.first().copied(),
         transcripts,
         link: final_link.borrow().link.clone(),
         output_wav,
@@ -246,7 +238,6 @@ fn random_token() -> String {
 impl DemoSummary {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
         out.push_str(&format!(
             "session      {}\n",
             self.session_id.as_deref().unwrap_or("none")
@@ -263,11 +254,17 @@ impl DemoSummary {
             "speech       {} ms sent, {} ms heard by the agent\n",
             self.speech_ms_sent, self.speech_ms_received_by_agent
         ));
-        out.push_str(&format!(
-            "latency      onset to first packet {}, provisioning {}\n",
-            ms(self.onset_to_first_packet_ms),
-            ms(self.provisioning_ms)
-        ));
+        if let Some(s) = &self.startup {
+            out.push_str(&format!(
+                "start-up     onset to first packet {} ms: provisioning {} ms, call set-up {} ms, \
+                 agent ready {} ms, gateway release {} ms\n",
+                s.onset_to_first_packet_ms,
+                s.provisioning_ms,
+                s.call_setup_ms,
+                s.agent_ready_ms,
+                s.release_ms
+            ));
+        }
         if let Some(l) = &self.link {
             let rtt = l.rtt_ms.map_or("-".into(), |r| format!("{r:.1} ms"));
             out.push_str(&format!(

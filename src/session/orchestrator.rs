@@ -65,9 +65,50 @@ pub struct RunReport {
     pub transitions: Vec<Transition>,
     pub utterances: u64,
     pub speech_ms_sent: u64,
-    /// Onset to first packet handed to the link, per session.
-    pub onset_to_first_packet: Vec<Duration>,
-    pub provisioning_time: Vec<Duration>,
+    /// How each session's first packet came to be sent.
+    pub startups: Vec<Startup>,
+}
+
+/// From the speech onset that starts a session to its first packet handed
+/// to the link, in consecutive stages that add up to the whole. Only
+/// `release_ms` is the gateway's alone; the others wait on the cloud.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Startup {
+    /// Onset to the room and agent being provisioned.
+    pub provisioning_ms: u64,
+    /// Provisioned to the call being up (signalling, ICE, DTLS).
+    pub call_setup_ms: u64,
+    /// Call up to the agent saying `bot-ready` (or the ready timeout).
+    pub agent_ready_ms: u64,
+    /// Agent ready to the first buffered packet handed to the link.
+    pub release_ms: u64,
+    pub onset_to_first_packet_ms: u64,
+}
+
+/// When a starting session passed each stage (see [`Startup`]).
+#[derive(Debug, Default)]
+struct Milestones {
+    provisioned: Option<Instant>,
+    connected: Option<Instant>,
+    ready: Option<Instant>,
+}
+
+impl Milestones {
+    fn startup(&self, onset: Instant, first_packet: Instant) -> Startup {
+        let ms = |from: Instant, to: Option<Instant>| {
+            to.map_or(0, |t| t.saturating_duration_since(from).as_millis() as u64)
+        };
+        let provisioned = self.provisioned.unwrap_or(onset);
+        let connected = self.connected.unwrap_or(provisioned);
+        let ready = self.ready.unwrap_or(connected);
+        Startup {
+            provisioning_ms: ms(onset, self.provisioned),
+            call_setup_ms: ms(provisioned, self.connected),
+            agent_ready_ms: ms(connected, self.ready),
+            release_ms: ms(ready, Some(first_packet)),
+            onset_to_first_packet_ms: ms(onset, Some(first_packet)),
+        }
+    }
 }
 
 /// The session in progress.
@@ -85,6 +126,7 @@ struct Current {
     /// Agents send the bot's words under several types; one is stored.
     bot_text_kind: Option<BotTextKind>,
     first_packet_sent: bool,
+    milestones: Milestones,
 }
 
 type Pending<T> = Option<tokio::task::JoinHandle<T>>;
@@ -354,7 +396,9 @@ impl Orchestrator {
         }
         if !c.first_packet_sent && self.audio_out.is_some() {
             c.first_packet_sent = true;
-            self.report.onset_to_first_packet.push(c.onset.elapsed());
+            let startup = c.milestones.startup(c.onset, Instant::now());
+            info!(session_id = %c.id, ?startup, "first packet handed to the link");
+            self.report.startups.push(startup);
         }
     }
 
@@ -370,7 +414,12 @@ impl Orchestrator {
 
     async fn on_link(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Ready => self.apply(Event::Connected).await,
+            LinkEvent::Ready => {
+                if let Some(c) = &mut self.current {
+                    c.milestones.connected.get_or_insert_with(Instant::now);
+                }
+                self.apply(Event::Connected).await;
+            }
             LinkEvent::Reconnecting { reason } => {
                 warn!(%reason, "call dropped; reconnecting");
                 self.apply(Event::LinkLost).await;
@@ -457,7 +506,7 @@ impl Orchestrator {
         match result {
             Ok(p) => {
                 if let Some(c) = &mut self.current {
-                    self.report.provisioning_time.push(c.onset.elapsed());
+                    c.milestones.provisioned = Some(Instant::now());
                     let (id, room_name, room_url, agent_id) = (
                         c.id,
                         p.room.as_ref().map(|r| r.name.to_string()),
@@ -545,6 +594,9 @@ impl Orchestrator {
                 self.ready_at = Some(Instant::now() + self.settings.ready_timeout);
             }
             Action::ReleaseAudio => {
+                if let Some(c) = &mut self.current {
+                    c.milestones.ready.get_or_insert_with(Instant::now);
+                }
                 self.ready_at = None;
                 self.engine.link_ready();
             }
@@ -590,6 +642,7 @@ impl Orchestrator {
             partial: None,
             bot_text_kind: None,
             first_packet_sent: false,
+            milestones: Milestones::default(),
         });
     }
 

@@ -83,6 +83,14 @@ fn describe() {
         "kiosk_http_requests_total",
         "Status server requests by route and status code."
     );
+    describe_counter!(
+        "kiosk_audio_packets_late_total",
+        "Packets of the bot's audio that arrived after their playout time."
+    );
+    describe_gauge!(
+        "kiosk_audio_capture_latency_seconds",
+        "From the microphone's last sample of a packet to the packet leaving the DSP thread (mean, max)."
+    );
     describe_gauge!(
         "kiosk_cloud_up",
         "1 if the last check of the service (daily, agent) succeeded."
@@ -161,11 +169,16 @@ pub fn record_audio(a: &AudioMetrics) {
         &a.buffer_overflow_packets,
     );
     total("kiosk_audio_packets_concealed_total", &a.packets_concealed);
+    total("kiosk_audio_packets_late_total", &a.packets_late);
     total("kiosk_audio_device_errors_total", &a.device_errors);
     total("kiosk_audio_device_reopens_total", &a.device_reopens);
     gauge!("kiosk_audio_input_open").set(f64::from(u8::from(a.input_open.load(Relaxed))));
     gauge!("kiosk_audio_output_open").set(f64::from(u8::from(a.output_open.load(Relaxed))));
     gauge!("kiosk_audio_level_dbfs").set(f64::from(a.level().0));
+    if let Some((mean_us, max_us)) = a.capture_latency_us() {
+        gauge!("kiosk_audio_capture_latency_seconds", "stat" => "mean").set(mean_us as f64 / 1e6);
+        gauge!("kiosk_audio_capture_latency_seconds", "stat" => "max").set(max_us as f64 / 1e6);
+    }
 }
 
 /// Renders the text exposition, refreshing the figures read on demand.
