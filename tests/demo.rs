@@ -83,12 +83,13 @@ fn demo_runs_a_whole_session_offline() {
     // (agent ready to first packet) is small.
     let st = &s["startup"];
     let part = |k: &str| st[k].as_u64().unwrap_or_else(|| panic!("{k} in {st}"));
-    assert_eq!(
-        part("provisioning_ms")
-            + part("call_setup_ms")
-            + part("agent_ready_ms")
-            + part("release_ms"),
-        part("onset_to_first_packet_ms"),
+    let stages = part("provisioning_ms")
+        + part("call_setup_ms")
+        + part("agent_ready_ms")
+        + part("release_ms");
+    // Each stage is rounded down to whole milliseconds.
+    assert!(
+        stages.abs_diff(part("onset_to_first_packet_ms")) <= 3,
         "{st}"
     );
     assert!(part("release_ms") < 500, "{st}");
