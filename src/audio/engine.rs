@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use cpal::traits::{DeviceTrait, StreamTrait};
@@ -41,13 +41,14 @@ const CONTROL_QUEUE: usize = 256;
 /// Speaker ring space beyond `device_buffer_ms`, used only by devices that
 /// ask for larger blocks than requested.
 const OUTPUT_RING_SPARE: Millis = Millis(250);
-/// How often the DSP thread wakes to look for work. Bounds the latency it
-/// adds after a device callback.
-const POLL: Duration = Duration::from_millis(2);
+/// The DSP thread sleeps until there is work: a device callback, a control
+/// message or a paced file's next frame wakes it. This bounds the sleep so a
+/// device that stops calling back is still noticed.
+const MAX_WAIT: Duration = Duration::from_millis(20);
 /// The wake-up interval while no microphone and no speaker is open: there is
 /// no callback to keep up with, only reopen attempts and paced playout that
 /// catches up in whole frames, so the kiosk costs nothing while it waits.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 // Packets travel inline: boxing them would make the DSP thread free memory
 // for every packet.
@@ -63,6 +64,7 @@ enum Control {
 pub struct PlayoutSender {
     control: SyncSender<Control>,
     metrics: Arc<AudioMetrics>,
+    dsp: Thread,
 }
 
 impl PlayoutSender {
@@ -70,6 +72,7 @@ impl PlayoutSender {
     /// if the engine is not keeping up or has stopped.
     pub fn push(&self, packet: IncomingPacket) -> bool {
         let sent = self.control.try_send(Control::Packet(packet)).is_ok();
+        self.dsp.unpark();
         if !sent {
             AudioMetrics::add(&self.metrics.events_dropped, 1);
         }
@@ -85,6 +88,8 @@ pub struct AudioEngine {
     metrics: Arc<AudioMetrics>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), AudioError>>>,
+    /// The DSP thread, to wake it when there is work for it.
+    dsp: Thread,
 }
 
 impl AudioEngine {
@@ -139,6 +144,7 @@ impl AudioEngine {
             frames,
             metrics,
             stop,
+            dsp: thread.thread().clone(),
             thread: Some(thread),
         })
     }
@@ -169,6 +175,7 @@ impl AudioEngine {
         PlayoutSender {
             control: self.control.clone(),
             metrics: self.metrics.clone(),
+            dsp: self.dsp.clone(),
         }
     }
 
@@ -197,10 +204,12 @@ impl AudioEngine {
         if let Err(TrySendError::Full(_)) = self.control.try_send(control) {
             warn!("audio engine control queue full");
         }
+        self.dsp.unpark();
     }
 
     fn shutdown(&mut self) -> Result<(), AudioError> {
         self.stop.store(true, Ordering::Relaxed);
+        self.dsp.unpark();
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(AudioError::Stopped("DSP thread panicked".into())),
@@ -265,6 +274,12 @@ impl Pacer {
         let due = elapsed.saturating_sub(self.done);
         self.done += due;
         due
+    }
+
+    /// Time until the next frame is due.
+    fn until_next(&self) -> Duration {
+        (self.start + Duration::from_millis((self.done + 1) * u64::from(FRAME_MS.0)))
+            .saturating_duration_since(Instant::now())
     }
 
     /// When the latest due frame became due: what a device callback's
@@ -438,7 +453,7 @@ impl DspThread {
             self.handle_control();
             self.capture()?;
             self.play()?;
-            std::thread::sleep(if self.nothing_open() { IDLE_POLL } else { POLL });
+            std::thread::park_timeout(self.next_wait());
         }
         self.dsp.finish(&mut self.sink);
         if let Output::Wav { writer, .. } = self.output {
@@ -448,6 +463,23 @@ impl DspThread {
             })?;
         }
         Ok(())
+    }
+
+    /// How long to sleep unless woken: device callbacks and control
+    /// messages wake the thread; paced files and an absent speaker need it
+    /// at their next frame.
+    fn next_wait(&self) -> Duration {
+        if self.nothing_open() {
+            return IDLE_WAIT;
+        }
+        let mut wait = MAX_WAIT;
+        if let Input::Wav { pacer, .. } = &self.input {
+            wait = wait.min(pacer.until_next());
+        }
+        if let Output::Wav { pacer, .. } | Output::Absent { pacer } = &self.output {
+            wait = wait.min(pacer.until_next());
+        }
+        wait
     }
 
     fn nothing_open(&self) -> bool {
@@ -715,10 +747,14 @@ fn build_input<T: CallbackSample>(
     let last_input = sink.last_input.clone();
     let epoch = sink.epoch;
     let failed = failed.clone();
+    // Devices are opened on the DSP thread, which the callbacks wake.
+    let (dsp, dsp_on_error) = (std::thread::current(), std::thread::current());
     device
         .build_input_stream::<T, _, _>(
             chosen.config,
-            // Real-time: no allocation, locks or logging in here.
+            // Real-time: no allocation, locks or logging in here. Waking the
+            // DSP thread is an atomic swap plus, when it sleeps, one futex
+            // wake: bounded, and it saves the thread from polling.
             move |data: &[T], _| {
                 let mut overrun = 0;
                 for frame in data.chunks_exact(channels) {
@@ -731,10 +767,12 @@ fn build_input<T: CallbackSample>(
                     AudioMetrics::add(&data_metrics.input_overrun_samples, overrun);
                 }
                 last_input.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                dsp.unpark();
             },
             move |_err| {
                 AudioMetrics::add(&error_metrics.device_errors, 1);
                 failed.store(true, Ordering::Relaxed);
+                dsp_on_error.unpark();
             },
             None,
         )
@@ -796,10 +834,13 @@ fn build_output<T: CallbackSample>(
     let (data_metrics, error_metrics) = (metrics.clone(), metrics.clone());
     let failed = failed.clone();
     let largest_request = largest_request.clone();
+    // Opened on the DSP thread; woken to refill what was just played.
+    let (dsp, dsp_on_error) = (std::thread::current(), std::thread::current());
     device
         .build_output_stream::<T, _, _>(
             chosen.config,
-            // Real-time: no allocation, locks or logging in here.
+            // Real-time: no allocation, locks or logging in here (the wake-up
+            // is as in the input callback).
             move |data: &mut [T], _| {
                 largest_request.fetch_max(data.len() / channels, Ordering::Relaxed);
                 let mut underrun = 0;
@@ -813,10 +854,12 @@ fn build_output<T: CallbackSample>(
                 if underrun > 0 {
                     AudioMetrics::add(&data_metrics.output_underrun_samples, underrun);
                 }
+                dsp.unpark();
             },
             move |_err| {
                 AudioMetrics::add(&error_metrics.device_errors, 1);
                 failed.store(true, Ordering::Relaxed);
+                dsp_on_error.unpark();
             },
             None,
         )
