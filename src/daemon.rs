@@ -131,17 +131,20 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         .daily_settings()
         .map(|d| DailyClient::new(&d))
         .transpose()?;
+    let provisioner = Provisioner::new(
+        config.provision_mode(),
+        daily.clone(),
+        config.agent_settings(),
+    )?;
     let prober = Prober::new(
-        daily
-            .clone()
-            .filter(|_| config.provision_mode() == ProvisionMode::Daily),
+        daily.filter(|_| config.provision_mode() == ProvisionMode::Daily),
         config.agent_probe_url(),
+        provisioner.http(),
         config.status.probe_interval,
     );
     let cloud_checks = prober.checks();
     let probe_trigger = prober.trigger();
     tasks.spawn(prober.run(cancel.clone()));
-    let provisioner = Provisioner::new(config.provision_mode(), daily, config.agent_settings())?;
     let (orchestrator, session_commands) = Orchestrator::new(
         session_settings(&config)?,
         provisioner,

@@ -135,8 +135,6 @@ async fn run_async(
     };
     let engine = AudioEngine::start(&audio, &VadSettings::default())?;
     let audio_metrics = engine.metrics().clone();
-    let prober = Prober::new(None, Some(agent.offer_url()), Duration::from_secs(60));
-    let cloud_checks = prober.checks();
 
     let provisioner = Provisioner::new(
         ProvisionMode::Static,
@@ -146,6 +144,14 @@ async fn run_async(
             ..AgentSettings::default()
         },
     )?;
+
+    let prober = Prober::new(
+        None,
+        Some(agent.offer_url()),
+        provisioner.http(),
+        Duration::from_secs(60),
+    );
+    let cloud_checks = prober.checks();
 
     let (publish, published) = watch::channel(Published {
         state: "idle",

@@ -83,20 +83,19 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// `interval` zero checks only when triggered.
-    pub fn new(daily: Option<DailyClient>, agent: Option<Url>, interval: Duration) -> Self {
+    /// `interval` zero checks only when triggered. `http` is the client
+    /// sessions are started with (one TLS set-up in memory, not two).
+    pub fn new(
+        daily: Option<DailyClient>,
+        agent: Option<Url>,
+        http: reqwest::Client,
+        interval: Duration,
+    ) -> Self {
         let mut targets = Vec::new();
         if let Some(client) = daily {
             targets.push(Target::Daily(client));
         }
         if let Some(url) = agent {
-            let http = reqwest::Client::builder()
-                .timeout(PROBE_TIMEOUT)
-                .user_agent(concat!("kiosk-gateway/", env!("CARGO_PKG_VERSION")))
-                // A redirect still proves the path works; do not follow it.
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("static reqwest configuration is valid");
             targets.push(Target::Agent { url, http });
         }
         let initial = targets
@@ -221,21 +220,23 @@ impl Target {
                     ),
                 }
             }
-            Target::Agent { url, http } => match http.head(url.clone()).send().await {
-                Ok(r) if r.status().is_server_error() => (
-                    Health::Degraded,
-                    format!("answers with HTTP {}", r.status().as_u16()),
-                ),
-                Ok(r) => (
-                    Health::Ok,
-                    format!("answers (HTTP {})", r.status().as_u16()),
-                ),
-                Err(e) if e.is_timeout() => (
-                    Health::Down,
-                    format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
-                ),
-                Err(e) => (Health::Down, format!("unreachable: {}", root_cause(&e))),
-            },
+            Target::Agent { url, http } => {
+                match http.head(url.clone()).timeout(PROBE_TIMEOUT).send().await {
+                    Ok(r) if r.status().is_server_error() => (
+                        Health::Degraded,
+                        format!("answers with HTTP {}", r.status().as_u16()),
+                    ),
+                    Ok(r) => (
+                        Health::Ok,
+                        format!("answers (HTTP {})", r.status().as_u16()),
+                    ),
+                    Err(e) if e.is_timeout() => (
+                        Health::Down,
+                        format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+                    ),
+                    Err(e) => (Health::Down, format!("unreachable: {}", root_cause(&e))),
+                }
+            }
         };
         Outcome {
             health,

@@ -172,6 +172,11 @@ pub struct Provisioner {
 const MAX_BODY_IN_ERROR: usize = 300;
 
 impl Provisioner {
+    /// The HTTP client agent starts go through, for others to share.
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
     /// `daily` is needed for [`ProvisionMode::Daily`] only.
     pub fn new(
         mode: ProvisionMode,
