@@ -39,7 +39,7 @@ fn bot_packets() -> Vec<IncomingPacket> {
         .map(|(k, c)| IncomingPacket {
             seq: k as u16,
             timestamp: (k * OPUS_FRAME) as u32,
-            payload: enc.encode(c.try_into().unwrap()).unwrap(),
+            payload: enc.encode(c).unwrap(),
         })
         .collect()
 }

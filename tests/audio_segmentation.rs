@@ -82,7 +82,7 @@ fn preroll_hands_out_the_audio_from_before_the_onset() {
     let clip48 = resample_clip(&clip.samples, clip.rate, SampleRate::OPUS).unwrap();
     let settings = VadSettings::default();
     let mut vad = VoiceDetector::new(settings.aggressiveness);
-    let mut segmenter = Segmenter::new(&settings);
+    let mut segmenter = Segmenter::<FRAME_48K>::new(&settings);
     let mut first_start: Option<(Millis, Millis)> = None;
     let mut audio: Vec<f32> = Vec::new();
     let mut ended = false;

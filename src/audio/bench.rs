@@ -190,14 +190,11 @@ fn bench_capture(
 
     let (resample, voiced) = time(|| {
         let mut to_vad = StreamResampler::new(rate, SampleRate::VAD, block)?;
-        let mut to_opus = StreamResampler::new(rate, SampleRate::OPUS, block)?;
         let mut f16 = [0.0; VAD_FRAME];
-        let mut f48 = [0.0; FRAME_48K];
         let mut n = 0usize;
         for chunk in mic.chunks(block) {
             to_vad.push(chunk)?;
-            to_opus.push(chunk)?;
-            while to_vad.pop_frame(&mut f16) && to_opus.pop_frame(&mut f48) {
+            while to_vad.pop_frame(&mut f16) {
                 n += 1;
             }
         }
@@ -218,8 +215,8 @@ fn bench_capture(
     let (seg_time, emitted) = time(|| {
         let mut segmenter = Segmenter::new(vad_settings);
         let mut emitted = 0u64;
-        for (voiced, frame) in decisions.iter().zip(speech48.chunks_exact(FRAME_48K)) {
-            let frame: &[f32; FRAME_48K] = frame.try_into().unwrap_or(&[0.0; FRAME_48K]);
+        for (voiced, frame) in decisions.iter().zip(speech16.chunks_exact(VAD_FRAME)) {
+            let frame: &[f32; VAD_FRAME] = frame.try_into().unwrap_or(&[0.0; VAD_FRAME]);
             segmenter.push(*voiced, frame, &mut |_| emitted += 1);
         }
         Ok(emitted)
@@ -228,11 +225,10 @@ fn bench_capture(
     stages.insert("segmenter", per_frame(seg_time, decisions.len()));
 
     let (enc_time, bytes) = time(|| {
-        let mut encoder = OpusEncoder::new(audio)?;
+        let mut encoder = OpusEncoder::with_input_rate(audio, SampleRate::VAD)?;
         let mut bytes = 0usize;
-        for chunk in speech48.chunks_exact(OPUS_FRAME) {
-            let frame: &[f32; OPUS_FRAME] = chunk.try_into().unwrap_or(&[0.0; OPUS_FRAME]);
-            bytes += encoder.encode(frame)?.bytes().len();
+        for chunk in speech16.chunks_exact(encoder.frame_len()) {
+            bytes += encoder.encode(chunk)?.bytes().len();
         }
         Ok(bytes)
     })?;

@@ -1,9 +1,9 @@
 //! The capture path without threads or devices: microphone samples in,
 //! speech events and Opus packets out.
 //!
-//! Stages per 10 ms frame: resample (device rate to 16 kHz for the VAD and to
-//! 48 kHz for Opus), VAD, echo gate, segmenter, and while a conversation is
-//! active, Opus encoding into the buffer-until-ready.
+//! Stages per 10 ms frame: resample (device rate to 16 kHz), VAD, echo gate,
+//! segmenter, and while a conversation is active, Opus encoding of the same
+//! 16 kHz audio into the buffer-until-ready.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,9 +17,11 @@ use super::metrics::AudioMetrics;
 use super::resample::StreamResampler;
 use super::segmenter::{SegmentOutput, Segmenter, Utterance};
 use super::settings::{AudioSettings, VadSettings};
-use super::units::{Dbfs, FRAME_48K, Millis, OPUS_FRAME, SampleRate, VAD_FRAME};
+use super::units::{Dbfs, Millis, OPUS_FRAME, SampleRate, VAD_FRAME};
 use super::vad::VoiceDetector;
 
+/// One 20 ms Opus frame of the 16 kHz stream.
+const ENCODE_FRAME: usize = 2 * VAD_FRAME;
 /// Level events are sent this often (in 10 ms frames) for the status page.
 const LEVEL_EVERY_FRAMES: u64 = 10;
 /// Packets of this size or smaller are Opus DTX (comfort-noise) frames.
@@ -114,22 +116,20 @@ impl SpeechBuffer {
 
 pub struct CaptureProcessor {
     to_vad: StreamResampler,
-    to_opus: StreamResampler,
     vad_frame: [f32; VAD_FRAME],
-    frame_48k: [f32; FRAME_48K],
     vad: VoiceDetector,
     gate: EchoGate,
-    segmenter: Segmenter,
+    segmenter: Segmenter<VAD_FRAME>,
     encoder: Option<OpusEncoder>,
-    opus_input: [f32; OPUS_FRAME],
+    opus_input: [f32; ENCODE_FRAME],
     opus_filled: usize,
-    /// 48 kHz samples handed to the encoder so far.
+    /// Encoded audio so far, in 48 kHz samples (the RTP clock).
     encoded_samples: u64,
     state: StreamState,
     next_after_silence: bool,
     buffer: SpeechBuffer,
     /// Frames the segmenter hands out when a conversation starts, reused.
-    scratch: Vec<[f32; FRAME_48K]>,
+    scratch: Vec<[f32; VAD_FRAME]>,
     frames: u64,
     level_energy: f32,
     metrics: Arc<AudioMetrics>,
@@ -150,18 +150,16 @@ impl CaptureProcessor {
         let scratch = Vec::with_capacity(segmenter.history_len());
         Ok(Self {
             to_vad: StreamResampler::new(input_rate, SampleRate::VAD, max_block)?,
-            to_opus: StreamResampler::new(input_rate, SampleRate::OPUS, max_block)?,
             vad_frame: [0.0; VAD_FRAME],
-            frame_48k: [0.0; FRAME_48K],
             vad: VoiceDetector::new(vad.aggressiveness),
             gate: EchoGate::new(vad.echo_margin_db),
             segmenter,
             encoder: if encode {
-                Some(OpusEncoder::new(audio)?)
+                Some(OpusEncoder::with_input_rate(audio, SampleRate::VAD)?)
             } else {
                 None
             },
-            opus_input: [0.0; OPUS_FRAME],
+            opus_input: [0.0; ENCODE_FRAME],
             opus_filled: 0,
             encoded_samples: 0,
             state: StreamState::Idle,
@@ -211,10 +209,7 @@ impl CaptureProcessor {
         sink: &mut dyn AudioSink,
     ) -> Result<(), AudioError> {
         self.to_vad.push(samples)?;
-        self.to_opus.push(samples)?;
-        while self.to_vad.available() >= VAD_FRAME && self.to_opus.available() >= FRAME_48K {
-            self.to_vad.pop_frame(&mut self.vad_frame);
-            self.to_opus.pop_frame(&mut self.frame_48k);
+        while self.to_vad.pop_frame(&mut self.vad_frame) {
             self.process_frame(sink)?;
         }
         Ok(())
@@ -263,7 +258,7 @@ impl CaptureProcessor {
         // conversation with its pre-roll.
         let streaming = self.state != StreamState::Idle;
         let discarded_before = self.segmenter.discarded();
-        let frame = self.frame_48k;
+        let frame = self.vad_frame;
         let mut starts: [Option<(Millis, Millis)>; 2] = [None, None];
         let mut ended: [Option<Utterance>; 2] = [None, None];
         // Split borrows: the segmenter's callback fills the reused scratch list.
@@ -314,15 +309,15 @@ impl CaptureProcessor {
 
     fn encode(
         &mut self,
-        frame: &[f32; FRAME_48K],
+        frame: &[f32; VAD_FRAME],
         sink: &mut dyn AudioSink,
     ) -> Result<(), AudioError> {
         let Some(encoder) = self.encoder.as_mut() else {
             return Ok(());
         };
-        self.opus_input[self.opus_filled..self.opus_filled + FRAME_48K].copy_from_slice(frame);
-        self.opus_filled += FRAME_48K;
-        if self.opus_filled < OPUS_FRAME {
+        self.opus_input[self.opus_filled..self.opus_filled + VAD_FRAME].copy_from_slice(frame);
+        self.opus_filled += VAD_FRAME;
+        if self.opus_filled < ENCODE_FRAME {
             return Ok(());
         }
         self.opus_filled = 0;

@@ -4,7 +4,7 @@ use opus::{Application, Bandwidth, Bitrate, Channels, Decoder, Encoder};
 
 use super::AudioError;
 use super::settings::AudioSettings;
-use super::units::{OPUS_FRAME, SampleRate};
+use super::units::{Millis, OPUS_FRAME, SampleRate};
 
 /// Largest packet kept; at the bitrates a kiosk uses a 20 ms packet is well
 /// under 200 bytes, and libopus never produces more than this for one frame.
@@ -41,11 +41,22 @@ impl std::fmt::Debug for OpusPacket {
 /// VoIP-tuned encoder with in-band FEC and DTX.
 pub struct OpusEncoder {
     encoder: Encoder,
+    /// Samples in one 20 ms frame at the input rate.
+    frame_len: usize,
 }
 
 impl OpusEncoder {
+    /// An encoder fed 48 kHz audio.
     pub fn new(settings: &AudioSettings) -> Result<Self, AudioError> {
-        let mut encoder = Encoder::new(SampleRate::OPUS.hz(), Channels::Mono, Application::Voip)?;
+        Self::with_input_rate(settings, SampleRate::OPUS)
+    }
+
+    /// An encoder fed audio at `rate` (8, 12, 16, 24 or 48 kHz). The
+    /// microphone path feeds it the VAD's 16 kHz stream: the coded band
+    /// stops at 8 kHz anyway (see below), and giving Opus 16 kHz spares a
+    /// resampler on each side of it.
+    pub fn with_input_rate(settings: &AudioSettings, rate: SampleRate) -> Result<Self, AudioError> {
+        let mut encoder = Encoder::new(rate.hz(), Channels::Mono, Application::Voip)?;
         encoder.set_bitrate(Bitrate::Bits(settings.opus_bitrate_bps))?;
         encoder.set_complexity(settings.opus_complexity)?;
         encoder.set_inband_fec(true)?;
@@ -55,11 +66,20 @@ impl OpusEncoder {
         // the coded band at wideband keeps Opus in its SILK mode, which
         // costs far less CPU than the hybrid modes at no loss to the agent.
         encoder.set_max_bandwidth(Bandwidth::Wideband)?;
-        Ok(Self { encoder })
+        Ok(Self {
+            encoder,
+            frame_len: rate.samples_in(Millis(20)),
+        })
     }
 
-    /// Encodes exactly one 20 ms frame.
-    pub fn encode(&mut self, frame: &[f32; OPUS_FRAME]) -> Result<OpusPacket, AudioError> {
+    /// Samples [`encode`](Self::encode) takes: 20 ms at the input rate.
+    pub fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+
+    /// Encodes exactly one 20 ms frame ([`frame_len`](Self::frame_len) samples).
+    pub fn encode(&mut self, frame: &[f32]) -> Result<OpusPacket, AudioError> {
+        debug_assert_eq!(frame.len(), self.frame_len, "one 20 ms frame");
         let mut out = OpusPacket {
             data: [0; MAX_PACKET],
             len: 0,
@@ -154,6 +174,33 @@ mod tests {
         }
         // Skip the first frames while the codec settles.
         let c = correlation(&input[4800..], &output[4800..], 480);
+        assert!(c > 0.9, "correlation {c}");
+    }
+
+    #[test]
+    fn a_16_khz_fed_encoder_decodes_to_the_same_signal_at_48_khz() {
+        let tone_at = |rate: f32, len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| {
+                    let t = i as f32 / rate;
+                    0.3 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
+                        + 0.1 * (2.0 * std::f32::consts::PI * 1320.0 * t).sin()
+                })
+                .collect()
+        };
+        let mut enc =
+            OpusEncoder::with_input_rate(&AudioSettings::default(), SampleRate::VAD).unwrap();
+        assert_eq!(enc.frame_len(), 320);
+        let mut dec = OpusDecoder::new().unwrap();
+        let mut output = Vec::new();
+        let mut pcm = [0.0; OPUS_FRAME];
+        for chunk in tone_at(16_000.0, 320 * 50).chunks_exact(320) {
+            let packet = enc.encode(chunk).unwrap();
+            assert_eq!(dec.decode(packet.bytes(), &mut pcm).unwrap(), OPUS_FRAME);
+            output.extend_from_slice(&pcm);
+        }
+        let expected = tone_at(48_000.0, OPUS_FRAME * 50);
+        let c = correlation(&expected[4800..], &output[4800..], 480);
         assert!(c > 0.9, "correlation {c}");
     }
 

@@ -1,13 +1,13 @@
 //! Turns per-frame voice decisions into utterances.
 //!
 //! The segmenter sees one 10 ms frame at a time with the VAD's verdict and
-//! the 48 kHz audio of that frame. It keeps recent frames so that when speech
+//! the audio of that frame (`N` samples: 160 at 16 kHz in the gateway). It keeps recent frames so that when speech
 //! is confirmed it can hand out the pre-roll (audio from before the onset)
 //! followed by everything up to the end of the utterance, and nothing is
 //! clipped.
 
 use super::settings::VadSettings;
-use super::units::{FRAME_48K, Millis};
+use super::units::Millis;
 
 /// One utterance on the input's timeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,12 +28,12 @@ impl Utterance {
 
 /// What the segmenter reports, in order, for each frame pushed.
 #[derive(Debug, PartialEq)]
-pub enum SegmentOutput<'a> {
+pub enum SegmentOutput<'a, const N: usize> {
     /// Speech confirmed. `onset` is the first voiced frame; `preroll` is how
     /// much audio before it follows in `Speech` outputs.
     Started { onset: Millis, preroll: Millis },
     /// One 10 ms frame of utterance audio (pre-roll first).
-    Speech(&'a [f32; FRAME_48K]),
+    Speech(&'a [f32; N]),
     /// The utterance is over; emitted `hangover_ms` after its last voiced frame.
     Ended(Utterance),
 }
@@ -55,7 +55,7 @@ enum State {
 }
 
 /// VAD frames in, utterances out. Allocates only in `new`.
-pub struct Segmenter {
+pub struct Segmenter<const N: usize> {
     onset_window: u32,
     onset_voiced: u32,
     preroll: u64,
@@ -64,7 +64,7 @@ pub struct Segmenter {
     max_utterance: u64,
     /// Last `onset_window` decisions, newest in bit 0.
     window: u64,
-    history: Vec<[f32; FRAME_48K]>,
+    history: Vec<[f32; N]>,
     /// Index of the next frame to be pushed.
     next: u64,
     /// Frames before this index were already handed out.
@@ -73,7 +73,7 @@ pub struct Segmenter {
     discarded: u64,
 }
 
-impl Segmenter {
+impl<const N: usize> Segmenter<N> {
     pub fn new(settings: &VadSettings) -> Self {
         let onset_window = settings.onset_window_ms.frames().clamp(1, 64);
         let onset_voiced = settings.onset_voiced_ms.frames().clamp(1, onset_window);
@@ -90,7 +90,7 @@ impl Segmenter {
             min_speech,
             max_utterance: u64::from(settings.max_utterance_ms.frames()).max(min_speech + 1),
             window: 0,
-            history: vec![[0.0; FRAME_48K]; capacity as usize],
+            history: vec![[0.0; N]; capacity as usize],
             next: 0,
             emitted_until: 0,
             state: State::Silence,
@@ -116,8 +116,8 @@ impl Segmenter {
     pub fn push(
         &mut self,
         voiced: bool,
-        frame: &[f32; FRAME_48K],
-        out: &mut dyn FnMut(SegmentOutput<'_>),
+        frame: &[f32; N],
+        out: &mut dyn FnMut(SegmentOutput<'_, N>),
     ) {
         let idx = self.next;
         let slot = (idx % self.history.len() as u64) as usize;
@@ -189,7 +189,7 @@ impl Segmenter {
     }
 
     /// Closes an open utterance at the end of the input.
-    pub fn finish(&mut self, out: &mut dyn FnMut(SegmentOutput<'_>)) {
+    pub fn finish(&mut self, out: &mut dyn FnMut(SegmentOutput<'_, N>)) {
         if let State::Speaking { onset, last_voiced } = self.state {
             out(SegmentOutput::Ended(Utterance {
                 start: Millis::from_frames(onset),
@@ -206,7 +206,7 @@ impl Segmenter {
         last_voiced: u64,
         voiced: u64,
         idx: u64,
-        out: &mut dyn FnMut(SegmentOutput<'_>),
+        out: &mut dyn FnMut(SegmentOutput<'_, N>),
     ) -> State {
         // Counting voiced frames rather than the span keeps sparse bursts
         // of noise from adding up to an utterance.
@@ -238,6 +238,7 @@ impl Segmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::units::FRAME_48K;
 
     /// Runs a voiced/unvoiced pattern through the segmenter; each frame's
     /// audio is filled with its index so the output order can be checked.
@@ -245,7 +246,7 @@ mod tests {
         let mut seg = Segmenter::new(settings);
         let mut utterances = Vec::new();
         let mut frames = Vec::new();
-        let mut sink = |o: SegmentOutput<'_>| match o {
+        let mut sink = |o: SegmentOutput<'_, FRAME_48K>| match o {
             SegmentOutput::Speech(f) => frames.push(f[0] as u64),
             SegmentOutput::Ended(u) => utterances.push(u),
             SegmentOutput::Started { .. } => {}
