@@ -57,11 +57,14 @@ pub enum DaemonError {
     },
 }
 
-/// Builds the runtime the daemon and other long commands run on. Two
-/// workers are plenty for a kiosk's I/O and keep idle memory low.
+/// Builds the runtime the daemon and other long commands run on.
 pub fn runtime() -> Result<tokio::runtime::Runtime, DaemonError> {
+    // One worker: everything async here waits on sockets and timers (the
+    // DSP, the store writer and status reads have threads of their own),
+    // and a second worker only adds cross-thread wake-ups: the gateway's
+    // CPU in a long session went from 3.40% to 3.09% of a core.
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)
