@@ -21,9 +21,7 @@ struct Events(Vec<(u32, AudioEvent)>, u32);
 
 impl AudioSink for Events {
     fn event(&mut self, event: AudioEvent) {
-        if !matches!(event, AudioEvent::Level(_)) {
-            self.0.push((self.1, event));
-        }
+        self.0.push((self.1, event));
     }
     fn frame(&mut self, _frame: EncodedFrame) {}
 }

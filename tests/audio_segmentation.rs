@@ -124,9 +124,7 @@ struct Recorder {
 
 impl AudioSink for Recorder {
     fn event(&mut self, event: AudioEvent) {
-        if !matches!(event, AudioEvent::Level(_)) {
-            self.events.push(event);
-        }
+        self.events.push(event);
     }
     fn frame(&mut self, frame: EncodedFrame) {
         self.frames.push(frame);

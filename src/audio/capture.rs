@@ -37,8 +37,6 @@ pub enum AudioEvent {
         preroll: Millis,
     },
     SpeechEnded(Utterance),
-    /// Microphone level over the last 100 ms.
-    Level(Dbfs),
     /// The visitor spoke over the bot: its playback was faded out and flushed.
     BargeIn,
     /// A device was lost (and will be reopened) or (re)opened.
@@ -238,8 +236,9 @@ impl CaptureProcessor {
             let avg = self.level_energy / LEVEL_EVERY_FRAMES as f32;
             let avg = Dbfs((10.0 * avg.max(1e-10).log10()).max(Dbfs::FLOOR.0));
             self.level_energy = 0.0;
+            // Read from the metrics by whoever shows it: an event ten times
+            // a second would wake the session layer for nothing.
             self.metrics.set_level(avg);
-            sink.event(AudioEvent::Level(avg));
         }
 
         let raw_voiced = self.vad.is_voiced(&self.vad_frame);

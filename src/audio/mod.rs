@@ -18,7 +18,6 @@
 //!         Ok(AudioEvent::SpeechStarted { onset, preroll }) => {}
 //!         Ok(AudioEvent::SpeechEnded(utterance)) => {} // utterance.speech()
 //!         Ok(AudioEvent::BargeIn) => {}          // bot audio was cut off
-//!         Ok(AudioEvent::Level(dbfs)) => {}      // 10 per second
 //!         Ok(AudioEvent::Device { direction, open }) => {}
 //!         Err(_) => break,
 //!     }

@@ -379,7 +379,6 @@ impl Orchestrator {
                     warn!(?direction, "audio device lost; reopening");
                 }
             }
-            AudioEvent::Level(_) => {}
         }
     }
 
