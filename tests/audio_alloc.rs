@@ -110,6 +110,7 @@ fn a_conversation_tick_does_not_allocate_after_warm_up() {
         }
     }
     assert!(sink.frames > 300, "only {} packets streamed", sink.frames);
-    assert!(sink.events > 10);
+    // Each utterance was reported as it started and ended.
+    assert!(sink.events >= 4, "only {} speech events", sink.events);
     assert_eq!(during, 0, "allocations in steady state");
 }
