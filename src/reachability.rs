@@ -1,6 +1,6 @@
 //! Can the kiosk reach its cloud? A background prober checks the Daily API
 //! and the agent's endpoint every `status.probe_interval`, and at once when
-//! a session could not be set up, so a technician sees "Daily: API key
+//! a session fails, so a technician sees "Daily: API key
 //! refused" or "agent: unreachable" before a visitor walks up, not after.
 //!
 //! - Daily: one `GET /rooms?limit=1` with the API key (no retries), which

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     Daemon, U1_MS, VISITOR_WAV, get, loud_samples, session_config, session_rows, silence,
-    speaker_samples, transcript_lines, visitor_clip, wait_for, wait_for_prompt, write_wav,
+    speaker_samples, transcript_lines, visitor_clip, wait_for, wait_for_prompt, wait_session_end,
+    write_wav,
 };
 use kiosk_gateway::link::agent::{LoopbackAgent, LoopbackAgentConfig};
 use kiosk_gateway::link::media;
@@ -56,10 +57,7 @@ async fn a_visitor_talks_and_the_session_idles_out_with_its_transcript() {
         "[session]\nidle_timeout = \"5s\"\n",
     );
     let d = Daemon::start(dir.path(), &config, &[]);
-    let s = wait_for(&d, "a session ends", Duration::from_secs(40), |s| {
-        s["recent_sessions"][0]["end_reason"].is_string()
-    })
-    .await;
+    let s = wait_session_end(&d, "a session ends", Duration::from_secs(40)).await;
     assert_eq!(s["recent_sessions"][0]["end_reason"], "idle");
     assert_eq!(s["state"], "idle");
     let db = rusqlite::Connection::open(dir.path().join("kiosk.db")).unwrap();
@@ -155,10 +153,7 @@ async fn an_unreachable_agent_plays_the_prompt_and_ends_the_session() {
     // Nothing listens on port 9 on loopback: the offer is refused at once.
     let config = config(dir.path(), "http://127.0.0.1:9/api/offer", "");
     let d = Daemon::start(dir.path(), &config, &[]);
-    wait_for(&d, "the session fails", Duration::from_secs(20), |s| {
-        s["recent_sessions"][0]["end_reason"].is_string()
-    })
-    .await;
+    wait_session_end(&d, "the session fails", Duration::from_secs(20)).await;
     let (_, reason, _) = session_row(dir.path());
     assert_eq!(reason.as_deref(), Some("connect_failed"));
     // The prompt reached the speaker: the WAV holds sound, not silence.
@@ -248,10 +243,7 @@ async fn max_duration_ends_a_session_that_never_idles() {
         "[session]\nmax_duration = \"60s\"\nidle_timeout = \"120s\"\n",
     );
     let d = Daemon::start(dir.path(), &config, &[]);
-    let s = wait_for(&d, "the session ends", Duration::from_secs(120), |s| {
-        s["recent_sessions"][0]["end_reason"].is_string()
-    })
-    .await;
+    let s = wait_session_end(&d, "the session ends", Duration::from_secs(120)).await;
     assert_eq!(s["recent_sessions"][0]["end_reason"], "max_duration");
     let rows = session_rows(dir.path());
     assert_eq!(rows.len(), 1, "{rows:?}");

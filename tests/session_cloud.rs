@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use common::{
     Daemon, SessionRow, U1_MS, U2_MS, session_config, session_rows, transcript_lines, visitor_clip,
-    wait_for, wait_for_prompt, write_wav,
+    wait_for_prompt, wait_session_end, write_wav,
 };
 use daily_support::{API_KEY, FakeDaily, Fault};
 use kiosk_gateway::link::agent::{LoopbackAgent, LoopbackAgentConfig};
@@ -99,10 +99,7 @@ async fn slow_daily_session(
     mic.extend(&noise);
     mic.extend(visitor_clip(U2_MS.0, U2_MS.1 + 800));
     let d = start(dir, fake, &mic);
-    let s = wait_for(&d, "the session ends", Duration::from_secs(40), |s| {
-        s["recent_sessions"][0]["end_reason"].is_string()
-    })
-    .await;
+    let s = wait_session_end(&d, "the session ends", Duration::from_secs(40)).await;
     assert_eq!(s["recent_sessions"][0]["end_reason"], "idle");
     let mut rows = session_rows(dir);
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -224,10 +221,7 @@ async fn daily_failing_to_create_the_room_plays_the_prompt() {
     fake.inject("POST /v1/rooms", vec![Fault::ServerError; 50]);
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path(), &fake, &one_utterance());
-    let s = wait_for(&d, "the session fails", Duration::from_secs(30), |s| {
-        s["recent_sessions"][0]["end_reason"].is_string()
-    })
-    .await;
+    let s = wait_session_end(&d, "the session fails", Duration::from_secs(30)).await;
     assert_eq!(s["recent_sessions"][0]["end_reason"], "provision_failed");
     wait_for_prompt(dir.path(), Duration::from_secs(15)).await;
     assert!(
@@ -246,10 +240,7 @@ async fn an_agent_that_fails_to_start_plays_the_prompt_and_leaks_no_room() {
     ));
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path(), &fake, &one_utterance());
-    let s = wait_for(&d, "the session fails", Duration::from_secs(30), |s| {
-        s["recent_sessions"][0]["end_reason"].is_string()
-    })
-    .await;
+    let s = wait_session_end(&d, "the session fails", Duration::from_secs(30)).await;
     assert_eq!(s["recent_sessions"][0]["end_reason"], "provision_failed");
     wait_for_prompt(dir.path(), Duration::from_secs(15)).await;
     let (created, deleted) = fake.room_history();

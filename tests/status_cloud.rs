@@ -6,9 +6,9 @@ mod common;
 mod daily_support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Daemon, get};
+use common::{Daemon, get, wait_for};
 use daily_support::{API_KEY, FakeDaily};
 
 fn config(dir: &Path, daily_url: &str, agent_start_url: &str) -> PathBuf {
@@ -30,33 +30,29 @@ fn config(dir: &Path, daily_url: &str, agent_start_url: &str) -> PathBuf {
     path
 }
 
+/// The check for `service` in a status document.
+fn check(status: &serde_json::Value, service: &str) -> serde_json::Value {
+    status["cloud"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["service"] == service)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {service} check in {status:#}"))
+}
+
 /// Polls `/api/status` until the check for `service` satisfies `pred`.
 async fn wait_check(
     d: &Daemon,
     service: &str,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, body) = get(&format!("{}/api/status", d.url)).await;
-        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let check = status["cloud"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["service"] == service)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {service} check in {status:#}"));
-        if pred(&check) {
-            return check;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{service} check never matched: {check:#}\nstderr:\n{}",
-            d.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("the {service} check");
+    let s = wait_for(d, &what, Duration::from_secs(20), |s| {
+        pred(&check(s, service))
+    })
+    .await;
+    check(&s, service)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,7 +176,7 @@ pub struct Orchestrator {
     report: RunReport,
     /// Close after the first session (the demo).
     single_session: bool,
-    /// Asks for a cloud reachability check when a session cannot be set up.
+    /// Asks for a cloud reachability check when a session fails.
     probe: Option<ProbeTrigger>,
 }
 
@@ -241,7 +241,8 @@ impl Orchestrator {
         (orchestrator, command_tx)
     }
 
-    /// Checks the cloud's reachability whenever a session cannot be set up.
+    /// Checks the cloud's reachability whenever a session fails (set-up, or
+    /// a call that could not be restored).
     pub fn with_probe_trigger(mut self, probe: ProbeTrigger) -> Self {
         self.probe = Some(probe);
         self
@@ -525,7 +526,6 @@ impl Orchestrator {
             }
             Err(e) => {
                 warn!(error = %e, "provisioning failed");
-                self.probe_cloud();
                 self.apply(Event::ProvisionFailed).await;
             }
         }
@@ -541,7 +541,6 @@ impl Orchestrator {
             }
             Err(e) => {
                 warn!(error = %e, "could not connect the call");
-                self.probe_cloud();
                 self.apply(Event::ConnectFailed).await;
             }
         }
@@ -698,6 +697,9 @@ impl Orchestrator {
             }
         }
         if reason.is_failure() {
+            if let Some(probe) = &self.probe {
+                probe.probe_now();
+            }
             let at = Instant::now() + self.backoff;
             self.retry_after = Some(at);
             if self.settings.trigger == Trigger::Always && reason != EndReason::Shutdown {
@@ -749,12 +751,6 @@ impl Orchestrator {
                 });
             }
         });
-    }
-
-    fn probe_cloud(&self) {
-        if let Some(probe) = &self.probe {
-            probe.probe_now();
-        }
     }
 
     fn note_state(&mut self) {

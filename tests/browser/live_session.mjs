@@ -3,14 +3,10 @@
 // takes a screenshot.
 // usage: node live_session.mjs BASE_URL TOKEN OUT_DIR
 // Prints one JSON object with what it saw; exits non-zero on failure.
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [base, token, out] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-quic"],
-});
+const browser = await launch();
 const seen = {};
 try {
   const page = await browser.newPage({ viewport: { width: 420, height: 1400 } });

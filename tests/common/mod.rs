@@ -278,6 +278,15 @@ pub async fn wait_for(
     }
 }
 
+/// Polls the status API until the latest session has ended; returns the
+/// status at that moment.
+pub async fn wait_session_end(d: &Daemon, what: &str, timeout: Duration) -> serde_json::Value {
+    wait_for(d, what, timeout, |s| {
+        s["recent_sessions"][0]["end_reason"].is_string()
+    })
+    .await
+}
+
 /// One row of the `sessions` table.
 #[derive(Debug)]
 pub struct SessionRow {
