@@ -684,6 +684,7 @@ impl Supervisor {
                     self.stats.first_packet_sent = Some(now - self.ctx.started);
                 }
                 c.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+                metrics::counter!("kiosk_link_packets_sent_total").increment(1);
             }
             Err(e) => debug!(error = %e, "dropping an outgoing frame"),
         }

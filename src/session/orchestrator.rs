@@ -577,7 +577,7 @@ impl Orchestrator {
                 };
                 let signaling = Arc::new(SmallWebRtcSignaling::new(
                     p.offer_url.clone(),
-                    None,
+                    p.offer_key.clone(),
                     None,
                     Duration::from_secs(10),
                 ));
