@@ -849,6 +849,7 @@ async fn reply(
         is_final: true,
         timestamp: None,
         user_id: Some("kiosk".into()),
+        confidence: None,
     })
     .await;
     send(BotMessage::BotStartedSpeaking).await;

@@ -15,6 +15,7 @@ mod peer;
 pub mod rtvi;
 pub mod signaling;
 mod stats;
+pub mod transcript;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
