@@ -98,15 +98,18 @@ enum Command {
         /// WHIP endpoint instead of SmallWebRTC.
         #[arg(long)]
         whip_url: Option<url::Url>,
-        /// Audio to send, `wav:PATH` (48 kHz mono), repeated with pauses.
+        /// Audio to send, `wav:PATH`: any PCM WAV (any rate, mono or
+        /// multichannel, 16/24/32-bit integer or float), repeated with pauses.
         #[arg(long)]
         input: CallInput,
-        /// Where the agent's audio goes: `wav:PATH` or `none`.
+        /// Where the agent's audio goes: `wav:PATH` (mono 16-bit at the
+        /// input file's rate) or `none`.
         #[arg(long, default_value = "none")]
         output: CallOutput,
+        /// Length of the call; audio is sent every 20 ms throughout.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
-        /// Silence between repetitions of the input.
+        /// Near-silence sent between repetitions of the input.
         #[arg(long, default_value_t = 1500)]
         pause_ms: u64,
         /// Local UDP address for ICE.
@@ -302,13 +305,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         .context("give --offer-url or --whip-url, or set agent.offer_url")?,
                 ),
             };
+            let (api_key, audio) = match config {
+                Some(c) => (c.agent.api_key, c.audio),
+                None => (None, audio::AudioSettings::default()),
+            };
             let args = CallArgs {
                 endpoint,
-                api_key: config.and_then(|c| c.agent.api_key),
+                api_key,
                 input,
                 output,
                 duration: Duration::from_secs_f64(seconds),
                 pause: Duration::from_millis(pause_ms),
+                audio,
                 bind,
                 ice_servers: no_stun.then(Vec::new),
                 json,
