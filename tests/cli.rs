@@ -1,5 +1,5 @@
 //! The technician's one-shot commands: `check`, `transcripts`, and the
-//! file checks of `call`.
+//! argument and file checks of `call` and `demo`.
 
 mod common;
 
@@ -248,7 +248,7 @@ fn transcripts_explains_a_missing_database_and_a_bad_id() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown session id \"yesterday\""));
 }
 
-/// The binary with no config (`call` needs none) and no
+/// The binary with no config (`call` and `demo` need none) and no
 /// `KIOSK_GATEWAY_*` variables from the environment.
 fn without_config() -> std::process::Command {
     let mut cmd = std::process::Command::new(common::BIN);
@@ -303,4 +303,29 @@ fn call_names_an_unreadable_input_or_output_before_calling() {
         stderr.contains("error: output WAV /nonexistent/dir/heard.wav: No such file"),
         "{stderr}"
     );
+}
+
+#[test]
+fn demo_network_options_need_an_external_agent() {
+    for args in [
+        &["demo", "--no-stun"][..],
+        &["demo", "--bind", "127.0.0.1:0"],
+        &[
+            "demo",
+            "--offer-url",
+            "http://a/api/offer",
+            "--api-key-env",
+            "X",
+        ],
+        &[
+            "demo",
+            "--offer-url",
+            "http://a/api/offer",
+            "--start-url",
+            "http://a/start",
+        ],
+    ] {
+        let out = without_config().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");
+    }
 }
