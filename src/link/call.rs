@@ -211,7 +211,8 @@ impl CallSource {
     /// Fills `frame` (`frame_len` samples) with the next 20 ms.
     pub fn next_frame(&mut self, frame: &mut [f32]) {
         let pos = self.position;
-        self.position = (pos + 1) % (self.speech_frames + self.pause_frames);
+        // An empty input with no pause is all near-silence.
+        self.position = (pos + 1) % (self.speech_frames + self.pause_frames).max(1);
         if pos < self.speech_frames {
             frame.copy_from_slice(&self.speech[pos * self.frame_len..(pos + 1) * self.frame_len]);
         } else {
@@ -465,6 +466,11 @@ mod tests {
             }
         }
         assert!(is_speech(&frames[18]));
+
+        let mut empty = CallSource::new(Vec::new(), Duration::ZERO);
+        empty.next_frame(&mut frame);
+        empty.next_frame(&mut frame);
+        assert!(Dbfs::rms(&frame).0 < -65.0);
     }
 
     #[test]
