@@ -125,7 +125,8 @@ struct Current {
     user_speech_ms: u64,
     bot_speech_ms: u64,
     bot_speaking_since: Option<Instant>,
-    lines: Vec<Line>,
+    /// The latest lines, for the page (all are stored).
+    lines: VecDeque<Line>,
     /// The user's interim transcription, as last published.
     partial: Option<String>,
     /// One line per sentence, from however many RTVI messages carry it.
@@ -139,6 +140,10 @@ type Pending<T> = Option<tokio::task::JoinHandle<T>>;
 /// Frames the outbox holds before dropping the oldest: 15 s of speech, as
 /// the audio engine's own buffer-until-ready.
 const OUTBOX_FRAMES: usize = 750;
+
+/// Lines of the current session shown on the page, the latest ones; each
+/// state change copies them, so a long session must not make that grow.
+const PAGE_LINES: usize = 50;
 
 /// Transcript lines held in memory while the store cannot take them
 /// (a few MB at most); past it the oldest are dropped and counted.
@@ -185,9 +190,11 @@ pub struct Orchestrator {
     outbox: VecDeque<OpusFrame>,
     outbox_limit: usize,
     audio_out: Option<mpsc::Sender<OpusFrame>>,
-    report: RunReport,
-    /// Close after the first session (the demo).
-    single_session: bool,
+    /// What the run did, kept only for a single-session run (the demo): a
+    /// daemon running for months must not grow a list per session.
+    report: Option<RunReport>,
+    /// The state last published.
+    noted_state: Option<State>,
     /// Asks for a cloud reachability check when a session fails.
     probe: Option<ProbeTrigger>,
     /// Store writes not yet done, in order; one is carried out at a time
@@ -249,8 +256,8 @@ impl Orchestrator {
             outbox: VecDeque::new(),
             outbox_limit: OUTBOX_FRAMES,
             audio_out: None,
-            report: RunReport::default(),
-            single_session: false,
+            report: None,
+            noted_state: None,
             probe: None,
             spool: Spool::new(SPOOL_MAX_LINES),
             storing: None,
@@ -268,7 +275,7 @@ impl Orchestrator {
 
     /// Ends the run when the first session has closed (the demo).
     pub fn single_session(mut self) -> Self {
-        self.single_session = true;
+        self.report = Some(RunReport::default());
         self
     }
 
@@ -293,8 +300,7 @@ impl Orchestrator {
             if shutting_down && self.machine.state() == State::Idle {
                 break;
             }
-            if self.single_session
-                && !self.report.sessions.is_empty()
+            if self.report.as_ref().is_some_and(|r| !r.sessions.is_empty())
                 && self.machine.state() == State::Idle
             {
                 break;
@@ -376,7 +382,7 @@ impl Orchestrator {
             }
         }
         self.drain_store().await;
-        self.report
+        self.report.unwrap_or_default()
     }
 
     async fn on_audio(&mut self, event: AudioEvent) {
@@ -397,8 +403,10 @@ impl Orchestrator {
                 let speech = u64::from(utterance.speech().0);
                 if let Some(c) = &mut self.current {
                     c.user_speech_ms += speech;
-                    self.report.utterances += 1;
-                    self.report.speech_ms_sent += speech;
+                    if let Some(r) = &mut self.report {
+                        r.utterances += 1;
+                        r.speech_ms_sent += speech;
+                    }
                 }
                 self.apply(Event::SpeechEnded).await;
             }
@@ -428,7 +436,9 @@ impl Orchestrator {
             c.first_packet_sent = true;
             let startup = c.milestones.startup(c.onset, Instant::now());
             info!(session_id = %c.id, ?startup, "first packet handed to the link");
-            self.report.startups.push(startup);
+            if let Some(r) = &mut self.report {
+                r.startups.push(startup);
+            }
         }
     }
 
@@ -512,7 +522,10 @@ impl Orchestrator {
         let rows: Vec<NewTranscript> = lines
             .into_iter()
             .map(|l| {
-                c.lines.push(Line {
+                if c.lines.len() == PAGE_LINES {
+                    c.lines.pop_front();
+                }
+                c.lines.push_back(Line {
                     role: l.role.as_str(),
                     text: l.text.clone(),
                 });
@@ -775,7 +788,9 @@ impl Orchestrator {
         };
         self.persist(Write::Start(row));
         info!(session_id = %id, "session started");
-        self.report.sessions.push(id);
+        if let Some(r) = &mut self.report {
+            r.sessions.push(id);
+        }
         self.max_at = Some(Instant::now() + self.settings.max_duration);
         self.current = Some(Current {
             id,
@@ -786,7 +801,7 @@ impl Orchestrator {
             user_speech_ms: 0,
             bot_speech_ms: 0,
             bot_speaking_since: None,
-            lines: Vec::new(),
+            lines: VecDeque::new(),
             partial: None,
             transcript: TranscriptAssembler::new(),
             first_packet_sent: false,
@@ -916,17 +931,20 @@ impl Orchestrator {
 
     fn note_state(&mut self) {
         let state = self.machine.state();
-        if self.report.transitions.last().map(|t| t.state) != Some(state) {
-            self.report.transitions.push(Transition {
-                at: Timestamp::now(),
-                state,
-            });
+        if self.noted_state != Some(state) {
+            self.noted_state = Some(state);
+            if let Some(r) = &mut self.report {
+                r.transitions.push(Transition {
+                    at: Timestamp::now(),
+                    state,
+                });
+            }
             self.systemd_status();
         }
         let session = self.current.as_ref().map(|c| CurrentSession {
             id: c.id.to_string(),
             started_at: c.started_at,
-            lines: c.lines.clone(),
+            lines: c.lines.iter().cloned().collect(),
             partial: c.partial.clone(),
         });
         self.published.send_modify(|p| {
