@@ -1,7 +1,7 @@
 //! `kiosk-gateway run`: the long-lived service. It opens the store, starts
-//! the status server and the sync worker, tells systemd it is ready, keeps
-//! the watchdog fed and stops everything through one cancellation token on
-//! SIGTERM or SIGINT.
+//! the status server and the sync worker, tells systemd it is ready, feeds
+//! the watchdog while every part makes progress (`watchdog`) and stops
+//! everything through one cancellation token on SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use crate::audio::AudioEngine;
 use crate::config::Config;
 use crate::daily::DailyClient;
 use crate::link::media;
+use crate::liveness::Liveness;
 use crate::reachability::Prober;
 use crate::session::orchestrator::{Orchestrator, SessionSettings};
 use crate::session::provision::{ProvisionMode, Provisioner};
@@ -24,6 +25,7 @@ use crate::store::{Store, StoreError, StoreHandle};
 use crate::sync::{SyncSettings, SyncWorker};
 use crate::systemd;
 use crate::telemetry::RecentEvents;
+use crate::watchdog::{self, Watchdog};
 
 /// How long tasks get to finish after a stop signal; well inside systemd's
 /// stop timeout, so we are never killed mid-write.
@@ -130,6 +132,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     // comes up, and says so on the status page, even without a microphone.
     let engine = AudioEngine::start(&config.audio, &config.vad)?;
     let audio_metrics = engine.metrics().clone();
+    let audio_metrics_for_watchdog = audio_metrics.clone();
     let daily = config
         .daily_settings()
         .map(|d| DailyClient::new(&d))
@@ -156,7 +159,11 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         publish,
         sync.as_ref().map(|s| s.trigger.clone()),
     );
-    let orchestrator = orchestrator.with_probe_trigger(probe_trigger);
+    let ping_every = systemd::watchdog_interval();
+    let liveness = Liveness::new(watchdog::stale_after(ping_every));
+    let orchestrator = orchestrator
+        .with_probe_trigger(probe_trigger)
+        .with_liveness(liveness.clone());
     let session_cancel = cancel.clone();
     tasks.spawn(async move {
         orchestrator.run(session_cancel).await;
@@ -190,13 +197,24 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         config.audio.input.clone(),
         config.audio.output.clone(),
     )
-    .with_cloud_checks(cloud_checks);
+    .with_cloud_checks(cloud_checks)
+    .with_liveness(liveness.clone());
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
         if let Err(e) = status::serve(listener, state, server_cancel).await {
             warn!(error = %e, "status server ended with an error");
         }
     });
+
+    let watchdog = Watchdog {
+        liveness,
+        store: store.clone(),
+        audio: audio_metrics_for_watchdog,
+        healthz: url::Url::parse(&format!("http://{}/healthz", loopback(addr)))
+            .expect("a socket address makes a valid URL"),
+        ping_every,
+    };
+    tasks.spawn(watchdog.run(cancel.clone()));
 
     let status_line = format!("idle; status page http://{addr}/");
     systemd::ready(&status_line);
@@ -208,15 +226,9 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         "kiosk-gateway ready"
     );
 
-    let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
-    let reason = loop {
-        tokio::select! {
-            _ = terminate.recv() => break "SIGTERM",
-            _ = interrupt.recv() => break "SIGINT",
-            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
-                systemd::watchdog_ping();
-            }
-        }
+    let reason = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
     };
 
     info!(signal = reason, "stopping");
@@ -234,6 +246,20 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     writer.join();
     info!("stopped");
     Ok(())
+}
+
+/// Where the daemon itself reaches its status server: the listen address,
+/// with an unspecified one (`0.0.0.0`, `::`) replaced by loopback.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip = match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    }
 }
 
 /// The orchestrator's settings from the config.

@@ -34,7 +34,7 @@ async fn serves_status_and_stops_cleanly_on_sigterm() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(components, ["microphone", "speaker"]);
+    assert_eq!(components, ["microphone", "speaker", "store"]);
 
     let (code, metrics) = get(&format!("{}/metrics", d.url)).await;
     assert_eq!(code, 200);
@@ -44,7 +44,7 @@ async fn serves_status_and_stops_cleanly_on_sigterm() {
         "process_resident_memory_bytes",
         "kiosk_audio_input_open",
         "kiosk_audio_output_underrun_samples_total",
-        "kiosk_http_requests_total{route=\"/healthz\",status=\"200\"} 1",
+        "kiosk_http_requests_total{route=\"/readyz\",status=\"200\"} 1",
     ] {
         assert!(
             metrics.contains(name),

@@ -28,6 +28,7 @@ use super::settings::{AudioSettings, DeviceSpec, VadSettings};
 use super::units::{FRAME_48K, FRAME_MS, Millis, SampleRate, f32_to_i16};
 use super::wav::read_wav;
 use super::{AudioError, error_chain};
+use crate::liveness::{Part, wedge_requested};
 
 /// Events queued for the session layer before the newest are dropped (and
 /// counted). The packet queue is sized from `vad.buffer_ms` instead: when
@@ -448,7 +449,12 @@ impl DspThread {
     }
 
     fn run(mut self) -> Result<(), AudioError> {
+        let started = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
+            AudioMetrics::add(&self.metrics.dsp_ticks, 1);
+            while wedge_requested(Part::Audio, started.elapsed()) {
+                std::thread::sleep(Duration::from_secs(1));
+            }
             self.keep_devices_open()?;
             self.handle_control();
             self.capture()?;

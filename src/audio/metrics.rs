@@ -14,6 +14,9 @@ pub struct AudioMetrics {
     /// Output samples the callback filled with silence for lack of audio.
     pub output_underrun_samples: AtomicU64,
     pub frames_processed: AtomicU64,
+    /// Turns of the DSP thread's loop (at least ten a second): a count that
+    /// stops moving means the thread is wedged or gone.
+    pub dsp_ticks: AtomicU64,
     pub voiced_frames: AtomicU64,
     pub echo_gated_frames: AtomicU64,
     pub utterances: AtomicU64,

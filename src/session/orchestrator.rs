@@ -25,6 +25,7 @@ use crate::link::rtvi::BotMessage;
 use crate::link::signaling::smallwebrtc::SmallWebRtcSignaling;
 use crate::link::transcript::{Speaker, TranscriptAssembler, TranscriptLine};
 use crate::link::{Link, LinkEvent, LinkIo, LinkSettings, OpusFrame, OpusPacket as LinkPacket};
+use crate::liveness::{Liveness, Part, wedge_requested};
 use crate::reachability::ProbeTrigger;
 use crate::status::{Component, CurrentSession, Health, Line, LinkView, Published};
 use crate::store::{
@@ -201,6 +202,8 @@ pub struct Orchestrator {
     /// off the loop, so a slow or failing store never stalls the call.
     spool: Spool,
     storing: Pending<(Write, Result<(), StoreError>)>,
+    /// Told of every turn of the loop, for the watchdog.
+    liveness: Option<Liveness>,
 }
 
 /// Forwards a std channel from the audio engine into tokio.
@@ -261,6 +264,7 @@ impl Orchestrator {
             probe: None,
             spool: Spool::new(SPOOL_MAX_LINES),
             storing: None,
+            liveness: None,
             settings,
         };
         (orchestrator, command_tx)
@@ -270,6 +274,12 @@ impl Orchestrator {
     /// a call that could not be restored).
     pub fn with_probe_trigger(mut self, probe: ProbeTrigger) -> Self {
         self.probe = Some(probe);
+        self
+    }
+
+    /// Reports each turn of the loop to the watchdog.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
         self
     }
 
@@ -290,13 +300,27 @@ impl Orchestrator {
             Err(e) => warn!(error = %e, "cannot close crashed sessions"),
         }
         self.note_state();
+        self.publish_store_health();
         if self.settings.trigger == Trigger::Always {
             self.apply(Event::StartRequested).await;
         }
         let mut shutting_down = false;
         let mut link_stats = tokio::time::interval(LINK_STATS_EVERY);
         link_stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let started = Instant::now();
+        // The loop turns at least this often, so the watchdog sees it alive.
+        let mut heartbeat = tokio::time::interval(
+            self.liveness
+                .as_ref()
+                .map_or(Duration::from_secs(3600), Liveness::beat_every),
+        );
         loop {
+            if let Some(l) = &self.liveness {
+                l.beat(Part::Session);
+                if wedge_requested(Part::Session, started.elapsed()) {
+                    std::future::pending::<()>().await;
+                }
+            }
             if shutting_down && self.machine.state() == State::Idle {
                 break;
             }
@@ -358,6 +382,7 @@ impl Orchestrator {
                 _ = sleep_until(spool_retry_at.into()), if self.spool.retry_at().is_some() => {
                     self.kick_store();
                 }
+                _ = heartbeat.tick(), if self.liveness.is_some() => {}
                 _ = link_stats.tick(), if has_link => {
                     if let Some((link, _)) = self.current.as_ref().and_then(|c| c.link.as_ref()) {
                         publish_link_stats(link, &self.published, true).await;

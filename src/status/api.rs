@@ -10,16 +10,31 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Access;
 use super::{Component, CurrentSession, ErrorNote, LinkView, SessionCommand, StatusState, metrics};
+use crate::liveness::{Part, wedge_requested};
 use crate::reachability::CloudCheck;
 use crate::store::{Backlog, Counts, SessionId, SessionRecord, SessionSummary, Transcript};
 use crate::sync::SyncStatus;
 use crate::telemetry::LogEvent;
 
-pub async fn healthz() -> &'static str {
+pub async fn healthz(State(state): State<StatusState>) -> &'static str {
+    if wedge_requested(Part::Status, state.started.elapsed()) {
+        std::future::pending::<()>().await;
+    }
     "ok\n"
 }
 
+/// 200 when the store is readable and every part of the daemon makes
+/// progress; otherwise 503 saying what is wrong.
 pub async fn readyz(State(state): State<StatusState>) -> Response {
+    let stale = state.stale_parts();
+    if !stale.is_empty() {
+        let parts: Vec<&str> = stale.iter().map(|p| p.as_str()).collect();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not making progress: {}\n", parts.join(", ")),
+        )
+            .into_response();
+    }
     match state.read(|s| s.counts()).await {
         Some(_) => (StatusCode::OK, "ready\n").into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "store not readable\n").into_response(),
@@ -37,6 +52,9 @@ pub struct StatusDoc {
     /// Lines and partial text only for a technician.
     pub session: Option<CurrentSession>,
     pub components: Vec<Component>,
+    /// Parts of the daemon that stopped making progress (`audio`,
+    /// `session`, `store`, `status`); the watchdog is not fed meanwhile.
+    pub stale_parts: Vec<Part>,
     /// Microphone level over the last 100 ms, dBFS.
     pub mic_level_dbfs: Option<f32>,
     /// Daily and agent reachability.
@@ -121,6 +139,7 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
             .into_iter()
             .chain(published.components)
             .collect(),
+        stale_parts: state.stale_parts(),
         mic_level_dbfs: state.audio.as_ref().map(|a| a.metrics.level().0),
         cloud: state.cloud_checks(),
         link: published.link,

@@ -26,6 +26,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::audio::{AudioMetrics, DeviceSpec};
 pub use crate::health::ErrorNote;
 use crate::link::LinkStats;
+use crate::liveness::{Liveness, Part};
 use crate::reachability::CloudCheck;
 use crate::session::orchestrator::Command as SessionCommand;
 use crate::store::{Store, StoreError};
@@ -183,6 +184,9 @@ pub struct StatusState {
     session_commands: Option<tokio::sync::mpsc::Sender<SessionCommand>>,
     audio: Option<AudioView>,
     cloud: Option<watch::Receiver<Vec<CloudCheck>>>,
+    /// Which parts of the daemon make progress (not set in tools and tests
+    /// that run the server alone).
+    liveness: Option<Liveness>,
     /// Read-only; opened lazily so a missing database shows as not ready
     /// instead of keeping the server from starting.
     reader: Arc<Mutex<Option<Store>>>,
@@ -207,6 +211,7 @@ impl StatusState {
             session_commands: None,
             audio: None,
             cloud: None,
+            liveness: None,
             reader: Arc::new(Mutex::new(None)),
         }
     }
@@ -231,6 +236,19 @@ impl StatusState {
     pub fn with_cloud_checks(mut self, checks: watch::Receiver<Vec<CloudCheck>>) -> Self {
         self.cloud = Some(checks);
         self
+    }
+
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
+    }
+
+    /// Parts of the daemon that stopped making progress.
+    fn stale_parts(&self) -> Vec<Part> {
+        self.liveness
+            .as_ref()
+            .map(Liveness::stale)
+            .unwrap_or_default()
     }
 
     fn cloud_checks(&self) -> Vec<CloudCheck> {
