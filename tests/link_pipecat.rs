@@ -65,7 +65,7 @@ fn call_reaches_a_pipecat_bot() {
     assert!(
         output.status.success(),
         "call failed: {stderr}\nbot:\n{}",
-        bot.stderr()
+        bot.notable_log()
     );
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
     println!("{}", serde_json::to_string_pretty(&summary).unwrap());
@@ -86,7 +86,7 @@ fn call_reaches_a_pipecat_bot() {
     assert!(
         said("user", "utterance 1, "),
         "{transcripts:?}\n{}",
-        bot.stderr()
+        bot.notable_log()
     );
     assert!(said("bot", "Reply 1."), "{transcripts:?}");
     assert!(summary["audio_received_ms"].as_u64().unwrap() >= 1000);

@@ -29,8 +29,9 @@ pub fn python() -> String {
 }
 
 /// A running bot on 127.0.0.1; killed on drop. Its stderr goes to
-/// `dir/bot.log`, its request log to `dir/bot-requests.jsonl` and every
-/// message it sends on the data channel to `dir/bot-rtvi.jsonl`.
+/// `dir/bot.log`, its request log to `dir/bot-requests.jsonl`, every
+/// message it sends on the data channel to `dir/bot-rtvi.jsonl` and the
+/// audio it receives to `dir/bot-received.wav`.
 pub struct PipecatBot {
     child: Child,
     pub port: u16,
@@ -47,6 +48,8 @@ impl PipecatBot {
             .arg(dir.join("bot-requests.jsonl"))
             .arg("--record-rtvi")
             .arg(dir.join("bot-rtvi.jsonl"))
+            .arg("--record-audio")
+            .arg(dir.join("bot-received.wav"))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.join("bot.log")).unwrap())
@@ -74,6 +77,26 @@ impl PipecatBot {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("bot.log")).unwrap_or_default()
+    }
+
+    /// The bot's log without Pipecat's start-up chatter: what it heard
+    /// (transcripts, gaps in the audio) and its warnings and errors.
+    pub fn notable_log(&self) -> String {
+        let log = self.stderr();
+        let mut lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                ["STT:", "no audio frames", "WARNING", "ERROR"]
+                    .iter()
+                    .any(|k| l.contains(k))
+                    && !l.contains("video transceiver")
+            })
+            .collect();
+        if lines.len() > 60 {
+            let skipped = lines.len() - 60;
+            lines.drain(30..30 + skipped);
+        }
+        lines.join("\n")
     }
 
     /// Every HTTP request the bot served, oldest first: `{method, path,
