@@ -430,6 +430,7 @@ fn read_audio(l: &mut Loader<'_>) -> AudioSettings {
             d.opus_expected_loss_percent.into(),
             0..=100,
         ) as i32,
+        dtx: l.boolean("audio", "dtx", d.dtx),
         jitter_min_ms: millis(l, "audio", "jitter_min_ms", d.jitter_min_ms, 20..=500),
         jitter_max_ms: millis(l, "audio", "jitter_max_ms", d.jitter_max_ms, 20..=1_000),
         device_buffer_ms: millis(l, "audio", "device_buffer_ms", d.device_buffer_ms, 5..=200),

@@ -120,6 +120,8 @@ fn preroll_hands_out_the_audio_from_before_the_onset() {
 struct Recorder {
     events: Vec<AudioEvent>,
     frames: Vec<EncodedFrame>,
+    /// Frames handed out by `link_ready`.
+    released: usize,
 }
 
 impl AudioSink for Recorder {
@@ -132,24 +134,23 @@ impl AudioSink for Recorder {
 }
 
 fn capture(vad: &VadSettings, rate: SampleRate, metrics: Arc<AudioMetrics>) -> CaptureProcessor {
-    CaptureProcessor::new(
-        &AudioSettings::default(),
-        vad,
-        rate,
-        rate.samples_in(Millis(10)),
-        true,
-        metrics,
-    )
-    .unwrap()
+    capture_with(&AudioSettings::default(), vad, rate, metrics)
 }
 
-#[test]
-fn speech_is_held_until_the_link_is_ready_then_released_in_order() {
+fn capture_with(
+    audio: &AudioSettings,
+    vad: &VadSettings,
+    rate: SampleRate,
+    metrics: Arc<AudioMetrics>,
+) -> CaptureProcessor {
+    CaptureProcessor::new(audio, vad, rate, rate.samples_in(Millis(10)), true, metrics).unwrap()
+}
+
+/// Plays the fixture with the link coming up 2.5 s in, during the first utterance.
+fn stream_fixture(audio: &AudioSettings, metrics: Arc<AudioMetrics>) -> Recorder {
     let clip = read_wav(&fixture("multi_utterance_16k.wav")).unwrap();
-    let metrics = Arc::new(AudioMetrics::default());
-    let mut cap = capture(&VadSettings::default(), clip.rate, metrics.clone());
+    let mut cap = capture_with(audio, &VadSettings::default(), clip.rate, metrics);
     let mut rec = Recorder::default();
-    // Link comes up 2.5 s into the file, while the first utterance is going on.
     let (before, after) = clip.samples.split_at(40_000);
     for chunk in before.chunks(160) {
         cap.push_samples(chunk, &mut rec).unwrap();
@@ -166,22 +167,55 @@ fn speech_is_held_until_the_link_is_ready_then_released_in_order() {
         }
     ));
     cap.link_ready(&mut rec);
-    // Everything from the pre-roll (0.7 s) to 2.5 s: 90 frames of 20 ms,
-    // less the few DTX frames of silence that are never sent.
-    let released = rec.frames.len();
-    assert!((80..=90).contains(&released), "{released} packets released");
-    assert!(rec.frames[0].after_silence);
-    let last = rec.frames[released - 1].timestamp / 960;
-    assert!((88..=89).contains(&last), "last released frame {last}");
+    rec.released = rec.frames.len();
     for chunk in after.chunks(160) {
         cap.push_samples(chunk, &mut rec).unwrap();
     }
+    rec
+}
+
+#[test]
+fn speech_is_held_until_the_link_is_ready_then_every_frame_is_streamed() {
+    let metrics = Arc::new(AudioMetrics::default());
+    let rec = stream_fixture(&AudioSettings::default(), metrics.clone());
+    // Everything from the pre-roll (0.7 s) to 2.5 s: 90 frames of 20 ms.
+    assert_eq!(rec.released, 90, "packets released");
+    assert!(rec.frames[0].after_silence);
+    let last = rec.frames[rec.released - 1].timestamp / 960;
+    assert_eq!(last, 89, "last released frame");
+    // From then on one packet per 20 ms, silences included, up to the end
+    // of the file (13.42 s): the agent hears the pauses between utterances
+    // as audio, which is how its VAD ends a turn.
+    assert_eq!(rec.frames.len(), (13_420 - 700) / 20);
+    let timestamps: Vec<u32> = rec.frames.iter().map(|f| f.timestamp).collect();
+    assert!(
+        timestamps.windows(2).all(|w| w[1] == w[0] + 960),
+        "a gap or reordering in the stream"
+    );
+    let talkspurts = rec.frames.iter().filter(|f| f.after_silence).count();
+    assert_eq!(talkspurts, 1, "one talkspurt for the whole call");
+    assert_eq!(AudioMetrics::get(&metrics.buffer_overflow_packets), 0);
+    assert_eq!(AudioMetrics::get(&metrics.utterances), 4);
+}
+
+#[test]
+fn with_dtx_on_silences_send_nothing_and_speech_opens_talkspurts() {
+    let metrics = Arc::new(AudioMetrics::default());
+    let audio = AudioSettings {
+        dtx: true,
+        ..AudioSettings::default()
+    };
+    let rec = stream_fixture(&audio, metrics.clone());
+    // DTX frames of the pauses are never sent.
+    assert!(
+        rec.frames.len() < (13_420 - 700) / 20 - 100,
+        "{} packets with DTX on",
+        rec.frames.len()
+    );
     let timestamps: Vec<u32> = rec.frames.iter().map(|f| f.timestamp).collect();
     assert!(timestamps.windows(2).all(|w| w[1] > w[0]), "out of order");
-    // Later utterances open new talkspurts after DTX silence.
     let talkspurts = rec.frames.iter().filter(|f| f.after_silence).count();
     assert!(talkspurts >= 4, "{talkspurts} talkspurts");
-    assert_eq!(AudioMetrics::get(&metrics.buffer_overflow_packets), 0);
     assert_eq!(AudioMetrics::get(&metrics.utterances), 4);
 }
 

@@ -306,3 +306,103 @@ async fn the_agent_leaving_ends_the_session_and_the_next_visitor_gets_a_new_one(
         d.stderr()
     );
 }
+
+/// Inside a live call the kiosk sends a packet every 20 ms, the pauses
+/// between utterances included, as a browser does: an agent such as Pipecat
+/// hears the end of a turn only through silent frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_call_streams_every_20_ms_through_the_pauses() {
+    let agent = agent().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        agent.offer_url().as_str(),
+        "[session]\nidle_timeout = \"5s\"\n",
+    );
+    let d = Daemon::start(dir.path(), &config, &[]);
+    // Mid-call, the pace is on /metrics.
+    wait_for(&d, "the call is live", Duration::from_secs(20), |s| {
+        s["link"]["live"] == true && s["link"]["send_packets_per_second"].as_f64() > Some(0.0)
+    })
+    .await;
+    let (_, metrics) = get(&format!("{}/metrics", d.url)).await;
+    let sent_total = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kiosk_link_packets_sent_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no packet counter on /metrics:\n{metrics}"));
+    assert!(sent_total > 0.0);
+    let s = wait_session_end(&d, "the session idles out", Duration::from_secs(40)).await;
+    assert_eq!(s["recent_sessions"][0]["end_reason"], "idle");
+
+    let arrivals = agent.record().packet_arrivals_ms;
+    let span = arrivals.last().unwrap() - arrivals[0];
+    // Speech and pauses: the fixture's 12.7 s from the first pre-roll, the
+    // silence after it until the idle timeout.
+    assert!(span > 15_000, "packets over {span} ms only");
+    // The speech held while the call came up arrives in a burst; after it,
+    // the live pace.
+    let live: Vec<u64> = arrivals
+        .iter()
+        .copied()
+        .filter(|&t| t >= arrivals[0] + 3_000)
+        .collect();
+    let live_span = live.last().unwrap() - live[0];
+    let rate = (live.len() - 1) as f64 * 1000.0 / live_span as f64;
+    let longest_gap = live.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    println!(
+        "{} packets over {span} ms; after the first 3 s {rate:.1}/s, longest gap {longest_gap} ms",
+        arrivals.len()
+    );
+    assert!((47.0..=51.0).contains(&rate), "{rate:.1} packets/s");
+    // A sender that goes quiet between utterances leaves gaps of a second
+    // or more; scheduling on a busy machine may delay a packet, not skip many.
+    assert!(longest_gap < 400, "a {longest_gap} ms gap in the stream");
+    // The agent's turns ended on the silence it received: all four heard.
+    assert_eq!(
+        agent.record().utterances.len(),
+        4,
+        "{:?}",
+        agent.record().utterances
+    );
+}
+
+/// Pipecat Cloud wants the agent key on `/start` and on every offer and
+/// trickle request of the session (`sessions/{id}/api/offer`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipecat_session_carries_the_agent_key_on_every_request() {
+    let mut agent_config = LoopbackAgentConfig::new(fixture_48k("fixtures/link/reply_48k.wav"));
+    agent_config.api_key = Some("pk-test-agent-key".into());
+    let agent = LoopbackAgent::start(agent_config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = session_config(
+        dir.path(),
+        Path::new(VISITOR_WAV),
+        &format!("start_url = \"{}\"", agent.start_url()),
+        "[session]\nprovision = \"pipecat\"\nidle_timeout = \"5s\"\n",
+    );
+    let d = Daemon::start(
+        dir.path(),
+        &config,
+        &[("KIOSK_GATEWAY_AGENT_API_KEY", "pk-test-agent-key")],
+    );
+    let s = wait_session_end(&d, "a session ends", Duration::from_secs(40)).await;
+    assert_eq!(s["recent_sessions"][0]["end_reason"], "idle", "{s:#}");
+    let requests = agent.record().cloud_requests;
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "POST" && r.path.ends_with("/api/offer")),
+        "no offer to the session's offer URL: {requests:?}"
+    );
+    assert!(
+        requests.iter().all(|r| r.authorized),
+        "a request without the key: {requests:?}"
+    );
+    let id = session_rows(dir.path()).pop().unwrap().id;
+    assert!(!transcript_lines(dir.path(), &id).is_empty());
+    assert!(
+        !d.stderr().contains("pk-test-agent-key"),
+        "the key was logged"
+    );
+}

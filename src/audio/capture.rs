@@ -24,7 +24,7 @@ use super::vad::VoiceDetector;
 const ENCODE_FRAME: usize = 2 * VAD_FRAME;
 /// Level events are sent this often (in 10 ms frames) for the status page.
 const LEVEL_EVERY_FRAMES: u64 = 10;
-/// Packets of this size or smaller are Opus DTX (comfort-noise) frames.
+/// With DTX on, packets of this size or smaller are Opus DTX frames.
 const DTX_PACKET_MAX: usize = 2;
 
 /// What the audio engine reports to the session layer.
@@ -52,7 +52,8 @@ pub struct EncodedFrame {
     pub packet: OpusPacket,
     /// Position of the frame's first sample, in 48 kHz samples of encoded
     /// audio; continuous within a conversation, so it serves as the RTP
-    /// timestamp offset (gaps are DTX silence or dropped overflow).
+    /// timestamp offset (gaps are dropped overflow, or silence with
+    /// `audio.dtx` on).
     pub timestamp: u32,
     /// First packet of a talkspurt: set the RTP marker bit.
     pub after_silence: bool,
@@ -119,6 +120,8 @@ pub struct CaptureProcessor {
     gate: EchoGate,
     segmenter: Segmenter<VAD_FRAME>,
     encoder: Option<OpusEncoder>,
+    /// Silence goes out as nothing (`audio.dtx`); otherwise every frame is sent.
+    dtx: bool,
     opus_input: [f32; ENCODE_FRAME],
     opus_filled: usize,
     /// Encoded audio so far, in 48 kHz samples (the RTP clock).
@@ -157,6 +160,7 @@ impl CaptureProcessor {
             } else {
                 None
             },
+            dtx: audio.dtx,
             opus_input: [0.0; ENCODE_FRAME],
             opus_filled: 0,
             encoded_samples: 0,
@@ -324,7 +328,7 @@ impl CaptureProcessor {
         let timestamp = self.encoded_samples as u32;
         self.encoded_samples += OPUS_FRAME as u64;
         AudioMetrics::add(&self.metrics.packets_encoded, 1);
-        if packet.bytes().len() <= DTX_PACKET_MAX {
+        if self.dtx && packet.bytes().len() <= DTX_PACKET_MAX {
             // Nothing to send for DTX silence; the next real packet opens a talkspurt.
             self.next_after_silence = true;
             return Ok(());

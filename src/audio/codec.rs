@@ -38,7 +38,7 @@ impl std::fmt::Debug for OpusPacket {
     }
 }
 
-/// VoIP-tuned encoder with in-band FEC and DTX.
+/// VoIP-tuned encoder with in-band FEC, and DTX when configured.
 pub struct OpusEncoder {
     encoder: Encoder,
     /// Samples in one 20 ms frame at the input rate.
@@ -61,7 +61,7 @@ impl OpusEncoder {
         encoder.set_complexity(settings.opus_complexity)?;
         encoder.set_inband_fec(true)?;
         encoder.set_packet_loss_perc(settings.opus_expected_loss_percent)?;
-        encoder.set_dtx(true)?;
+        encoder.set_dtx(settings.dtx)?;
         // Speech recognition on the far side works on 16 kHz audio; capping
         // the coded band at wideband keeps Opus in its SILK mode, which
         // costs far less CPU than the hybrid modes at no loss to the agent.

@@ -47,6 +47,11 @@ pub struct AudioSettings {
     pub opus_complexity: i32,
     /// Loss the encoder should expect, which sizes its in-band FEC.
     pub opus_expected_loss_percent: i32,
+    /// Opus DTX towards the agent: silence inside a live call is sent as
+    /// nothing at all. Off by default because an agent such as Pipecat hears
+    /// silence only through frames: with no packets its VAD never sees the
+    /// end of a turn. Only for agents known to conceal gaps as silence.
+    pub dtx: bool,
     /// The playout jitter buffer adapts its depth between these bounds.
     pub jitter_min_ms: Millis,
     pub jitter_max_ms: Millis,
@@ -73,6 +78,7 @@ impl Default for AudioSettings {
             opus_bitrate_bps: 32_000,
             opus_complexity: 1,
             opus_expected_loss_percent: 10,
+            dtx: false,
             jitter_min_ms: Millis(40),
             jitter_max_ms: Millis(60),
             device_buffer_ms: Millis(20),

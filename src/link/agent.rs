@@ -51,6 +51,9 @@ pub struct LoopbackAgentConfig {
     /// Put a UDP relay in the media path so tests can cut the network
     /// ([`LoopbackAgent::cut_network`]).
     pub simulate_network: bool,
+    /// As Pipecat Cloud: `/start` and `/sessions/{id}/api/offer` answer 401
+    /// unless they carry `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
 }
 
 impl LoopbackAgentConfig {
@@ -63,6 +66,7 @@ impl LoopbackAgentConfig {
             vad_onset: Duration::from_millis(200),
             vad_hangover: Duration::from_millis(400),
             simulate_network: false,
+            api_key: None,
         }
     }
 }
@@ -77,19 +81,35 @@ pub enum AgentError {
 #[derive(Clone, Debug, Default)]
 pub struct AgentRecord {
     /// Everything decoded from the kiosk (48 kHz mono) on the sender's
-    /// timeline: the silences it skipped (DTX) are filled in, up to 10 s each.
+    /// timeline: gaps (lost packets, DTX) are filled with silence, up to 10 s each.
     pub received: Vec<i16>,
+    /// RTP packets of the kiosk's audio that arrived and decoded.
+    pub packets_received: u64,
+    /// When each of them arrived, in ms since the agent started.
+    pub packet_arrivals_ms: Vec<u64>,
     pub client_messages: Vec<ClientMessage>,
     pub utterances: Vec<Duration>,
     pub start_requests: Vec<Value>,
+    /// Every request to `/start` and `/sessions/...`, in order.
+    pub cloud_requests: Vec<CloudRequest>,
     pub offers: u32,
     pub restarts: u32,
     pub trickled: Vec<Candidate>,
     pub whip_deleted: u32,
 }
 
+/// A request to the Pipecat-Cloud-like routes, without its secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudRequest {
+    pub method: &'static str,
+    pub path: String,
+    /// It carried `Authorization: Bearer <api_key>` (always true without a key).
+    pub authorized: bool,
+}
+
 struct Shared {
     config: LoopbackAgentConfig,
+    started: Instant,
     peer_config: PeerConfig,
     record: Mutex<AgentRecord>,
     sessions: tokio::sync::Mutex<HashMap<PcId, AgentPeer>>,
@@ -124,6 +144,7 @@ impl LoopbackAgent {
                 ice_keepalive_interval: Duration::from_millis(500),
             },
             config,
+            started: Instant::now(),
             record: Mutex::new(AgentRecord::default()),
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             cut_until: Arc::new(Mutex::new(None)),
@@ -236,10 +257,43 @@ fn internal(e: impl std::fmt::Display) -> HttpError {
     (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
+/// Records a Pipecat-Cloud-like request and refuses it without the key.
+fn admit(
+    shared: &Shared,
+    method: &'static str,
+    path: String,
+    headers: &HeaderMap,
+) -> Result<(), HttpError> {
+    let authorized = shared.config.api_key.as_ref().is_none_or(|key| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            == Some(key.as_str())
+    });
+    shared
+        .record
+        .lock()
+        .expect("record lock")
+        .cloud_requests
+        .push(CloudRequest {
+            method,
+            path,
+            authorized,
+        });
+    if authorized {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, "missing or wrong API key".into()))
+    }
+}
+
 async fn start_session(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     body: Option<Json<Value>>,
-) -> Json<Value> {
+) -> Result<Json<Value>, HttpError> {
+    admit(&shared, "POST", "/start".into(), &headers)?;
     let body = body.map(|Json(v)| v).unwrap_or(Value::Null);
     shared
         .record
@@ -247,22 +301,38 @@ async fn start_session(
         .expect("record lock")
         .start_requests
         .push(body);
-    Json(json!({"sessionId": format!("loopback-{:08x}", rand::random::<u32>())}))
+    Ok(Json(
+        json!({"sessionId": format!("loopback-{:08x}", rand::random::<u32>())}),
+    ))
 }
 
 async fn session_offer(
     State(shared): State<Arc<Shared>>,
-    Path(_id): Path<String>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
     req: Json<OfferRequest>,
 ) -> Result<Json<Answer>, HttpError> {
+    admit(
+        &shared,
+        "POST",
+        format!("/sessions/{id}/api/offer"),
+        &headers,
+    )?;
     offer(State(shared), req).await
 }
 
 async fn session_trickle(
     State(shared): State<Arc<Shared>>,
-    Path(_id): Path<String>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
     req: Json<PatchRequest>,
 ) -> Result<StatusCode, HttpError> {
+    admit(
+        &shared,
+        "PATCH",
+        format!("/sessions/{id}/api/offer"),
+        &headers,
+    )?;
     trickle(State(shared), req).await
 }
 
@@ -663,12 +733,13 @@ async fn serve_data_channel(
     }
 }
 
-/// Decodes the kiosk's audio, records it and feeds the VAD on the
-/// sender's timeline. The kiosk sends nothing during DTX silence, so a gap
-/// in the packets is silence: the RTP timestamps say exactly how long it
-/// was, and while no packet comes at all, the wall clock stands in for them
-/// so an utterance still ends. Counting a gap any other way stretches or
-/// merges utterances, and the agent would report speech it never heard.
+/// Decodes the kiosk's audio, records it and feeds the VAD with exactly
+/// the frames that arrived. Like a real bot (Pipecat hears silence only
+/// through frames), a turn ends on received silence, never on missing
+/// packets: a kiosk that stops streaming between utterances leaves this
+/// agent stuck in "user speaking", as it would a Pipecat bot. The recording
+/// is kept on the sender's timeline (gaps from lost packets or DTX are
+/// filled with silence there) so tests can line it up with what was said.
 async fn decode_track(
     track: Arc<dyn TrackRemote>,
     shared: Arc<Shared>,
@@ -691,23 +762,9 @@ async fn decode_track(
         shared: Arc::clone(&shared),
         out,
     };
-    const WAIT_FRAMES: u32 = 5;
-    // RTP timestamp the next packet has if no silence comes first.
+    // RTP timestamp the next packet has if nothing is missing.
     let mut next_ts: Option<u32> = None;
-    // Silence already fed for the current gap while waiting for packets.
-    let mut silence_fed = 0u32;
-    loop {
-        let event = match tokio::time::timeout(FRAME_DURATION * WAIT_FRAMES, track.poll()).await {
-            Ok(Some(event)) => event,
-            Ok(None) => break,
-            Err(_) => {
-                for _ in 0..WAIT_FRAMES {
-                    ear.hear_silence().await;
-                }
-                silence_fed += WAIT_FRAMES;
-                continue;
-            }
-        };
+    while let Some(event) = track.poll().await {
         let TrackRemoteEvent::OnRtpPacket(packet) = event else {
             continue;
         };
@@ -719,16 +776,11 @@ async fn decode_track(
             }
         };
         let ts = packet.header.timestamp;
-        let mut gap_frames = 0;
-        if let Some(next) = next_ts {
+        let gap_frames = next_ts.map_or(0, |next| {
             // Negative: a late packet, which adds no silence.
             let gap = (ts.wrapping_sub(next) as i32).max(0) as u32;
-            gap_frames = (gap / FRAME_SAMPLES as u32).min(MAX_GAP_FRAMES);
-            for _ in silence_fed..gap_frames {
-                ear.hear_silence().await;
-            }
-        }
-        silence_fed = 0;
+            (gap / FRAME_SAMPLES as u32).min(MAX_GAP_FRAMES)
+        });
         next_ts = Some(ts.wrapping_add(pcm.len() as u32));
         {
             let mut record = shared.record.lock().expect("record lock");
@@ -737,6 +789,9 @@ async fn decode_track(
                 .received
                 .resize(at + gap_frames as usize * FRAME_SAMPLES, 0);
             record.received.extend_from_slice(pcm);
+            record.packets_received += 1;
+            let at = shared.started.elapsed().as_millis() as u64;
+            record.packet_arrivals_ms.push(at);
         }
         for frame in pcm.chunks(FRAME_SAMPLES) {
             ear.hear(frame).await;
@@ -744,8 +799,8 @@ async fn decode_track(
     }
 }
 
-/// Longest silence kept in the recording (and fed to the VAD): plenty to
-/// separate utterances, and a jumping timestamp cannot fill the memory.
+/// Longest gap filled in the recording: plenty to line utterances up, and
+/// a jumping timestamp cannot fill the memory.
 const MAX_GAP_FRAMES: u32 = 500;
 
 /// The agent's VAD; every utterance it closes is recorded and answered.
@@ -766,10 +821,6 @@ impl Ear {
                 .push(speech);
             let _ = self.out.send(Utterance { speech }).await;
         }
-    }
-
-    async fn hear_silence(&mut self) {
-        self.hear(&[0i16; FRAME_SAMPLES]).await;
     }
 }
 
@@ -798,6 +849,7 @@ async fn reply(
         is_final: true,
         timestamp: None,
         user_id: Some("kiosk".into()),
+        confidence: None,
     })
     .await;
     send(BotMessage::BotStartedSpeaking).await;

@@ -13,6 +13,7 @@ use tracing::warn;
 use super::media::{self, Decoder, Encoder, FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
 use super::rtvi::BotMessage;
 use super::signaling::Signaling;
+use super::transcript::TranscriptAssembler;
 use super::{Link, LinkError, LinkEvent, LinkSettings, LinkStats, OpusFrame};
 
 /// Where `call` takes audio from. Only files here: live devices belong to
@@ -127,6 +128,7 @@ pub async fn run_call(
     let mut first_audio = None;
     let mut bot_ready = None;
     let mut transcripts = Vec::new();
+    let mut transcript = TranscriptAssembler::new();
     let mut reconnects = 0;
     let mut ended_by = "duration";
 
@@ -174,11 +176,9 @@ pub async fn run_call(
                     LinkEvent::Bot(BotMessage::BotReady { .. }) => {
                         bot_ready.get_or_insert_with(|| ms(started.elapsed()));
                     }
-                    LinkEvent::Bot(BotMessage::UserTranscription { text, is_final: true, .. }) => {
-                        transcripts.push(Transcript { role: "user", text: text.clone() });
-                    }
-                    LinkEvent::Bot(BotMessage::BotText { text, .. }) => {
-                        transcripts.push(Transcript { role: "bot", text: text.clone() });
+                    LinkEvent::Bot(message) => {
+                        let lines = transcript.push(message, jiff::Timestamp::now());
+                        transcripts.extend(lines.into_iter().map(|l| Transcript { role: l.role.as_str(), text: l.text }));
                     }
                     LinkEvent::Reconnected { .. } => reconnects += 1,
                     LinkEvent::PeerLeft => { ended_by = "peer_left"; break; }
@@ -188,6 +188,15 @@ pub async fn run_call(
             }
         }
     }
+    transcripts.extend(
+        transcript
+            .finish(jiff::Timestamp::now())
+            .into_iter()
+            .map(|l| Transcript {
+                role: l.role.as_str(),
+                text: l.text,
+            }),
+    );
     let stats = link.stats().await.unwrap_or_default();
     link.close().await;
     if let CallOutput::Wav(path) = &options.output {

@@ -15,6 +15,7 @@ mod peer;
 pub mod rtvi;
 pub mod signaling;
 mod stats;
+pub mod transcript;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -684,6 +685,7 @@ impl Supervisor {
                     self.stats.first_packet_sent = Some(now - self.ctx.started);
                 }
                 c.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+                metrics::counter!("kiosk_link_packets_sent_total").increment(1);
             }
             Err(e) => debug!(error = %e, "dropping an outgoing frame"),
         }

@@ -27,21 +27,45 @@ pub enum BotMessage {
     },
     UserStartedSpeaking,
     UserStoppedSpeaking,
+    /// `user-transcription`: deprecated since Pipecat 1.13 but still sent
+    /// by default, right after the `user-input` for the same words.
     UserTranscription {
         text: String,
         #[serde(rename = "final")]
         is_final: bool,
+        /// When the speech-to-text produced it (Pipecat: RFC 3339 with
+        /// milliseconds and `+00:00`).
         timestamp: Option<String>,
         user_id: Option<String>,
+        /// Not in RTVI (no Pipecat message has one); read when an agent adds
+        /// a number from 0 to 1.
+        confidence: Option<f64>,
+    },
+    /// `user-input` (Pipecat 1.13+): what the user said (`input_type`
+    /// `transcription`, interim ones included, or `backchannel`) or typed
+    /// (`chat`).
+    UserInput {
+        text: String,
+        input_type: String,
+        #[serde(rename = "final")]
+        is_final: bool,
+        timestamp: Option<String>,
+        user_id: Option<String>,
+        confidence: Option<f64>,
     },
     BotStartedSpeaking,
     BotStoppedSpeaking,
-    /// `bot-output`, `bot-transcription` and `bot-tts-text` all carry what
-    /// the bot says; `kind` keeps which one it was.
+    /// `bot-transcription` (the LLM's text, one message per sentence, sent
+    /// as it is generated) and `bot-tts-text` (what the TTS speaks, a
+    /// sentence or a word at a time). Parsing never gives `kind:
+    /// BotOutput`; a sender may use it for a sentence the bot has spoken,
+    /// which goes out as Pipecat reports one (see [`BotOutput::spoken_sentence`]).
     BotText {
         kind: BotTextKind,
         text: String,
     },
+    /// `bot-output`, with what it says about the text being spoken.
+    BotOutput(BotOutput),
     BotInterrupted,
     Error {
         error: String,
@@ -61,6 +85,130 @@ pub enum BotTextKind {
     BotOutput,
     BotTranscription,
     BotTtsText,
+}
+
+/// The data of a `bot-output` message. Pipecat 1.14
+/// (`processors/frameworks/rtvi/models.py`, `BotOutputMessageData`) fills
+/// `spoken` for 1.x clients and `will_be_spoken`, `spoken_status` and
+/// `spoken_progress` for 2.x ones, but in practice sends all of them; every
+/// field but `text` is optional here, and a malformed optional field reads
+/// as absent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BotOutput {
+    pub text: String,
+    /// `output_type`, or its deprecated names `text_type`, `aggregated_by`:
+    /// `sentence`, `word`, `token` or an agent's own type (`code`, ...).
+    pub output_type: Option<String>,
+    /// Which segment (an aggregated sentence) the message is about.
+    pub segment_id: Option<u64>,
+    /// 1.x: the text has been spoken (`false`: it is about to be, or never
+    /// will be).
+    pub spoken: Option<bool>,
+    pub will_be_spoken: Option<bool>,
+    pub spoken_status: Option<SpokenStatus>,
+    pub spoken_progress: Option<SpokenProgress>,
+}
+
+impl BotOutput {
+    /// A whole sentence the bot has finished speaking, as Pipecat 1.14 sends
+    /// it to a 2.x client after the sentence's audio (TTS without word
+    /// timestamps).
+    pub fn spoken_sentence(text: impl Into<String>) -> Self {
+        let text = text.into();
+        Self {
+            output_type: Some("sentence".into()),
+            segment_id: None,
+            spoken: Some(true),
+            will_be_spoken: Some(true),
+            spoken_status: Some(SpokenStatus::Completed),
+            spoken_progress: Some(SpokenProgress {
+                accumulated_text: text.clone(),
+                remaining_text: String::new(),
+            }),
+            text,
+        }
+    }
+
+    fn parse(data: &Value) -> Option<Self> {
+        let text = data.get("text")?.as_str()?.to_owned();
+        let string = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_owned);
+        let progress = data.get("spoken_progress");
+        let progress_text = |key: &str| {
+            progress
+                .and_then(|p| p.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        Some(Self {
+            text,
+            output_type: string("output_type")
+                .or_else(|| string("text_type"))
+                .or_else(|| string("aggregated_by")),
+            segment_id: data.get("segment_id").and_then(Value::as_u64),
+            spoken: data.get("spoken").and_then(Value::as_bool),
+            will_be_spoken: data.get("will_be_spoken").and_then(Value::as_bool),
+            spoken_status: match data.get("spoken_status").and_then(Value::as_str) {
+                Some("new") => Some(SpokenStatus::New),
+                Some("in-progress") => Some(SpokenStatus::InProgress),
+                Some("completed") => Some(SpokenStatus::Completed),
+                _ => None,
+            },
+            spoken_progress: progress_text("accumulated_text")
+                .zip(progress_text("remaining_text"))
+                .map(|(accumulated_text, remaining_text)| SpokenProgress {
+                    accumulated_text,
+                    remaining_text,
+                }),
+        })
+    }
+
+    fn to_data(&self) -> Value {
+        let mut data = json!({"text": self.text});
+        if let Some(t) = &self.output_type {
+            // Pipecat 1.14 fills the deprecated names too.
+            for key in ["output_type", "text_type", "aggregated_by"] {
+                data[key] = json!(t);
+            }
+        }
+        if let Some(id) = self.segment_id {
+            data["segment_id"] = json!(id);
+        }
+        if let Some(spoken) = self.spoken {
+            data["spoken"] = json!(spoken);
+        }
+        if let Some(will) = self.will_be_spoken {
+            data["will_be_spoken"] = json!(will);
+        }
+        if let Some(status) = self.spoken_status {
+            data["spoken_status"] = json!(status);
+        }
+        if let Some(p) = &self.spoken_progress {
+            data["spoken_progress"] = json!(p);
+        }
+        data
+    }
+}
+
+/// Where a segment is in being spoken (`bot-output`'s `spoken_status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpokenStatus {
+    /// The segment's first message: it is about to be spoken (or, with
+    /// `will_be_spoken: false`, never will be).
+    New,
+    /// A word of it has just been spoken (TTS with word timestamps).
+    InProgress,
+    /// Its last word has been spoken.
+    Completed,
+}
+
+/// `bot-output`'s `spoken_progress`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SpokenProgress {
+    /// Spoken so far, the current word included.
+    pub accumulated_text: String,
+    /// Not spoken yet (with its leading space).
+    pub remaining_text: String,
 }
 
 impl BotTextKind {
@@ -127,15 +275,34 @@ struct TextData {
     text: String,
 }
 
-#[derive(Deserialize)]
-struct TranscriptionData {
+/// The fields `user-transcription` and `user-input` share. `text` must be a
+/// string and `final`, when there, a boolean; the others read as absent
+/// when malformed.
+struct UserText {
     text: String,
-    #[serde(rename = "final", default)]
     is_final: bool,
-    #[serde(default)]
     timestamp: Option<String>,
-    #[serde(default)]
     user_id: Option<String>,
+    confidence: Option<f64>,
+}
+
+impl UserText {
+    fn parse(data: &Value) -> Option<Self> {
+        let string = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_owned);
+        Some(Self {
+            text: data.get("text")?.as_str()?.to_owned(),
+            is_final: match data.get("final") {
+                None | Some(Value::Null) => false,
+                Some(v) => v.as_bool()?,
+            },
+            timestamp: string("timestamp"),
+            user_id: string("user_id"),
+            confidence: data
+                .get("confidence")
+                .and_then(Value::as_f64)
+                .filter(|c| (0.0..=1.0).contains(c)),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -198,17 +365,29 @@ fn parse_rtvi(kind: &str, data: Value) -> Option<Inbound> {
         "user-started-speaking" => BotMessage::UserStartedSpeaking,
         "user-stopped-speaking" => BotMessage::UserStoppedSpeaking,
         "user-transcription" => {
-            let d: TranscriptionData = from(data)?;
+            let d = UserText::parse(&data)?;
             BotMessage::UserTranscription {
                 text: d.text,
                 is_final: d.is_final,
                 timestamp: d.timestamp,
                 user_id: d.user_id,
+                confidence: d.confidence,
+            }
+        }
+        "user-input" => {
+            let d = UserText::parse(&data)?;
+            BotMessage::UserInput {
+                text: d.text,
+                input_type: data.get("input_type")?.as_str()?.to_owned(),
+                is_final: d.is_final,
+                timestamp: d.timestamp,
+                user_id: d.user_id,
+                confidence: d.confidence,
             }
         }
         "bot-started-speaking" => BotMessage::BotStartedSpeaking,
         "bot-stopped-speaking" => BotMessage::BotStoppedSpeaking,
-        "bot-output" => text(BotTextKind::BotOutput, data)?,
+        "bot-output" => BotMessage::BotOutput(BotOutput::parse(&data)?),
         "bot-transcription" => text(BotTextKind::BotTranscription, data)?,
         "bot-tts-text" => text(BotTextKind::BotTtsText, data)?,
         "bot-interrupted" => BotMessage::BotInterrupted,
@@ -274,20 +453,38 @@ impl BotMessage {
                 is_final,
                 timestamp,
                 user_id,
+                confidence,
             } => envelope(
                 "user-transcription",
                 id,
-                Some(
-                    json!({"text": text, "final": is_final, "timestamp": timestamp, "user_id": user_id}),
-                ),
+                Some(user_data(text, *is_final, timestamp, user_id, *confidence)),
             ),
+            Self::UserInput {
+                text,
+                input_type,
+                is_final,
+                timestamp,
+                user_id,
+                confidence,
+            } => {
+                let mut data = user_data(text, *is_final, timestamp, user_id, *confidence);
+                data["input_type"] = json!(input_type);
+                envelope("user-input", id, Some(data))
+            }
             Self::BotStartedSpeaking => envelope("bot-started-speaking", id, None),
             Self::BotStoppedSpeaking => envelope("bot-stopped-speaking", id, None),
-            Self::BotText { kind, text } => envelope(
-                kind.wire_type(),
+            Self::BotText {
+                kind: BotTextKind::BotOutput,
+                text,
+            } => envelope(
+                "bot-output",
                 id,
-                Some(json!({"text": text, "output_type": "sentence", "will_be_spoken": true})),
+                Some(BotOutput::spoken_sentence(text.clone()).to_data()),
             ),
+            Self::BotText { kind, text } => {
+                envelope(kind.wire_type(), id, Some(json!({"text": text})))
+            }
+            Self::BotOutput(output) => envelope("bot-output", id, Some(output.to_data())),
             Self::BotInterrupted => envelope("bot-interrupted", id, None),
             Self::Error { error, fatal } => {
                 envelope("error", id, Some(json!({"error": error, "fatal": fatal})))
@@ -296,6 +493,27 @@ impl BotMessage {
             Self::Metrics { data } => envelope("metrics", id, Some(data.clone())),
         }
     }
+}
+
+/// A user message's data, leaving out what is unknown as Pipecat does.
+fn user_data(
+    text: &str,
+    is_final: bool,
+    timestamp: &Option<String>,
+    user_id: &Option<String>,
+    confidence: Option<f64>,
+) -> Value {
+    let mut data = json!({"text": text, "final": is_final});
+    if let Some(t) = timestamp {
+        data["timestamp"] = json!(t);
+    }
+    if let Some(u) = user_id {
+        data["user_id"] = json!(u);
+    }
+    if let Some(c) = confidence {
+        data["confidence"] = json!(c);
+    }
+    data
 }
 
 /// The wire form of a SmallWebRTC signalling message.
@@ -334,14 +552,18 @@ mod tests {
                 is_final: true,
                 timestamp: Some("2026-11-22T01:00:00.000Z".into()),
                 user_id: Some("SmallWebRTCConnection#0-1234".into()),
+                confidence: None,
             })
         );
         assert_eq!(
             parse(&fixture("bot-output.json")),
-            Inbound::Bot(BotMessage::BotText {
-                kind: BotTextKind::BotOutput,
-                text: "Hi there.".into()
-            })
+            Inbound::Bot(BotMessage::BotOutput(BotOutput {
+                text: "Hi there.".into(),
+                output_type: Some("sentence".into()),
+                will_be_spoken: Some(true),
+                spoken_status: Some(SpokenStatus::New),
+                ..BotOutput::default()
+            }))
         );
         assert_eq!(
             parse(&fixture("renegotiate.json")),
@@ -355,6 +577,108 @@ mod tests {
             parse(br#"{"label":"rtvi-ai","type":"bot-llm-started"}"#),
             Inbound::Ignored(Ignored::UnknownType)
         );
+    }
+
+    /// Every message of the sequences Pipecat 1.14's observer sent
+    /// (fixtures/rtvi/generated-1.14) parses, and what the gateway uses is
+    /// read in full.
+    #[test]
+    fn parses_pipecat_1_14_bot_output_and_user_input() {
+        let line = r#"{"label": "rtvi-ai", "type": "bot-output", "data": {"text": "Hello there.", "output_type": "sentence", "text_type": "sentence", "aggregated_by": "sentence", "segment_id": 279, "will_be_spoken": true, "spoken_status": "in-progress", "spoken_progress": {"accumulated_text": "Hello", "remaining_text": " there."}}}"#;
+        assert_eq!(
+            parse(line.as_bytes()),
+            Inbound::Bot(BotMessage::BotOutput(BotOutput {
+                text: "Hello there.".into(),
+                output_type: Some("sentence".into()),
+                segment_id: Some(279),
+                spoken: None,
+                will_be_spoken: Some(true),
+                spoken_status: Some(SpokenStatus::InProgress),
+                spoken_progress: Some(SpokenProgress {
+                    accumulated_text: "Hello".into(),
+                    remaining_text: " there.".into(),
+                }),
+            }))
+        );
+        let line = r#"{"label": "rtvi-ai", "type": "user-input", "data": {"text": "What time", "input_type": "transcription", "timestamp": "2026-03-02T10:00:00.000+00:00", "final": false, "user_id": "user-1"}}"#;
+        assert_eq!(
+            parse(line.as_bytes()),
+            Inbound::Bot(BotMessage::UserInput {
+                text: "What time".into(),
+                input_type: "transcription".into(),
+                is_final: false,
+                timestamp: Some("2026-03-02T10:00:00.000+00:00".into()),
+                user_id: Some("user-1".into()),
+                confidence: None,
+            })
+        );
+        // 1.x shape, deprecated names only.
+        let line = r#"{"label":"rtvi-ai","type":"bot-output","data":{"text":"Hi","spoken":true,"aggregated_by":"word"}}"#;
+        let Inbound::Bot(BotMessage::BotOutput(o)) = parse(line.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(
+            (o.output_type.as_deref(), o.spoken, o.spoken_status),
+            (Some("word"), Some(true), None)
+        );
+
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/rtvi/generated-1.14");
+        let mut messages = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            for line in std::fs::read_to_string(entry.unwrap().path())
+                .unwrap()
+                .lines()
+            {
+                messages += 1;
+                let kind: Value = serde_json::from_str(line).unwrap();
+                let kind = kind["type"].as_str().unwrap();
+                match parse(line.as_bytes()) {
+                    Inbound::Bot(_) => {}
+                    Inbound::Ignored(Ignored::UnknownType) => assert!(
+                        kind.starts_with("bot-llm-") || kind.starts_with("bot-tts-st"),
+                        "{line}"
+                    ),
+                    other => panic!("{line}: {other:?}"),
+                }
+            }
+        }
+        assert!(messages > 300, "{messages}");
+    }
+
+    #[test]
+    fn optional_fields_that_are_malformed_read_as_absent() {
+        let line = r#"{"label":"rtvi-ai","type":"bot-output","data":{"text":"x","segment_id":"7","spoken":"yes","spoken_status":"done","spoken_progress":{"accumulated_text":1}}}"#;
+        assert_eq!(
+            parse(line.as_bytes()),
+            Inbound::Bot(BotMessage::BotOutput(BotOutput {
+                text: "x".into(),
+                ..BotOutput::default()
+            }))
+        );
+        let line = r#"{"label":"rtvi-ai","type":"user-transcription","data":{"text":"x","final":true,"timestamp":12,"user_id":null,"confidence":0.5}}"#;
+        assert_eq!(
+            parse(line.as_bytes()),
+            Inbound::Bot(BotMessage::UserTranscription {
+                text: "x".into(),
+                is_final: true,
+                timestamp: None,
+                user_id: None,
+                confidence: Some(0.5),
+            })
+        );
+        // What the gateway cannot do without is still required.
+        for bad in [
+            r#"{"label":"rtvi-ai","type":"bot-output","data":{"spoken":true}}"#,
+            r#"{"label":"rtvi-ai","type":"user-transcription","data":{"text":"x","final":"yes"}}"#,
+            r#"{"label":"rtvi-ai","type":"user-input","data":{"text":"x","final":true}}"#,
+        ] {
+            assert_eq!(
+                parse(bad.as_bytes()),
+                Inbound::Ignored(Ignored::Malformed),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -386,6 +710,29 @@ mod tests {
                 kind: BotTextKind::BotTtsText,
                 text: "x".into(),
             },
+            BotMessage::BotText {
+                kind: BotTextKind::BotTranscription,
+                text: "y.".into(),
+            },
+            BotMessage::BotOutput(BotOutput {
+                segment_id: Some(4),
+                ..BotOutput::spoken_sentence("Hi.")
+            }),
+            BotMessage::UserTranscription {
+                text: "a".into(),
+                is_final: true,
+                timestamp: Some("2026-03-02T10:00:00.000+00:00".into()),
+                user_id: None,
+                confidence: Some(0.25),
+            },
+            BotMessage::UserInput {
+                text: "b".into(),
+                input_type: "backchannel".into(),
+                is_final: true,
+                timestamp: None,
+                user_id: Some("u".into()),
+                confidence: None,
+            },
             BotMessage::Error {
                 error: "boom".into(),
                 fatal: false,
@@ -394,6 +741,21 @@ mod tests {
         for m in msgs {
             assert_eq!(parse(m.to_json("7").as_bytes()), Inbound::Bot(m));
         }
+        // The simple form a sender uses for a spoken sentence goes out as
+        // Pipecat 1.14 sends one.
+        let sent = BotMessage::BotText {
+            kind: BotTextKind::BotOutput,
+            text: "Done.".into(),
+        }
+        .to_json("8");
+        assert_eq!(
+            parse(sent.as_bytes()),
+            Inbound::Bot(BotMessage::BotOutput(BotOutput::spoken_sentence("Done.")))
+        );
+        let v: Value = serde_json::from_str(&sent).unwrap();
+        assert_eq!(v["data"]["spoken_status"], "completed");
+        assert_eq!(v["data"]["aggregated_by"], "sentence");
+        assert_eq!(v["data"]["spoken_progress"]["remaining_text"], "");
         assert_eq!(
             parse(signalling_json(&Signalling::PeerLeft).as_bytes()),
             Inbound::Signalling(Signalling::PeerLeft)

@@ -25,6 +25,8 @@ pub struct LinkStats {
     pub jitter_ms: Option<f64>,
     pub send_bitrate_bps: u64,
     pub recv_bitrate_bps: u64,
+    /// Audio packets sent per second: 50 in a live call, silences included.
+    pub send_packet_rate: f64,
     /// Incoming packets dropped because the decoder fell behind.
     pub audio_in_dropped: u64,
     pub rtvi_unknown: u64,
@@ -37,11 +39,19 @@ pub struct LinkStats {
     pub last_recovery_ms: Option<u64>,
 }
 
+#[derive(Clone, Copy)]
+struct Snapshot {
+    at: Instant,
+    bytes_sent: u64,
+    bytes_received: u64,
+    packets_sent: u64,
+}
+
 pub(crate) struct StatsState {
     pub first_packet_sent: Option<Duration>,
     pub last_recovery: Option<Duration>,
-    /// When and at which byte counts the previous snapshot was taken.
-    previous: (Instant, u64, u64),
+    /// When and at which counts the previous snapshot was taken.
+    previous: Snapshot,
 }
 
 impl StatsState {
@@ -50,7 +60,12 @@ impl StatsState {
         Self {
             first_packet_sent: None,
             last_recovery: None,
-            previous: (connected, 0, 0),
+            previous: Snapshot {
+                at: connected,
+                bytes_sent: 0,
+                bytes_received: 0,
+                packets_sent: 0,
+            },
         }
     }
 
@@ -94,13 +109,19 @@ impl StatsState {
                 _ => {}
             }
         }
-        let (at, sent, received) = self.previous;
-        let secs = now.duration_since(at).as_secs_f64();
+        let p = self.previous;
+        let secs = now.duration_since(p.at).as_secs_f64();
         if secs > 0.0 {
-            s.send_bitrate_bps = ((s.bytes_sent - sent) as f64 * 8.0 / secs) as u64;
-            s.recv_bitrate_bps = ((s.bytes_received - received) as f64 * 8.0 / secs) as u64;
+            s.send_bitrate_bps = ((s.bytes_sent - p.bytes_sent) as f64 * 8.0 / secs) as u64;
+            s.recv_bitrate_bps = ((s.bytes_received - p.bytes_received) as f64 * 8.0 / secs) as u64;
+            s.send_packet_rate = (s.packets_sent - p.packets_sent) as f64 / secs;
         }
-        self.previous = (now, s.bytes_sent, s.bytes_received);
+        self.previous = Snapshot {
+            at: now,
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+            packets_sent: s.packets_sent,
+        };
         s
     }
 }

@@ -20,8 +20,9 @@ use crate::audio::{
     AudioEngine, AudioEvent, EncodedFrame, IncomingPacket, OpusPacket, PlayoutSender,
 };
 use crate::config::Trigger;
-use crate::link::rtvi::{BotMessage, BotTextKind};
+use crate::link::rtvi::BotMessage;
 use crate::link::signaling::smallwebrtc::SmallWebRtcSignaling;
+use crate::link::transcript::{Speaker, TranscriptAssembler, TranscriptLine};
 use crate::link::{Link, LinkEvent, LinkIo, LinkSettings, OpusFrame, OpusPacket as LinkPacket};
 use crate::reachability::ProbeTrigger;
 use crate::status::{CurrentSession, Line, LinkView, Published};
@@ -122,9 +123,10 @@ struct Current {
     bot_speech_ms: u64,
     bot_speaking_since: Option<Instant>,
     lines: Vec<Line>,
+    /// The user's interim transcription, as last published.
     partial: Option<String>,
-    /// Agents send the bot's words under several types; one is stored.
-    bot_text_kind: Option<BotTextKind>,
+    /// One line per sentence, from however many RTVI messages carry it.
+    transcript: TranscriptAssembler,
     first_packet_sent: bool,
     milestones: Milestones,
 }
@@ -438,6 +440,17 @@ impl Orchestrator {
     }
 
     async fn on_bot(&mut self, message: BotMessage) {
+        if let Some(c) = &mut self.current {
+            let lines = c.transcript.push(&message, Timestamp::now());
+            let partial = c.transcript.partial().map(str::to_owned);
+            let partial_changed = partial != c.partial;
+            c.partial = partial;
+            if !lines.is_empty() {
+                self.store_lines(lines).await;
+            } else if partial_changed {
+                self.note_state();
+            }
+        }
         match message {
             BotMessage::BotReady { .. } => self.apply(Event::BotReady).await,
             BotMessage::BotStartedSpeaking => {
@@ -454,23 +467,6 @@ impl Orchestrator {
                 }
                 self.apply(Event::BotStoppedSpeaking).await;
             }
-            BotMessage::UserTranscription { text, is_final, .. } => {
-                if is_final {
-                    self.store_line(Role::User, text).await;
-                } else if let Some(c) = &mut self.current {
-                    c.partial = Some(text);
-                    self.note_state();
-                }
-            }
-            BotMessage::BotText { kind, text } if kind != BotTextKind::BotTtsText => {
-                let take = match &mut self.current {
-                    Some(c) => *c.bot_text_kind.get_or_insert(kind) == kind,
-                    None => false,
-                };
-                if take {
-                    self.store_line(Role::Bot, text).await;
-                }
-            }
             BotMessage::Error { error, fatal } => {
                 warn!(%error, fatal, "the agent reported an error");
             }
@@ -478,28 +474,47 @@ impl Orchestrator {
         }
     }
 
-    async fn store_line(&mut self, role: Role, text: String) {
+    /// Stores finished lines of the current session, in one transaction,
+    /// and shows them on the status page.
+    async fn store_lines(&mut self, lines: Vec<TranscriptLine>) {
         let Some(c) = &mut self.current else { return };
-        if role == Role::User {
-            c.partial = None;
+        if lines.is_empty() {
+            return;
         }
-        c.lines.push(Line {
-            role: if role == Role::User { "user" } else { "bot" },
-            text: text.clone(),
-        });
-        let line = NewTranscript {
-            session_id: c.id,
-            role,
-            text,
-            is_final: true,
-            confidence: None,
-            spoken_at: Timestamp::now(),
-            received_at: Timestamp::now(),
-        };
-        if let Err(e) = self.store.call(move |s| s.add_transcript(&line)).await {
-            warn!(error = %e, "cannot store a transcript line");
+        let rows: Vec<NewTranscript> = lines
+            .into_iter()
+            .map(|l| {
+                c.lines.push(Line {
+                    role: l.role.as_str(),
+                    text: l.text.clone(),
+                });
+                NewTranscript {
+                    session_id: c.id,
+                    role: match l.role {
+                        Speaker::User => Role::User,
+                        Speaker::Bot => Role::Bot,
+                    },
+                    text: l.text,
+                    is_final: l.is_final,
+                    confidence: l.confidence,
+                    spoken_at: l.spoken_at,
+                    received_at: l.received_at,
+                }
+            })
+            .collect();
+        if let Err(e) = self.store.call(move |s| s.add_transcripts(&rows)).await {
+            warn!(error = %e, "cannot store transcript lines");
         }
         self.note_state();
+    }
+
+    /// The session is ending: what the transcript still held (a sentence
+    /// being spoken, lines waiting for the end of the bot's turn) is stored.
+    async fn finish_transcript(&mut self) {
+        let Some(c) = &mut self.current else { return };
+        let lines = c.transcript.finish(Timestamp::now());
+        c.partial = None;
+        self.store_lines(lines).await;
     }
 
     async fn on_provisioned(&mut self, result: Result<Provisioned, String>) {
@@ -577,7 +592,7 @@ impl Orchestrator {
                 };
                 let signaling = Arc::new(SmallWebRtcSignaling::new(
                     p.offer_url.clone(),
-                    None,
+                    p.offer_key.clone(),
                     None,
                     Duration::from_secs(10),
                 ));
@@ -638,7 +653,7 @@ impl Orchestrator {
             bot_speaking_since: None,
             lines: Vec::new(),
             partial: None,
-            bot_text_kind: None,
+            transcript: TranscriptAssembler::new(),
             first_packet_sent: false,
             milestones: Milestones::default(),
         });
@@ -666,6 +681,7 @@ impl Orchestrator {
         self.engine.end_stream();
         self.audio_out = None;
         self.outbox.clear();
+        self.finish_transcript().await;
         if let Some(mut c) = self.current.take() {
             if let Some(since) = c.bot_speaking_since.take() {
                 c.bot_speech_ms += since.elapsed().as_millis() as u64;

@@ -84,6 +84,9 @@ pub struct ProvisionedRoom {
 #[derive(Clone, Debug)]
 pub struct Provisioned {
     pub offer_url: Url,
+    /// Bearer key for the offer and trickle requests: `agent.api_key`, sent
+    /// only to the host that was configured with it (see `Provisioner::offer_key`).
+    pub offer_key: Option<SecretString>,
     pub room: Option<ProvisionedRoom>,
     pub agent_session_id: Option<AgentSessionId>,
 }
@@ -212,6 +215,7 @@ impl Provisioner {
         match self.mode {
             ProvisionMode::Static => Ok(Provisioned {
                 offer_url: self.agent.offer_url.clone().expect("checked in new"),
+                offer_key: self.agent.api_key.clone(),
                 room: None,
                 agent_session_id: None,
             }),
@@ -225,6 +229,7 @@ impl Provisioner {
                         leaked_room: None,
                     })?;
                 Ok(Provisioned {
+                    offer_key: self.offer_key(&offer_url),
                     offer_url,
                     room: None,
                     agent_session_id,
@@ -348,6 +353,7 @@ impl Provisioner {
             .await
             .map_err(|e| (Step::StartAgent, e.into()))?;
         Ok(Provisioned {
+            offer_key: self.offer_key(&offer_url),
             offer_url,
             room: Some(ProvisionedRoom {
                 name: room_name.clone(),
@@ -356,6 +362,25 @@ impl Provisioner {
             }),
             agent_session_id,
         })
+    }
+
+    /// The agent key goes with the offer when the offer URL is on the start
+    /// endpoint's origin, as Pipecat Cloud's `.../sessions/{id}/api/offer`
+    /// is (it rejects offers without it). An `offer_url` that a start reply
+    /// points at another host never gets the key: a secret is not handed to
+    /// a host it was not configured for.
+    fn offer_key(&self, offer_url: &Url) -> Option<SecretString> {
+        let key = self.agent.api_key.as_ref()?;
+        let start = self.agent.start_url.as_ref()?;
+        if start.origin() == offer_url.origin() {
+            Some(key.clone())
+        } else {
+            info!(
+                offer_host = offer_url.host_str().unwrap_or_default(),
+                "the offer URL is on another host than agent.start_url; not sending agent.api_key to it"
+            );
+            None
+        }
     }
 
     async fn start_agent(

@@ -116,6 +116,14 @@ fn describe() {
         "Share of packets lost on the current or last call, by direction (out: to the agent)."
     );
     describe_gauge!("kiosk_link_up", "1 while a call to the agent is open.");
+    describe_counter!(
+        "kiosk_link_packets_sent_total",
+        "Audio packets sent to the agent; 50 a second while a call is live, silences included."
+    );
+    describe_gauge!(
+        "kiosk_link_packets_sent_per_second",
+        "Audio packets sent to the agent per second over the last few seconds of the current call."
+    );
 }
 
 /// One reachability check's outcome.
@@ -137,6 +145,11 @@ pub fn record_link(link: &LinkView) {
     }
     gauge!("kiosk_link_loss_ratio", "direction" => "out").set(link.loss_out_percent / 100.0);
     gauge!("kiosk_link_loss_ratio", "direction" => "in").set(link.loss_in_percent / 100.0);
+    gauge!("kiosk_link_packets_sent_per_second").set(if link.live {
+        link.send_packets_per_second
+    } else {
+        0.0
+    });
 }
 
 /// Makes sure the recorder exists before anything records.

@@ -63,6 +63,8 @@ pub struct LinkView {
     pub loss_in_percent: f64,
     pub send_kbps: f64,
     pub recv_kbps: f64,
+    /// 50 while a call is live: the agent hears every 20 ms, silences included.
+    pub send_packets_per_second: f64,
     pub restarts: u64,
 }
 
@@ -91,6 +93,7 @@ impl LinkView {
             loss_in_percent: percent(s.packets_lost_local, s.packets_received),
             send_kbps: s.send_bitrate_bps as f64 / 1000.0,
             recv_kbps: s.recv_bitrate_bps as f64 / 1000.0,
+            send_packets_per_second: s.send_packet_rate,
             restarts: s.restarts,
         }
     }

@@ -148,3 +148,49 @@ fn times_sort_as_text() {
     assert_eq!(format_time(a), "2026-11-22T01:02:03.000Z");
     assert!(format_time(a) < format_time(b));
 }
+
+#[test]
+fn confidence_final_and_spoken_at_are_kept_for_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(&dir.path().join("kiosk.db")).unwrap();
+    let id = session(&store);
+    let received: Timestamp = "2026-03-02T10:00:03.456Z".parse().unwrap();
+    let spoken: Timestamp = "2026-03-02T10:00:01.25Z".parse().unwrap();
+    let lines = [
+        NewTranscript {
+            confidence: Some(0.875),
+            spoken_at: spoken,
+            received_at: received,
+            ..line(id, Role::User, "Where is the lift?")
+        },
+        NewTranscript {
+            is_final: false,
+            spoken_at: spoken,
+            received_at: received,
+            ..line(id, Role::Bot, "It is behind")
+        },
+    ];
+    let stored = store.add_transcripts(&lines).unwrap();
+    assert_eq!(stored[0].spoken_at, spoken);
+    let batch = store.next_batch(10).unwrap().expect("lines to upload");
+    let rows: Vec<_> = batch
+        .transcripts
+        .iter()
+        .map(|t| {
+            (
+                t.text.as_str(),
+                t.is_final,
+                t.confidence,
+                t.spoken_at,
+                t.received_at,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("Where is the lift?", true, Some(0.875), spoken, received),
+            ("It is behind", false, None, spoken, received),
+        ]
+    );
+}
