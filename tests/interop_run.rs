@@ -27,7 +27,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    Daemon, SessionRow, U1_MS, U2_MS, session_config, session_rows, speaker_samples,
+    Daemon, SessionRow, U1_MS, U2_MS, get, session_config, session_rows, speaker_samples,
     transcript_lines, visitor_clip, wait_session_end, write_wav,
 };
 use daily_support::{API_KEY as DAILY_KEY, FakeDaily};
@@ -113,7 +113,7 @@ fn assert_idle(row: &SessionRow, bot: &PipecatBot, d: &Daemon) {
 /// The stored conversation: four user turns, each answered with two
 /// sentences, in order, each exactly once; the bot heard each utterance
 /// whole; every sentence's audio reached the speaker.
-fn check_conversation(dir: &Path, row: &SessionRow, bot: &PipecatBot, d: &Daemon) {
+async fn check_conversation(dir: &Path, row: &SessionRow, bot: &PipecatBot, d: &Daemon) {
     let lines = transcript_lines(dir, &row.id);
     let got: Vec<(String, String)> = lines
         .iter()
@@ -125,6 +125,15 @@ fn check_conversation(dir: &Path, row: &SessionRow, bot: &PipecatBot, d: &Daemon
         bot.notable_log(),
         d.stderr()
     );
+    // First the bot: it heard four turns and said each sentence whole (no
+    // barge-in), so Pipecat sent `bot-output` with `spoken: true` 8 times.
+    let spoken = bot
+        .sent()
+        .iter()
+        .filter(|m| m["type"] == "bot-output" && m["data"]["spoken"] == true)
+        .count();
+    assert_eq!(spoken, 8, "sentences the bot said; {context}");
+
     let user: Vec<&str> = lines
         .iter()
         .filter(|l| l.1 == "user")
@@ -184,10 +193,17 @@ fn check_conversation(dir: &Path, row: &SessionRow, bot: &PipecatBot, d: &Daemon
         .map(|(lag, corr)| format!("{:.2} s ({corr:.2})", *lag as f64 / 48_000.0))
         .collect();
     println!("the reply played at {at:?}");
+    let playout: Vec<String> = get(&format!("{}/metrics", d.url))
+        .await
+        .1
+        .lines()
+        .filter(|l| l.starts_with("kiosk_audio_packets_"))
+        .map(str::to_string)
+        .collect();
     assert_eq!(
         plays.len(),
         8,
-        "the reply played 8 times: {at:?}; {context}"
+        "the reply played 8 times, found {at:?}; playout {playout:#?}"
     );
     assert!(row.bot_speech_ms >= 3000, "{row:?}");
 }
@@ -210,7 +226,7 @@ async fn static_offer_url_four_turns_with_a_pipecat_bot() {
     let agent = format!("offer_url = \"{}\"", bot.url("/api/offer"));
     let (d, row) = run_session(dir.path(), &bot, &agent, "", &[]).await;
     assert_idle(&row, &bot, &d);
-    check_conversation(dir.path(), &row, &bot, &d);
+    check_conversation(dir.path(), &row, &bot, &d).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,7 +270,7 @@ async fn pipecat_start_with_an_api_key_four_turns() {
     );
     assert!(!d.stderr().contains(AGENT_KEY), "the key is never logged");
     assert_idle(&row, &bot, &d);
-    check_conversation(dir.path(), &row, &bot, &d);
+    check_conversation(dir.path(), &row, &bot, &d).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,5 +314,5 @@ async fn daily_room_and_pipecat_start_four_turns() {
         starts[0]["room_url"],
         format!("https://example.daily.co/{room}")
     );
-    check_conversation(dir.path(), &row, &bot, &d);
+    check_conversation(dir.path(), &row, &bot, &d).await;
 }
