@@ -167,6 +167,17 @@ async fn check_conversation(dir: &Path, row: &SessionRow, bot: &PipecatBot, d: &
         assert!(ok, "line {i} is {text:?}, expected {want:?}; {context}");
     }
 
+    // Nothing was cut off, so every line is final.
+    let unfinished: i64 = rusqlite::Connection::open(dir.join("kiosk.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM transcripts WHERE session_id = ?1 AND NOT final",
+            [&row.id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unfinished, 0, "lines stored as not final; {context}");
+
     // "utterance k, S seconds": the bot's STT measured the speech it got.
     for (k, (text, (from, to))) in user.iter().zip(UTTERANCES).enumerate() {
         let heard: f64 = text
