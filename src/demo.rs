@@ -3,6 +3,11 @@
 //! the real microphone and speaker: an on-site self-test), the status
 //! server, SQLite in a state folder, and the bot's replies written to a
 //! WAV. It ends when the input has ended and the session has idled out.
+//!
+//! With an external agent (a SmallWebRTC offer URL, or a Pipecat `/start`
+//! endpoint) the same session goes to a real bot instead, provisioned as
+//! the daemon does it (`session.provision = "static"` or `"pipecat"`), so
+//! a technician can test that bot from the kiosk.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +17,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
 use crate::audio::{AudioEngine, AudioError, AudioSettings, DeviceSpec, VadSettings};
 use crate::config::Trigger;
@@ -38,16 +44,52 @@ pub struct DemoArgs {
     /// Use the real default microphone and speaker.
     pub devices: bool,
     pub state_dir: Option<PathBuf>,
+    /// Who answers; the built-in loopback agent by default.
+    pub agent: DemoAgent,
+}
+
+/// The agent a demo session goes to.
+#[derive(Clone, Debug, Default)]
+pub enum DemoAgent {
+    /// The built-in loopback agent, started on 127.0.0.1 for the demo.
+    #[default]
+    Loopback,
+    /// An agent run elsewhere, reached the way the daemon reaches it.
+    External {
+        endpoint: AgentEndpoint,
+        /// Local UDP address for ICE.
+        udp_bind: String,
+        /// Use the link's default STUN server (off for agents on the local network).
+        stun: bool,
+    },
+}
+
+/// How an external agent is reached.
+#[derive(Clone, Debug)]
+pub enum AgentEndpoint {
+    /// A SmallWebRTC offer URL (`session.provision = "static"`).
+    Offer(Url),
+    /// A Pipecat `POST /start` endpoint (`session.provision = "pipecat"`):
+    /// its reply names the offer URL (`offer_url`) or a `sessionId`. The key,
+    /// if any, goes as a bearer token with the start request.
+    Start {
+        url: Url,
+        api_key: Option<SecretString>,
+    },
 }
 
 /// The demo's result; its JSON form is the `demo --json` contract.
 #[derive(Debug, Serialize)]
 pub struct DemoSummary {
     pub session_id: Option<String>,
+    /// How the session ended (`idle`, `connect_failed`, ... as stored).
+    pub end_reason: Option<String>,
     pub states: Vec<Transition>,
     pub utterances: u64,
     pub speech_ms_sent: u64,
-    pub speech_ms_received_by_agent: u64,
+    /// Speech the built-in loopback agent heard; `null` with an external
+    /// agent, which reports no such figure.
+    pub speech_ms_received_by_agent: Option<u64>,
     /// From the first speech onset to the first packet handed to the link,
     /// stage by stage.
     pub startup: Option<Startup>,
@@ -59,8 +101,26 @@ pub struct DemoSummary {
     pub status_url: String,
 }
 
+/// Where `demo --start-url` takes its bearer key from without `--api-key-env`.
+pub const API_KEY_VAR: &str = "KIOSK_GATEWAY_AGENT_API_KEY";
+
+/// The start endpoint's bearer key: from the variable `name` (which must be
+/// set), else from [`API_KEY_VAR`] when that is set.
+pub fn api_key_from_env(name: Option<&str>) -> Result<Option<SecretString>, DemoError> {
+    let value = std::env::var(name.unwrap_or(API_KEY_VAR))
+        .ok()
+        .filter(|v| !v.is_empty());
+    match (value, name) {
+        (Some(key), _) => Ok(Some(SecretString::from(key))),
+        (None, Some(name)) => Err(DemoError::ApiKey(name.to_owned())),
+        (None, None) => Ok(None),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    #[error("no API key: the environment variable {0} is not set")]
+    ApiKey(String),
     #[error("cannot prepare the state folder {}: {source}", path.display())]
     StateDir {
         path: PathBuf,
@@ -112,10 +172,60 @@ async fn run_async(
     recent: RecentEvents,
 ) -> Result<DemoSummary, DemoError> {
     status::metrics::init();
-    let reply = media::read_wav(&write_file(&state_dir, "agent-reply.wav", REPLY)?)?;
-    let mut agent_config = LoopbackAgentConfig::new(reply);
-    agent_config.bind = ([127, 0, 0, 1], 0).into();
-    let agent = LoopbackAgent::start(agent_config).await?;
+    let loopback_link = LinkSettings {
+        ice_servers: vec![],
+        udp_bind: vec!["127.0.0.1:0".into()],
+        ..LinkSettings::default()
+    };
+    let (agent, mode, agent_settings, link) = match &args.agent {
+        DemoAgent::Loopback => {
+            let reply = media::read_wav(&write_file(&state_dir, "agent-reply.wav", REPLY)?)?;
+            let mut agent_config = LoopbackAgentConfig::new(reply);
+            agent_config.bind = ([127, 0, 0, 1], 0).into();
+            let agent = LoopbackAgent::start(agent_config).await?;
+            let settings = AgentSettings {
+                offer_url: Some(agent.offer_url()),
+                ..AgentSettings::default()
+            };
+            (Some(agent), ProvisionMode::Static, settings, loopback_link)
+        }
+        DemoAgent::External {
+            endpoint,
+            udp_bind,
+            stun,
+        } => {
+            let mut link = LinkSettings {
+                udp_bind: vec![udp_bind.clone()],
+                ..LinkSettings::default()
+            };
+            if !stun {
+                link.ice_servers.clear();
+            }
+            let (mode, settings) = match endpoint {
+                AgentEndpoint::Offer(url) => (
+                    ProvisionMode::Static,
+                    AgentSettings {
+                        offer_url: Some(url.clone()),
+                        ..AgentSettings::default()
+                    },
+                ),
+                AgentEndpoint::Start { url, api_key } => (
+                    ProvisionMode::Pipecat,
+                    AgentSettings {
+                        start_url: Some(url.clone()),
+                        api_key: api_key.clone(),
+                        ..AgentSettings::default()
+                    },
+                ),
+            };
+            (None, mode, settings, link)
+        }
+    };
+    // The reachability check looks where sessions begin, as the daemon's does.
+    let probe_url = agent_settings
+        .start_url
+        .clone()
+        .or_else(|| agent_settings.offer_url.clone());
 
     let (store, _) = Store::open(&state_dir.join("kiosk.db"))?;
     let (store, writer) = StoreHandle::spawn(store);
@@ -136,21 +246,9 @@ async fn run_async(
     let engine = AudioEngine::start(&audio, &VadSettings::default())?;
     let audio_metrics = engine.metrics().clone();
 
-    let provisioner = Provisioner::new(
-        ProvisionMode::Static,
-        None,
-        AgentSettings {
-            offer_url: Some(agent.offer_url()),
-            ..AgentSettings::default()
-        },
-    )?;
+    let provisioner = Provisioner::new(mode, None, agent_settings)?;
 
-    let prober = Prober::new(
-        None,
-        Some(agent.offer_url()),
-        provisioner.http(),
-        Duration::from_secs(60),
-    );
+    let prober = Prober::new(None, probe_url, provisioner.http(), Duration::from_secs(60));
     let cloud_checks = prober.checks();
 
     let (publish, published) = watch::channel(Published {
@@ -188,11 +286,7 @@ async fn run_async(
         idle_timeout: Duration::from_secs(4),
         max_duration: Duration::from_secs(300),
         ready_timeout: Duration::from_secs(5),
-        link: LinkSettings {
-            ice_servers: vec![],
-            udp_bind: vec!["127.0.0.1:0".into()],
-            ..LinkSettings::default()
-        },
+        link,
         failure_prompt: Some(media::read_wav_bytes(FAILURE_PROMPT)?),
         failure_backoff_min: Duration::from_secs(2),
         failure_backoff_max: Duration::from_secs(60),
@@ -208,13 +302,21 @@ async fn run_async(
     cancel.cancel();
     let _ = server.await;
 
-    let record = agent.record();
-    let transcripts = match report.sessions.first() {
+    let speech_ms_received_by_agent = agent.map(|a| {
+        a.record()
+            .utterances
+            .iter()
+            .map(|d| d.as_millis() as u64)
+            .sum()
+    });
+    let (transcripts, end_reason) = match report.sessions.first() {
         Some(id) => {
             let id = *id;
-            store.call(move |s| s.transcripts(Some(id))).await?
+            let transcripts = store.call(move |s| s.transcripts(Some(id))).await?;
+            let session = store.call(move |s| s.session(id)).await?;
+            (transcripts, session.and_then(|s| s.end_reason))
         }
-        None => Vec::new(),
+        None => (Vec::new(), None),
     };
     drop(store);
     tokio::task::spawn_blocking(move || writer.join())
@@ -222,10 +324,11 @@ async fn run_async(
         .ok();
     Ok(DemoSummary {
         session_id: report.sessions.first().map(ToString::to_string),
+        end_reason,
         states: report.transitions,
         utterances: report.utterances,
         speech_ms_sent: report.speech_ms_sent,
-        speech_ms_received_by_agent: record.utterances.iter().map(|d| d.as_millis() as u64).sum(),
+        speech_ms_received_by_agent,
         startup: report.startups.first().copied(),
         transcripts,
         link: final_link.borrow().link.clone(),
@@ -242,6 +345,14 @@ fn random_token() -> String {
 }
 
 impl DemoSummary {
+    /// Why the session failed, if it did: the agent could not be
+    /// provisioned or reached, or the call was lost.
+    pub fn failure(&self) -> Option<&str> {
+        self.end_reason
+            .as_deref()
+            .filter(|r| ["provision_failed", "connect_failed", "link_lost"].contains(r))
+    }
+
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(
@@ -255,11 +366,17 @@ impl DemoSummary {
                 t.state
             ));
         }
+        if let Some(reason) = &self.end_reason {
+            out.push_str(&format!("ended        {reason}\n"));
+        }
         out.push_str(&format!("utterances   {}\n", self.utterances));
-        out.push_str(&format!(
-            "speech       {} ms sent, {} ms heard by the agent\n",
-            self.speech_ms_sent, self.speech_ms_received_by_agent
-        ));
+        match self.speech_ms_received_by_agent {
+            Some(heard) => out.push_str(&format!(
+                "speech       {} ms sent, {heard} ms heard by the agent\n",
+                self.speech_ms_sent
+            )),
+            None => out.push_str(&format!("speech       {} ms sent\n", self.speech_ms_sent)),
+        }
         if let Some(s) = &self.startup {
             out.push_str(&format!(
                 "start-up     onset to first packet {} ms: provisioning {} ms, call set-up {} ms, \

@@ -8,6 +8,7 @@ use kiosk_gateway::audio::{self, Aggressiveness, Millis, SampleRate};
 use kiosk_gateway::config::{self, Config, Env};
 use kiosk_gateway::daily::cli::{RoomCommand, run_room_command};
 use kiosk_gateway::daily::{DailyClient, RoomName};
+use kiosk_gateway::demo::{AgentEndpoint, DemoAgent};
 use kiosk_gateway::link::call::{CallInput, CallOutput};
 use kiosk_gateway::link::cli::{CallArgs, Endpoint};
 use kiosk_gateway::telemetry::RecentEvents;
@@ -29,7 +30,7 @@ struct Cli {
 enum Command {
     /// Run the gateway daemon (systemd's ExecStart).
     Run,
-    /// One full session offline against the built-in loopback agent.
+    /// One full session, offline against the built-in loopback agent, or against an external agent.
     Demo {
         /// Visitor speech (WAV); default: the built-in four-utterance fixture.
         #[arg(long, conflicts_with = "devices")]
@@ -40,6 +41,23 @@ enum Command {
         /// Where SQLite and the WAVs go; default: a new folder under the temp dir.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// An external agent's SmallWebRTC offer URL instead of the built-in agent.
+        #[arg(long, group = "external")]
+        offer_url: Option<url::Url>,
+        /// An external agent's Pipecat `POST /start` endpoint (its reply gives
+        /// `sessionId` or `offer_url`) instead of the built-in agent.
+        #[arg(long, group = "external")]
+        start_url: Option<url::Url>,
+        /// Environment variable holding the start endpoint's bearer key
+        /// [default: KIOSK_GATEWAY_AGENT_API_KEY, when set].
+        #[arg(long, requires = "start_url", conflicts_with = "offer_url")]
+        api_key_env: Option<String>,
+        /// Local UDP address for ICE with an external agent.
+        #[arg(long, default_value = "0.0.0.0:0", requires = "external")]
+        bind: String,
+        /// Use no STUN server with an external agent (agents on the local network).
+        #[arg(long, requires = "external")]
+        no_stun: bool,
         /// Print the summary as one JSON object.
         #[arg(long)]
         json: bool,
@@ -98,15 +116,18 @@ enum Command {
         /// WHIP endpoint instead of SmallWebRTC.
         #[arg(long)]
         whip_url: Option<url::Url>,
-        /// Audio to send, `wav:PATH` (48 kHz mono), repeated with pauses.
+        /// Audio to send, `wav:PATH`: any PCM WAV (any rate, mono or
+        /// multichannel, 16/24/32-bit integer or float), repeated with pauses.
         #[arg(long)]
         input: CallInput,
-        /// Where the agent's audio goes: `wav:PATH` or `none`.
+        /// Where the agent's audio goes: `wav:PATH` (mono 16-bit at the
+        /// input file's rate) or `none`.
         #[arg(long, default_value = "none")]
         output: CallOutput,
+        /// Length of the call; audio is sent every 20 ms throughout.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
-        /// Silence between repetitions of the input.
+        /// Near-silence sent between repetitions of the input.
         #[arg(long, default_value_t = 1500)]
         pause_ms: u64,
         /// Local UDP address for ICE.
@@ -188,15 +209,37 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             input,
             devices,
             state_dir,
+            offer_url,
+            start_url,
+            api_key_env,
+            bind,
+            no_stun,
             json,
         } => {
             let recent = RecentEvents::default();
             telemetry::init_for_command_with(&recent);
+            let endpoint = match (offer_url, start_url) {
+                (Some(url), _) => Some(AgentEndpoint::Offer(url)),
+                (None, Some(url)) => Some(AgentEndpoint::Start {
+                    url,
+                    api_key: kiosk_gateway::demo::api_key_from_env(api_key_env.as_deref())?,
+                }),
+                (None, None) => None,
+            };
+            let agent = match endpoint {
+                Some(endpoint) => DemoAgent::External {
+                    endpoint,
+                    udp_bind: bind,
+                    stun: !no_stun,
+                },
+                None => DemoAgent::Loopback,
+            };
             let summary = kiosk_gateway::demo::run(
                 kiosk_gateway::demo::DemoArgs {
                     input,
                     devices,
                     state_dir,
+                    agent,
                 },
                 recent,
             )?;
@@ -207,6 +250,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if summary.session_id.is_none() {
                 eprintln!("error: no session took place (no speech heard?)");
+                return Ok(ExitCode::FAILURE);
+            }
+            if let Some(reason) = summary.failure() {
+                eprintln!("error: the session failed ({reason}); the log above says why");
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -302,13 +349,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         .context("give --offer-url or --whip-url, or set agent.offer_url")?,
                 ),
             };
+            let (api_key, audio) = match config {
+                Some(c) => (c.agent.api_key, c.audio),
+                None => (None, audio::AudioSettings::default()),
+            };
             let args = CallArgs {
                 endpoint,
-                api_key: config.and_then(|c| c.agent.api_key),
+                api_key,
                 input,
                 output,
                 duration: Duration::from_secs_f64(seconds),
                 pause: Duration::from_millis(pause_ms),
+                audio,
                 bind,
                 ice_servers: no_stun.then(Vec::new),
                 json,

@@ -1,4 +1,5 @@
-//! The technician's one-shot commands: `check` and `transcripts`.
+//! The technician's one-shot commands: `check`, `transcripts`, and the
+//! argument and file checks of `call` and `demo`.
 
 mod common;
 
@@ -245,4 +246,86 @@ fn transcripts_explains_a_missing_database_and_a_bad_id() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown session id \"yesterday\""));
+}
+
+/// The binary with no config (`call` and `demo` need none) and no
+/// `KIOSK_GATEWAY_*` variables from the environment.
+fn without_config() -> std::process::Command {
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KIOSK_GATEWAY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn call_names_an_unreadable_input_or_output_before_calling() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.wav");
+    std::fs::write(&notes, "not a WAV").unwrap();
+    let good = repo("fixtures/audio/multi_utterance_16k.wav");
+    // Nothing listens at the offer URL: the files are checked first.
+    let call = |input: &Path, output: &str| {
+        let out = without_config()
+            .args([
+                "call",
+                "--offer-url",
+                "http://127.0.0.1:9/api/offer",
+                "--input",
+            ])
+            .arg(format!("wav:{}", input.display()))
+            .args(["--output", output, "--seconds", "1"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = dir.path().join("missing.wav");
+    let stderr = call(&missing, "none");
+    assert!(
+        stderr.contains(&format!(
+            "error: input WAV {}: No such file",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    let stderr = call(&notes, "none");
+    assert!(
+        stderr.contains(&format!("error: input WAV {}: ", notes.display()))
+            && stderr.contains("call reads PCM WAV"),
+        "{stderr}"
+    );
+    let stderr = call(&good, "wav:/nonexistent/dir/heard.wav");
+    assert!(
+        stderr.contains("error: output WAV /nonexistent/dir/heard.wav: No such file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_network_options_need_an_external_agent() {
+    for args in [
+        &["demo", "--no-stun"][..],
+        &["demo", "--bind", "127.0.0.1:0"],
+        &[
+            "demo",
+            "--offer-url",
+            "http://a/api/offer",
+            "--api-key-env",
+            "X",
+        ],
+        &[
+            "demo",
+            "--offer-url",
+            "http://a/api/offer",
+            "--start-url",
+            "http://a/start",
+        ],
+    ] {
+        let out = without_config().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");
+    }
 }

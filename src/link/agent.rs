@@ -31,7 +31,10 @@ use webrtc::peer_connection::{RTCIceCandidateInit, RTCPeerConnectionState, RTCSe
 
 use super::media::{self, Decoder, Encoder, EnergyVad, FRAME_DURATION, FRAME_SAMPLES, VadEdge};
 use super::peer::{Peer, PeerConfig, PeerSignal};
-use super::rtvi::{self, BotMessage, BotTextKind, ClientMessage, Inbound, PROTOCOL_VERSION};
+use super::rtvi::{
+    self, BotMessage, BotOutput, BotTextKind, ClientMessage, Inbound, PROTOCOL_VERSION,
+    SpokenStatus,
+};
 use super::signaling::{Candidate, PcId};
 use super::{OpusFrame, RtpClock};
 
@@ -842,25 +845,52 @@ async fn reply(
                 .await;
         }
     };
-    send(BotMessage::UserStartedSpeaking).await;
-    send(BotMessage::UserStoppedSpeaking).await;
-    send(BotMessage::UserTranscription {
-        text: format!("utterance {n} ({:.1} s)", utterance.speech.as_secs_f64()),
-        is_final: true,
-        timestamp: None,
+    // The sequence Pipecat 1.14 sends for one turn with a TTS that has no
+    // word timestamps (fixtures/rtvi/pipecat-1.14/): an interim and a final
+    // transcription, the sentence as the LLM wrote it (bot-transcription),
+    // bot-output "new" before the audio, then bot-output "completed" and
+    // bot-tts-text after it. A kiosk that stores one line per sentence
+    // stores exactly one "reply N".
+    let heard = format!("utterance {n} ({:.1} s)", utterance.speech.as_secs_f64());
+    let sentence = format!("reply {n}");
+    let transcription = |text: String, is_final: bool| BotMessage::UserTranscription {
+        text,
+        is_final,
+        timestamp: Some(jiff::Timestamp::now().to_string()),
         user_id: Some("kiosk".into()),
         confidence: None,
+    };
+    send(BotMessage::UserStartedSpeaking).await;
+    send(transcription(format!("utterance {n}"), false)).await;
+    send(BotMessage::UserStoppedSpeaking).await;
+    send(transcription(heard, true)).await;
+    send(BotMessage::BotText {
+        kind: BotTextKind::BotTranscription,
+        text: sentence.clone(),
     })
     .await;
     send(BotMessage::BotStartedSpeaking).await;
-    send(BotMessage::BotText {
-        kind: BotTextKind::BotOutput,
-        text: format!("reply {n}"),
-    })
+    send(BotMessage::BotOutput(BotOutput {
+        text: sentence.clone(),
+        output_type: Some("sentence".into()),
+        spoken: Some(false),
+        will_be_spoken: Some(true),
+        spoken_status: Some(SpokenStatus::New),
+        ..BotOutput::default()
+    }))
     .await;
     if let Err(e) = play(peer, reply, clock).await {
         warn!(error = %e, "loopback agent could not play its reply");
     }
+    send(BotMessage::BotOutput(BotOutput::spoken_sentence(
+        sentence.clone(),
+    )))
+    .await;
+    send(BotMessage::BotText {
+        kind: BotTextKind::BotTtsText,
+        text: sentence,
+    })
+    .await;
     send(BotMessage::BotStoppedSpeaking).await;
 }
 

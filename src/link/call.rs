@@ -1,20 +1,38 @@
-//! `kiosk-gateway call`: a technician's direct call to an agent. Sends a WAV
-//! (looped, with pauses, like someone talking now and then), records what
-//! the agent says, prints RTVI events as they arrive and ends with a summary.
+//! `kiosk-gateway call`: a technician's direct call to an agent. It streams
+//! a WAV the way a browser client streams its microphone: one 20 ms Opus
+//! packet every 20 ms for the whole call (the file, then a pause of
+//! near-silence, over and over, like someone talking now and then), records
+//! what the agent says, prints RTVI events as they arrive and ends with a
+//! summary.
+//!
+//! The file may be any PCM WAV; like the daemon's capture path, `call`
+//! encodes a 16 kHz stream with the `[audio]` Opus settings.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::Serialize;
 use tracing::warn;
 
-use super::media::{self, Decoder, Encoder, FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
 use super::rtvi::BotMessage;
 use super::signaling::Signaling;
 use super::transcript::TranscriptAssembler;
 use super::{Link, LinkError, LinkEvent, LinkSettings, LinkStats, OpusFrame};
+use crate::audio::{
+    self, AudioError, AudioSettings, OPUS_FRAME, OpusDecoder, OpusEncoder, PcmClip, SampleRate,
+    StreamResampler, resample_clip,
+};
+
+/// One packet's worth of audio.
+const FRAME: Duration = Duration::from_millis(20);
+/// The rate `call` encodes at, as the daemon's capture path does.
+const SEND_RATE: SampleRate = SampleRate::VAD;
+/// RMS level of the noise that fills the pauses: far below any VAD's speech
+/// threshold, but not the digital zero no microphone ever delivers.
+const NOISE_FLOOR_DBFS: f32 = -70.0;
 
 /// Where `call` takes audio from. Only files here: live devices belong to
 /// the audio engine.
@@ -60,9 +78,11 @@ pub struct CallOptions {
     pub input: CallInput,
     pub output: CallOutput,
     pub duration: Duration,
-    /// Silence between repetitions of the input.
+    /// Near-silence sent between repetitions of the input.
     pub pause: Duration,
     pub link: LinkSettings,
+    /// Opus bitrate, complexity and expected loss (`[audio]`).
+    pub audio: AudioSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -80,7 +100,9 @@ pub struct CallSummary {
     pub connect_ms: u64,
     /// When `bot-ready` arrived, if it did.
     pub bot_ready_ms: Option<u64>,
-    /// Audio handed to the link (talk spurts only, pauses send nothing).
+    /// Audio handed to the link: the whole call, pauses included, since
+    /// the stream never stops (frames dropped while the link was down are
+    /// not counted).
     pub audio_sent_ms: u64,
     /// Audio received from the agent and decoded.
     pub audio_received_ms: u64,
@@ -95,10 +117,215 @@ pub struct CallSummary {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error(transparent)]
-    Media(#[from] media::MediaError),
+    #[error("input WAV {}: {problem}", path.display())]
+    Input { path: PathBuf, problem: String },
+    #[error("output WAV {}: {problem}", path.display())]
+    Output { path: PathBuf, problem: String },
+    #[error("Opus: {0}")]
+    Codec(String),
     #[error(transparent)]
     Link(#[from] LinkError),
+}
+
+/// What went wrong with a file, without repeating its path.
+fn problem(e: &AudioError) -> String {
+    match e {
+        AudioError::Wav { source, .. } => source.to_string(),
+        other => audio::error_chain(other),
+    }
+}
+
+fn codec(e: AudioError) -> CallError {
+    CallError::Codec(audio::error_chain(&e))
+}
+
+/// Reads the input file and converts it to the sending rate.
+fn read_input(path: &Path) -> Result<(SampleRate, Vec<f32>), CallError> {
+    let input_err = |problem: String| CallError::Input {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let clip = audio::read_wav(path).map_err(|e| {
+        let hint = match &e {
+            AudioError::Wav {
+                source: hound::Error::IoError(_),
+                ..
+            } => "",
+            _ => " (call reads PCM WAV: 8, 16, 24 or 32-bit integer, or 32-bit float)",
+        };
+        input_err(format!("{}{hint}", problem(&e)))
+    })?;
+    if clip.rate.hz() == 0 {
+        return Err(input_err("the header gives a sample rate of 0 Hz".into()));
+    }
+    if clip.samples.is_empty() {
+        return Err(input_err("no audio in the file".into()));
+    }
+    let samples = resample_clip(&clip.samples, clip.rate, SEND_RATE).map_err(|e| {
+        input_err(format!(
+            "cannot convert {} to {SEND_RATE}: {}",
+            clip.rate,
+            problem(&e)
+        ))
+    })?;
+    Ok((clip.rate, samples))
+}
+
+/// The audio `call` sends, 20 ms at a time at 16 kHz: the input, then
+/// `pause` of near-silence, then the input again. It never runs dry, so
+/// the stream has no gaps: an agent's VAD hears the pauses as silence only
+/// if silence arrives.
+pub struct CallSource {
+    /// The input, padded with near-silence to whole frames.
+    speech: Vec<f32>,
+    speech_frames: usize,
+    pause_frames: usize,
+    frame_len: usize,
+    /// Frame index within the current repetition.
+    position: usize,
+    noise: NoiseFloor,
+}
+
+impl CallSource {
+    /// `speech` is at 16 kHz.
+    pub fn new(mut speech: Vec<f32>, pause: Duration) -> Self {
+        let frame_len = SEND_RATE.samples_in(audio::Millis(FRAME.as_millis() as u32));
+        let speech_frames = speech.len().div_ceil(frame_len);
+        let mut noise = NoiseFloor::new(NOISE_FLOOR_DBFS);
+        let padded = speech_frames * frame_len;
+        speech.extend((speech.len()..padded).map(|_| noise.sample()));
+        Self {
+            speech,
+            speech_frames,
+            pause_frames: (pause.as_millis() / FRAME.as_millis()) as usize,
+            frame_len,
+            position: 0,
+            noise,
+        }
+    }
+
+    /// Samples in one frame.
+    pub fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+
+    /// Fills `frame` (`frame_len` samples) with the next 20 ms.
+    pub fn next_frame(&mut self, frame: &mut [f32]) {
+        let pos = self.position;
+        // An empty input with no pause is all near-silence.
+        self.position = (pos + 1) % (self.speech_frames + self.pause_frames).max(1);
+        if pos < self.speech_frames {
+            frame.copy_from_slice(&self.speech[pos * self.frame_len..(pos + 1) * self.frame_len]);
+        } else {
+            frame.iter_mut().for_each(|s| *s = self.noise.sample());
+        }
+    }
+}
+
+/// White noise at a fixed RMS level (xorshift; no need for a good generator).
+struct NoiseFloor {
+    state: u32,
+    amplitude: f32,
+}
+
+impl NoiseFloor {
+    fn new(rms_dbfs: f32) -> Self {
+        // Uniform noise in [-a, a] has an RMS of a / sqrt(3).
+        let rms = 10f32.powf(rms_dbfs / 20.0);
+        Self {
+            state: 0x9E37_79B9,
+            amplitude: rms * 3f32.sqrt(),
+        }
+    }
+
+    fn sample(&mut self) -> f32 {
+        let mut x = self.state;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.state = x;
+        (x as f32 / u32::MAX as f32 * 2.0 - 1.0) * self.amplitude
+    }
+}
+
+/// The agent's audio, converted from the link's 48 kHz to the rate of the
+/// input file as it arrives.
+struct Recording {
+    path: PathBuf,
+    rate: SampleRate,
+    resampler: StreamResampler,
+    samples: Vec<f32>,
+    /// 48 kHz samples pushed, to know how much the flush must yield.
+    pushed: u64,
+}
+
+impl Recording {
+    /// Writes an empty WAV at once, so a path that cannot be written fails
+    /// before the call rather than after it.
+    fn create(path: &Path, rate: SampleRate) -> Result<Self, CallError> {
+        let output_err = |e: AudioError| CallError::Output {
+            path: path.to_path_buf(),
+            problem: problem(&e),
+        };
+        audio::write_wav(
+            path,
+            &PcmClip {
+                rate,
+                samples: Vec::new(),
+            },
+        )
+        .map_err(output_err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            rate,
+            resampler: StreamResampler::new(SampleRate::OPUS, rate, OPUS_FRAME)
+                .map_err(output_err)?,
+            samples: Vec::new(),
+            pushed: 0,
+        })
+    }
+
+    fn push(&mut self, pcm: &[f32]) -> Result<(), AudioError> {
+        self.pushed += pcm.len() as u64;
+        self.resampler.push(pcm)?;
+        self.drain();
+        Ok(())
+    }
+
+    fn drain(&mut self) {
+        let start = self.samples.len();
+        self.samples.resize(start + self.resampler.available(), 0.0);
+        self.resampler.pop_frame(&mut self.samples[start..]);
+    }
+
+    /// Flushes the resampler's tail and writes the file.
+    fn finish(mut self) -> Result<(), CallError> {
+        let path = self.path.clone();
+        let output_err = |e: AudioError| CallError::Output {
+            path: path.clone(),
+            problem: problem(&e),
+        };
+        let expected =
+            (self.pushed * u64::from(self.rate.hz()) / u64::from(SampleRate::OPUS.hz())) as usize;
+        let silence = [0.0; OPUS_FRAME];
+        // The resampler holds back less than a few frames.
+        for _ in 0..8 {
+            if self.samples.len() >= expected {
+                break;
+            }
+            self.resampler.push(&silence).map_err(output_err)?;
+            self.drain();
+        }
+        self.samples.truncate(expected);
+        audio::write_wav(
+            &path,
+            &PcmClip {
+                rate: self.rate,
+                samples: self.samples,
+            },
+        )
+        .map_err(output_err)
+    }
 }
 
 /// Runs one call; `on_event` sees every link event as it arrives.
@@ -108,22 +335,23 @@ pub async fn run_call(
     mut on_event: impl FnMut(&LinkEvent),
 ) -> Result<CallSummary, CallError> {
     let CallInput::Wav(input_path) = &options.input;
-    let input = media::read_wav(input_path)?;
-    let mut encoder = Encoder::new()?;
-    let mut decoder = Decoder::new()?;
+    let (input_rate, speech) = read_input(input_path)?;
+    let mut recording = match &options.output {
+        CallOutput::Wav(path) => Some(Recording::create(path, input_rate)?),
+        CallOutput::Discard => None,
+    };
+    let mut source = CallSource::new(speech, options.pause);
+    let mut encoder = OpusEncoder::with_input_rate(&options.audio, SEND_RATE).map_err(codec)?;
+    let mut decoder = OpusDecoder::new().map_err(codec)?;
+    let mut pcm_out = vec![0.0; source.frame_len()];
+    let mut pcm_in = [0.0; OPUS_FRAME];
     let started = Instant::now();
     let ms = |d: Duration| d.as_millis() as u64;
 
     let (link, mut io) = Link::connect(options.link.clone(), signaling).await?;
     let connect_ms = ms(started.elapsed());
 
-    let pause_frames = (options.pause.as_millis() / FRAME_DURATION.as_millis()) as usize;
-    let speech_frames = input.len().div_ceil(FRAME_SAMPLES);
-    let cycle = speech_frames + pause_frames;
-    let mut frame_index = 0usize;
     let mut frames_sent = 0u64;
-    // Decoded audio is kept only when it is written out.
-    let mut received: Vec<i16> = Vec::new();
     let mut received_samples = 0u64;
     let mut first_audio = None;
     let mut bot_ready = None;
@@ -132,42 +360,43 @@ pub async fn run_call(
     let mut reconnects = 0;
     let mut ended_by = "duration";
 
-    let mut ticker = tokio::time::interval(FRAME_DURATION);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // A late tick is made up at once (the default burst), so the stream
+    // keeps pace with the RTP clock: one frame per 20 ms of call.
+    let mut ticker = tokio::time::interval(FRAME);
     let end = tokio::time::sleep(options.duration);
     tokio::pin!(end);
     loop {
         tokio::select! {
             _ = &mut end => break,
             _ = ticker.tick() => {
-                // Pauses send nothing at all, as a DTX sender would; the next
-                // talk spurt carries the marker bit.
-                let pos = frame_index % cycle;
-                frame_index += 1;
-                if pos < speech_frames {
-                    let chunk = &input[pos * FRAME_SAMPLES..((pos + 1) * FRAME_SAMPLES).min(input.len())];
-                    let frame = OpusFrame {
-                        data: encoder.encode(chunk)?,
-                        duration: FRAME_DURATION,
-                        after_silence: pos == 0,
-                    };
-                    // A full queue means the link is down; the frame is
-                    // dropped like the audio engine's overflow would be.
-                    if io.audio_out.try_send(frame).is_ok() {
-                        frames_sent += 1;
-                    }
+                source.next_frame(&mut pcm_out);
+                let packet = encoder.encode(&pcm_out).map_err(codec)?;
+                // Every frame goes out, DTX or not: only the first packet
+                // of the call starts a talk spurt (the RTP marker bit).
+                let frame = OpusFrame {
+                    data: Bytes::copy_from_slice(packet.bytes()),
+                    duration: FRAME,
+                    after_silence: frames_sent == 0,
+                };
+                // A full queue means the link is down; the frame is
+                // dropped like the audio engine's overflow would be.
+                if io.audio_out.try_send(frame).is_ok() {
+                    frames_sent += 1;
                 }
             }
             Some(packet) = io.audio_in.recv() => {
                 first_audio.get_or_insert_with(|| ms(started.elapsed()));
-                match decoder.decode(&packet.data) {
-                    Ok(pcm) => {
-                        received_samples += pcm.len() as u64;
-                        if options.output != CallOutput::Discard {
-                            received.extend_from_slice(pcm);
+                match decoder.decode(&packet.data, &mut pcm_in) {
+                    Ok(n) => {
+                        received_samples += n as u64;
+                        if let Some(recording) = &mut recording {
+                            recording.push(&pcm_in[..n]).map_err(|e| CallError::Output {
+                                path: recording.path.clone(),
+                                problem: problem(&e),
+                            })?;
                         }
                     }
-                    Err(e) => warn!(error = %e, "undecodable packet from the agent"),
+                    Err(e) => warn!(error = %audio::error_chain(&e), "undecodable packet from the agent"),
                 }
             }
             Some(event) = io.events.recv() => {
@@ -199,19 +428,143 @@ pub async fn run_call(
     );
     let stats = link.stats().await.unwrap_or_default();
     link.close().await;
-    if let CallOutput::Wav(path) = &options.output {
-        media::write_wav(path, &received)?;
+    if let Some(recording) = recording {
+        recording.finish()?;
     }
     Ok(CallSummary {
         connected: true,
         connect_ms,
         bot_ready_ms: bot_ready,
-        audio_sent_ms: frames_sent * FRAME_DURATION.as_millis() as u64,
-        audio_received_ms: received_samples * 1000 / u64::from(SAMPLE_RATE),
+        audio_sent_ms: frames_sent * FRAME.as_millis() as u64,
+        audio_received_ms: received_samples * 1000 / u64::from(SampleRate::OPUS.hz()),
         first_audio_received_ms: first_audio,
         transcripts,
         reconnects,
         ended_by,
         stats,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::Dbfs;
+
+    #[test]
+    fn source_repeats_the_input_after_a_pause_and_never_runs_dry() {
+        // 3 frames and a bit of "speech", then 100 ms (5 frames) of pause.
+        let mut source = CallSource::new(vec![0.5; 320 * 3 + 100], Duration::from_millis(100));
+        assert_eq!(source.frame_len(), 320);
+        let mut frame = vec![0.0; 320];
+        let mut frames = Vec::new();
+        for _ in 0..20 {
+            source.next_frame(&mut frame);
+            frames.push(frame.clone());
+        }
+        let is_speech = |f: &[f32]| f.iter().all(|&s| s == 0.5);
+        let level = |f: &[f32]| Dbfs::rms(f).0;
+        for cycle in [0, 9] {
+            for f in &frames[cycle..cycle + 3] {
+                assert!(is_speech(f));
+            }
+            let tail = &frames[cycle + 3];
+            assert!(is_speech(&tail[..100]) && level(&tail[100..]) < -65.0);
+            for f in &frames[cycle + 4..cycle + 9] {
+                let db = level(f);
+                assert!((db + 70.0).abs() < 2.0, "pause at {db} dBFS");
+            }
+        }
+        assert!(is_speech(&frames[18]));
+
+        let mut empty = CallSource::new(Vec::new(), Duration::ZERO);
+        empty.next_frame(&mut frame);
+        empty.next_frame(&mut frame);
+        assert!(Dbfs::rms(&frame).0 < -65.0);
+    }
+
+    #[test]
+    fn every_pause_packet_decodes_to_a_near_silent_frame() {
+        let mut source = CallSource::new(vec![0.0; 320], Duration::from_secs(3));
+        let mut encoder =
+            OpusEncoder::with_input_rate(&AudioSettings::default(), SEND_RATE).unwrap();
+        let mut decoder = OpusDecoder::new().unwrap();
+        let mut frame = vec![0.0; 320];
+        let mut pcm = [0.0; OPUS_FRAME];
+        let mut dtx = 0;
+        for i in 0..150 {
+            source.next_frame(&mut frame);
+            let packet = encoder.encode(&frame).unwrap();
+            // With DTX the encoder gives 1-byte packets for most of a
+            // pause: they still go out, and the agent's decoder makes a
+            // 20 ms frame of comfort noise of each.
+            dtx += usize::from(packet.bytes().len() <= 2);
+            assert_eq!(
+                decoder.decode(packet.bytes(), &mut pcm).unwrap(),
+                OPUS_FRAME
+            );
+            if i >= 5 {
+                let db = Dbfs::rms(&pcm).0;
+                assert!(db < -60.0, "frame {i} decodes at {db} dBFS");
+            }
+        }
+        println!("{dtx} of 150 pause packets were DTX frames");
+    }
+
+    #[test]
+    fn recording_is_written_at_the_input_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.wav");
+        let mut recording = Recording::create(&path, SampleRate(44_100)).unwrap();
+        // Already there, empty, before anything arrived.
+        assert!(audio::read_wav(&path).unwrap().samples.is_empty());
+        let tone: Vec<f32> = (0..48_000)
+            .map(|i| 0.5 * (i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 48_000.0).sin())
+            .collect();
+        for chunk in tone.chunks(OPUS_FRAME) {
+            recording.push(chunk).unwrap();
+        }
+        recording.finish().unwrap();
+        let clip = audio::read_wav(&path).unwrap();
+        assert_eq!(clip.rate, SampleRate(44_100));
+        assert_eq!(clip.samples.len(), 44_100);
+        let db = Dbfs::rms(&clip.samples[4410..39_690]).0;
+        assert!((db + 9.0).abs() < 0.5, "{db} dBFS");
+    }
+
+    #[test]
+    fn bad_input_and_output_files_are_named_with_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("notes.wav");
+        std::fs::write(&text, "not a WAV").unwrap();
+        let err = read_input(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("input WAV {}: ", text.display())),
+            "{err}"
+        );
+        let err = read_input(&dir.path().join("missing.wav"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.wav: No such file"), "{err}");
+
+        let empty = dir.path().join("empty.wav");
+        audio::write_wav(
+            &empty,
+            &PcmClip {
+                rate: SampleRate(16_000),
+                samples: vec![],
+            },
+        )
+        .unwrap();
+        let err = read_input(&empty).unwrap_err().to_string();
+        assert!(err.ends_with("empty.wav: no audio in the file"), "{err}");
+
+        let err = Recording::create(&dir.path().join("no/such/dir/out.wav"), SampleRate(16_000))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("output WAV ") && err.contains("no/such/dir/out.wav: "),
+            "{err}"
+        );
+    }
 }

@@ -14,6 +14,7 @@ use super::signaling::Signaling;
 use super::signaling::smallwebrtc::SmallWebRtcSignaling;
 use super::signaling::whip::WhipSignaling;
 use super::{IceServer, LinkSettings};
+use crate::audio::AudioSettings;
 
 /// Where `call` sends its offer.
 pub enum Endpoint {
@@ -28,6 +29,8 @@ pub struct CallArgs {
     pub output: CallOutput,
     pub duration: Duration,
     pub pause: Duration,
+    /// Opus settings (`[audio]` from the config, or the defaults).
+    pub audio: AudioSettings,
     pub bind: String,
     /// `None`: the link's default STUN server; empty: none (local agents).
     pub ice_servers: Option<Vec<IceServer>>,
@@ -71,6 +74,7 @@ pub async fn call(args: CallArgs) -> Result<String, CliError> {
         duration: args.duration,
         pause: args.pause,
         link,
+        audio: args.audio,
     };
     let json = args.json;
     let summary = run_call(options, signaling, |event| {

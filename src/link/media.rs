@@ -1,6 +1,7 @@
-//! Small audio helpers for the loopback agent and `call`: 48 kHz mono WAV
-//! files, Opus 20 ms frames and an energy VAD. The product's audio path is
-//! the audio engine; these exist so the link can be exercised on its own.
+//! Small audio helpers for the loopback agent and the link tests: 48 kHz
+//! mono WAV files, Opus 20 ms frames and an energy VAD. The product's audio
+//! path (and `call`'s) is the audio module; these exist so the link can be
+//! exercised on its own.
 
 use std::path::Path;
 use std::time::Duration;
@@ -77,25 +78,6 @@ fn samples_48k_mono<R: std::io::Read>(
             path: name.to_string(),
             source,
         })
-}
-
-/// Writes 48 kHz mono 16-bit samples to a WAV.
-pub fn write_wav(path: &Path, samples: &[i16]) -> Result<(), MediaError> {
-    let wav_err = |source| MediaError::Wav {
-        path: path.display().to_string(),
-        source,
-    };
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: SAMPLE_RATE,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut writer = hound::WavWriter::create(path, spec).map_err(wav_err)?;
-    for &s in samples {
-        writer.write_sample(s).map_err(wav_err)?;
-    }
-    writer.finalize().map_err(wav_err)
 }
 
 /// Opus encoder for 20 ms mono voice frames.

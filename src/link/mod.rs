@@ -493,7 +493,7 @@ async fn handle_inbound(ctx: &Ctx, bytes: &[u8]) {
         Inbound::Signalling(s) => {
             let _ = ctx.signalling_tx.send(s).await;
         }
-        Inbound::Ping => {}
+        Inbound::Ping | Inbound::Ignored(Ignored::Unused) => {}
         Inbound::Client(_) | Inbound::Ignored(Ignored::UnknownType) => {
             c.rtvi_unknown.fetch_add(1, Ordering::Relaxed);
         }

@@ -246,7 +246,39 @@ pub enum Ignored {
     Oversized,
     Malformed,
     UnknownType,
+    /// A documented RTVI message the gateway has no use for (LLM tokens,
+    /// audio levels, function calls...): not counted as unknown.
+    Unused,
 }
+
+/// Bot-to-client RTVI types of Pipecat 1.14 (`rtvi/models.py`) that carry
+/// nothing a kiosk stores or acts on.
+const UNUSED_TYPES: &[&str] = &[
+    "bot-audio-level",
+    "bot-llm-marker",
+    "bot-llm-started",
+    "bot-llm-stopped",
+    "bot-llm-text",
+    "bot-tts-audio",
+    "bot-tts-started",
+    "bot-tts-stopped",
+    "error-response",
+    "llm-function-call",
+    "llm-function-call-in-progress",
+    "llm-function-call-started",
+    "llm-function-call-stopped",
+    "llm-raw-text",
+    "server-response",
+    "stt-raw-text",
+    "system-log",
+    "tts-raw-text",
+    "user-audio-level",
+    "user-llm-text",
+    "user-mute-started",
+    "user-mute-stopped",
+    "vad-user-started-speaking",
+    "vad-user-stopped-speaking",
+];
 
 /// One parsed data-channel message, as seen by the kiosk.
 #[derive(Clone, Debug, PartialEq)]
@@ -405,6 +437,7 @@ fn parse_rtvi(kind: &str, data: Value) -> Option<Inbound> {
             let d: CustomData = from(data)?;
             return Some(Inbound::Client(ClientMessage::Custom { t: d.t, d: d.d }));
         }
+        other if UNUSED_TYPES.contains(&other) => return Some(Inbound::Ignored(Ignored::Unused)),
         _ => return Some(Inbound::Ignored(Ignored::UnknownType)),
     };
     Some(Inbound::Bot(bot))
@@ -575,6 +608,10 @@ mod tests {
         );
         assert_eq!(
             parse(br#"{"label":"rtvi-ai","type":"bot-llm-started"}"#),
+            Inbound::Ignored(Ignored::Unused)
+        );
+        assert_eq!(
+            parse(br#"{"label":"rtvi-ai","type":"bot-from-the-future"}"#),
             Inbound::Ignored(Ignored::UnknownType)
         );
     }
@@ -635,7 +672,7 @@ mod tests {
                 let kind = kind["type"].as_str().unwrap();
                 match parse(line.as_bytes()) {
                     Inbound::Bot(_) => {}
-                    Inbound::Ignored(Ignored::UnknownType) => assert!(
+                    Inbound::Ignored(Ignored::Unused) => assert!(
                         kind.starts_with("bot-llm-") || kind.starts_with("bot-tts-st"),
                         "{line}"
                     ),
