@@ -6,7 +6,7 @@
 //! conversation must be stored as the bot had it, and the bot's voice must
 //! reach the speaker. Once with each way of provisioning: a static offer
 //! URL, Pipecat's `POST /start` with an API key, and a Daily room (the fake
-//! Daily REST API) plus `/start`.
+//! Daily REST API) plus `/start`; and once as `demo --start-url`.
 //!
 //! What the bot says per user turn: two sentences, "Reply N." and "Thank
 //! you.", each played as tests/interop/reply_48k.wav. Pipecat 1.14 reports
@@ -99,6 +99,17 @@ async fn run_session(
     (d, row)
 }
 
+/// The daemon's playout counters (`kiosk_audio_packets_*` from /metrics)
+/// and its log.
+async fn diagnostics(d: &Daemon) -> String {
+    let metrics = get(&format!("{}/metrics", d.url)).await.1;
+    let playout: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("kiosk_audio_packets_"))
+        .collect();
+    format!("{}\ndaemon:\n{}", playout.join("\n"), d.stderr())
+}
+
 /// The session was a conversation that idled out (not a failed set-up).
 fn assert_idle(row: &SessionRow, bot: &PipecatBot, d: &Daemon) {
     assert_eq!(
@@ -113,17 +124,22 @@ fn assert_idle(row: &SessionRow, bot: &PipecatBot, d: &Daemon) {
 /// The stored conversation: four user turns, each answered with two
 /// sentences, in order, each exactly once; the bot heard each utterance
 /// whole; every sentence's audio reached the speaker.
-async fn check_conversation(dir: &Path, row: &SessionRow, bot: &PipecatBot, d: &Daemon) {
+fn check_conversation(
+    dir: &Path,
+    row: &SessionRow,
+    bot: &PipecatBot,
+    speaker: &[i16],
+    diagnostics: &str,
+) {
     let lines = transcript_lines(dir, &row.id);
     let got: Vec<(String, String)> = lines
         .iter()
         .map(|(_, role, text)| (role.clone(), text.clone()))
         .collect();
     let context = format!(
-        "stored {got:#?}\nbot sent {}\nbot log:\n{}\ndaemon:\n{}",
+        "stored {got:#?}\nbot sent {}\nbot log:\n{}\n{diagnostics}",
         bot.sent_types().join(" "),
         bot.notable_log(),
-        d.stderr()
     );
     // First the bot: it heard four turns and said each sentence whole (no
     // barge-in), so Pipecat sent `bot-output` with `spoken: true` 8 times.
@@ -195,7 +211,7 @@ async fn check_conversation(dir: &Path, row: &SessionRow, bot: &PipecatBot, d: &
     }
 
     // Every sentence the bot said was played by the speaker.
-    let plays: Vec<(usize, f64)> = interop::plays(&interop::reply(), &speaker_samples(dir))
+    let plays: Vec<(usize, f64)> = interop::plays(&interop::reply(), speaker)
         .into_iter()
         .filter(|&(_, corr)| corr >= 0.8)
         .collect();
@@ -204,12 +220,9 @@ async fn check_conversation(dir: &Path, row: &SessionRow, bot: &PipecatBot, d: &
         .map(|(lag, corr)| format!("{:.2} s ({corr:.2})", *lag as f64 / 48_000.0))
         .collect();
     println!("the reply played at {at:?}");
-    let playout: Vec<String> = get(&format!("{}/metrics", d.url))
-        .await
-        .1
+    let playout: Vec<&str> = diagnostics
         .lines()
         .filter(|l| l.starts_with("kiosk_audio_packets_"))
-        .map(str::to_string)
         .collect();
     assert_eq!(
         plays.len(),
@@ -237,7 +250,13 @@ async fn static_offer_url_four_turns_with_a_pipecat_bot() {
     let agent = format!("offer_url = \"{}\"", bot.url("/api/offer"));
     let (d, row) = run_session(dir.path(), &bot, &agent, "", &[]).await;
     assert_idle(&row, &bot, &d);
-    check_conversation(dir.path(), &row, &bot, &d).await;
+    check_conversation(
+        dir.path(),
+        &row,
+        &bot,
+        &speaker_samples(dir.path()),
+        &diagnostics(&d).await,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +300,13 @@ async fn pipecat_start_with_an_api_key_four_turns() {
     );
     assert!(!d.stderr().contains(AGENT_KEY), "the key is never logged");
     assert_idle(&row, &bot, &d);
-    check_conversation(dir.path(), &row, &bot, &d).await;
+    check_conversation(
+        dir.path(),
+        &row,
+        &bot,
+        &speaker_samples(dir.path()),
+        &diagnostics(&d).await,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,5 +350,65 @@ async fn daily_room_and_pipecat_start_four_turns() {
         starts[0]["room_url"],
         format!("https://example.daily.co/{room}")
     );
-    check_conversation(dir.path(), &row, &bot, &d).await;
+    check_conversation(
+        dir.path(),
+        &row,
+        &bot,
+        &speaker_samples(dir.path()),
+        &diagnostics(&d).await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_a_pipecat_start_endpoint_four_turns() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bot = PipecatBot::start(
+        dir.path(),
+        &[&BOT_ARGS[..], &["--api-key", AGENT_KEY]].concat(),
+    );
+    let state = dir.path().join("state");
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.args(["demo", "--json", "--no-stun", "--bind", "127.0.0.1:0"])
+        .args(["--start-url", &bot.url("/start")])
+        .args(["--api-key-env", "INTEROP_AGENT_KEY"])
+        .arg("--input")
+        .arg(visitor(dir.path()))
+        .arg("--state-dir")
+        .arg(&state)
+        .env("INTEROP_AGENT_KEY", AGENT_KEY)
+        .env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KIOSK_GATEWAY_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed: {stderr}\nbot log:\n{}",
+        bot.notable_log()
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["end_reason"], "idle", "{summary:#}");
+    assert_eq!(summary["utterances"], 4, "{summary:#}");
+
+    let requests = bot.requests();
+    let session: Vec<&Value> = [
+        requests_to(&requests, "/start"),
+        requests_to(&requests, "/sessions/"),
+    ]
+    .concat();
+    assert_eq!(session.len(), 2, "{requests:#?}");
+    assert!(
+        session.iter().all(|r| r["authorization"] == "valid"),
+        "{requests:#?}"
+    );
+
+    let row = session_rows(&state).pop().expect("the demo's session");
+    let replies =
+        kiosk_gateway::link::media::read_wav(Path::new(summary["output_wav"].as_str().unwrap()))
+            .unwrap();
+    check_conversation(&state, &row, &bot, &replies, &format!("demo:\n{stderr}"));
 }
