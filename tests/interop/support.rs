@@ -163,8 +163,9 @@ fn corr(a: &[f64], b: &[f64], lag: usize) -> f64 {
 /// Where `clip` plays in `recorded` (both 48 kHz): (start in samples,
 /// normalized correlation) of each stretch that looks like the clip. A
 /// coarse search on 1 kHz decimated signals finds candidates (peaks of at
-/// least 0.4, a clip's length apart); each is then aligned at full rate
-/// within ±2 ms, where a real play correlates above 0.9.
+/// least 0.3, a clip's length apart); each is then aligned at full rate
+/// within ±2 ms, where a whole play correlates above 0.9 (a play with
+/// packets concealed less).
 pub fn plays(clip: &[i16], recorded: &[i16]) -> Vec<(usize, f64)> {
     const F: usize = 48;
     let (a, b) = (decimate(clip, F), decimate(recorded, F));
@@ -179,7 +180,7 @@ pub fn plays(clip: &[i16], recorded: &[i16]) -> Vec<(usize, f64)> {
     let mut found = Vec::new();
     let mut lag = 0;
     while lag < coarse.len() {
-        if coarse[lag] < 0.4 {
+        if coarse[lag] < 0.3 {
             lag += 1;
             continue;
         }
