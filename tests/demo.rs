@@ -54,6 +54,19 @@ fn demo_runs_a_whole_session_offline() {
             .starts_with("utterance 1")
     );
     assert_eq!(transcripts[1]["role"], "bot");
+    // The agent sends each reply sentence three ways (bot-transcription,
+    // bot-output, bot-tts-text), as Pipecat does: each is stored once, after
+    // its turn's user line.
+    let bot: Vec<&str> = transcripts
+        .iter()
+        .filter(|t| t["role"] == "bot")
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (1..=bot.len()).map(|n| format!("reply {n}")).collect();
+    assert_eq!(bot, expected, "{transcripts:?}");
+    for pair in transcripts.chunks(2) {
+        assert_eq!(pair[0]["role"], "user", "{transcripts:?}");
+    }
     for (i, t) in transcripts.iter().enumerate() {
         assert_eq!(t["seq"], i + 1);
         assert_eq!(t["session_id"], id);

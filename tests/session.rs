@@ -406,3 +406,68 @@ async fn a_pipecat_session_carries_the_agent_key_on_every_request() {
         "the key was logged"
     );
 }
+
+/// A store that cannot be written (here: another process holds its write
+/// lock, as a technician's `sqlite3` shell can) loses nothing: the session
+/// goes on, the page says the store is down, and every line is written,
+/// once, when the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_holds_lines_in_memory_and_writes_them_later() {
+    let agent = agent().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        agent.offer_url().as_str(),
+        "[session]\nidle_timeout = \"5s\"\n",
+    );
+    let d = Daemon::start(dir.path(), &config, &[]);
+    wait_for(&d, "a session starts", Duration::from_secs(20), |s| {
+        s["session"].is_object()
+    })
+    .await;
+    let db = rusqlite::Connection::open(dir.path().join("kiosk.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let store_down = wait_for(
+        &d,
+        "the store is reported down",
+        Duration::from_secs(20),
+        |s| {
+            s["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "store" && c["health"] == "down")
+        },
+    )
+    .await;
+    println!("{:#}", store_down["components"]);
+    // The conversation goes on while the store is locked.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    let s = wait_session_end(&d, "the session ends", Duration::from_secs(60)).await;
+    assert_eq!(s["recent_sessions"][0]["end_reason"], "idle");
+    wait_for(
+        &d,
+        "the store is writable again",
+        Duration::from_secs(20),
+        |s| {
+            s["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "store" && c["health"] == "ok")
+        },
+    )
+    .await;
+    let id = session_rows(dir.path()).pop().unwrap().id;
+    let lines = transcript_lines(dir.path(), &id);
+    let heard = agent.record().utterances.len();
+    let user = lines.iter().filter(|l| l.1 == "user").count();
+    let bot = lines.iter().filter(|l| l.1 == "bot").count();
+    assert_eq!((user, bot), (heard, heard), "{lines:?}");
+    let mut texts: Vec<&String> = lines.iter().map(|l| &l.2).collect();
+    texts.dedup();
+    assert_eq!(texts.len(), lines.len(), "a line stored twice: {lines:?}");
+    assert!(d.stderr().contains("holding writes in memory"));
+}

@@ -5,5 +5,6 @@
 pub mod machine;
 pub mod orchestrator;
 pub mod provision;
+mod spool;
 
 pub use machine::{Action, EndReason, Event, Machine, State};

@@ -12,10 +12,11 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::machine::{Action, EndReason, Event, Machine, State};
 use super::provision::{Provisioned, Provisioner};
+use super::spool::{Spool, Write};
 use crate::audio::{
     AudioEngine, AudioEvent, EncodedFrame, IncomingPacket, OpusPacket, PlayoutSender,
 };
@@ -25,8 +26,10 @@ use crate::link::signaling::smallwebrtc::SmallWebRtcSignaling;
 use crate::link::transcript::{Speaker, TranscriptAssembler, TranscriptLine};
 use crate::link::{Link, LinkEvent, LinkIo, LinkSettings, OpusFrame, OpusPacket as LinkPacket};
 use crate::reachability::ProbeTrigger;
-use crate::status::{CurrentSession, Line, LinkView, Published};
-use crate::store::{NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreHandle};
+use crate::status::{Component, CurrentSession, Health, Line, LinkView, Published};
+use crate::store::{
+    NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreError, StoreHandle,
+};
 use crate::sync::SyncTrigger;
 
 /// Session behaviour, from `[session]` and `[agent]`.
@@ -122,7 +125,8 @@ struct Current {
     user_speech_ms: u64,
     bot_speech_ms: u64,
     bot_speaking_since: Option<Instant>,
-    lines: Vec<Line>,
+    /// The latest lines, for the page (all are stored).
+    lines: VecDeque<Line>,
     /// The user's interim transcription, as last published.
     partial: Option<String>,
     /// One line per sentence, from however many RTVI messages carry it.
@@ -136,6 +140,17 @@ type Pending<T> = Option<tokio::task::JoinHandle<T>>;
 /// Frames the outbox holds before dropping the oldest: 15 s of speech, as
 /// the audio engine's own buffer-until-ready.
 const OUTBOX_FRAMES: usize = 750;
+
+/// Lines of the current session shown on the page, the latest ones; each
+/// state change copies them, so a long session must not make that grow.
+const PAGE_LINES: usize = 50;
+
+/// Transcript lines held in memory while the store cannot take them
+/// (a few MB at most); past it the oldest are dropped and counted.
+const SPOOL_MAX_LINES: usize = 10_000;
+
+/// How long the end of a run waits for held writes to reach the store.
+const SPOOL_DRAIN: Duration = Duration::from_secs(5);
 
 /// How often an open call's statistics are published.
 const LINK_STATS_EVERY: Duration = Duration::from_secs(2);
@@ -175,11 +190,17 @@ pub struct Orchestrator {
     outbox: VecDeque<OpusFrame>,
     outbox_limit: usize,
     audio_out: Option<mpsc::Sender<OpusFrame>>,
-    report: RunReport,
-    /// Close after the first session (the demo).
-    single_session: bool,
+    /// What the run did, kept only for a single-session run (the demo): a
+    /// daemon running for months must not grow a list per session.
+    report: Option<RunReport>,
+    /// The state last published.
+    noted_state: Option<State>,
     /// Asks for a cloud reachability check when a session fails.
     probe: Option<ProbeTrigger>,
+    /// Store writes not yet done, in order; one is carried out at a time
+    /// off the loop, so a slow or failing store never stalls the call.
+    spool: Spool,
+    storing: Pending<(Write, Result<(), StoreError>)>,
 }
 
 /// Forwards a std channel from the audio engine into tokio.
@@ -235,9 +256,11 @@ impl Orchestrator {
             outbox: VecDeque::new(),
             outbox_limit: OUTBOX_FRAMES,
             audio_out: None,
-            report: RunReport::default(),
-            single_session: false,
+            report: None,
+            noted_state: None,
             probe: None,
+            spool: Spool::new(SPOOL_MAX_LINES),
+            storing: None,
             settings,
         };
         (orchestrator, command_tx)
@@ -252,7 +275,7 @@ impl Orchestrator {
 
     /// Ends the run when the first session has closed (the demo).
     pub fn single_session(mut self) -> Self {
-        self.single_session = true;
+        self.report = Some(RunReport::default());
         self
     }
 
@@ -277,8 +300,7 @@ impl Orchestrator {
             if shutting_down && self.machine.state() == State::Idle {
                 break;
             }
-            if self.single_session
-                && !self.report.sessions.is_empty()
+            if self.report.as_ref().is_some_and(|r| !r.sessions.is_empty())
                 && self.machine.state() == State::Idle
             {
                 break;
@@ -288,6 +310,7 @@ impl Orchestrator {
             let max_at = self.max_at.unwrap_or(far);
             let ready_at = self.ready_at.unwrap_or(far);
             let restart_at = self.restart_at.unwrap_or(far);
+            let spool_retry_at = self.spool.retry_at().unwrap_or(far);
             let has_link = self.current.as_ref().is_some_and(|c| c.link.is_some());
             let sender = self.audio_out.clone().filter(|_| !self.outbox.is_empty());
             tokio::select! {
@@ -325,6 +348,16 @@ impl Orchestrator {
                         permit.send(frame);
                     }
                 }
+                r = async { self.storing.as_mut().expect("guarded").await }, if self.storing.is_some() => {
+                    self.storing = None;
+                    match r {
+                        Ok((write, result)) => self.on_stored(write, result),
+                        Err(e) => warn!(error = %e, "a store write task failed"),
+                    }
+                }
+                _ = sleep_until(spool_retry_at.into()), if self.spool.retry_at().is_some() => {
+                    self.kick_store();
+                }
                 _ = link_stats.tick(), if has_link => {
                     if let Some((link, _)) = self.current.as_ref().and_then(|c| c.link.as_ref()) {
                         publish_link_stats(link, &self.published, true).await;
@@ -348,7 +381,8 @@ impl Orchestrator {
                 }
             }
         }
-        self.report
+        self.drain_store().await;
+        self.report.unwrap_or_default()
     }
 
     async fn on_audio(&mut self, event: AudioEvent) {
@@ -369,8 +403,10 @@ impl Orchestrator {
                 let speech = u64::from(utterance.speech().0);
                 if let Some(c) = &mut self.current {
                     c.user_speech_ms += speech;
-                    self.report.utterances += 1;
-                    self.report.speech_ms_sent += speech;
+                    if let Some(r) = &mut self.report {
+                        r.utterances += 1;
+                        r.speech_ms_sent += speech;
+                    }
                 }
                 self.apply(Event::SpeechEnded).await;
             }
@@ -400,7 +436,9 @@ impl Orchestrator {
             c.first_packet_sent = true;
             let startup = c.milestones.startup(c.onset, Instant::now());
             info!(session_id = %c.id, ?startup, "first packet handed to the link");
-            self.report.startups.push(startup);
+            if let Some(r) = &mut self.report {
+                r.startups.push(startup);
+            }
         }
     }
 
@@ -484,7 +522,10 @@ impl Orchestrator {
         let rows: Vec<NewTranscript> = lines
             .into_iter()
             .map(|l| {
-                c.lines.push(Line {
+                if c.lines.len() == PAGE_LINES {
+                    c.lines.pop_front();
+                }
+                c.lines.push_back(Line {
                     role: l.role.as_str(),
                     text: l.text.clone(),
                 });
@@ -502,10 +543,125 @@ impl Orchestrator {
                 }
             })
             .collect();
-        if let Err(e) = self.store.call(move |s| s.add_transcripts(&rows)).await {
-            warn!(error = %e, "cannot store transcript lines");
-        }
+        self.persist(Write::Lines(rows));
         self.note_state();
+    }
+
+    /// Hands a write to the spool; it reaches the store in order.
+    fn persist(&mut self, write: Write) {
+        let dropped = self.spool.push(write);
+        if dropped > 0 {
+            error!(
+                lines = dropped,
+                held = self.spool.held_lines(),
+                "the store has not taken writes for a long time; the oldest transcript lines held in memory were dropped"
+            );
+            metrics::counter!("kiosk_store_spool_dropped_lines_total").increment(dropped as u64);
+        }
+        self.kick_store();
+    }
+
+    /// Starts the next held write, unless one is under way or backing off.
+    fn kick_store(&mut self) {
+        if self.storing.is_some() {
+            return;
+        }
+        if let Some(write) = self.spool.take(Instant::now()) {
+            let store = self.store.clone();
+            self.storing = Some(tokio::spawn(async move {
+                let attempt = write.clone();
+                let result = store.call(move |s| attempt.apply(s)).await;
+                (write, result)
+            }));
+        }
+        self.publish_store_health();
+    }
+
+    fn on_stored(&mut self, write: Write, result: Result<(), StoreError>) {
+        match result {
+            Ok(()) => {
+                if self.spool.done() {
+                    info!("the store takes writes again; held lines written");
+                }
+            }
+            Err(e) => {
+                if self.spool.failed(write, &e, Instant::now()) {
+                    error!(error = %e, "cannot write to the store; holding writes in memory and retrying");
+                } else {
+                    warn!(error = %e, held = self.spool.held_writes(), "store write failed again");
+                }
+            }
+        }
+        self.kick_store();
+    }
+
+    /// At the end of a run: waits a little for held writes, and says what
+    /// could not be stored.
+    async fn drain_store(&mut self) {
+        let deadline = tokio::time::Instant::now() + SPOOL_DRAIN;
+        while !self.spool.is_empty() {
+            if let Some(task) = self.storing.take() {
+                match tokio::time::timeout_at(deadline, task).await {
+                    Ok(Ok((write, result))) => self.on_stored(write, result),
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            } else if let Some(at) = self.spool.retry_at() {
+                if tokio::time::Instant::from(at) > deadline {
+                    break;
+                }
+                sleep_until(at.into()).await;
+                self.kick_store();
+            } else {
+                self.kick_store();
+            }
+        }
+        if !self.spool.is_empty() {
+            error!(
+                writes = self.spool.held_writes(),
+                lines = self.spool.held_lines(),
+                "stopping with writes the store did not take; they are lost"
+            );
+        }
+    }
+
+    /// The store as a component on the page, in `/metrics` and systemd's status.
+    fn publish_store_health(&mut self) {
+        let held = self.spool.held_lines();
+        let component = match self.spool.failing() {
+            None => Component {
+                name: "store",
+                health: Health::Ok,
+                detail: "writing".into(),
+            },
+            Some(f) => Component {
+                name: "store",
+                health: Health::Down,
+                detail: format!(
+                    "cannot write since {}: {}; {held} transcript lines held in memory",
+                    f.since, f.error
+                ),
+            },
+        };
+        metrics::gauge!("kiosk_store_writable")
+            .set(f64::from(u8::from(component.health == Health::Ok)));
+        metrics::gauge!("kiosk_store_spooled_lines").set(held as f64);
+        let changed = self.published.send_if_modified(|p| {
+            let slot = p.components.iter_mut().find(|c| c.name == "store");
+            match slot {
+                Some(c) if c.health == component.health && c.detail == component.detail => false,
+                Some(c) => {
+                    *c = component;
+                    true
+                }
+                None => {
+                    p.components.push(component);
+                    true
+                }
+            }
+        });
+        if changed {
+            self.systemd_status();
+        }
     }
 
     /// The session is ending: what the transcript still held (a sentence
@@ -522,20 +678,14 @@ impl Orchestrator {
             Ok(p) => {
                 if let Some(c) = &mut self.current {
                     c.milestones.provisioned = Some(Instant::now());
-                    let (id, room_name, room_url, agent_id) = (
-                        c.id,
-                        p.room.as_ref().map(|r| r.name.to_string()),
-                        p.room.as_ref().map(|r| r.url.clone()),
-                        p.agent_session_id.as_ref().map(|a| a.0.clone()),
-                    );
+                    let write = Write::Cloud {
+                        id: c.id,
+                        room_name: p.room.as_ref().map(|r| r.name.to_string()),
+                        room_url: p.room.as_ref().map(|r| r.url.clone()),
+                        agent_session_id: p.agent_session_id.as_ref().map(|a| a.0.clone()),
+                    };
                     c.provisioned = Some(p);
-                    if let Err(e) = self
-                        .store
-                        .call(move |s| s.set_session_cloud(id, room_name, room_url, agent_id))
-                        .await
-                    {
-                        warn!(error = %e, "cannot record the session's room");
-                    }
+                    self.persist(write);
                 }
                 self.apply(Event::Provisioned).await;
             }
@@ -636,11 +786,11 @@ impl Orchestrator {
             room_url: None,
             agent_session_id: None,
         };
-        if let Err(e) = self.store.call(move |s| s.start_session(&row)).await {
-            warn!(error = %e, "cannot record the session start");
-        }
+        self.persist(Write::Start(row));
         info!(session_id = %id, "session started");
-        self.report.sessions.push(id);
+        if let Some(r) = &mut self.report {
+            r.sessions.push(id);
+        }
         self.max_at = Some(Instant::now() + self.settings.max_duration);
         self.current = Some(Current {
             id,
@@ -651,7 +801,7 @@ impl Orchestrator {
             user_speech_ms: 0,
             bot_speech_ms: 0,
             bot_speaking_since: None,
-            lines: Vec::new(),
+            lines: VecDeque::new(),
             partial: None,
             transcript: TranscriptAssembler::new(),
             first_packet_sent: false,
@@ -695,9 +845,7 @@ impl Orchestrator {
                 bot_speech_ms: c.bot_speech_ms,
             };
             let id = c.id;
-            if let Err(e) = self.store.call(move |s| s.end_session(id, &end)).await {
-                warn!(session_id = %id, error = %e, "cannot record the session end");
-            }
+            self.persist(Write::End(id, end));
             info!(session_id = %id, %reason, "session ended");
             metrics::counter!("kiosk_sessions_total", "end_reason" => reason.as_str()).increment(1);
             metrics::histogram!("kiosk_session_duration_seconds")
@@ -769,19 +917,34 @@ impl Orchestrator {
         });
     }
 
+    /// systemd's status line: the state, and a store that is failing.
+    fn systemd_status(&self) {
+        let state = self.machine.state().as_str();
+        match self.spool.failing() {
+            None => crate::systemd::status(state),
+            Some(_) => crate::systemd::status(&format!(
+                "{state}; store not writable, {} lines held in memory",
+                self.spool.held_lines()
+            )),
+        }
+    }
+
     fn note_state(&mut self) {
         let state = self.machine.state();
-        if self.report.transitions.last().map(|t| t.state) != Some(state) {
-            self.report.transitions.push(Transition {
-                at: Timestamp::now(),
-                state,
-            });
-            crate::systemd::status(state.as_str());
+        if self.noted_state != Some(state) {
+            self.noted_state = Some(state);
+            if let Some(r) = &mut self.report {
+                r.transitions.push(Transition {
+                    at: Timestamp::now(),
+                    state,
+                });
+            }
+            self.systemd_status();
         }
         let session = self.current.as_ref().map(|c| CurrentSession {
             id: c.id.to_string(),
             started_at: c.started_at,
-            lines: c.lines.clone(),
+            lines: c.lines.iter().cloned().collect(),
             partial: c.partial.clone(),
         });
         self.published.send_modify(|p| {
