@@ -2,9 +2,9 @@
 //! way a stock one is (tests/interop/bot.py: SmallWebRTC transport, Silero
 //! VAD over the frames it receives, Pipecat's own RTVI processor and
 //! observer, fake STT/LLM/TTS services). A visitor speaks four utterances
-//! (those of fixtures/audio/multi_utterance_16k.wav, 2 s apart) and the session idles out; the
-//! conversation must be stored as the bot had it, and the bot's voice must
-//! reach the speaker. Once with each way of provisioning: a static offer
+//! (those of fixtures/audio/multi_utterance_16k.wav, 2 s apart) and the
+//! session idles out; the conversation must be stored as the bot had it,
+//! and the bot's voice must reach the speaker. Once with each way of provisioning: a static offer
 //! URL, Pipecat's `POST /start` with an API key, and a Daily room (the fake
 //! Daily REST API) plus `/start`; and once as `demo --start-url`.
 //!
@@ -34,8 +34,8 @@ use daily_support::{API_KEY as DAILY_KEY, FakeDaily};
 use interop::PipecatBot;
 use serde_json::Value;
 
-/// One test at a time: each runs a Python bot (Silero and smart-turn
-/// inference) and a daemon, and the machine has two cores.
+/// One test at a time: each runs a Python bot (Silero inference on every
+/// frame) and a daemon, and the machine has two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const AGENT_KEY: &str = "pk_test_interop_do_not_log";
