@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates the Pipecat venv for tests/link_pipecat.rs and prints the export
-# line for KIOSK_PIPECAT_PYTHON. Usage (from .ci/run):
+# Creates the Pipecat venv for tests/link_pipecat.rs and tests/interop_run.rs
+# and prints the export line for KIOSK_PIPECAT_PYTHON. Usage (from .ci/run):
 #   eval "$(bash tests/interop/setup-venv.sh "${VENV:-$PWD/target/venv-pipecat}")"
 set -euo pipefail
 venv="${1:?usage: setup-venv.sh VENV_DIR}"
