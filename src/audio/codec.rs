@@ -6,9 +6,10 @@ use super::AudioError;
 use super::settings::AudioSettings;
 use super::units::{Millis, OPUS_FRAME, SampleRate};
 
-/// Largest packet kept; at the bitrates a kiosk uses a 20 ms packet is well
-/// under 200 bytes, and libopus never produces more than this for one frame.
-pub const MAX_PACKET: usize = 400;
+/// Largest packet kept: one UDP datagram's worth. Opus allows 1275 bytes
+/// per frame, and agents do not all encode like the kiosk: Pipecat's aiortc
+/// sends 96 kbit/s stereo, with 20 ms packets of 500 bytes and more.
+pub const MAX_PACKET: usize = 1500;
 
 /// One encoded 20 ms frame, held inline so passing it around never allocates.
 #[derive(Clone, Copy)]

@@ -468,12 +468,19 @@ impl Orchestrator {
     }
 
     fn on_packet(&mut self, p: LinkPacket) {
-        if let Some(payload) = OpusPacket::from_slice(&p.data) {
-            self.playout.push(IncomingPacket {
-                seq: p.sequence,
-                timestamp: p.rtp_timestamp,
-                payload,
-            });
+        match OpusPacket::from_slice(&p.data) {
+            Some(payload) => {
+                self.playout.push(IncomingPacket {
+                    seq: p.sequence,
+                    timestamp: p.rtp_timestamp,
+                    payload,
+                });
+            }
+            None => {
+                // Larger than any datagram: not Opus from a sane sender.
+                // Counted; the playout conceals the gap.
+                metrics::counter!("kiosk_link_audio_oversize_total").increment(1);
+            }
         }
     }
 
