@@ -14,7 +14,11 @@ use kiosk_gateway::link::signaling::smallwebrtc::SmallWebRtcSignaling;
 use kiosk_gateway::link::{Link, LinkEvent, LinkIo, LinkSettings, OpusFrame};
 use link_support::{fixture, local_settings};
 
+/// Says `pcm`, then a second of silence: the agent ends a turn on the
+/// silence it hears, as a real bot does.
 async fn speak(io: &LinkIo, pcm: &[i16]) {
+    let mut pcm = pcm.to_vec();
+    pcm.resize(pcm.len() + 48_000, 0);
     let mut encoder = Encoder::new().unwrap();
     let mut ticker = tokio::time::interval(FRAME_DURATION);
     for (i, chunk) in pcm.chunks(FRAME_SAMPLES).enumerate() {

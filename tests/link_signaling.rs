@@ -63,7 +63,10 @@ async fn whip_call_carries_audio_and_deletes_the_session_on_hang_up() {
     })
     .await;
 
-    let utterance = media::read_wav(&fixture("utterance_48k.wav")).unwrap();
+    // The utterance, then a second of silence: the agent ends the turn on
+    // the silence it hears, as a real bot does.
+    let mut utterance = media::read_wav(&fixture("utterance_48k.wav")).unwrap();
+    utterance.resize(utterance.len() + 48_000, 0);
     let mut encoder = Encoder::new().unwrap();
     let mut ticker = tokio::time::interval(FRAME_DURATION);
     for (i, chunk) in utterance.chunks(FRAME_SAMPLES).enumerate() {
