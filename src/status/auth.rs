@@ -187,6 +187,15 @@ impl Auth {
             Ok(())
         } else {
             failures.record(client, now);
+            if let Some(wait) = failures.wait(client, now) {
+                // Once per lock, not per refused request: a flood must not
+                // flood the journal too.
+                tracing::warn!(
+                    %client,
+                    wait_s = wait.as_secs(),
+                    "status: {MAX_FAILURES} wrong tokens within a minute; refusing this client for now"
+                );
+            }
             Err(Refusal::Wrong)
         }
     }
@@ -333,10 +342,7 @@ pub async fn login(
 ) -> Response {
     match state.auth.try_token(client, &form.token) {
         Ok(()) => {}
-        Err(Refusal::Wait(wait)) => {
-            tracing::warn!(%client, "status: sign-in refused after repeated wrong tokens");
-            return too_many(wait);
-        }
+        Err(Refusal::Wait(wait)) => return too_many(wait),
         Err(Refusal::Wrong) => {
             let mut r = super::page::login_response(
                 &state.identity.kiosk_name,
