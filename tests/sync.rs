@@ -3,6 +3,7 @@
 //! can always be sent again (under a new key), waits are never busy, and
 //! only the upstream's own answer counts as accepted.
 
+mod common;
 mod fake_upstream;
 
 use std::path::Path;
@@ -509,4 +510,168 @@ async fn only_a_portal_answering_forever_keeps_rows_unsynced() {
         backlog.parked.is_empty(),
         "and nothing parked: it goes when the portal does"
     );
+}
+
+/// A kiosk whose upstream refuses one of its lines: the config, and the
+/// refused line's id.
+fn refusing_kiosk(dir: &Path, upstream: &FakeUpstream) -> (std::path::PathBuf, Vec<String>) {
+    let ids = {
+        let (mut store, _) = Store::open(&dir.join("kiosk.db")).unwrap();
+        seed(&mut store, 1, 3, true)
+    };
+    upstream.refuse_transcript(Some(ids[1].clone()));
+    let config = common::write_config(
+        dir,
+        &format!(
+            "[sync]\nurl = \"{}\"\ninterval = \"1h\"\nbatch_size = 10\n",
+            upstream.url
+        ),
+    );
+    (config, ids)
+}
+
+#[tokio::test]
+async fn sync_retry_parked_on_the_command_line_sends_the_rows_under_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = FakeUpstream::start().await;
+    let (config, ids) = refusing_kiosk(dir.path(), &upstream);
+    let sync = |args: &'static [&'static str]| {
+        let config = config.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                common::command(&config)
+                    .arg("sync")
+                    .args(args)
+                    .env("KIOSK_GATEWAY_SYNC_TOKEN", TOKEN)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = sync(&["--once"]).await;
+    assert_eq!(out.status.code(), Some(1), "a batch is parked");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("parked batches: 1"), "{stdout}");
+    let refused_key = upstream.with(|r| r.refused.keys().next().unwrap().clone());
+
+    // Fixed upstream; without --retry-parked (same settings) it stays parked.
+    upstream.refuse_transcript(None);
+    let out = sync(&["--once"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(upstream.with(|r| r.requests), 1);
+
+    let out = sync(&["--once", "--retry-parked"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("parked batches: 0"), "{stdout}");
+    upstream.with(|r| {
+        assert_eq!(r.requests, 2);
+        assert!(!r.batches.contains_key(&refused_key));
+        assert_eq!(r.transcripts.len(), 3);
+        assert!(r.transcripts.contains_key(&ids[1]));
+        assert_eq!(r.sessions.len(), 1);
+    });
+}
+
+#[tokio::test]
+async fn post_api_sync_retry_parked_sends_the_rows_under_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = FakeUpstream::start().await;
+    let (config, ids) = refusing_kiosk(dir.path(), &upstream);
+    let d = common::Daemon::start(
+        dir.path(),
+        &config,
+        &[
+            ("KIOSK_GATEWAY_STATUS_TOKEN", "status-token-1"),
+            ("KIOSK_GATEWAY_SYNC_TOKEN", TOKEN),
+        ],
+    );
+    let c = reqwest::Client::new();
+    let status = || async {
+        c.get(format!("{}/api/status", d.url))
+            .bearer_auth("status-token-1")
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let parked = loop {
+        let s = status().await;
+        if let Some(p) = s["sync"]["backlog"]["parked"]
+            .as_array()
+            .filter(|p| !p.is_empty())
+        {
+            break p[0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never parked: {s:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        parked["error"].as_str().unwrap().contains("HTTP 400"),
+        "{parked}"
+    );
+    let refused_key = parked["id"].as_str().unwrap().to_string();
+
+    upstream.refuse_transcript(None);
+    let r = c
+        .post(format!("{}/api/sync?retry_parked=true", d.url))
+        .bearer_auth("status-token-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    while upstream.with(|r| r.transcripts.len()) < 3 {
+        assert!(std::time::Instant::now() < deadline, "retry never sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    upstream.with(|r| {
+        assert!(!r.batches.contains_key(&refused_key));
+        assert!(r.transcripts.contains_key(&ids[1]));
+        assert!(r.transcripts.values().all(|n| *n == 1));
+    });
+    let s = loop {
+        let s = status().await;
+        if s["sync"]["backlog"]["parked"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "still parked: {s:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(s["sync"]["backlog"]["transcripts"], 0);
+}
+
+#[test]
+fn the_sync_command_gives_parked_rows_another_chance_after_a_settings_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let upstream = runtime.block_on(FakeUpstream::start());
+    let (config, _) = refusing_kiosk(dir.path(), &upstream);
+    upstream.refuse_transcript(None);
+    let sync = |token: &str| {
+        common::command(&config)
+            .args(["sync", "--once"])
+            .env("KIOSK_GATEWAY_SYNC_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let out = sync("expired-token");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("HTTP 401"), "{stdout}");
+    let out = sync(TOKEN);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    upstream.with(|r| {
+        assert_eq!(r.transcripts.len(), 3);
+        assert_eq!(r.batches.len(), 1);
+    });
 }

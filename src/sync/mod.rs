@@ -149,6 +149,8 @@ pub struct SyncWorker {
     uploader: Uploader,
     trigger: SyncTrigger,
     status: watch::Sender<SyncStatus>,
+    /// Whether parked batches were compared with the current settings.
+    settings_checked: AtomicBool,
 }
 
 impl SyncWorker {
@@ -168,6 +170,7 @@ impl SyncWorker {
             uploader,
             trigger: SyncTrigger::default(),
             status,
+            settings_checked: AtomicBool::new(false),
         }
     }
 
@@ -181,15 +184,6 @@ impl SyncWorker {
 
     /// Syncs every `interval` and whenever triggered, until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
-        let fingerprint = self.settings.fingerprint();
-        match self.store.call(move |s| s.unpark(Some(&fingerprint))).await {
-            Ok(0) => {}
-            Ok(n) => info!(
-                batches = n,
-                "sync settings changed; the rows of parked batches go again in new batches"
-            ),
-            Err(e) => warn!(error = %e, "cannot re-queue parked batches"),
-        }
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -208,6 +202,22 @@ impl SyncWorker {
     /// Uploads batches until none is left (or `cancel`), waiting out
     /// retryable failures; refused batches are parked and skipped.
     pub async fn drain(&self, cancel: &CancellationToken) -> Result<DrainReport, SyncError> {
+        // Once per worker (a daemon start, a `sync` command): batches
+        // parked under other settings get another chance.
+        if !self.settings_checked.load(Ordering::SeqCst) {
+            let fingerprint = self.settings.fingerprint();
+            let n = self
+                .store
+                .call(move |s| s.unpark(Some(&fingerprint)))
+                .await?;
+            self.settings_checked.store(true, Ordering::SeqCst);
+            if n > 0 {
+                info!(
+                    batches = n,
+                    "sync settings changed; the rows of parked batches go again in new batches"
+                );
+            }
+        }
         if self.trigger.retry_parked.swap(false, Ordering::SeqCst) {
             let n = self.store.call(|s| s.unpark(None)).await?;
             info!(
