@@ -154,6 +154,56 @@ pub struct StatusConfig {
     /// How often Daily and the agent are checked for the status page; zero
     /// checks only after a session failed to start.
     pub probe_interval: Duration,
+    /// `Host` values the status server answers to beyond its own addresses,
+    /// `localhost` and the kiosk's hostname (DNS-rebinding defence).
+    pub allowed_hosts: Vec<AllowedHost>,
+    /// The address technicians reach the status server at when it is not
+    /// the listen address (a reverse proxy, a DNS name): its host is
+    /// allowed, and with `https` the login cookie is `Secure`.
+    pub public_url: Option<url::Url>,
+}
+
+/// One allowed `Host`: a name or IP address, with a port or for any port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    /// Lower case; IPv6 addresses in brackets, as in a `Host` header.
+    pub host: String,
+    /// `None`: any port.
+    pub port: Option<u16>,
+}
+
+impl AllowedHost {
+    /// Reads `name`, `name:port`, `192.0.2.7[:port]` or `[2001:db8::7][:port]`
+    /// (the form of an HTTP `Host` header), nothing more.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "expected a host name or IP address with an optional port, such as \
+                 \"kiosk-7.lobby.example\" or \"192.0.2.7:8080\", found {s:?}"
+            )
+        };
+        if s.is_empty() || s.contains(['/', '@', '?', '#', '\\']) || s.contains(char::is_whitespace)
+        {
+            return Err(bad());
+        }
+        let url = url::Url::parse(&format!("http://{s}/")).map_err(|_| bad())?;
+        let host = url.host_str().ok_or_else(bad)?.to_string();
+        // `Url` drops a port that is the scheme's default; keep what was written.
+        let port = match s.rsplit_once(':') {
+            Some((_, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(p.parse::<u16>().map_err(|_| bad())?)
+            }
+            _ => None,
+        };
+        Ok(Self { host, port })
+    }
+}
+
+/// How a secret is taken from wherever it comes from (environment, file,
+/// credential, or a technician's sign-in): surrounding whitespace, the
+/// newline an editor or `echo` leaves included, is not part of it.
+pub fn secret_text(raw: &str) -> &str {
+    raw.trim()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,6 +419,8 @@ fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
             Duration::from_secs(60),
             Duration::ZERO..=Duration::from_secs(86_400),
         ),
+        allowed_hosts: read_allowed_hosts(l),
+        public_url: l.url("status", "public_url"),
     };
     let log = read_log(l);
     let config = Config {
@@ -386,6 +438,17 @@ fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
     };
     check_requirements(l, &config);
     config
+}
+
+fn read_allowed_hosts(l: &mut Loader<'_>) -> Vec<AllowedHost> {
+    let mut hosts = Vec::new();
+    for entry in l.strings("status", "allowed_hosts", &[]) {
+        match AllowedHost::parse(&entry) {
+            Ok(h) => hosts.push(h),
+            Err(message) => l.problem_at("status", "allowed_hosts", message),
+        }
+    }
+    hosts
 }
 
 fn read_kiosk(l: &mut Loader<'_>) -> KioskConfig {

@@ -191,6 +191,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         Auth::new(config.status.token.clone()),
         recent,
     )
+    .with_hosts(&status::HostSettings::from_config(&config.status))
     .with_session_commands(session_commands)
     .with_audio(
         audio_metrics,

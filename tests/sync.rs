@@ -1,6 +1,9 @@
 //! Upstream sync against a fake upstream that injects faults: every row is
-//! accepted exactly once, nothing is lost, refused batches are parked.
+//! accepted exactly once, nothing is lost, refused batches are parked and
+//! can always be sent again (under a new key), waits are never busy, and
+//! only the upstream's own answer counts as accepted.
 
+mod common;
 mod fake_upstream;
 
 use std::path::Path;
@@ -138,11 +141,35 @@ async fn hundreds_of_sessions_through_a_fault_storm_arrive_exactly_once() {
         assert_eq!(r.transcripts.len() as u64, 1200 - parked.transcripts);
     });
 
-    // A technician fixes the upstream and asks for a retry.
+    // A technician fixes the upstream and asks for a retry. The upstream
+    // answers the parked batch's key with its first answer forever (as the
+    // README asks of it), so the rows must go under a new key.
+    let parked_key = parked.id.to_string();
+    let sent_with = |key: &str| {
+        upstream.with(|r| {
+            r.log
+                .iter()
+                .filter(|(_, k)| k.as_deref() == Some(key))
+                .count()
+        })
+    };
+    let sent_before = sent_with(&parked_key);
     upstream.refuse_transcript(None);
     worker.trigger().retry_parked();
     let report = worker.drain(&CancellationToken::new()).await.unwrap();
     assert_eq!(report.parked, 0);
+    assert_eq!(
+        sent_with(&parked_key),
+        sent_before,
+        "the refused key is never sent again"
+    );
+    upstream.with(|r| {
+        assert!(r.refused.contains_key(&parked_key));
+        assert!(
+            !r.batches.contains_key(&parked_key),
+            "a new key, not the refused one"
+        );
+    });
     let backlog = handle.call(|s| s.backlog()).await.unwrap();
     assert_eq!((backlog.transcripts, backlog.sessions), (0, 0));
     assert!(backlog.parked.is_empty());
@@ -275,7 +302,11 @@ async fn a_wrong_token_parks_and_new_settings_requeue() {
     assert!(!message.contains("expired-token"));
     drop(worker);
 
-    // Restarted with the fixed token: the parked batch goes again, same key.
+    let parked_key = handle.call(|s| s.backlog()).await.unwrap().parked[0]
+        .id
+        .to_string();
+
+    // Restarted with the fixed token: the parked rows go again, under a new key.
     let worker = SyncWorker::new(settings(&upstream.url, 50), handle.clone());
     let mut status = worker.status();
     let cancel = CancellationToken::new();
@@ -287,7 +318,360 @@ async fn a_wrong_token_parks_and_new_settings_requeue() {
     .await
     .unwrap()
     .unwrap();
-    upstream.with(|r| assert_eq!(r.transcripts.len(), 4));
+    upstream.with(|r| {
+        assert_eq!(r.transcripts.len(), 4);
+        assert_eq!(r.sessions.len(), 2);
+        assert_eq!(r.batches.len(), 1);
+        assert!(!r.batches.contains_key(&parked_key), "{parked_key} reused");
+    });
+    let backlog = handle.call(|s| s.backlog()).await.unwrap();
+    assert!(backlog.parked.is_empty());
+    assert_eq!((backlog.transcripts, backlog.sessions), (0, 0));
     cancel.cancel();
     task.await.unwrap();
+}
+
+/// Rows that may not be resent under their old key, however often.
+async fn parked_rows(handle: &StoreHandle) -> (u64, u64) {
+    let b = handle.call(|s| s.backlog()).await.unwrap();
+    (
+        b.parked.iter().map(|p| p.transcripts).sum(),
+        b.parked.iter().map(|p| p.sessions).sum(),
+    )
+}
+
+#[tokio::test]
+async fn a_refused_batch_converges_after_a_fix_and_a_retry_and_never_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let (mut store, _) = Store::open(&dir.path().join("kiosk.db")).unwrap();
+        seed(&mut store, 3, 4, true)
+    };
+    let upstream = FakeUpstream::start().await;
+    upstream.refuse_transcript(Some(ids[5].clone()));
+    let (handle, _writer) = open(dir.path());
+    let worker = SyncWorker::new(settings(&upstream.url, 5), handle.clone());
+    let report = worker.drain(&CancellationToken::new()).await.unwrap();
+    assert_eq!(report.parked, 1);
+    assert_eq!(parked_rows(&handle).await, (5, 0));
+
+    // Retried while the upstream still refuses: parked again, under a new
+    // key each time, and nothing else moves.
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        keys.push(handle.call(|s| s.backlog()).await.unwrap().parked[0].id);
+        worker.trigger().retry_parked();
+        let report = worker.drain(&CancellationToken::new()).await.unwrap();
+        assert_eq!(report.parked, 1);
+        assert_eq!(parked_rows(&handle).await.0, 5);
+    }
+    let last = handle.call(|s| s.backlog()).await.unwrap().parked[0].id;
+    keys.push(last);
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "each retry is a new batch: {keys:?}");
+
+    // Fixed upstream, one more retry: everything is there, each row once.
+    upstream.refuse_transcript(None);
+    worker.trigger().retry_parked();
+    let report = worker.drain(&CancellationToken::new()).await.unwrap();
+    assert_eq!((report.parked, report.batches), (0, 1));
+    let backlog = handle.call(|s| s.backlog()).await.unwrap();
+    assert!(backlog.parked.is_empty());
+    assert_eq!((backlog.transcripts, backlog.sessions), (0, 0));
+    upstream.with(|r| {
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.transcripts.len(), 12);
+        assert!(
+            r.transcripts.values().all(|n| *n == 1),
+            "{:?}",
+            r.transcripts
+        );
+        assert_eq!(r.sessions.len(), 3);
+        for k in &keys {
+            assert!(r.refused.contains_key(&k.to_string()));
+        }
+    });
+}
+
+#[tokio::test]
+async fn retry_after_zero_or_in_the_past_waits_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, _) = Store::open(&dir.path().join("kiosk.db")).unwrap();
+        seed(&mut store, 1, 2, true);
+    }
+    let upstream = FakeUpstream::start().await;
+    upstream.plan([
+        Fault::RetryAfter("0"),
+        Fault::RetryAfter("Thu, 01 Jan 1970 00:00:00 GMT"),
+        Fault::RetryAfter("-5"),
+        Fault::Accept,
+    ]);
+    let (handle, _writer) = open(dir.path());
+    let worker = SyncWorker::new(settings(&upstream.url, 50), handle.clone());
+    let report = worker.drain(&CancellationToken::new()).await.unwrap();
+    assert_eq!((report.batches, report.retries), (1, 3));
+    upstream.with(|r| {
+        let times: Vec<_> = r.log.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times.len(), 4);
+        // "0" and a past date are floored at 1 s; "-5" is no valid value,
+        // so the worker's own backoff (5-50 ms here) applies.
+        for (n, pair) in times.windows(2).take(2).enumerate() {
+            let gap = pair[1] - pair[0];
+            assert!(gap >= Duration::from_millis(1000), "attempt {n}: {gap:?}");
+            assert!(gap < Duration::from_secs(3), "attempt {n}: {gap:?}");
+        }
+        assert!(times[3] - times[2] < Duration::from_millis(500));
+    });
+}
+
+#[tokio::test]
+async fn an_upstream_saying_retry_after_zero_forever_gets_one_attempt_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, _) = Store::open(&dir.path().join("kiosk.db")).unwrap();
+        seed(&mut store, 1, 2, true);
+    }
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Fault::RetryAfter("0"));
+    let (handle, _writer) = open(dir.path());
+    let worker = SyncWorker::new(settings(&upstream.url, 50), handle.clone());
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        stop.cancel();
+    });
+    let report = worker.drain(&cancel).await.unwrap();
+    assert!(!report.complete);
+    let requests = upstream.with(|r| r.requests);
+    assert!((2..=3).contains(&requests), "{requests} attempts in 2.5 s");
+}
+
+#[tokio::test]
+async fn a_captive_portal_page_is_not_an_acceptance() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, _) = Store::open(&dir.path().join("kiosk.db")).unwrap();
+        seed(&mut store, 1, 3, true);
+    }
+    let upstream = FakeUpstream::start().await;
+    upstream.plan([
+        Fault::PortalPage,
+        Fault::Redirect("http://portal.lobby-wifi.example/login?continue=1"),
+        Fault::PortalPage,
+        Fault::AcceptEmpty,
+    ]);
+    let (handle, _writer) = open(dir.path());
+    let worker = SyncWorker::new(settings(&upstream.url, 50), handle.clone());
+    let mut status = worker.status();
+    let report = worker.drain(&CancellationToken::new()).await.unwrap();
+    // Three answers that are not the upstream's are retried, under the same
+    // key; a 204 with no body is an acceptance.
+    assert_eq!((report.batches, report.retries, report.parked), (1, 3, 0));
+    upstream.with(|r| {
+        assert_eq!(r.requests, 4);
+        let keys: Vec<_> = r.log.iter().map(|(_, k)| k.clone().unwrap()).collect();
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+        assert_eq!(r.transcripts.len(), 3);
+        assert_eq!(r.sessions.len(), 1);
+    });
+    let backlog = handle.call(|s| s.backlog()).await.unwrap();
+    assert_eq!((backlog.transcripts, backlog.sessions), (0, 0));
+    let status = status.borrow_and_update().clone();
+    assert_eq!(status.batches_accepted, 1);
+    let error = status.last_error.unwrap().message;
+    assert!(error.contains("captive portal"), "{error}");
+}
+
+#[tokio::test]
+async fn only_a_portal_answering_forever_keeps_rows_unsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, _) = Store::open(&dir.path().join("kiosk.db")).unwrap();
+        seed(&mut store, 1, 2, true);
+    }
+    let upstream = FakeUpstream::start().await;
+    upstream.set_default(Fault::PortalPage);
+    let (handle, _writer) = open(dir.path());
+    let mut s = settings(&upstream.url, 50);
+    s.max_attempts = Some(4);
+    let worker = SyncWorker::new(s, handle.clone());
+    let report = worker.drain(&CancellationToken::new()).await.unwrap();
+    assert!(!report.complete);
+    assert_eq!((report.batches, report.parked, report.retries), (0, 0, 4));
+    let backlog = handle.call(|s| s.backlog()).await.unwrap();
+    assert_eq!(
+        (backlog.transcripts, backlog.sessions),
+        (2, 1),
+        "nothing marked synced"
+    );
+    assert!(
+        backlog.parked.is_empty(),
+        "and nothing parked: it goes when the portal does"
+    );
+}
+
+/// A kiosk whose upstream refuses one of its lines: the config, and the
+/// refused line's id.
+fn refusing_kiosk(dir: &Path, upstream: &FakeUpstream) -> (std::path::PathBuf, Vec<String>) {
+    let ids = {
+        let (mut store, _) = Store::open(&dir.join("kiosk.db")).unwrap();
+        seed(&mut store, 1, 3, true)
+    };
+    upstream.refuse_transcript(Some(ids[1].clone()));
+    let config = common::write_config(
+        dir,
+        &format!(
+            "[sync]\nurl = \"{}\"\ninterval = \"1h\"\nbatch_size = 10\n",
+            upstream.url
+        ),
+    );
+    (config, ids)
+}
+
+#[tokio::test]
+async fn sync_retry_parked_on_the_command_line_sends_the_rows_under_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = FakeUpstream::start().await;
+    let (config, ids) = refusing_kiosk(dir.path(), &upstream);
+    let sync = |args: &'static [&'static str]| {
+        let config = config.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                common::command(&config)
+                    .arg("sync")
+                    .args(args)
+                    .env("KIOSK_GATEWAY_SYNC_TOKEN", TOKEN)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = sync(&["--once"]).await;
+    assert_eq!(out.status.code(), Some(1), "a batch is parked");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("parked batches: 1"), "{stdout}");
+    let refused_key = upstream.with(|r| r.refused.keys().next().unwrap().clone());
+
+    // Fixed upstream; without --retry-parked (same settings) it stays parked.
+    upstream.refuse_transcript(None);
+    let out = sync(&["--once"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(upstream.with(|r| r.requests), 1);
+
+    let out = sync(&["--once", "--retry-parked"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("parked batches: 0"), "{stdout}");
+    upstream.with(|r| {
+        assert_eq!(r.requests, 2);
+        assert!(!r.batches.contains_key(&refused_key));
+        assert_eq!(r.transcripts.len(), 3);
+        assert!(r.transcripts.contains_key(&ids[1]));
+        assert_eq!(r.sessions.len(), 1);
+    });
+}
+
+#[tokio::test]
+async fn post_api_sync_retry_parked_sends_the_rows_under_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = FakeUpstream::start().await;
+    let (config, ids) = refusing_kiosk(dir.path(), &upstream);
+    let d = common::Daemon::start(
+        dir.path(),
+        &config,
+        &[
+            ("KIOSK_GATEWAY_STATUS_TOKEN", "status-token-1"),
+            ("KIOSK_GATEWAY_SYNC_TOKEN", TOKEN),
+        ],
+    );
+    let c = reqwest::Client::new();
+    let status = || async {
+        c.get(format!("{}/api/status", d.url))
+            .bearer_auth("status-token-1")
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let parked = loop {
+        let s = status().await;
+        if let Some(p) = s["sync"]["backlog"]["parked"]
+            .as_array()
+            .filter(|p| !p.is_empty())
+        {
+            break p[0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never parked: {s:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        parked["error"].as_str().unwrap().contains("HTTP 400"),
+        "{parked}"
+    );
+    let refused_key = parked["id"].as_str().unwrap().to_string();
+
+    upstream.refuse_transcript(None);
+    let r = c
+        .post(format!("{}/api/sync?retry_parked=true", d.url))
+        .bearer_auth("status-token-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    while upstream.with(|r| r.transcripts.len()) < 3 {
+        assert!(std::time::Instant::now() < deadline, "retry never sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    upstream.with(|r| {
+        assert!(!r.batches.contains_key(&refused_key));
+        assert!(r.transcripts.contains_key(&ids[1]));
+        assert!(r.transcripts.values().all(|n| *n == 1));
+    });
+    let s = loop {
+        let s = status().await;
+        if s["sync"]["backlog"]["parked"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "still parked: {s:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(s["sync"]["backlog"]["transcripts"], 0);
+}
+
+#[test]
+fn the_sync_command_gives_parked_rows_another_chance_after_a_settings_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let upstream = runtime.block_on(FakeUpstream::start());
+    let (config, _) = refusing_kiosk(dir.path(), &upstream);
+    upstream.refuse_transcript(None);
+    let sync = |token: &str| {
+        common::command(&config)
+            .args(["sync", "--once"])
+            .env("KIOSK_GATEWAY_SYNC_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let out = sync("expired-token");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("HTTP 401"), "{stdout}");
+    let out = sync(TOKEN);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    upstream.with(|r| {
+        assert_eq!(r.transcripts.len(), 3);
+        assert_eq!(r.batches.len(), 1);
+    });
 }

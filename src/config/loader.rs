@@ -595,9 +595,11 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// A secret as the rest of the gateway sees it ([`super::secret_text`]),
+/// if anything is left.
 fn non_empty(s: &str) -> Option<&str> {
-    let t = s.trim_end_matches(['\n', '\r']);
-    (!t.trim().is_empty()).then_some(t)
+    let t = super::secret_text(s);
+    (!t.is_empty()).then_some(t)
 }
 
 fn describe(item: &Item) -> String {

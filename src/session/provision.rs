@@ -122,6 +122,18 @@ pub enum AgentStartError {
     },
     #[error("reply has neither offer_url nor sessionId: {0}")]
     Reply(String),
+    #[error("reply's sessionId is not a UUID or 1 to 128 of A-Z a-z 0-9 _ -: {0:?}")]
+    SessionId(String),
+}
+
+/// Whether a `sessionId` can go into a URL path as it is: a UUID, or
+/// 1 to 128 of `A-Z a-z 0-9 _ -` (which covers UUIDs). Anything else
+/// (`/`, `..`, `?`, `%`, `@`) could move the offer URL elsewhere.
+fn plain_session_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -411,7 +423,20 @@ impl Provisioner {
         let reply: StartReply =
             serde_json::from_str(&text).map_err(|_| AgentStartError::Reply(short.clone()))?;
         match (reply.offer_url, reply.session_id) {
-            (Some(url), id) => Ok((url, id)),
+            (Some(url), id) => {
+                // Not put in a URL here, but stored, logged and uploaded.
+                let id = id.filter(|id| {
+                    let plain = plain_session_id(&id.0);
+                    if !plain {
+                        warn!("the agent's sessionId is not a plain id; not kept");
+                    }
+                    plain
+                });
+                Ok((url, id))
+            }
+            (None, Some(id)) if !plain_session_id(&id.0) => Err(AgentStartError::SessionId(
+                id.0.chars().take(MAX_BODY_IN_ERROR).collect(),
+            )),
             (None, Some(id)) => {
                 let url = start_url
                     .join(&format!("sessions/{id}/api/offer"))

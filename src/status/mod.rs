@@ -5,6 +5,7 @@
 
 mod api;
 pub mod auth;
+pub mod guard;
 pub mod metrics;
 mod page;
 mod server;
@@ -33,6 +34,7 @@ use crate::store::{Store, StoreError};
 use crate::sync::{SyncStatus, SyncTrigger};
 use crate::telemetry::RecentEvents;
 pub use auth::Auth;
+pub use guard::HostSettings;
 pub use server::{bind, serve};
 
 /// What the rest of the gateway publishes for the status server.
@@ -180,6 +182,8 @@ pub struct StatusState {
     published: watch::Receiver<Published>,
     sync: Option<SyncView>,
     auth: Auth,
+    /// Which `Host` and `Origin` values are this server's.
+    guard: Arc<guard::Guard>,
     recent: RecentEvents,
     session_commands: Option<tokio::sync::mpsc::Sender<SessionCommand>>,
     audio: Option<AudioView>,
@@ -207,6 +211,7 @@ impl StatusState {
             published,
             sync,
             auth,
+            guard: Arc::new(guard::Guard::new(&HostSettings::default())),
             recent,
             session_commands: None,
             audio: None,
@@ -214,6 +219,15 @@ impl StatusState {
             liveness: None,
             reader: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Where technicians reach the server (`status.listen`,
+    /// `status.allowed_hosts`, `status.public_url`). Without it only the
+    /// address a request came in on, `localhost`, 127.0.0.1, [::1] and the
+    /// kiosk's hostname (with the server's port) are answered.
+    pub fn with_hosts(mut self, settings: &HostSettings) -> Self {
+        self.guard = Arc::new(guard::Guard::new(settings));
+        self
     }
 
     /// Shows the audio engine's counters, device health and level, and
@@ -373,6 +387,15 @@ pub fn router(state: StatusState) -> Router {
         .route("/logout", post(auth::logout))
         .merge(protected)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_origin,
+        ))
+        // Outside the origin check: a foreign Host is refused first.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_host,
+        ))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::guard::Connection;
 use super::{StatusState, router};
 
 /// Request head larger than this is refused (hyper answers 431).
@@ -39,10 +40,10 @@ pub async fn serve(
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES);
     loop {
-        let stream = tokio::select! {
+        let (stream, remote) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, don't spin.
                     tracing::warn!(error = %e, "status server: accept failed");
@@ -51,8 +52,17 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        // Who is asking and on which address: for the Host allowlist and
+        // the sign-in rate limit (never taken from headers).
+        let connection = Connection { remote, local };
         let app = app.clone();
-        let service = hyper::service::service_fn(move |req| app.clone().oneshot(req));
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut().insert(connection);
+            app.clone().oneshot(req)
+        });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

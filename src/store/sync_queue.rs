@@ -48,7 +48,8 @@ pub struct Batch {
     pub transcripts: Vec<TranscriptUpload>,
 }
 
-/// A batch the upstream refused; kept until settings change or a technician retries.
+/// A batch the upstream refused; kept until settings change or a technician
+/// retries, when its rows go out again in a new batch.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParkedBatch {
     pub id: BatchId,
@@ -176,17 +177,43 @@ impl Store {
             .map_err(sql(&self.path))
     }
 
-    /// Puts parked batches back in the queue: all of them (`None`, a
+    /// Gives parked batches another chance: all of them (`None`, a
     /// technician asked), or those parked under other settings than
     /// `current_fingerprint`. Returns how many.
-    pub fn unpark(&self, current_fingerprint: Option<&str>) -> Result<usize, StoreError> {
-        self.conn
-            .execute(
-                "UPDATE sync_batches SET state = 'pending'
+    ///
+    /// A parked batch is not resent under its old id: an upstream that
+    /// honours `Idempotency-Key` would answer the same key with the same
+    /// refusal forever. Its rows are released instead (and the batch
+    /// forgotten) so the next [`Store::next_batch`] builds them into a new
+    /// batch under a new id; the rows keep their own stable ids, which is
+    /// what keeps the upstream free of duplicates.
+    pub fn unpark(&mut self, current_fingerprint: Option<&str>) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let tx =
+            Transaction::new(&mut self.conn, TransactionBehavior::Immediate).map_err(sql(&path))?;
+        let ids: Vec<String> = tx
+            .prepare(
+                "SELECT id FROM sync_batches
                  WHERE state = 'parked' AND (?1 IS NULL OR parked_fingerprint IS NOT ?1)",
-                [current_fingerprint],
             )
-            .map_err(sql(&self.path))
+            .and_then(|mut stmt| {
+                stmt.query_map([current_fingerprint], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .map_err(sql(&path))?;
+        for id in &ids {
+            for table in ["sessions", "transcripts"] {
+                tx.execute(
+                    &format!("UPDATE {table} SET batch_id = NULL WHERE batch_id = ?1"),
+                    [id],
+                )
+                .map_err(sql(&path))?;
+            }
+            tx.execute("DELETE FROM sync_batches WHERE id = ?1", [id])
+                .map_err(sql(&path))?;
+        }
+        tx.commit().map_err(sql(&path))?;
+        Ok(ids.len())
     }
 
     pub fn backlog(&self) -> Result<Backlog, StoreError> {

@@ -1,11 +1,14 @@
 //! Upstream transcript sync (DESIGN.md section 6): batches of unsynced rows
 //! go to the operator's cloud, each retried under its own Idempotency-Key
-//! until accepted, so nothing is lost and nothing is counted twice.
+//! until accepted, so nothing is lost and nothing is counted twice. A batch
+//! the upstream refuses is parked; when the settings change or a technician
+//! asks, its rows go again in a new batch under a new key (the old key would
+//! only get the old answer), and the rows' own stable ids keep the upstream
+//! free of duplicates.
 
 mod upload;
 mod wire;
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,6 +31,10 @@ pub use wire::Document;
 
 /// The longest `Retry-After` obeyed; a larger one is likely a mistake.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The shortest wait between attempts that `Retry-After` can ask for: `0`
+/// or a date in the past would otherwise make a busy loop (with a store
+/// write per attempt).
+const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
@@ -67,13 +74,24 @@ impl SyncSettings {
     }
 
     /// Identifies the settings a batch was refused under; different
-    /// settings give parked batches another chance. Not a secret digest
-    /// anyone sees: it stays in the local database.
+    /// settings give parked batches another chance. It is kept in the local
+    /// database across restarts and upgrades, so it must not change between
+    /// builds: SHA-256 (not `DefaultHasher`, whose output Rust does not
+    /// promise to keep from one release to the next), over length-prefixed
+    /// fields so no two settings share an input.
     fn fingerprint(&self) -> String {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.url.as_str().hash(&mut h);
-        self.token.expose_secret().hash(&mut h);
-        format!("{:016x}", h.finish())
+        let mut input = Vec::new();
+        for field in [
+            "kiosk-gateway sync settings v1",
+            self.url.as_str(),
+            self.token.expose_secret(),
+            &self.kiosk_id,
+        ] {
+            input.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            input.extend_from_slice(field.as_bytes());
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -131,6 +149,8 @@ pub struct SyncWorker {
     uploader: Uploader,
     trigger: SyncTrigger,
     status: watch::Sender<SyncStatus>,
+    /// Whether parked batches were compared with the current settings.
+    settings_checked: AtomicBool,
 }
 
 impl SyncWorker {
@@ -150,6 +170,7 @@ impl SyncWorker {
             uploader,
             trigger: SyncTrigger::default(),
             status,
+            settings_checked: AtomicBool::new(false),
         }
     }
 
@@ -163,15 +184,6 @@ impl SyncWorker {
 
     /// Syncs every `interval` and whenever triggered, until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
-        let fingerprint = self.settings.fingerprint();
-        match self.store.call(move |s| s.unpark(Some(&fingerprint))).await {
-            Ok(0) => {}
-            Ok(n) => info!(
-                batches = n,
-                "sync settings changed; parked batches queued again"
-            ),
-            Err(e) => warn!(error = %e, "cannot re-queue parked batches"),
-        }
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -190,9 +202,28 @@ impl SyncWorker {
     /// Uploads batches until none is left (or `cancel`), waiting out
     /// retryable failures; refused batches are parked and skipped.
     pub async fn drain(&self, cancel: &CancellationToken) -> Result<DrainReport, SyncError> {
+        // Once per worker (a daemon start, a `sync` command): batches
+        // parked under other settings get another chance.
+        if !self.settings_checked.load(Ordering::SeqCst) {
+            let fingerprint = self.settings.fingerprint();
+            let n = self
+                .store
+                .call(move |s| s.unpark(Some(&fingerprint)))
+                .await?;
+            self.settings_checked.store(true, Ordering::SeqCst);
+            if n > 0 {
+                info!(
+                    batches = n,
+                    "sync settings changed; the rows of parked batches go again in new batches"
+                );
+            }
+        }
         if self.trigger.retry_parked.swap(false, Ordering::SeqCst) {
             let n = self.store.call(|s| s.unpark(None)).await?;
-            info!(batches = n, "parked batches queued again on request");
+            info!(
+                batches = n,
+                "on request, the rows of parked batches go again in new batches"
+            );
         }
         let mut report = DrainReport::default();
         let max = self.settings.batch_size;
@@ -266,7 +297,7 @@ impl SyncWorker {
                 }
                 Outcome::Park { reason } => {
                     counter!("kiosk_sync_attempts_total", "result" => "parked").increment(1);
-                    warn!(batch = %id, %reason, "upstream refused the batch; parked until settings change or a retry is asked for");
+                    warn!(batch = %id, %reason, "upstream refused the batch; parked until settings change or a retry is asked for (then its rows go in a new batch)");
                     let fingerprint = self.settings.fingerprint();
                     let why = reason.clone();
                     self.store
@@ -282,7 +313,8 @@ impl SyncWorker {
                     failures += 1;
                     let planned = backoff.next().unwrap_or(self.settings.backoff_max);
                     // The upstream knows its load best: its Retry-After wins, within reason.
-                    let delay = after.map_or(planned, |a| a.min(MAX_RETRY_AFTER));
+                    let delay =
+                        after.map_or(planned, |a| a.clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER));
                     warn!(batch = %id, %reason, retry_in_ms = delay.as_millis() as u64, "upload failed; will retry");
                     let why = reason.clone();
                     self.store.call(move |s| s.record_attempt(id, &why)).await?;

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::store::BatchId;
@@ -58,7 +60,17 @@ impl Uploader {
             .send()
             .await;
         match response {
-            Ok(r) => classify(r.status(), retry_after(r.headers()), r.text().await.ok()),
+            Ok(r) => {
+                let status = r.status();
+                let after = retry_after(r.headers());
+                let location = r
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|l| self.url.join(l).ok());
+                let body = read_answer(r).await;
+                classify(&self.url, status, after, location.as_ref(), body.as_deref())
+            }
             Err(e) => Outcome::Retry {
                 reason: describe_transport_error(&e),
                 after: None,
@@ -67,9 +79,35 @@ impl Uploader {
     }
 }
 
-fn classify(status: StatusCode, after: Option<Duration>, body: Option<String>) -> Outcome {
+/// The most of an answer read. An acknowledgement is small; a larger
+/// answer is cut here (and then does not parse as JSON).
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// The answer's body, at most [`MAX_ANSWER`] bytes; `None` when the
+/// connection broke before it was read.
+async fn read_answer(mut r: reqwest::Response) -> Option<String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = r.chunk().await.ok()? {
+        let room = MAX_ANSWER - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_ANSWER {
+            break;
+        }
+    }
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// What an answer means for the batch. `body` is `None` when it could not
+/// be read; `location` is a redirect's target, resolved against `sync_url`.
+fn classify(
+    sync_url: &url::Url,
+    status: StatusCode,
+    after: Option<Duration>,
+    location: Option<&url::Url>,
+    body: Option<&str>,
+) -> Outcome {
     let detail = || {
-        let body = body.as_deref().unwrap_or("").trim();
+        let body = body.unwrap_or("").trim();
         let short: String = body.chars().take(200).collect();
         if short.is_empty() {
             format!("HTTP {status}")
@@ -78,7 +116,28 @@ fn classify(status: StatusCode, after: Option<Duration>, body: Option<String>) -
         }
     };
     if status.is_success() {
-        Outcome::Accepted
+        // Only the upload endpoint's own answer counts: JSON, or nothing.
+        // A captive portal (lobby Wi-Fi) or a proxy's HTML page also comes
+        // with 200, and taking it for an acceptance would lose the rows.
+        match body {
+            None => Outcome::Retry {
+                reason: format!("HTTP {status}, but the connection broke during the answer"),
+                after: None,
+            },
+            Some(b)
+                if b.trim().is_empty()
+                    || serde_json::from_str::<serde::de::IgnoredAny>(b).is_ok() =>
+            {
+                Outcome::Accepted
+            }
+            Some(_) => Outcome::Retry {
+                reason: format!(
+                    "{} (a 2xx answer that is not JSON: a captive portal or proxy in the way?)",
+                    detail()
+                ),
+                after: None,
+            },
+        }
     } else if status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
@@ -88,8 +147,20 @@ fn classify(status: StatusCode, after: Option<Duration>, body: Option<String>) -
             after,
         }
     } else if status.is_redirection() {
-        Outcome::Park {
-            reason: format!("{}; sync.url must be the final upload URL", detail()),
+        let same_host = location.is_some_and(|l| l.host_str() == sync_url.host_str());
+        match location {
+            // Sent elsewhere: something in the way (a captive portal
+            // catching all traffic), not a wrong URL. It may go away.
+            Some(l) if !same_host => Outcome::Retry {
+                reason: format!(
+                    "HTTP {status} to another host ({}): a captive portal or proxy in the way?",
+                    l.host_str().unwrap_or("?")
+                ),
+                after: None,
+            },
+            _ => Outcome::Park {
+                reason: format!("{}; sync.url must be the final upload URL", detail()),
+            },
         }
     } else {
         Outcome::Park { reason: detail() }
@@ -137,27 +208,74 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    fn url() -> url::Url {
+        "https://up.example/v1/batches".parse().unwrap()
+    }
+
+    fn answer(status: u16, body: Option<&str>) -> Outcome {
+        classify(
+            &url(),
+            StatusCode::from_u16(status).unwrap(),
+            None,
+            None,
+            body,
+        )
+    }
+
     #[test]
     fn status_codes_map_to_what_the_design_says() {
-        let retry = |s: u16| {
-            matches!(
-                classify(StatusCode::from_u16(s).unwrap(), None, None),
-                Outcome::Retry { .. }
-            )
-        };
-        let park = |s: u16| {
-            matches!(
-                classify(StatusCode::from_u16(s).unwrap(), None, None),
-                Outcome::Park { .. }
-            )
-        };
-        assert_eq!(classify(StatusCode::CREATED, None, None), Outcome::Accepted);
+        let retry = |s: u16| matches!(answer(s, Some("")), Outcome::Retry { .. });
+        let park = |s: u16| matches!(answer(s, Some("")), Outcome::Park { .. });
+        assert_eq!(answer(201, Some("")), Outcome::Accepted);
         for s in [408, 429, 500, 502, 503, 504] {
             assert!(retry(s), "{s} retries");
         }
         for s in [400, 401, 403, 404, 409, 413, 422, 301] {
             assert!(park(s), "{s} parks");
         }
+    }
+
+    #[test]
+    fn only_json_or_nothing_is_an_acceptance() {
+        for body in ["", " \n", "{\"accepted\":true}", "[]", "null"] {
+            assert_eq!(answer(200, Some(body)), Outcome::Accepted, "{body:?}");
+        }
+        for body in [
+            "<html><body>Welcome to Lobby Wi-Fi</body></html>",
+            "OK",
+            "{",
+        ] {
+            match answer(200, Some(body)) {
+                Outcome::Retry { reason, .. } => {
+                    assert!(reason.contains("captive portal"), "{reason}")
+                }
+                o => panic!("{body:?}: {o:?}"),
+            }
+        }
+        assert!(matches!(answer(200, None), Outcome::Retry { .. }));
+    }
+
+    #[test]
+    fn a_redirect_elsewhere_retries_and_one_on_the_same_host_parks() {
+        let redirect = |to: &str| {
+            classify(
+                &url(),
+                StatusCode::FOUND,
+                None,
+                Some(&url().join(to).unwrap()),
+                Some(""),
+            )
+        };
+        assert!(matches!(
+            redirect("http://portal.lobby.example/login"),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(redirect("/v2/batches"), Outcome::Park { .. }));
+        // Another scheme or path on the same host: the URL is wrong.
+        assert!(matches!(
+            redirect("http://up.example/v1/batches"),
+            Outcome::Park { .. }
+        ));
     }
 
     #[test]

@@ -1,15 +1,16 @@
 //! A fake of the operator's upstream, as the README documents it: POST of a
 //! gzip JSON batch with a bearer token and an Idempotency-Key. It behaves as
-//! an idempotent receiver should (a repeated key is answered without being
-//! counted again) and injects faults per request, including a dropped
-//! connection before or after it has stored the batch.
+//! an idempotent receiver should (a repeated key is answered as it was the
+//! first time, a refusal included, and never counted again) and injects
+//! faults per request, including a dropped connection before or after it
+//! has stored the batch, and what a captive portal does.
 #![allow(dead_code)] // each test binary uses a different part of this
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -33,6 +34,14 @@ pub enum Fault {
     AcceptThenDrop,
     /// Store the batch, then answer only after this long.
     AcceptSlowly(Duration),
+    /// Store the batch and answer 204 with no body.
+    AcceptEmpty,
+    /// 429 with this `Retry-After` value, as sent.
+    RetryAfter(&'static str),
+    /// What a captive portal does: 200 with its HTML page, nothing stored.
+    PortalPage,
+    /// 302 to this Location, nothing stored.
+    Redirect(&'static str),
 }
 
 #[derive(Default)]
@@ -43,6 +52,11 @@ pub struct Received {
     /// Batches stored, by Idempotency-Key, with their body.
     pub batches: HashMap<String, serde_json::Value>,
     pub requests: u64,
+    /// When each request arrived, with its Idempotency-Key (if any).
+    pub log: Vec<(Instant, Option<String>)>,
+    /// Keys refused for their content, with the answer (replayed on a
+    /// repeat of the key, as the README asks of an upstream).
+    pub refused: HashMap<String, String>,
     /// Anything that breaks the documented contract.
     pub violations: Vec<String>,
 }
@@ -124,6 +138,12 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
     let fault = {
         let mut s = state.lock().unwrap();
         s.received.requests += 1;
+        let key = req
+            .headers()
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        s.received.log.push((Instant::now(), key));
         let default = s.default.unwrap_or(Fault::Accept);
         s.plan.pop_front().unwrap_or(default)
     };
@@ -174,15 +194,45 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
                 .body(Full::new(Bytes::from_static(b"slow down")))
                 .unwrap());
         }
+        Fault::RetryAfter(value) => {
+            return Ok(Response::builder()
+                .status(429)
+                .header("Retry-After", value)
+                .body(Full::new(Bytes::from_static(b"slow down")))
+                .unwrap());
+        }
+        Fault::PortalPage => {
+            return Ok(Response::builder()
+                .status(200)
+                .header("Content-Type", "text/html; charset=utf-8")
+                .body(Full::new(Bytes::from_static(
+                    b"<!DOCTYPE html><html><head><title>Lobby Wi-Fi</title></head>\
+                      <body><form action=\"/accept\">Accept the terms</form></body></html>",
+                )))
+                .unwrap());
+        }
+        Fault::Redirect(location) => {
+            return Ok(Response::builder()
+                .status(302)
+                .header("Location", location)
+                .body(Full::new(Bytes::new()))
+                .unwrap());
+        }
         _ => {}
     }
     {
         let mut s = state.lock().unwrap();
         s.received.violations.extend(violations);
+        // A repeated key gets the answer the first one got.
+        if let Some(answer) = s.received.refused.get(&key) {
+            return reply(400, &answer.clone());
+        }
         if let Some(refused) = &s.refuse_transcript {
             let ids = doc["transcripts"].as_array().into_iter().flatten();
             if ids.clone().any(|t| t["id"].as_str() == Some(refused)) {
-                return reply(400, "{\"error\":\"transcript text too long\"}");
+                let answer = "{\"error\":\"transcript text too long\"}".to_string();
+                s.received.refused.insert(key.clone(), answer.clone());
+                return reply(400, &answer);
             }
         }
         match s.received.batches.get(&key) {
@@ -215,6 +265,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Reply {
             tokio::time::sleep(d).await;
             reply(200, "{\"accepted\":true}")
         }
+        Fault::AcceptEmpty => reply(204, ""),
         _ => reply(200, "{\"accepted\":true}"),
     }
 }

@@ -126,6 +126,18 @@ impl Signaling for WhipSignaling {
                 step: STEP,
                 detail: format!("bad Location {location:?}: {e}"),
             })?;
+        // PATCH and DELETE go to the resource with the bearer token: it
+        // must be on the endpoint's own origin, or the token would go to
+        // whatever host the answer names.
+        if url.origin() != self.endpoint.origin() {
+            return Err(SignalingError::MalformedAnswer {
+                step: STEP,
+                detail: format!(
+                    "Location {location:?} is not on the endpoint's origin {}",
+                    self.endpoint.origin().ascii_serialization()
+                ),
+            });
+        }
         let answer = response
             .text()
             .await
