@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod daily;
 pub mod demo;
 pub mod health;
+pub mod http_body;
 pub mod link;
 pub mod liveness;
 pub mod reachability;

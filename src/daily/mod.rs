@@ -18,6 +18,8 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 use url::Url;
 
+use crate::http_body::{BodyError, read_limited};
+
 pub use error::DailyError;
 use types::{CreateMeetingToken, ErrorBody, RoomDeleted, RoomList};
 pub use types::{
@@ -25,6 +27,8 @@ pub use types::{
     RoomDeletion, RoomName, RoomProperties,
 };
 
+/// Largest reply read: a list of 100 rooms is well under this.
+const MAX_REPLY: usize = 1024 * 1024;
 /// Default Daily API endpoint.
 pub const DEFAULT_BASE_URL: &str = "https://api.daily.co/v1";
 
@@ -298,10 +302,17 @@ impl DailyClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| DailyError::from_reqwest(operation, e))?;
+        let bytes = match read_limited(response, MAX_REPLY).await {
+            Ok(bytes) => bytes,
+            Err(BodyError::Read(e)) => return Err(DailyError::from_reqwest(operation, e)),
+            Err(too_large) => {
+                return Err(DailyError::Malformed {
+                    operation,
+                    status,
+                    detail: too_large.to_string(),
+                });
+            }
+        };
         debug!(operation, %method, status = status.as_u16(), bytes = bytes.len(), "Daily API response");
         if status.is_success() {
             serde_json::from_slice(&bytes).map_err(|e| DailyError::Malformed {

@@ -487,7 +487,7 @@ async fn handle_inbound(ctx: &Ctx, bytes: &[u8]) {
     let c = &ctx.counters;
     match rtvi::parse(bytes) {
         Inbound::Bot(message) => {
-            debug!(?message, "RTVI message");
+            debug!(kind = message.wire_type(), "RTVI message");
             let _ = ctx.events.send(LinkEvent::Bot(message)).await;
         }
         Inbound::Signalling(s) => {

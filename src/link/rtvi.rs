@@ -79,6 +79,27 @@ pub enum BotMessage {
     },
 }
 
+impl BotMessage {
+    /// The message's RTVI type, for logs: what a visitor said stays out of them.
+    pub fn wire_type(&self) -> &'static str {
+        match self {
+            Self::BotReady { .. } => "bot-ready",
+            Self::UserStartedSpeaking => "user-started-speaking",
+            Self::UserStoppedSpeaking => "user-stopped-speaking",
+            Self::UserTranscription { .. } => "user-transcription",
+            Self::UserInput { .. } => "user-input",
+            Self::BotStartedSpeaking => "bot-started-speaking",
+            Self::BotStoppedSpeaking => "bot-stopped-speaking",
+            Self::BotText { kind, .. } => kind.wire_type(),
+            Self::BotOutput(_) => "bot-output",
+            Self::BotInterrupted => "bot-interrupted",
+            Self::Error { .. } => "error",
+            Self::ServerMessage { .. } => "server-message",
+            Self::Metrics { .. } => "metrics",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BotTextKind {

@@ -22,6 +22,7 @@ use url::Url;
 
 use crate::daily::cli::unix_now;
 use crate::daily::{DailyClient, DailyError, MeetingTokenProperties, RoomName};
+use crate::http_body::{BodyError, read_limited};
 
 /// `session.provision`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -182,6 +183,9 @@ pub struct Provisioner {
     /// ended meanwhile) leaves its room here for [`Self::release_abandoned`].
     in_flight: std::sync::Mutex<Vec<RoomName>>,
 }
+
+/// Largest start reply read: it is a small JSON object.
+const MAX_START_REPLY: usize = 64 * 1024;
 
 /// Longest part of an agent reply kept in an error: it may be a page of HTML.
 const MAX_BODY_IN_ERROR: usize = 300;
@@ -409,10 +413,12 @@ impl Provisioner {
             .await
             .map_err(|e| AgentStartError::Network(e.without_url()))?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| AgentStartError::Network(e.without_url()))?;
+        let body = match read_limited(response, MAX_START_REPLY).await {
+            Ok(body) => body,
+            Err(BodyError::Read(e)) => return Err(AgentStartError::Network(e)),
+            Err(too_large) => return Err(AgentStartError::Reply(too_large.to_string())),
+        };
+        let text = String::from_utf8_lossy(&body);
         let short: String = text.chars().take(MAX_BODY_IN_ERROR).collect();
         if !status.is_success() {
             return Err(AgentStartError::Status {

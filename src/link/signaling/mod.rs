@@ -84,6 +84,25 @@ impl SignalingError {
 /// Longest error body kept in an error message.
 const MAX_ERROR_BODY: usize = 512;
 
+/// Largest answer read: an SDP answer is a few kilobytes.
+pub(crate) const MAX_ANSWER: usize = 256 * 1024;
+
+/// The body of a successful answer, bounded by [`MAX_ANSWER`].
+pub(crate) async fn read_answer(
+    step: &'static str,
+    response: reqwest::Response,
+) -> Result<bytes::Bytes, SignalingError> {
+    crate::http_body::read_limited(response, MAX_ANSWER)
+        .await
+        .map_err(|e| match e {
+            crate::http_body::BodyError::Read(source) => SignalingError::Network { step, source },
+            too_large => SignalingError::MalformedAnswer {
+                step,
+                detail: too_large.to_string(),
+            },
+        })
+}
+
 pub(crate) async fn error_for_status(
     step: &'static str,
     response: reqwest::Response,
@@ -92,14 +111,7 @@ pub(crate) async fn error_for_status(
     if status.is_success() {
         return Ok(response);
     }
-    let mut body = response.text().await.unwrap_or_default();
-    if body.len() > MAX_ERROR_BODY {
-        let mut cut = MAX_ERROR_BODY;
-        while !body.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        body.truncate(cut);
-    }
+    let body = crate::http_body::read_prefix(response, MAX_ERROR_BODY).await;
     Err(SignalingError::Status { step, status, body })
 }
 

@@ -13,6 +13,7 @@ use url::Url;
 
 use super::{
     Candidate, OfferKind, PcId, Signaling, SignalingError, check_answer_sdp, error_for_status,
+    read_answer,
 };
 
 #[derive(Serialize)]
@@ -107,14 +108,12 @@ impl Signaling for SmallWebRtcSignaling {
             .await
             .map_err(|e| SignalingError::network(STEP, e))?;
         let response = error_for_status(STEP, response).await?;
+        let body = read_answer(STEP, response).await?;
         let answer: AnswerBody =
-            response
-                .json()
-                .await
-                .map_err(|e| SignalingError::MalformedAnswer {
-                    step: STEP,
-                    detail: e.to_string(),
-                })?;
+            serde_json::from_slice(&body).map_err(|e| SignalingError::MalformedAnswer {
+                step: STEP,
+                detail: e.to_string(),
+            })?;
         if answer.kind != "answer" {
             return Err(SignalingError::MalformedAnswer {
                 step: STEP,

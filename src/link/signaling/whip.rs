@@ -11,7 +11,10 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, warn};
 use url::Url;
 
-use super::{Candidate, OfferKind, Signaling, SignalingError, check_answer_sdp, error_for_status};
+use super::{
+    Candidate, OfferKind, Signaling, SignalingError, check_answer_sdp, error_for_status,
+    read_answer,
+};
 
 const SDP: &str = "application/sdp";
 const SDP_FRAG: &str = "application/trickle-ice-sdpfrag";
@@ -138,10 +141,13 @@ impl Signaling for WhipSignaling {
                 ),
             });
         }
-        let answer = response
-            .text()
-            .await
-            .map_err(|e| SignalingError::network(STEP, e))?;
+        let answer =
+            String::from_utf8(read_answer(STEP, response).await?.to_vec()).map_err(|_| {
+                SignalingError::MalformedAnswer {
+                    step: STEP,
+                    detail: "the SDP answer is not UTF-8".into(),
+                }
+            })?;
         check_answer_sdp(STEP, &answer)?;
         debug!(resource = %url, "WHIP session created");
         *self.resource.lock().expect("resource lock") = Some(Resource {
