@@ -221,3 +221,81 @@ fn kiosk_id_is_checked() {
     assert_eq!(p.len(), 1);
     assert!(p[0].contains("kiosk.id: expected 1 to 64 letters"));
 }
+
+proptest::proptest! {
+    /// Any config text, TOML-shaped or not, gives a config or errors that
+    /// each name a line, never a panic. Cases: 256 by default,
+    /// `PROPTEST_CASES=100000` for the full run.
+    #[test]
+    fn any_config_text_is_parsed_or_refused_with_located_errors(
+        lines in proptest::collection::vec(config_line(), 0..30)
+    ) {
+        let src = lines.join("\n");
+        if let Err(e) = Config::parse(std::path::Path::new("fuzz.toml"), &src, &Env::default()) {
+            proptest::prop_assert!(e.to_string().contains("fuzz.toml"), "{e}");
+        }
+    }
+}
+
+fn config_line() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let sections = prop::sample::select(vec![
+        "[kiosk]",
+        "[audio]",
+        "[vad]",
+        "[daily]",
+        "[agent]",
+        "[session]",
+        "[store]",
+        "[sync]",
+        "[status]",
+        "[log]",
+        "[[x]]",
+        "[",
+        "[audio.x]",
+    ]);
+    let keys = prop::sample::select(vec![
+        "id",
+        "input",
+        "output",
+        "dtx",
+        "opus_complexity",
+        "jitter_min_ms",
+        "aggressiveness",
+        "hangover_ms",
+        "api_key",
+        "api_key_file",
+        "offer_url",
+        "start_url",
+        "stun_urls",
+        "trigger",
+        "provision",
+        "idle_timeout",
+        "path",
+        "url",
+        "token",
+        "listen",
+        "level",
+        "allowed_hosts",
+        "public_url",
+        "bogus",
+    ]);
+    let values = prop_oneof![
+        Just("\"x\"".to_string()),
+        Just("\"wav:/tmp/a.wav\"".to_string()),
+        Just("\"http://127.0.0.1:7860/api/offer\"".to_string()),
+        Just("\"5s\"".to_string()),
+        Just("true".to_string()),
+        Just("[]".to_string()),
+        Just("[\"a\", 1]".to_string()),
+        Just("{ a = 1 }".to_string()),
+        any::<i64>().prop_map(|i| i.to_string()),
+        any::<f64>().prop_map(|f| f.to_string()),
+        ".{0,30}",
+    ];
+    prop_oneof![
+        sections.prop_map(str::to_string),
+        (keys, values).prop_map(|(k, v)| format!("{k} = {v}")),
+        ".{0,40}",
+    ]
+}

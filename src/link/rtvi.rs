@@ -580,6 +580,9 @@ pub fn signalling_json(message: &Signalling) -> String {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -294,4 +294,36 @@ mod tests {
             "{d:?}"
         );
     }
+
+    proptest::proptest! {
+        /// Whatever an upstream answers (any status, `Retry-After`,
+        /// redirect target and body), the worker gets an outcome and never
+        /// a panic, and an acceptance is only ever a 2xx with JSON or
+        /// nothing. Cases: 256 by default, `PROPTEST_CASES=100000` for the
+        /// full run.
+        #[test]
+        fn any_answer_gets_an_outcome(
+            status in 100u16..1000,
+            retry in proptest::option::of(".{0,40}"),
+            location in proptest::option::of("(https?://)?[a-z./:0-9?#%-]{0,40}"),
+            body in proptest::option::of(".{0,300}"),
+        ) {
+            let Ok(status) = StatusCode::from_u16(status) else { return Ok(()); };
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(value) = retry.as_deref().and_then(|r| r.parse().ok()) {
+                headers.insert(RETRY_AFTER, value);
+            }
+            let after = retry_after(&headers);
+            let location = location.and_then(|l| url().join(&l).ok());
+            let outcome = classify(&url(), status, after, location.as_ref(), body.as_deref());
+            if outcome == Outcome::Accepted {
+                proptest::prop_assert!(status.is_success());
+                let b = body.unwrap_or_default();
+                proptest::prop_assert!(
+                    b.trim().is_empty()
+                        || serde_json::from_str::<serde::de::IgnoredAny>(&b).is_ok()
+                );
+            }
+        }
+    }
 }

@@ -137,3 +137,6 @@ pub(crate) fn check_answer_sdp(step: &'static str, sdp: &str) -> Result<(), Sign
         })
     }
 }
+
+#[cfg(test)]
+mod proptests;
