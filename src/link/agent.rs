@@ -650,7 +650,7 @@ struct Utterance {
 
 async fn run_session(
     peer: Arc<Peer>,
-    mut signals: mpsc::UnboundedReceiver<PeerSignal>,
+    mut signals: mpsc::Receiver<PeerSignal>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
     mut renegotiate: mpsc::Receiver<()>,

@@ -222,11 +222,13 @@ struct Ctx {
 /// One live peer connection and what hangs off it.
 struct PeerRun {
     peer: Peer,
-    signals: mpsc::UnboundedReceiver<PeerSignal>,
+    signals: mpsc::Receiver<PeerSignal>,
     dc: Arc<dyn DataChannel>,
     /// Candidates found after the offer went out must be trickled.
     trickle: bool,
     payload_type: u8,
+    /// Audio tracks the agent opened; one is read, more are ignored.
+    tracks: u32,
 }
 
 impl Link {
@@ -337,6 +339,7 @@ async fn establish(ctx: &Arc<Ctx>, kind: OfferKind) -> Result<PeerRun, LinkError
         dc,
         trickle: false,
         payload_type: 0,
+        tracks: 0,
     };
     let result = async {
         negotiate(ctx, &mut run, kind).await?;
@@ -421,7 +424,15 @@ async fn handle_signal(ctx: &Arc<Ctx>, run: &mut PeerRun, signal: PeerSignal) {
             }
         }
         PeerSignal::Track(track) => {
-            tokio::spawn(read_track(track, Arc::clone(ctx)));
+            run.tracks += 1;
+            if run.tracks == 1 {
+                tokio::spawn(read_track(track, Arc::clone(ctx)));
+            } else {
+                warn!(
+                    tracks = run.tracks,
+                    "the agent opened another audio track; only the first is played"
+                );
+            }
         }
         _ => {}
     }

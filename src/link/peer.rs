@@ -46,34 +46,48 @@ pub(crate) enum PeerSignal {
     DataChannel(Arc<dyn DataChannel>),
 }
 
-/// Forwards driver callbacks into a channel: callbacks run on the driver,
-/// so they must return at once and never block it.
-struct Forwarder(mpsc::UnboundedSender<PeerSignal>);
+/// Signals held for the link before the newest are dropped: a call sees a
+/// handful (candidates, a few state changes, one track); only a flood from
+/// a hostile agent (track after track on renegotiation) fills it.
+const SIGNALS: usize = 256;
+
+/// Forwards driver callbacks into a bounded channel: callbacks run on the
+/// driver, so they must return at once and never block it; what does not
+/// fit is dropped and counted.
+struct Forwarder(mpsc::Sender<PeerSignal>);
+
+impl Forwarder {
+    fn send(&self, signal: PeerSignal) {
+        if self.0.try_send(signal).is_err() {
+            metrics::counter!("kiosk_link_peer_signals_dropped_total").increment(1);
+        }
+    }
+}
 
 #[async_trait]
 impl PeerConnectionEventHandler for Forwarder {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let Ok(init) = event.candidate.to_json() {
-            let _ = self.0.send(PeerSignal::Candidate(init));
+            self.send(PeerSignal::Candidate(init));
         }
     }
 
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
-            let _ = self.0.send(PeerSignal::GatheringComplete);
+            self.send(PeerSignal::GatheringComplete);
         }
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let _ = self.0.send(PeerSignal::State(state));
+        self.send(PeerSignal::State(state));
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let _ = self.0.send(PeerSignal::Track(track));
+        self.send(PeerSignal::Track(track));
     }
 
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
-        let _ = self.0.send(PeerSignal::DataChannel(channel));
+        self.send(PeerSignal::DataChannel(channel));
     }
 }
 
@@ -98,7 +112,7 @@ impl Peer {
     pub async fn build(
         config: &PeerConfig,
         ssrc: u32,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<PeerSignal>), webrtc::error::Error> {
+    ) -> Result<(Self, mpsc::Receiver<PeerSignal>), webrtc::error::Error> {
         let mut media_engine = MediaEngine::default();
         let codec = RTCRtpCodecParameters {
             rtp_codec: opus_codec(),
@@ -113,7 +127,7 @@ impl Peer {
                 Some(config.ice_keepalive_interval),
             )
             .build();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(SIGNALS);
         let pc = PeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()
