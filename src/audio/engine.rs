@@ -19,6 +19,7 @@ use cpal::{SampleFormat, SizedSample};
 use tracing::{info, warn};
 
 use super::capture::{AudioEvent, AudioSink, EncodedFrame};
+use super::codec::OpusPacket;
 use super::device::{ChosenConfig, Direction, choose_config, find_device, with_alsa_messages};
 use super::dsp::Dsp;
 use super::metrics::AudioMetrics;
@@ -68,6 +69,25 @@ pub struct PlayoutSender {
 }
 
 impl PlayoutSender {
+    /// Queues an RTP payload of the bot's voice for the jitter buffer,
+    /// whatever it holds: what is not Opus is counted and concealed at
+    /// playout. A payload larger than [`MAX_PACKET`](super::MAX_PACKET) is counted
+    /// (`packets_oversize`) and dropped here; the jitter buffer conceals
+    /// the hole it leaves. Returns whether the packet was queued.
+    pub fn push_payload(&self, seq: u16, timestamp: u32, payload: &[u8]) -> bool {
+        match OpusPacket::from_slice(payload) {
+            Some(payload) => self.push(IncomingPacket {
+                seq,
+                timestamp,
+                payload,
+            }),
+            None => {
+                AudioMetrics::add(&self.metrics.packets_oversize, 1);
+                false
+            }
+        }
+    }
+
     /// Queues a packet for the jitter buffer. Returns false (and counts it)
     /// if the engine is not keeping up or has stopped.
     pub fn push(&self, packet: IncomingPacket) -> bool {

@@ -22,8 +22,14 @@ pub struct AudioMetrics {
     /// Encoded packets dropped, oldest first, while waiting for the link.
     pub buffer_overflow_packets: AtomicU64,
     pub packets_received: AtomicU64,
-    /// 20 ms frames of the bot's audio decoded for the speaker.
+    /// Packets of the bot's audio decoded for the speaker (2.5 to 120 ms each).
     pub packets_played: AtomicU64,
+    /// Packets of the bot's audio that were not Opus or that libopus
+    /// refused; each was concealed in its place.
+    pub packets_undecodable: AtomicU64,
+    /// Packets of the bot's audio too large to queue (over `MAX_PACKET`
+    /// bytes); dropped, and concealed as lost.
+    pub packets_oversize: AtomicU64,
     pub packets_late: AtomicU64,
     pub packets_concealed: AtomicU64,
     pub jitter_target_ms: AtomicU64,

@@ -113,6 +113,8 @@ pub enum AudioError {
     Resampler(String),
     #[error("Opus codec")]
     Opus(#[from] opus::Error),
+    #[error("not an Opus packet: {0}")]
+    InvalidPacket(&'static str),
     #[error("audio device")]
     Device(#[source] cpal::Error),
     #[error("{direction} device not found: {detail}")]

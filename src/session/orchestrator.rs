@@ -405,13 +405,9 @@ impl Orchestrator {
     }
 
     fn on_packet(&mut self, p: LinkPacket) {
-        if let Some(payload) = OpusPacket::from_slice(&p.data) {
-            self.playout.push(IncomingPacket {
-                seq: p.sequence,
-                timestamp: p.rtp_timestamp,
-                payload,
-            });
-        }
+        // Whatever the agent sent: the engine counts and conceals what it cannot play.
+        self.playout
+            .push_payload(p.sequence, p.rtp_timestamp, &p.data);
     }
 
     async fn on_link(&mut self, event: LinkEvent) {

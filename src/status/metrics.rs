@@ -84,6 +84,14 @@ fn describe() {
         "Status server requests by route and status code."
     );
     describe_counter!(
+        "kiosk_audio_packets_undecodable_total",
+        "Packets of the bot's audio that were not Opus or did not decode; each was concealed."
+    );
+    describe_counter!(
+        "kiosk_audio_packets_oversize_total",
+        "Packets of the bot's audio too large to queue; dropped and concealed as lost."
+    );
+    describe_counter!(
         "kiosk_audio_packets_late_total",
         "Packets of the bot's audio that arrived after their playout time."
     );
@@ -183,6 +191,11 @@ pub fn record_audio(a: &AudioMetrics) {
     );
     total("kiosk_audio_packets_concealed_total", &a.packets_concealed);
     total("kiosk_audio_packets_late_total", &a.packets_late);
+    total(
+        "kiosk_audio_packets_undecodable_total",
+        &a.packets_undecodable,
+    );
+    total("kiosk_audio_packets_oversize_total", &a.packets_oversize);
     total("kiosk_audio_device_errors_total", &a.device_errors);
     total("kiosk_audio_device_reopens_total", &a.device_reopens);
     gauge!("kiosk_audio_input_open").set(f64::from(u8::from(a.input_open.load(Relaxed))));
