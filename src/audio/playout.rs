@@ -31,6 +31,9 @@ const SLOTS: usize = 64;
 const FULL_WINDOW: u16 = (SLOTS / 2) as u16;
 /// Concealed frames played on an empty buffer before going quiet to rebuffer.
 const MAX_CONCEALED_RUN: u32 = 3;
+/// Packets in a row from before the playout position: the sender's
+/// sequence numbers went back (a restarted stream), so start over from them.
+const MAX_LATE_RUN: u32 = 3;
 /// Buffered audio beyond the target by this much is dropped to catch up
 /// after a burst, rather than adding delay for the rest of the turn.
 const CATCH_UP_MS: u32 = 60;
@@ -77,6 +80,7 @@ pub struct JitterBuffer {
     next_ts: Option<u32>,
     buffering: bool,
     concealed_run: u32,
+    late_run: u32,
     /// RFC 3550 interarrival jitter, in ms.
     jitter_ms: f32,
     /// Arrival (ms) and RTP timestamp of the previous packet.
@@ -120,6 +124,7 @@ impl JitterBuffer {
             next_ts: None,
             buffering: true,
             concealed_run: 0,
+            late_run: 0,
             jitter_ms: 0.0,
             last_arrival: None,
             min_ms,
@@ -199,9 +204,16 @@ impl JitterBuffer {
                 self.next_seq = Some(packet.seq);
                 self.highest_seq = packet.seq;
             }
-            Some(next) if seq_after(next, packet.seq) => {
+            Some(next) if seq_after(next, packet.seq) && self.late_run + 1 < MAX_LATE_RUN => {
+                self.late_run += 1;
                 AudioMetrics::add(&self.metrics.packets_late, 1);
                 return;
+            }
+            Some(next) if seq_after(next, packet.seq) => {
+                // Not late: renumbered. Drop what was queued under the old numbers.
+                self.reset();
+                self.next_seq = Some(packet.seq);
+                self.highest_seq = packet.seq;
             }
             Some(next) => {
                 if packet.seq.wrapping_sub(next) as usize >= SLOTS {
@@ -214,6 +226,7 @@ impl JitterBuffer {
                 }
             }
         }
+        self.late_run = 0;
         let samples = packet_samples(packet.payload.bytes()).map(|n| n as u32);
         self.slots[usize::from(packet.seq) % SLOTS] = Some(Slot { packet, samples });
         self.metrics.jitter_target_ms.store(
@@ -302,6 +315,7 @@ impl JitterBuffer {
         self.next_ts = None;
         self.buffering = true;
         self.concealed_run = 0;
+        self.late_run = 0;
         self.last_arrival = None;
     }
 }
@@ -461,6 +475,11 @@ impl Playout {
                     break;
                 }
             };
+            // Garbage that libopus accepts can decode far beyond full
+            // scale (over 100 times): never let it reach the speaker.
+            for s in &mut self.pcm[self.pcm_end..self.pcm_end + produced] {
+                *s = if s.is_nan() { 0.0 } else { s.clamp(-1.0, 1.0) };
+            }
             self.pcm_end += produced;
         }
         true
@@ -823,5 +842,24 @@ mod tests {
             .collect();
         let c = correlation(&played, &reference(&pkts[60..]));
         assert!(c > 0.9, "correlation after the bad packets {c}");
+    }
+
+    #[test]
+    fn a_stream_renumbered_backwards_is_followed_after_three_packets() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        let mut pkts = packets(100);
+        // Half way the agent restarts its numbering 1000 packets back.
+        for p in &mut pkts[50..] {
+            p.seq = p.seq.wrapping_sub(1000);
+        }
+        let arrivals: Vec<u32> = (0..100u32).map(|k| k * 20).collect();
+        let frames = play(&mut playout, &pkts, &arrivals, 220);
+        // Two taken for late; the third starts the stream over.
+        assert_eq!(AudioMetrics::get(&metrics.packets_late), 2);
+        let (start, gaps) = start_and_gaps(&frames);
+        let end = frames.iter().rposition(|f| f.0).unwrap();
+        assert!(gaps <= 4, "{gaps} silent frames");
+        assert!(end - start > 190, "played {} frames", end - start);
     }
 }
