@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::audio::AudioEngine;
+use crate::audio::{AudioEngine, DspLiveness};
 use crate::config::Config;
 use crate::daily::DailyClient;
 use crate::link::media;
@@ -28,6 +28,10 @@ use crate::telemetry::RecentEvents;
 /// How long tasks get to finish after a stop signal; well inside systemd's
 /// stop timeout, so we are never killed mid-write.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// An audio thread that has not moved for this long is stuck (it counts
+/// ten passes a second even while waiting to restart its DSP loop).
+const DSP_STALL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -130,6 +134,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     // comes up, and says so on the status page, even without a microphone.
     let engine = AudioEngine::start(&config.audio, &config.vad)?;
     let audio_metrics = engine.metrics().clone();
+    let dsp_metrics = audio_metrics.clone();
     let daily = config
         .daily_settings()
         .map(|d| DailyClient::new(&d))
@@ -209,12 +214,18 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     );
 
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
+    // A stuck audio thread starves the watchdog: systemd restarts the gateway.
+    let mut dsp = DspLiveness::new(&dsp_metrics);
     let reason = loop {
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
-                systemd::watchdog_ping();
+                if dsp.alive(&dsp_metrics, DSP_STALL) {
+                    systemd::watchdog_ping();
+                } else {
+                    error!(stalled_s = DSP_STALL.as_secs(), "audio thread stuck; not feeding the watchdog");
+                }
             }
         }
     };

@@ -6,10 +6,16 @@
 //! output stays within full scale (garbage can decode to 100 times it),
 //! and a clean stream afterwards is heard again.
 //!
+//! And the engine itself failing: the daemon with a speaker that cannot be
+//! written reports its devices down with the error, restarts the DSP loop
+//! with backoff, and keeps feeding the watchdog.
+//!
 //! `HOSTILE_CASES` sets the number of generated packet sequences: by
 //! default 20 000, about 130 000 hostile packets in some 20 s of a debug
 //! build (each sequence holds 1 to 12, then a clean stream follows).
 //! `HOSTILE_CASES=100000` runs 100 000 sequences.
+
+mod common;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -306,4 +312,98 @@ fn any_packets_play_without_panic_or_error_and_a_clean_stream_is_heard_after() {
         "{cases} generated sequences, {packets} hostile packets, in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The gateway with its speaker recording to a full disk: every write
+/// fails, so the DSP loop fails, again after each restart. The devices are
+/// reported down with the error while it waits, /metrics counts the
+/// failures and restarts, the watchdog is still fed (the thread is not
+/// stuck), and the gateway still stops cleanly.
+#[tokio::test]
+async fn a_failing_audio_engine_is_reported_down_and_restarted_with_backoff() {
+    use common::{Daemon, get, silence, write_config, write_wav};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mic = dir.path().join("mic.wav");
+    write_wav(&mic, 16_000, &silence(20_000));
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[audio]\ninput = \"wav:{}\"\noutput = \"wav:/dev/full\"\n\
+             reopen_backoff_min_ms = 200\nreopen_backoff_max_ms = 1000\n",
+            mic.display()
+        ),
+    );
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "export WATCHDOG_PID=$$; exec {} --config {} run",
+            common::BIN,
+            config.display()
+        ))
+        .env("WATCHDOG_USEC", "400000");
+    let mut d = Daemon::start_with(dir.path(), &mut cmd, &[]);
+
+    let down = common::wait_for(&d, "devices down", Duration::from_secs(10), |s| {
+        s["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["health"] == "down")
+    })
+    .await;
+    let speaker = &down["components"][1];
+    let detail = speaker["detail"].as_str().unwrap();
+    println!("speaker while the engine is down: {detail}");
+    assert!(
+        detail.contains("audio engine stopped") && detail.contains("No space left on device"),
+        "{speaker}"
+    );
+    let (_, page) = get(&format!("{}/", d.url)).await;
+    assert!(page.contains("audio engine stopped"), "not on the page");
+
+    // Restarted (and failing again) with backoff: a few in some seconds,
+    // not a busy loop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (failures, restarts) = loop {
+        let (_, metrics) = get(&format!("{}/metrics", d.url)).await;
+        let value = |name: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let (failures, restarts) = (
+            value("kiosk_audio_engine_failures_total "),
+            value("kiosk_audio_engine_restarts_total "),
+        );
+        if restarts >= 2 {
+            assert!(metrics.contains("kiosk_audio_engine_last_failure_timestamp_seconds"));
+            break (failures, restarts);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restarts:\n{metrics}\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("{failures} failures, {restarts} restarts");
+    assert!(
+        failures <= 20,
+        "{failures} failures: restarts without backoff?"
+    );
+    assert!(d.stderr().contains("audio engine failed; restarting it"));
+
+    // The thread waiting to restart is alive: the watchdog keeps being fed.
+    d.messages.clear();
+    d.wait_message(Duration::from_secs(2), |m| m.contains("WATCHDOG=1"))
+        .expect("watchdog fed while the engine restarts");
+
+    d.signal("TERM");
+    let (status, _) = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("stopped within 5 s");
+    assert!(status.success(), "exit {status}; stderr:\n{}", d.stderr());
 }

@@ -76,7 +76,7 @@ pub use codec::{MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket};
 pub use dsp::Dsp;
 pub use echo_gate::EchoGate;
 pub use engine::{AudioEngine, PlayoutSender};
-pub use metrics::AudioMetrics;
+pub use metrics::{AudioMetrics, DspLiveness, EngineFailure};
 pub use playout::{IncomingPacket, JitterBuffer, NextFrame, Playout};
 pub use resample::{StreamResampler, resample_clip};
 pub use segmenter::{SegmentOutput, Segmenter, Utterance};
