@@ -8,9 +8,13 @@ use super::AudioError;
 use super::settings::AudioSettings;
 use super::units::{Millis, SampleRate};
 
-/// Largest packet kept; at the bitrates a kiosk uses a 20 ms packet is well
-/// under 200 bytes, and libopus never produces more than this for one frame.
-pub const MAX_PACKET: usize = 400;
+/// Largest packet kept. The microphone's 20 ms packets stay well under 200
+/// bytes, but an agent's legal 60 or 120 ms packet at an ordinary bitrate
+/// is larger (60 ms at libopus's default 49 kb/s: about 370 bytes; at
+/// 64 kb/s: 480). This holds any payload the link lets through (its
+/// receive MTU is 1460 bytes, headers included); anything larger is
+/// counted and dropped (`PlayoutSender::push_payload`).
+pub const MAX_PACKET: usize = 1500;
 
 /// Samples in the longest Opus packet: 120 ms at 48 kHz.
 pub const MAX_DECODED: usize = 5760;

@@ -1179,4 +1179,18 @@ mod tests {
         let ran = failed_at.elapsed().as_secs_f64() + 0.3;
         assert!(seconds > ran - 0.2, "{seconds} s recorded in {ran} s");
     }
+
+    #[test]
+    fn a_payload_too_large_to_queue_is_counted() {
+        let audio = AudioSettings {
+            input: DeviceSpec::Disabled,
+            output: DeviceSpec::Disabled,
+            ..AudioSettings::default()
+        };
+        let engine = AudioEngine::start(&audio, &VadSettings::default()).unwrap();
+        let playout = engine.playout();
+        assert!(!playout.push_payload(1, 960, &[0xfc; crate::audio::MAX_PACKET + 1]));
+        assert!(playout.push_payload(2, 1920, &[0xfc; crate::audio::MAX_PACKET]));
+        assert_eq!(AudioMetrics::get(&engine.metrics().packets_oversize), 1);
+    }
 }
