@@ -265,9 +265,9 @@ impl StatusState {
     }
 
     /// Devices as components, from the audio engine's counters. While the
-    /// engine is down (its DSP loop failed and waits to be restarted) both
-    /// are down, whatever they are; afterwards its last failure stays in
-    /// their detail.
+    /// engine is down (its DSP loop failed and waits to be restarted) every
+    /// configured device is down, files included; afterwards its last
+    /// failure stays in their detail.
     fn audio_components(&self) -> Vec<Component> {
         let Some(view) = &self.audio else {
             return Vec::new();
