@@ -19,34 +19,50 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
-/// Updates the status line. It changes with every session state, so it is
-/// sent from a thread of its own: a notify socket nobody reads must never
-/// stall the session loop. When updates pile up, the newest wins.
+/// Updates the status line. It changes with every session state.
 pub fn status(status: &str) {
-    static STATUS: OnceLock<SyncSender<String>> = OnceLock::new();
-    let tx = STATUS.get_or_init(|| {
-        let (tx, rx) = sync_channel::<String>(8);
-        let spawned = std::thread::Builder::new()
-            .name("sd-notify".into())
-            .spawn(move || {
-                for line in rx {
-                    send(&[NotifyState::Status(&line)]);
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the systemd status thread");
-        }
-        tx
-    });
-    let _ = tx.try_send(status.to_string());
+    notify_later(Note::Status(status.to_string()));
 }
 
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
+/// Tells systemd the service is alive. Sent from the notifier thread like
+/// the status line: the watchdog runs on the async runtime, which must
+/// never block on a socket.
 pub fn watchdog_ping() {
-    send(&[NotifyState::Watchdog]);
+    notify_later(Note::Watchdog);
+}
+
+enum Note {
+    Status(String),
+    Watchdog,
+}
+
+/// Hands a notification to a thread of its own: a notify socket nobody
+/// reads (a full buffer blocks the send) must never stall the session loop
+/// or the runtime. When notifications pile up, the newest are dropped.
+fn notify_later(note: Note) {
+    static NOTIFIER: OnceLock<SyncSender<Note>> = OnceLock::new();
+    let tx = NOTIFIER.get_or_init(|| {
+        let (tx, rx) = sync_channel::<Note>(8);
+        let spawned = std::thread::Builder::new()
+            .name("sd-notify".into())
+            .spawn(move || {
+                for note in rx {
+                    match note {
+                        Note::Status(line) => send(&[NotifyState::Status(&line)]),
+                        Note::Watchdog => send(&[NotifyState::Watchdog]),
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the systemd notifier thread");
+        }
+        tx
+    });
+    let _ = tx.try_send(note);
 }
 
 /// How often to ping the watchdog: half of systemd's `WatchdogSec=`, as

@@ -58,7 +58,7 @@ impl Watchdog {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let ticks = AudioMetrics::get(&self.audio.dsp_ticks);
+            let ticks = AudioMetrics::get(&self.audio.dsp_heartbeat);
             if audio_ticks != Some(ticks) {
                 audio_ticks = Some(ticks);
                 self.liveness.beat(Part::Audio);

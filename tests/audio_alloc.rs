@@ -1,6 +1,7 @@
 //! The DSP tick must not allocate in steady state: a counting global
 //! allocator watches a conversation (capture at 44.1 kHz, VAD, segmentation,
-//! encoding, streaming, playout with concealment) after a warm-up.
+//! encoding, streaming, playout with concealment of a hostile packet mix)
+//! after a warm-up.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -9,7 +10,8 @@ use std::sync::Arc;
 
 use kiosk_gateway::audio::{
     AudioEvent, AudioMetrics, AudioSettings, AudioSink, Dsp, EncodedFrame, FRAME_48K,
-    IncomingPacket, OPUS_FRAME, OpusEncoder, SampleRate, VadSettings, read_wav, resample_clip,
+    IncomingPacket, MAX_PACKET, OPUS_FRAME, OpusEncoder, OpusPacket, SampleRate, VadSettings,
+    read_wav, resample_clip,
 };
 
 struct Counting;
@@ -56,6 +58,58 @@ impl AudioSink for Tally {
     }
 }
 
+/// The bot's reply as a broken or hostile agent might send it: mostly
+/// 20 ms packets, with 40 and 60 ms ones among them, random bytes,
+/// truncated and empty payloads, and some loss so concealment runs too.
+fn hostile_packets(bot48: &[f32]) -> Vec<IncomingPacket> {
+    let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
+    let mut long =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    long.set_bitrate(opus::Bitrate::Bits(24_000)).unwrap();
+    let mut noise = 0x9e37_79b9_u32;
+    let mut random_bytes = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                noise ^= noise << 13;
+                noise ^= noise >> 17;
+                noise ^= noise << 5;
+                noise as u8
+            })
+            .collect()
+    };
+    let mut packets = Vec::new();
+    let (mut pos, mut k) = (0, 0usize);
+    while pos + 2880 <= bot48.len() {
+        let len = match k % 10 {
+            3 => 2880,
+            7 => 1920,
+            _ => OPUS_FRAME,
+        };
+        let chunk = &bot48[pos..pos + len];
+        let encoded = if len == OPUS_FRAME {
+            enc.encode(chunk).unwrap().bytes().to_vec()
+        } else {
+            long.encode_vec_float(chunk, MAX_PACKET).unwrap()
+        };
+        let bytes = match k % 23 {
+            5 => random_bytes(1 + k % 200),
+            11 => encoded[..(encoded.len() / 3).max(1)].to_vec(),
+            17 => Vec::new(),
+            _ => encoded,
+        };
+        if k % 17 != 5 {
+            packets.push(IncomingPacket {
+                seq: k as u16,
+                timestamp: pos as u32,
+                payload: OpusPacket::from_slice(&bytes).unwrap(),
+            });
+        }
+        pos += len;
+        k += 1;
+    }
+    packets
+}
+
 #[test]
 fn a_conversation_tick_does_not_allocate_after_warm_up() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/audio");
@@ -65,25 +119,16 @@ fn a_conversation_tick_does_not_allocate_after_warm_up() {
     let mic = resample_clip(&visitor.samples, visitor.rate, mic_rate).unwrap();
     let bot = read_wav(&dir.join("bot_reference_16k.wav")).unwrap();
     let bot48 = resample_clip(&bot.samples, bot.rate, SampleRate::OPUS).unwrap();
-    let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
-    let packets: Vec<IncomingPacket> = bot48
-        .chunks_exact(OPUS_FRAME)
-        .enumerate()
-        .filter(|(k, _)| k % 17 != 5) // some loss, so concealment runs too
-        .map(|(k, c)| IncomingPacket {
-            seq: k as u16,
-            timestamp: (k * OPUS_FRAME) as u32,
-            payload: enc.encode(c).unwrap(),
-        })
-        .collect();
+    let packets = hostile_packets(&bot48);
 
     let block = 441;
+    let metrics = Arc::new(AudioMetrics::default());
     let mut dsp = Dsp::new(
         &AudioSettings::default(),
         &VadSettings::default(),
         mic_rate,
         block,
-        Arc::new(AudioMetrics::default()),
+        metrics.clone(),
     )
     .unwrap();
     let mut sink = Tally::default();
@@ -112,5 +157,12 @@ fn a_conversation_tick_does_not_allocate_after_warm_up() {
     assert!(sink.frames > 300, "only {} packets streamed", sink.frames);
     // Each utterance was reported as it started and ended.
     assert!(sink.events >= 4, "only {} speech events", sink.events);
+    // The hostile mix reached the decoder: the bad packets were counted,
+    // the long ones played.
+    let undecodable = AudioMetrics::get(&metrics.packets_undecodable);
+    let played = AudioMetrics::get(&metrics.packets_played);
+    assert!(undecodable >= 10, "only {undecodable} undecodable packets");
+    assert!(played > 200, "only {played} packets played");
+    println!("{played} packets played, {undecodable} undecodable, {during} allocations");
     assert_eq!(during, 0, "allocations in steady state");
 }

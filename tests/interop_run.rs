@@ -203,8 +203,11 @@ fn check_conversation(
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("unexpected transcript {text:?}"));
         let truth = f64::from(to - from) / 1000.0;
+        // The bot's Silero onset and offset move by a few hundred ms when
+        // the 2-core machine is busy (seen: 2.4 s for 2.73 s); an utterance
+        // cut in two, or a second of it lost, is far outside this.
         assert!(
-            (heard - truth).abs() <= 0.3,
+            (heard - truth).abs() <= 0.5,
             "utterance {} is {truth:.2} s long, the bot heard {heard} s; {context}",
             k + 1
         );

@@ -324,7 +324,7 @@ fn bench_playout(
                 playout.push(packets[next], Millis(tick * 10));
                 next += 1;
             }
-            played += usize::from(playout.next_frame(&mut frame)?);
+            played += usize::from(playout.next_frame(&mut frame));
             to_device.push(&frame)?;
             while to_device.pop_frame(&mut out) {}
         }

@@ -1,17 +1,39 @@
-//! Opus at 48 kHz mono in 20 ms frames (libopus through the `opus` crate).
+//! Opus at 48 kHz mono (libopus through the `opus` crate): 20 ms frames
+//! from the microphone; from the agent, whatever a packet holds (2.5 to
+//! 120 ms).
 
 use opus::{Application, Bandwidth, Bitrate, Channels, Decoder, Encoder};
 
 use super::AudioError;
 use super::settings::AudioSettings;
-use super::units::{Millis, OPUS_FRAME, SampleRate};
+use super::units::{Millis, SampleRate};
 
-/// Largest packet kept: one UDP datagram's worth. Opus allows 1275 bytes
-/// per frame, and agents do not all encode like the kiosk: Pipecat's aiortc
-/// sends 96 kbit/s stereo, with 20 ms packets of 500 bytes and more.
+/// Largest packet kept. The microphone's 20 ms packets stay well under 200
+/// bytes, but agents do not all encode like the kiosk: Pipecat's aiortc
+/// sends 96 kbit/s stereo (20 ms packets of 500 bytes and more), and a
+/// legal 60 or 120 ms packet at an ordinary bitrate is larger still. This
+/// holds any payload the link lets through (its receive MTU is 1460 bytes,
+/// headers included); anything larger is counted and dropped
+/// (`PlayoutSender::push_payload`).
 pub const MAX_PACKET: usize = 1500;
 
-/// One encoded 20 ms frame, held inline so passing it around never allocates.
+/// Samples in the longest Opus packet: 120 ms at 48 kHz.
+pub const MAX_DECODED: usize = 5760;
+/// Opus durations are multiples of 2.5 ms; concealment comes in these steps.
+pub const OPUS_QUANTUM: usize = 120;
+
+/// The duration of `packet` in samples at 48 kHz, read from its TOC byte
+/// (and frame count): `None` unless it is a legal Opus duration, 2.5 to
+/// 120 ms. Says nothing of whether the frames themselves decode.
+pub fn packet_samples(packet: &[u8]) -> Option<usize> {
+    if packet.is_empty() {
+        return None;
+    }
+    let n = opus::packet::get_nb_samples(packet, SampleRate::OPUS.hz()).ok()?;
+    (OPUS_QUANTUM..=MAX_DECODED).contains(&n).then_some(n)
+}
+
+/// One encoded packet, held inline so passing it around never allocates.
 #[derive(Clone, Copy)]
 pub struct OpusPacket {
     data: [u8; MAX_PACKET],
@@ -104,25 +126,24 @@ impl OpusDecoder {
         })
     }
 
-    /// Decodes one packet into a 20 ms frame.
-    pub fn decode(
-        &mut self,
-        packet: &[u8],
-        out: &mut [f32; OPUS_FRAME],
-    ) -> Result<usize, AudioError> {
+    /// Decodes one packet into the start of `out`; returns the samples
+    /// decoded. `out` must hold the packet's duration: [`MAX_DECODED`]
+    /// holds any packet. An empty packet is an error here (libopus would
+    /// take it for a lost one).
+    pub fn decode(&mut self, packet: &[u8], out: &mut [f32]) -> Result<usize, AudioError> {
+        if packet.is_empty() {
+            return Err(AudioError::InvalidPacket("empty"));
+        }
         Ok(self.decoder.decode_float(packet, out, false)?)
     }
 
-    /// Fills the frame of a lost packet: from `next`'s in-band FEC data when
-    /// the following packet has arrived, otherwise by concealment.
-    pub fn conceal(
-        &mut self,
-        next: Option<&[u8]>,
-        out: &mut [f32; OPUS_FRAME],
-    ) -> Result<usize, AudioError> {
+    /// Fills `out` (a multiple of 2.5 ms, at most 120 ms) in place of lost
+    /// audio: from `next`'s in-band FEC data when the following packet has
+    /// arrived, otherwise by concealment.
+    pub fn conceal(&mut self, next: Option<&[u8]>, out: &mut [f32]) -> Result<usize, AudioError> {
         let n = match next {
-            Some(packet) => self.decoder.decode_float(packet, out, true)?,
-            None => self.decoder.decode_float(&[], out, false)?,
+            Some(packet) if !packet.is_empty() => self.decoder.decode_float(packet, out, true)?,
+            _ => self.decoder.decode_float(&[], out, false)?,
         };
         Ok(n)
     }
@@ -130,6 +151,7 @@ impl OpusDecoder {
 
 #[cfg(test)]
 mod tests {
+    use super::super::units::OPUS_FRAME;
     use super::*;
 
     fn tone(len: usize) -> Vec<f32> {
@@ -234,5 +256,60 @@ mod tests {
             dec.conceal(Some(packets[21].bytes()), &mut pcm).unwrap(),
             OPUS_FRAME
         );
+    }
+
+    /// A tone encoded in packets of `ms`.
+    fn packets_of(ms: f32, count: usize) -> (Vec<f32>, Vec<Vec<u8>>) {
+        let len = (48.0 * ms) as usize;
+        let mut enc =
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let input = tone(len * count);
+        let packets = input
+            .chunks_exact(len)
+            .map(|c| enc.encode_vec_float(c, 4000).unwrap())
+            .collect();
+        (input, packets)
+    }
+
+    #[test]
+    fn every_legal_duration_is_read_from_the_toc_and_decoded_whole() {
+        let mut dec = OpusDecoder::new().unwrap();
+        let mut pcm = [0.0; MAX_DECODED];
+        for ms in [2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0] {
+            let (_, packets) = packets_of(ms, 3);
+            for p in &packets {
+                let samples = (48.0 * ms) as usize;
+                assert_eq!(packet_samples(p), Some(samples), "{ms} ms");
+                assert_eq!(dec.decode(p, &mut pcm).unwrap(), samples, "{ms} ms");
+            }
+        }
+        // Three 60 ms frames (TOC config 3, code 3) would be 180 ms: not Opus.
+        assert_eq!(packet_samples(&[3 << 3 | 3, 3, 0, 0, 0]), None);
+        assert_eq!(packet_samples(&[]), None);
+        assert!(dec.decode(&[], &mut pcm).is_err());
+    }
+
+    #[test]
+    fn a_60_ms_packet_decodes_to_the_same_audio_as_its_encoder_input() {
+        let (input, packets) = packets_of(60.0, 20);
+        let mut dec = OpusDecoder::new().unwrap();
+        let mut pcm = [0.0; MAX_DECODED];
+        let mut output = Vec::new();
+        for p in &packets {
+            let n = dec.decode(p, &mut pcm).unwrap();
+            output.extend_from_slice(&pcm[..n]);
+        }
+        assert_eq!(output.len(), input.len());
+        let c = correlation(&input[4800..], &output[4800..], 480);
+        assert!(c > 0.9, "correlation {c}");
+    }
+
+    #[test]
+    fn concealment_fills_any_multiple_of_2_5_ms() {
+        let mut dec = OpusDecoder::new().unwrap();
+        let mut pcm = [0.0; MAX_DECODED];
+        for n in [OPUS_QUANTUM, OPUS_FRAME, 2880, MAX_DECODED] {
+            assert_eq!(dec.conceal(None, &mut pcm[..n]).unwrap(), n);
+        }
     }
 }

@@ -4,6 +4,15 @@
 //! Device callbacks only move samples through lock-free SPSC rings (rtrb)
 //! and bump atomic counters. Everything else happens on one dedicated DSP
 //! thread in 10 ms frames, which also reopens failed devices with backoff.
+//!
+//! Should the DSP loop ever fail (an error out of a stage: the encoder, a
+//! resampler, a speaker WAV on a full disk), the thread does not end: it
+//! reports both devices lost, waits with backoff (`audio.reopen_backoff_*`,
+//! jittered), rebuilds every stage and reopens the devices, then reports
+//! them open again. A stream to the link that was live carries on. Files
+//! standing in for devices (`wav:`) are kept across the restart, so a
+//! recording goes on where it stopped. Panics are not caught: the release
+//! build aborts on panic and systemd restarts the gateway.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -14,11 +23,13 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use cpal::traits::{DeviceTrait, StreamTrait};
 use cpal::{SampleFormat, SizedSample};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::capture::{AudioEvent, AudioSink, EncodedFrame};
+use super::codec::OpusPacket;
 use super::device::{ChosenConfig, Direction, choose_config, find_device, with_alsa_messages};
 use super::dsp::Dsp;
 use super::metrics::AudioMetrics;
@@ -58,7 +69,14 @@ enum Control {
     Packet(IncomingPacket),
     LinkReady,
     EndStream,
+    /// Makes the DSP loop fail, to exercise its restart.
+    #[cfg(test)]
+    Fail,
 }
+
+/// A DSP loop that ran this long before failing is restarted after the
+/// shortest wait again.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
 /// Hands the bot's audio to the engine; cheap to clone, usable from any thread.
 #[derive(Clone)]
@@ -69,6 +87,25 @@ pub struct PlayoutSender {
 }
 
 impl PlayoutSender {
+    /// Queues an RTP payload of the bot's voice for the jitter buffer,
+    /// whatever it holds: what is not Opus is counted and concealed at
+    /// playout. A payload larger than [`MAX_PACKET`](super::MAX_PACKET) is counted
+    /// (`packets_oversize`) and dropped here; the jitter buffer conceals
+    /// the hole it leaves. Returns whether the packet was queued.
+    pub fn push_payload(&self, seq: u16, timestamp: u32, payload: &[u8]) -> bool {
+        match OpusPacket::from_slice(payload) {
+            Some(payload) => self.push(IncomingPacket {
+                seq,
+                timestamp,
+                payload,
+            }),
+            None => {
+                AudioMetrics::add(&self.metrics.packets_oversize, 1);
+                false
+            }
+        }
+    }
+
     /// Queues a packet for the jitter buffer. Returns false (and counts it)
     /// if the engine is not keeping up or has stopped.
     pub fn push(&self, packet: IncomingPacket) -> bool {
@@ -118,12 +155,13 @@ impl AudioEngine {
                         last_input: Arc::new(AtomicU64::new(0)),
                         epoch: Instant::now(),
                     };
+                    let _panic = PanicReport(metrics.clone());
                     let setup = DspThread::new(audio, vad, metrics, sink, control_rx, stop);
                     match setup {
                         Ok(dsp) => {
                             // The receiver only goes away if start() already returned.
                             let _ = ready_tx.send(Ok(()));
-                            dsp.run()
+                            dsp.supervise()
                         }
                         Err(e) => {
                             let message = e.to_string();
@@ -194,6 +232,12 @@ impl AudioEngine {
         &self.metrics
     }
 
+    /// Makes the DSP loop fail with an error, as a failing stage would.
+    #[cfg(test)]
+    fn inject_failure(&self) {
+        self.send(Control::Fail);
+    }
+
     /// Stops the DSP thread, closing an open utterance and any WAV output.
     /// Events and frames produced up to then can still be received.
     pub fn stop(&mut self) -> Result<(), AudioError> {
@@ -223,6 +267,21 @@ impl Drop for AudioEngine {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             warn!(error = %error_chain(&e), "audio engine stopped with an error");
+        }
+    }
+}
+
+/// Shows a DSP thread that unwinds from a panic (debug builds; release
+/// builds abort) as a stopped engine instead of leaving it "ok".
+struct PanicReport(Arc<AudioMetrics>);
+
+impl Drop for PanicReport {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .record_engine_failure("DSP thread panicked".into(), None);
+            self.0.input_open.store(false, Ordering::Relaxed);
+            self.0.output_open.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -403,6 +462,9 @@ struct DspThread {
     metrics: Arc<AudioMetrics>,
     block: Vec<f32>,
     playout_frame: [f32; FRAME_48K],
+    /// The link takes audio (between `LinkReady` and `EndStream`): a
+    /// rebuilt `Dsp` must stream at once too.
+    link_ready: bool,
 }
 
 impl DspThread {
@@ -445,22 +507,175 @@ impl DspThread {
             metrics,
             block: vec![0.0; block_len],
             playout_frame: [0.0; FRAME_48K],
+            link_ready: false,
         })
     }
 
-    fn run(mut self) -> Result<(), AudioError> {
+    /// Runs the DSP loop until the engine is stopped, restarting it with
+    /// backoff whenever it fails.
+    fn supervise(mut self) -> Result<(), AudioError> {
+        let min = Duration::from_millis(u64::from(self.audio.reopen_backoff_min_ms.0));
+        let max = Duration::from_millis(u64::from(self.audio.reopen_backoff_max_ms.0)).max(min);
+        let backoff = || {
+            ExponentialBuilder::new()
+                .with_min_delay(min)
+                .with_max_delay(max)
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut delays = backoff();
+        let mut running_since = Instant::now();
+        while let Err(e) = self.run() {
+            if running_since.elapsed() >= HEALTHY_RUN {
+                delays = backoff();
+            }
+            let mut failure = e;
+            loop {
+                let delay = delays.next().unwrap_or(max);
+                self.failed(&failure, delay);
+                if !self.wait_to_restart(delay) {
+                    return self.finish();
+                }
+                match self.restart() {
+                    Ok(()) => break,
+                    Err(e) => failure = e,
+                }
+            }
+            running_since = Instant::now();
+        }
+        self.finish()
+    }
+
+    fn run(&mut self) -> Result<(), AudioError> {
         let started = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            AudioMetrics::add(&self.metrics.dsp_ticks, 1);
+            AudioMetrics::add(&self.metrics.dsp_heartbeat, 1);
             while wedge_requested(Part::Audio, started.elapsed()) {
                 std::thread::sleep(Duration::from_secs(1));
             }
             self.keep_devices_open()?;
-            self.handle_control();
+            self.handle_control()?;
             self.capture()?;
             self.play()?;
             std::thread::park_timeout(self.next_wait());
         }
+        Ok(())
+    }
+
+    /// The DSP loop failed: say so, and report both devices gone until it
+    /// is back. An utterance in progress is closed, so the session layer
+    /// does not wait for its end.
+    fn failed(&mut self, e: &AudioError, restart_in: Duration) {
+        let was_running = !self.metrics.is_engine_down();
+        let error = error_chain(e);
+        error!(
+            error = %error,
+            restart_in_ms = restart_in.as_millis() as u64,
+            "audio engine failed; restarting it"
+        );
+        self.metrics.record_engine_failure(error, Some(restart_in));
+        if was_running {
+            self.dsp.finish(&mut self.sink);
+            self.metrics.input_open.store(false, Ordering::Relaxed);
+            self.metrics.output_open.store(false, Ordering::Relaxed);
+            for direction in self.directions() {
+                self.sink.event(AudioEvent::Device {
+                    direction,
+                    open: false,
+                });
+            }
+        }
+    }
+
+    /// Directions with something configured (a device or a file).
+    fn directions(&self) -> impl Iterator<Item = Direction> + use<> {
+        let input = !matches!(self.audio.input, DeviceSpec::Disabled);
+        let output = !matches!(self.audio.output, DeviceSpec::Disabled);
+        [(input, Direction::Input), (output, Direction::Output)]
+            .into_iter()
+            .filter_map(|(wanted, d)| wanted.then_some(d))
+    }
+
+    /// Waits `delay` before a restart, still taking control messages (the
+    /// bot's packets are dropped meanwhile). False if the engine is being
+    /// stopped.
+    fn wait_to_restart(&mut self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            AudioMetrics::add(&self.metrics.dsp_heartbeat, 1);
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            while let Ok(control) = self.control.try_recv() {
+                match control {
+                    Control::LinkReady => self.link_ready = true,
+                    Control::EndStream => self.link_ready = false,
+                    _ => {}
+                }
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::park_timeout(left.min(IDLE_WAIT));
+        }
+    }
+
+    /// Rebuilds every stage and lets the devices be reopened; files stay.
+    fn restart(&mut self) -> Result<(), AudioError> {
+        if matches!(self.input, Input::Device { .. }) {
+            self.input = Input::Closed;
+        }
+        if matches!(self.output, Output::Device { .. }) {
+            self.output = Output::Absent {
+                pacer: Pacer::new(),
+            };
+        }
+        self.input_backoff = Backoff::new(&self.audio);
+        self.output_backoff = Backoff::new(&self.audio);
+        self.rebuild_dsp()?;
+        self.metrics.record_engine_restart();
+        info!(
+            restarts = AudioMetrics::get(&self.metrics.engine_restarts),
+            "audio engine restarted"
+        );
+        // Devices report themselves when they open; files are open already.
+        let files: Vec<Direction> = self
+            .directions()
+            .filter(|d| match d {
+                Direction::Input => matches!(self.input, Input::Wav { .. }),
+                Direction::Output => matches!(self.output, Output::Wav { .. }),
+            })
+            .collect();
+        for direction in files {
+            self.sink.event(AudioEvent::Device {
+                direction,
+                open: true,
+            });
+        }
+        Ok(())
+    }
+
+    /// A new `Dsp` for the current input rate, streaming at once if the
+    /// link was taking audio.
+    fn rebuild_dsp(&mut self) -> Result<(), AudioError> {
+        self.block = vec![0.0; self.dsp_rate.samples_in(self.audio.input_buffer_ms)];
+        self.dsp = Dsp::new(
+            &self.audio,
+            &self.vad,
+            self.dsp_rate,
+            self.block.len(),
+            self.metrics.clone(),
+        )?;
+        if self.link_ready {
+            self.dsp.link_ready(&mut self.sink);
+        }
+        Ok(())
+    }
+
+    /// The engine is stopping: closes an open utterance and the speaker file.
+    fn finish(mut self) -> Result<(), AudioError> {
         self.dsp.finish(&mut self.sink);
         if let Output::Wav { writer, .. } = self.output {
             writer.finalize().map_err(|source| AudioError::Wav {
@@ -493,14 +708,23 @@ impl DspThread {
             && matches!(self.output, Output::Absent { .. })
     }
 
-    fn handle_control(&mut self) {
+    fn handle_control(&mut self) -> Result<(), AudioError> {
         while let Ok(control) = self.control.try_recv() {
             match control {
                 Control::Packet(p) => self.dsp.push_packet(p),
-                Control::LinkReady => self.dsp.link_ready(&mut self.sink),
-                Control::EndStream => self.dsp.end_stream(),
+                Control::LinkReady => {
+                    self.link_ready = true;
+                    self.dsp.link_ready(&mut self.sink);
+                }
+                Control::EndStream => {
+                    self.link_ready = false;
+                    self.dsp.end_stream();
+                }
+                #[cfg(test)]
+                Control::Fail => return Err(AudioError::Stopped("injected failure".into())),
             }
         }
+        Ok(())
     }
 
     fn capture(&mut self) -> Result<(), AudioError> {
@@ -617,14 +841,7 @@ impl DspThread {
                     info!(rate = %rate, "microphone open");
                     if rate != self.dsp_rate {
                         self.dsp_rate = rate;
-                        self.block = vec![0.0; rate.samples_in(self.audio.input_buffer_ms)];
-                        self.dsp = Dsp::new(
-                            &self.audio,
-                            &self.vad,
-                            rate,
-                            self.block.len(),
-                            self.metrics.clone(),
-                        )?;
+                        self.rebuild_dsp()?;
                     }
                     self.input = input;
                     self.input_backoff.succeeded();
@@ -870,4 +1087,115 @@ fn build_output<T: CallbackSample>(
             None,
         )
         .map_err(AudioError::Device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::codec::OpusEncoder;
+    use crate::audio::units::OPUS_FRAME;
+
+    fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: never happened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn device_events(engine: &AudioEngine) -> Vec<(Direction, bool)> {
+        engine
+            .events()
+            .try_iter()
+            .filter_map(|e| match e {
+                AudioEvent::Device { direction, open } => Some((direction, open)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_dsp_loop_is_restarted_and_the_stream_and_recording_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let speaker = dir.path().join("speaker.wav");
+        let audio = AudioSettings {
+            input: DeviceSpec::Wav(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("fixtures/audio/multi_utterance_16k.wav"),
+            ),
+            output: DeviceSpec::Wav(speaker.clone()),
+            reopen_backoff_min_ms: Millis(200),
+            reopen_backoff_max_ms: Millis(400),
+            ..AudioSettings::default()
+        };
+        let mut engine = AudioEngine::start(&audio, &VadSettings::default()).unwrap();
+        let metrics = engine.metrics().clone();
+        engine.link_ready();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(engine.frames().try_iter().count() >= 10, "not streaming");
+
+        let failed_at = Instant::now();
+        engine.inject_failure();
+        wait_until("engine down", Duration::from_secs(1), || {
+            metrics.is_engine_down()
+        });
+        let failure = metrics.last_engine_failure().expect("failure recorded");
+        assert!(failure.error.contains("injected failure"), "{failure:?}");
+        let delay = failure.restart_in.unwrap();
+        assert!(delay >= Duration::from_millis(200), "{delay:?}");
+        assert_eq!(
+            device_events(&engine),
+            [(Direction::Input, false), (Direction::Output, false)]
+        );
+        wait_until("restart", Duration::from_secs(2), || {
+            AudioMetrics::get(&metrics.engine_restarts) == 1
+        });
+        assert!(failed_at.elapsed() >= Duration::from_millis(200));
+        assert!(!metrics.is_engine_down());
+        assert_eq!(AudioMetrics::get(&metrics.engine_failures), 1);
+        assert_eq!(
+            device_events(&engine),
+            [(Direction::Input, true), (Direction::Output, true)]
+        );
+
+        // The live stream carries on without a new `link_ready`, and the
+        // bot's audio plays again.
+        engine.frames().try_iter().count();
+        let mut enc = OpusEncoder::new(&audio).unwrap();
+        let tone: Vec<f32> = (0..OPUS_FRAME)
+            .map(|i| 0.3 * (i as f32 * 0.0576).sin())
+            .collect();
+        let playout = engine.playout();
+        let played_before = AudioMetrics::get(&metrics.packets_played);
+        for k in 0..25u16 {
+            let packet = enc.encode(&tone).unwrap();
+            playout.push_payload(k, u32::from(k) * OPUS_FRAME as u32, packet.bytes());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(engine.frames().try_iter().count() >= 15, "stream stopped");
+        wait_until("bot audio played", Duration::from_secs(1), || {
+            AudioMetrics::get(&metrics.packets_played) >= played_before + 20
+        });
+
+        engine.stop().unwrap();
+        // One recording across the restart, finalized as a valid WAV.
+        let recorded = crate::audio::wav::read_wav(&speaker).unwrap();
+        let seconds = recorded.samples.len() as f64 / 48_000.0;
+        let ran = failed_at.elapsed().as_secs_f64() + 0.3;
+        assert!(seconds > ran - 0.2, "{seconds} s recorded in {ran} s");
+    }
+
+    #[test]
+    fn a_payload_too_large_to_queue_is_counted() {
+        let audio = AudioSettings {
+            input: DeviceSpec::Disabled,
+            output: DeviceSpec::Disabled,
+            ..AudioSettings::default()
+        };
+        let engine = AudioEngine::start(&audio, &VadSettings::default()).unwrap();
+        let playout = engine.playout();
+        assert!(!playout.push_payload(1, 960, &[0xfc; crate::audio::MAX_PACKET + 1]));
+        assert!(playout.push_payload(2, 1920, &[0xfc; crate::audio::MAX_PACKET]));
+        assert_eq!(AudioMetrics::get(&engine.metrics().packets_oversize), 1);
+    }
 }

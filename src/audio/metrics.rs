@@ -3,9 +3,22 @@
 //! Plain relaxed atomics: cheap enough for the DSP thread and safe to touch
 //! from device callbacks, and readable at any time as a snapshot.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use super::units::Dbfs;
+
+/// The DSP loop's last failure, for the status page.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineFailure {
+    pub at: jiff::Timestamp,
+    /// The error and its causes, on one line.
+    pub error: String,
+    /// How long after it the engine is (or was) restarted; `None`: never
+    /// (the thread panicked).
+    pub restart_in: Option<Duration>,
+}
 
 #[derive(Debug, Default)]
 pub struct AudioMetrics {
@@ -14,9 +27,6 @@ pub struct AudioMetrics {
     /// Output samples the callback filled with silence for lack of audio.
     pub output_underrun_samples: AtomicU64,
     pub frames_processed: AtomicU64,
-    /// Turns of the DSP thread's loop (at least ten a second): a count that
-    /// stops moving means the thread is wedged or gone.
-    pub dsp_ticks: AtomicU64,
     pub voiced_frames: AtomicU64,
     pub echo_gated_frames: AtomicU64,
     pub utterances: AtomicU64,
@@ -25,8 +35,14 @@ pub struct AudioMetrics {
     /// Encoded packets dropped, oldest first, while waiting for the link.
     pub buffer_overflow_packets: AtomicU64,
     pub packets_received: AtomicU64,
-    /// 20 ms frames of the bot's audio decoded for the speaker.
+    /// Packets of the bot's audio decoded for the speaker (2.5 to 120 ms each).
     pub packets_played: AtomicU64,
+    /// Packets of the bot's audio that were not Opus or that libopus
+    /// refused; each was concealed in its place.
+    pub packets_undecodable: AtomicU64,
+    /// Packets of the bot's audio too large to queue (over `MAX_PACKET`
+    /// bytes); dropped, and concealed as lost.
+    pub packets_oversize: AtomicU64,
     pub packets_late: AtomicU64,
     pub packets_concealed: AtomicU64,
     pub jitter_target_ms: AtomicU64,
@@ -37,6 +53,17 @@ pub struct AudioMetrics {
     pub device_reopens: AtomicU64,
     pub input_open: AtomicBool,
     pub output_open: AtomicBool,
+    /// The DSP loop failed and is waiting to be restarted: no microphone,
+    /// no speaker until it is back.
+    pub engine_down: AtomicBool,
+    /// Times the DSP loop failed (including restarts that failed at once).
+    pub engine_failures: AtomicU64,
+    /// Times it was restarted and ran again.
+    pub engine_restarts: AtomicU64,
+    /// Passes of the DSP thread's loop, running or waiting to restart: a
+    /// thread that stops counting is stuck (the watchdog reads it).
+    pub dsp_heartbeat: AtomicU64,
+    last_failure: Mutex<Option<EngineFailure>>,
     level_centi_dbfs: AtomicI32,
     /// From the microphone delivering a packet's last samples to the packet
     /// leaving the DSP thread (the 20 ms of framing comes on top).
@@ -80,5 +107,35 @@ impl AudioMetrics {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// The DSP loop failed with `error`; it is restarted in `restart_in`.
+    pub fn record_engine_failure(&self, error: String, restart_in: Option<Duration>) {
+        self.engine_down.store(true, Ordering::Relaxed);
+        Self::add(&self.engine_failures, 1);
+        let failure = EngineFailure {
+            at: jiff::Timestamp::now(),
+            error,
+            restart_in,
+        };
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
+    }
+
+    /// The DSP loop runs again after a failure.
+    pub fn record_engine_restart(&self) {
+        self.engine_down.store(false, Ordering::Relaxed);
+        Self::add(&self.engine_restarts, 1);
+    }
+
+    pub fn is_engine_down(&self) -> bool {
+        self.engine_down.load(Ordering::Relaxed)
+    }
+
+    /// The last failure of the DSP loop, if it ever failed.
+    pub fn last_engine_failure(&self) -> Option<EngineFailure> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }

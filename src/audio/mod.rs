@@ -7,7 +7,7 @@
 //! # What the session layer uses
 //!
 //! ```no_run
-//! use kiosk_gateway::audio::{AudioEngine, AudioEvent, AudioSettings, IncomingPacket, OpusPacket, VadSettings};
+//! use kiosk_gateway::audio::{AudioEngine, AudioEvent, AudioSettings, VadSettings};
 //! # fn main() -> Result<(), kiosk_gateway::audio::AudioError> {
 //! let mut engine = AudioEngine::start(&AudioSettings::default(), &VadSettings::default())?;
 //! let bot_audio = engine.playout(); // clone into the link task
@@ -18,6 +18,8 @@
 //!         Ok(AudioEvent::SpeechStarted { onset, preroll }) => {}
 //!         Ok(AudioEvent::SpeechEnded(utterance)) => {} // utterance.speech()
 //!         Ok(AudioEvent::BargeIn) => {}          // bot audio was cut off
+//!         // A device was lost or (re)opened; both at once when the
+//!         // engine's DSP loop failed and when it is back (see below).
 //!         Ok(AudioEvent::Device { direction, open }) => {}
 //!         Err(_) => break,
 //!     }
@@ -32,10 +34,9 @@
 //!         // marker bit = frame.after_silence.
 //!     }
 //!     # let (seq, timestamp, payload) = (0u16, 0u32, [0u8; 3]);
-//!     // From the link, for each incoming RTP packet of the bot's voice:
-//!     if let Some(payload) = OpusPacket::from_slice(&payload) {
-//!         bot_audio.push(IncomingPacket { seq, timestamp, payload });
-//!     }
+//!     // From the link, each incoming RTP payload of the bot's voice, as
+//!     // it came: the engine counts and conceals what it cannot play.
+//!     bot_audio.push_payload(seq, timestamp, &payload);
 //! }
 //! engine.end_stream(); // conversation over: back to waiting for a visitor
 //! engine.stop()?;
@@ -46,6 +47,27 @@
 //! them and counts what it had to drop), so a tokio task reads them through
 //! `spawn_blocking` or a forwarding thread. [`AudioMetrics`] (from
 //! [`AudioEngine::metrics`]) holds counters and gauges for the status page.
+//!
+//! # What the agent may send, and when the engine fails
+//!
+//! Playout takes any payload: every legal Opus duration (2.5 to 120 ms) is
+//! played whole and in order; what is not Opus or does not decode is
+//! counted (`packets_undecodable`) and concealed, a payload over
+//! [`MAX_PACKET`] is counted (`packets_oversize`) and concealed as lost,
+//! and decoded audio never leaves full scale. Nothing an agent sends
+//! stops the engine.
+//!
+//! Should the DSP loop fail anyway (an error from a stage: a resampler,
+//! the encoder, a speaker file on a full disk), the engine restarts it
+//! itself, with backoff. The session layer learns of it through the one
+//! event it already handles: `Device { open: false }` for each configured
+//! direction when the loop fails, `Device { open: true }` when each is back
+//! (devices as they reopen, `wav:` files at the restart). It need not act:
+//! a stream released with [`AudioEngine::link_ready`] carries on after the
+//! restart without being released again, and an utterance in progress at
+//! the failure is closed with `SpeechEnded`. Meanwhile both devices are
+//! down on the status page, with the error; [`AudioMetrics`] has the
+//! failure, its time and the restart counts.
 //!
 //! # Building blocks
 //!
@@ -76,7 +98,7 @@ pub use codec::{MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket};
 pub use dsp::Dsp;
 pub use echo_gate::EchoGate;
 pub use engine::{AudioEngine, PlayoutSender};
-pub use metrics::AudioMetrics;
+pub use metrics::{AudioMetrics, EngineFailure};
 pub use playout::{IncomingPacket, JitterBuffer, NextFrame, Playout};
 pub use resample::{StreamResampler, resample_clip};
 pub use segmenter::{SegmentOutput, Segmenter, Utterance};
@@ -113,6 +135,8 @@ pub enum AudioError {
     Resampler(String),
     #[error("Opus codec")]
     Opus(#[from] opus::Error),
+    #[error("not an Opus packet: {0}")]
+    InvalidPacket(&'static str),
     #[error("audio device")]
     Device(#[source] cpal::Error),
     #[error("{direction} device not found: {detail}")]

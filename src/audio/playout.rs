@@ -3,26 +3,45 @@
 //!
 //! An adaptive jitter buffer reorders packets by sequence number and holds
 //! enough audio to ride out network jitter (between `jitter_min_ms` and
-//! `jitter_max_ms`, from an RFC 3550 interarrival jitter estimate). Lost
-//! packets are rebuilt from the next packet's FEC or concealed. On barge-in
-//! the output fades to silence within one 10 ms frame and the queue is
-//! flushed.
+//! `jitter_max_ms`, from an RFC 3550 interarrival jitter estimate). Packets
+//! may hold any legal Opus duration (2.5 to 120 ms): the buffer counts each
+//! by the duration its TOC byte gives, and sizes a lost packet's
+//! concealment from the RTP timestamps around the hole. Lost packets are
+//! rebuilt from the next packet's FEC or concealed.
+//!
+//! Whatever the agent sends, playout goes on: a packet libopus refuses (or
+//! that is not Opus at all) is counted as undecodable and concealed in its
+//! place, so the worst a hostile or broken agent gets is a gap of
+//! concealment. On barge-in the output fades to silence within one 10 ms
+//! frame and the queue is flushed.
 
 use std::sync::Arc;
 
 use super::AudioError;
-use super::codec::{OpusDecoder, OpusPacket};
+use super::codec::{MAX_DECODED, OPUS_QUANTUM, OpusDecoder, OpusPacket, packet_samples};
 use super::metrics::AudioMetrics;
 use super::settings::AudioSettings;
 use super::units::{FRAME_48K, Millis, OPUS_FRAME};
 
-/// Packets the jitter buffer can index; far more than `jitter_max_ms` needs.
+/// Packets the jitter buffer can index; far more than `jitter_max_ms` needs
+/// at 20 ms a packet, and still 160 ms of the shortest (2.5 ms) packets.
 const SLOTS: usize = 64;
+/// Buffering ends with this many packets queued whatever their duration:
+/// tiny packets must not fill the slots before the target is reached.
+const FULL_WINDOW: u16 = (SLOTS / 2) as u16;
 /// Concealed frames played on an empty buffer before going quiet to rebuffer.
 const MAX_CONCEALED_RUN: u32 = 3;
+/// Packets in a row from before the playout position: the sender's
+/// sequence numbers went back (a restarted stream), so start over from them.
+const MAX_LATE_RUN: u32 = 3;
 /// Buffered audio beyond the target by this much is dropped to catch up
 /// after a burst, rather than adding delay for the rest of the turn.
 const CATCH_UP_MS: u32 = 60;
+/// Samples per millisecond at 48 kHz.
+const PER_MS: u32 = 48;
+/// What a packet of unknown duration (lost, or not Opus) is taken to hold:
+/// the 20 ms every agent seen so far sends.
+const DEFAULT_SPAN: u32 = OPUS_FRAME as u32;
 
 /// An Opus packet from the link, with its RTP sequence number and timestamp.
 #[derive(Clone, Copy, Debug)]
@@ -38,29 +57,58 @@ fn seq_after(a: u16, b: u16) -> bool {
     a != b && a.wrapping_sub(b) < 0x8000
 }
 
+/// A queued packet and its duration by its TOC (`None`: not Opus).
+#[derive(Clone, Copy)]
+struct Slot {
+    packet: IncomingPacket,
+    samples: Option<u32>,
+}
+
+impl Slot {
+    fn span(&self) -> u32 {
+        self.samples.unwrap_or(DEFAULT_SPAN)
+    }
+}
+
 pub struct JitterBuffer {
-    slots: Vec<Option<IncomingPacket>>,
+    slots: Vec<Option<Slot>>,
     /// Next sequence number to play; `None` until the first packet of a talkspurt.
     next_seq: Option<u16>,
     highest_seq: u16,
+    /// RTP timestamp at which the next packet's audio starts, as far as
+    /// what was played so far tells; sizes the concealment of a hole.
+    next_ts: Option<u32>,
     buffering: bool,
     concealed_run: u32,
+    late_run: u32,
     /// RFC 3550 interarrival jitter, in ms.
     jitter_ms: f32,
-    last_transit_ms: Option<f32>,
+    /// Arrival (ms) and RTP timestamp of the previous packet.
+    last_arrival: Option<(Millis, u32)>,
     min_ms: u32,
     max_ms: u32,
     metrics: Arc<AudioMetrics>,
 }
 
-/// What the jitter buffer has for the next 20 ms.
+/// What the jitter buffer has to play next.
 #[derive(Debug)]
 pub enum NextFrame {
-    Packet(IncomingPacket),
-    /// The packet was lost; `next` is the following one if it is here (its FEC
-    /// can rebuild the lost one).
+    /// The next packet; `samples` is its duration by its TOC, `None` when
+    /// that is not a legal Opus duration (it will not decode). Should it
+    /// not decode, `conceal` is how much audio to conceal in its place:
+    /// up to the next packet's RTP timestamp when that is here (a broken
+    /// packet's TOC is no authority), else its TOC's duration, else 20 ms.
+    Packet {
+        packet: IncomingPacket,
+        samples: Option<usize>,
+        conceal: usize,
+    },
+    /// `samples` of audio were lost (a multiple of 2.5 ms, at most 120 ms);
+    /// `next` is the following packet if it is here (its FEC can rebuild
+    /// the end of the lost audio).
     Lost {
         next: Option<IncomingPacket>,
+        samples: usize,
     },
     /// Nothing to play.
     Silence,
@@ -73,10 +121,12 @@ impl JitterBuffer {
             slots: vec![None; SLOTS],
             next_seq: None,
             highest_seq: 0,
+            next_ts: None,
             buffering: true,
             concealed_run: 0,
+            late_run: 0,
             jitter_ms: 0.0,
-            last_transit_ms: None,
+            last_arrival: None,
             min_ms,
             max_ms: settings.jitter_max_ms.0.max(min_ms),
             metrics,
@@ -90,37 +140,80 @@ impl JitterBuffer {
         Millis((frames * 20).clamp(self.min_ms, self.max_ms))
     }
 
-    /// Audio buffered from the next frame to play to the newest packet.
+    /// Audio buffered from the next packet to play to the newest one.
     pub fn depth(&self) -> Millis {
+        Millis(self.depth_samples() / PER_MS)
+    }
+
+    fn slot(&self, seq: u16) -> Option<&Slot> {
+        self.slots[usize::from(seq) % SLOTS]
+            .as_ref()
+            .filter(|s| s.packet.seq == seq)
+    }
+
+    /// Duration of the packet at `seq`: by its TOC when it is here, else
+    /// the usual 20 ms.
+    fn span(&self, seq: u16) -> u32 {
+        self.slot(seq).map_or(DEFAULT_SPAN, Slot::span)
+    }
+
+    /// Samples from `next_seq` to `highest_seq`, holes counted at 20 ms.
+    fn depth_samples(&self) -> u32 {
+        self.window().0
+    }
+
+    /// Samples from `next_seq` to `highest_seq` (holes counted at 20 ms),
+    /// and the longest packet among them.
+    fn window(&self) -> (u32, u32) {
         match self.next_seq {
             Some(next) if !seq_after(next, self.highest_seq) => {
-                Millis((u32::from(self.highest_seq.wrapping_sub(next)) + 1) * 20)
+                // `insert` keeps the window within SLOTS packets.
+                let n = self.highest_seq.wrapping_sub(next);
+                (0..=n)
+                    .map(|i| self.span(next.wrapping_add(i)))
+                    .fold((0, 0), |(sum, longest), s| (sum + s, longest.max(s)))
             }
-            _ => Millis(0),
+            _ => (0, 0),
         }
+    }
+
+    /// What must be queued, the packet about to be decoded included, for
+    /// playback to have `target` of margin: a 60 ms packet needs more
+    /// behind it than a 20 ms one.
+    fn needed(&self, next: u16) -> u32 {
+        self.target().0 * PER_MS + self.span(next).saturating_sub(DEFAULT_SPAN)
     }
 
     pub fn insert(&mut self, packet: IncomingPacket, arrival: Millis) {
         AudioMetrics::add(&self.metrics.packets_received, 1);
-        let transit = arrival.0 as f32 - packet.timestamp as f32 / 48.0;
-        if let Some(last) = self.last_transit_ms {
-            let d = (transit - last).abs();
-            // RFC 3550 section 6.4.1 smoothing; a large jump (a new talkspurt
-            // after a long pause) is not jitter.
+        if let Some((last_arrival, last_ts)) = self.last_arrival {
+            // Difference of relative transit times (RFC 3550 section 6.4.1),
+            // in whole numbers so a large random timestamp loses no precision.
+            let sent = f64::from(packet.timestamp.wrapping_sub(last_ts) as i32) / f64::from(PER_MS);
+            let arrived = f64::from(arrival.0) - f64::from(last_arrival.0);
+            let d = (arrived - sent).abs() as f32;
+            // A large jump (a new talkspurt after a long pause) is not jitter.
             if d < 1000.0 {
                 self.jitter_ms += (d - self.jitter_ms) / 16.0;
             }
         }
-        self.last_transit_ms = Some(transit);
+        self.last_arrival = Some((arrival, packet.timestamp));
 
         match self.next_seq {
             None => {
                 self.next_seq = Some(packet.seq);
                 self.highest_seq = packet.seq;
             }
-            Some(next) if seq_after(next, packet.seq) => {
+            Some(next) if seq_after(next, packet.seq) && self.late_run + 1 < MAX_LATE_RUN => {
+                self.late_run += 1;
                 AudioMetrics::add(&self.metrics.packets_late, 1);
                 return;
+            }
+            Some(next) if seq_after(next, packet.seq) => {
+                // Not late: renumbered. Drop what was queued under the old numbers.
+                self.reset();
+                self.next_seq = Some(packet.seq);
+                self.highest_seq = packet.seq;
             }
             Some(next) => {
                 if packet.seq.wrapping_sub(next) as usize >= SLOTS {
@@ -133,52 +226,83 @@ impl JitterBuffer {
                 }
             }
         }
-        self.slots[usize::from(packet.seq) % SLOTS] = Some(packet);
+        self.late_run = 0;
+        let samples = packet_samples(packet.payload.bytes()).map(|n| n as u32);
+        self.slots[usize::from(packet.seq) % SLOTS] = Some(Slot { packet, samples });
         self.metrics.jitter_target_ms.store(
             u64::from(self.target().0),
             std::sync::atomic::Ordering::Relaxed,
         );
     }
 
-    /// Takes what should be played for the next 20 ms.
+    /// Takes what should be played next.
     pub fn pop(&mut self) -> NextFrame {
         let Some(mut next) = self.next_seq else {
             return NextFrame::Silence;
         };
         if self.buffering {
-            if self.depth() < self.target() {
+            let window_full = !seq_after(next, self.highest_seq)
+                && self.highest_seq.wrapping_sub(next) >= FULL_WINDOW;
+            if self.depth_samples() < self.needed(next) && !window_full {
                 return NextFrame::Silence;
             }
             self.buffering = false;
         }
-        while self.depth().0 > self.target().0 + CATCH_UP_MS {
+        // A long packet arrives with its whole duration at once: that is
+        // not excess delay to catch up on.
+        let (mut depth, longest) = self.window();
+        let slack = CATCH_UP_MS * PER_MS + longest.saturating_sub(DEFAULT_SPAN);
+        let target = self.target().0 * PER_MS;
+        while depth > self.needed(next) + slack && depth - self.span(next) >= target {
+            let span = self.span(next);
             self.slots[usize::from(next) % SLOTS] = None;
+            depth -= span;
+            self.next_ts = self.next_ts.map(|t| t.wrapping_add(span));
             next = next.wrapping_add(1);
             self.next_seq = Some(next);
         }
-        let slot = usize::from(next) % SLOTS;
-        let here = self.slots[slot].take().filter(|p| p.seq == next);
-        if let Some(packet) = here {
-            self.next_seq = Some(next.wrapping_add(1));
+        let here = self.slots[usize::from(next) % SLOTS]
+            .take()
+            .filter(|s| s.packet.seq == next);
+        let following = next.wrapping_add(1);
+        let next_packet = self.slot(following).map(|s| s.packet);
+        if let Some(slot) = here {
+            let samples = slot.samples.map(|n| n as usize);
+            let until_next = gap_samples(slot.packet.timestamp, next_packet.as_ref());
+            self.next_seq = Some(following);
+            self.next_ts = Some(slot.packet.timestamp.wrapping_add(slot.span()));
             self.concealed_run = 0;
-            return NextFrame::Packet(packet);
+            return NextFrame::Packet {
+                packet: slot.packet,
+                samples,
+                conceal: until_next.or(samples).unwrap_or(OPUS_FRAME),
+            };
         }
         if seq_after(self.highest_seq, next) {
             // A hole with later packets present: the packet was lost or is very late.
-            let following = next.wrapping_add(1);
-            let next_packet =
-                self.slots[usize::from(following) % SLOTS].filter(|p| p.seq == following);
+            let samples = self
+                .next_ts
+                .and_then(|ts| gap_samples(ts, next_packet.as_ref()))
+                .unwrap_or(OPUS_FRAME);
             self.next_seq = Some(following);
+            self.next_ts = self.next_ts.map(|t| t.wrapping_add(samples as u32));
             AudioMetrics::add(&self.metrics.packets_concealed, 1);
-            return NextFrame::Lost { next: next_packet };
+            return NextFrame::Lost {
+                next: next_packet,
+                samples,
+            };
         }
         // Empty: conceal briefly, then wait for the buffer to refill.
         if self.concealed_run < MAX_CONCEALED_RUN {
             self.concealed_run += 1;
             self.next_seq = Some(next.wrapping_add(1));
+            self.next_ts = self.next_ts.map(|t| t.wrapping_add(DEFAULT_SPAN));
             self.highest_seq = next;
             AudioMetrics::add(&self.metrics.packets_concealed, 1);
-            return NextFrame::Lost { next: None };
+            return NextFrame::Lost {
+                next: None,
+                samples: OPUS_FRAME,
+            };
         }
         self.reset();
         NextFrame::Silence
@@ -188,20 +312,37 @@ impl JitterBuffer {
     pub fn reset(&mut self) {
         self.slots.iter_mut().for_each(|s| *s = None);
         self.next_seq = None;
+        self.next_ts = None;
         self.buffering = true;
         self.concealed_run = 0;
-        self.last_transit_ms = None;
+        self.late_run = 0;
+        self.last_arrival = None;
     }
 }
+
+/// Audio from RTP timestamp `from` to `following`'s, when that packet is
+/// here and the gap is a legal Opus duration (a multiple of 2.5 ms up to
+/// 120 ms).
+fn gap_samples(from: u32, following: Option<&IncomingPacket>) -> Option<usize> {
+    let gap = following?.timestamp.wrapping_sub(from) as i32;
+    usize::try_from(gap)
+        .ok()
+        .filter(|n| (OPUS_QUANTUM..=MAX_DECODED).contains(n) && n % OPUS_QUANTUM == 0)
+}
+
+/// Decoded audio the playout holds: what is left of the last 10 ms frame
+/// (less than one frame) plus one packet of the longest duration.
+const PENDING: usize = FRAME_48K + MAX_DECODED;
 
 /// Decodes the jitter buffer's output into 10 ms frames for the speaker.
 pub struct Playout {
     jitter: JitterBuffer,
     decoder: OpusDecoder,
-    pcm: [f32; OPUS_FRAME],
-    /// Samples of `pcm` already handed out; `OPUS_FRAME` when it is used up.
-    pcm_pos: usize,
-    pcm_audible: bool,
+    /// Decoded audio not yet played: `pcm[pcm_start..pcm_end]`. Allocated
+    /// once; packets of any duration decode into it.
+    pcm: Box<[f32]>,
+    pcm_start: usize,
+    pcm_end: usize,
     fading: bool,
     /// After a barge-in, the bot's remaining audio is dropped until `release`.
     muted: bool,
@@ -215,9 +356,9 @@ impl Playout {
         Ok(Self {
             jitter: JitterBuffer::new(settings, metrics.clone()),
             decoder: OpusDecoder::new()?,
-            pcm: [0.0; OPUS_FRAME],
-            pcm_pos: OPUS_FRAME,
-            pcm_audible: false,
+            pcm: vec![0.0; PENDING].into_boxed_slice(),
+            pcm_start: 0,
+            pcm_end: 0,
             fading: false,
             muted: false,
             barge_in_enabled: settings.barge_in,
@@ -256,14 +397,13 @@ impl Playout {
         self.muted = false;
     }
 
-    /// Produces the next 10 ms for the speaker. Returns whether it is audible.
-    pub fn next_frame(&mut self, out: &mut [f32; FRAME_48K]) -> Result<bool, AudioError> {
+    /// Produces the next 10 ms for the speaker. Returns whether it is
+    /// audible. Never fails: what cannot be decoded is concealed.
+    pub fn next_frame(&mut self, out: &mut [f32; FRAME_48K]) -> bool {
         if self.fading {
             // Ramp what was about to play down to zero over this one frame,
             // then drop the rest of the bot's turn.
-            if self.pcm_pos == OPUS_FRAME {
-                self.refill()?;
-            }
+            self.refill();
             self.copy_pending(out);
             self.jitter.reset();
             let n = FRAME_48K as f32;
@@ -271,50 +411,92 @@ impl Playout {
                 *s *= 1.0 - (i as f32 + 1.0) / n;
             }
             self.fading = false;
-            self.pcm_pos = OPUS_FRAME;
+            self.pcm_start = 0;
+            self.pcm_end = 0;
             self.playing = false;
-            return Ok(true);
+            return true;
         }
         if self.muted {
             out.fill(0.0);
-            return Ok(false);
+            return false;
         }
-        if self.pcm_pos == OPUS_FRAME {
-            self.refill()?;
-        }
+        let audible = self.refill();
         self.copy_pending(out);
-        self.playing = self.pcm_audible;
-        Ok(self.pcm_audible)
+        self.playing = audible;
+        audible
     }
 
+    fn pending(&self) -> usize {
+        self.pcm_end - self.pcm_start
+    }
+
+    /// Hands out the next 10 ms (the tail of a talkspurt padded with silence).
     fn copy_pending(&mut self, out: &mut [f32; FRAME_48K]) {
-        if self.pcm_pos == OPUS_FRAME {
-            out.fill(0.0);
-            return;
-        }
-        out.copy_from_slice(&self.pcm[self.pcm_pos..self.pcm_pos + FRAME_48K]);
-        self.pcm_pos += FRAME_48K;
+        let n = self.pending().min(FRAME_48K);
+        out[..n].copy_from_slice(&self.pcm[self.pcm_start..self.pcm_start + n]);
+        out[n..].fill(0.0);
+        self.pcm_start += n;
     }
 
-    fn refill(&mut self) -> Result<(), AudioError> {
-        self.pcm_audible = true;
-        match self.jitter.pop() {
-            NextFrame::Packet(p) => {
-                self.decoder.decode(p.payload.bytes(), &mut self.pcm)?;
-                AudioMetrics::add(&self.metrics.packets_played, 1);
+    /// Decodes until a whole 10 ms frame is pending. Returns false when
+    /// there is nothing at all to play.
+    fn refill(&mut self) -> bool {
+        while self.pending() < FRAME_48K {
+            // Move the remainder (under 10 ms) to the front: room for the
+            // longest packet after it.
+            self.pcm.copy_within(self.pcm_start..self.pcm_end, 0);
+            self.pcm_end -= self.pcm_start;
+            self.pcm_start = 0;
+            let free = &mut self.pcm[self.pcm_end..self.pcm_end + MAX_DECODED];
+            let produced = match self.jitter.pop() {
+                NextFrame::Packet {
+                    packet,
+                    samples,
+                    conceal: instead,
+                } => match samples.map(|_| self.decoder.decode(packet.payload.bytes(), free)) {
+                    Some(Ok(n)) => {
+                        AudioMetrics::add(&self.metrics.packets_played, 1);
+                        n
+                    }
+                    // libopus refused it, or it is not Opus at all.
+                    _ => {
+                        AudioMetrics::add(&self.metrics.packets_undecodable, 1);
+                        conceal(&mut self.decoder, None, &mut free[..instead])
+                    }
+                },
+                NextFrame::Lost { next, samples } => {
+                    let fec = next.as_ref().map(|p| p.payload.bytes());
+                    conceal(&mut self.decoder, fec, &mut free[..samples])
+                }
+                NextFrame::Silence => {
+                    if self.pending() == 0 {
+                        return false;
+                    }
+                    break;
+                }
+            };
+            // Garbage that libopus accepts can decode far beyond full
+            // scale (over 100 times): never let it reach the speaker.
+            for s in &mut self.pcm[self.pcm_end..self.pcm_end + produced] {
+                *s = if s.is_nan() { 0.0 } else { s.clamp(-1.0, 1.0) };
             }
-            NextFrame::Lost { next } => {
-                let fec = next.as_ref().map(|p| p.payload.bytes());
-                self.decoder.conceal(fec, &mut self.pcm)?;
-            }
-            NextFrame::Silence => {
-                self.pcm.fill(0.0);
-                self.pcm_audible = false;
-            }
+            self.pcm_end += produced;
         }
-        self.pcm_pos = 0;
-        Ok(())
+        true
     }
+}
+
+/// Fills `out` in place of lost audio: FEC from `next` when it has any,
+/// else concealment, else (libopus refusing even that) silence. Returns
+/// `out.len()`.
+fn conceal(decoder: &mut OpusDecoder, next: Option<&[u8]>, out: &mut [f32]) -> usize {
+    let done = next
+        .and_then(|p| decoder.conceal(Some(p), out).ok())
+        .or_else(|| decoder.conceal(None, out).ok());
+    if done != Some(out.len()) {
+        out.fill(0.0);
+    }
+    out.len()
 }
 
 #[cfg(test)]
@@ -323,18 +505,23 @@ mod tests {
     use crate::audio::codec::OpusEncoder;
     use crate::audio::units::Dbfs;
 
-    /// The bot's speech from the fixture, encoded, with RTP numbering that
-    /// wraps around during the clip.
-    fn packets(n: usize) -> Vec<IncomingPacket> {
+    /// The bot's speech from the fixture at 48 kHz.
+    fn speech() -> Vec<f32> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures/audio/bot_reference_16k.wav");
         let clip = crate::audio::wav::read_wav(&path).unwrap();
-        let speech = crate::audio::resample::resample_clip(
+        crate::audio::resample::resample_clip(
             &clip.samples,
             clip.rate,
             crate::audio::units::SampleRate::OPUS,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// The bot's speech from the fixture, encoded, with RTP numbering that
+    /// wraps around during the clip.
+    fn packets(n: usize) -> Vec<IncomingPacket> {
+        let speech = speech();
         let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
         // Start 1 s in, where the bot starts talking.
         speech[48_000..]
@@ -366,7 +553,7 @@ mod tests {
                         playout.push(*p, Millis(now));
                     }
                 }
-                let audible = playout.next_frame(&mut out).unwrap();
+                let audible = playout.next_frame(&mut out);
                 (audible, out)
             })
             .collect()
@@ -445,12 +632,12 @@ mod tests {
                 playout.push(pkts[fed], Millis(tick * 10));
                 fed += 1;
             }
-            playout.next_frame(&mut out).unwrap();
+            playout.next_frame(&mut out);
         }
         assert!(playout.is_playing());
         assert!(playout.barge_in());
         // The frame after the onset ramps down; it must end in silence.
-        playout.next_frame(&mut out).unwrap();
+        playout.next_frame(&mut out);
         assert!(out[FRAME_48K - 1].abs() < 1e-3, "fade did not reach zero");
         assert!(
             Dbfs::rms(&out).0 > -40.0,
@@ -460,7 +647,7 @@ mod tests {
         for tick in 31..60u32 {
             playout.push(pkts[fed], Millis(tick * 10));
             fed += 1;
-            assert!(!playout.next_frame(&mut out).unwrap());
+            assert!(!playout.next_frame(&mut out));
             assert!(out.iter().all(|&s| s == 0.0));
         }
         assert_eq!(AudioMetrics::get(&metrics.barge_ins), 1);
@@ -469,7 +656,7 @@ mod tests {
         for tick in 60..80u32 {
             playout.push(pkts[fed], Millis(tick * 10));
             fed += 1;
-            audible |= playout.next_frame(&mut out).unwrap();
+            audible |= playout.next_frame(&mut out);
         }
         assert!(audible, "playback did not resume after release");
     }
@@ -487,5 +674,192 @@ mod tests {
         assert!(playout.is_playing());
         assert!(!playout.barge_in());
         assert!(playout.is_playing());
+    }
+
+    /// The bot's speech (from 1 s in) in packets of `durations` (samples),
+    /// RTP timestamps advancing by each packet's duration and wrapping
+    /// around during the clip, as are sequence numbers.
+    fn packets_lasting(durations: &[usize]) -> Vec<IncomingPacket> {
+        let speech = speech();
+        let mut enc =
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        // Low enough that 120 ms fits in an `OpusPacket`.
+        enc.set_bitrate(opus::Bitrate::Bits(16_000)).unwrap();
+        enc.set_inband_fec(true).unwrap();
+        let mut pos = 48_000;
+        let base_ts = u32::MAX - 48_000;
+        durations
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                let mut buf = [0u8; crate::audio::MAX_PACKET];
+                let len = enc.encode_float(&speech[pos..pos + n], &mut buf).unwrap();
+                let p = IncomingPacket {
+                    seq: (65_530 + k) as u16,
+                    timestamp: base_ts.wrapping_add((pos - 48_000) as u32),
+                    payload: OpusPacket::from_slice(&buf[..len]).unwrap(),
+                };
+                pos += n;
+                p
+            })
+            .collect()
+    }
+
+    /// Arrival of each packet (ms) when sent as its audio starts, with up
+    /// to 9 ms of jitter.
+    fn arrivals_of(pkts: &[IncomingPacket]) -> Vec<u32> {
+        let base = pkts[0].timestamp;
+        pkts.iter()
+            .enumerate()
+            .map(|(k, p)| p.timestamp.wrapping_sub(base) / 48 + (k as u32 * 7) % 10)
+            .collect()
+    }
+
+    /// What an in-order decode of every packet gives.
+    fn reference(pkts: &[IncomingPacket]) -> Vec<f32> {
+        let mut dec = OpusDecoder::new().unwrap();
+        let mut pcm = [0.0; MAX_DECODED];
+        let mut out = Vec::new();
+        for p in pkts {
+            let n = dec.decode(p.payload.bytes(), &mut pcm).unwrap();
+            out.extend_from_slice(&pcm[..n]);
+        }
+        out
+    }
+
+    /// Every legal Opus duration, mixed in one stream.
+    const MIXED: [usize; 13] = [
+        960, 2880, 1920, 120, 240, 480, 960, 5760, 3840, 4800, 960, 2880, 120,
+    ];
+
+    #[test]
+    fn packets_of_every_legal_duration_play_whole_and_in_order() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        let durations: Vec<usize> = MIXED.iter().cycle().take(65).copied().collect();
+        let pkts = packets_lasting(&durations);
+        let total: usize = durations.iter().sum();
+        assert_eq!(total % FRAME_48K, 0);
+        let frames = play(
+            &mut playout,
+            &pkts,
+            &arrivals_of(&pkts),
+            20 + total as u32 / 480 + 10,
+        );
+        let (start, gaps) = start_and_gaps(&frames);
+        let pattern: String = frames.iter().map(|f| if f.0 { '#' } else { '.' }).collect();
+        assert_eq!(gaps, 0, "audible gap in playout: {pattern}");
+        let played: Vec<f32> = frames[start..start + total / FRAME_48K]
+            .iter()
+            .flat_map(|f| f.1)
+            .collect();
+        assert!(
+            played == reference(&pkts),
+            "playout differs from the sent audio"
+        );
+        assert_eq!(AudioMetrics::get(&metrics.packets_played), 65);
+        assert_eq!(AudioMetrics::get(&metrics.packets_undecodable), 0);
+        assert_eq!(AudioMetrics::get(&metrics.packets_late), 0);
+        // Only the end of the stream was concealed.
+        assert_eq!(
+            AudioMetrics::get(&metrics.packets_concealed),
+            u64::from(MAX_CONCEALED_RUN)
+        );
+    }
+
+    #[test]
+    fn a_lost_60_ms_packet_is_concealed_for_60_ms_from_the_timestamps() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        let mut pkts = packets_lasting(&[2880; 40]);
+        let mut arrivals = arrivals_of(&pkts);
+        pkts.remove(20);
+        arrivals.remove(20);
+        let frames = play(&mut playout, &pkts, &arrivals, 300);
+        let (start, gaps) = start_and_gaps(&frames);
+        assert_eq!(gaps, 0);
+        // Every packet's audio, the lost one's 60 ms of concealment, then
+        // the concealment at the end: nothing shifted, nothing dropped.
+        let end = frames.iter().rposition(|f| f.0).unwrap();
+        assert_eq!(
+            end + 1 - start,
+            40 * 6 + 2 * MAX_CONCEALED_RUN as usize,
+            "audible frames"
+        );
+        // The packet after the hole plays exactly 60 ms after the one before it.
+        let reference = reference(&pkts);
+        let after_hole = 20 * 2880;
+        let played: Vec<f32> = frames[start + 21 * 6..start + 40 * 6]
+            .iter()
+            .flat_map(|f| f.1)
+            .collect();
+        let c = correlation(&played, &reference[after_hole..]);
+        assert!(c > 0.9, "correlation after the hole {c}");
+        assert_eq!(
+            AudioMetrics::get(&metrics.packets_concealed),
+            1 + u64::from(MAX_CONCEALED_RUN)
+        );
+    }
+
+    /// Normalised correlation of two signals over their common length.
+    fn correlation(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (x, y) = (&a[..n], &b[..n]);
+        let xy: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+        let xx: f32 = x.iter().map(|p| p * p).sum();
+        let yy: f32 = y.iter().map(|q| q * q).sum();
+        xy / (xx * yy).sqrt().max(1e-9)
+    }
+
+    #[test]
+    fn undecodable_packets_are_counted_and_concealed_and_the_stream_goes_on() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        let mut pkts = packets(150);
+        let junk: [&[u8]; 6] = [
+            &[],                       // empty
+            &[0x4b],                   // code 3 without its frame count
+            &[0x49, 0x00],             // code 1 with an odd length
+            &[0x1b, 0x03, 0, 0, 0, 0], // three 60 ms frames: 180 ms
+            &[0x4a, 0xff, 0xff, 0x01], // code 2, first frame longer than the packet
+            &[0xfb, 0xbf, 0, 0, 0],    // code 3, 63 frames
+        ];
+        for (k, bytes) in junk.iter().enumerate() {
+            pkts[40 + 2 * k].payload = OpusPacket::from_slice(bytes).unwrap();
+        }
+        let arrivals: Vec<u32> = (0..150u32).map(|k| k * 20).collect();
+        let frames = play(&mut playout, &pkts, &arrivals, 320);
+        let (start, gaps) = start_and_gaps(&frames);
+        assert_eq!(gaps, 0, "audible gap in playout");
+        assert_eq!(AudioMetrics::get(&metrics.packets_undecodable), 6);
+        assert_eq!(AudioMetrics::get(&metrics.packets_played), 144);
+        // Each bad packet was replaced by 20 ms: what follows is on time.
+        let end = frames.iter().rposition(|f| f.0).unwrap();
+        assert_eq!(end + 1 - start, 300 + 2 * MAX_CONCEALED_RUN as usize);
+        let played: Vec<f32> = frames[start + 120..start + 300]
+            .iter()
+            .flat_map(|f| f.1)
+            .collect();
+        let c = correlation(&played, &reference(&pkts[60..]));
+        assert!(c > 0.9, "correlation after the bad packets {c}");
+    }
+
+    #[test]
+    fn a_stream_renumbered_backwards_is_followed_after_three_packets() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        let mut pkts = packets(100);
+        // Half way the agent restarts its numbering 1000 packets back.
+        for p in &mut pkts[50..] {
+            p.seq = p.seq.wrapping_sub(1000);
+        }
+        let arrivals: Vec<u32> = (0..100u32).map(|k| k * 20).collect();
+        let frames = play(&mut playout, &pkts, &arrivals, 220);
+        // Two taken for late; the third starts the stream over.
+        assert_eq!(AudioMetrics::get(&metrics.packets_late), 2);
+        let (start, gaps) = start_and_gaps(&frames);
+        let end = frames.iter().rposition(|f| f.0).unwrap();
+        assert!(gaps <= 4, "{gaps} silent frames");
+        assert!(end - start > 190, "played {} frames", end - start);
     }
 }

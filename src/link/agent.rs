@@ -57,6 +57,9 @@ pub struct LoopbackAgentConfig {
     /// As Pipecat Cloud: `/start` and `/sessions/{id}/api/offer` answer 401
     /// unless they carry `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// Test tool: the first reply of each call slips in what a broken or
+    /// hostile agent might send (see `HostileAudio` in this module).
+    pub hostile: bool,
 }
 
 impl LoopbackAgentConfig {
@@ -70,6 +73,7 @@ impl LoopbackAgentConfig {
             vad_hangover: Duration::from_millis(400),
             simulate_network: false,
             api_key: None,
+            hostile: false,
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct AgentRecord {
     pub received: Vec<i16>,
     /// RTP packets of the kiosk's audio that arrived and decoded.
     pub packets_received: u64,
+    /// When the `hostile` packets of each call had all been sent.
+    pub hostile_sent: Vec<Instant>,
     /// When each of them arrived, in ms since the agent started.
     pub packet_arrivals_ms: Vec<u64>,
     pub client_messages: Vec<ClientMessage>,
@@ -694,7 +700,8 @@ async fn run_session(
             Some(utterance) = utterance_rx.recv() => {
                 replies += 1;
                 if let Some(dc) = &dc {
-                    reply(&peer, dc, replies, utterance, &shared.config.reply, &mut clock).await;
+                    let hostile = (shared.config.hostile && replies == 1).then(|| HostileAudio::new(&shared));
+                    reply(&peer, dc, replies, utterance, &shared.config.reply, &mut clock, hostile).await;
                 }
             }
         }
@@ -836,6 +843,7 @@ async fn reply(
     utterance: Utterance,
     reply: &[i16],
     clock: &mut RtpClock,
+    hostile: Option<HostileAudio>,
 ) {
     let send = |m: BotMessage| {
         let dc = Arc::clone(dc);
@@ -879,7 +887,7 @@ async fn reply(
         ..BotOutput::default()
     }))
     .await;
-    if let Err(e) = play(peer, reply, clock).await {
+    if let Err(e) = play(peer, reply, clock, hostile).await {
         warn!(error = %e, "loopback agent could not play its reply");
     }
     send(BotMessage::BotOutput(BotOutput::spoken_sentence(
@@ -894,16 +902,34 @@ async fn reply(
     send(BotMessage::BotStoppedSpeaking).await;
 }
 
-async fn play(peer: &Peer, pcm: &[i16], clock: &mut RtpClock) -> Result<(), media::MediaError> {
+async fn play(
+    peer: &Peer,
+    pcm: &[i16],
+    clock: &mut RtpClock,
+    mut hostile: Option<HostileAudio>,
+) -> Result<(), media::MediaError> {
     let mut encoder = Encoder::new()?;
     let payload_type = peer.payload_type().await;
     let mut ticker = tokio::time::interval(FRAME_DURATION);
-    for (i, chunk) in pcm.chunks(FRAME_SAMPLES).enumerate() {
+    let (mut pos, mut first) = (0, true);
+    while pos < pcm.len() {
         ticker.tick().await;
+        let rest = &pcm[pos..];
+        let (data, samples) = match hostile
+            .as_mut()
+            .and_then(|h| h.next(pos, rest, &mut encoder))
+        {
+            Some(bad) => bad?,
+            None => {
+                let chunk = &rest[..rest.len().min(FRAME_SAMPLES)];
+                (encoder.encode(chunk)?, FRAME_SAMPLES)
+            }
+        };
+        pos += samples;
         let frame = OpusFrame {
-            data: encoder.encode(chunk)?,
-            duration: FRAME_DURATION,
-            after_silence: i == 0,
+            data,
+            duration: FRAME_DURATION * (samples / FRAME_SAMPLES) as u32,
+            after_silence: std::mem::take(&mut first),
         };
         let (seq, ts, marker) = clock.stamp(&frame, Instant::now());
         let packet = rtc::rtp::Packet {
@@ -921,6 +947,99 @@ async fn play(peer: &Peer, pcm: &[i16], clock: &mut RtpClock) -> Result<(), medi
         if peer.audio.write_rtp(packet).await.is_err() {
             break;
         }
+        // A packet of 40 or 60 ms holds the next ticks' audio too.
+        for _ in 1..samples / FRAME_SAMPLES {
+            ticker.tick().await;
+        }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Hostile audio: a test tool (`LoopbackAgentConfig::hostile`), not agent behaviour.
+
+/// What the first reply of a hostile agent sends from 1 s into its audio,
+/// each in place of the audio it stands for (RTP timestamps advance as
+/// for real audio): a second of random bytes, five packets cut short, one
+/// legal 60 ms and one legal 40 ms packet (Opus allows them; agents rarely
+/// send them), at libopus's default bitrate; then the rest of the reply as
+/// usual.
+struct HostileAudio {
+    shared: Arc<Shared>,
+    steps: std::collections::VecDeque<HostileStep>,
+    /// Encodes the long packets (the agent's usual encoder only does 20 ms).
+    long: opus::Encoder,
+}
+
+#[derive(Clone, Copy)]
+enum HostileStep {
+    Garbage,
+    Truncated,
+    /// A legal packet of this many samples.
+    Long(usize),
+}
+
+/// Where in the reply (samples) the hostile packets start.
+const HOSTILE_FROM: usize = 48_000;
+
+impl HostileAudio {
+    fn new(shared: &Arc<Shared>) -> Self {
+        let mut steps = std::collections::VecDeque::new();
+        steps.extend([HostileStep::Garbage; 50]);
+        steps.extend([HostileStep::Truncated; 5]);
+        steps.extend([
+            HostileStep::Long(3 * FRAME_SAMPLES),
+            HostileStep::Long(2 * FRAME_SAMPLES),
+        ]);
+        let long = opus::Encoder::new(
+            media::SAMPLE_RATE,
+            opus::Channels::Mono,
+            opus::Application::Voip,
+        )
+        .expect("an Opus encoder for 48 kHz mono");
+        Self {
+            shared: Arc::clone(shared),
+            steps,
+            long,
+        }
+    }
+
+    /// The packet to send at `pos` instead of the next 20 ms, and the
+    /// samples of the reply it stands for; `None` to send the usual.
+    fn next(
+        &mut self,
+        pos: usize,
+        rest: &[i16],
+        encoder: &mut Encoder,
+    ) -> Option<Result<(bytes::Bytes, usize), media::MediaError>> {
+        if pos < HOSTILE_FROM {
+            return None;
+        }
+        let step = self.steps.pop_front()?;
+        if self.steps.is_empty() {
+            let record = &mut self.shared.record.lock().expect("record lock");
+            record.hostile_sent.push(Instant::now());
+        }
+        let packet = match step {
+            HostileStep::Garbage => {
+                let len = 1 + rand::random::<u8>() as usize;
+                Ok((
+                    (0..len).map(|_| rand::random::<u8>()).collect(),
+                    FRAME_SAMPLES,
+                ))
+            }
+            HostileStep::Truncated => encoder
+                .encode(&rest[..rest.len().min(FRAME_SAMPLES)])
+                .map(|full| (full.slice(..(full.len() / 3).max(1)), FRAME_SAMPLES)),
+            HostileStep::Long(n) => {
+                let mut pcm = rest[..rest.len().min(n)].to_vec();
+                pcm.resize(n, 0);
+                self.long
+                    .encode_vec(&pcm, 1500)
+                    .map(|data| (data.into(), n))
+                    .map_err(media::MediaError::Opus)
+            }
+        };
+        Some(packet)
+    }
 }

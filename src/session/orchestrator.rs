@@ -468,20 +468,9 @@ impl Orchestrator {
     }
 
     fn on_packet(&mut self, p: LinkPacket) {
-        match OpusPacket::from_slice(&p.data) {
-            Some(payload) => {
-                self.playout.push(IncomingPacket {
-                    seq: p.sequence,
-                    timestamp: p.rtp_timestamp,
-                    payload,
-                });
-            }
-            None => {
-                // Larger than any datagram: not Opus from a sane sender.
-                // Counted; the playout conceals the gap.
-                metrics::counter!("kiosk_link_audio_oversize_total").increment(1);
-            }
-        }
+        // Whatever the agent sent: the engine counts and conceals what it cannot play.
+        self.playout
+            .push_payload(p.sequence, p.rtp_timestamp, &p.data);
     }
 
     async fn on_link(&mut self, event: LinkEvent) {

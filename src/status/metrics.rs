@@ -84,6 +84,30 @@ fn describe() {
         "Status server requests by route and status code."
     );
     describe_counter!(
+        "kiosk_audio_packets_undecodable_total",
+        "Packets of the bot's audio that were not Opus or did not decode; each was concealed."
+    );
+    describe_counter!(
+        "kiosk_audio_packets_oversize_total",
+        "Packets of the bot's audio too large to queue; dropped and concealed as lost."
+    );
+    describe_gauge!(
+        "kiosk_audio_engine_up",
+        "1 while the audio engine's DSP loop runs; 0 while it waits to be restarted after a failure."
+    );
+    describe_counter!(
+        "kiosk_audio_engine_failures_total",
+        "Times the audio engine's DSP loop failed with an error."
+    );
+    describe_counter!(
+        "kiosk_audio_engine_restarts_total",
+        "Times the audio engine's DSP loop was restarted after a failure."
+    );
+    describe_gauge!(
+        "kiosk_audio_engine_last_failure_timestamp_seconds",
+        "When the audio engine last failed (Unix time); its error is on the status page."
+    );
+    describe_counter!(
         "kiosk_audio_packets_late_total",
         "Packets of the bot's audio that arrived after their playout time."
     );
@@ -183,8 +207,20 @@ pub fn record_audio(a: &AudioMetrics) {
     );
     total("kiosk_audio_packets_concealed_total", &a.packets_concealed);
     total("kiosk_audio_packets_late_total", &a.packets_late);
+    total(
+        "kiosk_audio_packets_undecodable_total",
+        &a.packets_undecodable,
+    );
+    total("kiosk_audio_packets_oversize_total", &a.packets_oversize);
     total("kiosk_audio_device_errors_total", &a.device_errors);
     total("kiosk_audio_device_reopens_total", &a.device_reopens);
+    total("kiosk_audio_engine_failures_total", &a.engine_failures);
+    total("kiosk_audio_engine_restarts_total", &a.engine_restarts);
+    gauge!("kiosk_audio_engine_up").set(f64::from(u8::from(!a.is_engine_down())));
+    if let Some(failure) = a.last_engine_failure() {
+        gauge!("kiosk_audio_engine_last_failure_timestamp_seconds")
+            .set(failure.at.as_millisecond() as f64 / 1000.0);
+    }
     gauge!("kiosk_audio_input_open").set(f64::from(u8::from(a.input_open.load(Relaxed))));
     gauge!("kiosk_audio_output_open").set(f64::from(u8::from(a.output_open.load(Relaxed))));
     gauge!("kiosk_audio_level_dbfs").set(f64::from(a.level().0));

@@ -166,6 +166,30 @@ struct AudioView {
     output: DeviceSpec,
 }
 
+/// The audio engine's failures in words: empty if it never failed.
+fn audio_engine_note(a: &AudioMetrics) -> String {
+    let Some(failure) = a.last_engine_failure() else {
+        return String::new();
+    };
+    let at = failure.at.strftime("%Y-%m-%d %H:%M:%S UTC");
+    let failures = AudioMetrics::get(&a.engine_failures);
+    let restarts = AudioMetrics::get(&a.engine_restarts);
+    if !a.is_engine_down() {
+        return format!(
+            "audio engine restarted {restarts} times; last failure at {at}: {}",
+            failure.error
+        );
+    }
+    let when = match failure.restart_in {
+        Some(d) => format!("restarting in {:.1} s", d.as_secs_f64()),
+        None => "not restarting".into(),
+    };
+    format!(
+        "audio engine stopped at {at}: {}; {when} (failures so far: {failures}, restarts: {restarts})",
+        failure.error
+    )
+}
+
 fn describe(spec: &DeviceSpec) -> String {
     match spec {
         DeviceSpec::Default => "default device".into(),
@@ -272,14 +296,25 @@ impl StatusState {
             .unwrap_or_default()
     }
 
-    /// Devices as components, from the audio engine's counters.
+    /// Devices as components, from the audio engine's counters. While the
+    /// engine is down (its DSP loop failed and waits to be restarted) every
+    /// configured device is down, files included; afterwards its last
+    /// failure stays in their detail.
     fn audio_components(&self) -> Vec<Component> {
         let Some(view) = &self.audio else {
             return Vec::new();
         };
         let a = &view.metrics;
+        let engine = audio_engine_note(a);
         let device = |name, spec: &DeviceSpec, open: bool| {
-            let (health, detail) = match spec {
+            if a.is_engine_down() && *spec != DeviceSpec::Disabled {
+                return Component {
+                    name,
+                    health: Health::Down,
+                    detail: format!("{}: {engine}", describe(spec)),
+                };
+            }
+            let (health, mut detail) = match spec {
                 DeviceSpec::Disabled => (Health::Ok, "off (configured \"none\")".to_string()),
                 DeviceSpec::Wav(path) => (Health::Ok, format!("file {}", path.display())),
                 _ if open => (Health::Ok, format!("open: {}", describe(spec))),
@@ -293,6 +328,9 @@ impl StatusState {
                     ),
                 ),
             };
+            if !engine.is_empty() {
+                detail.push_str(&format!(" ({engine})"));
+            }
             Component {
                 name,
                 health,
@@ -300,9 +338,19 @@ impl StatusState {
             }
         };
         use std::sync::atomic::Ordering::Relaxed;
+        let mut speaker = device("speaker", &view.output, a.output_open.load(Relaxed));
+        let (undecodable, oversize) = (
+            AudioMetrics::get(&a.packets_undecodable),
+            AudioMetrics::get(&a.packets_oversize),
+        );
+        if undecodable + oversize > 0 {
+            speaker.detail.push_str(&format!(
+                "; agent audio: {undecodable} undecodable and {oversize} oversize packets concealed"
+            ));
+        }
         vec![
             device("microphone", &view.input, a.input_open.load(Relaxed)),
-            device("speaker", &view.output, a.output_open.load(Relaxed)),
+            speaker,
         ]
     }
 
