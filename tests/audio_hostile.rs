@@ -335,14 +335,7 @@ async fn a_failing_audio_engine_is_reported_down_and_restarted_with_backoff() {
             mic.display()
         ),
     );
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "export WATCHDOG_PID=$$; exec {} --config {} run",
-            common::BIN,
-            config.display()
-        ))
-        .env("WATCHDOG_USEC", "400000");
+    let mut cmd = common::under_watchdog(&config, "400000");
     let mut d = Daemon::start_with(dir.path(), &mut cmd, &[]);
 
     let down = common::wait_for(&d, "devices down", Duration::from_secs(10), |s| {

@@ -128,16 +128,7 @@ async fn damaged_database_is_kept_aside_and_the_daemon_still_starts() {
 fn watchdog_is_fed_when_systemd_asks() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the
-    // shell's pid, so the daemon sees its own.
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "export WATCHDOG_PID=$$; exec {} --config {} run",
-            common::BIN,
-            config.display()
-        ))
-        .env("WATCHDOG_USEC", "200000");
+    let mut cmd = common::under_watchdog(&config, "200000");
     let mut d = Daemon::start_with(dir.path(), &mut cmd, &[]);
     let mut pings = 0;
     while pings < 3 {

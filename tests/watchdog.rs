@@ -18,17 +18,8 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 async fn wedge(part: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the
-    // shell's pid, so the daemon sees its own.
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "export WATCHDOG_PID=$$; exec {} --config {} run",
-            common::BIN,
-            config.display()
-        ))
-        .env("WATCHDOG_USEC", WATCHDOG_USEC)
-        .env("KIOSK_TEST_WEDGE", part);
+    let mut cmd = common::under_watchdog(&config, WATCHDOG_USEC);
+    cmd.env("KIOSK_TEST_WEDGE", part);
     let mut d = Daemon::start_with(dir.path(), &mut cmd, &[]);
     let ready = Instant::now();
     // Ping times from the daemon's start.

@@ -47,6 +47,20 @@ pub fn command(config: &Path) -> Command {
     cmd
 }
 
+/// `run` as systemd starts it with `WatchdogSec=` armed: systemd sets
+/// WATCHDOG_PID to the service's pid, and `exec` keeps the shell's pid, so
+/// the daemon sees its own.
+pub fn under_watchdog(config: &Path, watchdog_usec: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "export WATCHDOG_PID=$$; exec {BIN} --config {} run",
+            config.display()
+        ))
+        .env("WATCHDOG_USEC", watchdog_usec);
+    cmd
+}
+
 impl Daemon {
     /// Starts `run` and waits for READY=1.
     pub fn start(dir: &Path, config: &Path, extra_env: &[(&str, &str)]) -> Daemon {
