@@ -150,8 +150,9 @@ const PAGE_LINES: usize = 50;
 /// (a few MB at most); past it the oldest are dropped and counted.
 const SPOOL_MAX_LINES: usize = 10_000;
 
-/// How long the end of a run waits for held writes to reach the store.
-const SPOOL_DRAIN: Duration = Duration::from_secs(5);
+/// How long the end of a run waits for held writes to reach the store:
+/// inside the daemon's stop grace (4 s), itself inside systemd's.
+const SPOOL_DRAIN: Duration = Duration::from_secs(2);
 
 /// How often an open call's statistics are published.
 const LINK_STATS_EVERY: Duration = Duration::from_secs(2);
@@ -540,30 +541,16 @@ impl Orchestrator {
         if lines.is_empty() {
             return;
         }
-        let rows: Vec<NewTranscript> = lines
-            .into_iter()
-            .map(|l| {
-                if c.lines.len() == PAGE_LINES {
-                    c.lines.pop_front();
-                }
-                c.lines.push_back(Line {
-                    role: l.role.as_str(),
-                    text: l.text.clone(),
-                });
-                NewTranscript {
-                    session_id: c.id,
-                    role: match l.role {
-                        Speaker::User => Role::User,
-                        Speaker::Bot => Role::Bot,
-                    },
-                    text: l.text,
-                    is_final: l.is_final,
-                    confidence: l.confidence,
-                    spoken_at: l.spoken_at,
-                    received_at: l.received_at,
-                }
-            })
-            .collect();
+        for l in &lines {
+            if c.lines.len() == PAGE_LINES {
+                c.lines.pop_front();
+            }
+            c.lines.push_back(Line {
+                role: l.role.as_str(),
+                text: l.text.clone(),
+            });
+        }
+        let rows = transcript_rows(c.id, lines);
         self.persist(Write::Lines(rows));
         self.note_state();
     }
@@ -683,15 +670,6 @@ impl Orchestrator {
         if changed {
             self.systemd_status();
         }
-    }
-
-    /// The session is ending: what the transcript still held (a sentence
-    /// being spoken, lines waiting for the end of the bot's turn) is stored.
-    async fn finish_transcript(&mut self) {
-        let Some(c) = &mut self.current else { return };
-        let lines = c.transcript.finish(Timestamp::now());
-        c.partial = None;
-        self.store_lines(lines).await;
     }
 
     async fn on_provisioned(&mut self, result: Result<Provisioned, String>) {
@@ -852,7 +830,6 @@ impl Orchestrator {
         self.engine.end_stream();
         self.audio_out = None;
         self.outbox.clear();
-        self.finish_transcript().await;
         if let Some(mut c) = self.current.take() {
             if let Some(since) = c.bot_speaking_since.take() {
                 c.bot_speech_ms += since.elapsed().as_millis() as u64;
@@ -871,9 +848,23 @@ impl Orchestrator {
             metrics::counter!("kiosk_sessions_total", "end_reason" => reason.as_str()).increment(1);
             metrics::histogram!("kiosk_session_duration_seconds")
                 .record(c.onset.elapsed().as_secs_f64());
-            if let Some((link, _)) = c.link.take() {
+            // What the agent said until the call closed belongs to this
+            // session (its last transcription often comes as the call
+            // ends), and so does what the transcript still held: a sentence
+            // being spoken, lines waiting for the end of the bot's turn.
+            let mut late = Vec::new();
+            if let Some((link, mut io)) = c.link.take() {
                 publish_link_stats(&link, &self.published, false).await;
                 link.close().await;
+                while let Ok(event) = io.events.try_recv() {
+                    if let LinkEvent::Bot(message) = event {
+                        late.extend(c.transcript.push(&message, Timestamp::now()));
+                    }
+                }
+            }
+            late.extend(c.transcript.finish(Timestamp::now()));
+            if !late.is_empty() {
+                self.persist(Write::Lines(transcript_rows(id, late)));
             }
             if let Some(p) = c.provisioned.take()
                 && let Err(e) = self.provisioner.release(&p).await
@@ -973,6 +964,25 @@ impl Orchestrator {
             p.session = session;
         });
     }
+}
+
+/// Store rows for finished lines of session `id`.
+fn transcript_rows(id: SessionId, lines: Vec<TranscriptLine>) -> Vec<NewTranscript> {
+    lines
+        .into_iter()
+        .map(|l| NewTranscript {
+            session_id: id,
+            role: match l.role {
+                Speaker::User => Role::User,
+                Speaker::Bot => Role::Bot,
+            },
+            text: l.text,
+            is_final: l.is_final,
+            confidence: l.confidence,
+            spoken_at: l.spoken_at,
+            received_at: l.received_at,
+        })
+        .collect()
 }
 
 /// Publishes a call's quality for the status page and metrics; `live` is
