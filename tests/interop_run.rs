@@ -136,6 +136,9 @@ fn check_conversation(
         .iter()
         .map(|(_, role, text)| (role.clone(), text.clone()))
         .collect();
+    for (role, text) in &got {
+        println!("stored: {role:4} {text}");
+    }
     let context = format!(
         "stored {got:#?}\nbot sent {}\nbot log:\n{}\n{diagnostics}",
         bot.sent_types().join(" "),
