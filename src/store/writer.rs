@@ -2,14 +2,18 @@
 //! sent from async code in order, so SQLite never blocks the runtime and
 //! writes never contend for the lock within the process.
 
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError};
 
 type Job = Box<dyn FnOnce(&mut Store) + Send>;
+
+/// Jobs queued for the writer before callers wait for room: a stuck
+/// writer makes its callers wait (and the watchdog notice), not the queue
+/// grow.
+const JOBS: usize = 64;
 
 /// A cheap, cloneable handle to the writer thread.
 #[derive(Clone)]
@@ -29,11 +33,11 @@ impl WriterThread {
 impl StoreHandle {
     /// Moves `store` onto its own thread; it closes when the last handle drops.
     pub fn spawn(mut store: Store) -> (StoreHandle, WriterThread) {
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (jobs, mut rx) = mpsc::channel::<Job>(JOBS);
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
-                for job in rx {
+                while let Some(job) = rx.blocking_recv() {
                     job(&mut store);
                 }
             })
@@ -52,6 +56,7 @@ impl StoreHandle {
             .send(Box::new(move |store| {
                 let _ = tx.send(f(store));
             }))
+            .await
             .map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
