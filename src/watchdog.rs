@@ -63,7 +63,7 @@ impl Watchdog {
                 audio_ticks = Some(ticks);
                 self.liveness.beat(Part::Audio);
             }
-            if !store_wedged && wedge_requested(Part::Store, started.elapsed()) {
+            if !store_wedged && wedge_requested(Part::Store, started) {
                 store_wedged = true;
                 let store = self.store.clone();
                 tokio::spawn(async move {

@@ -551,7 +551,7 @@ impl DspThread {
         let started = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             AudioMetrics::add(&self.metrics.dsp_heartbeat, 1);
-            while wedge_requested(Part::Audio, started.elapsed()) {
+            while wedge_requested(Part::Audio, started) {
                 std::thread::sleep(Duration::from_secs(1));
             }
             self.keep_devices_open()?;

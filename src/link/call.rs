@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tracing::warn;
 
@@ -222,9 +224,10 @@ impl CallSource {
     }
 }
 
-/// White noise at a fixed RMS level (xorshift; no need for a good generator).
+/// White noise at a fixed RMS level, from a seeded generator so a call's
+/// pauses are the same every run.
 struct NoiseFloor {
-    state: u32,
+    rng: SmallRng,
     amplitude: f32,
 }
 
@@ -233,18 +236,13 @@ impl NoiseFloor {
         // Uniform noise in [-a, a] has an RMS of a / sqrt(3).
         let rms = 10f32.powf(rms_dbfs / 20.0);
         Self {
-            state: 0x9E37_79B9,
+            rng: SmallRng::seed_from_u64(0x9E37_79B9),
             amplitude: rms * 3f32.sqrt(),
         }
     }
 
     fn sample(&mut self) -> f32 {
-        let mut x = self.state;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.state = x;
-        (x as f32 / u32::MAX as f32 * 2.0 - 1.0) * self.amplitude
+        self.rng.random_range(-self.amplitude..=self.amplitude)
     }
 }
 

@@ -318,7 +318,7 @@ impl Orchestrator {
         loop {
             if let Some(l) = &self.liveness {
                 l.beat(Part::Session);
-                if wedge_requested(Part::Session, started.elapsed()) {
+                if wedge_requested(Part::Session, started) {
                     std::future::pending::<()>().await;
                 }
             }

@@ -17,7 +17,7 @@ use crate::sync::SyncStatus;
 use crate::telemetry::LogEvent;
 
 pub async fn healthz(State(state): State<StatusState>) -> &'static str {
-    if wedge_requested(Part::Status, state.started.elapsed()) {
+    if wedge_requested(Part::Status, state.started) {
         std::future::pending::<()>().await;
     }
     "ok\n"

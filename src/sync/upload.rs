@@ -8,6 +8,7 @@ use reqwest::header::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::http_body::{BodyError, read_limited};
 use crate::store::BatchId;
 
 /// What to do with a batch after an attempt.
@@ -80,21 +81,16 @@ impl Uploader {
 }
 
 /// The most of an answer read. An acknowledgement is small; a larger
-/// answer is cut here (and then does not parse as JSON).
+/// answer is not the upload endpoint's (it is taken as not JSON).
 const MAX_ANSWER: usize = 1024 * 1024;
 
-/// The answer's body, at most [`MAX_ANSWER`] bytes; `None` when the
-/// connection broke before it was read.
-async fn read_answer(mut r: reqwest::Response) -> Option<String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = r.chunk().await.ok()? {
-        let room = MAX_ANSWER - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() == MAX_ANSWER {
-            break;
-        }
+/// The answer's body; `None` when the connection broke before it was read.
+async fn read_answer(r: reqwest::Response) -> Option<String> {
+    match read_limited(r, MAX_ANSWER).await {
+        Ok(body) => Some(String::from_utf8_lossy(&body).into_owned()),
+        Err(BodyError::Read(_)) => None,
+        Err(too_large) => Some(format!("({too_large})")),
     }
-    Some(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// What an answer means for the batch. `body` is `None` when it could not
