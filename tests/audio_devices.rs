@@ -64,6 +64,37 @@ fn wait_for_device(engine: &AudioEngine, direction: Direction, open: bool) -> bo
     false
 }
 
+/// Drains the speaker's FIFO at real-time pace until `stop`, so the
+/// otherwise unpaced file-backed device plays at the speed of a real one.
+/// Returns what was played.
+fn real_time_reader(fifo: &Path, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u8>> {
+    let (fifo, stop) = (fifo.to_path_buf(), stop.clone());
+    std::thread::spawn(move || {
+        let mut played = Vec::new();
+        let start = Instant::now();
+        let mut chunk = [0u8; 960];
+        // Each open by ALSA (probing, then the stream) is one writer.
+        while !stop.load(Ordering::Relaxed) {
+            let mut file = std::fs::File::open(&fifo).unwrap();
+            // The smallest pipe (one page, 42 ms) keeps the device's
+            // bursts short.
+            // SAFETY: a valid open descriptor.
+            unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+            loop {
+                let n = file.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                played.extend_from_slice(&chunk[..n]);
+                // 960 bytes are 10 ms of 48 kHz 16-bit mono.
+                let due = start + Duration::from_micros(played.len() as u64 * 10_000 / 960);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        }
+        played
+    })
+}
+
 #[test]
 fn file_backed_alsa_devices_capture_play_and_come_back() {
     // FIFO-backed devices block in open() while nobody reads; if a step
@@ -166,33 +197,7 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
     let stop_reader = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (fifo, stop) = (fifo.clone(), stop_reader.clone());
-        std::thread::spawn(move || {
-            let mut played = Vec::new();
-            let start = Instant::now();
-            let mut chunk = [0u8; 960];
-            // Each open by ALSA (probing, then the stream) is one writer.
-            while !stop.load(Ordering::Relaxed) {
-                let mut file = std::fs::File::open(&fifo).unwrap();
-                // The smallest pipe (one page, 42 ms) keeps the device's
-                // bursts short.
-                // SAFETY: a valid open descriptor.
-                unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
-                loop {
-                    let n = file.read(&mut chunk).unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    played.extend_from_slice(&chunk[..n]);
-                    // 960 bytes are 10 ms of 48 kHz 16-bit mono.
-                    let due = start + Duration::from_micros(played.len() as u64 * 10_000 / 960);
-                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                }
-            }
-            played
-        })
-    };
+    let reader = real_time_reader(&fifo, &stop_reader);
     let playback_settings = AudioSettings {
         input: DeviceSpec::Disabled,
         output: DeviceSpec::parse("kiosk_test_speaker"),
@@ -318,6 +323,52 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
     // Release a reader waiting in open() for a writer.
     drop(std::fs::OpenOptions::new().write(true).open(&fifo));
     second_reader.join().unwrap();
+
+    // A microphone that cannot be opened, and whose every attempt takes
+    // 300 ms (a USB device half plugged in), does not stall the speaker:
+    // devices are opened off the audio thread.
+    // SAFETY: this test binary has a single test; only its engines read it.
+    unsafe { std::env::set_var("KIOSK_TEST_SLOW_DEVICE_OPEN_MS", "300") };
+    let stop_reader = Arc::new(AtomicBool::new(false));
+    let reader = real_time_reader(&fifo, &stop_reader);
+    let missing_mic = AudioSettings {
+        input: DeviceSpec::parse("kiosk_test_absent_mic"),
+        reopen_backoff_min_ms: Millis(50),
+        reopen_backoff_max_ms: Millis(50),
+        ..playback_settings.clone()
+    };
+    let mut engine = AudioEngine::start(&missing_mic, &VadSettings::default()).unwrap();
+    assert!(wait_for_device(&engine, Direction::Output, true));
+    // The speaker's first fill settles; from here on it must never starve.
+    std::thread::sleep(Duration::from_millis(300));
+    let underruns_before = AudioMetrics::get(&engine.metrics().output_underrun_samples);
+    let sender = engine.playout();
+    let begin = Instant::now();
+    for (k, p) in packets.iter().enumerate() {
+        let due = begin + Duration::from_millis(20 * k as u64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        assert!(sender.push(*p));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let m = engine.metrics().clone();
+    let starved = AudioMetrics::get(&m.output_underrun_samples) - underruns_before;
+    let played = AudioMetrics::get(&m.packets_played);
+    assert!(!m.input_open.load(Ordering::Relaxed));
+    engine.stop().unwrap();
+    drop(engine);
+    stop_reader.store(true, Ordering::Relaxed);
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo));
+    reader.join().unwrap();
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("KIOSK_TEST_SLOW_DEVICE_OPEN_MS") };
+    // Every attempt on the audio thread would starve the speaker for about
+    // 200 ms (300 ms minus its 100 ms queue): over 2 s that is a second.
+    assert!(
+        starved < 48 * 150,
+        "the speaker starved for {} ms while the microphone was retried",
+        starved / 48
+    );
+    assert_eq!(played, packets.len() as u64);
 
     // A microphone that is missing at start is retried with backoff and
     // capture begins once it appears (a USB microphone plugged in late).

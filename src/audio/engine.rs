@@ -3,7 +3,9 @@
 //!
 //! Device callbacks only move samples through lock-free SPSC rings (rtrb)
 //! and bump atomic counters. Everything else happens on one dedicated DSP
-//! thread in 10 ms frames, which also reopens failed devices with backoff.
+//! thread in 10 ms frames. Devices are opened, and reopened with backoff
+//! when they fail, by a thread of their own (`backend::cpal`): the DSP
+//! thread never waits for one.
 //!
 //! Should the DSP loop ever fail (an error out of a stage: the encoder, a
 //! resampler, a speaker WAV on a full disk), the thread does not end: it
@@ -14,9 +16,6 @@
 //! recording goes on where it stopped. Panics are not caught: the release
 //! build aborts on panic and systemd restarts the gateway.
 
-use std::fs::File;
-use std::io::BufWriter;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -24,20 +23,20 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use cpal::traits::{DeviceTrait, StreamTrait};
-use cpal::{SampleFormat, SizedSample};
 use tracing::{error, info, warn};
 
+use super::backend::Pacer;
+use super::backend::cpal::{CaptureClock, DeviceKeeper, Opened, OpenedInput, OpenedOutput};
+use super::backend::wav::{WavInput, WavOutput};
 use super::capture::{AudioEvent, AudioSink, EncodedFrame};
 use super::codec::OpusPacket;
-use super::device::{ChosenConfig, Direction, choose_config, find_device, with_alsa_messages};
+use super::device::Direction;
 use super::dsp::Dsp;
 use super::metrics::AudioMetrics;
 use super::playout::IncomingPacket;
 use super::resample::StreamResampler;
 use super::settings::{AudioSettings, DeviceSpec, VadSettings};
-use super::units::{FRAME_48K, FRAME_MS, Millis, SampleRate, f32_to_i16};
-use super::wav::read_wav;
+use super::units::{FRAME_48K, FRAME_MS, SampleRate};
 use super::{AudioError, error_chain};
 use crate::liveness::{Part, wedge_requested};
 
@@ -50,9 +49,6 @@ const EVENT_QUEUE: usize = 256;
 const FRAME_QUEUE_SPARE: usize = 100;
 /// Packets from the link queued for the DSP thread.
 const CONTROL_QUEUE: usize = 256;
-/// Speaker ring space beyond `device_buffer_ms`, used only by devices that
-/// ask for larger blocks than requested.
-const OUTPUT_RING_SPARE: Millis = Millis(250);
 /// The DSP thread sleeps until there is work: a device callback, a control
 /// message or a paced file's next frame wakes it. This bounds the sleep so a
 /// device that stops calling back is still noticed.
@@ -152,8 +148,10 @@ impl AudioEngine {
                         events: event_tx,
                         frames: frame_tx,
                         metrics: metrics.clone(),
-                        last_input: Arc::new(AtomicU64::new(0)),
-                        epoch: Instant::now(),
+                        clock: CaptureClock {
+                            last_input: Arc::new(AtomicU64::new(0)),
+                            epoch: Instant::now(),
+                        },
                     };
                     let _panic = PanicReport(metrics.clone());
                     let setup = DspThread::new(audio, vad, metrics, sink, control_rx, stop);
@@ -291,9 +289,7 @@ struct ChannelSink {
     events: SyncSender<AudioEvent>,
     frames: SyncSender<EncodedFrame>,
     metrics: Arc<AudioMetrics>,
-    /// When the microphone last delivered samples (ns since `epoch`).
-    last_input: Arc<AtomicU64>,
-    epoch: Instant,
+    clock: CaptureClock,
 }
 
 impl AudioSink for ChannelSink {
@@ -304,8 +300,8 @@ impl AudioSink for ChannelSink {
     }
 
     fn frame(&mut self, frame: EncodedFrame) {
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        let since_input = now.saturating_sub(self.last_input.load(Ordering::Relaxed));
+        let now = self.clock.epoch.elapsed().as_nanos() as u64;
+        let since_input = now.saturating_sub(self.clock.last_input.load(Ordering::Relaxed));
         self.metrics
             .record_capture_latency(Duration::from_nanos(since_input));
         if self.frames.try_send(frame).is_err() {
@@ -314,85 +310,19 @@ impl AudioSink for ChannelSink {
     }
 }
 
-/// Counts 10 ms frames due by the wall clock, for sources and sinks that
-/// have no device clock (WAV files, a missing speaker).
-struct Pacer {
-    start: Instant,
-    done: u64,
-}
-
-impl Pacer {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            done: 0,
-        }
-    }
-
-    fn due(&mut self) -> u64 {
-        let elapsed = self.start.elapsed().as_millis() as u64 / u64::from(FRAME_MS.0);
-        let due = elapsed.saturating_sub(self.done);
-        self.done += due;
-        due
-    }
-
-    /// Time until the next frame is due.
-    fn until_next(&self) -> Duration {
-        (self.start + Duration::from_millis((self.done + 1) * u64::from(FRAME_MS.0)))
-            .saturating_duration_since(Instant::now())
-    }
-
-    /// When the latest due frame became due: what a device callback's
-    /// timestamp would have been.
-    fn last_due(&self) -> Instant {
-        self.start + Duration::from_millis(self.done * u64::from(FRAME_MS.0))
-    }
-}
-
-/// Sample types the callbacks convert.
-trait CallbackSample: SizedSample + Send + 'static {
-    fn to_f32(self) -> f32;
-    fn from_f32(sample: f32) -> Self;
-}
-
-impl CallbackSample for i16 {
-    fn to_f32(self) -> f32 {
-        f32::from(self) / 32768.0
-    }
-    fn from_f32(sample: f32) -> Self {
-        f32_to_i16(sample)
-    }
-}
-
-impl CallbackSample for f32 {
-    fn to_f32(self) -> f32 {
-        self
-    }
-    fn from_f32(sample: f32) -> Self {
-        sample
-    }
-}
-
 enum Input {
     Device {
-        _stream: cpal::Stream,
         ring: rtrb::Consumer<f32>,
         failed: Arc<AtomicBool>,
     },
-    Wav {
-        samples: Vec<f32>,
-        pos: usize,
-        rate: SampleRate,
-        pacer: Pacer,
-    },
-    /// Waiting to be (re)opened.
+    Wav(WavInput),
+    /// Waiting for the device keeper to (re)open it.
     Closed,
     Disabled,
 }
 
 enum Output {
     Device {
-        _stream: cpal::Stream,
         ring: rtrb::Producer<f32>,
         failed: Arc<AtomicBool>,
         resampler: StreamResampler,
@@ -402,49 +332,11 @@ enum Output {
         /// at least that much or every callback underruns.
         largest_request: Arc<AtomicUsize>,
     },
-    Wav {
-        writer: hound::WavWriter<BufWriter<File>>,
-        pacer: Pacer,
-        resampler: StreamResampler,
-        frame: Vec<f32>,
-    },
+    Wav(WavOutput),
     /// No speaker (closed or disabled): playout still runs on the wall clock.
-    Absent { pacer: Pacer },
-}
-
-/// Exponential backoff for reopening a device.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-    next_attempt: Instant,
-}
-
-impl Backoff {
-    fn new(settings: &AudioSettings) -> Self {
-        let min = Duration::from_millis(u64::from(settings.reopen_backoff_min_ms.0));
-        Self {
-            min,
-            max: Duration::from_millis(u64::from(settings.reopen_backoff_max_ms.0)).max(min),
-            current: min,
-            next_attempt: Instant::now(),
-        }
-    }
-
-    fn ready(&self) -> bool {
-        Instant::now() >= self.next_attempt
-    }
-
-    fn failed(&mut self) -> Duration {
-        let wait = self.current;
-        self.next_attempt = Instant::now() + wait;
-        self.current = (self.current * 2).min(self.max);
-        wait
-    }
-
-    fn succeeded(&mut self) {
-        self.current = self.min;
-    }
+    Absent {
+        pacer: Pacer,
+    },
 }
 
 struct DspThread {
@@ -454,8 +346,9 @@ struct DspThread {
     dsp_rate: SampleRate,
     input: Input,
     output: Output,
-    input_backoff: Backoff,
-    output_backoff: Backoff,
+    /// Opens the configured devices off this thread; `None` when only
+    /// files (or nothing) are configured.
+    devices: Option<DeviceKeeper>,
     sink: ChannelSink,
     control: Receiver<Control>,
     stop: Arc<AtomicBool>,
@@ -468,6 +361,8 @@ struct DspThread {
 }
 
 impl DspThread {
+    /// Sets up the stages on the DSP thread itself (device callbacks wake
+    /// the thread that builds them).
     fn new(
         audio: AudioSettings,
         vad: VadSettings,
@@ -477,28 +372,28 @@ impl DspThread {
         stop: Arc<AtomicBool>,
     ) -> Result<Self, AudioError> {
         let input = match &audio.input {
-            DeviceSpec::Wav(path) => open_wav_input(path)?,
+            DeviceSpec::Wav(path) => Input::Wav(WavInput::open(path)?),
             DeviceSpec::Disabled => Input::Disabled,
             _ => Input::Closed,
         };
         let output = match &audio.output {
-            DeviceSpec::Wav(path) => open_wav_output(path)?,
+            DeviceSpec::Wav(path) => Output::Wav(WavOutput::create(path)?),
             _ => Output::Absent {
                 pacer: Pacer::new(),
             },
         };
         let dsp_rate = match &input {
-            Input::Wav { rate, .. } => *rate,
+            Input::Wav(file) => file.rate,
             _ => SampleRate::OPUS,
         };
         let block_len = dsp_rate.samples_in(audio.input_buffer_ms);
+        let devices = DeviceKeeper::start(&audio, &metrics, &sink.clock, std::thread::current())?;
         Ok(Self {
             dsp: Dsp::new(&audio, &vad, dsp_rate, block_len, metrics.clone())?,
             dsp_rate,
             input,
             output,
-            input_backoff: Backoff::new(&audio),
-            output_backoff: Backoff::new(&audio),
+            devices,
             audio,
             vad,
             sink,
@@ -554,7 +449,8 @@ impl DspThread {
             while wedge_requested(Part::Audio, started) {
                 std::thread::sleep(Duration::from_secs(1));
             }
-            self.keep_devices_open()?;
+            self.drop_failed_devices();
+            self.take_opened_devices()?;
             self.handle_control()?;
             self.capture()?;
             self.play()?;
@@ -622,7 +518,7 @@ impl DspThread {
         }
     }
 
-    /// Rebuilds every stage and lets the devices be reopened; files stay.
+    /// Rebuilds every stage and has the devices reopened; files stay.
     fn restart(&mut self) -> Result<(), AudioError> {
         if matches!(self.input, Input::Device { .. }) {
             self.input = Input::Closed;
@@ -632,8 +528,9 @@ impl DspThread {
                 pacer: Pacer::new(),
             };
         }
-        self.input_backoff = Backoff::new(&self.audio);
-        self.output_backoff = Backoff::new(&self.audio);
+        if let Some(devices) = &mut self.devices {
+            devices.reopen_all();
+        }
         self.rebuild_dsp()?;
         self.metrics.record_engine_restart();
         info!(
@@ -644,8 +541,8 @@ impl DspThread {
         let files: Vec<Direction> = self
             .directions()
             .filter(|d| match d {
-                Direction::Input => matches!(self.input, Input::Wav { .. }),
-                Direction::Output => matches!(self.output, Output::Wav { .. }),
+                Direction::Input => matches!(self.input, Input::Wav(_)),
+                Direction::Output => matches!(self.output, Output::Wav(_)),
             })
             .collect();
         for direction in files {
@@ -677,28 +574,27 @@ impl DspThread {
     /// The engine is stopping: closes an open utterance and the speaker file.
     fn finish(mut self) -> Result<(), AudioError> {
         self.dsp.finish(&mut self.sink);
-        if let Output::Wav { writer, .. } = self.output {
-            writer.finalize().map_err(|source| AudioError::Wav {
-                path: "speaker output".into(),
-                source,
-            })?;
+        if let Output::Wav(file) = self.output {
+            file.finalize()?;
         }
         Ok(())
     }
 
-    /// How long to sleep unless woken: device callbacks and control
-    /// messages wake the thread; paced files and an absent speaker need it
-    /// at their next frame.
+    /// How long to sleep unless woken: device callbacks, the device keeper
+    /// and control messages wake the thread; paced files and an absent
+    /// speaker need it at their next frame.
     fn next_wait(&self) -> Duration {
         if self.nothing_open() {
             return IDLE_WAIT;
         }
         let mut wait = MAX_WAIT;
-        if let Input::Wav { pacer, .. } = &self.input {
-            wait = wait.min(pacer.until_next());
+        if let Input::Wav(file) = &self.input {
+            wait = wait.min(file.pacer.until_next());
         }
-        if let Output::Wav { pacer, .. } | Output::Absent { pacer } = &self.output {
-            wait = wait.min(pacer.until_next());
+        match &self.output {
+            Output::Wav(file) => wait = wait.min(file.pacer.until_next()),
+            Output::Absent { pacer } => wait = wait.min(pacer.until_next()),
+            Output::Device { .. } => {}
         }
         wait
     }
@@ -737,22 +633,15 @@ impl DspThread {
                 }
                 n
             }
-            Input::Wav {
-                samples,
-                pos,
-                rate,
-                pacer,
-            } => {
-                let due = pacer.due() as usize * rate.samples_in(FRAME_MS);
-                let n = due.min(self.block.len());
-                let available = samples.len().saturating_sub(*pos).min(n);
-                self.block[..available].copy_from_slice(&samples[*pos..*pos + available]);
-                // After the end of the file the room is quiet.
-                self.block[available..n].fill(0.0);
-                *pos += available;
+            Input::Wav(file) => {
+                let n = file.read_due(&mut self.block);
                 if n > 0 {
-                    let at = pacer.last_due().saturating_duration_since(self.sink.epoch);
+                    let at = file
+                        .pacer
+                        .last_due()
+                        .saturating_duration_since(self.sink.clock.epoch);
                     self.sink
+                        .clock
                         .last_input
                         .store(at.as_nanos() as u64, Ordering::Relaxed);
                 }
@@ -791,25 +680,10 @@ impl DspThread {
                     }
                 }
             }
-            Output::Wav {
-                writer,
-                pacer,
-                resampler,
-                frame,
-            } => {
-                for _ in 0..pacer.due() {
+            Output::Wav(file) => {
+                for _ in 0..file.pacer.due() {
                     self.dsp.play_frame(&mut self.playout_frame)?;
-                    resampler.push(&self.playout_frame)?;
-                    while resampler.pop_frame(frame) {
-                        for &s in frame.iter() {
-                            writer.write_sample(f32_to_i16(s)).map_err(|source| {
-                                AudioError::Wav {
-                                    path: "speaker output".into(),
-                                    source,
-                                }
-                            })?;
-                        }
-                    }
+                    file.write(&self.playout_frame)?;
                 }
             }
             Output::Absent { pacer } => {
@@ -821,48 +695,16 @@ impl DspThread {
         Ok(())
     }
 
-    fn keep_devices_open(&mut self) -> Result<(), AudioError> {
+    /// A device whose stream reported an error is lost: say so. The keeper
+    /// drops its stream and reopens it.
+    fn drop_failed_devices(&mut self) {
         if let Input::Device { failed, .. } = &self.input
             && failed.load(Ordering::Relaxed)
         {
             warn!("microphone failed; reopening");
             self.input = Input::Closed;
-            self.metrics.input_open.store(false, Ordering::Relaxed);
-            self.sink.event(AudioEvent::Device {
-                direction: Direction::Input,
-                open: false,
-            });
+            self.device_changed(Direction::Input, false);
         }
-        if matches!(self.input, Input::Closed) && self.input_backoff.ready() {
-            let (opened, alsa_lib) =
-                with_alsa_messages(|| open_input(&self.audio, &self.metrics, &self.sink));
-            match opened {
-                Ok((input, rate)) => {
-                    info!(rate = %rate, "microphone open");
-                    if rate != self.dsp_rate {
-                        self.dsp_rate = rate;
-                        self.rebuild_dsp()?;
-                    }
-                    self.input = input;
-                    self.input_backoff.succeeded();
-                    self.metrics.input_open.store(true, Ordering::Relaxed);
-                    AudioMetrics::add(&self.metrics.device_reopens, 1);
-                    self.sink.event(AudioEvent::Device {
-                        direction: Direction::Input,
-                        open: true,
-                    });
-                }
-                Err(e) => {
-                    let wait = self.input_backoff.failed();
-                    warn!(error = %error_chain(&e), alsa_lib, retry_in_ms = wait.as_millis() as u64, "cannot open microphone");
-                }
-            }
-        }
-
-        let wants_device = matches!(
-            self.audio.output,
-            DeviceSpec::Default | DeviceSpec::Named(_)
-        );
         if let Output::Device { failed, .. } = &self.output
             && failed.load(Ordering::Relaxed)
         {
@@ -870,228 +712,65 @@ impl DspThread {
             self.output = Output::Absent {
                 pacer: Pacer::new(),
             };
-            self.metrics.output_open.store(false, Ordering::Relaxed);
-            self.sink.event(AudioEvent::Device {
-                direction: Direction::Output,
-                open: false,
-            });
+            self.device_changed(Direction::Output, false);
         }
-        if wants_device
-            && matches!(self.output, Output::Absent { .. })
-            && self.output_backoff.ready()
-        {
-            let (opened, alsa_lib) = with_alsa_messages(|| open_output(&self.audio, &self.metrics));
+    }
+
+    /// Takes over the devices the keeper has opened since the last turn.
+    fn take_opened_devices(&mut self) -> Result<(), AudioError> {
+        while let Some(opened) = self.devices.as_mut().and_then(DeviceKeeper::try_opened) {
             match opened {
-                Ok(output) => {
-                    info!("speaker open");
-                    self.output = output;
-                    self.output_backoff.succeeded();
-                    self.metrics.output_open.store(true, Ordering::Relaxed);
-                    AudioMetrics::add(&self.metrics.device_reopens, 1);
-                    self.sink.event(AudioEvent::Device {
-                        direction: Direction::Output,
-                        open: true,
-                    });
+                Opened::Input(OpenedInput { ring, failed, rate }) => {
+                    info!(rate = %rate, "microphone open");
+                    if rate != self.dsp_rate {
+                        self.dsp_rate = rate;
+                        self.rebuild_dsp()?;
+                    }
+                    self.input = Input::Device { ring, failed };
+                    self.device_changed(Direction::Input, true);
                 }
-                Err(e) => {
-                    let wait = self.output_backoff.failed();
-                    warn!(error = %error_chain(&e), alsa_lib, retry_in_ms = wait.as_millis() as u64, "cannot open speaker");
+                Opened::Output(OpenedOutput {
+                    ring,
+                    failed,
+                    rate,
+                    target_fill,
+                    largest_request,
+                }) => {
+                    info!(rate = %rate, "speaker open");
+                    self.output = Output::Device {
+                        ring,
+                        failed,
+                        resampler: StreamResampler::new(SampleRate::OPUS, rate, FRAME_48K)?,
+                        frame: vec![0.0; rate.samples_in(FRAME_MS)],
+                        target_fill,
+                        largest_request,
+                    };
+                    self.device_changed(Direction::Output, true);
                 }
             }
         }
         Ok(())
     }
-}
 
-fn open_wav_input(path: &Path) -> Result<Input, AudioError> {
-    let clip = read_wav(path)?;
-    Ok(Input::Wav {
-        samples: clip.samples,
-        pos: 0,
-        rate: clip.rate,
-        pacer: Pacer::new(),
-    })
-}
-
-fn open_wav_output(path: &Path) -> Result<Output, AudioError> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: SampleRate::OPUS.hz(),
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let writer = hound::WavWriter::create(path, spec).map_err(|source| AudioError::Wav {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(Output::Wav {
-        writer,
-        pacer: Pacer::new(),
-        resampler: StreamResampler::new(SampleRate::OPUS, SampleRate::OPUS, FRAME_48K)?,
-        frame: vec![0.0; FRAME_48K],
-    })
-}
-
-fn open_input(
-    audio: &AudioSettings,
-    metrics: &Arc<AudioMetrics>,
-    sink: &ChannelSink,
-) -> Result<(Input, SampleRate), AudioError> {
-    let device = find_device(&audio.input, Direction::Input)?;
-    let chosen = choose_config(&device, Direction::Input)?;
-    let rate = chosen.rate();
-    let (producer, consumer) = rtrb::RingBuffer::new(rate.samples_in(audio.input_buffer_ms).max(1));
-    let failed = Arc::new(AtomicBool::new(false));
-    let stream = match chosen.format {
-        SampleFormat::I16 => build_input::<i16>(&device, &chosen, producer, metrics, sink, &failed),
-        _ => build_input::<f32>(&device, &chosen, producer, metrics, sink, &failed),
-    }?;
-    stream.play().map_err(AudioError::Device)?;
-    Ok((
-        Input::Device {
-            _stream: stream,
-            ring: consumer,
-            failed,
-        },
-        rate,
-    ))
-}
-
-fn build_input<T: CallbackSample>(
-    device: &cpal::Device,
-    chosen: &ChosenConfig,
-    mut producer: rtrb::Producer<f32>,
-    metrics: &Arc<AudioMetrics>,
-    sink: &ChannelSink,
-    failed: &Arc<AtomicBool>,
-) -> Result<cpal::Stream, AudioError> {
-    let channels = usize::from(chosen.config.channels.max(1));
-    let (data_metrics, error_metrics) = (metrics.clone(), metrics.clone());
-    let last_input = sink.last_input.clone();
-    let epoch = sink.epoch;
-    let failed = failed.clone();
-    // Devices are opened on the DSP thread, which the callbacks wake.
-    let (dsp, dsp_on_error) = (std::thread::current(), std::thread::current());
-    device
-        .build_input_stream::<T, _, _>(
-            chosen.config,
-            // Real-time: no allocation, locks or logging in here. Waking the
-            // DSP thread is an atomic swap plus, when it sleeps, one futex
-            // wake: bounded, and it saves the thread from polling.
-            move |data: &[T], _| {
-                let mut overrun = 0;
-                for frame in data.chunks_exact(channels) {
-                    let mono = frame.iter().map(|&s| s.to_f32()).sum::<f32>() / channels as f32;
-                    if producer.push(mono).is_err() {
-                        overrun += 1;
-                    }
-                }
-                if overrun > 0 {
-                    AudioMetrics::add(&data_metrics.input_overrun_samples, overrun);
-                }
-                last_input.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                dsp.unpark();
-            },
-            move |_err| {
-                AudioMetrics::add(&error_metrics.device_errors, 1);
-                failed.store(true, Ordering::Relaxed);
-                dsp_on_error.unpark();
-            },
-            None,
-        )
-        .map_err(AudioError::Device)
-}
-
-fn open_output(audio: &AudioSettings, metrics: &Arc<AudioMetrics>) -> Result<Output, AudioError> {
-    let device = find_device(&audio.output, Direction::Output)?;
-    let chosen = choose_config(&device, Direction::Output)?;
-    let rate = chosen.rate();
-    let frame_len = rate.samples_in(FRAME_MS);
-    // The DSP thread keeps about `device_buffer_ms` queued: enough to ride
-    // over its own wake-ups, little enough that a barge-in fade is heard at once.
-    let target_fill = rate.samples_in(audio.device_buffer_ms).max(2 * frame_len);
-    // Room for devices that insist on large blocks despite the 10 ms request.
-    let (producer, consumer) =
-        rtrb::RingBuffer::new(target_fill + rate.samples_in(OUTPUT_RING_SPARE));
-    let failed = Arc::new(AtomicBool::new(false));
-    let largest_request = Arc::new(AtomicUsize::new(0));
-    let stream = match chosen.format {
-        SampleFormat::I16 => build_output::<i16>(
-            &device,
-            &chosen,
-            consumer,
-            metrics,
-            &failed,
-            &largest_request,
-        ),
-        _ => build_output::<f32>(
-            &device,
-            &chosen,
-            consumer,
-            metrics,
-            &failed,
-            &largest_request,
-        ),
-    }?;
-    stream.play().map_err(AudioError::Device)?;
-    Ok(Output::Device {
-        _stream: stream,
-        ring: producer,
-        failed,
-        resampler: StreamResampler::new(SampleRate::OPUS, rate, FRAME_48K)?,
-        frame: vec![0.0; frame_len],
-        target_fill,
-        largest_request,
-    })
-}
-
-fn build_output<T: CallbackSample>(
-    device: &cpal::Device,
-    chosen: &ChosenConfig,
-    mut consumer: rtrb::Consumer<f32>,
-    metrics: &Arc<AudioMetrics>,
-    failed: &Arc<AtomicBool>,
-    largest_request: &Arc<AtomicUsize>,
-) -> Result<cpal::Stream, AudioError> {
-    let channels = usize::from(chosen.config.channels.max(1));
-    let (data_metrics, error_metrics) = (metrics.clone(), metrics.clone());
-    let failed = failed.clone();
-    let largest_request = largest_request.clone();
-    // Opened on the DSP thread; woken to refill what was just played.
-    let (dsp, dsp_on_error) = (std::thread::current(), std::thread::current());
-    device
-        .build_output_stream::<T, _, _>(
-            chosen.config,
-            // Real-time: no allocation, locks or logging in here (the wake-up
-            // is as in the input callback).
-            move |data: &mut [T], _| {
-                largest_request.fetch_max(data.len() / channels, Ordering::Relaxed);
-                let mut underrun = 0;
-                for frame in data.chunks_exact_mut(channels) {
-                    let sample = consumer.pop().unwrap_or_else(|_| {
-                        underrun += 1;
-                        0.0
-                    });
-                    frame.fill(T::from_f32(sample));
-                }
-                if underrun > 0 {
-                    AudioMetrics::add(&data_metrics.output_underrun_samples, underrun);
-                }
-                dsp.unpark();
-            },
-            move |_err| {
-                AudioMetrics::add(&error_metrics.device_errors, 1);
-                failed.store(true, Ordering::Relaxed);
-                dsp_on_error.unpark();
-            },
-            None,
-        )
-        .map_err(AudioError::Device)
+    fn device_changed(&mut self, direction: Direction, open: bool) {
+        let gauge = match direction {
+            Direction::Input => &self.metrics.input_open,
+            Direction::Output => &self.metrics.output_open,
+        };
+        gauge.store(open, Ordering::Relaxed);
+        if open {
+            AudioMetrics::add(&self.metrics.device_reopens, 1);
+        }
+        self.sink.event(AudioEvent::Device { direction, open });
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::audio::Millis;
     use crate::audio::codec::OpusEncoder;
     use crate::audio::units::OPUS_FRAME;
 

@@ -76,6 +76,7 @@
 //! [`Segmenter`], [`VoiceDetector`], [`StreamResampler`] and the Opus
 //! wrappers are its stages. Tools, tests and benchmarks drive these directly.
 
+mod backend;
 pub mod bench;
 mod capture;
 pub mod cli;

@@ -1,0 +1,549 @@
+//! Sound devices through cpal, kept open by a thread of their own.
+//!
+//! Opening a device means listing ALSA's devices, probing formats and
+//! starting a stream: tens of milliseconds on a good day, seconds when a USB
+//! microphone is half plugged in. None of that may happen on the DSP thread,
+//! which has a speaker to feed every 10 ms. The [`DeviceKeeper`] thread owns
+//! the cpal streams, opens what is configured, notices a device's error
+//! callback, drops the stream and retries with backoff. What it hands the
+//! DSP thread is only the device's sample ring and its "failed" flag.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use ::cpal::traits::{DeviceTrait, StreamTrait};
+use ::cpal::{SampleFormat, SizedSample};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use tracing::{info, warn};
+
+use crate::audio::device::{
+    ChosenConfig, Direction, choose_config, find_device, with_alsa_messages,
+};
+use crate::audio::metrics::AudioMetrics;
+use crate::audio::settings::{AudioSettings, DeviceSpec};
+use crate::audio::units::{FRAME_MS, Millis, SampleRate, f32_to_i16};
+use crate::audio::{AudioError, error_chain};
+
+/// Speaker ring space beyond `device_buffer_ms`, used only by devices that
+/// ask for larger blocks than requested.
+const OUTPUT_RING_SPARE: Millis = Millis(250);
+/// How long the keeper sleeps when nothing is due: error callbacks and
+/// requests wake it sooner.
+const KEEPER_WAIT: Duration = Duration::from_secs(1);
+
+/// A microphone stream the keeper opened: the DSP thread reads its ring.
+pub struct OpenedInput {
+    pub ring: rtrb::Consumer<f32>,
+    /// Set by the stream's error callback.
+    pub failed: Arc<AtomicBool>,
+    pub rate: SampleRate,
+}
+
+/// A speaker stream the keeper opened: the DSP thread fills its ring.
+pub struct OpenedOutput {
+    pub ring: rtrb::Producer<f32>,
+    /// Set by the stream's error callback.
+    pub failed: Arc<AtomicBool>,
+    pub rate: SampleRate,
+    /// Samples the DSP thread keeps queued (`device_buffer_ms`).
+    pub target_fill: usize,
+    /// Largest block the callback has asked for; the ring must hold at
+    /// least that much or every callback underruns.
+    pub largest_request: Arc<AtomicUsize>,
+}
+
+/// What the keeper hands the DSP thread.
+pub enum Opened {
+    Input(OpenedInput),
+    Output(OpenedOutput),
+}
+
+/// What the microphone callback shares with the DSP thread.
+#[derive(Clone)]
+pub struct CaptureClock {
+    /// When the microphone last delivered samples (ns since `epoch`).
+    pub last_input: Arc<AtomicU64>,
+    pub epoch: Instant,
+}
+
+enum Request {
+    /// Drop every stream and open them afresh (after the DSP loop restarted).
+    Reopen { generation: u64 },
+}
+
+/// The DSP thread's handle on the keeper thread. Dropping it stops the
+/// keeper and closes the devices.
+pub struct DeviceKeeper {
+    requests: SyncSender<Request>,
+    opened: Receiver<(u64, Opened)>,
+    /// Streams opened before the latest reopen request are stale.
+    generation: u64,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DeviceKeeper {
+    /// Starts the keeper if a real device is configured in either direction.
+    /// Callbacks wake `dsp` when they have moved samples.
+    pub fn start(
+        audio: &AudioSettings,
+        metrics: &Arc<AudioMetrics>,
+        clock: &CaptureClock,
+        dsp: Thread,
+    ) -> Result<Option<Self>, AudioError> {
+        let wanted: Vec<Direction> = [
+            (&audio.input, Direction::Input),
+            (&audio.output, Direction::Output),
+        ]
+        .into_iter()
+        .filter(|(spec, _)| matches!(spec, DeviceSpec::Default | DeviceSpec::Named(_)))
+        .map(|(_, d)| d)
+        .collect();
+        if wanted.is_empty() {
+            return Ok(None);
+        }
+        // Few messages: one per device (re)open, one per DSP restart.
+        let (requests, request_rx) = mpsc::sync_channel(4);
+        let (opened_tx, opened) = mpsc::sync_channel(8);
+        let stop = Arc::new(AtomicBool::new(false));
+        let keeper = Keeper {
+            audio: audio.clone(),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            dsp,
+            requests: request_rx,
+            opened: opened_tx,
+            stop: stop.clone(),
+            generation: 0,
+            slots: wanted.into_iter().map(|d| Slot::new(d, audio)).collect(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("audio-devices".into())
+            .spawn(move || keeper.run())
+            .map_err(|e| AudioError::Stopped(e.to_string()))?;
+        Ok(Some(Self {
+            requests,
+            opened,
+            generation: 0,
+            stop,
+            thread: Some(thread),
+        }))
+    }
+
+    /// A device the keeper opened since the last call, if any.
+    pub fn try_opened(&mut self) -> Option<Opened> {
+        while let Ok((generation, opened)) = self.opened.try_recv() {
+            if generation == self.generation {
+                return Some(opened);
+            }
+        }
+        None
+    }
+
+    /// Closes every device and opens them again, as after a DSP restart.
+    /// Streams opened before this call are never handed over.
+    pub fn reopen_all(&mut self) {
+        self.generation += 1;
+        let request = Request::Reopen {
+            generation: self.generation,
+        };
+        if self.requests.try_send(request).is_err() {
+            warn!("audio device keeper is not taking requests");
+        }
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+    }
+}
+
+impl Drop for DeviceKeeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One direction the keeper looks after.
+struct Slot {
+    direction: Direction,
+    /// The open stream; cpal stops it when dropped.
+    stream: Option<(::cpal::Stream, Arc<AtomicBool>)>,
+    backoff: ExponentialBackoff,
+    next_attempt: Instant,
+    settings: (Duration, Duration),
+}
+
+impl Slot {
+    fn new(direction: Direction, audio: &AudioSettings) -> Self {
+        let min = Duration::from_millis(u64::from(audio.reopen_backoff_min_ms.0));
+        let max = Duration::from_millis(u64::from(audio.reopen_backoff_max_ms.0)).max(min);
+        Self {
+            direction,
+            stream: None,
+            backoff: backoff(min, max),
+            next_attempt: Instant::now(),
+            settings: (min, max),
+        }
+    }
+
+    /// Schedules the next attempt by the backoff sequence.
+    fn retry_later(&mut self) -> Duration {
+        let wait = self.backoff.next().unwrap_or(self.settings.1);
+        self.next_attempt = Instant::now() + wait;
+        wait
+    }
+
+    fn reset_backoff(&mut self) {
+        self.backoff = backoff(self.settings.0, self.settings.1);
+    }
+
+    fn name(&self) -> &'static str {
+        match self.direction {
+            Direction::Input => "microphone",
+            Direction::Output => "speaker",
+        }
+    }
+}
+
+fn backoff(min: Duration, max: Duration) -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .without_max_times()
+        .build()
+}
+
+struct Keeper {
+    audio: AudioSettings,
+    metrics: Arc<AudioMetrics>,
+    clock: CaptureClock,
+    dsp: Thread,
+    requests: Receiver<Request>,
+    opened: SyncSender<(u64, Opened)>,
+    stop: Arc<AtomicBool>,
+    generation: u64,
+    slots: Vec<Slot>,
+}
+
+impl Keeper {
+    fn run(mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            while let Ok(Request::Reopen { generation }) = self.requests.try_recv() {
+                self.generation = generation;
+                for slot in &mut self.slots {
+                    slot.stream = None;
+                    slot.reset_backoff();
+                    slot.next_attempt = Instant::now();
+                }
+            }
+            let mut wait = KEEPER_WAIT;
+            for k in 0..self.slots.len() {
+                self.keep_open(k);
+                let slot = &self.slots[k];
+                if slot.stream.is_none() {
+                    wait = wait.min(slot.next_attempt.saturating_duration_since(Instant::now()));
+                }
+            }
+            std::thread::park_timeout(wait);
+        }
+    }
+
+    /// Drops a failed stream and opens a closed one when its backoff allows.
+    fn keep_open(&mut self, k: usize) {
+        let slot = &mut self.slots[k];
+        if let Some((_, failed)) = &slot.stream
+            && failed.load(Ordering::Relaxed)
+        {
+            // The DSP thread reports the loss; here the stream goes, and
+            // a device that fails again at once is not reopened in a loop.
+            slot.stream = None;
+            slot.retry_later();
+        }
+        if slot.stream.is_some() || Instant::now() < slot.next_attempt {
+            return;
+        }
+        let direction = slot.direction;
+        let (opened, alsa_lib) = with_alsa_messages(|| self.open(direction));
+        let slot = &mut self.slots[k];
+        match opened {
+            Ok((stream, failed, opened)) => {
+                slot.reset_backoff();
+                if self.opened.try_send((self.generation, opened)).is_ok() {
+                    info!(device = slot.name(), "device open");
+                    slot.stream = Some((stream, failed));
+                    self.dsp.unpark();
+                } else {
+                    // The DSP thread has not taken the last ones: it is
+                    // stuck or restarting. Try again later rather than keep
+                    // a stream nobody reads.
+                    let wait = slot.retry_later();
+                    warn!(
+                        device = slot.name(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "audio thread not taking devices"
+                    );
+                }
+            }
+            Err(e) => {
+                let wait = slot.retry_later();
+                warn!(
+                    device = slot.name(),
+                    error = %error_chain(&e),
+                    alsa_lib,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "cannot open device"
+                );
+            }
+        }
+    }
+
+    fn open(
+        &self,
+        direction: Direction,
+    ) -> Result<(::cpal::Stream, Arc<AtomicBool>, Opened), AudioError> {
+        slow_open_for_tests();
+        let failed = Arc::new(AtomicBool::new(false));
+        let wake = Wake {
+            dsp: self.dsp.clone(),
+            keeper: std::thread::current(),
+        };
+        let (stream, opened) = match direction {
+            Direction::Input => {
+                let (stream, input) =
+                    open_input(&self.audio, &self.metrics, &self.clock, &failed, wake)?;
+                (stream, Opened::Input(input))
+            }
+            Direction::Output => {
+                let (stream, output) = open_output(&self.audio, &self.metrics, &failed, wake)?;
+                (stream, Opened::Output(output))
+            }
+        };
+        Ok((stream, failed, opened))
+    }
+}
+
+/// Test builds only: `KIOSK_TEST_SLOW_DEVICE_OPEN_MS=<ms>` makes every
+/// device open take that much longer, as a flaky USB device does, so tests
+/// can check that playout does not wait for it. Read at each attempt
+/// (attempts are rare); release builds ignore it.
+fn slow_open_for_tests() {
+    if cfg!(debug_assertions)
+        && let Some(ms) = std::env::var("KIOSK_TEST_SLOW_DEVICE_OPEN_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+/// Whom a callback wakes: the DSP thread for samples, and the keeper too
+/// when the device fails.
+#[derive(Clone)]
+struct Wake {
+    dsp: Thread,
+    keeper: Thread,
+}
+
+fn open_input(
+    audio: &AudioSettings,
+    metrics: &Arc<AudioMetrics>,
+    clock: &CaptureClock,
+    failed: &Arc<AtomicBool>,
+    wake: Wake,
+) -> Result<(::cpal::Stream, OpenedInput), AudioError> {
+    let device = find_device(&audio.input, Direction::Input)?;
+    let chosen = choose_config(&device, Direction::Input)?;
+    let rate = chosen.rate();
+    let (producer, consumer) = rtrb::RingBuffer::new(rate.samples_in(audio.input_buffer_ms).max(1));
+    let stream = match chosen.format {
+        SampleFormat::I16 => {
+            build_input::<i16>(&device, &chosen, producer, metrics, clock, failed, wake)
+        }
+        _ => build_input::<f32>(&device, &chosen, producer, metrics, clock, failed, wake),
+    }?;
+    stream.play().map_err(AudioError::Device)?;
+    Ok((
+        stream,
+        OpenedInput {
+            ring: consumer,
+            failed: failed.clone(),
+            rate,
+        },
+    ))
+}
+
+fn build_input<T: CallbackSample>(
+    device: &::cpal::Device,
+    chosen: &ChosenConfig,
+    mut producer: rtrb::Producer<f32>,
+    metrics: &Arc<AudioMetrics>,
+    clock: &CaptureClock,
+    failed: &Arc<AtomicBool>,
+    wake: Wake,
+) -> Result<::cpal::Stream, AudioError> {
+    let channels = usize::from(chosen.config.channels.max(1));
+    let (data_metrics, error_metrics) = (metrics.clone(), metrics.clone());
+    let clock = clock.clone();
+    let failed = failed.clone();
+    let dsp = wake.dsp.clone();
+    device
+        .build_input_stream::<T, _, _>(
+            chosen.config,
+            // Real-time: no allocation, locks or logging in here. Waking the
+            // DSP thread is an atomic swap plus, when it sleeps, one futex
+            // wake: bounded, and it saves the thread from polling.
+            move |data: &[T], _| {
+                let mut overrun = 0;
+                for frame in data.chunks_exact(channels) {
+                    let mono = frame.iter().map(|&s| s.to_f32()).sum::<f32>() / channels as f32;
+                    if producer.push(mono).is_err() {
+                        overrun += 1;
+                    }
+                }
+                if overrun > 0 {
+                    AudioMetrics::add(&data_metrics.input_overrun_samples, overrun);
+                }
+                clock
+                    .last_input
+                    .store(clock.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                dsp.unpark();
+            },
+            move |_err| {
+                AudioMetrics::add(&error_metrics.device_errors, 1);
+                failed.store(true, Ordering::Relaxed);
+                wake.dsp.unpark();
+                wake.keeper.unpark();
+            },
+            None,
+        )
+        .map_err(AudioError::Device)
+}
+
+fn open_output(
+    audio: &AudioSettings,
+    metrics: &Arc<AudioMetrics>,
+    failed: &Arc<AtomicBool>,
+    wake: Wake,
+) -> Result<(::cpal::Stream, OpenedOutput), AudioError> {
+    let device = find_device(&audio.output, Direction::Output)?;
+    let chosen = choose_config(&device, Direction::Output)?;
+    let rate = chosen.rate();
+    let frame_len = rate.samples_in(FRAME_MS);
+    // The DSP thread keeps about `device_buffer_ms` queued: enough to ride
+    // over its own wake-ups, little enough that a barge-in fade is heard at once.
+    let target_fill = rate.samples_in(audio.device_buffer_ms).max(2 * frame_len);
+    // Room for devices that insist on large blocks despite the 10 ms request.
+    let (producer, consumer) =
+        rtrb::RingBuffer::new(target_fill + rate.samples_in(OUTPUT_RING_SPARE));
+    let largest_request = Arc::new(AtomicUsize::new(0));
+    let stream = match chosen.format {
+        SampleFormat::I16 => build_output::<i16>(
+            &device,
+            &chosen,
+            consumer,
+            metrics,
+            failed,
+            &largest_request,
+            wake,
+        ),
+        _ => build_output::<f32>(
+            &device,
+            &chosen,
+            consumer,
+            metrics,
+            failed,
+            &largest_request,
+            wake,
+        ),
+    }?;
+    stream.play().map_err(AudioError::Device)?;
+    Ok((
+        stream,
+        OpenedOutput {
+            ring: producer,
+            failed: failed.clone(),
+            rate,
+            target_fill,
+            largest_request,
+        },
+    ))
+}
+
+fn build_output<T: CallbackSample>(
+    device: &::cpal::Device,
+    chosen: &ChosenConfig,
+    mut consumer: rtrb::Consumer<f32>,
+    metrics: &Arc<AudioMetrics>,
+    failed: &Arc<AtomicBool>,
+    largest_request: &Arc<AtomicUsize>,
+    wake: Wake,
+) -> Result<::cpal::Stream, AudioError> {
+    let channels = usize::from(chosen.config.channels.max(1));
+    let (data_metrics, error_metrics) = (metrics.clone(), metrics.clone());
+    let failed = failed.clone();
+    let largest_request = largest_request.clone();
+    let dsp = wake.dsp.clone();
+    device
+        .build_output_stream::<T, _, _>(
+            chosen.config,
+            // Real-time: no allocation, locks or logging in here (the wake-up
+            // is as in the input callback: the DSP thread refills the ring).
+            move |data: &mut [T], _| {
+                largest_request.fetch_max(data.len() / channels, Ordering::Relaxed);
+                let mut underrun = 0;
+                for frame in data.chunks_exact_mut(channels) {
+                    let sample = consumer.pop().unwrap_or_else(|_| {
+                        underrun += 1;
+                        0.0
+                    });
+                    frame.fill(T::from_f32(sample));
+                }
+                if underrun > 0 {
+                    AudioMetrics::add(&data_metrics.output_underrun_samples, underrun);
+                }
+                dsp.unpark();
+            },
+            move |_err| {
+                AudioMetrics::add(&error_metrics.device_errors, 1);
+                failed.store(true, Ordering::Relaxed);
+                wake.dsp.unpark();
+                wake.keeper.unpark();
+            },
+            None,
+        )
+        .map_err(AudioError::Device)
+}
+
+/// Sample types the callbacks convert.
+trait CallbackSample: SizedSample + Send + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(sample: f32) -> Self;
+}
+
+impl CallbackSample for i16 {
+    fn to_f32(self) -> f32 {
+        f32::from(self) / 32768.0
+    }
+    fn from_f32(sample: f32) -> Self {
+        f32_to_i16(sample)
+    }
+}
+
+impl CallbackSample for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(sample: f32) -> Self {
+        sample
+    }
+}

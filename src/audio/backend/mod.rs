@@ -1,0 +1,46 @@
+//! Where samples come from and go to: sound devices through cpal, kept open
+//! by a thread of their own ([`cpal`]), and WAV files standing in for them
+//! ([`wav`]), paced by the wall clock.
+
+pub mod cpal;
+pub mod wav;
+
+use std::time::{Duration, Instant};
+
+use super::units::FRAME_MS;
+
+/// Counts 10 ms frames due by the wall clock, for sources and sinks that
+/// have no device clock (WAV files, a missing speaker).
+pub struct Pacer {
+    start: Instant,
+    done: u64,
+}
+
+impl Pacer {
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            done: 0,
+        }
+    }
+
+    /// Frames that became due since the last call.
+    pub fn due(&mut self) -> u64 {
+        let elapsed = self.start.elapsed().as_millis() as u64 / u64::from(FRAME_MS.0);
+        let due = elapsed.saturating_sub(self.done);
+        self.done += due;
+        due
+    }
+
+    /// Time until the next frame is due.
+    pub fn until_next(&self) -> Duration {
+        (self.start + Duration::from_millis((self.done + 1) * u64::from(FRAME_MS.0)))
+            .saturating_duration_since(Instant::now())
+    }
+
+    /// When the latest due frame became due: what a device callback's
+    /// timestamp would have been.
+    pub fn last_due(&self) -> Instant {
+        self.start + Duration::from_millis(self.done * u64::from(FRAME_MS.0))
+    }
+}

@@ -1,0 +1,97 @@
+//! WAV files standing in for the microphone and the speaker (`wav:` in the
+//! settings), paced by the wall clock as a device would be.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+
+use super::Pacer;
+use crate::audio::AudioError;
+use crate::audio::resample::StreamResampler;
+use crate::audio::units::{FRAME_48K, FRAME_MS, SampleRate, f32_to_i16};
+use crate::audio::wav::read_wav;
+
+/// A recording played as the microphone; the room is quiet after its end.
+pub struct WavInput {
+    samples: Vec<f32>,
+    pos: usize,
+    pub rate: SampleRate,
+    pub pacer: Pacer,
+}
+
+impl WavInput {
+    pub fn open(path: &Path) -> Result<Self, AudioError> {
+        let clip = read_wav(path)?;
+        Ok(Self {
+            samples: clip.samples,
+            pos: 0,
+            rate: clip.rate,
+            pacer: Pacer::new(),
+        })
+    }
+
+    /// Fills the start of `block` with what is due by now (at most its
+    /// length) and returns how many samples that is.
+    pub fn read_due(&mut self, block: &mut [f32]) -> usize {
+        let due = self.pacer.due() as usize * self.rate.samples_in(FRAME_MS);
+        let n = due.min(block.len());
+        let available = self.samples.len().saturating_sub(self.pos).min(n);
+        block[..available].copy_from_slice(&self.samples[self.pos..self.pos + available]);
+        block[available..n].fill(0.0);
+        self.pos += available;
+        n
+    }
+}
+
+/// A file recording what the speaker plays, at 48 kHz 16-bit mono.
+pub struct WavOutput {
+    writer: hound::WavWriter<BufWriter<File>>,
+    pub pacer: Pacer,
+    resampler: StreamResampler,
+    frame: Vec<f32>,
+}
+
+impl WavOutput {
+    pub fn create(path: &Path) -> Result<Self, AudioError> {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: SampleRate::OPUS.hz(),
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let writer = hound::WavWriter::create(path, spec).map_err(|source| AudioError::Wav {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            writer,
+            pacer: Pacer::new(),
+            resampler: StreamResampler::new(SampleRate::OPUS, SampleRate::OPUS, FRAME_48K)?,
+            frame: vec![0.0; FRAME_48K],
+        })
+    }
+
+    /// Appends one 10 ms frame at 48 kHz.
+    pub fn write(&mut self, frame: &[f32]) -> Result<(), AudioError> {
+        self.resampler.push(frame)?;
+        while self.resampler.pop_frame(&mut self.frame) {
+            for &s in &self.frame {
+                self.writer
+                    .write_sample(f32_to_i16(s))
+                    .map_err(|source| AudioError::Wav {
+                        path: "speaker output".into(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes the file's header.
+    pub fn finalize(self) -> Result<(), AudioError> {
+        self.writer.finalize().map_err(|source| AudioError::Wav {
+            path: "speaker output".into(),
+            source,
+        })
+    }
+}
