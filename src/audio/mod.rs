@@ -83,6 +83,7 @@ pub mod cli;
 mod codec;
 pub mod device;
 mod dsp;
+mod dsp_thread;
 mod echo_gate;
 mod engine;
 mod metrics;
