@@ -2,6 +2,7 @@
 //! (`provision`), and the orchestrator that wires audio, link and store
 //! around them.
 
+mod backoff;
 pub mod machine;
 pub mod orchestrator;
 pub mod provision;
