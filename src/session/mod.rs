@@ -1,6 +1,7 @@
-//! The kiosk loop: a pure state machine (`machine`), cloud provisioning
-//! (`provision`), and the orchestrator that wires audio, link and store
-//! around them.
+//! The kiosk loop: a sans-I/O state machine (`machine`) holding every
+//! rule, timer and backoff (`backoff`), cloud provisioning (`provision`),
+//! the queue of store writes (`spool`), and the orchestrator that wires
+//! audio, link and store around them.
 
 mod backoff;
 pub mod machine;
@@ -8,4 +9,4 @@ pub mod orchestrator;
 pub mod provision;
 mod spool;
 
-pub use machine::{Action, EndReason, Event, Machine, State};
+pub use machine::{Action, EndReason, Event, Machine, State, Timer, Timing};
