@@ -14,11 +14,14 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::machine::{Action, EndReason, Event, Machine, State, Timing};
+use super::persist::Persister;
 use super::provision::{Provisioned, Provisioner};
-use super::spool::{Spool, Write};
+use super::report::Milestones;
+pub use super::report::{RunReport, Startup, Transition};
+use super::spool::Write;
 use crate::audio::{
     AudioEngine, AudioEvent, EncodedFrame, IncomingPacket, OpusPacket, PlayoutSender,
 };
@@ -30,9 +33,7 @@ use crate::link::{Link, LinkEvent, LinkIo, LinkSettings, OpusFrame, OpusPacket a
 use crate::liveness::{Liveness, Part, wedge_requested};
 use crate::reachability::ProbeTrigger;
 use crate::status::{Component, CurrentSession, Health, Line, LinkView, Published};
-use crate::store::{
-    NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreError, StoreHandle,
-};
+use crate::store::{NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreHandle};
 use crate::sync::SyncTrigger;
 
 /// Session behaviour, from `[session]` and `[agent]`.
@@ -56,66 +57,6 @@ pub struct SessionSettings {
 pub enum Command {
     Start,
     Stop,
-}
-
-/// One state change, for `demo` and tests.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Transition {
-    pub at: Timestamp,
-    pub state: State,
-}
-
-/// What a run did, for `demo` and tests.
-#[derive(Debug, Clone, Default)]
-pub struct RunReport {
-    pub sessions: Vec<SessionId>,
-    pub transitions: Vec<Transition>,
-    pub utterances: u64,
-    pub speech_ms_sent: u64,
-    /// How each session's first packet came to be sent.
-    pub startups: Vec<Startup>,
-}
-
-/// From the speech onset that starts a session to its first packet handed
-/// to the link, in consecutive stages that add up to the whole. Only
-/// `release_ms` is the gateway's alone; the others wait on the cloud.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Startup {
-    /// Onset to the room and agent being provisioned.
-    pub provisioning_ms: u64,
-    /// Provisioned to the call being up (signalling, ICE, DTLS).
-    pub call_setup_ms: u64,
-    /// Call up to the agent saying `bot-ready` (or the ready timeout).
-    pub agent_ready_ms: u64,
-    /// Agent ready to the first buffered packet handed to the link.
-    pub release_ms: u64,
-    pub onset_to_first_packet_ms: u64,
-}
-
-/// When a starting session passed each stage (see [`Startup`]).
-#[derive(Debug, Default)]
-struct Milestones {
-    provisioned: Option<Instant>,
-    connected: Option<Instant>,
-    ready: Option<Instant>,
-}
-
-impl Milestones {
-    fn startup(&self, onset: Instant, first_packet: Instant) -> Startup {
-        let ms = |from: Instant, to: Option<Instant>| {
-            to.map_or(0, |t| t.saturating_duration_since(from).as_millis() as u64)
-        };
-        let provisioned = self.provisioned.unwrap_or(onset);
-        let connected = self.connected.unwrap_or(provisioned);
-        let ready = self.ready.unwrap_or(connected);
-        Startup {
-            provisioning_ms: ms(onset, self.provisioned),
-            call_setup_ms: ms(provisioned, self.connected),
-            agent_ready_ms: ms(connected, self.ready),
-            release_ms: ms(ready, Some(first_packet)),
-            onset_to_first_packet_ms: ms(onset, Some(first_packet)),
-        }
-    }
 }
 
 /// The session in progress.
@@ -147,14 +88,6 @@ const OUTBOX_FRAMES: usize = 750;
 /// Lines of the current session shown on the page, the latest ones; each
 /// state change copies them, so a long session must not make that grow.
 const PAGE_LINES: usize = 50;
-
-/// Transcript lines held in memory while the store cannot take them
-/// (a few MB at most); past it the oldest are dropped and counted.
-const SPOOL_MAX_LINES: usize = 10_000;
-
-/// How long the end of a run waits for held writes to reach the store:
-/// inside the daemon's stop grace (4 s), itself inside systemd's.
-const SPOOL_DRAIN: Duration = Duration::from_secs(2);
 
 /// How often an open call's statistics are published.
 const LINK_STATS_EVERY: Duration = Duration::from_secs(2);
@@ -196,10 +129,8 @@ pub struct Orchestrator {
     noted_state: Option<State>,
     /// Asks for a cloud reachability check when a session fails.
     probe: Option<ProbeTrigger>,
-    /// Store writes not yet done, in order; one is carried out at a time
-    /// off the loop, so a slow or failing store never stalls the call.
-    spool: Spool,
-    storing: Pending<(Write, Result<(), StoreError>)>,
+    /// Store writes, carried out in order off the loop.
+    persister: Persister,
     /// Told of every turn of the loop, for the watchdog.
     liveness: Option<Liveness>,
 }
@@ -253,6 +184,7 @@ impl Orchestrator {
         let orchestrator = Self {
             machine,
             provisioner: Arc::new(provisioner),
+            persister: Persister::new(store.clone()),
             store,
             playout: engine.playout(),
             engine,
@@ -270,8 +202,6 @@ impl Orchestrator {
             report: None,
             noted_state: None,
             probe: None,
-            spool: Spool::new(SPOOL_MAX_LINES),
-            storing: None,
             liveness: None,
             settings,
         };
@@ -336,7 +266,6 @@ impl Orchestrator {
                 break;
             }
             let deadline = self.machine.poll_timeout().map(|(at, _)| at);
-            let spool_retry_at = self.spool.retry_at();
             let has_link = self.current.as_ref().is_some_and(|c| c.link.is_some());
             let sender = self.audio_out.clone().filter(|_| !self.outbox.is_empty());
             tokio::select! {
@@ -374,14 +303,7 @@ impl Orchestrator {
                         permit.send(frame);
                     }
                 }
-                r = async { self.storing.as_mut().expect("guarded").await }, if self.storing.is_some() => {
-                    self.storing = None;
-                    match r {
-                        Ok((write, result)) => self.on_stored(write, result),
-                        Err(e) => warn!(error = %e, "a store write task failed"),
-                    }
-                }
-                _ = wake_at(spool_retry_at) => self.kick_store(),
+                _ = self.persister.advance() => self.publish_store_health(),
                 _ = heartbeat.tick(), if self.liveness.is_some() => {}
                 _ = link_stats.tick(), if has_link => {
                     if let Some((link, _)) = self.current.as_ref().and_then(|c| c.link.as_ref()) {
@@ -391,7 +313,8 @@ impl Orchestrator {
                 _ = wake_at(deadline) => self.feed(Event::Timeout).await,
             }
         }
-        self.drain_store().await;
+        self.persister.drain().await;
+        self.publish_store_health();
         self.report.unwrap_or_default()
     }
 
@@ -528,87 +451,16 @@ impl Orchestrator {
         self.note_state();
     }
 
-    /// Hands a write to the spool; it reaches the store in order.
+    /// Hands a write to the store, in order.
     fn persist(&mut self, write: Write) {
-        let dropped = self.spool.push(write);
-        if dropped > 0 {
-            error!(
-                lines = dropped,
-                held = self.spool.held_lines(),
-                "the store has not taken writes for a long time; the oldest transcript lines held in memory were dropped"
-            );
-            metrics::counter!("kiosk_store_spool_dropped_lines_total").increment(dropped as u64);
-        }
-        self.kick_store();
-    }
-
-    /// Starts the next held write, unless one is under way or backing off.
-    fn kick_store(&mut self) {
-        if self.storing.is_some() {
-            return;
-        }
-        if let Some(write) = self.spool.take(Instant::now()) {
-            let store = self.store.clone();
-            self.storing = Some(tokio::spawn(async move {
-                let attempt = write.clone();
-                let result = store.call(move |s| attempt.apply(s)).await;
-                (write, result)
-            }));
-        }
+        self.persister.persist(write);
         self.publish_store_health();
-    }
-
-    fn on_stored(&mut self, write: Write, result: Result<(), StoreError>) {
-        match result {
-            Ok(()) => {
-                if self.spool.done() {
-                    info!("the store takes writes again; held lines written");
-                }
-            }
-            Err(e) => {
-                if self.spool.failed(write, &e, Instant::now()) {
-                    error!(error = %e, "cannot write to the store; holding writes in memory and retrying");
-                } else {
-                    warn!(error = %e, held = self.spool.held_writes(), "store write failed again");
-                }
-            }
-        }
-        self.kick_store();
-    }
-
-    /// At the end of a run: waits a little for held writes, and says what
-    /// could not be stored.
-    async fn drain_store(&mut self) {
-        let deadline = tokio::time::Instant::now() + SPOOL_DRAIN;
-        while !self.spool.is_empty() {
-            if let Some(task) = self.storing.take() {
-                match tokio::time::timeout_at(deadline, task).await {
-                    Ok(Ok((write, result))) => self.on_stored(write, result),
-                    Ok(Err(_)) | Err(_) => break,
-                }
-            } else if let Some(at) = self.spool.retry_at() {
-                if tokio::time::Instant::from(at) > deadline {
-                    break;
-                }
-                sleep_until(at.into()).await;
-                self.kick_store();
-            } else {
-                self.kick_store();
-            }
-        }
-        if !self.spool.is_empty() {
-            error!(
-                writes = self.spool.held_writes(),
-                lines = self.spool.held_lines(),
-                "stopping with writes the store did not take; they are lost"
-            );
-        }
     }
 
     /// The store as a component on the page, in `/metrics` and systemd's status.
     fn publish_store_health(&mut self) {
-        let held = self.spool.held_lines();
-        let component = match self.spool.failing() {
+        let held = self.persister.spool().held_lines();
+        let component = match self.persister.spool().failing() {
             None => Component {
                 name: "store",
                 health: Health::Ok,
@@ -916,11 +768,11 @@ impl Orchestrator {
     /// systemd's status line: the state, and a store that is failing.
     fn systemd_status(&self) {
         let state = self.machine.state().as_str();
-        match self.spool.failing() {
+        match self.persister.spool().failing() {
             None => crate::systemd::status(state),
             Some(_) => crate::systemd::status(&format!(
                 "{state}; store not writable, {} lines held in memory",
-                self.spool.held_lines()
+                self.persister.spool().held_lines()
             )),
         }
     }
