@@ -1,7 +1,9 @@
-//! The orchestrator: drives the [`Machine`] with what the audio engine, the
-//! link, timers and technicians report, and carries out its actions —
-//! provisioning, connecting, releasing buffered speech, storing transcripts
-//! and tearing sessions down with their reason.
+//! The orchestrator: the I/O around the sans-I/O [`Machine`]. It feeds the
+//! machine what the audio engine, the link and technicians report, and the
+//! machine's deadlines as they pass, each with `Instant::now()`; it carries
+//! out the machine's actions — provisioning, connecting, releasing buffered
+//! speech, storing transcripts, each step of a teardown — and sleeps until
+//! the machine's next deadline. Decisions are the machine's.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,11 +14,14 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use super::machine::{Action, EndReason, Event, Machine, State};
+use super::machine::{Action, EndReason, Event, Machine, State, Timing};
+use super::persist::Persister;
 use super::provision::{Provisioned, Provisioner};
-use super::spool::{Spool, Write};
+use super::report::Milestones;
+pub use super::report::{RunReport, Startup, Transition};
+use super::spool::Write;
 use crate::audio::{
     AudioEngine, AudioEvent, EncodedFrame, IncomingPacket, OpusPacket, PlayoutSender,
 };
@@ -28,9 +33,7 @@ use crate::link::{Link, LinkEvent, LinkIo, LinkSettings, OpusFrame, OpusPacket a
 use crate::liveness::{Liveness, Part, wedge_requested};
 use crate::reachability::ProbeTrigger;
 use crate::status::{Component, CurrentSession, Health, Line, LinkView, Published};
-use crate::store::{
-    NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreError, StoreHandle,
-};
+use crate::store::{NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreHandle};
 use crate::sync::SyncTrigger;
 
 /// Session behaviour, from `[session]` and `[agent]`.
@@ -44,7 +47,7 @@ pub struct SessionSettings {
     pub link: LinkSettings,
     /// Played locally when a session cannot be set up (48 kHz mono).
     pub failure_prompt: Option<Vec<i16>>,
-    /// Wait before the next attempt after a failure, doubling to the max.
+    /// Wait before the next session after a failed one, doubling to the max.
     pub failure_backoff_min: Duration,
     pub failure_backoff_max: Duration,
 }
@@ -54,66 +57,6 @@ pub struct SessionSettings {
 pub enum Command {
     Start,
     Stop,
-}
-
-/// One state change, for `demo` and tests.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Transition {
-    pub at: Timestamp,
-    pub state: State,
-}
-
-/// What a run did, for `demo` and tests.
-#[derive(Debug, Clone, Default)]
-pub struct RunReport {
-    pub sessions: Vec<SessionId>,
-    pub transitions: Vec<Transition>,
-    pub utterances: u64,
-    pub speech_ms_sent: u64,
-    /// How each session's first packet came to be sent.
-    pub startups: Vec<Startup>,
-}
-
-/// From the speech onset that starts a session to its first packet handed
-/// to the link, in consecutive stages that add up to the whole. Only
-/// `release_ms` is the gateway's alone; the others wait on the cloud.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Startup {
-    /// Onset to the room and agent being provisioned.
-    pub provisioning_ms: u64,
-    /// Provisioned to the call being up (signalling, ICE, DTLS).
-    pub call_setup_ms: u64,
-    /// Call up to the agent saying `bot-ready` (or the ready timeout).
-    pub agent_ready_ms: u64,
-    /// Agent ready to the first buffered packet handed to the link.
-    pub release_ms: u64,
-    pub onset_to_first_packet_ms: u64,
-}
-
-/// When a starting session passed each stage (see [`Startup`]).
-#[derive(Debug, Default)]
-struct Milestones {
-    provisioned: Option<Instant>,
-    connected: Option<Instant>,
-    ready: Option<Instant>,
-}
-
-impl Milestones {
-    fn startup(&self, onset: Instant, first_packet: Instant) -> Startup {
-        let ms = |from: Instant, to: Option<Instant>| {
-            to.map_or(0, |t| t.saturating_duration_since(from).as_millis() as u64)
-        };
-        let provisioned = self.provisioned.unwrap_or(onset);
-        let connected = self.connected.unwrap_or(provisioned);
-        let ready = self.ready.unwrap_or(connected);
-        Startup {
-            provisioning_ms: ms(onset, self.provisioned),
-            call_setup_ms: ms(provisioned, self.connected),
-            agent_ready_ms: ms(connected, self.ready),
-            release_ms: ms(ready, Some(first_packet)),
-            onset_to_first_packet_ms: ms(onset, Some(first_packet)),
-        }
-    }
 }
 
 /// The session in progress.
@@ -146,16 +89,12 @@ const OUTBOX_FRAMES: usize = 750;
 /// state change copies them, so a long session must not make that grow.
 const PAGE_LINES: usize = 50;
 
-/// Transcript lines held in memory while the store cannot take them
-/// (a few MB at most); past it the oldest are dropped and counted.
-const SPOOL_MAX_LINES: usize = 10_000;
-
-/// How long the end of a run waits for held writes to reach the store:
-/// inside the daemon's stop grace (4 s), itself inside systemd's.
-const SPOOL_DRAIN: Duration = Duration::from_secs(2);
-
 /// How often an open call's statistics are published.
 const LINK_STATS_EVERY: Duration = Duration::from_secs(2);
+
+/// How much longer than the link the machine waits for a dropped call: the
+/// link's own word (restored, or lost) should come first.
+const RECONNECT_BACKSTOP: Duration = Duration::from_secs(5);
 
 /// What the open call delivered.
 enum LinkInput {
@@ -178,15 +117,6 @@ pub struct Orchestrator {
     current: Option<Current>,
     provisioning: Pending<Result<Provisioned, String>>,
     connecting: Pending<Result<(Link, LinkIo), String>>,
-    idle_at: Option<Instant>,
-    max_at: Option<Instant>,
-    ready_at: Option<Instant>,
-    retry_after: Option<Instant>,
-    backoff: Duration,
-    /// When the speech that is starting a session began.
-    next_onset: Option<Instant>,
-    /// An always-on kiosk's next attempt after a failure.
-    restart_at: Option<Instant>,
     /// Frames waiting for the link: the burst of buffered speech released
     /// at once, or everything said while the call is being restored.
     outbox: VecDeque<OpusFrame>,
@@ -199,12 +129,18 @@ pub struct Orchestrator {
     noted_state: Option<State>,
     /// Asks for a cloud reachability check when a session fails.
     probe: Option<ProbeTrigger>,
-    /// Store writes not yet done, in order; one is carried out at a time
-    /// off the loop, so a slow or failing store never stalls the call.
-    spool: Spool,
-    storing: Pending<(Write, Result<(), StoreError>)>,
+    /// Store writes, carried out in order off the loop.
+    persister: Persister,
     /// Told of every turn of the loop, for the watchdog.
     liveness: Option<Liveness>,
+}
+
+/// Sleeps until `at`; forever when there is nothing to wait for.
+async fn wake_at(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Forwards a std channel from the audio engine into tokio.
@@ -234,11 +170,21 @@ impl Orchestrator {
     ) -> (Self, mpsc::Sender<Command>) {
         let (events, frames) = engine.take_streams();
         let (command_tx, commands) = mpsc::channel(8);
-        let machine = Machine::new(settings.trigger);
-        let backoff = settings.failure_backoff_min;
+        let machine = Machine::new(
+            settings.trigger,
+            Timing {
+                idle_timeout: settings.idle_timeout,
+                max_duration: settings.max_duration,
+                ready_timeout: settings.ready_timeout,
+                reconnect_timeout: settings.link.reconnect_timeout + RECONNECT_BACKSTOP,
+                failure_backoff_min: settings.failure_backoff_min,
+                failure_backoff_max: settings.failure_backoff_max,
+            },
+        );
         let orchestrator = Self {
             machine,
             provisioner: Arc::new(provisioner),
+            persister: Persister::new(store.clone()),
             store,
             playout: engine.playout(),
             engine,
@@ -250,21 +196,12 @@ impl Orchestrator {
             current: None,
             provisioning: None,
             connecting: None,
-            idle_at: None,
-            max_at: None,
-            ready_at: None,
-            retry_after: None,
-            backoff,
-            next_onset: None,
-            restart_at: None,
             outbox: VecDeque::new(),
             outbox_limit: OUTBOX_FRAMES,
             audio_out: None,
             report: None,
             noted_state: None,
             probe: None,
-            spool: Spool::new(SPOOL_MAX_LINES),
-            storing: None,
             liveness: None,
             settings,
         };
@@ -302,9 +239,7 @@ impl Orchestrator {
         }
         self.note_state();
         self.publish_store_health();
-        if self.settings.trigger == Trigger::Always {
-            self.apply(Event::StartRequested).await;
-        }
+        self.feed(Event::GatewayUp).await;
         let mut shutting_down = false;
         let mut link_stats = tokio::time::interval(LINK_STATS_EVERY);
         link_stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -330,24 +265,19 @@ impl Orchestrator {
             {
                 break;
             }
-            let far = Instant::now() + Duration::from_secs(86_400);
-            let idle_at = self.idle_at.unwrap_or(far);
-            let max_at = self.max_at.unwrap_or(far);
-            let ready_at = self.ready_at.unwrap_or(far);
-            let restart_at = self.restart_at.unwrap_or(far);
-            let spool_retry_at = self.spool.retry_at().unwrap_or(far);
+            let deadline = self.machine.poll_timeout().map(|(at, _)| at);
             let has_link = self.current.as_ref().is_some_and(|c| c.link.is_some());
             let sender = self.audio_out.clone().filter(|_| !self.outbox.is_empty());
             tokio::select! {
                 _ = cancel.cancelled(), if !shutting_down => {
                     shutting_down = true;
-                    self.apply(Event::Shutdown).await;
+                    self.feed(Event::Shutdown).await;
                 }
                 Some(e) = self.events.recv() => self.on_audio(e).await,
                 Some(f) = self.frames.recv() => self.on_frame(f),
                 Some(c) = self.commands.recv() => {
                     let event = match c { Command::Start => Event::StartRequested, Command::Stop => Event::StopRequested };
-                    self.apply(event).await;
+                    self.feed(event).await;
                 }
                 r = async { self.provisioning.as_mut().expect("guarded").await }, if self.provisioning.is_some() => {
                     self.provisioning = None;
@@ -365,7 +295,7 @@ impl Orchestrator {
                     }
                 }, if has_link => match input {
                     LinkInput::Event(Some(e)) => self.on_link(e).await,
-                    LinkInput::Event(None) => self.apply(Event::ReconnectTimeout).await,
+                    LinkInput::Event(None) => self.feed(Event::LinkGaveUp).await,
                     LinkInput::Packet(p) => self.on_packet(p),
                 },
                 Ok(permit) = async { sender.clone().expect("guarded").reserve_owned().await }, if sender.is_some() => {
@@ -373,58 +303,24 @@ impl Orchestrator {
                         permit.send(frame);
                     }
                 }
-                r = async { self.storing.as_mut().expect("guarded").await }, if self.storing.is_some() => {
-                    self.storing = None;
-                    match r {
-                        Ok((write, result)) => self.on_stored(write, result),
-                        Err(e) => warn!(error = %e, "a store write task failed"),
-                    }
-                }
-                _ = sleep_until(spool_retry_at.into()), if self.spool.retry_at().is_some() => {
-                    self.kick_store();
-                }
+                _ = self.persister.advance() => self.publish_store_health(),
                 _ = heartbeat.tick(), if self.liveness.is_some() => {}
                 _ = link_stats.tick(), if has_link => {
                     if let Some((link, _)) = self.current.as_ref().and_then(|c| c.link.as_ref()) {
                         publish_link_stats(link, &self.published, true).await;
                     }
                 }
-                _ = sleep_until(idle_at.into()), if self.idle_at.is_some() => {
-                    self.idle_at = None;
-                    self.apply(Event::IdleTimeout).await;
-                }
-                _ = sleep_until(max_at.into()), if self.max_at.is_some() => {
-                    self.max_at = None;
-                    self.apply(Event::MaxDuration).await;
-                }
-                _ = sleep_until(restart_at.into()), if self.restart_at.is_some() && !shutting_down => {
-                    self.restart_at = None;
-                    self.apply(Event::StartRequested).await;
-                }
-                _ = sleep_until(ready_at.into()), if self.ready_at.is_some() => {
-                    self.ready_at = None;
-                    self.apply(Event::ReadyTimeout).await;
-                }
+                _ = wake_at(deadline) => self.feed(Event::Timeout).await,
             }
         }
-        self.drain_store().await;
+        self.persister.drain().await;
+        self.publish_store_health();
         self.report.unwrap_or_default()
     }
 
     async fn on_audio(&mut self, event: AudioEvent) {
         match event {
-            AudioEvent::SpeechStarted { .. } => {
-                if self.machine.state() == State::Idle
-                    && self.retry_after.is_some_and(|t| Instant::now() < t)
-                {
-                    info!("speech while backing off after a failure; not starting a session yet");
-                    return;
-                }
-                if self.machine.state() == State::Idle {
-                    self.next_onset = Some(Instant::now());
-                }
-                self.apply(Event::SpeechStarted).await;
-            }
+            AudioEvent::SpeechStarted { .. } => self.feed(Event::SpeechStarted).await,
             AudioEvent::SpeechEnded(utterance) => {
                 let speech = u64::from(utterance.speech().0);
                 if let Some(c) = &mut self.current {
@@ -434,7 +330,7 @@ impl Orchestrator {
                         r.speech_ms_sent += speech;
                     }
                 }
-                self.apply(Event::SpeechEnded).await;
+                self.feed(Event::SpeechEnded).await;
             }
             AudioEvent::BargeIn => info!("visitor spoke over the bot; playback stopped"),
             AudioEvent::Device { direction, open } => {
@@ -480,20 +376,20 @@ impl Orchestrator {
                 if let Some(c) = &mut self.current {
                     c.milestones.connected.get_or_insert_with(Instant::now);
                 }
-                self.apply(Event::Connected).await;
+                self.feed(Event::Connected).await;
             }
             LinkEvent::Reconnecting { reason } => {
                 warn!(%reason, "call dropped; reconnecting");
-                self.apply(Event::LinkLost).await;
+                self.feed(Event::LinkLost).await;
             }
             LinkEvent::Reconnected { after } => {
                 info!(after_ms = after.as_millis() as u64, "call restored");
-                self.apply(Event::LinkRestored).await;
+                self.feed(Event::LinkRestored).await;
             }
-            LinkEvent::PeerLeft => self.apply(Event::AgentLeft).await,
+            LinkEvent::PeerLeft => self.feed(Event::AgentLeft).await,
             LinkEvent::Lost { reason } => {
                 warn!(%reason, "call lost");
-                self.apply(Event::ReconnectTimeout).await;
+                self.feed(Event::LinkGaveUp).await;
             }
             LinkEvent::Bot(message) => self.on_bot(message).await,
         }
@@ -512,12 +408,12 @@ impl Orchestrator {
             }
         }
         match message {
-            BotMessage::BotReady { .. } => self.apply(Event::BotReady).await,
+            BotMessage::BotReady { .. } => self.feed(Event::BotReady).await,
             BotMessage::BotStartedSpeaking => {
                 if let Some(c) = &mut self.current {
                     c.bot_speaking_since = Some(Instant::now());
                 }
-                self.apply(Event::BotStartedSpeaking).await;
+                self.feed(Event::BotStartedSpeaking).await;
             }
             BotMessage::BotStoppedSpeaking => {
                 if let Some(c) = &mut self.current
@@ -525,7 +421,7 @@ impl Orchestrator {
                 {
                     c.bot_speech_ms += since.elapsed().as_millis() as u64;
                 }
-                self.apply(Event::BotStoppedSpeaking).await;
+                self.feed(Event::BotStoppedSpeaking).await;
             }
             BotMessage::Error { error, fatal } => {
                 warn!(%error, fatal, "the agent reported an error");
@@ -555,87 +451,16 @@ impl Orchestrator {
         self.note_state();
     }
 
-    /// Hands a write to the spool; it reaches the store in order.
+    /// Hands a write to the store, in order.
     fn persist(&mut self, write: Write) {
-        let dropped = self.spool.push(write);
-        if dropped > 0 {
-            error!(
-                lines = dropped,
-                held = self.spool.held_lines(),
-                "the store has not taken writes for a long time; the oldest transcript lines held in memory were dropped"
-            );
-            metrics::counter!("kiosk_store_spool_dropped_lines_total").increment(dropped as u64);
-        }
-        self.kick_store();
-    }
-
-    /// Starts the next held write, unless one is under way or backing off.
-    fn kick_store(&mut self) {
-        if self.storing.is_some() {
-            return;
-        }
-        if let Some(write) = self.spool.take(Instant::now()) {
-            let store = self.store.clone();
-            self.storing = Some(tokio::spawn(async move {
-                let attempt = write.clone();
-                let result = store.call(move |s| attempt.apply(s)).await;
-                (write, result)
-            }));
-        }
+        self.persister.persist(write);
         self.publish_store_health();
-    }
-
-    fn on_stored(&mut self, write: Write, result: Result<(), StoreError>) {
-        match result {
-            Ok(()) => {
-                if self.spool.done() {
-                    info!("the store takes writes again; held lines written");
-                }
-            }
-            Err(e) => {
-                if self.spool.failed(write, &e, Instant::now()) {
-                    error!(error = %e, "cannot write to the store; holding writes in memory and retrying");
-                } else {
-                    warn!(error = %e, held = self.spool.held_writes(), "store write failed again");
-                }
-            }
-        }
-        self.kick_store();
-    }
-
-    /// At the end of a run: waits a little for held writes, and says what
-    /// could not be stored.
-    async fn drain_store(&mut self) {
-        let deadline = tokio::time::Instant::now() + SPOOL_DRAIN;
-        while !self.spool.is_empty() {
-            if let Some(task) = self.storing.take() {
-                match tokio::time::timeout_at(deadline, task).await {
-                    Ok(Ok((write, result))) => self.on_stored(write, result),
-                    Ok(Err(_)) | Err(_) => break,
-                }
-            } else if let Some(at) = self.spool.retry_at() {
-                if tokio::time::Instant::from(at) > deadline {
-                    break;
-                }
-                sleep_until(at.into()).await;
-                self.kick_store();
-            } else {
-                self.kick_store();
-            }
-        }
-        if !self.spool.is_empty() {
-            error!(
-                writes = self.spool.held_writes(),
-                lines = self.spool.held_lines(),
-                "stopping with writes the store did not take; they are lost"
-            );
-        }
     }
 
     /// The store as a component on the page, in `/metrics` and systemd's status.
     fn publish_store_health(&mut self) {
-        let held = self.spool.held_lines();
-        let component = match self.spool.failing() {
+        let held = self.persister.spool().held_lines();
+        let component = match self.persister.spool().failing() {
             None => Component {
                 name: "store",
                 health: Health::Ok,
@@ -686,11 +511,11 @@ impl Orchestrator {
                     c.provisioned = Some(p);
                     self.persist(write);
                 }
-                self.apply(Event::Provisioned).await;
+                self.feed(Event::Provisioned).await;
             }
             Err(e) => {
                 warn!(error = %e, "provisioning failed");
-                self.apply(Event::ProvisionFailed).await;
+                self.feed(Event::ProvisionFailed).await;
             }
         }
     }
@@ -705,26 +530,38 @@ impl Orchestrator {
             }
             Err(e) => {
                 warn!(error = %e, "could not connect the call");
-                self.apply(Event::ConnectFailed).await;
+                self.feed(Event::ConnectFailed).await;
             }
         }
     }
 
-    /// Feeds one event to the machine and carries out its actions.
-    async fn apply(&mut self, event: Event) {
-        let before = self.machine.state();
-        let actions = self.machine.handle(event);
-        for action in actions {
-            self.act(action).await;
+    /// Feeds one event to the machine, which happened now, and carries out
+    /// what it asks, in order. A step that reports back at once (the end of
+    /// a teardown) is fed in turn; nothing re-enters this function.
+    async fn feed(&mut self, event: Event) {
+        let mut changed = self.handle(event);
+        while let Some(action) = self.machine.poll_action() {
+            if let Some(reply) = self.perform(action).await {
+                changed |= self.handle(reply);
+            }
         }
-        if self.machine.state() != before {
+        if changed {
             self.note_state();
         }
     }
 
-    async fn act(&mut self, action: Action) {
+    /// Hands `event` to the machine; true when its state changed.
+    fn handle(&mut self, event: Event) -> bool {
+        let before = self.machine.state();
+        self.machine.handle(event, Instant::now());
+        self.machine.state() != before
+    }
+
+    /// Carries out one action; returns what the machine must be told now
+    /// that it is done, if anything.
+    async fn perform(&mut self, action: Action) -> Option<Event> {
         match action {
-            Action::BeginSession => self.begin().await,
+            Action::BeginSession => self.begin(),
             Action::Provision => {
                 let provisioner = self.provisioner.clone();
                 let kiosk = self.settings.kiosk_id.clone();
@@ -735,48 +572,46 @@ impl Orchestrator {
                         .map_err(|e| e.to_string())
                 }));
             }
-            Action::Connect => {
-                let Some(p) = self.current.as_ref().and_then(|c| c.provisioned.as_ref()) else {
-                    return;
-                };
-                let signaling = Arc::new(SmallWebRtcSignaling::new(
-                    p.offer_url.clone(),
-                    p.offer_key.clone(),
-                    None,
-                    Duration::from_secs(10),
-                ));
-                let settings = self.settings.link.clone();
-                self.connecting = Some(tokio::spawn(async move {
-                    Link::connect(settings, signaling)
-                        .await
-                        .map_err(|e| e.to_string())
-                }));
-            }
-            Action::AwaitReady => {
-                self.ready_at = Some(Instant::now() + self.settings.ready_timeout);
-            }
+            Action::Connect => self.connect(),
             Action::ReleaseAudio => {
                 if let Some(c) = &mut self.current {
                     c.milestones.ready.get_or_insert_with(Instant::now);
                 }
-                self.ready_at = None;
                 self.engine.link_ready();
             }
             Action::HoldAudio => {}
             Action::BargeIn => info!("barge-in"),
-            Action::TouchActivity => {
-                self.idle_at = Some(Instant::now() + self.settings.idle_timeout);
-            }
-            Action::Teardown(reason) => self.teardown(reason).await,
             Action::PlayFailurePrompt => self.play_failure_prompt(),
+            Action::CancelSetup => self.cancel_setup().await,
+            Action::StopAudio => {
+                self.engine.end_stream();
+                self.audio_out = None;
+                self.outbox.clear();
+            }
+            Action::RecordEnd(reason) => self.record_end(reason),
+            Action::CloseCall => self.close_call().await,
+            Action::ReleaseCloud => {
+                self.release_cloud().await;
+                return Some(Event::TornDown);
+            }
+            Action::ProbeCloud => {
+                if let Some(probe) = &self.probe {
+                    probe.probe_now();
+                }
+            }
+            Action::SyncNow => {
+                if let Some(sync) = &self.sync {
+                    sync.sync_now();
+                }
+            }
             Action::SessionClosed => {}
         }
+        None
     }
 
-    async fn begin(&mut self) {
+    fn begin(&mut self) {
         let id = SessionId::new();
         let started_at = Timestamp::now();
-        let onset = self.next_onset.take().unwrap_or_else(Instant::now);
         let row = NewSession {
             id,
             kiosk_id: self.settings.kiosk_id.clone(),
@@ -790,11 +625,10 @@ impl Orchestrator {
         if let Some(r) = &mut self.report {
             r.sessions.push(id);
         }
-        self.max_at = Some(Instant::now() + self.settings.max_duration);
         self.current = Some(Current {
             id,
             started_at,
-            onset,
+            onset: Instant::now(),
             provisioned: None,
             link: None,
             user_speech_ms: 0,
@@ -808,15 +642,31 @@ impl Orchestrator {
         });
     }
 
-    async fn teardown(&mut self, reason: EndReason) {
-        self.idle_at = None;
-        self.max_at = None;
-        self.ready_at = None;
+    fn connect(&mut self) {
+        let Some(p) = self.current.as_ref().and_then(|c| c.provisioned.as_ref()) else {
+            return;
+        };
+        let signaling = Arc::new(SmallWebRtcSignaling::new(
+            p.offer_url.clone(),
+            p.offer_key.clone(),
+            None,
+            Duration::from_secs(10),
+        ));
+        let settings = self.settings.link.clone();
+        self.connecting = Some(tokio::spawn(async move {
+            Link::connect(settings, signaling)
+                .await
+                .map_err(|e| e.to_string())
+        }));
+    }
+
+    /// Teardown: stops provisioning or connecting still under way.
+    async fn cancel_setup(&mut self) {
         if let Some(p) = self.provisioning.take() {
             p.abort();
             // Cut short, it may have created a room: once it has stopped,
-            // that room is deleted, or released below if it had just
-            // finished.
+            // that room is deleted, or released with the session if it had
+            // just finished.
             if let Ok(Ok(done)) = p.await
                 && let Some(c) = &mut self.current
             {
@@ -827,73 +677,59 @@ impl Orchestrator {
         if let Some(c) = self.connecting.take() {
             c.abort();
         }
-        self.engine.end_stream();
-        self.audio_out = None;
-        self.outbox.clear();
-        if let Some(mut c) = self.current.take() {
-            if let Some(since) = c.bot_speaking_since.take() {
-                c.bot_speech_ms += since.elapsed().as_millis() as u64;
-            }
-            // The end is recorded first: a slow room deletion must not
-            // leave the session open if the stop deadline cuts it short.
-            let end = SessionEnd {
-                ended_at: Timestamp::now(),
-                reason: reason.as_str().into(),
-                user_speech_ms: c.user_speech_ms,
-                bot_speech_ms: c.bot_speech_ms,
-            };
-            let id = c.id;
-            self.persist(Write::End(id, end));
-            info!(session_id = %id, %reason, "session ended");
-            metrics::counter!("kiosk_sessions_total", "end_reason" => reason.as_str()).increment(1);
-            metrics::histogram!("kiosk_session_duration_seconds")
-                .record(c.onset.elapsed().as_secs_f64());
-            // What the agent said until the call closed belongs to this
-            // session (its last transcription often comes as the call
-            // ends), and so does what the transcript still held: a sentence
-            // being spoken, lines waiting for the end of the bot's turn.
-            let mut late = Vec::new();
-            if let Some((link, mut io)) = c.link.take() {
-                publish_link_stats(&link, &self.published, false).await;
-                link.close().await;
-                while let Ok(event) = io.events.try_recv() {
-                    if let LinkEvent::Bot(message) = event {
-                        late.extend(c.transcript.push(&message, Timestamp::now()));
-                    }
+    }
+
+    /// Teardown: completes the session row.
+    fn record_end(&mut self, reason: EndReason) {
+        let Some(c) = &mut self.current else { return };
+        if let Some(since) = c.bot_speaking_since.take() {
+            c.bot_speech_ms += since.elapsed().as_millis() as u64;
+        }
+        let end = SessionEnd {
+            ended_at: Timestamp::now(),
+            reason: reason.as_str().into(),
+            user_speech_ms: c.user_speech_ms,
+            bot_speech_ms: c.bot_speech_ms,
+        };
+        let id = c.id;
+        let duration = c.onset.elapsed();
+        self.persist(Write::End(id, end));
+        info!(session_id = %id, %reason, "session ended");
+        metrics::counter!("kiosk_sessions_total", "end_reason" => reason.as_str()).increment(1);
+        metrics::histogram!("kiosk_session_duration_seconds").record(duration.as_secs_f64());
+    }
+
+    /// Teardown: closes the call. What the agent said until it closed
+    /// belongs to the session (its last transcription often comes as the
+    /// call ends), and so does what the transcript still held: a sentence
+    /// being spoken, lines waiting for the end of the bot's turn.
+    async fn close_call(&mut self) {
+        let Some(c) = &mut self.current else { return };
+        let mut late = Vec::new();
+        if let Some((link, mut io)) = c.link.take() {
+            publish_link_stats(&link, &self.published, false).await;
+            link.close().await;
+            while let Ok(event) = io.events.try_recv() {
+                if let LinkEvent::Bot(message) = event {
+                    late.extend(c.transcript.push(&message, Timestamp::now()));
                 }
             }
-            late.extend(c.transcript.finish(Timestamp::now()));
-            if !late.is_empty() {
-                self.persist(Write::Lines(transcript_rows(id, late)));
-            }
-            if let Some(p) = c.provisioned.take()
-                && let Err(e) = self.provisioner.release(&p).await
-            {
-                warn!(session_id = %id, error = %e, "cannot delete the session's room");
-            }
         }
-        if reason.is_failure() {
-            if let Some(probe) = &self.probe {
-                probe.probe_now();
-            }
-            let at = Instant::now() + self.backoff;
-            self.retry_after = Some(at);
-            if self.settings.trigger == Trigger::Always && reason != EndReason::Shutdown {
-                self.restart_at = Some(at);
-            }
-            info!(
-                retry_in_ms = self.backoff.as_millis() as u64,
-                "backing off before the next session"
-            );
-            self.backoff = (self.backoff * 2).min(self.settings.failure_backoff_max);
-        } else {
-            self.backoff = self.settings.failure_backoff_min;
+        late.extend(c.transcript.finish(Timestamp::now()));
+        if !late.is_empty() {
+            let rows = transcript_rows(c.id, late);
+            self.persist(Write::Lines(rows));
         }
-        if let Some(sync) = &self.sync {
-            sync.sync_now();
+    }
+
+    /// Teardown, last step: deletes the session's room; the session is gone.
+    async fn release_cloud(&mut self) {
+        let Some(c) = self.current.take() else { return };
+        if let Some(p) = &c.provisioned
+            && let Err(e) = self.provisioner.release(p).await
+        {
+            warn!(session_id = %c.id, error = %e, "cannot delete the session's room");
         }
-        // Teardown is complete: the machine may close the session.
-        Box::pin(self.apply(Event::TornDown)).await;
     }
 
     /// Plays the prompt through the playout path at its real pace, as the
@@ -932,11 +768,11 @@ impl Orchestrator {
     /// systemd's status line: the state, and a store that is failing.
     fn systemd_status(&self) {
         let state = self.machine.state().as_str();
-        match self.spool.failing() {
+        match self.persister.spool().failing() {
             None => crate::systemd::status(state),
             Some(_) => crate::systemd::status(&format!(
                 "{state}; store not writable, {} lines held in memory",
-                self.spool.held_lines()
+                self.persister.spool().held_lines()
             )),
         }
     }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
+use super::backoff::Backoff;
 use crate::store::{NewSession, NewTranscript, SessionEnd, SessionId, Store, StoreError};
 
 /// One write to the store.
@@ -76,7 +77,7 @@ pub struct Spool {
     /// The front write is being carried out.
     in_flight: bool,
     retry_at: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     failing: Option<Failing>,
 }
 
@@ -91,7 +92,7 @@ impl Spool {
             max_lines,
             in_flight: false,
             retry_at: None,
-            backoff: BACKOFF_MIN,
+            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             failing: None,
         }
     }
@@ -130,7 +131,7 @@ impl Spool {
     /// this ends a failure.
     pub fn done(&mut self) -> bool {
         self.in_flight = false;
-        self.backoff = BACKOFF_MIN;
+        self.backoff.reset();
         self.failing.take().is_some()
     }
 
@@ -141,8 +142,7 @@ impl Spool {
         self.in_flight = false;
         self.lines += write.lines();
         self.queue.push_front(write);
-        self.retry_at = Some(now + self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.retry_at = Some(now + self.backoff.next_delay());
         let starts = self.failing.is_none();
         if starts {
             self.failing = Some(Failing {
@@ -254,6 +254,26 @@ mod tests {
             spool.take(t0 + BACKOFF_MIN * 3),
             Some(Write::End(..))
         ));
+    }
+
+    #[test]
+    fn a_write_that_succeeds_brings_the_backoff_back_to_the_minimum() {
+        let id = SessionId::new();
+        let mut spool = Spool::new(100);
+        let error = StoreError::WriterGone;
+        let mut now = Instant::now();
+        spool.push(lines(id, 1));
+        for _ in 0..3 {
+            let w = spool.take(now).unwrap();
+            spool.failed(w, &error, now);
+            now = spool.retry_at().unwrap();
+        }
+        spool.take(now).unwrap();
+        spool.done();
+        spool.push(end(id));
+        let w = spool.take(now).unwrap();
+        spool.failed(w, &error, now);
+        assert_eq!(spool.retry_at(), Some(now + BACKOFF_MIN));
     }
 
     #[test]
