@@ -1,6 +1,7 @@
 //! kiosk-gateway: bridges a voice kiosk's microphone and speaker to a cloud
 //! voice agent over WebRTC. See DESIGN.md for the shared picture.
 
+pub mod assets;
 pub mod audio;
 pub mod commands;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod http_body;
 pub mod link;
 pub mod liveness;
 pub mod reachability;
+pub mod runtime;
 pub mod session;
 pub mod status;
 pub mod store;
