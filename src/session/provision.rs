@@ -20,8 +20,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 use url::Url;
 
-use crate::daily::cli::unix_now;
-use crate::daily::{DailyClient, DailyError, MeetingTokenProperties, RoomName};
+use crate::daily::{DailyClient, DailyError, MeetingTokenProperties, RoomName, unix_now};
 use crate::http_body::{BodyError, read_limited};
 
 /// `session.provision`.
