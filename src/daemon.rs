@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::agent_settings::ProvisionMode;
 use crate::assets;
 use crate::audio::AudioEngine;
 use crate::config::Config;
@@ -21,7 +22,7 @@ use crate::liveness::Liveness;
 use crate::reachability::Prober;
 use crate::runtime::{self, RuntimeError};
 use crate::session::orchestrator::{Orchestrator, SessionSettings};
-use crate::session::provision::{ProvisionMode, Provisioner};
+use crate::session::provision::Provisioner;
 use crate::status::{self, Auth, ErrorNote, Identity, Published, StatusState, SyncView};
 use crate::store::{Store, StoreError, StoreHandle};
 use crate::sync::{SyncSettings, SyncWorker};

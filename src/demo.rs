@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::agent_settings::{AgentSettings, ProvisionMode};
 use crate::assets::{DEMO_REPLY, DEMO_VISITOR, FAILURE_PROMPT};
 use crate::audio::{AudioEngine, AudioError, AudioSettings, DeviceSpec, VadSettings};
 use crate::config::Trigger;
@@ -28,7 +29,7 @@ use crate::link::media::{self, MediaError};
 use crate::reachability::Prober;
 use crate::runtime::{self, RuntimeError};
 use crate::session::orchestrator::{Orchestrator, SessionSettings, Startup, Transition};
-use crate::session::provision::{AgentSettings, ProvisionError, ProvisionMode, Provisioner};
+use crate::session::provision::{ProvisionError, Provisioner};
 use crate::status::{self, Auth, Identity, LinkView, Published, StatusState};
 use crate::store::{Store, StoreError, StoreHandle, Transcript};
 use crate::telemetry::RecentEvents;

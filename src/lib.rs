@@ -1,6 +1,7 @@
 //! kiosk-gateway: bridges a voice kiosk's microphone and speaker to a cloud
 //! voice agent over WebRTC. See DESIGN.md for the shared picture.
 
+pub mod agent_settings;
 pub mod assets;
 pub mod audio;
 pub mod commands;
