@@ -23,6 +23,7 @@ use crate::agent_settings::{AgentSettings, ProvisionMode};
 use crate::assets::{DEMO_REPLY, DEMO_VISITOR, FAILURE_PROMPT};
 use crate::audio::{AudioEngine, AudioError, AudioSettings, DeviceSpec, VadSettings};
 use crate::config::Trigger;
+use crate::control::{LinkView, Published};
 use crate::link::LinkSettings;
 use crate::link::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig};
 use crate::link::media::{self, MediaError};
@@ -30,7 +31,7 @@ use crate::reachability::Prober;
 use crate::runtime::{self, RuntimeError};
 use crate::session::orchestrator::{Orchestrator, SessionSettings, Startup, Transition};
 use crate::session::provision::{ProvisionError, Provisioner};
-use crate::status::{self, Auth, Identity, LinkView, Published, StatusState};
+use crate::status::{self, Auth, Identity, StatusState};
 use crate::store::{Store, StoreError, StoreHandle, Transcript};
 use crate::telemetry::RecentEvents;
 

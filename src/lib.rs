@@ -6,6 +6,7 @@ pub mod assets;
 pub mod audio;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod daily;
 pub mod demo;
