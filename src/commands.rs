@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::config::{Config, ConfigError, Env};
 use tokio_util::sync::CancellationToken;
 
+use crate::runtime::{self, RuntimeError};
 use crate::store::{SessionId, Store, StoreError, StoreHandle};
 use crate::sync::{SyncSettings, SyncWorker};
 
@@ -128,7 +129,7 @@ pub fn sync(
     if retry_parked {
         worker.trigger().retry_parked();
     }
-    let runtime = crate::daemon::runtime()?;
+    let runtime = runtime::build()?;
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     let outcome = runtime.block_on(async move {
@@ -182,7 +183,7 @@ pub enum SyncCommandError {
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
     #[error(transparent)]
-    Runtime(#[from] crate::daemon::DaemonError),
+    Runtime(#[from] RuntimeError),
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
 }

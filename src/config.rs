@@ -13,10 +13,10 @@ use std::time::Duration;
 use secrecy::SecretString;
 use toml_edit::Document;
 
+use crate::agent_settings::{AgentSettings, ProvisionMode};
 use crate::audio::{Aggressiveness, AudioSettings, DeviceSpec, Millis, VadSettings};
 use crate::daily::{DailySettings, Privacy, RoomSettings};
 use crate::link::{IceServer, LinkSettings};
-use crate::session::provision::{AgentSettings, ProvisionMode};
 
 use loader::Loader;
 pub use loader::{ENV_PREFIX, Env, Origin, Problem};

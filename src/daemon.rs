@@ -12,15 +12,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::agent_settings::ProvisionMode;
+use crate::assets;
 use crate::audio::AudioEngine;
 use crate::config::Config;
+use crate::control::Published;
 use crate::daily::DailyClient;
 use crate::link::media;
 use crate::liveness::Liveness;
 use crate::reachability::Prober;
+use crate::runtime::{self, RuntimeError};
 use crate::session::orchestrator::{Orchestrator, SessionSettings};
-use crate::session::provision::{ProvisionMode, Provisioner};
-use crate::status::{self, Auth, ErrorNote, Identity, Published, StatusState, SyncView};
+use crate::session::provision::Provisioner;
+use crate::status::{self, Auth, ErrorNote, Identity, StatusState, SyncView};
 use crate::store::{Store, StoreError, StoreHandle};
 use crate::sync::{SyncSettings, SyncWorker};
 use crate::systemd;
@@ -41,8 +45,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("cannot install the {0} handler: {1}")]
     Signal(&'static str, #[source] std::io::Error),
     #[error(transparent)]
@@ -59,22 +63,9 @@ pub enum DaemonError {
     },
 }
 
-/// Builds the runtime the daemon and other long commands run on.
-pub fn runtime() -> Result<tokio::runtime::Runtime, DaemonError> {
-    // One worker: everything async here waits on sockets and timers (the
-    // DSP, the store writer and status reads have threads of their own),
-    // and a second worker only adds cross-thread wake-ups: the gateway's
-    // CPU in a long session went from 3.40% to 3.09% of a core.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(DaemonError::Runtime)
-}
-
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config, recent: RecentEvents) -> Result<(), DaemonError> {
-    runtime()?.block_on(serve(config, recent))
+    runtime::build()?.block_on(serve(config, recent))
 }
 
 async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> {
@@ -270,12 +261,12 @@ pub fn session_settings(config: &Config) -> Result<SessionSettings, DaemonError>
             path: path.clone(),
             source,
         })?,
-        None => media::read_wav_bytes(crate::demo::FAILURE_PROMPT).map_err(|source| {
-            DaemonError::Prompt {
+        None => {
+            media::read_wav_bytes(assets::FAILURE_PROMPT).map_err(|source| DaemonError::Prompt {
                 path: "(built in)".into(),
                 source,
-            }
-        })?,
+            })?
+        }
     };
     Ok(SessionSettings {
         kiosk_id: config.kiosk.id.to_string(),

@@ -19,24 +19,21 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::agent_settings::{AgentSettings, ProvisionMode};
+use crate::assets::{DEMO_REPLY, DEMO_VISITOR, FAILURE_PROMPT};
 use crate::audio::{AudioEngine, AudioError, AudioSettings, DeviceSpec, VadSettings};
 use crate::config::Trigger;
+use crate::control::{LinkView, Published};
 use crate::link::LinkSettings;
 use crate::link::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig};
 use crate::link::media::{self, MediaError};
 use crate::reachability::Prober;
+use crate::runtime::{self, RuntimeError};
 use crate::session::orchestrator::{Orchestrator, SessionSettings, Startup, Transition};
-use crate::session::provision::{AgentSettings, ProvisionError, ProvisionMode, Provisioner};
-use crate::status::{self, Auth, Identity, LinkView, Published, StatusState};
+use crate::session::provision::{ProvisionError, Provisioner};
+use crate::status::{self, Auth, Identity, StatusState};
 use crate::store::{Store, StoreError, StoreHandle, Transcript};
 use crate::telemetry::RecentEvents;
-
-/// The visitor: four utterances with known silences between them.
-const VISITOR: &[u8] = include_bytes!("../fixtures/audio/multi_utterance_16k.wav");
-/// What the loopback agent says after each utterance.
-const REPLY: &[u8] = include_bytes!("../fixtures/link/reply_48k.wav");
-/// What a visitor hears when the agent cannot be reached.
-pub const FAILURE_PROMPT: &[u8] = include_bytes!("../fixtures/audio/failure_prompt_48k.wav");
 
 pub struct DemoArgs {
     /// Visitor speech; the built-in fixture when `None`.
@@ -140,7 +137,7 @@ pub enum DemoError {
     #[error("cannot start the status server: {0}")]
     Status(std::io::Error),
     #[error(transparent)]
-    Runtime(#[from] crate::daemon::DaemonError),
+    Runtime(#[from] RuntimeError),
 }
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, DemoError> {
@@ -163,7 +160,7 @@ pub fn run(args: DemoArgs, recent: RecentEvents) -> Result<DemoSummary, DemoErro
         path: state_dir.clone(),
         source,
     })?;
-    crate::daemon::runtime()?.block_on(run_async(args, state_dir, recent))
+    runtime::build()?.block_on(run_async(args, state_dir, recent))
 }
 
 async fn run_async(
@@ -179,7 +176,7 @@ async fn run_async(
     };
     let (agent, mode, agent_settings, link) = match &args.agent {
         DemoAgent::Loopback => {
-            let reply = media::read_wav(&write_file(&state_dir, "agent-reply.wav", REPLY)?)?;
+            let reply = media::read_wav(&write_file(&state_dir, "agent-reply.wav", DEMO_REPLY)?)?;
             let mut agent_config = LoopbackAgentConfig::new(reply);
             agent_config.bind = ([127, 0, 0, 1], 0).into();
             let agent = LoopbackAgent::start(agent_config).await?;
@@ -234,7 +231,7 @@ async fn run_async(
     let input = match (&args.input, args.devices) {
         (_, true) => DeviceSpec::Default,
         (Some(path), false) => DeviceSpec::Wav(path.clone()),
-        (None, false) => DeviceSpec::Wav(write_file(&state_dir, "visitor.wav", VISITOR)?),
+        (None, false) => DeviceSpec::Wav(write_file(&state_dir, "visitor.wav", DEMO_VISITOR)?),
     };
     let audio = AudioSettings {
         input,

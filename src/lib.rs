@@ -1,9 +1,36 @@
 //! kiosk-gateway: bridges a voice kiosk's microphone and speaker to a cloud
-//! voice agent over WebRTC. See DESIGN.md for the shared picture.
+//! voice agent over WebRTC, keeps what was said in SQLite, ships it to the
+//! operator's cloud and shows technicians a status page. It runs as one
+//! systemd service on the kiosk (`kiosk-gateway run`).
+//!
+//! The modules, listed bottom-up: each uses only modules listed before it
+//! (the unit tests in `layout_tests` fail on any import cycle).
+//!
+//! - Foundations: [`health`] (how a part is doing, in words for
+//!   technicians), [`http_body`] (bounded reads of untrusted replies),
+//!   [`liveness`] (which parts make progress), [`systemd`] (sd_notify),
+//!   [`runtime`] (the async runtime), [`assets`] (audio built into the
+//!   binary), [`agent_settings`] (how sessions reach the agent), [`store`]
+//!   (SQLite: sessions, transcripts, sync batches).
+//! - The kiosk's parts: [`audio`] (devices, echo cancelling, voice
+//!   detection, Opus), [`daily`] (Daily REST client), [`link`] (the WebRTC
+//!   call to the agent and its RTVI data channel).
+//! - Around them: [`config`] (TOML and environment into each part's
+//!   settings), [`control`] (state published for the status server, and
+//!   technicians' commands), [`telemetry`] (logging), [`sync`] (transcript
+//!   upload), [`reachability`] (probes of Daily and the agent).
+//! - The running gateway: [`session`] (the kiosk loop: state machine,
+//!   provisioning, orchestrator), [`status`] (status page, JSON API,
+//!   metrics), [`watchdog`] (the systemd watchdog).
+//! - Entry points: [`daemon`] (`run`), [`demo`] (`demo`), [`commands`]
+//!   (one-shot technician commands); `main.rs` parses the command line.
 
+pub mod agent_settings;
+pub mod assets;
 pub mod audio;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod daily;
 pub mod demo;
@@ -12,6 +39,7 @@ pub mod http_body;
 pub mod link;
 pub mod liveness;
 pub mod reachability;
+pub mod runtime;
 pub mod session;
 pub mod status;
 pub mod store;
@@ -19,3 +47,6 @@ pub mod sync;
 pub mod systemd;
 pub mod telemetry;
 pub mod watchdog;
+
+#[cfg(test)]
+mod layout_tests;

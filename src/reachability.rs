@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use metrics::{counter, gauge};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -20,9 +21,7 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::daily::{DailyClient, DailyError};
-use crate::health::ErrorNote;
-use crate::status::Health;
-use crate::status::metrics;
+use crate::health::{ErrorNote, Health};
 
 /// One probe's time limit: long enough for a slow mobile uplink, short
 /// enough that an unreachable service shows as such within seconds.
@@ -157,7 +156,7 @@ impl Prober {
 
     fn record(&self, index: usize, service: Service, outcome: Outcome) {
         let now = Timestamp::now();
-        metrics::record_probe(service.name(), outcome.health, outcome.latency);
+        record_metrics(service, outcome.health, outcome.latency);
         self.checks.send_modify(|checks| {
             let check = &mut checks[index];
             let was = check.health;
@@ -184,6 +183,15 @@ impl Prober {
             check.detail = outcome.detail;
         });
     }
+}
+
+/// One check's outcome in `/metrics` (described there).
+fn record_metrics(service: Service, health: Health, took: Duration) {
+    let service = service.name();
+    gauge!("kiosk_cloud_up", "service" => service).set(f64::from(u8::from(health == Health::Ok)));
+    gauge!("kiosk_cloud_probe_seconds", "service" => service).set(took.as_secs_f64());
+    counter!("kiosk_cloud_probes_total", "service" => service, "result" => health.to_string())
+        .increment(1);
 }
 
 struct Outcome {

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use daily_support::{API_KEY, FakeDaily, Fault};
-use kiosk_gateway::daily::cli::{RoomCommand, run_room_command, unix_now};
+use kiosk_gateway::daily::cli::{RoomCommand, run_room_command};
 use kiosk_gateway::daily::{
     DailyClient, DailyError, DailySettings, MeetingTokenProperties, RoomDeletion, RoomName,
+    unix_now,
 };
 use secrecy::{ExposeSecret, SecretString};
 

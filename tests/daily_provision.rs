@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use daily_support::{API_KEY, FakeDaily, Fault};
+use kiosk_gateway::agent_settings::{AgentSettings, ProvisionMode};
 use kiosk_gateway::daily::{DailyClient, DailySettings};
-use kiosk_gateway::session::provision::{
-    AgentSettings, ProvisionError, ProvisionMode, Provisioner, Step,
-};
+use kiosk_gateway::session::provision::{ProvisionError, Provisioner, Step};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 

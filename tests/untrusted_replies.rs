@@ -10,10 +10,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use kiosk_gateway::agent_settings::{AgentSettings, ProvisionMode};
 use kiosk_gateway::link::signaling::whip::WhipSignaling;
 use kiosk_gateway::link::signaling::{OfferKind, Signaling, SignalingError};
 use kiosk_gateway::session::provision::{
-    AgentSettings, AgentStartError, ProvisionError, ProvisionMode, Provisioner, Step, StepError,
+    AgentStartError, ProvisionError, Provisioner, Step, StepError,
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};

@@ -1,11 +1,9 @@
 //! `kiosk-gateway room create|delete|list` for technicians: output formatting
 //! for the Daily client, so `main.rs` stays argument parsing only.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::Serialize;
 
-use super::{DailyClient, DailyError, Room, RoomDeletion, RoomName};
+use super::{DailyClient, DailyError, Room, RoomDeletion, RoomName, unix_now};
 
 /// One technician action on Daily rooms.
 #[derive(Clone, Debug)]
@@ -69,13 +67,6 @@ pub async fn run_room_command(
             })
         }
     }
-}
-
-/// Seconds since the Unix epoch, for Daily's `exp` fields.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn room_line(room: &Room) -> String {

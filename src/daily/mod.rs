@@ -8,7 +8,7 @@ pub mod cli;
 mod error;
 mod types;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::{Method, StatusCode, header};
@@ -84,6 +84,13 @@ impl Default for RoomSettings {
             privacy: Privacy::Private,
         }
     }
+}
+
+/// Seconds since the Unix epoch, for Daily's `exp` fields.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl RoomSettings {

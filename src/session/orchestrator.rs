@@ -26,13 +26,14 @@ use crate::audio::{
     AudioEngine, AudioEvent, EncodedFrame, IncomingPacket, OpusPacket, PlayoutSender,
 };
 use crate::config::Trigger;
+use crate::control::{Command, CurrentSession, Line, LinkView, Published};
+use crate::health::{Component, Health};
 use crate::link::rtvi::BotMessage;
 use crate::link::signaling::smallwebrtc::SmallWebRtcSignaling;
 use crate::link::transcript::{Speaker, TranscriptAssembler, TranscriptLine};
 use crate::link::{Link, LinkEvent, LinkIo, LinkSettings, OpusFrame, OpusPacket as LinkPacket};
 use crate::liveness::{Liveness, Part, wedge_requested};
 use crate::reachability::ProbeTrigger;
-use crate::status::{Component, CurrentSession, Health, Line, LinkView, Published};
 use crate::store::{NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreHandle};
 use crate::sync::SyncTrigger;
 
@@ -50,13 +51,6 @@ pub struct SessionSettings {
     /// Wait before the next session after a failed one, doubling to the max.
     pub failure_backoff_min: Duration,
     pub failure_backoff_max: Duration,
-}
-
-/// A technician's request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Start,
-    Stop,
 }
 
 /// The session in progress.
@@ -830,6 +824,5 @@ async fn publish_link_stats(link: &Link, published: &watch::Sender<Published>, l
         return;
     };
     let view = LinkView::from_stats(&stats, live);
-    crate::status::metrics::record_link(&view);
     published.send_modify(|p| p.link = Some(view));
 }

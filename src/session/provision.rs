@@ -12,7 +12,6 @@
 //! the room exists, the room is deleted before the error is returned.
 
 use std::fmt;
-use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -20,45 +19,9 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 use url::Url;
 
-use crate::daily::cli::unix_now;
-use crate::daily::{DailyClient, DailyError, MeetingTokenProperties, RoomName};
+use crate::agent_settings::{AgentSettings, ProvisionMode};
+use crate::daily::{DailyClient, DailyError, MeetingTokenProperties, RoomName, unix_now};
 use crate::http_body::{BodyError, read_limited};
-
-/// `session.provision`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProvisionMode {
-    Daily,
-    Pipecat,
-    #[default]
-    Static,
-}
-
-/// How to reach the agent. Mapped from the `[agent]` config table.
-#[derive(Clone, Debug)]
-pub struct AgentSettings {
-    /// Pipecat runner / Pipecat Cloud `.../start`, or an operator backend.
-    pub start_url: Option<Url>,
-    /// Fixed SmallWebRTC offer URL for `static`.
-    pub offer_url: Option<Url>,
-    /// Bearer key for the start endpoint (Pipecat Cloud public key).
-    pub api_key: Option<SecretString>,
-    /// JSON body for `pipecat` starts; merged into the `daily` start body.
-    pub body: Value,
-    pub request_timeout: Duration,
-}
-
-impl Default for AgentSettings {
-    fn default() -> Self {
-        Self {
-            start_url: None,
-            offer_url: None,
-            api_key: None,
-            body: Value::Object(Default::default()),
-            request_timeout: Duration::from_secs(15),
-        }
-    }
-}
 
 /// An agent-side session id (Pipecat's `sessionId`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -8,8 +8,9 @@ use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::auth::Access;
-use super::{Component, CurrentSession, ErrorNote, LinkView, SessionCommand, StatusState, metrics};
+use super::{Access, StatusState, metrics};
+use crate::control::{Command as SessionCommand, CurrentSession, LinkView};
+use crate::health::{Component, ErrorNote};
 use crate::liveness::{Part, wedge_requested};
 use crate::reachability::CloudCheck;
 use crate::store::{Backlog, Counts, SessionId, SessionRecord, SessionSummary, Transcript};
@@ -248,6 +249,9 @@ pub async fn metrics_text(State(state): State<StatusState>) -> Response {
     let read = state.read(|s| Ok((s.counts()?, s.backlog()?))).await;
     if let Some(audio) = state.audio.as_ref().map(|a| &a.metrics) {
         metrics::record_audio(audio);
+    }
+    if let Some(link) = &state.published.borrow().link {
+        metrics::record_link(link);
     }
     let body = metrics::render(
         read.as_ref().map(|(c, _)| *c),

@@ -25,8 +25,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::StatusState;
 use super::guard::Connection;
+use super::{Access, StatusState};
 use crate::config::secret_text;
 
 pub const COOKIE: &str = "kiosk_gateway_session";
@@ -140,15 +140,6 @@ enum Refusal {
     Wrong,
     /// Too many wrong ones lately: wait this long.
     Wait(Duration),
-}
-
-/// What a request has proven.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// A valid token or login.
-    Technician,
-    /// No token configured, loopback only: the page without personal data.
-    Anonymous,
 }
 
 impl Auth {

@@ -8,8 +8,8 @@ use axum::response::Response;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use super::{Health, LinkView};
 use crate::audio::AudioMetrics;
+use crate::control::LinkView;
 use crate::store::{Backlog, Counts};
 
 struct Recorder {
@@ -148,14 +148,6 @@ fn describe() {
         "kiosk_link_packets_sent_per_second",
         "Audio packets sent to the agent per second over the last few seconds of the current call."
     );
-}
-
-/// One reachability check's outcome.
-pub fn record_probe(service: &'static str, health: Health, took: std::time::Duration) {
-    gauge!("kiosk_cloud_up", "service" => service).set(f64::from(u8::from(health == Health::Ok)));
-    gauge!("kiosk_cloud_probe_seconds", "service" => service).set(took.as_secs_f64());
-    counter!("kiosk_cloud_probes_total", "service" => service, "result" => health.to_string())
-        .increment(1);
 }
 
 /// The latest call statistics.

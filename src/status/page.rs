@@ -9,9 +9,8 @@ use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use rand::RngCore;
 
-use super::StatusState;
 use super::api::{SessionDoc, StatusDoc, session_doc, status_doc};
-use super::auth::Access;
+use super::{Access, StatusState};
 
 #[derive(Template)]
 #[template(path = "status.html")]

@@ -1,0 +1,46 @@
+//! How sessions reach the cloud agent: the provisioning mode and the
+//! agent's endpoints. Plain settings, low in the module graph: `config`
+//! fills them in and `session::provision` acts on them.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::Value;
+use url::Url;
+
+/// `session.provision`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProvisionMode {
+    Daily,
+    Pipecat,
+    #[default]
+    Static,
+}
+
+/// How to reach the agent. Mapped from the `[agent]` config table.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    /// Pipecat runner / Pipecat Cloud `.../start`, or an operator backend.
+    pub start_url: Option<Url>,
+    /// Fixed SmallWebRTC offer URL for `static`.
+    pub offer_url: Option<Url>,
+    /// Bearer key for the start endpoint (Pipecat Cloud public key).
+    pub api_key: Option<SecretString>,
+    /// JSON body for `pipecat` starts; merged into the `daily` start body.
+    pub body: Value,
+    pub request_timeout: Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            start_url: None,
+            offer_url: None,
+            api_key: None,
+            body: Value::Object(Default::default()),
+            request_timeout: Duration::from_secs(15),
+        }
+    }
+}
