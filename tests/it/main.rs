@@ -1,12 +1,15 @@
 //! The integration tests, one module per area, in one test binary: each
 //! binary links the whole crate with its WebRTC stack, and linking one
-//! instead of thirty is most of what `cargo test` costs on a small machine.
+//! instead of one per file is most of what `cargo test` costs on a small machine.
 //!
-//! Two stay binaries of their own, as they need a process to themselves:
+//! Three stay binaries of their own, as they need a process to themselves:
 //! - `tests/audio_alloc.rs` installs a counting `#[global_allocator]`;
 //! - `tests/audio_devices.rs` sets `ALSA_CONFIG_PATH`, which alsa-lib reads
 //!   once per process, and ends the process from a watchdog thread if a
-//!   device hangs.
+//!   device hangs;
+//! - `tests/pipecat/` runs a Python bot and the product in real time, one
+//!   test at a time, and needs both cores: here another test would run
+//!   beside it.
 //!
 //! Tests here run on parallel threads of one process: they may not change
 //! its environment or other process-wide state.
@@ -14,7 +17,6 @@
 mod common;
 mod daily_support;
 mod fake_upstream;
-mod interop;
 mod link_support;
 
 mod audio_echo;
@@ -28,11 +30,9 @@ mod daily_provision;
 mod demo;
 mod hostile_agent;
 mod hostile_wav;
-mod interop_run;
 mod journal;
 mod link_call;
 mod link_loopback;
-mod link_pipecat;
 mod link_restart;
 mod link_signaling;
 mod session;

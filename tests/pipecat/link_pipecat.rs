@@ -7,7 +7,7 @@
 //!
 //! The bot runs with Pipecat's stock `audio_idle_timeout` (1 s: a user's
 //! speech ends when no audio frames arrive), because `call` sends nothing
-//! between repetitions of its input; tests/it/interop_run.rs holds the daemon
+//! between repetitions of its input; tests/pipecat/interop_run.rs holds the daemon
 //! to the stricter rule that the wire never goes quiet. Its turns end 0.6 s
 //! after its VAD stopped (Pipecat's smart-turn model, the default, waits
 //! for more after espeak's flat "...check in please.").
