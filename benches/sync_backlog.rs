@@ -3,7 +3,9 @@
 //! upstream on loopback, with the default batch size. One timed run (it is
 //! a drain, not a loop): `cargo bench --bench sync_backlog`.
 
-#[path = "../tests/fake_upstream/mod.rs"]
+// The integration tests' fake upstream; the bench needs only its happy path.
+#[allow(dead_code)]
+#[path = "../tests/it/fake_upstream.rs"]
 mod fake_upstream;
 
 use std::time::{Duration, Instant};

@@ -19,7 +19,7 @@ mkdir -p "$out"
 
 # The visitor: the four utterances of multi_utterance_16k.wav (ground truth
 # in fixtures/audio/README.md), 1 s of its room noise before, 2 s after each
-# (1 s after the last), at 48 kHz for `call`. tests/interop_run.rs builds the
+# (1 s after the last), at 48 kHz for `call`. tests/pipecat/interop_run.rs builds the
 # same microphone for the daemon.
 src="$root/fixtures/audio/multi_utterance_16k.wav"
 cut() { sox "$src" "$work/$1.wav" trim "$2" "=$3"; }
@@ -56,7 +56,7 @@ record() {
   echo "$name: $(wc -l <"$out/$name.jsonl") messages" >&2
 }
 
-# What tests/interop_run.rs runs: turns end 0.6 s after the VAD stopped.
+# What tests/pipecat/interop_run.rs runs: turns end 0.6 s after the VAD stopped.
 record four-turns four_48k.wav 18 --turn-stop speech-timeout --vad-stop-secs 0.4
 # Pipecat's defaults: smart-turn v3 decides when a turn ends.
 record smart-turn four_48k.wav 24

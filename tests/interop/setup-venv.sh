@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates the Pipecat venv for tests/link_pipecat.rs and tests/interop_run.rs
+# Creates the Pipecat venv for tests/pipecat/link_pipecat.rs and tests/pipecat/interop_run.rs
 # and prints the export line for KIOSK_PIPECAT_PYTHON. Usage (from .ci/run):
 #   eval "$(bash tests/interop/setup-venv.sh "${VENV:-$PWD/target/venv-pipecat}")"
 set -euo pipefail

@@ -1,7 +1,7 @@
 //! DailyClient against the in-process fake Daily API: documented shapes,
 //! retries with backoff, typed errors, and secrecy of the API key.
 
-mod daily_support;
+use crate::daily_support;
 
 use std::time::{Duration, Instant};
 

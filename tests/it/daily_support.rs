@@ -1,7 +1,6 @@
 //! An in-process fake of the Daily REST API (and of an agent start endpoint)
 //! on 127.0.0.1. It checks auth, paths and bodies against Daily's documented
 //! shapes, keeps rooms in memory, logs every request and injects faults.
-#![allow(dead_code)] // each test binary uses a different part of it
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -36,7 +35,6 @@ pub enum Fault {
 pub struct Logged {
     pub method: Method,
     pub path: String,
-    pub body: Option<Value>,
 }
 
 #[derive(Default)]
@@ -121,20 +119,13 @@ fn daily_error(status: StatusCode, error: &str, info: &str) -> Response {
 }
 
 /// Logs the request, checks the bearer key and applies any injected fault.
-async fn gate(
-    state: &Shared,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Option<Response> {
+async fn gate(state: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
     let path = uri.path().to_owned();
     let fault = {
         let mut s = state.lock().unwrap();
         s.log.push(Logged {
             method: method.clone(),
             path: path.clone(),
-            body: serde_json::from_slice(body).ok(),
         });
         let key = format!("{method} {path}");
         s.faults
@@ -206,7 +197,7 @@ async fn create_room(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = gate(&state, &method, &uri, &headers, &body).await {
+    if let Some(r) = gate(&state, &method, &uri, &headers).await {
         return r;
     }
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
@@ -247,9 +238,8 @@ async fn list_rooms(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
 ) -> Response {
-    if let Some(r) = gate(&state, &method, &uri, &headers, &body).await {
+    if let Some(r) = gate(&state, &method, &uri, &headers).await {
         return r;
     }
     let s = state.lock().unwrap();
@@ -263,9 +253,8 @@ async fn get_room(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
 ) -> Response {
-    if let Some(r) = gate(&state, &method, &uri, &headers, &body).await {
+    if let Some(r) = gate(&state, &method, &uri, &headers).await {
         return r;
     }
     match state.lock().unwrap().rooms.get(&name) {
@@ -284,9 +273,8 @@ async fn delete_room(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
 ) -> Response {
-    if let Some(r) = gate(&state, &method, &uri, &headers, &body).await {
+    if let Some(r) = gate(&state, &method, &uri, &headers).await {
         return r;
     }
     let mut s = state.lock().unwrap();
@@ -309,9 +297,8 @@ async fn presence(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
 ) -> Response {
-    if let Some(r) = gate(&state, &method, &uri, &headers, &body).await {
+    if let Some(r) = gate(&state, &method, &uri, &headers).await {
         return r;
     }
     if !state.lock().unwrap().rooms.contains_key(&name) {
@@ -333,7 +320,7 @@ async fn create_token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = gate(&state, &method, &uri, &headers, &body).await {
+    if let Some(r) = gate(&state, &method, &uri, &headers).await {
         return r;
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or_default();

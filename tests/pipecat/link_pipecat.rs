@@ -7,7 +7,7 @@
 //!
 //! The bot runs with Pipecat's stock `audio_idle_timeout` (1 s: a user's
 //! speech ends when no audio frames arrive), because `call` sends nothing
-//! between repetitions of its input; tests/interop_run.rs holds the daemon
+//! between repetitions of its input; tests/pipecat/interop_run.rs holds the daemon
 //! to the stricter rule that the wire never goes quiet. Its turns end 0.6 s
 //! after its VAD stopped (Pipecat's smart-turn model, the default, waits
 //! for more after espeak's flat "...check in please.").
@@ -16,9 +16,8 @@
 //! KIOSK_PIPECAT_PYTHON=/path/to/venv/bin/python (see tests/interop/README.md).
 //! Without either the test fails and says how to make it.
 
-#[path = "interop/support.rs"]
-mod interop;
-mod link_support;
+use crate::interop;
+use crate::link_support;
 
 use std::process::Command;
 
@@ -28,6 +27,7 @@ use serde_json::Value;
 
 #[test]
 fn call_reaches_a_pipecat_bot() {
+    let _serial = interop::SERIAL.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let bot = PipecatBot::start(
         dir.path(),

@@ -2,7 +2,7 @@
 //! both ways for 3 s. The link must notice, restart the peer connection
 //! (SmallWebRTC `restart_pc`) and carry the call on.
 
-mod link_support;
+use crate::link_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,8 +3,8 @@
 //! (foreign `Host`), cross-site requests riding on the login cookie, token
 //! guessing, cookies over https, and secrets read the same way everywhere.
 
-mod common;
-mod fake_upstream;
+use crate::common;
+use crate::fake_upstream;
 
 use std::io::{Read, Write};
 use std::net::IpAddr;

@@ -1,7 +1,7 @@
 //! The technician's one-shot commands: `check`, `transcripts`, and the
 //! argument and file checks of `call` and `demo`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,6 +1,5 @@
 //! Starting the real binary the way systemd would, with a notify socket
 //! the test reads, and stopping it with real signals.
-#![allow(dead_code)] // each test binary uses a different part of this
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

@@ -4,8 +4,8 @@
 //! creation must cost the visitor no speech, and no session may leave a
 //! room behind, whether it ends normally or fails to provision.
 
-mod common;
-mod daily_support;
+use crate::common;
+use crate::daily_support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -18,10 +18,9 @@
 //!
 //! Needs the Pipecat venv (see tests/interop/README.md); fails without it.
 
-mod common;
-mod daily_support;
-#[path = "interop/support.rs"]
-mod interop;
+use crate::common;
+use crate::daily_support;
+use crate::interop;
 
 use std::path::Path;
 use std::time::Duration;
@@ -31,12 +30,8 @@ use common::{
     transcript_lines, visitor_clip, wait_session_end, write_wav,
 };
 use daily_support::{API_KEY as DAILY_KEY, FakeDaily};
-use interop::PipecatBot;
+use interop::{PipecatBot, SERIAL};
 use serde_json::Value;
-
-/// One test at a time: each runs a Python bot (Silero inference on every
-/// frame) and a daemon, and the machine has two cores.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const AGENT_KEY: &str = "pk_test_interop_do_not_log";
 

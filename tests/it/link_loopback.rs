@@ -1,7 +1,7 @@
 //! The link against the built-in loopback agent over 127.0.0.1: audio both
 //! ways, RTVI both ways.
 
-mod link_support;
+use crate::link_support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Signaling dialects: WHIP against the loopback agent, error handling of
 //! both dialects against misbehaving servers, and the agent hanging up.
 
-mod link_support;
+use crate::link_support;
 
 use std::sync::Arc;
 use std::time::Duration;

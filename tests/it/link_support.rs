@@ -1,5 +1,4 @@
 //! Helpers for the link tests: fixtures and signal comparison.
-#![allow(dead_code)] // each test binary uses a different part of it
 
 use std::path::PathBuf;
 

@@ -4,7 +4,7 @@
 //! crash, a failure that plays the prompt, the session's time limit, the
 //! agent leaving — and the visitor can talk over the bot.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

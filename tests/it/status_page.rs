@@ -3,7 +3,7 @@
 //! a transcript, and no script blocked by the Content-Security-Policy.
 //! Screenshots land in target/tmp/status-page/.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

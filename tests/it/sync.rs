@@ -3,8 +3,8 @@
 //! can always be sent again (under a new key), waits are never busy, and
 //! only the upstream's own answer counts as accepted.
 
-mod common;
-mod fake_upstream;
+use crate::common;
+use crate::fake_upstream;
 
 use std::path::Path;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! later audio, keep listening to the visitor, count what it could not
 //! decode, and keep its devices "ok".
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,7 +1,5 @@
 //! The Pipecat bot (tests/interop/bot.py) as a child process, for the tests
-//! that run the product against it (tests/link_pipecat.rs,
-//! tests/interop_run.rs). Included with `#[path = "interop/support.rs"]`.
-#![allow(dead_code)] // each test binary uses a different part of it
+//! that run the product against it (link_pipecat, interop_run).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,6 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+/// One test with a bot at a time: each runs a Python bot (Silero inference
+/// on every frame) and the product, and the machine has two cores.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The reply the bot "synthesizes" for every sentence ("Thank you.", 48 kHz).
 pub const REPLY_WAV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/reply_48k.wav");

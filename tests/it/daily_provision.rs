@@ -2,7 +2,7 @@
 //! fake agent start endpoint: the happy paths, and no room left behind when
 //! a later step fails.
 
-mod daily_support;
+use crate::daily_support;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@
 //! build (each sequence holds 1 to 12, then a clean stream follows).
 //! `HOSTILE_CASES=100000` runs 100 000 sequences.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;

@@ -2,7 +2,7 @@
 //! any PCM WAV goes in, the stream is continuous (a packet every 20 ms for
 //! the whole call), and the agent's audio comes back at the input's rate.
 
-mod link_support;
+use crate::link_support;
 
 use std::path::{Path, PathBuf};
 

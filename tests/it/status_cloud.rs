@@ -2,8 +2,8 @@
 //! any visitor arrives: is Daily reachable and does it take our key, does
 //! the agent's endpoint answer — on `/api/status`, the page and `/metrics`.
 
-mod common;
-mod daily_support;
+use crate::common;
+use crate::daily_support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `kiosk-gateway run` as systemd runs it: READY, watchdog, status server,
 //! clean stop on SIGTERM, and a damaged database kept aside.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

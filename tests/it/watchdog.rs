@@ -4,7 +4,7 @@
 //! `/api/status` name the part. Test builds wedge a part two seconds after
 //! start-up when `KIOSK_TEST_WEDGE` names it.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,6 @@
 //! first time, a refusal included, and never counted again) and injects
 //! faults per request, including a dropped connection before or after it
 //! has stored the batch, and what a captive portal does.
-#![allow(dead_code)] // each test binary uses a different part of this
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;

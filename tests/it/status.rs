@@ -1,8 +1,8 @@
 //! The status server as a technician (and an intruder) meets it: the auth
 //! matrix, limits, headers, and that nothing secret leaks.
 
-mod common;
-mod fake_upstream;
+use crate::common;
+use crate::fake_upstream;
 
 use std::time::Duration;
 

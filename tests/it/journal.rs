@@ -3,7 +3,7 @@
 //! /run/systemd/journal/socket inside a private mount namespace (root and
 //! util-linux's `unshare`, as on CI).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
