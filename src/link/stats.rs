@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use webrtc::peer_connection::{PeerConnection, RTCStatsReportEntry, StatsSelector};
 
-use super::Counters;
 use super::peer::OPUS_CLOCK_RATE;
+use super::supervisor::Counters;
 
 /// A snapshot of one link. Rates are averages since the previous snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
