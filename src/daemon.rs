@@ -12,10 +12,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::audio::AudioEngine;
+use crate::audio::{self, AudioEngine, Prompt};
 use crate::config::Config;
 use crate::daily::DailyClient;
-use crate::link::media;
 use crate::liveness::Liveness;
 use crate::reachability::Prober;
 use crate::session::orchestrator::{Orchestrator, SessionSettings};
@@ -55,7 +54,7 @@ pub enum DaemonError {
     Prompt {
         path: std::path::PathBuf,
         #[source]
-        source: crate::link::media::MediaError,
+        source: crate::audio::AudioError,
     },
 }
 
@@ -265,18 +264,16 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 
 /// The orchestrator's settings from the config.
 pub fn session_settings(config: &Config) -> Result<SessionSettings, DaemonError> {
-    let failure_prompt = match &config.session.failure_prompt {
-        Some(path) => media::read_wav(path).map_err(|source| DaemonError::Prompt {
-            path: path.clone(),
-            source,
-        })?,
-        None => media::read_wav_bytes(crate::demo::FAILURE_PROMPT).map_err(|source| {
-            DaemonError::Prompt {
-                path: "(built in)".into(),
-                source,
-            }
-        })?,
+    let (path, clip) = match &config.session.failure_prompt {
+        Some(path) => (path.clone(), audio::read_wav(path)),
+        None => (
+            "(built in)".into(),
+            audio::read_wav_bytes(crate::demo::FAILURE_PROMPT),
+        ),
     };
+    let failure_prompt = clip
+        .and_then(|clip| Prompt::encode(&clip, &config.audio))
+        .map_err(|source| DaemonError::Prompt { path, source })?;
     Ok(SessionSettings {
         kiosk_id: config.kiosk.id.to_string(),
         trigger: config.session.trigger,

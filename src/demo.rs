@@ -19,11 +19,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::audio::{AudioEngine, AudioError, AudioSettings, DeviceSpec, VadSettings};
+use crate::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig, media};
+use crate::audio::{
+    AudioEngine, AudioError, AudioSettings, DeviceSpec, Prompt, VadSettings, read_wav_bytes,
+};
 use crate::config::Trigger;
 use crate::link::LinkSettings;
-use crate::link::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig};
-use crate::link::media::{self, MediaError};
 use crate::reachability::Prober;
 use crate::session::orchestrator::{Orchestrator, SessionSettings, Startup, Transition};
 use crate::session::provision::{AgentSettings, ProvisionError, ProvisionMode, Provisioner};
@@ -129,8 +130,6 @@ pub enum DemoError {
     },
     #[error(transparent)]
     Audio(#[from] AudioError),
-    #[error(transparent)]
-    Media(#[from] MediaError),
     #[error(transparent)]
     Agent(#[from] AgentError),
     #[error(transparent)]
@@ -287,7 +286,7 @@ async fn run_async(
         max_duration: Duration::from_secs(300),
         ready_timeout: Duration::from_secs(5),
         link,
-        failure_prompt: Some(media::read_wav_bytes(FAILURE_PROMPT)?),
+        failure_prompt: Some(Prompt::encode(&read_wav_bytes(FAILURE_PROMPT)?, &audio)?),
         failure_backoff_min: Duration::from_secs(2),
         failure_backoff_max: Duration::from_secs(60),
     };

@@ -1,6 +1,7 @@
 //! kiosk-gateway: bridges a voice kiosk's microphone and speaker to a cloud
 //! voice agent over WebRTC. See DESIGN.md for the shared picture.
 
+mod agent;
 pub mod audio;
 pub mod commands;
 pub mod config;
@@ -18,4 +19,6 @@ pub mod store;
 pub mod sync;
 pub mod systemd;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod watchdog;

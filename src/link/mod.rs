@@ -7,11 +7,9 @@
 //! connection (SmallWebRTC `restart_pc`) with jittered exponential backoff,
 //! and reports [`LinkEvent::Lost`] if that does not succeed in time.
 
-pub mod agent;
 pub mod call;
 pub mod cli;
-pub mod media;
-mod peer;
+pub(crate) mod peer;
 mod rtp_clock;
 pub mod rtvi;
 mod settings;
