@@ -77,7 +77,7 @@ impl Encoder {
 #[cfg(feature = "testkit")]
 pub struct Decoder {
     inner: OpusDecoder,
-    pcm: Box<[f32; MAX_DECODED]>,
+    pcm: Vec<f32>,
     out: Vec<i16>,
 }
 
@@ -86,13 +86,13 @@ impl Decoder {
     pub fn new() -> Result<Self, AudioError> {
         Ok(Self {
             inner: OpusDecoder::new()?,
-            pcm: Box::new([0.0; MAX_DECODED]),
+            pcm: vec![0.0; MAX_DECODED],
             out: Vec::with_capacity(MAX_DECODED),
         })
     }
 
     pub fn decode(&mut self, packet: &[u8]) -> Result<&[i16], AudioError> {
-        let n = self.inner.decode(packet, &mut self.pcm[..])?;
+        let n = self.inner.decode(packet, &mut self.pcm)?;
         self.out.clear();
         self.out
             .extend(self.pcm[..n].iter().map(|&s| f32_to_i16(s)));
