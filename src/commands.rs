@@ -11,6 +11,9 @@ use crate::runtime::{self, RuntimeError};
 use crate::store::{SessionId, Store, StoreError, StoreHandle};
 use crate::sync::{SyncSettings, SyncWorker};
 
+/// `loopback-agent`: the built-in agent on its own, until Ctrl-C.
+pub use crate::agent::run_until_interrupted as loopback_agent;
+
 /// `check`: loads and validates the config, printing every problem.
 /// Returns whether it is valid. Nothing on disk is touched.
 pub fn check(path: &Path, out: &mut impl Write, err: &mut impl Write) -> std::io::Result<bool> {

@@ -14,11 +14,10 @@ use tracing::{error, info, warn};
 
 use crate::agent_settings::ProvisionMode;
 use crate::assets;
-use crate::audio::AudioEngine;
+use crate::audio::{self, AudioEngine, Prompt};
 use crate::config::Config;
 use crate::control::Published;
 use crate::daily::DailyClient;
-use crate::link::media;
 use crate::liveness::Liveness;
 use crate::reachability::Prober;
 use crate::runtime::{self, RuntimeError};
@@ -59,7 +58,7 @@ pub enum DaemonError {
     Prompt {
         path: std::path::PathBuf,
         #[source]
-        source: crate::link::media::MediaError,
+        source: crate::audio::AudioError,
     },
 }
 
@@ -256,18 +255,16 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 
 /// The orchestrator's settings from the config.
 pub fn session_settings(config: &Config) -> Result<SessionSettings, DaemonError> {
-    let failure_prompt = match &config.session.failure_prompt {
-        Some(path) => media::read_wav(path).map_err(|source| DaemonError::Prompt {
-            path: path.clone(),
-            source,
-        })?,
-        None => {
-            media::read_wav_bytes(assets::FAILURE_PROMPT).map_err(|source| DaemonError::Prompt {
-                path: "(built in)".into(),
-                source,
-            })?
-        }
+    let (path, clip) = match &config.session.failure_prompt {
+        Some(path) => (path.clone(), audio::read_wav(path)),
+        None => (
+            "(built in)".into(),
+            audio::read_wav_bytes(assets::FAILURE_PROMPT),
+        ),
     };
+    let failure_prompt = clip
+        .and_then(|clip| Prompt::encode(&clip, &config.audio))
+        .map_err(|source| DaemonError::Prompt { path, source })?;
     Ok(SessionSettings {
         kiosk_id: config.kiosk.id.to_string(),
         trigger: config.session.trigger,

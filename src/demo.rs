@@ -19,14 +19,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig, media};
 use crate::agent_settings::{AgentSettings, ProvisionMode};
 use crate::assets::{DEMO_REPLY, DEMO_VISITOR, FAILURE_PROMPT};
-use crate::audio::{AudioEngine, AudioError, AudioSettings, DeviceSpec, VadSettings};
+use crate::audio::{
+    AudioEngine, AudioError, AudioSettings, DeviceSpec, Prompt, VadSettings, read_wav_bytes,
+};
 use crate::config::Trigger;
 use crate::control::{LinkView, Published};
 use crate::link::LinkSettings;
-use crate::link::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig};
-use crate::link::media::{self, MediaError};
 use crate::reachability::Prober;
 use crate::runtime::{self, RuntimeError};
 use crate::session::orchestrator::{Orchestrator, SessionSettings, Startup, Transition};
@@ -126,8 +127,6 @@ pub enum DemoError {
     },
     #[error(transparent)]
     Audio(#[from] AudioError),
-    #[error(transparent)]
-    Media(#[from] MediaError),
     #[error(transparent)]
     Agent(#[from] AgentError),
     #[error(transparent)]
@@ -284,7 +283,7 @@ async fn run_async(
         max_duration: Duration::from_secs(300),
         ready_timeout: Duration::from_secs(5),
         link,
-        failure_prompt: Some(media::read_wav_bytes(FAILURE_PROMPT)?),
+        failure_prompt: Some(Prompt::encode(&read_wav_bytes(FAILURE_PROMPT)?, &audio)?),
         failure_backoff_min: Duration::from_secs(2),
         failure_backoff_max: Duration::from_secs(60),
     };

@@ -25,6 +25,7 @@
 //! - Entry points: [`daemon`] (`run`), [`demo`] (`demo`), [`commands`]
 //!   (one-shot technician commands); `main.rs` parses the command line.
 
+mod agent;
 pub mod agent_settings;
 pub mod assets;
 pub mod audio;
@@ -46,6 +47,8 @@ pub mod store;
 pub mod sync;
 pub mod systemd;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod watchdog;
 
 #[cfg(test)]

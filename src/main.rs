@@ -372,7 +372,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::LoopbackAgent { listen, reply } => {
             telemetry::init_for_command();
-            small_runtime()?.block_on(kiosk_gateway::link::cli::loopback_agent(listen, reply))?;
+            small_runtime()?.block_on(kiosk_gateway::commands::loopback_agent(listen, &reply))?;
         }
         Command::Devices { json } => {
             telemetry::init_for_command();

@@ -103,6 +103,13 @@ impl OpusEncoder {
     /// Encodes exactly one 20 ms frame ([`frame_len`](Self::frame_len) samples).
     pub fn encode(&mut self, frame: &[f32]) -> Result<OpusPacket, AudioError> {
         debug_assert_eq!(frame.len(), self.frame_len, "one 20 ms frame");
+        self.encode_any(frame)
+    }
+
+    /// Encodes a frame of any duration Opus allows (2.5 to 120 ms at the
+    /// input rate) into one packet: the kiosk sends 20 ms, but tools that
+    /// play an agent make the longer packets some agents send.
+    pub fn encode_any(&mut self, frame: &[f32]) -> Result<OpusPacket, AudioError> {
         let mut out = OpusPacket {
             data: [0; MAX_PACKET],
             len: 0,

@@ -88,6 +88,7 @@ mod echo_gate;
 mod engine;
 mod metrics;
 mod playout;
+mod prompt;
 mod resample;
 mod segmenter;
 mod settings;
@@ -96,18 +97,19 @@ mod vad;
 mod wav;
 
 pub use capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
-pub use codec::{MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket};
+pub use codec::{MAX_DECODED, MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket};
 pub use dsp::Dsp;
 pub use echo_gate::EchoGate;
 pub use engine::{AudioEngine, PlayoutSender};
 pub use metrics::{AudioMetrics, EngineFailure};
 pub use playout::{IncomingPacket, JitterBuffer, NextFrame, Playout};
+pub use prompt::Prompt;
 pub use resample::{StreamResampler, resample_clip};
 pub use segmenter::{SegmentOutput, Segmenter, Utterance};
 pub use settings::{AudioSettings, DeviceSpec, VadSettings};
 pub use units::{Dbfs, FRAME_48K, FRAME_MS, Millis, OPUS_FRAME, SampleRate, VAD_FRAME, f32_to_i16};
 pub use vad::{Aggressiveness, VoiceDetector};
-pub use wav::{PcmClip, read_wav, write_wav};
+pub use wav::{PcmClip, read_wav, read_wav_bytes, write_wav};
 
 use std::path::PathBuf;
 
@@ -133,6 +135,8 @@ pub enum AudioError {
         #[source]
         source: hound::Error,
     },
+    #[error("WAV data")]
+    WavData(#[source] hound::Error),
     #[error("resampler: {0}")]
     Resampler(String),
     #[error("Opus codec")]

@@ -1,8 +1,10 @@
 //! WAV files as audio sources and sinks (for tools, tests and `wav:` devices).
 
+use std::io::Read;
 use std::path::Path;
 
 use super::AudioError;
+use super::resample::resample_clip;
 use super::units::{Millis, SampleRate, f32_to_i16};
 
 /// A mono clip held in memory, samples in [-1, 1].
@@ -17,6 +19,19 @@ impl PcmClip {
         let ms = self.samples.len() as u64 * 1000 / u64::from(self.rate.hz().max(1));
         Millis(u32::try_from(ms).unwrap_or(u32::MAX))
     }
+
+    /// The same clip at `rate` (unchanged when it is already at that rate).
+    pub fn resampled(&self, rate: SampleRate) -> Result<PcmClip, AudioError> {
+        if self.rate.hz() == 0 {
+            return Err(AudioError::Resampler(
+                "the clip's sample rate is 0 Hz".into(),
+            ));
+        }
+        Ok(PcmClip {
+            rate,
+            samples: resample_clip(&self.samples, self.rate, rate)?,
+        })
+    }
 }
 
 /// Reads a WAV file of any rate, channel count and PCM/float format and
@@ -26,21 +41,28 @@ pub fn read_wav(path: &Path) -> Result<PcmClip, AudioError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut reader = hound::WavReader::open(path).map_err(wav_err)?;
+    let reader = hound::WavReader::open(path).map_err(wav_err)?;
+    read_clip(reader).map_err(wav_err)
+}
+
+/// As [`read_wav`], for a WAV held in memory (the built-in prompts).
+pub fn read_wav_bytes(bytes: &[u8]) -> Result<PcmClip, AudioError> {
+    hound::WavReader::new(bytes)
+        .and_then(read_clip)
+        .map_err(AudioError::WavData)
+}
+
+fn read_clip<R: Read>(mut reader: hound::WavReader<R>) -> Result<PcmClip, hound::Error> {
     let spec = reader.spec();
     let channels = usize::from(spec.channels.max(1));
     let interleaved: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader
-            .samples::<f32>()
-            .collect::<Result<_, _>>()
-            .map_err(wav_err)?,
+        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>()?,
         hound::SampleFormat::Int => {
             let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
             reader
                 .samples::<i32>()
                 .map(|s| s.map(|v| v as f32 * scale))
-                .collect::<Result<_, _>>()
-                .map_err(wav_err)?
+                .collect::<Result<_, _>>()?
         }
     };
     let samples = interleaved
@@ -103,6 +125,28 @@ mod tests {
         write_wav(&mono, &clip).unwrap();
         let back = read_wav(&mono).unwrap();
         assert!(back.samples.iter().all(|s| (s - 0.25).abs() < 1e-4));
+    }
+
+    #[test]
+    fn a_wav_in_memory_reads_as_from_a_file_and_resamples() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tone.wav");
+        let clip = PcmClip {
+            rate: SampleRate(16_000),
+            samples: (0..1600).map(|i| 0.5 * (i as f32 * 0.1).sin()).collect(),
+        };
+        write_wav(&path, &clip).unwrap();
+        let from_memory = read_wav_bytes(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(from_memory, read_wav(&path).unwrap());
+        let at_48k = from_memory.resampled(SampleRate::OPUS).unwrap();
+        assert_eq!(at_48k.samples.len(), 4800);
+        assert_eq!(at_48k.duration(), Millis(100));
+        assert!(read_wav_bytes(b"RIFF").is_err());
+        let silent_rate = PcmClip {
+            rate: SampleRate(0),
+            samples: vec![0.0; 10],
+        };
+        assert!(silent_rate.resampled(SampleRate::OPUS).is_err());
     }
 
     #[test]

@@ -1,15 +1,11 @@
-//! `kiosk-gateway call` and `loopback-agent`: a technician's direct call to
-//! an agent, and the built-in agent run on its own.
+//! `kiosk-gateway call`: a technician's direct call to an agent.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig};
 use super::call::{CallError, CallInput, CallOptions, CallOutput, run_call};
-use super::media::{self, MediaError};
 use super::signaling::Signaling;
 use super::signaling::smallwebrtc::SmallWebRtcSignaling;
 use super::signaling::whip::WhipSignaling;
@@ -41,14 +37,8 @@ pub struct CallArgs {
 pub enum CliError {
     #[error(transparent)]
     Call(#[from] CallError),
-    #[error(transparent)]
-    Media(#[from] MediaError),
-    #[error(transparent)]
-    Agent(#[from] AgentError),
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
 }
 
 /// Runs the call, printing RTVI events as they come (JSON lines on stderr
@@ -90,15 +80,4 @@ pub async fn call(args: CallArgs) -> Result<String, CliError> {
     } else {
         format!("{summary:#?}")
     })
-}
-
-/// Runs the loopback agent on `listen` until Ctrl-C.
-pub async fn loopback_agent(listen: std::net::SocketAddr, reply: PathBuf) -> Result<(), CliError> {
-    let reply = media::read_wav(&reply)?;
-    let mut config = LoopbackAgentConfig::new(reply);
-    config.bind = listen;
-    let agent = LoopbackAgent::start(config).await?;
-    println!("offer URL: {}", agent.offer_url());
-    tokio::signal::ctrl_c().await?;
-    Ok(())
 }

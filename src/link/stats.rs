@@ -1,14 +1,28 @@
 //! Link statistics for the status page and metrics: our own counters plus
 //! what webrtc-rs learns from RTCP (round-trip time, jitter, loss).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use webrtc::peer_connection::{PeerConnection, RTCStatsReportEntry, StatsSelector};
 
-use super::Counters;
 use super::peer::OPUS_CLOCK_RATE;
+
+/// What the link counts as packets and messages pass; read into each
+/// snapshot.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub packets_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub packets_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub audio_in_dropped: AtomicU64,
+    pub rtvi_unknown: AtomicU64,
+    pub rtvi_malformed: AtomicU64,
+    pub rtvi_oversized: AtomicU64,
+    pub restarts: AtomicU64,
+}
 
 /// A snapshot of one link. Rates are averages since the previous snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

@@ -22,9 +22,7 @@ use super::provision::{Provisioned, Provisioner};
 use super::report::Milestones;
 pub use super::report::{RunReport, Startup, Transition};
 use super::spool::Write;
-use crate::audio::{
-    AudioEngine, AudioEvent, EncodedFrame, IncomingPacket, OpusPacket, PlayoutSender,
-};
+use crate::audio::{AudioEngine, AudioEvent, EncodedFrame, PlayoutSender, Prompt};
 use crate::config::Trigger;
 use crate::control::{Command, CurrentSession, Line, LinkView, Published};
 use crate::health::{Component, Health};
@@ -46,9 +44,9 @@ pub struct SessionSettings {
     pub max_duration: Duration,
     pub ready_timeout: Duration,
     pub link: LinkSettings,
-    /// Played locally when a session cannot be set up (48 kHz mono).
-    pub failure_prompt: Option<Vec<i16>>,
-    /// Wait before the next session after a failed one, doubling to the max.
+    /// Played locally when a session cannot be set up.
+    pub failure_prompt: Option<Prompt>,
+    /// Wait before the next attempt after a failure, doubling to the max.
     pub failure_backoff_min: Duration,
     pub failure_backoff_max: Duration,
 }
@@ -733,28 +731,12 @@ impl Orchestrator {
         let Some(prompt) = self.settings.failure_prompt.clone() else {
             return;
         };
-        let Ok(mut encoder) = crate::link::media::Encoder::new() else {
-            return;
-        };
         let playout = self.engine.playout();
         tokio::spawn(async move {
-            let frame = crate::link::media::FRAME_SAMPLES;
-            let mut tick = tokio::time::interval(crate::link::media::FRAME_DURATION);
-            for (i, chunk) in prompt.chunks(frame).enumerate() {
+            let mut tick = tokio::time::interval(Prompt::PACKET_DURATION);
+            for packet in prompt.packets() {
                 tick.tick().await;
-                let mut pcm = chunk.to_vec();
-                pcm.resize(frame, 0);
-                let Ok(data) = encoder.encode(&pcm) else {
-                    return;
-                };
-                let Some(payload) = OpusPacket::from_slice(&data) else {
-                    continue;
-                };
-                playout.push(IncomingPacket {
-                    seq: i as u16,
-                    timestamp: (i * frame) as u32,
-                    payload,
-                });
+                playout.push(packet);
             }
         });
     }

@@ -14,8 +14,8 @@ use common::{
     Daemon, U1_MS, get, session_config, silence, speaker_samples, transcript_lines, visitor_clip,
     wait_for, write_wav,
 };
-use kiosk_gateway::link::agent::{LoopbackAgent, LoopbackAgentConfig};
-use kiosk_gateway::link::media;
+use kiosk_gateway::testkit::media;
+use kiosk_gateway::testkit::{LoopbackAgent, LoopbackAgentConfig};
 
 /// Seconds of sound in `samples` (48 kHz): 10 ms frames above -40 dBFS.
 fn seconds_of_sound(samples: &[i16]) -> f64 {

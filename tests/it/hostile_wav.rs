@@ -38,7 +38,7 @@ fn read_both(bytes: &[u8]) {
     let path = dir.join("in.wav");
     std::fs::write(&path, bytes).unwrap();
     let _ = kiosk_gateway::audio::read_wav(&path);
-    let _ = kiosk_gateway::link::media::read_wav_bytes(bytes);
+    let _ = kiosk_gateway::audio::read_wav_bytes(bytes);
 }
 
 proptest! {

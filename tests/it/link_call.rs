@@ -7,8 +7,8 @@ use crate::link_support;
 use std::path::{Path, PathBuf};
 
 use kiosk_gateway::audio::{self, SampleRate};
-use kiosk_gateway::link::agent::{LoopbackAgent, LoopbackAgentConfig};
-use kiosk_gateway::link::media;
+use kiosk_gateway::testkit::media;
+use kiosk_gateway::testkit::{LoopbackAgent, LoopbackAgentConfig};
 use link_support::fixture;
 use serde_json::Value;
 

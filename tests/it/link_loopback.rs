@@ -6,11 +6,11 @@ use crate::link_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiosk_gateway::link::agent::{LoopbackAgent, LoopbackAgentConfig};
-use kiosk_gateway::link::media::{self, Decoder, Encoder, FRAME_DURATION, FRAME_SAMPLES};
 use kiosk_gateway::link::rtvi::{BotMessage, ClientMessage};
 use kiosk_gateway::link::signaling::smallwebrtc::SmallWebRtcSignaling;
 use kiosk_gateway::link::{Link, LinkEvent, OpusFrame};
+use kiosk_gateway::testkit::media::{self, Decoder, Encoder, FRAME_DURATION, FRAME_SAMPLES};
+use kiosk_gateway::testkit::{LoopbackAgent, LoopbackAgentConfig};
 use link_support::{aligned_correlation, fixture, local_settings};
 use serde_json::json;
 

@@ -7,11 +7,11 @@ use crate::link_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiosk_gateway::link::agent::{LoopbackAgent, LoopbackAgentConfig};
-use kiosk_gateway::link::media::{self, Encoder, FRAME_DURATION, FRAME_SAMPLES};
 use kiosk_gateway::link::rtvi::BotMessage;
 use kiosk_gateway::link::signaling::smallwebrtc::SmallWebRtcSignaling;
 use kiosk_gateway::link::{Link, LinkEvent, LinkIo, LinkSettings, OpusFrame};
+use kiosk_gateway::testkit::media::{self, Encoder, FRAME_DURATION, FRAME_SAMPLES};
+use kiosk_gateway::testkit::{LoopbackAgent, LoopbackAgentConfig};
 use link_support::{fixture, local_settings};
 
 /// Says `pcm`, then a second of silence: the agent ends a turn on the

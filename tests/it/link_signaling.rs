@@ -10,13 +10,13 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use kiosk_gateway::link::agent::{LoopbackAgent, LoopbackAgentConfig};
-use kiosk_gateway::link::media::{self, Encoder, FRAME_DURATION, FRAME_SAMPLES};
 use kiosk_gateway::link::rtvi::BotMessage;
 use kiosk_gateway::link::signaling::smallwebrtc::SmallWebRtcSignaling;
 use kiosk_gateway::link::signaling::whip::WhipSignaling;
 use kiosk_gateway::link::signaling::{OfferKind, Signaling, SignalingError};
 use kiosk_gateway::link::{Link, LinkEvent, OpusFrame};
+use kiosk_gateway::testkit::media::{self, Encoder, FRAME_DURATION, FRAME_SAMPLES};
+use kiosk_gateway::testkit::{LoopbackAgent, LoopbackAgentConfig};
 use link_support::{fixture, local_settings};
 use secrecy::SecretString;
 

@@ -14,8 +14,8 @@ use common::{
     speaker_samples, transcript_lines, visitor_clip, wait_for, wait_for_prompt, wait_session_end,
     write_wav,
 };
-use kiosk_gateway::link::agent::{LoopbackAgent, LoopbackAgentConfig};
-use kiosk_gateway::link::media;
+use kiosk_gateway::testkit::media;
+use kiosk_gateway::testkit::{LoopbackAgent, LoopbackAgentConfig};
 
 fn fixture_48k(name: &str) -> Vec<i16> {
     media::read_wav(&Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).unwrap()

@@ -16,8 +16,8 @@ use common::{
     wait_for_prompt, wait_session_end, write_wav,
 };
 use daily_support::{API_KEY, FakeDaily, Fault};
-use kiosk_gateway::link::agent::{LoopbackAgent, LoopbackAgentConfig};
-use kiosk_gateway::link::media;
+use kiosk_gateway::testkit::media;
+use kiosk_gateway::testkit::{LoopbackAgent, LoopbackAgentConfig};
 use serde_json::json;
 
 async fn agent() -> LoopbackAgent {

@@ -138,7 +138,7 @@ fn json_lines(path: &Path) -> Vec<Value> {
 
 /// 48 kHz mono samples of [`REPLY_WAV`].
 pub fn reply() -> Vec<i16> {
-    kiosk_gateway::link::media::read_wav(Path::new(REPLY_WAV)).unwrap()
+    kiosk_gateway::testkit::media::read_wav(Path::new(REPLY_WAV)).unwrap()
 }
 
 fn decimate(x: &[i16], factor: usize) -> Vec<f64> {

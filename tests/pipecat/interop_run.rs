@@ -414,7 +414,7 @@ async fn demo_with_a_pipecat_start_endpoint_four_turns() {
 
     let row = session_rows(&state).pop().expect("the demo's session");
     let replies =
-        kiosk_gateway::link::media::read_wav(Path::new(summary["output_wav"].as_str().unwrap()))
+        kiosk_gateway::testkit::media::read_wav(Path::new(summary["output_wav"].as_str().unwrap()))
             .unwrap();
     check_conversation(&state, &row, &bot, &replies, &format!("demo:\n{stderr}"));
 }

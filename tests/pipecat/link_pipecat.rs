@@ -93,7 +93,7 @@ fn call_reaches_a_pipecat_bot() {
 
     // The bot's reply is in what we heard.
     let reply = interop::reply();
-    let heard = kiosk_gateway::link::media::read_wav(&out_wav).unwrap();
+    let heard = kiosk_gateway::testkit::media::read_wav(&out_wav).unwrap();
     let (corr, lag) = aligned_correlation(&reply, &heard, heard.len());
     println!(
         "reply correlation {corr:.3} at {:.3} s",
