@@ -13,6 +13,7 @@ pub mod link;
 pub mod liveness;
 pub mod reachability;
 pub mod session;
+pub mod sip;
 pub mod status;
 pub mod store;
 pub mod sync;
