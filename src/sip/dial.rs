@@ -449,6 +449,17 @@ pub async fn dial(options: DialOptions) -> Result<DialSummary, DialFailure> {
     }
 }
 
+/// A datagram's first line, for the log: never headers, which may carry
+/// digest credentials.
+fn start_line(datagram: &[u8]) -> String {
+    let end = datagram
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(datagram.len())
+        .min(120);
+    String::from_utf8_lossy(&datagram[..end]).into_owned()
+}
+
 fn read_input(path: &Path) -> Result<PcmClip, DialFailure> {
     let input_err = |problem: String| DialFailure::Input {
         path: path.to_path_buf(),
@@ -520,6 +531,7 @@ async fn run_attempt(
             if datagram.starts_with(b"BYE ") {
                 bye_sent = true;
             }
+            debug!(line = start_line(&datagram), "SIP out");
             if let Err(e) = sockets.sip.send_to(&datagram, sockets.peer).await {
                 warn!(error = %e, "cannot send SIP");
             }
@@ -584,6 +596,7 @@ async fn run_attempt(
         tokio::select! {
             received = sockets.sip.recv_from(&mut sip_buf) => {
                 let (n, from) = received?;
+                debug!(%from, line = start_line(&sip_buf[..n]), "SIP in");
                 if from != sockets.peer {
                     sip_foreign += 1;
                     debug!(%from, "SIP datagram from a stranger dropped");
