@@ -1165,3 +1165,454 @@ fn retransmit_non_invite(
 fn user_agent() -> String {
     format!("kiosk-gateway/{}", env!("CARGO_PKG_VERSION"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER_SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                            m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+    fn config() -> DialConfig {
+        DialConfig {
+            target: "sip:room@127.0.0.1:5060".into(),
+            peer: "127.0.0.1:5060".parse().unwrap(),
+            local: "127.0.0.1:5070".parse().unwrap(),
+            media: "127.0.0.1:40000".parse().unwrap(),
+            from_user: "kiosk".into(),
+            credentials: None,
+            answer_timeout: Duration::from_secs(10),
+            timers: Timers::default(),
+        }
+    }
+
+    fn header<'a>(message: &'a str, name: &str) -> &'a str {
+        message
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case(name).then(|| v.trim())
+            })
+            .unwrap_or("")
+    }
+
+    /// The peer's response to one of our requests.
+    fn reply(request: &str, code: u16, extra: &str, body: &str) -> Vec<u8> {
+        let to = header(request, "To");
+        let to = if to.contains("tag=") {
+            to.to_owned()
+        } else {
+            format!("{to};tag=peer")
+        };
+        format!(
+            "SIP/2.0 {code} Whatever\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n\
+             Contact: <sip:room@127.0.0.1:5060;transport=udp>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            header(request, "Via"),
+            header(request, "From"),
+            header(request, "Call-ID"),
+            header(request, "CSeq"),
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// A request from the peer inside the dialog.
+    fn peer_request(invite: &str, method: &str, cseq: u32, extra: &str, body: &str) -> Vec<u8> {
+        format!(
+            "{method} sip:kiosk@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKp{cseq}{method}\r\n\
+             From: {};tag=peer\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            header(invite, "To"),
+            header(invite, "From"),
+            header(invite, "Call-ID"),
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn sent(dialer: &mut Dialer) -> Vec<String> {
+        std::iter::from_fn(|| dialer.poll_transmit())
+            .map(|b| String::from_utf8(b).unwrap())
+            .collect()
+    }
+
+    fn events(dialer: &mut Dialer) -> Vec<DialEvent> {
+        std::iter::from_fn(|| dialer.poll_event()).collect()
+    }
+
+    /// A dialer whose call was answered at `t0` with `extra` headers on the 200.
+    fn established(t0: Instant, extra: &str) -> (Dialer, String) {
+        let mut dialer = Dialer::new(config(), t0).unwrap();
+        let invite = sent(&mut dialer).remove(0);
+        dialer
+            .handle_datagram(&reply(&invite, 200, extra, PEER_SDP), t0)
+            .unwrap();
+        let out = sent(&mut dialer);
+        assert!(
+            out[0].starts_with("ACK sip:room@127.0.0.1:5060;transport=udp SIP/2.0"),
+            "{out:?}"
+        );
+        assert!(matches!(
+            events(&mut dialer)[..],
+            [DialEvent::Answered { .. }]
+        ));
+        (dialer, invite)
+    }
+
+    #[test]
+    fn the_invite_carries_rport_our_offer_and_timer_support() {
+        let mut dialer = Dialer::new(config(), Instant::now()).unwrap();
+        let invite = sent(&mut dialer).remove(0);
+        assert!(invite.starts_with("INVITE sip:room@127.0.0.1:5060 SIP/2.0\r\n"));
+        assert!(
+            header(&invite, "Via").starts_with("SIP/2.0/UDP 127.0.0.1:5070;rport;branch=z9hG4bK")
+        );
+        assert_eq!(header(&invite, "CSeq"), "1 INVITE");
+        assert_eq!(header(&invite, "Supported"), "timer");
+        assert!(invite.contains("m=audio 40000 RTP/AVP 111 0\r\n"));
+        assert_eq!(
+            Dialer::new(
+                DialConfig {
+                    target: "not a uri".into(),
+                    ..config()
+                },
+                Instant::now()
+            )
+            .err(),
+            Some(DialError::BadUri("not a uri".into()))
+        );
+    }
+
+    #[test]
+    fn an_unanswered_invite_is_retransmitted_then_cancelled_after_ringing() {
+        let t0 = Instant::now();
+        let mut dialer = Dialer::new(config(), t0).unwrap();
+        let invite = sent(&mut dialer).remove(0);
+        assert_eq!(dialer.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+        dialer.handle_timeout(t0 + Duration::from_millis(500));
+        assert_eq!(sent(&mut dialer), std::slice::from_ref(&invite));
+        dialer.handle_timeout(t0 + Duration::from_millis(1500));
+        assert_eq!(sent(&mut dialer), std::slice::from_ref(&invite));
+        dialer
+            .handle_datagram(&reply(&invite, 180, "", ""), t0 + Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(
+            events(&mut dialer),
+            [DialEvent::Progress {
+                code: 180,
+                reason: "Whatever".into()
+            }]
+        );
+        // Ringing stops retransmissions; only the answer deadline is left.
+        assert_eq!(dialer.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        dialer.handle_timeout(t0 + Duration::from_secs(10));
+        let cancel = sent(&mut dialer).remove(0);
+        assert!(cancel.starts_with("CANCEL sip:room@127.0.0.1:5060 SIP/2.0"));
+        assert_eq!(header(&cancel, "Via"), header(&invite, "Via"));
+        assert_eq!(header(&cancel, "CSeq"), "1 CANCEL");
+        let later = t0 + Duration::from_millis(10_100);
+        dialer
+            .handle_datagram(&reply(&cancel, 200, "", ""), later)
+            .unwrap();
+        dialer
+            .handle_datagram(&reply(&invite, 487, "", ""), later)
+            .unwrap();
+        let ack = sent(&mut dialer).remove(0);
+        assert!(ack.starts_with("ACK ") && header(&ack, "CSeq") == "1 ACK");
+        assert_eq!(header(&ack, "Via"), header(&invite, "Via"));
+        assert_eq!(
+            events(&mut dialer),
+            [DialEvent::Failed(CallFailure::NotAnswered {
+                cancelled: true
+            })]
+        );
+        assert!(dialer.is_done());
+    }
+
+    #[test]
+    fn final_errors_are_acknowledged_and_typed() {
+        for (code, extra, failure) in [
+            (486, "", CallFailure::Busy { code: 486 }),
+            (404, "", CallFailure::NotFound),
+            (
+                503,
+                "Retry-After: 30\r\n",
+                CallFailure::ServiceUnavailable {
+                    retry_after: Some(Duration::from_secs(30)),
+                },
+            ),
+            (603, "", CallFailure::Declined { code: 603 }),
+            (
+                401,
+                "WWW-Authenticate: Digest realm=\"r\", nonce=\"n\"\r\n",
+                CallFailure::AuthenticationRequired { code: 401 },
+            ),
+        ] {
+            let t0 = Instant::now();
+            let mut dialer = Dialer::new(config(), t0).unwrap();
+            let invite = sent(&mut dialer).remove(0);
+            dialer
+                .handle_datagram(&reply(&invite, code, extra, ""), t0)
+                .unwrap();
+            let ack = sent(&mut dialer).remove(0);
+            assert!(ack.starts_with("ACK "), "{code}");
+            assert_eq!(events(&mut dialer), [DialEvent::Failed(failure)], "{code}");
+            assert!(dialer.is_done());
+        }
+    }
+
+    #[test]
+    fn a_challenge_is_answered_once_with_a_new_invite() {
+        let t0 = Instant::now();
+        let mut dialer = Dialer::new(
+            DialConfig {
+                credentials: Some(Credentials {
+                    user: "kiosk".into(),
+                    password: SecretString::from("pw".to_owned()),
+                }),
+                ..config()
+            },
+            t0,
+        )
+        .unwrap();
+        let invite = sent(&mut dialer).remove(0);
+        let challenge = "Proxy-Authenticate: Digest realm=\"daily\", nonce=\"n1\"\r\n";
+        dialer
+            .handle_datagram(&reply(&invite, 407, challenge, ""), t0)
+            .unwrap();
+        let out = sent(&mut dialer);
+        assert!(out[0].starts_with("ACK "));
+        let second = &out[1];
+        assert_eq!(header(second, "CSeq"), "2 INVITE");
+        assert_ne!(header(second, "Via"), header(&invite, "Via"));
+        assert!(header(second, "Proxy-Authorization").starts_with("Digest "));
+        assert!(!second.contains("pw"));
+        // Refused again with the same nonce: the credentials are wrong;
+        // give up rather than loop.
+        dialer
+            .handle_datagram(&reply(second, 407, challenge, ""), t0)
+            .unwrap();
+        let out = sent(&mut dialer);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].starts_with("ACK "));
+        assert_eq!(
+            events(&mut dialer),
+            [DialEvent::Failed(CallFailure::AuthenticationFailed {
+                code: 407
+            })]
+        );
+        assert_eq!(
+            format!(
+                "{:?}",
+                config().credentials.or(Some(Credentials {
+                    user: "u".into(),
+                    password: SecretString::from("pw".to_owned())
+                }))
+            ),
+            "Some(Credentials { user: \"u\", password: [hidden] })"
+        );
+    }
+
+    #[test]
+    fn a_retransmitted_200_is_acknowledged_again() {
+        let t0 = Instant::now();
+        let (mut dialer, invite) = established(t0, "");
+        dialer
+            .handle_datagram(&reply(&invite, 200, "", PEER_SDP), t0)
+            .unwrap();
+        let again = sent(&mut dialer);
+        assert_eq!(again.len(), 1);
+        assert!(again[0].starts_with("ACK "));
+        assert!(events(&mut dialer).is_empty());
+    }
+
+    #[test]
+    fn a_peer_re_invite_gets_our_same_sdp_until_it_acknowledges() {
+        let t0 = Instant::now();
+        let (mut dialer, invite) = established(t0, "");
+        let moved = PEER_SDP.replace("6000", "7000");
+        dialer
+            .handle_datagram(&peer_request(&invite, "INVITE", 5, "", &moved), t0)
+            .unwrap();
+        let ok = sent(&mut dialer).remove(0);
+        assert!(ok.starts_with("SIP/2.0 200 OK"));
+        assert_eq!(ok.split("\r\n\r\n").nth(1), invite.split("\r\n\r\n").nth(1));
+        match &events(&mut dialer)[..] {
+            [DialEvent::MediaChanged(media)] => assert_eq!(media.rtp.port(), 7000),
+            other => panic!("{other:?}"),
+        }
+        dialer.handle_timeout(t0 + Duration::from_millis(500));
+        assert_eq!(sent(&mut dialer), std::slice::from_ref(&ok));
+        dialer
+            .handle_datagram(
+                &peer_request(&invite, "ACK", 5, "", ""),
+                t0 + Duration::from_millis(600),
+            )
+            .unwrap();
+        dialer.handle_timeout(t0 + Duration::from_millis(1500));
+        assert!(sent(&mut dialer).is_empty());
+        // UPDATE without SDP: 200 without SDP. The same UPDATE again: the same 200.
+        let update = peer_request(&invite, "UPDATE", 6, "", "");
+        dialer.handle_datagram(&update, t0).unwrap();
+        let ok = sent(&mut dialer).remove(0);
+        assert!(ok.starts_with("SIP/2.0 200 OK") && ok.ends_with("Content-Length: 0\r\n\r\n"));
+        dialer.handle_datagram(&update, t0).unwrap();
+        assert_eq!(sent(&mut dialer), [ok]);
+        assert!(dialer.is_established());
+    }
+
+    #[test]
+    fn requests_for_other_calls_get_481_and_overlapping_offers_491() {
+        let t0 = Instant::now();
+        let (mut dialer, invite) = established(t0, "");
+        let stranger = String::from_utf8(peer_request(&invite, "BYE", 9, "", ""))
+            .unwrap()
+            .replace(header(&invite, "Call-ID"), "someone-else");
+        dialer.handle_datagram(stranger.as_bytes(), t0).unwrap();
+        assert!(sent(&mut dialer)[0].starts_with("SIP/2.0 481 "));
+        assert!(dialer.is_established());
+        dialer
+            .handle_datagram(&peer_request(&invite, "INVITE", 5, "", PEER_SDP), t0)
+            .unwrap();
+        dialer
+            .handle_datagram(&peer_request(&invite, "INVITE", 6, "", PEER_SDP), t0)
+            .unwrap();
+        let out = sent(&mut dialer);
+        assert!(out[0].starts_with("SIP/2.0 200 ") && out[1].starts_with("SIP/2.0 491 "));
+    }
+
+    #[test]
+    fn bye_in_both_directions() {
+        let t0 = Instant::now();
+        let (mut dialer, invite) = established(t0, "");
+        dialer.hang_up(t0);
+        let bye = sent(&mut dialer).remove(0);
+        assert!(bye.starts_with("BYE sip:room@127.0.0.1:5060;transport=udp SIP/2.0"));
+        assert_eq!(header(&bye, "CSeq"), "2 BYE");
+        assert!(header(&bye, "To").ends_with(";tag=peer"));
+        dialer
+            .handle_datagram(&reply(&bye, 200, "", ""), t0)
+            .unwrap();
+        assert_eq!(events(&mut dialer), [DialEvent::Ended(Hangup::Local)]);
+        assert!(dialer.is_done());
+
+        let (mut dialer, invite2) = established(t0, "");
+        assert_ne!(header(&invite, "Call-ID"), header(&invite2, "Call-ID"));
+        dialer
+            .handle_datagram(&peer_request(&invite2, "BYE", 7, "", ""), t0)
+            .unwrap();
+        assert!(sent(&mut dialer)[0].starts_with("SIP/2.0 200 OK"));
+        assert_eq!(events(&mut dialer), [DialEvent::Ended(Hangup::Peer)]);
+        assert!(dialer.is_done());
+    }
+
+    #[test]
+    fn we_refresh_the_session_when_the_answer_makes_us_the_refresher() {
+        let t0 = Instant::now();
+        let (mut dialer, _) = established(
+            t0,
+            "Session-Expires: 120;refresher=uac\r\nAllow: INVITE, ACK, BYE, UPDATE\r\n",
+        );
+        assert_eq!(dialer.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        dialer.handle_timeout(t0 + Duration::from_secs(60));
+        let update = sent(&mut dialer).remove(0);
+        assert!(update.starts_with("UPDATE "), "{update}");
+        assert_eq!(header(&update, "Session-Expires"), "120;refresher=uac");
+        let t1 = t0 + Duration::from_secs(61);
+        dialer
+            .handle_datagram(
+                &reply(&update, 200, "Session-Expires: 120;refresher=uac\r\n", ""),
+                t1,
+            )
+            .unwrap();
+        assert_eq!(dialer.poll_timeout(), Some(t1 + Duration::from_secs(60)));
+
+        // A peer that takes no UPDATE is refreshed with a re-INVITE (and our SDP).
+        let (mut dialer, _) = established(t0, "Session-Expires: 90\r\nAllow: INVITE, ACK, BYE\r\n");
+        dialer.handle_timeout(t0 + Duration::from_secs(45));
+        let reinvite = sent(&mut dialer).remove(0);
+        assert!(reinvite.starts_with("INVITE ") && reinvite.contains("m=audio 40000"));
+        dialer
+            .handle_datagram(
+                &reply(&reinvite, 200, "", PEER_SDP),
+                t0 + Duration::from_secs(46),
+            )
+            .unwrap();
+        assert!(sent(&mut dialer)[0].starts_with("ACK "));
+        assert!(dialer.is_established());
+    }
+
+    #[test]
+    fn a_peer_that_should_refresh_and_does_not_is_hung_up_on() {
+        let t0 = Instant::now();
+        let (mut dialer, invite) = established(t0, "Session-Expires: 120;refresher=uas\r\n");
+        // 120 s less a third (40 s), capped at 32 s: 88 s.
+        assert_eq!(dialer.poll_timeout(), Some(t0 + Duration::from_secs(88)));
+        // A refresh from the peer moves the deadline.
+        let t1 = t0 + Duration::from_secs(50);
+        dialer
+            .handle_datagram(
+                &peer_request(
+                    &invite,
+                    "UPDATE",
+                    3,
+                    "Session-Expires: 120;refresher=uac\r\n",
+                    "",
+                ),
+                t1,
+            )
+            .unwrap();
+        let ok = sent(&mut dialer).remove(0);
+        assert_eq!(header(&ok, "Session-Expires"), "120;refresher=uac");
+        assert_eq!(dialer.poll_timeout(), Some(t1 + Duration::from_secs(88)));
+        dialer.handle_timeout(t1 + Duration::from_secs(88));
+        let bye = sent(&mut dialer).remove(0);
+        assert!(bye.starts_with("BYE "));
+        dialer
+            .handle_datagram(&reply(&bye, 200, "", ""), t1 + Duration::from_secs(89))
+            .unwrap();
+        assert_eq!(
+            events(&mut dialer),
+            [DialEvent::Ended(Hangup::SessionExpired)]
+        );
+    }
+
+    #[test]
+    fn an_answer_without_usable_sdp_is_hung_up() {
+        let t0 = Instant::now();
+        let mut dialer = Dialer::new(config(), t0).unwrap();
+        let invite = sent(&mut dialer).remove(0);
+        let refused = PEER_SDP.replace("6000", "0");
+        dialer
+            .handle_datagram(&reply(&invite, 200, "", &refused), t0)
+            .unwrap();
+        let out = sent(&mut dialer);
+        assert!(out[0].starts_with("ACK ") && out[1].starts_with("BYE "));
+        assert_eq!(
+            events(&mut dialer),
+            [DialEvent::Failed(CallFailure::BadAnswer(
+                SdpError::AudioRefused
+            ))]
+        );
+    }
+
+    #[test]
+    fn garbage_is_counted_and_changes_nothing() {
+        let t0 = Instant::now();
+        let (mut dialer, invite) = established(t0, "");
+        for junk in [
+            &b"\x00\xff"[..],
+            b"SIP/2.0 200 OK\r\n\r\n",
+            b"NOTIFY x SIP/2.0\r\n\r\n",
+        ] {
+            assert!(dialer.handle_datagram(junk, t0).is_err());
+        }
+        // A response for a transaction we never started.
+        let stray = String::from_utf8(reply(&invite, 200, "", ""))
+            .unwrap()
+            .replace("CSeq: 1 INVITE", "CSeq: 77 BYE");
+        assert!(dialer.handle_datagram(stray.as_bytes(), t0).is_err());
+        assert_eq!(dialer.ignored(), 4);
+        assert!(sent(&mut dialer).is_empty());
+        assert!(dialer.is_established());
+    }
+}
