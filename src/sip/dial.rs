@@ -27,6 +27,7 @@ use super::dialog::{
     CallFailure, Credentials, DialConfig, DialError, DialEvent, Dialer, Hangup, Timers,
 };
 use super::g711;
+use super::message::MAX_MESSAGE;
 use super::rtp::{self, RtpSession, RtpStats};
 use super::sdp::{Codec, RemoteMedia};
 use crate::audio::{
@@ -38,9 +39,10 @@ use crate::audio::{
 const FRAME: Duration = Duration::from_millis(20);
 /// Receiver reports this often (RFC 3550's 5 s minimum interval).
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
-/// Largest datagram read from a media or SIP socket; larger ones are cut
-/// and then refused as malformed.
-const MAX_DATAGRAM: usize = 2048;
+/// Largest datagram read from a media socket (an RTP packet the audio
+/// engine takes is at most `MAX_PACKET` plus headers); larger ones are
+/// cut and then refused as malformed.
+const MAX_MEDIA_DATAGRAM: usize = 2048;
 /// Longest call the recording holds (PCMU places audio by timestamp).
 const MAX_RECORDING: Duration = Duration::from_secs(3600);
 
@@ -515,9 +517,10 @@ async fn run_attempt(
     let mut hung_up = false;
     let mut sip_foreign = 0u64;
     let mut last_invite = started;
-    let mut sip_buf = vec![0u8; MAX_DATAGRAM];
-    let mut rtp_buf = vec![0u8; MAX_DATAGRAM];
-    let mut rtcp_buf = vec![0u8; MAX_DATAGRAM];
+    // One byte over the limit, so an oversized message is seen as such.
+    let mut sip_buf = vec![0u8; MAX_MESSAGE + 1];
+    let mut rtp_buf = vec![0u8; MAX_MEDIA_DATAGRAM];
+    let mut rtcp_buf = vec![0u8; MAX_MEDIA_DATAGRAM];
     let mut ticker = tokio::time::interval(FRAME);
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
