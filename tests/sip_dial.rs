@@ -429,3 +429,34 @@ fn a_bad_uri_or_input_fails_before_dialing() {
         run.stderr
     );
 }
+
+#[test]
+fn session_timers_and_a_re_invite_from_the_peer_do_not_break_the_call() {
+    let peer = ScriptedPeer::start(Script {
+        session_expires: Some("90;refresher=uas"),
+        reinvite_after: Some(Duration::from_secs(1)),
+        rtp_first: Duration::from_secs(60),
+        ..Script::default()
+    });
+    let run = dial(&peer.uri(), &visitor(), None, &["--seconds", "3"]);
+    assert!(run.success, "{}", run.stderr);
+    let s = run.summary.unwrap();
+    assert_eq!(s["session_expires_s"], 90);
+    assert_eq!(s["ended_by"], "local");
+    assert!(field(&s, "rtp.packets_received").as_u64().unwrap() >= 140);
+    let log = peer.finish();
+    let invite = log
+        .requests
+        .iter()
+        .find(|r| r.starts_with("INVITE "))
+        .unwrap();
+    let ok = log
+        .requests
+        .iter()
+        .find(|r| r.starts_with("SIP/2.0 200") && r.contains("CSeq: 2 INVITE"))
+        .expect("the re-INVITE was answered 200");
+    // The same SDP, version and all: nothing changed on our side.
+    assert_eq!(ok.split("\r\n\r\n").nth(1), invite.split("\r\n\r\n").nth(1));
+    assert!(ok.contains("Session-Expires: 90;refresher=uac"), "{ok}");
+    assert_eq!(log.count("BYE"), 1);
+}

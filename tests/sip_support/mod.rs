@@ -288,6 +288,9 @@ pub struct Script {
     pub garbage: bool,
     /// A Session-Expires the 200 carries.
     pub session_expires: Option<&'static str>,
+    /// Send a re-INVITE (its SDP again, and a session refresh) this long
+    /// after answering.
+    pub reinvite_after: Option<Duration>,
 }
 
 /// What the scripted peer saw.
@@ -416,6 +419,7 @@ fn run_peer(sip: UdpSocket, script: Script, stop: Arc<AtomicBool>) -> PeerLog {
     let mut answered_at: Option<Instant> = None;
     let mut bye_sent = false;
     let mut garbage_done = false;
+    let mut reinvite_sent = false;
     let mut challenged = false;
     let (mut seq, mut ts, mut next_rtp) = (1u16, 0u32, Instant::now());
     let mut buf = [0u8; 4096];
@@ -428,6 +432,11 @@ fn run_peer(sip: UdpSocket, script: Script, stop: Arc<AtomicBool>) -> PeerLog {
                 continue;
             }
             let method = text.split(' ').next().unwrap_or("").to_owned();
+            if text.starts_with("SIP/2.0 200") && header(&text, "CSeq") == Some("2 INVITE") {
+                let ack = in_dialog(&invite_text, "ACK", 2, "z9hG4bKpeerack", &sip, "", "");
+                sip.send_to(ack.as_bytes(), from).unwrap();
+                continue;
+            }
             match method.as_str() {
                 "INVITE" if answered_at.is_none() => {
                     sip.send_to(&response(&text, 100, "Trying", "", ""), from)
@@ -539,29 +548,67 @@ fn run_peer(sip: UdpSocket, script: Script, stop: Arc<AtomicBool>) -> PeerLog {
             rtp.send_to(&foreign, rtp_to).unwrap();
             log.garbage_sent += 1;
         }
+        if let Some(after) = script.reinvite_after
+            && since >= after
+            && !reinvite_sent
+        {
+            reinvite_sent = true;
+            let extra = "Session-Expires: 90;refresher=uac\r\nSupported: timer\r\n";
+            let reinvite = in_dialog(
+                &invite_text,
+                "INVITE",
+                2,
+                "z9hG4bKpeerreinvite",
+                &sip,
+                extra,
+                &answer,
+            );
+            sip.send_to(reinvite.as_bytes(), sip_to).unwrap();
+        }
         if let Some(after) = script.bye_after
             && since >= after
             && !bye_sent
         {
             bye_sent = true;
-            let via = format!(
-                "Via: SIP/2.0/UDP {};branch=z9hG4bKpeerbye\r\n",
-                sip.local_addr().unwrap()
-            );
-            let from_ours = header(&invite_text, "To").unwrap_or("");
-            let to_theirs = header(&invite_text, "From").unwrap_or("");
-            let contact = header(&invite_text, "Contact")
-                .unwrap_or("<sip:kiosk@127.0.0.1>")
-                .trim_matches(|c| c == '<' || c == '>');
-            let bye = format!(
-                "BYE {contact} SIP/2.0\r\n{via}From: {from_ours};tag=peer1\r\nTo: {to_theirs}\r\n\
-                 Call-ID: {}\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-                header(&invite_text, "Call-ID").unwrap_or("")
-            );
+            let bye = in_dialog(&invite_text, "BYE", 3, "z9hG4bKpeerbye", &sip, "", "");
             sip.send_to(bye.as_bytes(), sip_to).unwrap();
         }
     }
     log
+}
+
+/// A request from the peer inside the call `invite` set up.
+fn in_dialog(
+    invite: &str,
+    method: &str,
+    cseq: u32,
+    branch: &str,
+    sip: &UdpSocket,
+    extra: &str,
+    body: &str,
+) -> String {
+    let via = format!(
+        "Via: SIP/2.0/UDP {};branch={branch}\r\n",
+        sip.local_addr().unwrap()
+    );
+    let from_ours = header(invite, "To").unwrap_or("");
+    let to_theirs = header(invite, "From").unwrap_or("");
+    let contact = header(invite, "Contact")
+        .unwrap_or("<sip:kiosk@127.0.0.1>")
+        .trim_matches(|c| c == '<' || c == '>');
+    let body_headers = if body.is_empty() {
+        "Content-Length: 0\r\n".to_owned()
+    } else {
+        format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
+    format!(
+        "{method} {contact} SIP/2.0\r\n{via}From: {from_ours};tag=peer1\r\nTo: {to_theirs}\r\n\
+         Call-ID: {}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n{extra}{body_headers}\r\n{body}",
+        header(invite, "Call-ID").unwrap_or("")
+    )
 }
 
 /// G.711 μ-law, written out independently of the product's encoder.
