@@ -43,8 +43,8 @@ const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 /// engine takes is at most `MAX_PACKET` plus headers); larger ones are
 /// cut and then refused as malformed.
 const MAX_MEDIA_DATAGRAM: usize = 2048;
-/// Longest call the recording holds (PCMU places audio by timestamp).
-const MAX_RECORDING: Duration = Duration::from_secs(3600);
+/// How far ahead of the call's clock a PCMU timestamp may place audio.
+const PCMU_LEAD_MS: usize = 10_000;
 
 #[derive(Clone, Debug)]
 pub struct DialOptions {
@@ -240,8 +240,11 @@ impl Recorder {
             Self::Pcmu { first_ts, samples } => {
                 let first = *first_ts.get_or_insert(packet.timestamp);
                 let offset = packet.timestamp.wrapping_sub(first) as usize;
-                let limit = MAX_RECORDING.as_secs() as usize * 8000;
-                if offset >= limit {
+                // A timestamp far ahead of the call's clock (or before the
+                // first packet, which wraps) is not placed: a peer cannot
+                // make the recording grow faster than time passes.
+                let ahead = (arrival.0 as usize + PCMU_LEAD_MS) * 8;
+                if offset > ahead {
                     return;
                 }
                 let end = offset + packet.payload.len();
@@ -736,6 +739,9 @@ mod tests {
         recorder.push(&packet(1000, 0x80), Millis(0));
         recorder.push(&packet(1320, 0x00), Millis(40));
         recorder.push(&packet(1160, 0xFF), Millis(41));
+        // An hour ahead, or before the first packet: not placed.
+        recorder.push(&packet(1000 + 8000 * 3600, 0x00), Millis(60));
+        recorder.push(&packet(840, 0x00), Millis(61));
         let clip = recorder.into_clip();
         assert_eq!(clip.samples.len(), 480);
         assert!(clip.samples[..160].iter().all(|&s| s > 0.9));

@@ -1615,4 +1615,31 @@ mod tests {
         assert!(sent(&mut dialer).is_empty());
         assert!(dialer.is_established());
     }
+
+    proptest::proptest! {
+        /// Whatever bytes arrive on the SIP port, in any call state, the
+        /// dialog neither panics nor stops being a call.
+        #[test]
+        fn hostile_datagrams_never_panic(
+            datagrams in proptest::collection::vec(
+                proptest::collection::vec(proptest::num::u8::ANY, 0..600), 1..8),
+            prefix in proptest::sample::select(vec![
+                "", "SIP/2.0 200 OK\r\n", "SIP/2.0 180 x\r\nCSeq: 1 INVITE\r\n",
+                "BYE sip:k@h SIP/2.0\r\n", "INVITE sip:k@h SIP/2.0\r\nContent-Length: 9999\r\n",
+            ]),
+        ) {
+            let t0 = Instant::now();
+            let (mut dialer, _) = established(t0, "");
+            for data in &datagrams {
+                let mut bytes = prefix.as_bytes().to_vec();
+                bytes.extend_from_slice(data);
+                let _ = dialer.handle_datagram(&bytes, t0);
+            }
+            let mut fresh = Dialer::new(config(), t0).unwrap();
+            for data in &datagrams {
+                let _ = fresh.handle_datagram(data, t0);
+            }
+            proptest::prop_assert!(dialer.is_established());
+        }
+    }
 }

@@ -455,4 +455,28 @@ mod tests {
         assert_eq!(session.stats().rtcp_sent, 1);
         assert!(!is_rtcp(&packet(1, 0, 0)));
     }
+
+    proptest::proptest! {
+        /// Any datagram on a media port is a packet or a counted error.
+        #[test]
+        fn hostile_media_never_panics(
+            first in 0u8..=255,
+            rest in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let now = Instant::now();
+            let mut session = RtpSession::new(1, 0, 0, 0, 8000, now);
+            let mut data = vec![0x80 | (first & 0x3F), first & 0x7F];
+            data.extend_from_slice(&rest);
+            let before = session.stats();
+            let taken = session.receive(&data, now).is_ok();
+            let _ = session.receive_rtcp(&data, now);
+            let after = session.stats();
+            proptest::prop_assert_eq!(
+                after.packets_received + after.packets_invalid
+                    - before.packets_received - before.packets_invalid >= 1,
+                true
+            );
+            proptest::prop_assert_eq!(taken, after.packets_received == 1);
+        }
+    }
 }

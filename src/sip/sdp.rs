@@ -211,4 +211,16 @@ mod tests {
         let video = "v=0\r\no=- 1 2 IN IP4 1.2.3.4\r\ns=-\r\nt=0 0\r\nm=video 4000 RTP/AVP 96\r\n";
         assert_eq!(parse_remote(video.as_bytes()), Err(SdpError::NoAudio));
     }
+
+    proptest::proptest! {
+        /// A peer's SDP is read or refused, never a panic.
+        #[test]
+        fn hostile_sdp_never_panics(
+            lines in proptest::collection::vec("[a-z]=[ -~]{0,40}", 0..12),
+        ) {
+            let body = lines.join("\r\n");
+            let _ = parse_remote(body.as_bytes());
+            let _ = parse_remote(format!("v=0\r\n{body}").as_bytes());
+        }
+    }
 }
