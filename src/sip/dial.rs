@@ -417,7 +417,6 @@ pub async fn dial(options: DialOptions) -> Result<DialSummary, DialFailure> {
     };
     let config = DialConfig {
         target,
-        peer,
         local: sockets.sip.local_addr()?,
         media: sockets.rtp.local_addr()?,
         from_user: "kiosk".into(),

@@ -1,6 +1,7 @@
 //! The user agent's one outgoing call, as a state machine without I/O: fed
 //! datagrams and instants, it yields datagrams to send (all to the peer's
-//! SIP address), events, and the next instant it wants to be woken at.
+//! SIP address, which the driver knows), events, and the next instant it
+//! wants to be woken at.
 //!
 //! It covers what a dial-in leg meets: the INVITE client transaction over
 //! UDP (retransmissions, provisional responses, CANCEL when the answer
@@ -72,8 +73,6 @@ impl std::fmt::Debug for Credentials {
 pub struct DialConfig {
     /// The request URI, `sip:user@host[:port]`.
     pub target: String,
-    /// Where every SIP datagram goes (the target's host and port).
-    pub peer: SocketAddr,
     /// Our SIP socket's address, for Via and Contact.
     pub local: SocketAddr,
     /// Our RTP socket's address, for the SDP offer.
@@ -1176,7 +1175,6 @@ mod tests {
     fn config() -> DialConfig {
         DialConfig {
             target: "sip:room@127.0.0.1:5060".into(),
-            peer: "127.0.0.1:5060".parse().unwrap(),
             local: "127.0.0.1:5070".parse().unwrap(),
             media: "127.0.0.1:40000".parse().unwrap(),
             from_user: "kiosk".into(),
