@@ -353,7 +353,8 @@ impl Media {
             },
             recorder,
             frames_sent: 0,
-            next_rtcp: now + RTCP_INTERVAL,
+            // RFC 3550 section 6.2: the first report after half the interval.
+            next_rtcp: now + RTCP_INTERVAL / 2,
             metrics,
         })
     }
