@@ -11,6 +11,7 @@ pub mod cli;
 mod dial;
 mod dialog;
 mod g711;
+mod media;
 mod message;
 mod rtp;
 mod sdp;
