@@ -77,10 +77,7 @@ pub struct DialSummary {
     pub call_ms: u64,
     pub audio_sent_ms: u64,
     pub audio_received_ms: u64,
-    /// `local` (we sent BYE), `peer` (the peer did), `media_timeout` (we
-    /// sent BYE after no RTP for `media_timeout`), `session_expired`,
-    /// `session_lost`.
-    pub ended_by: &'static str,
+    pub ended_by: EndedBy,
     pub bye_sent: bool,
     /// Datagrams on the SIP port that were not SIP, not from the peer, or
     /// for no transaction of this call.
@@ -88,6 +85,45 @@ pub struct DialSummary {
     /// 20 ms frames of the peer's Opus that were concealed (lost or late).
     pub frames_concealed: u64,
     pub rtp: RtpStats,
+}
+
+/// How an answered call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndedBy {
+    /// We sent BYE: the call's time was up (or Ctrl-C).
+    Local,
+    /// The peer sent BYE.
+    Peer,
+    /// We sent BYE after no RTP for `media_timeout`.
+    MediaTimeout,
+    /// We sent BYE: the peer was to refresh the session and did not.
+    SessionExpired,
+    /// A session refresh was answered 481/408 or not at all.
+    SessionLost,
+}
+
+impl From<Hangup> for EndedBy {
+    fn from(hangup: Hangup) -> Self {
+        match hangup {
+            Hangup::Local => Self::Local,
+            Hangup::Peer => Self::Peer,
+            Hangup::SessionExpired => Self::SessionExpired,
+            Hangup::SessionLost => Self::SessionLost,
+        }
+    }
+}
+
+impl std::fmt::Display for EndedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Local => "local",
+            Self::Peer => "peer",
+            Self::MediaTimeout => "media_timeout",
+            Self::SessionExpired => "session_expired",
+            Self::SessionLost => "session_lost",
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -319,7 +355,7 @@ async fn run_attempt(
     let mut first_progress_ms = None;
     let mut session_expires = None;
     let mut failure: Option<CallFailure> = None;
-    let mut ended_by: Option<&'static str> = None;
+    let mut ended_by: Option<EndedBy> = None;
     let mut bye_sent = false;
     let mut hung_up = false;
     let mut sip_foreign = 0u64;
@@ -387,12 +423,7 @@ async fn run_attempt(
                 }
                 DialEvent::Ended(hangup) => {
                     info!(?hangup, "call ended");
-                    ended_by.get_or_insert(match hangup {
-                        Hangup::Local => "local",
-                        Hangup::Peer => "peer",
-                        Hangup::SessionExpired => "session_expired",
-                        Hangup::SessionLost => "session_lost",
-                    });
+                    ended_by.get_or_insert(hangup.into());
                 }
             }
         }
@@ -460,7 +491,7 @@ async fn run_attempt(
                     };
                     if !hung_up && m.session.silent_for(now) >= options.media_timeout {
                         warn!(silent_ms = ms(m.session.silent_for(now)), "no RTP from the peer: hanging up");
-                        ended_by = Some("media_timeout");
+                        ended_by = Some(EndedBy::MediaTimeout);
                         hung_up = true;
                         dialer.hang_up(now);
                     } else if !hung_up && call_over {
@@ -504,7 +535,7 @@ async fn run_attempt(
         call_ms,
         audio_sent_ms: media.frames_sent * FRAME.as_millis() as u64,
         audio_received_ms,
-        ended_by: ended_by.unwrap_or("local"),
+        ended_by: ended_by.unwrap_or(EndedBy::Local),
         bye_sent,
         sip_ignored: dialer.ignored() + sip_foreign,
         frames_concealed,

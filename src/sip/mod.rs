@@ -16,7 +16,7 @@ mod message;
 mod rtp;
 mod sdp;
 
-pub use dial::{DialFailure, DialOptions, DialSummary, dial};
+pub use dial::{DialFailure, DialOptions, DialSummary, EndedBy, dial};
 pub use dialog::{
     CallFailure, Credentials, DialConfig, DialError, DialEvent, Dialer, Hangup, Timers,
 };
