@@ -358,6 +358,8 @@ async fn run_attempt(
     let mut ended_by: Option<EndedBy> = None;
     let mut bye_sent = false;
     let mut hung_up = false;
+    // An error of ours once the call is up: reported after hanging up.
+    let mut fatal: Option<DialFailure> = None;
     let mut sip_foreign = 0u64;
     let mut last_invite = started;
     // One byte over the limit, so an oversized message is seen as such.
@@ -406,8 +408,15 @@ async fn run_attempt(
                         "answered"
                     );
                     answered_at = Some(now);
-                    media =
-                        Some(Media::new(remote, input, &options.audio, now).map_err(codec_err)?);
+                    match Media::new(remote, input, &options.audio, now) {
+                        Ok(m) => media = Some(m),
+                        Err(e) => {
+                            // The call is up: end it before reporting.
+                            fatal = Some(codec_err(e));
+                            hung_up = true;
+                            dialer.hang_up(now);
+                        }
+                    }
                 }
                 DialEvent::MediaChanged(remote) => {
                     if let Some(m) = &mut media {
@@ -472,9 +481,18 @@ async fn run_attempt(
             _ = ticker.tick() => {
                 let now = Instant::now();
                 if let (Some(m), Some(at), true) = (&mut media, answered_at, dialer.is_established()) {
-                    let packet = m.next_packet().map_err(codec_err)?;
-                    if let Err(e) = sockets.rtp.send_to(&packet, m.remote.rtp).await {
-                        warn!(error = %e, "cannot send RTP");
+                    match m.next_packet() {
+                        Ok(packet) => {
+                            if let Err(e) = sockets.rtp.send_to(&packet, m.remote.rtp).await {
+                                warn!(error = %e, "cannot send RTP");
+                            }
+                        }
+                        Err(e) if !hung_up => {
+                            fatal = Some(codec_err(e));
+                            hung_up = true;
+                            dialer.hang_up(now);
+                        }
+                        Err(_) => {}
                     }
                     m.recorder.tick();
                     if now >= m.next_rtcp {
@@ -508,6 +526,9 @@ async fn run_attempt(
         }
     }
 
+    if let Some(e) = fatal {
+        return Err(e);
+    }
     let (Some(media), Some(at)) = (media, answered_at) else {
         return Ok(Attempt::Failed(failure.unwrap_or(CallFailure::NoResponse)));
     };
