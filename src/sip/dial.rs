@@ -75,7 +75,10 @@ pub struct DialSummary {
     pub rtcp_mux: bool,
     pub session_expires_s: Option<u64>,
     pub call_ms: u64,
+    /// 20 ms for every packet sent.
     pub audio_sent_ms: u64,
+    /// 20 ms for every packet received (baresip's packet time; with a
+    /// peer that packs other durations this is an estimate).
     pub audio_received_ms: u64,
     pub ended_by: EndedBy,
     pub bye_sent: bool,
