@@ -42,6 +42,7 @@ pub mod liveness;
 pub mod reachability;
 pub mod runtime;
 pub mod session;
+pub mod sip;
 pub mod status;
 pub mod store;
 pub mod sync;

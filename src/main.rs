@@ -140,6 +140,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A SIP call (e.g. a Daily room's dial-in URI): sends a WAV, records the peer, prints a summary.
+    Dial {
+        /// `sip:user@host[:port]` (the `sip:` may be left out); UDP only.
+        uri: String,
+        /// Audio to send, `wav:PATH` (any PCM WAV), streamed in real time.
+        #[arg(long)]
+        input: CallInput,
+        /// Where the peer's audio goes: `wav:PATH` (at the input's rate) or `none`.
+        #[arg(long, default_value = "none")]
+        output: CallOutput,
+        /// Length of the call from the answer; default: the input and 1 s.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Seconds to wait for an answer before giving up (CANCEL if ringing).
+        #[arg(long, default_value_t = 30)]
+        answer_timeout: u64,
+        /// Hang up after this many seconds without RTP from the peer.
+        #[arg(long, default_value_t = 10)]
+        media_timeout: u64,
+        /// Tries again after 480 or 503 (honouring Retry-After, at most 10 s).
+        #[arg(long, default_value_t = 2)]
+        retries: u32,
+        /// Local IP address to use [default: the one routed to the peer].
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        /// Digest user name, used if the peer asks (401/407).
+        #[arg(long)]
+        user: Option<String>,
+        /// Environment variable holding the digest password.
+        #[arg(long, default_value = "KIOSK_GATEWAY_SIP_PASSWORD", requires = "user")]
+        password_env: String,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the built-in loopback agent (SmallWebRTC on 127.0.0.1) until interrupted.
     LoopbackAgent {
         #[arg(long, default_value = "127.0.0.1:7860")]
@@ -368,6 +403,51 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "{}",
                 small_runtime()?.block_on(kiosk_gateway::link::cli::call(args))?
+            );
+        }
+        Command::Dial {
+            uri,
+            input,
+            output,
+            seconds,
+            answer_timeout,
+            media_timeout,
+            retries,
+            bind,
+            user,
+            password_env,
+            json,
+        } => {
+            telemetry::init_for_command();
+            let audio = tool_config(&path, explicit)?
+                .map(|c| c.audio)
+                .unwrap_or_default();
+            let CallInput::Wav(input) = input;
+            let output = match output {
+                CallOutput::Wav(path) => Some(path),
+                CallOutput::Discard => None,
+            };
+            let password = user
+                .as_ref()
+                .and_then(|_| std::env::var(&password_env).ok())
+                .map(secrecy::SecretString::from);
+            let args = kiosk_gateway::sip::cli::DialArgs {
+                target: uri,
+                input,
+                output,
+                seconds,
+                answer_timeout: Duration::from_secs(answer_timeout),
+                media_timeout: Duration::from_secs(media_timeout),
+                retries,
+                bind,
+                user,
+                password,
+                audio,
+                json,
+            };
+            println!(
+                "{}",
+                small_runtime()?.block_on(kiosk_gateway::sip::cli::run(args))?
             );
         }
         Command::LoopbackAgent { listen, reply } => {
