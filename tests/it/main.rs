@@ -18,6 +18,7 @@ mod common;
 mod daily_support;
 mod fake_upstream;
 mod link_support;
+mod sip_support;
 
 mod audio_echo;
 mod audio_engine;
@@ -37,6 +38,7 @@ mod link_restart;
 mod link_signaling;
 mod session;
 mod session_cloud;
+mod sip_dial;
 mod status;
 mod status_cloud;
 mod status_page;

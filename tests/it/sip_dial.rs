@@ -3,7 +3,7 @@
 //! rejections, no answer, the peer hanging up, RTP that stops, garbage,
 //! and a digest challenge.
 
-mod sip_support;
+use crate::sip_support;
 
 use std::path::Path;
 use std::time::Duration;
