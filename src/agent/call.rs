@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
@@ -148,7 +148,10 @@ async fn turn(
     send(BotMessage::UserStartedSpeaking).await;
     send(transcription(format!("utterance {n}"), false)).await;
     send(BotMessage::UserStoppedSpeaking).await;
-    send(transcription(heard, true)).await;
+    send(transcription(heard.clone(), true)).await;
+    // What a kiosk must store, and when it could first have: tests that
+    // kill the kiosk compare its store with these lines.
+    info!(role = "user", line = %heard, "final line sent");
     send(BotMessage::BotText {
         kind: BotTextKind::BotTranscription,
         text: sentence.clone(),
@@ -173,8 +176,9 @@ async fn turn(
     .await;
     send(BotMessage::BotText {
         kind: BotTextKind::BotTtsText,
-        text: sentence,
+        text: sentence.clone(),
     })
     .await;
     send(BotMessage::BotStoppedSpeaking).await;
+    info!(role = "bot", line = %sentence, "final line sent");
 }
