@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCSessionDescription};
 
 use super::{AgentPeer, CloudRequest, Shared, call};
@@ -237,13 +237,12 @@ async fn answer(
         renegotiate,
     };
     let sdp = session.public_sdp(sdp);
-    tokio::spawn(call::run(
-        peer,
-        signals,
-        Arc::clone(shared),
-        cancel,
-        renegotiate_rx,
-    ));
+    // The call's logs carry its id, so a test can tell its lines from
+    // those of a call before it.
+    tokio::spawn(
+        call::run(peer, signals, Arc::clone(shared), cancel, renegotiate_rx)
+            .instrument(info_span!("call", %pc_id)),
+    );
     sessions.insert(pc_id.clone(), session);
     info!(%pc_id, restart, "loopback agent answered an offer");
     Ok((pc_id, sdp))
