@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rtc::ice::mdns::MulticastDnsMode;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -120,7 +121,12 @@ impl Peer {
         };
         media_engine.register_codec(codec, RtpCodecKind::Audio)?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        // No mDNS: agents (Pipecat, SFUs, a loopback agent) offer plain host
+        // candidates, never `.local` names, and the mDNS socket cannot even
+        // be opened on a kiosk whose network has no multicast route, which
+        // would fail every call.
         let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_ice_timeouts(
                 Some(config.ice_disconnected_timeout),
                 Some(config.ice_failed_timeout),
