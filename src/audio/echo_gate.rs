@@ -44,6 +44,12 @@ impl EchoGate {
         }
     }
 
+    /// The gate behind an echo canceller: the residual it sees is far
+    /// below the raw echo, so a smaller margin will do.
+    pub fn behind_canceller(margin_db: f32) -> Self {
+        Self::new(margin_db / 2.0)
+    }
+
     /// Records the level of the 10 ms of playout handed to the speaker this tick.
     pub fn observe_reference(&mut self, level: Dbfs) {
         self.recent_reference[self.next] = level.0;
