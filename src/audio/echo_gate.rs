@@ -153,4 +153,28 @@ mod tests {
         // A visitor already speaking is not cut off when the bot starts.
         assert!(gate.admits(Dbfs(-30.0), true, true));
     }
+
+    #[test]
+    fn behind_the_canceller_a_quiet_visitor_gets_through_and_residual_echo_does_not() {
+        let mut gate = EchoGate::behind_canceller(6.0);
+        // The canceller leaves the echo 50 dB below the reference, varying
+        // frame to frame. A lone loud frame may pass, but never the three
+        // in a row that an onset takes.
+        let mut run = 0;
+        for i in 0..300 {
+            gate.observe_reference(Dbfs(-20.0));
+            let residual = -70.0 + [0.0, -6.0, 3.0, -9.0][i % 4];
+            run = if gate.admits(Dbfs(residual), true, false) {
+                run + 1
+            } else {
+                0
+            };
+            assert!(run < 3, "frame {i}: {run} residual frames in a row");
+        }
+        gate.observe_reference(Dbfs(-20.0));
+        // A visitor 15 dB quieter than the bot's signal.
+        assert!(gate.admits(Dbfs(-35.0), true, false));
+        // Residual echo does not keep an utterance open either.
+        assert!(!gate.admits(Dbfs(-76.0), true, true));
+    }
 }
