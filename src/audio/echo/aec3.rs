@@ -3,7 +3,7 @@
 
 use sonora::config::{
     AdaptiveDigital, EchoCanceller as Aec3Config, GainController2, NoiseSuppression as NsConfig,
-    NoiseSuppressionLevel,
+    NoiseSuppressionLevel, TransparentModeType,
 };
 use sonora::{AudioProcessing, Config, StreamConfig};
 
@@ -29,7 +29,14 @@ impl Aec3 {
             NoiseSuppression::High => Some(NoiseSuppressionLevel::High),
         };
         let config = Config {
-            echo_canceller: Some(Aec3Config::default()),
+            // The HMM notices within a second or two of the bot talking
+            // that no echo is coming back (a headset, a muted speaker, `demo`
+            // with files) and stops suppressing; the default heuristic
+            // kept muting the visitor over the bot there.
+            echo_canceller: Some(Aec3Config {
+                transparent_mode: TransparentModeType::Hmm,
+                ..Aec3Config::default()
+            }),
             noise_suppression: level.map(|level| NsConfig {
                 level,
                 ..NsConfig::default()
