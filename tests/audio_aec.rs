@@ -148,3 +148,35 @@ fn without_the_canceller_the_level_gate_misses_a_visitor_as_loud_as_the_echo() {
     eprintln!("truth {:?}\nfound {:?}", o.truth, o.found);
     assert!(detected(&o, 100) < o.truth.len(), "found {:?}", o.found);
 }
+
+#[test]
+fn vad_with_the_speaker_reference_finds_no_visitor_in_the_bots_echo() {
+    let run = |reference: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"));
+        cmd.args(["vad", "--json", "--input"])
+            .arg(fixture("echo_mic_16k.wav"));
+        if reference {
+            cmd.arg("--reference").arg(fixture("bot_reference_16k.wav"));
+        }
+        let out = cmd.env_remove("KIOSK_GATEWAY_CONFIG").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // Alone, the VAD takes the bot's echo for a visitor.
+    let alone = run(false);
+    assert_eq!(alone["segments"].as_array().unwrap().len(), 1, "{alone}");
+    assert!(alone.get("echo").is_none(), "{alone}");
+    let cleaned = run(true);
+    assert_eq!(cleaned["segments"], serde_json::json!([]), "{cleaned}");
+    // The fixture's echo comes back 40 ms after the reference.
+    let delay = cleaned["echo"]["delay_ms"].as_u64().unwrap();
+    assert!((20..=60).contains(&delay), "{cleaned}");
+    assert!(
+        cleaned["echo"]["erle_db"].as_f64().unwrap() > 3.0,
+        "{cleaned}"
+    );
+}
