@@ -18,7 +18,7 @@ use super::echo_gate::EchoGate;
 use super::metrics::AudioMetrics;
 use super::resample::StreamResampler;
 use super::segmenter::{SegmentOutput, Segmenter, Utterance};
-use super::settings::{AudioSettings, VadSettings};
+use super::settings::{AudioSettings, DeviceSpec, VadSettings};
 use super::units::{Dbfs, FRAME_48K, FRAME_MS, Millis, OPUS_FRAME, SampleRate, VAD_FRAME};
 use super::vad::VoiceDetector;
 
@@ -155,7 +155,9 @@ impl CaptureProcessor {
     ) -> Result<Self, AudioError> {
         let segmenter = Segmenter::new(vad);
         let scratch = Vec::with_capacity(segmenter.history_len());
-        let canceller = audio.echo_cancel.then(|| {
+        // Without a speaker there is no echo to cancel.
+        let has_speaker = audio.output != DeviceSpec::Disabled;
+        let canceller = (audio.echo_cancel && has_speaker).then(|| {
             // A speaker frame reaches the microphone through the playout
             // ring and the capture framing at least; the canceller's own
             // estimator finds the room's share.
