@@ -27,14 +27,9 @@ fn wav_devices_run_a_short_conversation_in_real_time() {
     )
     .unwrap();
     let speaker = dir.path().join("speaker.wav");
-    // Files have no acoustic path between speaker and microphone. The echo
-    // canceller would take the visitor for echo for the first second or two
-    // of the bot's voice (until it sees that none comes back) and end the
-    // utterance early; this test is about the engine's timing, not that.
     let settings = AudioSettings {
         input: DeviceSpec::parse(&format!("wav:{}", mic.display())),
         output: DeviceSpec::parse(&format!("wav:{}", speaker.display())),
-        echo_cancel: false,
         ..AudioSettings::default()
     };
     let mut engine = AudioEngine::start(&settings, &VadSettings::default()).unwrap();

@@ -155,9 +155,12 @@ impl CaptureProcessor {
     ) -> Result<Self, AudioError> {
         let segmenter = Segmenter::new(vad);
         let scratch = Vec::with_capacity(segmenter.history_len());
-        // Without a speaker there is no echo to cancel.
-        let has_speaker = audio.output != DeviceSpec::Disabled;
-        let canceller = (audio.echo_cancel && has_speaker).then(|| {
+        // Echo needs a room between a speaker and a live microphone: none
+        // comes back without a speaker, and a `wav:` microphone was recorded
+        // before anything was played.
+        let echo_path =
+            audio.output != DeviceSpec::Disabled && !matches!(audio.input, DeviceSpec::Wav(_));
+        let canceller = (audio.echo_cancel && echo_path).then(|| {
             // A speaker frame reaches the microphone through the playout
             // ring and the capture framing at least; the canceller's own
             // estimator finds the room's share.
@@ -168,7 +171,7 @@ impl CaptureProcessor {
                 stream_delay,
             )) as Box<dyn EchoCanceller>
         });
-        let gate = audio.echo_gate.then(|| {
+        let gate = (audio.echo_gate && echo_path).then(|| {
             if canceller.is_some() {
                 EchoGate::behind_canceller(vad.echo_margin_db)
             } else {

@@ -94,8 +94,8 @@ pub struct AudioSettings {
     pub reopen_backoff_min_ms: Millis,
     pub reopen_backoff_max_ms: Millis,
     /// Cancel the speaker's echo in the microphone before the VAD and the
-    /// encoder, so the visitor can talk over the bot. Ignored without a
-    /// speaker (`output = "none"`).
+    /// encoder, so the visitor can talk over the bot. Ignored, like
+    /// `echo_gate`, without a speaker or with a `wav:` microphone.
     pub echo_cancel: bool,
     /// Noise suppression after echo cancellation (only with `echo_cancel`).
     pub noise_suppression: NoiseSuppression,
