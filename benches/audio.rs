@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kiosk_gateway::audio::{
-    AudioMetrics, AudioSettings, CaptureProcessor, FRAME_48K, OPUS_FRAME, OpusDecoder, OpusEncoder,
-    SampleRate, VAD_FRAME, VadSettings, VoiceDetector, read_wav, resample_clip,
+    Aec3, AudioMetrics, AudioSettings, CaptureProcessor, EchoCanceller, FRAME_48K, Millis,
+    NoiseSuppression, OPUS_FRAME, OpusDecoder, OpusEncoder, SampleRate, VAD_FRAME, VadSettings,
+    VoiceDetector, read_wav, resample_clip,
 };
 
 fn speech() -> (Vec<f32>, Vec<f32>) {
@@ -58,6 +59,26 @@ fn stages(c: &mut Criterion) {
         })
     });
 
+    // The canceller with the speaker playing speech and the microphone
+    // hearing it 30 ms later, 10 dB down.
+    let frames48: Vec<[f32; FRAME_48K]> = s48
+        .chunks_exact(FRAME_48K)
+        .map(|f| f.try_into().unwrap())
+        .collect();
+    let mut aec = Aec3::new(NoiseSuppression::Off, false, Millis(30));
+    let mut clean = [0.0; VAD_FRAME];
+    let mut n = 0;
+    c.bench_function("echo_cancel_10ms", |b| {
+        b.iter(|| {
+            n = (n + 1) % frames48.len();
+            let mut mic = frames16[(n + frames16.len() - 3) % frames16.len()];
+            mic.iter_mut().for_each(|s| *s *= 0.3);
+            aec.render(&frames48[n]);
+            aec.process(&mic, &mut clean);
+            black_box(&clean);
+        })
+    });
+
     let mut capture = CaptureProcessor::new(
         &AudioSettings::default(),
         &VadSettings::default(),
@@ -81,6 +102,8 @@ fn stages(c: &mut Criterion) {
     c.bench_function("capture_path_10ms_48k", |b| {
         b.iter(|| {
             m = (m + FRAME_48K) % (s48.len() - FRAME_48K);
+            let played: &[f32; FRAME_48K] = s48[m..m + FRAME_48K].try_into().unwrap();
+            capture.observe_playout(played);
             capture
                 .push_samples(&s48[m..m + FRAME_48K], &mut Discard)
                 .unwrap()

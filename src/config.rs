@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use toml_edit::Document;
 
 use crate::agent_settings::{AgentSettings, ProvisionMode};
+use crate::audio::NoiseSuppression;
 use crate::audio::{Aggressiveness, AudioSettings, DeviceSpec, Millis, VadSettings};
 use crate::daily::{DailySettings, Privacy, RoomSettings};
 use crate::link::{IceServer, LinkSettings};
@@ -512,6 +513,16 @@ fn read_audio(l: &mut Loader<'_>) -> AudioSettings {
             d.reopen_backoff_max_ms,
             100..=600_000,
         ),
+        echo_cancel: l.boolean("audio", "echo_cancel", d.echo_cancel),
+        noise_suppression: NoiseSuppression::parse(l.choice(
+            "audio",
+            "noise_suppression",
+            NoiseSuppression::NAMES[0],
+            &NoiseSuppression::NAMES,
+        ))
+        .unwrap_or_default(),
+        auto_gain: l.boolean("audio", "auto_gain", d.auto_gain),
+        echo_gate: l.boolean("audio", "echo_gate", d.echo_gate),
     };
     if a.jitter_max_ms < a.jitter_min_ms {
         l.problem_at(

@@ -87,6 +87,10 @@ enum Command {
         /// WAV file (any rate, mono or multichannel)
         #[arg(long, required_unless_present = "device", conflicts_with = "device")]
         input: Option<PathBuf>,
+        /// What the speaker played meanwhile (WAV, same start, any rate):
+        /// its echo is cancelled from --input first
+        #[arg(long, requires = "input")]
+        reference: Option<PathBuf>,
         /// Listen on a live input instead ("default" or a device name)
         #[arg(long)]
         device: Option<String>,
@@ -96,7 +100,8 @@ enum Command {
         /// VAD aggressiveness, 0 (least) to 3 (most noise rejection); default from the config
         #[arg(long)]
         aggressiveness: Option<Aggressiveness>,
-        /// Print {"segments":[{"start_ms","end_ms"}],"speech_ms","duration_ms"}
+        /// Print {"segments":[{"start_ms","end_ms"}],"speech_ms","duration_ms"}, with
+        /// --reference also "echo":{"erle_db","delay_ms"}
         #[arg(long)]
         json: bool,
     },
@@ -318,19 +323,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Vad {
             input,
+            reference,
             device,
             duration_ms,
             aggressiveness,
             json,
         } => {
             telemetry::init_for_command();
-            let settings = tool_config(&path, explicit)?
-                .map(|c| c.vad)
+            let (settings, audio) = tool_config(&path, explicit)?
+                .map(|c| (c.vad, c.audio))
                 .unwrap_or_default();
             print!(
                 "{}",
                 audio::cli::vad_command(&audio::cli::VadArgs {
                     input,
+                    reference,
+                    audio,
                     device,
                     duration: Millis(duration_ms),
                     settings,

@@ -4,7 +4,14 @@
 //! (resample, VAD, segmenter, Opus encode) and the playout path (Opus
 //! decode, jitter buffer, resample) as fast as possible on one thread, in
 //! the same 10 ms frames the engine uses, and times each stage on its own
-//! as well as the whole path.
+//! as well as the whole path. The capture path runs with the configured
+//! echo canceller, fed the same speech as what the speaker plays.
+//!
+//! Then the echo canceller in a simulated kiosk room ([`room`]): the bot's
+//! reply through a clipping speaker and a 200 ms reverberant room, the
+//! visitor's four utterances over it at 0 and -6 dB signal-to-echo ratio,
+//! with bot-only stretches before and after. The visitor's utterances as
+//! the capture path finds them in their clean recording are the truth.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -16,7 +23,10 @@ use serde::Serialize;
 
 use super::AudioError;
 use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
+use super::cli::{SegmentReport, vad_clip};
 use super::codec::{OpusDecoder, OpusEncoder};
+use super::echo::room::{Conversation, Room};
+use super::echo::{Aec3, EchoCanceller};
 use super::engine::AudioEngine;
 use super::metrics::AudioMetrics;
 use super::playout::{IncomingPacket, JitterBuffer, Playout};
@@ -25,9 +35,19 @@ use super::segmenter::Segmenter;
 use super::settings::{AudioSettings, DeviceSpec, VadSettings};
 use super::units::{FRAME_48K, FRAME_MS, Millis, OPUS_FRAME, SampleRate, VAD_FRAME};
 use super::vad::VoiceDetector;
+use super::wav::PcmClip;
 
 /// The multi-utterance fixture, built in so the benchmark runs on a kiosk.
 const SPEECH_WAV: &[u8] = include_bytes!("../../fixtures/audio/multi_utterance_16k.wav");
+/// The bot's reply (1 s of silence either side), for the simulated room.
+const BOT_WAV: &[u8] = include_bytes!("../../fixtures/audio/bot_reference_16k.wav");
+
+/// Signal-to-echo ratios the visitor speaks at in the simulated room.
+const ROOM_SER_DB: [f32; 2] = [0.0, -6.0];
+/// A detected onset this close to the true one counts as a hit.
+const ONSET_TOLERANCE: Millis = Millis(100);
+/// The canceller has converged by then; ERLE is measured after it.
+const CONVERGED_AFTER: Millis = Millis(2_000);
 
 /// How long the live engine runs for the latency figure.
 const LATENCY_RUN: Duration = Duration::from_secs(3);
@@ -64,6 +84,33 @@ pub struct BenchReport {
     pub capture: PathReport,
     pub playout: PathReport,
     pub latency: LatencyReport,
+    /// `null` with `[audio] echo_cancel = false`.
+    pub echo: Option<EchoReport>,
+}
+
+/// The echo canceller in the simulated room.
+#[derive(Clone, Debug, Serialize)]
+pub struct EchoReport {
+    /// CPU time of the canceller alone (render and capture) per 10 ms frame.
+    pub canceller_ns_per_10ms_frame: u64,
+    pub scenes: Vec<SceneReport>,
+}
+
+/// One scene: the visitor over the bot at one signal-to-echo ratio.
+#[derive(Clone, Debug, Serialize)]
+pub struct SceneReport {
+    pub ser_db: f32,
+    pub utterances: usize,
+    /// Found with their onset within 100 ms of the truth.
+    pub detected: usize,
+    /// Utterances that started where the visitor was silent.
+    pub started_by_echo: usize,
+    /// Echo power at the microphone over what is left of it in the
+    /// canceller's output, over the bot-only stretches after convergence.
+    pub erle_db: f32,
+    /// The canceller's own ERLE estimate and echo delay at the end.
+    pub reported_erle_db: Option<f32>,
+    pub delay_ms: Option<u32>,
 }
 
 impl BenchReport {
@@ -88,6 +135,24 @@ impl BenchReport {
             "latency  {} ms framing + {} us mean, {} us max to the encoded packet ({} packets, live engine)\n",
             l.framing_ms, l.mean_us, l.max_us, l.packets
         ));
+        if let Some(e) = &self.echo {
+            out.push_str(&format!(
+                "echo canceller {} ns per 10 ms frame; simulated room (30 ms, 200 ms decay, clipping speaker):\n",
+                e.canceller_ns_per_10ms_frame
+            ));
+            for sc in &e.scenes {
+                out.push_str(&format!(
+                    "  SER {:>4.0} dB: {}/{} utterances within 100 ms, {} started by echo, ERLE {:.1} dB (canceller's estimate {}), delay {}\n",
+                    sc.ser_db,
+                    sc.detected,
+                    sc.utterances,
+                    sc.started_by_echo,
+                    sc.erle_db,
+                    sc.reported_erle_db.map_or("-".into(), |e| format!("{e:.1} dB")),
+                    sc.delay_ms.map_or("-".into(), |d| format!("{d} ms")),
+                ));
+            }
+        }
         out
     }
 }
@@ -134,23 +199,31 @@ fn per_frame(elapsed: Duration, frames: usize) -> u64 {
     (elapsed.as_nanos() / frames.max(1) as u128) as u64
 }
 
-/// Runs the benchmark with microphone and speaker at `device_rate`.
-pub fn run(device_rate: SampleRate, audio: &AudioSettings) -> Result<BenchReport, AudioError> {
-    let clip = hound::WavReader::new(Cursor::new(SPEECH_WAV))
+/// A built-in 16-bit WAV fixture.
+fn built_in(bytes: &[u8], name: &str) -> Result<PcmClip, AudioError> {
+    hound::WavReader::new(Cursor::new(bytes))
         .and_then(|r| {
             let rate = r.spec().sample_rate;
             let samples = r
                 .into_samples::<i16>()
                 .map(|s| s.map(|v| f32::from(v) / 32768.0))
                 .collect::<Result<Vec<f32>, _>>()?;
-            Ok((SampleRate(rate), samples))
+            Ok(PcmClip {
+                rate: SampleRate(rate),
+                samples,
+            })
         })
         .map_err(|source| AudioError::Wav {
-            path: "built-in speech fixture".into(),
+            path: format!("built-in {name}").into(),
             source,
-        })?;
+        })
+}
+
+/// Runs the benchmark with microphone and speaker at `device_rate`.
+pub fn run(device_rate: SampleRate, audio: &AudioSettings) -> Result<BenchReport, AudioError> {
+    let clip = built_in(SPEECH_WAV, "speech fixture")?;
     let speech16: Vec<f32> = clip
-        .1
+        .samples
         .iter()
         .copied()
         .cycle()
@@ -165,8 +238,14 @@ pub fn run(device_rate: SampleRate, audio: &AudioSettings) -> Result<BenchReport
     let capture = bench_capture(audio, &vad, device_rate, block, &mic, &speech48, frames)?;
     let playout = bench_playout(audio, device_rate, &speech48, frames)?;
     let latency = live_latency(audio)?;
+    let echo = if audio.echo_cancel {
+        Some(bench_echo(audio, &clip, &speech48)?)
+    } else {
+        None
+    };
     Ok(BenchReport {
         latency,
+        echo,
         device_rate_hz: device_rate.hz(),
         opus_complexity: audio.opus_complexity,
         audio_ms: BENCH_AUDIO.0,
@@ -233,13 +312,21 @@ fn bench_capture(
     black_box(bytes);
     stages.insert("opus_encode", per_frame(enc_time, frames));
 
+    if audio.echo_cancel {
+        let (aec_time, n) = time(|| Ok(cancel_echo(audio, speech48, &speech16).1))?;
+        stages.insert("echo_cancel", per_frame(aec_time, n));
+    }
+
     let (total, sink) = time(|| {
         let metrics = Arc::new(AudioMetrics::default());
         let mut capture = CaptureProcessor::new(audio, vad_settings, rate, block, true, metrics)?;
         let mut sink = CountingSink::default();
         // Stream from the start so every frame is encoded, the costly case.
         capture.link_ready(&mut sink);
-        for chunk in mic.chunks(block) {
+        // The speaker plays speech all along: the canceller's busiest case.
+        for (chunk, played) in mic.chunks(block).zip(speech48.chunks_exact(FRAME_48K)) {
+            let played: &[f32; FRAME_48K] = played.try_into().unwrap_or(&[0.0; FRAME_48K]);
+            capture.observe_playout(played);
             capture.push_samples(chunk, &mut sink)?;
         }
         Ok(sink)
@@ -368,4 +455,142 @@ fn live_latency(audio: &AudioSettings) -> Result<LatencyReport, AudioError> {
     })();
     std::fs::remove_file(&path).map_err(wav_err)?;
     result
+}
+
+/// Runs the canceller alone over `mic` (16 kHz) with `speaker` (48 kHz)
+/// as reference; the cleaned signal and the frames processed.
+fn cancel_echo(audio: &AudioSettings, speaker: &[f32], mic: &[f32]) -> (Vec<f32>, usize) {
+    let mut canceller = Aec3::new(
+        audio.noise_suppression,
+        audio.auto_gain,
+        Millis(audio.device_buffer_ms.0 + FRAME_MS.0),
+    );
+    let mut clean = vec![0.0; mic.len()];
+    let mut frames = 0;
+    for ((m, out), s) in mic
+        .chunks_exact(VAD_FRAME)
+        .zip(clean.chunks_exact_mut(VAD_FRAME))
+        .zip(speaker.chunks_exact(FRAME_48K))
+    {
+        let (Ok(m), Ok(out), Ok(s)) = (
+            <&[f32; VAD_FRAME]>::try_from(m),
+            <&mut [f32; VAD_FRAME]>::try_from(out),
+            <&[f32; FRAME_48K]>::try_from(s),
+        ) else {
+            continue;
+        };
+        canceller.render(s);
+        canceller.process(m, out);
+        frames += 1;
+    }
+    (clean, frames)
+}
+
+/// The echo canceller's cost, and the simulated room at each ratio.
+fn bench_echo(
+    audio: &AudioSettings,
+    visitor: &PcmClip,
+    speech48: &[f32],
+) -> Result<EchoReport, AudioError> {
+    let speech16 = resample_clip(speech48, SampleRate::OPUS, SampleRate::VAD)?;
+    let (aec_time, n) = time(|| Ok(cancel_echo(audio, speech48, &speech16).1))?;
+    let bot = built_in(BOT_WAV, "bot reply")?;
+    // Without its silences, so that the bot talks all the time.
+    let second = SampleRate::VAD.samples_in(Millis(1_000));
+    let bot = bot
+        .samples
+        .get(second..bot.samples.len().saturating_sub(second))
+        .unwrap_or(&bot.samples);
+    let vad = VadSettings::default();
+    let truth = vad_clip(visitor, None, audio, &vad)?.segments;
+    let scenes = ROOM_SER_DB
+        .iter()
+        .map(|&ser_db| room_scene(audio, &vad, bot, visitor, &truth, ser_db))
+        .collect::<Result<_, _>>()?;
+    Ok(EchoReport {
+        canceller_ns_per_10ms_frame: per_frame(aec_time, n),
+        scenes,
+    })
+}
+
+fn room_scene(
+    audio: &AudioSettings,
+    vad: &VadSettings,
+    bot: &[f32],
+    visitor: &PcmClip,
+    truth: &[SegmentReport],
+    ser_db: f32,
+) -> Result<SceneReport, AudioError> {
+    let before = Millis(10_000);
+    let conversation = Conversation::new(
+        &Room::default(),
+        bot,
+        &visitor.samples,
+        ser_db,
+        before,
+        Millis(8_000),
+    );
+    let truth: Vec<SegmentReport> = truth
+        .iter()
+        .map(|t| SegmentReport {
+            start_ms: t.start_ms + before.0,
+            end_ms: t.end_ms + before.0,
+        })
+        .collect();
+    let clip = |samples: &[f32]| PcmClip {
+        rate: SampleRate::VAD,
+        samples: samples.to_vec(),
+    };
+    let found = vad_clip(
+        &clip(&conversation.mic),
+        Some(&clip(&conversation.speaker)),
+        audio,
+        vad,
+    )?;
+    let detected = truth
+        .iter()
+        .filter(|t| {
+            found
+                .segments
+                .iter()
+                .any(|f| f.start_ms.abs_diff(t.start_ms) <= ONSET_TOLERANCE.0)
+        })
+        .count();
+    let started_by_echo = found
+        .segments
+        .iter()
+        .filter(|f| {
+            !truth
+                .iter()
+                .any(|t| f.start_ms + ONSET_TOLERANCE.0 >= t.start_ms && f.start_ms <= t.end_ms)
+        })
+        .count();
+    // Measured on the canceller alone, where echo and output line up.
+    let speaker48 = resample_clip(&conversation.speaker, SampleRate::VAD, SampleRate::OPUS)?;
+    let (clean, _) = cancel_echo(audio, &speaker48, &conversation.mic);
+    let from = SampleRate::VAD.samples_in(CONVERGED_AFTER);
+    let visitor_at = SampleRate::VAD.samples_in(before);
+    let after = visitor_at + visitor.samples.len();
+    let stretches = [from..visitor_at, after..conversation.mic.len()];
+    let power = |x: &[f32]| {
+        stretches
+            .iter()
+            .flat_map(|r| &x[r.clone()])
+            .map(|&s| f64::from(s * s))
+            .sum::<f64>()
+    };
+    let erle_db = (10.0 * (power(&conversation.echo) / power(&clean).max(1e-12)).log10()) as f32;
+    let echo = found.echo.unwrap_or(super::cli::EchoReport {
+        erle_db: None,
+        delay_ms: None,
+    });
+    Ok(SceneReport {
+        ser_db,
+        utterances: truth.len(),
+        detected,
+        started_by_echo,
+        erle_db,
+        reported_erle_db: echo.erle_db,
+        delay_ms: echo.delay_ms,
+    })
 }

@@ -1,9 +1,10 @@
 //! The capture path without threads or devices: microphone samples in,
 //! speech events and Opus packets out.
 //!
-//! Stages per 10 ms frame: resample (device rate to 16 kHz), VAD, echo gate,
+//! Stages per 10 ms frame: resample (device rate to 16 kHz), echo
+//! cancellation (the speaker's playout as reference), VAD, echo gate,
 //! segmenter, and while a conversation is active, Opus encoding of the same
-//! 16 kHz audio into the buffer-until-ready.
+//! cleaned 16 kHz audio into the buffer-until-ready.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,12 +13,13 @@ use tracing::{info, warn};
 
 use super::AudioError;
 use super::codec::{OpusEncoder, OpusPacket};
+use super::echo::{Aec3, EchoCanceller};
 use super::echo_gate::EchoGate;
 use super::metrics::AudioMetrics;
 use super::resample::StreamResampler;
 use super::segmenter::{SegmentOutput, Segmenter, Utterance};
-use super::settings::{AudioSettings, VadSettings};
-use super::units::{Dbfs, Millis, OPUS_FRAME, SampleRate, VAD_FRAME};
+use super::settings::{AudioSettings, DeviceSpec, VadSettings};
+use super::units::{Dbfs, FRAME_48K, FRAME_MS, Millis, OPUS_FRAME, SampleRate, VAD_FRAME};
 use super::vad::VoiceDetector;
 
 /// One 20 ms Opus frame of the 16 kHz stream.
@@ -115,9 +117,13 @@ impl SpeechBuffer {
 
 pub struct CaptureProcessor {
     to_vad: StreamResampler,
+    /// The microphone's 10 ms at 16 kHz, before echo cancellation.
+    mic_frame: [f32; VAD_FRAME],
+    /// The same frame cleaned of the speaker's echo: what every later stage uses.
     vad_frame: [f32; VAD_FRAME],
+    canceller: Option<Box<dyn EchoCanceller>>,
     vad: VoiceDetector,
-    gate: EchoGate,
+    gate: Option<EchoGate>,
     segmenter: Segmenter<VAD_FRAME>,
     encoder: Option<OpusEncoder>,
     /// Silence goes out as nothing (`audio.dtx`); otherwise every frame is sent.
@@ -149,11 +155,36 @@ impl CaptureProcessor {
     ) -> Result<Self, AudioError> {
         let segmenter = Segmenter::new(vad);
         let scratch = Vec::with_capacity(segmenter.history_len());
+        // Echo needs a room between a speaker and a live microphone: none
+        // comes back without a speaker, and a `wav:` microphone was recorded
+        // before anything was played.
+        let echo_path =
+            audio.output != DeviceSpec::Disabled && !matches!(audio.input, DeviceSpec::Wav(_));
+        let canceller = (audio.echo_cancel && echo_path).then(|| {
+            // A speaker frame reaches the microphone through the playout
+            // ring and the capture framing at least; the canceller's own
+            // estimator finds the room's share.
+            let stream_delay = Millis(audio.device_buffer_ms.0 + FRAME_MS.0);
+            Box::new(Aec3::new(
+                audio.noise_suppression,
+                audio.auto_gain,
+                stream_delay,
+            )) as Box<dyn EchoCanceller>
+        });
+        let gate = (audio.echo_gate && echo_path).then(|| {
+            if canceller.is_some() {
+                EchoGate::behind_canceller(vad.echo_margin_db)
+            } else {
+                EchoGate::new(vad.echo_margin_db)
+            }
+        });
         Ok(Self {
             to_vad: StreamResampler::new(input_rate, SampleRate::VAD, max_block)?,
+            mic_frame: [0.0; VAD_FRAME],
             vad_frame: [0.0; VAD_FRAME],
+            canceller,
             vad: VoiceDetector::new(vad.aggressiveness),
-            gate: EchoGate::new(vad.echo_margin_db),
+            gate,
             segmenter,
             encoder: if encode {
                 Some(OpusEncoder::with_input_rate(audio, SampleRate::VAD)?)
@@ -174,9 +205,15 @@ impl CaptureProcessor {
         })
     }
 
-    /// Level of the 10 ms of playout just handed to the speaker (the echo reference).
-    pub fn observe_playout(&mut self, level: Dbfs) {
-        self.gate.observe_reference(level);
+    /// The 10 ms of playout just handed to the speaker (the echo
+    /// reference), silence included.
+    pub fn observe_playout(&mut self, speaker: &[f32; FRAME_48K]) {
+        if let Some(canceller) = self.canceller.as_mut() {
+            canceller.render(speaker);
+        }
+        if let Some(gate) = self.gate.as_mut() {
+            gate.observe_reference(Dbfs::rms(speaker));
+        }
     }
 
     /// The link can take audio: release the buffer in order, then stream
@@ -211,7 +248,11 @@ impl CaptureProcessor {
         sink: &mut dyn AudioSink,
     ) -> Result<(), AudioError> {
         self.to_vad.push(samples)?;
-        while self.to_vad.pop_frame(&mut self.vad_frame) {
+        while self.to_vad.pop_frame(&mut self.mic_frame) {
+            match self.canceller.as_mut() {
+                Some(canceller) => canceller.process(&self.mic_frame, &mut self.vad_frame),
+                None => self.vad_frame = self.mic_frame,
+            }
             self.process_frame(sink)?;
         }
         Ok(())
@@ -243,12 +284,17 @@ impl CaptureProcessor {
             // Read from the metrics by whoever shows it: an event ten times
             // a second would wake the session layer for nothing.
             self.metrics.set_level(avg);
+            if let Some(canceller) = &self.canceller {
+                self.metrics.set_echo(canceller.stats());
+            }
         }
 
         let raw_voiced = self.vad.is_voiced(&self.vad_frame);
-        let voiced = self
-            .gate
-            .admits(level, raw_voiced, self.segmenter.in_speech());
+        let in_speech = self.segmenter.in_speech();
+        let voiced = match self.gate.as_mut() {
+            Some(gate) => gate.admits(level, raw_voiced, in_speech),
+            None => raw_voiced,
+        };
         if raw_voiced {
             AudioMetrics::add(&self.metrics.voiced_frames, 1);
         }

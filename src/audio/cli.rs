@@ -11,18 +11,25 @@ use super::AudioError;
 use super::bench::{self, BenchReport};
 use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
 use super::device::{DeviceList, list_devices};
+use super::echo::EchoStats;
 use super::engine::AudioEngine;
 use super::metrics::AudioMetrics;
+use super::resample::resample_clip;
 use super::settings::{AudioSettings, DeviceSpec, VadSettings};
-use super::units::{FRAME_MS, Millis, SampleRate};
+use super::units::{FRAME_48K, FRAME_MS, Millis, SampleRate};
 use super::vad::Aggressiveness;
-use super::wav::read_wav;
+use super::wav::{PcmClip, read_wav};
 
 /// Arguments of `kiosk-gateway vad`.
 #[derive(Clone, Debug)]
 pub struct VadArgs {
     /// A WAV file, processed as fast as possible...
     pub input: Option<PathBuf>,
+    /// ...with what the speaker played meanwhile (same start), whose echo
+    /// is cancelled from it.
+    pub reference: Option<PathBuf>,
+    /// The configured `[audio]` settings (echo canceller, noise suppression).
+    pub audio: AudioSettings,
     /// ...or a live input, listened to for `duration`.
     pub device: Option<String>,
     pub duration: Millis,
@@ -52,7 +59,11 @@ pub fn vad_command(args: &VadArgs) -> Result<String, AudioError> {
         settings.aggressiveness = a;
     }
     let report = match &args.input {
-        Some(path) => vad_file(path, &settings)?,
+        Some(path) => {
+            let mic = read_wav(path)?;
+            let speaker = args.reference.as_deref().map(read_wav).transpose()?;
+            vad_clip(&mic, speaker.as_ref(), &args.audio, &settings)?
+        }
         None => vad_device(
             DeviceSpec::parse(args.device.as_deref().unwrap_or("default")),
             args.duration,
@@ -92,12 +103,33 @@ pub struct SegmentReport {
     pub end_ms: u32,
 }
 
-/// `vad --json` output: `{"segments":[{"start_ms","end_ms"}],"speech_ms","duration_ms"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// The echo canceller's figures at the end of a `vad --reference` run.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct EchoReport {
+    /// Echo return loss enhancement the canceller reports, in dB.
+    pub erle_db: Option<f32>,
+    /// The speaker-to-microphone delay it found.
+    pub delay_ms: Option<u32>,
+}
+
+impl From<EchoStats> for EchoReport {
+    fn from(stats: EchoStats) -> Self {
+        Self {
+            erle_db: stats.erle_db,
+            delay_ms: stats.delay.map(|d| d.0),
+        }
+    }
+}
+
+/// `vad --json` output: `{"segments":[{"start_ms","end_ms"}],"speech_ms","duration_ms"}`,
+/// plus `"echo":{"erle_db","delay_ms"}` with `--reference`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct VadReport {
     pub segments: Vec<SegmentReport>,
     pub speech_ms: u32,
     pub duration_ms: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo: Option<EchoReport>,
 }
 
 impl VadReport {
@@ -119,6 +151,13 @@ impl VadReport {
             self.speech_ms,
             self.duration_ms
         ));
+        if let Some(echo) = &self.echo {
+            let erle = echo.erle_db.map_or("-".into(), |e| format!("{e:.1} dB"));
+            let delay = echo.delay_ms.map_or("-".into(), |d| format!("{d} ms"));
+            out.push_str(&format!(
+                "echo canceller: ERLE {erle}, echo delay {delay}\n"
+            ));
+        }
         out
     }
 }
@@ -179,24 +218,41 @@ pub fn vad_device(
         segments: collector.segments,
         speech_ms,
         duration_ms: duration.0,
+        echo: None,
     })
 }
 
-/// Runs the capture-side processing over a WAV file as fast as possible
-/// and reports the utterances found (`kiosk-gateway vad`).
-pub fn vad_file(path: &Path, vad: &VadSettings) -> Result<VadReport, AudioError> {
-    let clip = read_wav(path)?;
-    let block = clip.rate.samples_in(FRAME_MS).max(1);
-    let mut capture = CaptureProcessor::new(
-        &AudioSettings::default(),
-        vad,
-        clip.rate,
-        block,
-        false,
-        Arc::new(AudioMetrics::default()),
-    )?;
+/// Runs the capture path (echo canceller, VAD, segmenter) over a
+/// microphone recording as fast as possible and reports the utterances
+/// found (`kiosk-gateway vad`). With `speaker`, what the speaker played
+/// from the same instant (any rate), its echo is cancelled first; without
+/// it, nothing was played.
+pub fn vad_clip(
+    mic: &PcmClip,
+    speaker: Option<&PcmClip>,
+    audio: &AudioSettings,
+    vad: &VadSettings,
+) -> Result<VadReport, AudioError> {
+    let block = mic.rate.samples_in(FRAME_MS).max(1);
+    let audio = AudioSettings {
+        echo_cancel: audio.echo_cancel && speaker.is_some(),
+        ..audio.clone()
+    };
+    let metrics = Arc::new(AudioMetrics::default());
+    let mut capture = CaptureProcessor::new(&audio, vad, mic.rate, block, false, metrics.clone())?;
+    let reference = match speaker {
+        Some(clip) => resample_clip(&clip.samples, clip.rate, SampleRate::OPUS)?,
+        None => Vec::new(),
+    };
+    let mut frames = reference.chunks(FRAME_48K);
+    let mut played = [0.0; FRAME_48K];
     let mut collector = SegmentCollector::default();
-    for chunk in clip.samples.chunks(block) {
+    for chunk in mic.samples.chunks(block) {
+        played.fill(0.0);
+        if let Some(frame) = frames.next() {
+            played[..frame.len()].copy_from_slice(frame);
+        }
+        capture.observe_playout(&played);
         capture.push_samples(chunk, &mut collector)?;
     }
     capture.finish(&mut collector);
@@ -208,6 +264,13 @@ pub fn vad_file(path: &Path, vad: &VadSettings) -> Result<VadReport, AudioError>
     Ok(VadReport {
         segments: collector.segments,
         speech_ms,
-        duration_ms: clip.duration().0,
+        duration_ms: mic.duration().0,
+        echo: audio.echo_cancel.then(|| metrics.echo().into()),
     })
+}
+
+/// Runs the capture path over a WAV file as fast as possible and reports
+/// the utterances found: [`vad_clip`] with nothing played.
+pub fn vad_file(path: &Path, vad: &VadSettings) -> Result<VadReport, AudioError> {
+    vad_clip(&read_wav(path)?, None, &AudioSettings::default(), vad)
 }

@@ -12,7 +12,7 @@ use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
 use super::metrics::AudioMetrics;
 use super::playout::{IncomingPacket, Playout};
 use super::settings::{AudioSettings, VadSettings};
-use super::units::{Dbfs, FRAME_48K, FRAME_MS, Millis, SampleRate};
+use super::units::{FRAME_48K, FRAME_MS, Millis, SampleRate};
 
 pub struct Dsp {
     capture: CaptureProcessor,
@@ -84,7 +84,7 @@ impl Dsp {
     /// The next 10 ms for the speaker, at 48 kHz.
     pub fn play_frame(&mut self, out: &mut [f32; FRAME_48K]) -> Result<(), AudioError> {
         self.playout.next_frame(out);
-        self.capture.observe_playout(Dbfs::rms(out));
+        self.capture.observe_playout(out);
         self.clock = Millis(self.clock.0 + FRAME_MS.0);
         Ok(())
     }

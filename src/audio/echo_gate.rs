@@ -6,6 +6,13 @@
 //! (reference envelope plus the learned speaker-to-microphone coupling) by
 //! a margin. The coupling is learned while the bot plays and the visitor is
 //! silent, so a loud speaker or a quiet one both settle to a usable gate.
+//!
+//! Behind the echo canceller the gate is a fallback: it sees the cleaned
+//! signal, so what it learns is the residual the canceller leaves (its
+//! echo return loss and enhancement together, as achieved in this room),
+//! typically 30 dB or more below the raw echo. A visitor far quieter than
+//! the bot then gets through, while residual echo, which the VAD alone
+//! would take for speech, neither starts an utterance nor keeps one open.
 
 use super::units::Dbfs;
 
@@ -21,15 +28,27 @@ const INITIAL_COUPLING_DB: f32 = -6.0;
 /// Couplings are learned within these bounds so one odd frame can't open
 /// or shut the gate for good.
 const COUPLING_RANGE_DB: (f32, f32) = (-40.0, 0.0);
+/// Behind the canceller the residual can sit much further down.
+const RESIDUAL_RANGE_DB: (f32, f32) = (-80.0, 0.0);
 /// Per-frame weights of a new coupling observation. The echo estimate has
 /// to cover the loudest echo, not the average one, so it rises quickly
 /// and falls back over several seconds.
 const COUPLING_ATTACK: f32 = 0.2;
 const COUPLING_RELEASE: f32 = 0.002;
+/// The residual falls quickly once the canceller has converged (within a
+/// second); following it as fast lets the visitor in early.
+const RESIDUAL_RELEASE: f32 = 0.02;
+const RESIDUAL_ATTACK: f32 = 0.05;
 
 pub struct EchoGate {
     margin_db: f32,
     coupling_db: f32,
+    range_db: (f32, f32),
+    attack: f32,
+    release: f32,
+    /// Also judge frames inside the visitor's utterance (behind the
+    /// canceller, where the residual is far below any visitor).
+    guard_in_speech: bool,
     recent_reference: [f32; ECHO_SPAN_FRAMES],
     next: usize,
 }
@@ -39,8 +58,25 @@ impl EchoGate {
         Self {
             margin_db,
             coupling_db: INITIAL_COUPLING_DB,
+            range_db: COUPLING_RANGE_DB,
+            attack: COUPLING_ATTACK,
+            release: COUPLING_RELEASE,
+            guard_in_speech: false,
             recent_reference: [Dbfs::FLOOR.0; ECHO_SPAN_FRAMES],
             next: 0,
+        }
+    }
+
+    /// The gate behind an echo canceller, given the cleaned signal's
+    /// levels: it learns the residual echo, and with it known so well a
+    /// smaller margin does.
+    pub fn behind_canceller(margin_db: f32) -> Self {
+        Self {
+            range_db: RESIDUAL_RANGE_DB,
+            attack: RESIDUAL_ATTACK,
+            release: RESIDUAL_RELEASE,
+            guard_in_speech: true,
+            ..Self::new(margin_db / 2.0)
         }
     }
 
@@ -52,13 +88,14 @@ impl EchoGate {
 
     /// Whether a voiced microphone frame at `mic` may count as the visitor.
     ///
-    /// The gate guards onsets only: once the visitor's utterance is open
-    /// (`visitor_speaking`), a bot that starts talking must not cut them off
-    /// mid-sentence, so their frames pass; at worst the echo prolongs the
-    /// utterance's hangover. The coupling is learned only from frames that
+    /// On its own the gate guards onsets only: once the visitor's
+    /// utterance is open (`visitor_speaking`), a bot that starts talking
+    /// must not cut them off mid-sentence, so their frames pass; at worst
+    /// the echo prolongs the utterance's hangover. Behind the canceller it
+    /// guards every frame. The coupling is learned only from frames that
     /// are then surely echo.
     pub fn admits(&mut self, mic: Dbfs, voiced: bool, visitor_speaking: bool) -> bool {
-        if visitor_speaking {
+        if visitor_speaking && !self.guard_in_speech {
             return voiced;
         }
         let envelope = self
@@ -72,11 +109,11 @@ impl EchoGate {
         let echo_estimate = envelope + self.coupling_db;
         let admitted = mic.0 > echo_estimate + self.margin_db;
         if !admitted {
-            let observed = (mic.0 - envelope).clamp(COUPLING_RANGE_DB.0, COUPLING_RANGE_DB.1);
+            let observed = (mic.0 - envelope).clamp(self.range_db.0, self.range_db.1);
             let rate = if observed > self.coupling_db {
-                COUPLING_ATTACK
+                self.attack
             } else {
-                COUPLING_RELEASE
+                self.release
             };
             self.coupling_db += rate * (observed - self.coupling_db);
         }
@@ -115,5 +152,29 @@ mod tests {
         assert!(gate.admits(Dbfs(-12.0), true, false));
         // A visitor already speaking is not cut off when the bot starts.
         assert!(gate.admits(Dbfs(-30.0), true, true));
+    }
+
+    #[test]
+    fn behind_the_canceller_a_quiet_visitor_gets_through_and_residual_echo_does_not() {
+        let mut gate = EchoGate::behind_canceller(6.0);
+        // The canceller leaves the echo 50 dB below the reference, varying
+        // frame to frame. A lone loud frame may pass, but never the three
+        // in a row that an onset takes.
+        let mut run = 0;
+        for i in 0..300 {
+            gate.observe_reference(Dbfs(-20.0));
+            let residual = -70.0 + [0.0, -6.0, 3.0, -9.0][i % 4];
+            run = if gate.admits(Dbfs(residual), true, false) {
+                run + 1
+            } else {
+                0
+            };
+            assert!(run < 3, "frame {i}: {run} residual frames in a row");
+        }
+        gate.observe_reference(Dbfs(-20.0));
+        // A visitor 15 dB quieter than the bot's signal.
+        assert!(gate.admits(Dbfs(-35.0), true, false));
+        // Residual echo does not keep an utterance open either.
+        assert!(!gate.admits(Dbfs(-76.0), true, true));
     }
 }

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::units::Dbfs;
+use super::echo::EchoStats;
+use super::units::{Dbfs, Millis};
 
 /// The DSP loop's last failure, for the status page.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +20,9 @@ pub struct EngineFailure {
     /// (the thread panicked).
     pub restart_in: Option<Duration>,
 }
+
+/// Stored for a figure the echo canceller does not have (yet).
+const NO_FIGURE: i32 = i32::MIN;
 
 #[derive(Debug, Default)]
 pub struct AudioMetrics {
@@ -65,6 +69,12 @@ pub struct AudioMetrics {
     pub dsp_heartbeat: AtomicU64,
     last_failure: Mutex<Option<EngineFailure>>,
     level_centi_dbfs: AtomicI32,
+    /// The echo canceller has reported at least once.
+    echo_reported: AtomicBool,
+    /// Its figures ([`NO_FIGURE`] for one it does not have).
+    echo_erle_centi_db: AtomicI32,
+    echo_erl_centi_db: AtomicI32,
+    echo_delay_ms: AtomicI32,
     /// From the microphone delivering a packet's last samples to the packet
     /// leaving the DSP thread (the 20 ms of framing comes on top).
     capture_latency_max_us: AtomicU64,
@@ -85,6 +95,38 @@ impl AudioMetrics {
     /// Most recent microphone level.
     pub fn level(&self) -> Dbfs {
         Dbfs(self.level_centi_dbfs.load(Ordering::Relaxed) as f32 / 100.0)
+    }
+
+    /// The echo canceller's latest figures.
+    pub fn set_echo(&self, stats: EchoStats) {
+        let centi = |db: Option<f32>| db.map_or(NO_FIGURE, |v| (v * 100.0) as i32);
+        self.echo_erle_centi_db
+            .store(centi(stats.erle_db), Ordering::Relaxed);
+        self.echo_erl_centi_db
+            .store(centi(stats.erl_db), Ordering::Relaxed);
+        let delay = stats
+            .delay
+            .map_or(NO_FIGURE, |d| i32::try_from(d.0).unwrap_or(i32::MAX));
+        self.echo_delay_ms.store(delay, Ordering::Relaxed);
+        self.echo_reported.store(true, Ordering::Relaxed);
+    }
+
+    /// The echo canceller's latest figures; all `None` while it is off or
+    /// has not run.
+    pub fn echo(&self) -> EchoStats {
+        if !self.echo_reported.load(Ordering::Relaxed) {
+            return EchoStats::default();
+        }
+        let db = |a: &AtomicI32| {
+            let v = a.load(Ordering::Relaxed);
+            (v != NO_FIGURE).then(|| v as f32 / 100.0)
+        };
+        let delay = self.echo_delay_ms.load(Ordering::Relaxed);
+        EchoStats {
+            erle_db: db(&self.echo_erle_centi_db),
+            erl_db: db(&self.echo_erl_centi_db),
+            delay: u32::try_from(delay).ok().map(Millis),
+        }
     }
 
     pub fn record_capture_latency(&self, latency: std::time::Duration) {

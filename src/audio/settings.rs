@@ -33,6 +33,32 @@ impl DeviceSpec {
     }
 }
 
+/// How hard the capture path's noise suppressor works (`[audio] noise_suppression`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NoiseSuppression {
+    /// Steady noise reaches the VAD and the agent as it is.
+    #[default]
+    Off,
+    Low,
+    Moderate,
+    High,
+}
+
+impl NoiseSuppression {
+    /// The config spellings, in order of strength.
+    pub const NAMES: [&'static str; 4] = ["off", "low", "moderate", "high"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "off" => Some(Self::Off),
+            "low" => Some(Self::Low),
+            "moderate" => Some(Self::Moderate),
+            "high" => Some(Self::High),
+            _ => None,
+        }
+    }
+}
+
 /// `[audio]`: devices, codec and playout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AudioSettings {
@@ -67,6 +93,18 @@ pub struct AudioSettings {
     /// Backoff for reopening a device that failed, doubling up to the max.
     pub reopen_backoff_min_ms: Millis,
     pub reopen_backoff_max_ms: Millis,
+    /// Cancel the speaker's echo in the microphone before the VAD and the
+    /// encoder, so the visitor can talk over the bot. Ignored, like
+    /// `echo_gate`, without a speaker or with a `wav:` microphone.
+    pub echo_cancel: bool,
+    /// Noise suppression after echo cancellation (only with `echo_cancel`).
+    pub noise_suppression: NoiseSuppression,
+    /// Automatic gain after echo cancellation (only with `echo_cancel`).
+    pub auto_gain: bool,
+    /// Keep the bot's echo from starting an utterance by level: on its own
+    /// it needs the visitor louder than the echo by `vad.echo_margin_db`;
+    /// behind the canceller it only guards against what is left of the echo.
+    pub echo_gate: bool,
 }
 
 impl Default for AudioSettings {
@@ -85,6 +123,10 @@ impl Default for AudioSettings {
             input_buffer_ms: Millis(500),
             reopen_backoff_min_ms: Millis(500),
             reopen_backoff_max_ms: Millis(10_000),
+            echo_cancel: true,
+            noise_suppression: NoiseSuppression::Off,
+            auto_gain: false,
+            echo_gate: true,
         }
     }
 }

@@ -112,6 +112,14 @@ fn describe() {
         "Packets of the bot's audio that arrived after their playout time."
     );
     describe_gauge!(
+        "kiosk_audio_echo_erle_db",
+        "Echo return loss enhancement the echo canceller reports, in dB."
+    );
+    describe_gauge!(
+        "kiosk_audio_echo_delay_seconds",
+        "Speaker-to-microphone delay the echo canceller has locked on to."
+    );
+    describe_gauge!(
         "kiosk_audio_capture_latency_seconds",
         "From the microphone's last sample of a packet to the packet leaving the DSP thread (mean, max)."
     );
@@ -216,6 +224,13 @@ pub fn record_audio(a: &AudioMetrics) {
     gauge!("kiosk_audio_input_open").set(f64::from(u8::from(a.input_open.load(Relaxed))));
     gauge!("kiosk_audio_output_open").set(f64::from(u8::from(a.output_open.load(Relaxed))));
     gauge!("kiosk_audio_level_dbfs").set(f64::from(a.level().0));
+    let echo = a.echo();
+    if let Some(erle) = echo.erle_db {
+        gauge!("kiosk_audio_echo_erle_db").set(f64::from(erle));
+    }
+    if let Some(delay) = echo.delay {
+        gauge!("kiosk_audio_echo_delay_seconds").set(f64::from(delay.0) / 1000.0);
+    }
     if let Some((mean_us, max_us)) = a.capture_latency_us() {
         gauge!("kiosk_audio_capture_latency_seconds", "stat" => "mean").set(mean_us as f64 / 1e6);
         gauge!("kiosk_audio_capture_latency_seconds", "stat" => "max").set(max_us as f64 / 1e6);

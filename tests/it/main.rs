@@ -20,6 +20,8 @@ mod fake_upstream;
 mod link_support;
 mod sip_support;
 
+mod audio_aec;
+mod audio_aec_config;
 mod audio_echo;
 mod audio_engine;
 mod audio_hostile;
