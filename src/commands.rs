@@ -75,7 +75,7 @@ pub fn check(path: &Path, out: &mut impl Write, err: &mut impl Write) -> std::io
             Ok(false)
         }
         Err(e) => {
-            writeln!(err, "error: {e}")?;
+            writeln!(err, "error: {}", crate::error_text::error_chain(&e))?;
             Ok(false)
         }
     }
@@ -187,7 +187,7 @@ pub enum SyncCommandError {
     Sync(#[from] crate::sync::SyncError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("cannot write output: {0}")]
+    #[error("cannot write output")]
     Io(#[from] std::io::Error),
 }
 
@@ -195,8 +195,8 @@ pub enum SyncCommandError {
 pub enum TranscriptsError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot write output: {0}")]
+    #[error("cannot write output")]
     Io(#[from] std::io::Error),
-    #[error("cannot write JSON: {0}")]
+    #[error("cannot write JSON")]
     Json(#[from] serde_json::Error),
 }

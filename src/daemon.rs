@@ -38,7 +38,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr} for the status server: {source}")]
+    #[error("cannot listen on {addr} for the status server")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -46,7 +46,7 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("cannot install the {0} handler: {1}")]
+    #[error("cannot install the {0} handler")]
     Signal(&'static str, #[source] std::io::Error),
     #[error(transparent)]
     Audio(#[from] crate::audio::AudioError),
@@ -54,7 +54,7 @@ pub enum DaemonError {
     Daily(#[from] crate::daily::DailyError),
     #[error(transparent)]
     Provision(#[from] crate::session::provision::ProvisionError),
-    #[error("cannot read the failure prompt {}: {source}", path.display())]
+    #[error("cannot read the failure prompt {}", path.display())]
     Prompt {
         path: std::path::PathBuf,
         #[source]
@@ -193,7 +193,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
         if let Err(e) = status::serve(listener, state, server_cancel).await {
-            warn!(error = %e, "status server ended with an error");
+            warn!(error = %crate::error_text::error_chain(&e), "status server ended with an error");
         }
     });
 

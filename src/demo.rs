@@ -119,7 +119,7 @@ pub fn api_key_from_env(name: Option<&str>) -> Result<Option<SecretString>, Demo
 pub enum DemoError {
     #[error("no API key: the environment variable {0} is not set")]
     ApiKey(String),
-    #[error("cannot prepare the state folder {}: {source}", path.display())]
+    #[error("cannot prepare the state folder {}", path.display())]
     StateDir {
         path: PathBuf,
         #[source]

@@ -35,6 +35,7 @@ pub mod control;
 pub mod daemon;
 pub mod daily;
 pub mod demo;
+mod error_text;
 pub mod health;
 pub mod http_body;
 pub mod link;

@@ -35,7 +35,7 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .route("/whip/{id}", patch(whip_patch).delete(whip_delete))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
-        warn!(error = %e, "loopback agent server stopped");
+        warn!(error = %crate::error_text::error_chain(&e), "loopback agent server stopped");
     }
 }
 

@@ -85,11 +85,11 @@ impl LoopbackAgentConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("loopback agent cannot listen: {0}")]
+    #[error("loopback agent cannot listen")]
     Bind(#[from] std::io::Error),
     #[error("loopback agent reply")]
     Reply(#[from] AudioError),
-    #[error("cannot install the Ctrl-C handler: {0}")]
+    #[error("cannot install the Ctrl-C handler")]
     Interrupt(#[source] std::io::Error),
 }
 

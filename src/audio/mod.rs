@@ -113,17 +113,7 @@ pub use wav::{PcmClip, read_wav, read_wav_bytes, write_wav};
 
 use std::path::PathBuf;
 
-/// The error and its causes on one line, for log fields.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use crate::error_text::error_chain;
 
 /// Everything that can go wrong in the audio engine. Causes are kept as
 /// sources, not repeated in the message.

@@ -18,7 +18,7 @@ pub enum DailyError {
     },
     #[error("Daily API {operation} timed out")]
     Timeout { operation: &'static str },
-    #[error("Daily API {operation} failed: network error: {source}")]
+    #[error("Daily API {operation} failed: network error")]
     Network {
         operation: &'static str,
         #[source]

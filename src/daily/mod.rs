@@ -275,7 +275,7 @@ impl DailyClient {
                 planned.map(|d| err.retry_after().map_or(d, |ra| ra.min(max_delay)))
             })
             .notify(|err, delay| {
-                warn!(operation, error = %err, retry_in_ms = delay.as_millis() as u64, "Daily API call failed, retrying");
+                warn!(operation, error = %crate::error_text::error_chain(&err), retry_in_ms = delay.as_millis() as u64, "Daily API call failed, retrying");
             })
             .await
     }

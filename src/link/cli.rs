@@ -37,7 +37,7 @@ pub struct CallArgs {
 pub enum CliError {
     #[error(transparent)]
     Call(#[from] CallError),
-    #[error("cannot write JSON: {0}")]
+    #[error("cannot write JSON")]
     Json(#[from] serde_json::Error),
 }
 

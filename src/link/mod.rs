@@ -78,7 +78,7 @@ pub enum LinkEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("WebRTC: {0}")]
+    #[error("WebRTC")]
     WebRtc(#[from] webrtc::error::Error),
     #[error(transparent)]
     Signaling(#[from] SignalingError),

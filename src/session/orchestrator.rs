@@ -227,7 +227,9 @@ impl Orchestrator {
                 sessions = n,
                 "sessions left open by a crash closed as crashed"
             ),
-            Err(e) => warn!(error = %e, "cannot close crashed sessions"),
+            Err(e) => {
+                warn!(error = %crate::error_text::error_chain(&e), "cannot close crashed sessions")
+            }
         }
         self.note_state();
         self.publish_store_health();
@@ -561,7 +563,7 @@ impl Orchestrator {
                     provisioner
                         .provision(&kiosk)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| crate::error_text::error_chain(&e))
                 }));
             }
             Action::Connect => self.connect(),
@@ -648,7 +650,7 @@ impl Orchestrator {
         self.connecting = Some(tokio::spawn(async move {
             Link::connect(settings, signaling)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| crate::error_text::error_chain(&e))
         }));
     }
 
@@ -720,7 +722,7 @@ impl Orchestrator {
         if let Some(p) = &c.provisioned
             && let Err(e) = self.provisioner.release(p).await
         {
-            warn!(session_id = %c.id, error = %e, "cannot delete the session's room");
+            warn!(session_id = %c.id, error = %crate::error_text::error_chain(&e), "cannot delete the session's room");
         }
     }
 

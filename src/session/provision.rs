@@ -77,7 +77,7 @@ impl fmt::Display for Step {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentStartError {
-    #[error("network error: {0}")]
+    #[error("network error")]
     Network(#[source] reqwest::Error),
     #[error("HTTP {status}: {body}")]
     Status {
@@ -112,7 +112,7 @@ pub enum StepError {
 pub enum ProvisionError {
     #[error("provisioning needs {0}, which is not configured")]
     NotConfigured(&'static str),
-    #[error("provisioning failed at step \"{step}\": {cause}{}", leaked_note(.leaked_room))]
+    #[error("provisioning failed at step \"{step}\"{}", leaked_note(.leaked_room))]
     Failed {
         step: Step,
         #[source]
@@ -236,7 +236,7 @@ impl Provisioner {
             match daily.delete_room(&room).await {
                 Ok(outcome) => info!(%room, ?outcome, "room of an abandoned provisioning released"),
                 Err(e) => {
-                    warn!(%room, error = %e, "cannot delete the room of an abandoned provisioning")
+                    warn!(%room, error = %crate::error_text::error_chain(&e), "cannot delete the room of an abandoned provisioning")
                 }
             }
         }
@@ -277,7 +277,7 @@ impl Provisioner {
                 let leaked_room = match daily.delete_room(&room.name).await {
                     Ok(_) => None,
                     Err(e) => {
-                        warn!(room = %room.name, error = %e, "could not delete the room of a failed provisioning");
+                        warn!(room = %room.name, error = %crate::error_text::error_chain(&e), "could not delete the room of a failed provisioning");
                         Some(room.name.clone())
                     }
                 };

@@ -147,7 +147,7 @@ impl Spool {
         if starts {
             self.failing = Some(Failing {
                 since: Timestamp::now(),
-                error: error.to_string(),
+                error: crate::error_text::error_chain(error),
             });
         }
         starts

@@ -31,7 +31,7 @@ pub enum DialCliError {
     Dial(#[from] DialFailure),
     #[error("--seconds must be a positive number of seconds, got {0}")]
     Seconds(f64),
-    #[error("cannot write JSON: {0}")]
+    #[error("cannot write JSON")]
     Json(#[from] serde_json::Error),
 }
 

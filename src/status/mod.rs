@@ -280,7 +280,7 @@ impl StatusState {
             match f(guard.as_ref()?) {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    tracing::warn!(error = %e, "status: cannot read the store");
+                    tracing::warn!(error = %crate::error_text::error_chain(&e), "status: cannot read the store");
                     *guard = None;
                     None
                 }

@@ -24,25 +24,25 @@ pub use writer::{StoreHandle, WriterThread};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {}: {source}", path.display())]
+    #[error("database {}", path.display())]
     Sqlite {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
     },
-    #[error("database {}: schema migration failed: {source}", path.display())]
+    #[error("database {}: schema migration failed", path.display())]
     Migration {
         path: PathBuf,
         #[source]
         source: rusqlite_migration::Error,
     },
-    #[error("cannot create the folder for database {}: {source}", path.display())]
+    #[error("cannot create the folder for database {}", path.display())]
     CreateDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("database {} is damaged and could not be moved aside: {source}", path.display())]
+    #[error("database {} is damaged and could not be moved aside", path.display())]
     MoveAside {
         path: PathBuf,
         #[source]

@@ -193,8 +193,8 @@ impl SyncWorker {
                 _ = self.trigger.wake.notified() => {}
             }
             if let Err(e) = self.drain(&cancel).await {
-                warn!(error = %e, "sync stopped by a store error");
-                self.note_error(e.to_string());
+                warn!(error = %crate::error_text::error_chain(&e), "sync stopped by a store error");
+                self.note_error(crate::error_text::error_chain(&e));
             }
         }
     }

@@ -43,7 +43,7 @@ pub enum OfferKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalingError {
-    #[error("signaling {step} failed: network error: {source}")]
+    #[error("signaling {step} failed: network error")]
     Network {
         step: &'static str,
         #[source]

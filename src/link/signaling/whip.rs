@@ -97,7 +97,7 @@ impl Signaling for WhipSignaling {
             if let Some(old) = old
                 && let Err(e) = self.delete_resource(old.url).await
             {
-                warn!(error = %e, "could not delete the previous WHIP session");
+                warn!(error = %crate::error_text::error_chain(&e), "could not delete the previous WHIP session");
             }
         }
         let response = self
