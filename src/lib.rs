@@ -27,31 +27,31 @@
 
 mod agent;
 pub mod agent_settings;
-pub mod assets;
+pub(crate) mod assets;
 pub mod audio;
 pub mod commands;
 pub mod config;
-pub mod control;
+pub(crate) mod control;
 pub mod daemon;
 pub mod daily;
 pub mod demo;
 mod error_text;
-pub mod health;
-pub mod http_body;
+pub(crate) mod health;
+pub(crate) mod http_body;
 pub mod link;
-pub mod liveness;
-pub mod reachability;
-pub mod runtime;
+pub(crate) mod liveness;
+pub(crate) mod reachability;
+pub(crate) mod runtime;
 pub mod session;
 pub mod sip;
-pub mod status;
+pub(crate) mod status;
 pub mod store;
 pub mod sync;
-pub mod systemd;
+pub(crate) mod systemd;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
-pub mod watchdog;
+pub(crate) mod watchdog;
 
 #[cfg(test)]
 mod layout_tests;
