@@ -177,26 +177,36 @@ pub fn sync(
     Ok(report.complete && backlog.transcripts == 0 && backlog.sessions == 0)
 }
 
+/// Why `sync --once` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncCommandError {
+    /// Sync is not configured.
     #[error("sync is off: set sync.url (and the sync.token secret)")]
     Off,
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The upload stopped on a database error.
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
+    /// The async runtime cannot start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The report cannot be printed.
     #[error("cannot write output")]
     Io(#[from] std::io::Error),
 }
 
+/// Why `transcripts` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TranscriptsError {
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The output cannot be written.
     #[error("cannot write output")]
     Io(#[from] std::io::Error),
+    /// The output cannot be written as JSON.
     #[error("cannot write JSON")]
     Json(#[from] serde_json::Error),
 }

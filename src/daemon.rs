@@ -34,29 +34,42 @@ use crate::watchdog::{self, Watchdog};
 /// stop timeout, so we are never killed mid-write.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
+/// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The database cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The status server's address is taken or not allowed.
     #[error("cannot listen on {addr} for the status server")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The async runtime cannot start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// A signal handler cannot be installed.
     #[error("cannot install the {0} handler")]
     Signal(&'static str, #[source] std::io::Error),
+    /// The audio engine cannot start.
     #[error(transparent)]
     Audio(#[from] crate::audio::AudioError),
+    /// The Daily client cannot be built.
     #[error(transparent)]
     Daily(#[from] crate::daily::DailyError),
+    /// Provisioning is not configured for the chosen mode.
     #[error(transparent)]
     Provision(#[from] crate::session::provision::ProvisionError),
+    /// The configured failure prompt is unusable.
     #[error("cannot read the failure prompt {}", path.display())]
     Prompt {
+        /// The WAV file.
         path: std::path::PathBuf,
+        /// Why.
         #[source]
         source: crate::audio::AudioError,
     },
