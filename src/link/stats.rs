@@ -29,7 +29,9 @@ pub(super) struct Counters {
 /// A snapshot of one link. Rates are averages since the previous snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct LinkStats {
+    /// RTP packets sent.
     pub packets_sent: u64,
+    /// RTP packets received.
     pub packets_received: u64,
     /// Bytes sent, headers included.
     pub bytes_sent: u64,

@@ -38,16 +38,23 @@ use crate::sync::SyncTrigger;
 /// Session behaviour, from `[session]` and `[agent]`.
 #[derive(Clone, Debug)]
 pub struct SessionSettings {
+    /// This kiosk, for stored sessions and room names.
     pub kiosk_id: String,
+    /// What starts a session.
     pub trigger: Trigger,
+    /// A session ends after this long with nobody speaking.
     pub idle_timeout: Duration,
+    /// The longest one session may last.
     pub max_duration: Duration,
+    /// How long to wait for `bot-ready` before releasing buffered speech anyway.
     pub ready_timeout: Duration,
+    /// How calls are set up.
     pub link: LinkSettings,
     /// Played locally when a session cannot be set up.
     pub failure_prompt: Option<Prompt>,
     /// Wait before the next attempt after a failure, doubling to the max.
     pub failure_backoff_min: Duration,
+    /// See `failure_backoff_min`.
     pub failure_backoff_max: Duration,
 }
 
@@ -94,6 +101,7 @@ enum LinkInput {
     Packet(LinkPacket),
 }
 
+/// The kiosk loop: feeds audio, link and technician events to the session [`Machine`], carries out its actions, and records what happens.
 pub struct Orchestrator {
     machine: Machine,
     settings: SessionSettings,
@@ -152,6 +160,7 @@ fn forward<T: Send + 'static>(rx: std::sync::mpsc::Receiver<T>, name: &str) -> m
 }
 
 impl Orchestrator {
+    /// An orchestrator with nothing running yet.
     pub fn new(
         settings: SessionSettings,
         provisioner: Provisioner,
