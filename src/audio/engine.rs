@@ -186,6 +186,7 @@ impl AudioEngine {
         self.send(Control::EndStream);
     }
 
+    /// Counters and levels the engine keeps for the status page.
     pub fn metrics(&self) -> &Arc<AudioMetrics> {
         &self.metrics
     }

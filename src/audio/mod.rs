@@ -119,31 +119,47 @@ pub(crate) use crate::error_text::error_chain;
 /// sources, not repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
+    /// A WAV file cannot be read or written.
     #[error("WAV file {path}")]
     Wav {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: hound::Error,
     },
+    /// WAV data in memory is unusable.
     #[error("WAV data")]
     WavData(#[source] hound::Error),
+    /// The resampler failed.
     #[error("resampler: {0}")]
     Resampler(String),
+    /// The Opus codec failed.
     #[error("Opus codec")]
     Opus(#[from] opus::Error),
+    /// Bytes that are not an Opus packet.
     #[error("not an Opus packet: {0}")]
     InvalidPacket(&'static str),
+    /// The audio device failed.
     #[error("audio device")]
     Device(#[source] cpal::Error),
+    /// No device matches the configured one.
     #[error("{direction} device not found: {detail}")]
     DeviceNotFound {
+        /// Microphone or speaker.
         direction: device::Direction,
+        /// What was asked for and what there is.
         detail: String,
     },
+    /// Output cannot be written as JSON.
     #[error("JSON output")]
     Json(#[from] serde_json::Error),
+    /// The engine stopped.
     #[error("audio engine stopped: {0}")]
     Stopped(String),
     #[error("{direction} device offers no 16-bit or float format")]
-    NoUsableFormat { direction: device::Direction },
+    NoUsableFormat {
+        /// Microphone or speaker.
+        direction: device::Direction,
+    },
 }

@@ -27,6 +27,7 @@ struct Resource {
     ice_pwd: String,
 }
 
+/// [`Signaling`](super::Signaling) to a WHIP endpoint; remembers the session resource it created.
 pub struct WhipSignaling {
     http: reqwest::Client,
     endpoint: Url,
@@ -35,6 +36,7 @@ pub struct WhipSignaling {
 }
 
 impl WhipSignaling {
+    /// A client for `endpoint`, with an optional bearer token and a per-request time limit.
     pub fn new(endpoint: Url, token: Option<SecretString>, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)
