@@ -72,7 +72,6 @@ pub struct OpusEncoder {
 
 impl OpusEncoder {
     /// An encoder fed 48 kHz audio.
-    /// A 48 kHz mono decoder.
     pub fn new(settings: &AudioSettings) -> Result<Self, AudioError> {
         Self::with_input_rate(settings, SampleRate::OPUS)
     }
@@ -130,6 +129,7 @@ pub struct OpusDecoder {
 }
 
 impl OpusDecoder {
+    /// A 48 kHz mono decoder.
     pub fn new() -> Result<Self, AudioError> {
         Ok(Self {
             decoder: Decoder::new(SampleRate::OPUS.hz(), Channels::Mono)?,

@@ -158,6 +158,7 @@ pub enum AudioError {
     #[error("audio engine stopped: {0}")]
     Stopped(String),
     #[error("{direction} device offers no 16-bit or float format")]
+    /// The device offers no sample format the engine can use.
     NoUsableFormat {
         /// Microphone or speaker.
         direction: device::Direction,
