@@ -35,10 +35,12 @@ const LATENCY_RUN: Duration = Duration::from_secs(3);
 /// Audio pushed through each path.
 pub const BENCH_AUDIO: Millis = Millis(60_000);
 
+/// How fast one path (capture or playout) runs.
 #[derive(Clone, Debug, Serialize)]
 pub struct PathReport {
     /// Seconds of audio processed per second of one core's CPU time.
     pub x_realtime: f64,
+    /// CPU time per 10 ms of audio, in nanoseconds.
     pub ns_per_10ms_frame: u64,
     /// The same figure for each stage run alone.
     pub stages: BTreeMap<&'static str, u64>,
@@ -52,21 +54,31 @@ pub struct LatencyReport {
     pub framing_ms: u32,
     /// From the delivery of a packet's last samples to the packet.
     pub mean_us: u64,
+    /// The longest, in µs.
     pub max_us: u64,
+    /// Packets measured.
     pub packets: u64,
 }
 
+/// What `bench` measured; its JSON form is the `bench --json` output.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
+    /// The device rate simulated.
     pub device_rate_hz: u32,
+    /// The Opus complexity used.
     pub opus_complexity: i32,
+    /// Audio pushed through each path.
     pub audio_ms: u32,
+    /// Microphone to Opus packets.
     pub capture: PathReport,
+    /// Opus packets to the speaker.
     pub playout: PathReport,
+    /// Delay added on the way out.
     pub latency: LatencyReport,
 }
 
 impl BenchReport {
+    /// The report as technicians read it.
     pub fn to_text(&self) -> String {
         let mut out = format!(
             "{} s of speech, device rate {} Hz, Opus complexity {}, one thread (CPU time)\n",

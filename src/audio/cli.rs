@@ -25,11 +25,13 @@ pub struct VadArgs {
     pub input: Option<PathBuf>,
     /// ...or a live input, listened to for `duration`.
     pub device: Option<String>,
+    /// How long to listen to a live input.
     pub duration: Millis,
     /// The configured VAD settings...
     pub settings: VadSettings,
     /// ...with this aggressiveness instead, if given.
     pub aggressiveness: Option<Aggressiveness>,
+    /// Print JSON.
     pub json: bool,
 }
 
@@ -88,15 +90,20 @@ pub fn bench_command(
 /// One utterance in `vad --json` output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct SegmentReport {
+    /// Where it starts in the input.
     pub start_ms: u32,
+    /// Where it ends.
     pub end_ms: u32,
 }
 
 /// `vad --json` output: `{"segments":[{"start_ms","end_ms"}],"speech_ms","duration_ms"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VadReport {
+    /// The utterances, in order.
     pub segments: Vec<SegmentReport>,
+    /// Their total length.
     pub speech_ms: u32,
+    /// The input's length.
     pub duration_ms: u32,
 }
 

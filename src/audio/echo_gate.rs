@@ -27,6 +27,7 @@ const COUPLING_RANGE_DB: (f32, f32) = (-40.0, 0.0);
 const COUPLING_ATTACK: f32 = 0.2;
 const COUPLING_RELEASE: f32 = 0.002;
 
+/// The echo gate: see the module's description.
 pub struct EchoGate {
     margin_db: f32,
     coupling_db: f32,
@@ -35,6 +36,7 @@ pub struct EchoGate {
 }
 
 impl EchoGate {
+    /// A gate that admits the microphone only `margin_db` above the estimated echo.
     pub fn new(margin_db: f32) -> Self {
         Self {
             margin_db,

@@ -36,10 +36,13 @@ impl DeviceSpec {
 /// `[audio]`: devices, codec and playout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AudioSettings {
+    /// The microphone.
     pub input: DeviceSpec,
+    /// The speaker.
     pub output: DeviceSpec,
     /// Fade out and flush the bot's audio when the visitor starts speaking.
     pub barge_in: bool,
+    /// Opus bitrate, bits per second.
     pub opus_bitrate_bps: i32,
     /// 0 (cheapest) to 10 (best). The default, 1, skips SILK's delayed-decision
     /// quantiser: half the encoder's CPU of 5 for 0.4 dB less segmental SNR on
@@ -54,6 +57,7 @@ pub struct AudioSettings {
     pub dtx: bool,
     /// The playout jitter buffer adapts its depth between these bounds.
     pub jitter_min_ms: Millis,
+    /// See `jitter_min_ms`.
     pub jitter_max_ms: Millis,
     /// Playout queued between the DSP thread and the speaker callback:
     /// enough to ride over the thread's wake-ups, small enough that a
@@ -66,6 +70,7 @@ pub struct AudioSettings {
     pub input_buffer_ms: Millis,
     /// Backoff for reopening a device that failed, doubling up to the max.
     pub reopen_backoff_min_ms: Millis,
+    /// See `reopen_backoff_min_ms`.
     pub reopen_backoff_max_ms: Millis,
 }
 
@@ -92,10 +97,12 @@ impl Default for AudioSettings {
 /// `[vad]`: what counts as the visitor speaking.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VadSettings {
+    /// How strict the voice detector is about what counts as speech.
     pub aggressiveness: Aggressiveness,
     /// Onset: at least `onset_voiced_ms` of voiced frames within the last
     /// `onset_window_ms`.
     pub onset_window_ms: Millis,
+    /// See `onset_window_ms`.
     pub onset_voiced_ms: Millis,
     /// Audio kept from before the onset so the first phoneme is not clipped.
     pub preroll_ms: Millis,
