@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::config::{Config, ConfigError, Env};
+use crate::error_text::error_chain;
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::{self, RuntimeError};
@@ -75,7 +76,7 @@ pub fn check(path: &Path, out: &mut impl Write, err: &mut impl Write) -> std::io
             Ok(false)
         }
         Err(e) => {
-            writeln!(err, "error: {}", crate::error_text::error_chain(&e))?;
+            writeln!(err, "error: {}", error_chain(&e))?;
             Ok(false)
         }
     }

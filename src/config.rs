@@ -158,7 +158,8 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// The longest one session may last.
     pub max_duration: Duration,
-    /// How long to wait for the agent's `bot-ready` before sending the visitor's buffered speech anyway.
+    /// How long to wait for the agent's `bot-ready` before sending the visitor's buffered
+    /// speech anyway.
     pub ready_timeout: Duration,
     /// A dropped call is given up (and provisioned anew) after this long.
     pub reconnect_timeout: Duration,

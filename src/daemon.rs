@@ -18,6 +18,7 @@ use crate::audio::{self, AudioEngine, Prompt};
 use crate::config::Config;
 use crate::control::Published;
 use crate::daily::DailyClient;
+use crate::error_text::error_chain;
 use crate::liveness::Liveness;
 use crate::reachability::Prober;
 use crate::runtime::{self, RuntimeError};
@@ -206,7 +207,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
         if let Err(e) = status::serve(listener, state, server_cancel).await {
-            warn!(error = %crate::error_text::error_chain(&e), "status server ended with an error");
+            warn!(error = %error_chain(&e), "status server ended with an error");
         }
     });
 

@@ -72,7 +72,8 @@ impl Slot {
     }
 }
 
-/// Reorders the agent's packets and holds enough of them to play smoothly, adapting its depth between `jitter_min_ms` and `jitter_max_ms`.
+/// Reorders the agent's packets and holds enough of them to play smoothly, adapting its depth
+/// between `jitter_min_ms` and `jitter_max_ms`.
 pub struct JitterBuffer {
     slots: Vec<Option<Slot>>,
     /// Next sequence number to play; `None` until the first packet of a talkspurt.

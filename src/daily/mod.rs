@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 use url::Url;
 
+use crate::error_text::error_chain;
 use crate::http_body::{BodyError, read_limited};
 
 pub use error::DailyError;
@@ -287,7 +288,7 @@ impl DailyClient {
                 planned.map(|d| err.retry_after().map_or(d, |ra| ra.min(max_delay)))
             })
             .notify(|err, delay| {
-                warn!(operation, error = %crate::error_text::error_chain(&err), retry_in_ms = delay.as_millis() as u64, "Daily API call failed, retrying");
+                warn!(operation, error = %error_chain(&err), retry_in_ms = delay.as_millis() as u64, "Daily API call failed, retrying");
             })
             .await
     }

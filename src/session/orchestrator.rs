@@ -25,6 +25,7 @@ use super::spool::Write;
 use crate::audio::{AudioEngine, AudioEvent, EncodedFrame, PlayoutSender, Prompt};
 use crate::config::Trigger;
 use crate::control::{Command, CurrentSession, Line, LinkView, Published};
+use crate::error_text::error_chain;
 use crate::health::{Component, Health};
 use crate::link::rtvi::BotMessage;
 use crate::link::signaling::smallwebrtc::SmallWebRtcSignaling;
@@ -101,7 +102,8 @@ enum LinkInput {
     Packet(LinkPacket),
 }
 
-/// The kiosk loop: feeds audio, link and technician events to the session [`Machine`], carries out its actions, and records what happens.
+/// The kiosk loop: feeds audio, link and technician events to the session [`Machine`], carries
+/// out its actions, and records what happens.
 pub struct Orchestrator {
     machine: Machine,
     settings: SessionSettings,
@@ -237,7 +239,7 @@ impl Orchestrator {
                 "sessions left open by a crash closed as crashed"
             ),
             Err(e) => {
-                warn!(error = %crate::error_text::error_chain(&e), "cannot close crashed sessions")
+                warn!(error = %error_chain(&e), "cannot close crashed sessions")
             }
         }
         self.note_state();
@@ -572,7 +574,7 @@ impl Orchestrator {
                     provisioner
                         .provision(&kiosk)
                         .await
-                        .map_err(|e| crate::error_text::error_chain(&e))
+                        .map_err(|e| error_chain(&e))
                 }));
             }
             Action::Connect => self.connect(),
@@ -659,7 +661,7 @@ impl Orchestrator {
         self.connecting = Some(tokio::spawn(async move {
             Link::connect(settings, signaling)
                 .await
-                .map_err(|e| crate::error_text::error_chain(&e))
+                .map_err(|e| error_chain(&e))
         }));
     }
 
@@ -731,7 +733,7 @@ impl Orchestrator {
         if let Some(p) = &c.provisioned
             && let Err(e) = self.provisioner.release(p).await
         {
-            warn!(session_id = %c.id, error = %crate::error_text::error_chain(&e), "cannot delete the session's room");
+            warn!(session_id = %c.id, error = %error_chain(&e), "cannot delete the session's room");
         }
     }
 

@@ -21,6 +21,7 @@ use url::Url;
 
 use crate::agent_settings::{AgentSettings, ProvisionMode};
 use crate::daily::{DailyClient, DailyError, MeetingTokenProperties, RoomName, unix_now};
+use crate::error_text::error_chain;
 use crate::http_body::{BodyError, read_limited};
 
 /// An agent-side session id (Pipecat's `sessionId`).
@@ -261,7 +262,7 @@ impl Provisioner {
             match daily.delete_room(&room).await {
                 Ok(outcome) => info!(%room, ?outcome, "room of an abandoned provisioning released"),
                 Err(e) => {
-                    warn!(%room, error = %crate::error_text::error_chain(&e), "cannot delete the room of an abandoned provisioning")
+                    warn!(%room, error = %error_chain(&e), "cannot delete the room of an abandoned provisioning")
                 }
             }
         }
@@ -302,7 +303,7 @@ impl Provisioner {
                 let leaked_room = match daily.delete_room(&room.name).await {
                     Ok(_) => None,
                     Err(e) => {
-                        warn!(room = %room.name, error = %crate::error_text::error_chain(&e), "could not delete the room of a failed provisioning");
+                        warn!(room = %room.name, error = %error_chain(&e), "could not delete the room of a failed provisioning");
                         Some(room.name.clone())
                     }
                 };

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::error_text::error_chain;
 use crate::health::ErrorNote;
 use crate::store::{Batch, StoreError, StoreHandle};
 pub use upload::Outcome;
@@ -216,8 +217,8 @@ impl SyncWorker {
                 _ = self.trigger.wake.notified() => {}
             }
             if let Err(e) = self.drain(&cancel).await {
-                warn!(error = %crate::error_text::error_chain(&e), "sync stopped by a store error");
-                self.note_error(crate::error_text::error_chain(&e));
+                warn!(error = %error_chain(&e), "sync stopped by a store error");
+                self.note_error(error_chain(&e));
             }
         }
     }

@@ -15,6 +15,7 @@ use super::{
     Candidate, OfferKind, Signaling, SignalingError, check_answer_sdp, error_for_status,
     read_answer,
 };
+use crate::error_text::error_chain;
 
 const SDP: &str = "application/sdp";
 const SDP_FRAG: &str = "application/trickle-ice-sdpfrag";
@@ -99,7 +100,7 @@ impl Signaling for WhipSignaling {
             if let Some(old) = old
                 && let Err(e) = self.delete_resource(old.url).await
             {
-                warn!(error = %crate::error_text::error_chain(&e), "could not delete the previous WHIP session");
+                warn!(error = %error_chain(&e), "could not delete the previous WHIP session");
             }
         }
         let response = self
