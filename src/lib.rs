@@ -25,6 +25,8 @@
 //! - Entry points: [`daemon`] (`run`), [`demo`] (`demo`), [`commands`]
 //!   (one-shot technician commands); `main.rs` parses the command line.
 
+#![warn(missing_docs)]
+
 mod agent;
 pub mod agent_settings;
 pub(crate) mod assets;
