@@ -122,7 +122,7 @@ impl AudioEngine {
                             dsp.supervise()
                         }
                         Err(e) => {
-                            let message = e.to_string();
+                            let message = error_chain(&e);
                             let _ = ready_tx.send(Err(e));
                             Err(AudioError::Stopped(message))
                         }
