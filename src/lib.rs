@@ -6,22 +6,22 @@
 //! The modules, listed bottom-up: each uses only modules listed before it
 //! (the unit tests in `layout_tests` fail on any import cycle).
 //!
-//! - Foundations: [`health`] (how a part is doing, in words for
-//!   technicians), [`http_body`] (bounded reads of untrusted replies),
-//!   [`liveness`] (which parts make progress), [`systemd`] (sd_notify),
-//!   [`runtime`] (the async runtime), [`assets`] (audio built into the
+//! - Foundations: `health` (how a part is doing, in words for
+//!   technicians), `http_body` (bounded reads of untrusted replies),
+//!   `liveness` (which parts make progress), `systemd` (sd_notify),
+//!   `runtime` (the async runtime), `assets` (audio built into the
 //!   binary), [`agent_settings`] (how sessions reach the agent), [`store`]
 //!   (SQLite: sessions, transcripts, sync batches).
 //! - The kiosk's parts: [`audio`] (devices, echo cancelling, voice
 //!   detection, Opus), [`daily`] (Daily REST client), [`link`] (the WebRTC
 //!   call to the agent and its RTVI data channel).
 //! - Around them: [`config`] (TOML and environment into each part's
-//!   settings), [`control`] (state published for the status server, and
+//!   settings), `control` (state published for the status server, and
 //!   technicians' commands), [`telemetry`] (logging), [`sync`] (transcript
-//!   upload), [`reachability`] (probes of Daily and the agent).
+//!   upload), `reachability` (probes of Daily and the agent).
 //! - The running gateway: [`session`] (the kiosk loop: state machine,
-//!   provisioning, orchestrator), [`status`] (status page, JSON API,
-//!   metrics), [`watchdog`] (the systemd watchdog).
+//!   provisioning, orchestrator), `status` (status page, JSON API,
+//!   metrics), `watchdog` (the systemd watchdog).
 //! - Entry points: [`daemon`] (`run`), [`demo`] (`demo`), [`commands`]
 //!   (one-shot technician commands); `main.rs` parses the command line.
 

@@ -28,7 +28,7 @@ struct Resource {
     ice_pwd: String,
 }
 
-/// [`Signaling`](super::Signaling) to a WHIP endpoint; remembers the session resource it created.
+/// [`Signaling`] to a WHIP endpoint; remembers the session resource it created.
 pub struct WhipSignaling {
     http: reqwest::Client,
     endpoint: Url,
