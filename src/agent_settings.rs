@@ -13,8 +13,11 @@ use url::Url;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProvisionMode {
+    /// A Daily room and tokens, handed to the agent's start endpoint.
     Daily,
+    /// A Pipecat runner or Pipecat Cloud start endpoint.
     Pipecat,
+    /// A fixed offer URL.
     #[default]
     Static,
 }
@@ -30,6 +33,7 @@ pub struct AgentSettings {
     pub api_key: Option<SecretString>,
     /// JSON body for `pipecat` starts; merged into the `daily` start body.
     pub body: Value,
+    /// Time limit of one start request.
     pub request_timeout: Duration,
 }
 

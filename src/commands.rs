@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::config::{Config, ConfigError, Env};
+use crate::error_text::error_chain;
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::{self, RuntimeError};
@@ -75,7 +76,7 @@ pub fn check(path: &Path, out: &mut impl Write, err: &mut impl Write) -> std::io
             Ok(false)
         }
         Err(e) => {
-            writeln!(err, "error: {e}")?;
+            writeln!(err, "error: {}", error_chain(&e))?;
             Ok(false)
         }
     }
@@ -177,26 +178,36 @@ pub fn sync(
     Ok(report.complete && backlog.transcripts == 0 && backlog.sessions == 0)
 }
 
+/// Why `sync --once` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncCommandError {
+    /// Sync is not configured.
     #[error("sync is off: set sync.url (and the sync.token secret)")]
     Off,
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The upload stopped on a database error.
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
+    /// The async runtime cannot start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("cannot write output: {0}")]
+    /// The report cannot be printed.
+    #[error("cannot write output")]
     Io(#[from] std::io::Error),
 }
 
+/// Why `transcripts` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TranscriptsError {
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot write output: {0}")]
+    /// The output cannot be written.
+    #[error("cannot write output")]
     Io(#[from] std::io::Error),
-    #[error("cannot write JSON: {0}")]
+    /// The output cannot be written as JSON.
+    #[error("cannot write JSON")]
     Json(#[from] serde_json::Error),
 }

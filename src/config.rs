@@ -48,6 +48,7 @@ impl KioskId {
         }
     }
 
+    /// The id as written.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -59,41 +60,65 @@ impl fmt::Display for KioskId {
     }
 }
 
+/// The whole configuration, each section checked.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this was loaded from.
     pub source: PathBuf,
+    /// `[kiosk]`: who this kiosk is.
     pub kiosk: KioskConfig,
+    /// `[audio]`: devices, codec and playout.
     pub audio: AudioSettings,
+    /// `[vad]`: what counts as speech.
     pub vad: VadSettings,
+    /// `[daily]`: the Daily REST API and the rooms made there.
     pub daily: DailyConfig,
+    /// `[agent]`: where the voice agent is.
     pub agent: AgentConfig,
+    /// `[session]`: what starts and ends a session.
     pub session: SessionConfig,
+    /// `[store]`: the SQLite database.
     pub store: StoreConfig,
+    /// `[sync]`: transcript upload.
     pub sync: SyncConfig,
+    /// `[status]`: the status server.
     pub status: StatusConfig,
+    /// `[log]`: logging.
     pub log: LogConfig,
 }
 
+/// `[kiosk]`.
 #[derive(Debug, Clone)]
 pub struct KioskConfig {
+    /// Identity in logs, room names and uploads; default: the hostname.
     pub id: KioskId,
+    /// Shown on the status page; default: the id.
     pub name: String,
 }
 
+/// `[daily]`.
 #[derive(Debug, Clone)]
 pub struct DailyConfig {
+    /// The REST API's base URL.
     pub base_url: url::Url,
+    /// The API key (a secret); needed to provision through Daily.
     pub api_key: Option<SecretString>,
+    /// Who may join a session's room without a token.
     pub privacy: Privacy,
+    /// Participants allowed in a session's room.
     pub max_participants: u32,
+    /// Whether the room has Daily's text chat.
     pub enable_chat: bool,
 }
 
+/// `[agent]`.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// Where sessions start (a Pipecat runner, Pipecat Cloud or an operator backend).
     pub start_url: Option<url::Url>,
+    /// A fixed SmallWebRTC offer URL, for `provision = "static"`.
     pub offer_url: Option<url::Url>,
+    /// Bearer key for the start endpoint (a secret).
     pub api_key: Option<SecretString>,
     /// STUN servers (`stun:host:port`); empty for agents on the local network.
     pub stun_urls: Vec<String>,
@@ -104,8 +129,11 @@ pub struct AgentConfig {
 /// What starts a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
+    /// A visitor speaks.
     Voice,
+    /// A `POST /api/session/start` on the status server.
     Http,
+    /// Nothing: a session is kept up.
     Always,
 }
 
@@ -120,37 +148,56 @@ pub enum Provision {
     Pipecat,
 }
 
+/// `[session]`.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
+    /// What starts a session.
     pub trigger: Trigger,
+    /// How its cloud side is obtained.
     pub provision: Provision,
+    /// A session ends after this long with nobody speaking.
     pub idle_timeout: Duration,
+    /// The longest one session may last.
     pub max_duration: Duration,
+    /// How long to wait for the agent's `bot-ready` before sending the visitor's buffered
+    /// speech anyway.
     pub ready_timeout: Duration,
+    /// A dropped call is given up (and provisioned anew) after this long.
     pub reconnect_timeout: Duration,
     /// WAV (48 kHz mono) played when a session cannot be set up; `None`: the built-in one.
     pub failure_prompt: Option<PathBuf>,
 }
 
+/// `[store]`.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// The SQLite database file.
     pub path: PathBuf,
+    /// Uploaded rows older than this are deleted; rows not uploaded never are.
     pub retention_days: u32,
 }
 
+/// `[sync]`.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
     /// Upstream endpoint; `None` leaves sync off.
     pub url: Option<url::Url>,
+    /// Bearer token for the upstream (a secret).
     pub token: Option<SecretString>,
+    /// How often to upload.
     pub interval: Duration,
+    /// Transcript lines per upload.
     pub batch_size: u32,
+    /// One upload attempt's time limit.
     pub timeout: Duration,
 }
 
+/// `[status]`.
 #[derive(Debug, Clone)]
 pub struct StatusConfig {
+    /// Address of the status page, JSON API and metrics; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// Token for the status page and API (a secret); required off loopback.
     pub token: Option<SecretString>,
     /// How often Daily and the agent are checked for the status page; zero
     /// checks only after a session failed to start.
@@ -207,35 +254,49 @@ pub fn secret_text(raw: &str) -> &str {
     raw.trim()
 }
 
+/// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogTarget {
     /// The journal when started by systemd, stderr otherwise.
     Auto,
+    /// The systemd journal.
     Journal,
+    /// Standard error.
     Stderr,
 }
 
+/// `[log]`.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     /// A `tracing` filter such as `"info"` or `"info,kiosk_gateway::link=debug"`.
     pub level: String,
+    /// Where log lines go.
     pub target: LogTarget,
 }
 
+/// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", path.display())]
+    /// The file cannot be read.
+    #[error("cannot read config file {}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not TOML.
     #[error("{}: not valid TOML: {message}", location(path, *line))]
     Syntax {
+        /// The file.
         path: PathBuf,
+        /// Where, when the parser says.
         line: Option<usize>,
+        /// The parser's complaint.
         message: String,
     },
+    /// Values that are missing, malformed or at odds, all of them.
     #[error("{}", problems_text(.0))]
     Invalid(Vec<Problem>),
 }
@@ -309,6 +370,7 @@ impl Config {
         })
     }
 
+    /// How sessions reach the agent.
     pub fn agent_settings(&self) -> AgentSettings {
         AgentSettings {
             start_url: self.agent.start_url.clone(),
@@ -345,6 +407,7 @@ impl Config {
         }
     }
 
+    /// [`Provision`] in the terms of [`AgentSettings`].
     pub fn provision_mode(&self) -> ProvisionMode {
         match self.session.provision {
             Provision::Static => ProvisionMode::Static,

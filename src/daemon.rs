@@ -18,6 +18,7 @@ use crate::audio::{self, AudioEngine, Prompt};
 use crate::config::Config;
 use crate::control::Published;
 use crate::daily::DailyClient;
+use crate::error_text::error_chain;
 use crate::liveness::Liveness;
 use crate::reachability::Prober;
 use crate::runtime::{self, RuntimeError};
@@ -34,29 +35,42 @@ use crate::watchdog::{self, Watchdog};
 /// stop timeout, so we are never killed mid-write.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
+/// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The database cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr} for the status server: {source}")]
+    /// The status server's address is taken or not allowed.
+    #[error("cannot listen on {addr} for the status server")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The async runtime cannot start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("cannot install the {0} handler: {1}")]
+    /// A signal handler cannot be installed.
+    #[error("cannot install the {0} handler")]
     Signal(&'static str, #[source] std::io::Error),
+    /// The audio engine cannot start.
     #[error(transparent)]
     Audio(#[from] crate::audio::AudioError),
+    /// The Daily client cannot be built.
     #[error(transparent)]
     Daily(#[from] crate::daily::DailyError),
+    /// Provisioning is not configured for the chosen mode.
     #[error(transparent)]
     Provision(#[from] crate::session::provision::ProvisionError),
-    #[error("cannot read the failure prompt {}: {source}", path.display())]
+    /// The configured failure prompt is unusable.
+    #[error("cannot read the failure prompt {}", path.display())]
     Prompt {
+        /// The WAV file.
         path: std::path::PathBuf,
+        /// Why.
         #[source]
         source: crate::audio::AudioError,
     },
@@ -193,7 +207,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     let server_cancel = cancel.clone();
     tasks.spawn(async move {
         if let Err(e) = status::serve(listener, state, server_cancel).await {
-            warn!(error = %e, "status server ended with an error");
+            warn!(error = %error_chain(&e), "status server ended with an error");
         }
     });
 

@@ -36,11 +36,13 @@ use crate::status::{self, Auth, Identity, StatusState};
 use crate::store::{Store, StoreError, StoreHandle, Transcript};
 use crate::telemetry::RecentEvents;
 
+/// What the `demo` command line asks for.
 pub struct DemoArgs {
     /// Visitor speech; the built-in fixture when `None`.
     pub input: Option<PathBuf>,
     /// Use the real default microphone and speaker.
     pub devices: bool,
+    /// Where the database and WAV files go; a new temporary folder when `None`.
     pub state_dir: Option<PathBuf>,
     /// Who answers; the built-in loopback agent by default.
     pub agent: DemoAgent,
@@ -54,6 +56,7 @@ pub enum DemoAgent {
     Loopback,
     /// An agent run elsewhere, reached the way the daemon reaches it.
     External {
+        /// Where it is.
         endpoint: AgentEndpoint,
         /// Local UDP address for ICE.
         udp_bind: String,
@@ -71,7 +74,9 @@ pub enum AgentEndpoint {
     /// its reply names the offer URL (`offer_url`) or a `sessionId`. The key,
     /// if any, goes as a bearer token with the start request.
     Start {
+        /// The start endpoint.
         url: Url,
+        /// Bearer key for the start request.
         api_key: Option<SecretString>,
     },
 }
@@ -79,11 +84,15 @@ pub enum AgentEndpoint {
 /// The demo's result; its JSON form is the `demo --json` contract.
 #[derive(Debug, Serialize)]
 pub struct DemoSummary {
+    /// The session's id; `None` if none started.
     pub session_id: Option<String>,
     /// How the session ended (`idle`, `connect_failed`, ... as stored).
     pub end_reason: Option<String>,
+    /// The session machine's states, in order, with times.
     pub states: Vec<Transition>,
+    /// Utterances the visitor spoke.
     pub utterances: u64,
+    /// Milliseconds of speech sent to the agent.
     pub speech_ms_sent: u64,
     /// Speech the built-in loopback agent heard; `null` with an external
     /// agent, which reports no such figure.
@@ -91,11 +100,15 @@ pub struct DemoSummary {
     /// From the first speech onset to the first packet handed to the link,
     /// stage by stage.
     pub startup: Option<Startup>,
+    /// What was said, as stored.
     pub transcripts: Vec<Transcript>,
     /// The call's final quality figures.
     pub link: Option<LinkView>,
+    /// Where the bot's replies were written.
     pub output_wav: Option<PathBuf>,
+    /// Where the database and files are.
     pub state_dir: PathBuf,
+    /// The status page, while the demo ran.
     pub status_url: String,
 }
 
@@ -115,26 +128,37 @@ pub fn api_key_from_env(name: Option<&str>) -> Result<Option<SecretString>, Demo
     }
 }
 
+/// Why the demo could not run (a failed session is a result, not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    /// The named environment variable for the key is not set.
     #[error("no API key: the environment variable {0} is not set")]
     ApiKey(String),
-    #[error("cannot prepare the state folder {}: {source}", path.display())]
+    /// The state folder or a file in it cannot be written.
+    #[error("cannot prepare the state folder {}", path.display())]
     StateDir {
+        /// The folder or file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// Audio devices or files failed.
     #[error(transparent)]
     Audio(#[from] AudioError),
+    /// The loopback agent failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The provisioner cannot be set up.
     #[error(transparent)]
     Provision(#[from] ProvisionError),
-    #[error("cannot start the status server: {0}")]
-    Status(std::io::Error),
+    /// The status server cannot listen.
+    #[error("cannot start the status server")]
+    Status(#[source] std::io::Error),
+    /// The async runtime cannot start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 }
@@ -148,6 +172,7 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, DemoError
     Ok(path)
 }
 
+/// Runs the whole demo session and reports what happened.
 pub fn run(args: DemoArgs, recent: RecentEvents) -> Result<DemoSummary, DemoError> {
     let state_dir = args.state_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!(
@@ -349,6 +374,7 @@ impl DemoSummary {
             .filter(|r| ["provision_failed", "connect_failed", "link_lost"].contains(r))
     }
 
+    /// The summary as technicians read it.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 pub enum BodyError {
     #[error("reply larger than {limit} bytes")]
     TooLarge { limit: usize },
-    #[error("reading the reply failed: {0}")]
+    #[error("reading the reply failed")]
     Read(#[source] reqwest::Error),
 }
 

@@ -6,51 +6,54 @@
 //! The modules, listed bottom-up: each uses only modules listed before it
 //! (the unit tests in `layout_tests` fail on any import cycle).
 //!
-//! - Foundations: [`health`] (how a part is doing, in words for
-//!   technicians), [`http_body`] (bounded reads of untrusted replies),
-//!   [`liveness`] (which parts make progress), [`systemd`] (sd_notify),
-//!   [`runtime`] (the async runtime), [`assets`] (audio built into the
+//! - Foundations: `health` (how a part is doing, in words for
+//!   technicians), `http_body` (bounded reads of untrusted replies),
+//!   `liveness` (which parts make progress), `systemd` (sd_notify),
+//!   `runtime` (the async runtime), `assets` (audio built into the
 //!   binary), [`agent_settings`] (how sessions reach the agent), [`store`]
 //!   (SQLite: sessions, transcripts, sync batches).
 //! - The kiosk's parts: [`audio`] (devices, echo cancelling, voice
 //!   detection, Opus), [`daily`] (Daily REST client), [`link`] (the WebRTC
 //!   call to the agent and its RTVI data channel).
 //! - Around them: [`config`] (TOML and environment into each part's
-//!   settings), [`control`] (state published for the status server, and
+//!   settings), `control` (state published for the status server, and
 //!   technicians' commands), [`telemetry`] (logging), [`sync`] (transcript
-//!   upload), [`reachability`] (probes of Daily and the agent).
+//!   upload), `reachability` (probes of Daily and the agent).
 //! - The running gateway: [`session`] (the kiosk loop: state machine,
-//!   provisioning, orchestrator), [`status`] (status page, JSON API,
-//!   metrics), [`watchdog`] (the systemd watchdog).
+//!   provisioning, orchestrator), `status` (status page, JSON API,
+//!   metrics), `watchdog` (the systemd watchdog).
 //! - Entry points: [`daemon`] (`run`), [`demo`] (`demo`), [`commands`]
 //!   (one-shot technician commands); `main.rs` parses the command line.
 
+#![warn(missing_docs)]
+
 mod agent;
 pub mod agent_settings;
-pub mod assets;
+pub(crate) mod assets;
 pub mod audio;
 pub mod commands;
 pub mod config;
-pub mod control;
+pub(crate) mod control;
 pub mod daemon;
 pub mod daily;
 pub mod demo;
-pub mod health;
-pub mod http_body;
+mod error_text;
+pub(crate) mod health;
+pub(crate) mod http_body;
 pub mod link;
-pub mod liveness;
-pub mod reachability;
-pub mod runtime;
+pub(crate) mod liveness;
+pub(crate) mod reachability;
+pub(crate) mod runtime;
 pub mod session;
 pub mod sip;
-pub mod status;
+pub(crate) mod status;
 pub mod store;
 pub mod sync;
-pub mod systemd;
+pub(crate) mod systemd;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
-pub mod watchdog;
+pub(crate) mod watchdog;
 
 #[cfg(test)]
 mod layout_tests;

@@ -499,7 +499,7 @@ fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {
-    Config::load(path, &Env::from_process()).map_err(|e| anyhow::anyhow!("{e}"))
+    Config::load(path, &Env::from_process()).map_err(anyhow::Error::new)
 }
 
 /// Audio tools work on a laptop without any config: the default file is

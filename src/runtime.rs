@@ -2,7 +2,7 @@
 
 /// The runtime could not be built (no threads or file descriptors left).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start the async runtime: {0}")]
+#[error("cannot start the async runtime")]
 pub struct RuntimeError(#[source] std::io::Error);
 
 pub fn build() -> Result<tokio::runtime::Runtime, RuntimeError> {

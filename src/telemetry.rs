@@ -16,7 +16,9 @@ use crate::config::{KioskId, LogConfig, LogTarget};
 /// Where log records went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sink {
+    /// The systemd journal.
     Journal,
+    /// Standard error.
     Stderr,
 }
 
@@ -111,8 +113,11 @@ fn stderr_is_journal() -> bool {
 /// A warning or error kept for the status page.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LogEvent {
+    /// When it was logged.
     pub at: jiff::Timestamp,
+    /// `warn` or `error`.
     pub level: &'static str,
+    /// The module that logged it.
     pub target: String,
     /// The message followed by its fields, as `key=value`.
     pub message: String,
@@ -126,6 +131,7 @@ pub struct RecentEvents(Arc<Mutex<VecDeque<LogEvent>>>);
 const RECENT_CAPACITY: usize = 50;
 
 impl RecentEvents {
+    /// The events kept now, oldest first.
     pub fn snapshot(&self) -> Vec<LogEvent> {
         self.0
             .lock()
@@ -149,6 +155,7 @@ impl RecentEvents {
     }
 }
 
+/// The `tracing` layer that fills [`RecentEvents`].
 pub struct RecentLayer(RecentEvents);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentLayer {

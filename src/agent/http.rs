@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCSessionDescription};
 
 use super::{AgentPeer, CloudRequest, Shared, call};
+use crate::error_text::error_chain;
 use crate::link::peer::{Peer, PeerSignal};
 use crate::link::signaling::{Candidate, PcId};
 
@@ -35,7 +36,7 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .route("/whip/{id}", patch(whip_patch).delete(whip_delete))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
-        warn!(error = %e, "loopback agent server stopped");
+        warn!(error = %error_chain(&e), "loopback agent server stopped");
     }
 }
 

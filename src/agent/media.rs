@@ -34,6 +34,7 @@ pub struct Decoder {
 
 #[cfg(feature = "testkit")]
 impl Decoder {
+    /// A 48 kHz mono decoder.
     pub fn new() -> Result<Self, AudioError> {
         Ok(Self {
             inner: OpusDecoder::new()?,
@@ -42,6 +43,7 @@ impl Decoder {
         })
     }
 
+    /// The 16-bit samples of one packet.
     pub fn decode(&mut self, packet: &[u8]) -> Result<&[i16], AudioError> {
         let n = self.inner.decode(packet, &mut self.pcm)?;
         self.out.clear();

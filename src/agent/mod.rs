@@ -48,7 +48,9 @@ pub struct LoopbackAgentConfig {
     pub udp_bind: String,
     /// What the agent says after each utterance (48 kHz mono).
     pub reply: Vec<i16>,
+    /// Frames louder than this count as speech.
     pub vad_threshold_dbfs: f64,
+    /// Speech this long starts an utterance.
     pub vad_onset: Duration,
     /// Silence that ends an utterance.
     pub vad_hangover: Duration,
@@ -66,6 +68,7 @@ pub struct LoopbackAgentConfig {
 }
 
 impl LoopbackAgentConfig {
+    /// Defaults on loopback addresses, saying `reply`.
     pub fn new(reply: Vec<i16>) -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -83,13 +86,17 @@ impl LoopbackAgentConfig {
     }
 }
 
+/// Why the loopback agent could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("loopback agent cannot listen: {0}")]
+    /// It cannot listen.
+    #[error("loopback agent cannot listen")]
     Bind(#[from] std::io::Error),
+    /// Its reply audio cannot be read or encoded.
     #[error("loopback agent reply")]
     Reply(#[from] AudioError),
-    #[error("cannot install the Ctrl-C handler: {0}")]
+    /// Ctrl-C cannot be caught.
+    #[error("cannot install the Ctrl-C handler")]
     Interrupt(#[source] std::io::Error),
 }
 
@@ -106,21 +113,30 @@ pub struct AgentRecord {
     pub hostile_sent: Vec<Instant>,
     /// When each of them arrived, in ms since the agent started.
     pub packet_arrivals_ms: Vec<u64>,
+    /// RTVI messages from the kiosk.
     pub client_messages: Vec<ClientMessage>,
+    /// The length of each utterance heard.
     pub utterances: Vec<Duration>,
+    /// Bodies of `/start` requests.
     pub start_requests: Vec<Value>,
     /// Every request to `/start` and `/sessions/...`, in order.
     pub cloud_requests: Vec<CloudRequest>,
+    /// SDP offers answered.
     pub offers: u32,
+    /// Offers that restarted the peer connection.
     pub restarts: u32,
+    /// ICE candidates the kiosk trickled.
     pub trickled: Vec<Candidate>,
+    /// WHIP sessions deleted.
     pub whip_deleted: u32,
 }
 
 /// A request to the Pipecat-Cloud-like routes, without its secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloudRequest {
+    /// `GET`, `POST`, ...
     pub method: &'static str,
+    /// The path requested.
     pub path: String,
     /// It carried `Authorization: Bearer <api_key>` (always true without a key).
     pub authorized: bool,
@@ -193,6 +209,7 @@ pub struct LoopbackAgent {
 }
 
 impl LoopbackAgent {
+    /// Starts an agent with `config`, listening until dropped.
     pub async fn start(config: LoopbackAgentConfig) -> Result<Self, AgentError> {
         let listener = tokio::net::TcpListener::bind(config.bind).await?;
         let addr = listener.local_addr()?;
@@ -220,6 +237,7 @@ impl LoopbackAgent {
         })
     }
 
+    /// Its SmallWebRTC offer endpoint.
     pub fn offer_url(&self) -> Url {
         Url::parse(&format!("http://{}/api/offer", self.addr)).expect("valid URL")
     }
@@ -233,6 +251,7 @@ impl LoopbackAgent {
 /// What tests drive and ask of a running agent.
 #[cfg(feature = "testkit")]
 impl LoopbackAgent {
+    /// Its HTTP address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -242,6 +261,7 @@ impl LoopbackAgent {
         Url::parse(&format!("http://{}/whip", self.addr)).expect("valid URL")
     }
 
+    /// Its Pipecat-like start endpoint.
     pub fn start_url(&self) -> Url {
         Url::parse(&format!("http://{}/start", self.addr)).expect("valid URL")
     }

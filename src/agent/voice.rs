@@ -10,6 +10,7 @@ use crate::audio::{AudioError, AudioSettings, OPUS_FRAME, OpusEncoder};
 
 /// One packet's worth of audio: 20 ms at 48 kHz.
 pub const FRAME_SAMPLES: usize = OPUS_FRAME;
+/// The length of one packet.
 pub const FRAME_DURATION: Duration = Duration::from_millis(20);
 
 /// How an agent's voice is encoded: a TTS stream at a higher bitrate than
@@ -35,6 +36,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// An encoder with the agent's voice settings.
     pub fn new() -> Result<Self, AudioError> {
         Ok(Self {
             inner: OpusEncoder::new(&voice_settings())?,

@@ -23,12 +23,12 @@ use serde::Serialize;
 
 use super::AudioError;
 use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
-use super::cli::{SegmentReport, vad_clip};
 use super::codec::{OpusDecoder, OpusEncoder};
 use super::echo::room::{Conversation, Room};
 use super::echo::{Aec3, EchoCanceller};
 use super::engine::AudioEngine;
 use super::metrics::AudioMetrics;
+use super::offline::{SegmentReport, vad_clip};
 use super::playout::{IncomingPacket, JitterBuffer, Playout};
 use super::resample::{StreamResampler, resample_clip};
 use super::segmenter::Segmenter;
@@ -55,10 +55,12 @@ const LATENCY_RUN: Duration = Duration::from_secs(3);
 /// Audio pushed through each path.
 pub const BENCH_AUDIO: Millis = Millis(60_000);
 
+/// How fast one path (capture or playout) runs.
 #[derive(Clone, Debug, Serialize)]
 pub struct PathReport {
     /// Seconds of audio processed per second of one core's CPU time.
     pub x_realtime: f64,
+    /// CPU time per 10 ms of audio, in nanoseconds.
     pub ns_per_10ms_frame: u64,
     /// The same figure for each stage run alone.
     pub stages: BTreeMap<&'static str, u64>,
@@ -72,17 +74,26 @@ pub struct LatencyReport {
     pub framing_ms: u32,
     /// From the delivery of a packet's last samples to the packet.
     pub mean_us: u64,
+    /// The longest, in µs.
     pub max_us: u64,
+    /// Packets measured.
     pub packets: u64,
 }
 
+/// What `bench` measured; its JSON form is the `bench --json` output.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
+    /// The device rate simulated.
     pub device_rate_hz: u32,
+    /// The Opus complexity used.
     pub opus_complexity: i32,
+    /// Audio pushed through each path.
     pub audio_ms: u32,
+    /// Microphone to Opus packets.
     pub capture: PathReport,
+    /// Opus packets to the speaker.
     pub playout: PathReport,
+    /// Delay added on the way out.
     pub latency: LatencyReport,
     /// `null` with `[audio] echo_cancel = false`.
     pub echo: Option<EchoReport>,
@@ -93,13 +104,16 @@ pub struct BenchReport {
 pub struct EchoReport {
     /// CPU time of the canceller alone (render and capture) per 10 ms frame.
     pub canceller_ns_per_10ms_frame: u64,
+    /// The room at each signal-to-echo ratio.
     pub scenes: Vec<SceneReport>,
 }
 
 /// One scene: the visitor over the bot at one signal-to-echo ratio.
 #[derive(Clone, Debug, Serialize)]
 pub struct SceneReport {
+    /// The visitor's level over the echo's at the microphone.
     pub ser_db: f32,
+    /// The visitor's utterances in the scene (the truth).
     pub utterances: usize,
     /// Found with their onset within 100 ms of the truth.
     pub detected: usize,
@@ -110,10 +124,12 @@ pub struct SceneReport {
     pub erle_db: f32,
     /// The canceller's own ERLE estimate and echo delay at the end.
     pub reported_erle_db: Option<f32>,
+    /// The echo delay the canceller settled on.
     pub delay_ms: Option<u32>,
 }
 
 impl BenchReport {
+    /// The report as technicians read it.
     pub fn to_text(&self) -> String {
         let mut out = format!(
             "{} s of speech, device rate {} Hz, Opus complexity {}, one thread (CPU time)\n",
@@ -580,7 +596,7 @@ fn room_scene(
             .sum::<f64>()
     };
     let erle_db = (10.0 * (power(&conversation.echo) / power(&clean).max(1e-12)).log10()) as f32;
-    let echo = found.echo.unwrap_or(super::cli::EchoReport {
+    let echo = found.echo.unwrap_or(super::offline::EchoReport {
         erle_db: None,
         delay_ms: None,
     });

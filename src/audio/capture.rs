@@ -24,7 +24,7 @@ use super::vad::VoiceDetector;
 
 /// One 20 ms Opus frame of the 16 kHz stream.
 const ENCODE_FRAME: usize = 2 * VAD_FRAME;
-/// Level events are sent this often (in 10 ms frames) for the status page.
+/// The microphone level shown on the status page is updated this often (in 10 ms frames).
 const LEVEL_EVERY_FRAMES: u64 = 10;
 /// With DTX on, packets of this size or smaller are Opus DTX frames.
 const DTX_PACKET_MAX: usize = 2;
@@ -35,15 +35,20 @@ pub enum AudioEvent {
     /// The visitor started speaking at `onset` (capture timeline); `preroll`
     /// of audio before it is included in the stream.
     SpeechStarted {
+        /// When speech began.
         onset: Millis,
+        /// Audio from before the onset that is included.
         preroll: Millis,
     },
+    /// The visitor stopped speaking; the utterance, measured.
     SpeechEnded(Utterance),
     /// The visitor spoke over the bot: its playback was faded out and flushed.
     BargeIn,
     /// A device was lost (and will be reopened) or (re)opened.
     Device {
+        /// Microphone or speaker.
         direction: super::device::Direction,
+        /// Whether it is now open.
         open: bool,
     },
 }
@@ -51,6 +56,7 @@ pub enum AudioEvent {
 /// One 20 ms Opus frame of microphone audio.
 #[derive(Clone, Copy, Debug)]
 pub struct EncodedFrame {
+    /// The Opus packet.
     pub packet: OpusPacket,
     /// Position of the frame's first sample, in 48 kHz samples of encoded
     /// audio; continuous within a conversation, so it serves as the RTP
@@ -63,7 +69,9 @@ pub struct EncodedFrame {
 
 /// Receives the audio engine's output.
 pub trait AudioSink {
+    /// Takes an event.
     fn event(&mut self, event: AudioEvent);
+    /// Takes a frame of audio to send.
     fn frame(&mut self, frame: EncodedFrame);
 }
 
@@ -115,6 +123,8 @@ impl SpeechBuffer {
     }
 }
 
+/// The capture path, device samples to events and Opus frames: resampling, voice detection,
+/// segmenting, the echo gate and the encoder.
 pub struct CaptureProcessor {
     to_vad: StreamResampler,
     /// The microphone's 10 ms at 16 kHz, before echo cancellation.

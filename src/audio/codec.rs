@@ -41,6 +41,7 @@ pub struct OpusPacket {
 }
 
 impl OpusPacket {
+    /// A copy of `bytes`; `None` when longer than [`MAX_PACKET`].
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         let len = u16::try_from(bytes.len())
             .ok()
@@ -50,6 +51,7 @@ impl OpusPacket {
         Some(Self { data, len })
     }
 
+    /// The packet's bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.data[..usize::from(self.len)]
     }
@@ -127,6 +129,7 @@ pub struct OpusDecoder {
 }
 
 impl OpusDecoder {
+    /// A 48 kHz mono decoder.
     pub fn new() -> Result<Self, AudioError> {
         Ok(Self {
             decoder: Decoder::new(SampleRate::OPUS.hz(), Channels::Mono)?,

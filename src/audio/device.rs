@@ -16,7 +16,9 @@ use super::units::SampleRate;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
+    /// A microphone.
     Input,
+    /// A speaker.
     Output,
 }
 
@@ -36,24 +38,33 @@ pub struct DeviceInfo {
     pub id: String,
     /// Human-readable name; a unique part of it also selects the device.
     pub name: String,
+    /// Microphone or speaker.
     pub direction: Direction,
+    /// Whether it is the host's default device.
     pub is_default: bool,
     /// Rate and channels the device prefers, when it can be asked.
     pub default_rate_hz: Option<u32>,
+    /// Channels the device prefers.
     pub default_channels: Option<u16>,
+    /// Lowest sample rate it supports.
     pub min_rate_hz: Option<u32>,
+    /// Highest sample rate it supports.
     pub max_rate_hz: Option<u32>,
+    /// Most channels it supports.
     pub max_channels: Option<u16>,
 }
 
 /// `devices --json` output.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DeviceList {
+    /// Microphones.
     pub inputs: Vec<DeviceInfo>,
+    /// Speakers.
     pub outputs: Vec<DeviceInfo>,
 }
 
 impl DeviceList {
+    /// The list as technicians read it.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for (title, list) in [("Inputs", &self.inputs), ("Outputs", &self.outputs)] {
@@ -246,11 +257,14 @@ fn format_rank(format: SampleFormat) -> Option<u8> {
 /// The stream format the engine will use with a device.
 #[derive(Clone, Debug)]
 pub struct ChosenConfig {
+    /// Rate, channels and buffer size.
     pub config: StreamConfig,
+    /// Sample format.
     pub format: SampleFormat,
 }
 
 impl ChosenConfig {
+    /// The stream's sample rate.
     pub fn rate(&self) -> SampleRate {
         SampleRate(self.config.sample_rate)
     }

@@ -14,6 +14,7 @@ use super::playout::{IncomingPacket, Playout};
 use super::settings::{AudioSettings, VadSettings};
 use super::units::{FRAME_48K, FRAME_MS, Millis, SampleRate};
 
+/// The capture and playout paths of one engine, run a 10 ms frame at a time.
 pub struct Dsp {
     capture: CaptureProcessor,
     playout: Playout,
@@ -51,6 +52,7 @@ impl AudioSink for BargeInSink<'_> {
 }
 
 impl Dsp {
+    /// Both paths, idle, with the given settings.
     pub fn new(
         audio: &AudioSettings,
         vad: &VadSettings,
@@ -94,6 +96,7 @@ impl Dsp {
         self.playout.push(packet, self.clock);
     }
 
+    /// The link can take audio: buffered speech goes out, then every frame.
     pub fn link_ready(&mut self, sink: &mut dyn AudioSink) {
         self.capture.link_ready(sink);
     }
@@ -103,10 +106,12 @@ impl Dsp {
         self.capture.finish(sink);
     }
 
+    /// The conversation is over: unsent audio is dropped.
     pub fn end_stream(&mut self) {
         self.capture.end_stream();
     }
 
+    /// Whether the bot's voice is playing.
     pub fn bot_playing(&self) -> bool {
         self.playout.is_playing()
     }

@@ -40,6 +40,7 @@ const COUPLING_RELEASE: f32 = 0.002;
 const RESIDUAL_RELEASE: f32 = 0.02;
 const RESIDUAL_ATTACK: f32 = 0.05;
 
+/// The echo gate: see the module's description.
 pub struct EchoGate {
     margin_db: f32,
     coupling_db: f32,
@@ -54,6 +55,7 @@ pub struct EchoGate {
 }
 
 impl EchoGate {
+    /// A gate that admits the microphone only `margin_db` above the estimated echo.
     pub fn new(margin_db: f32) -> Self {
         Self {
             margin_db,

@@ -122,7 +122,7 @@ impl AudioEngine {
                             dsp.supervise()
                         }
                         Err(e) => {
-                            let message = e.to_string();
+                            let message = error_chain(&e);
                             let _ = ready_tx.send(Err(e));
                             Err(AudioError::Stopped(message))
                         }
@@ -186,6 +186,7 @@ impl AudioEngine {
         self.send(Control::EndStream);
     }
 
+    /// Counters and levels the engine keeps for the status page.
     pub fn metrics(&self) -> &Arc<AudioMetrics> {
         &self.metrics
     }

@@ -13,6 +13,7 @@ use super::units::{Dbfs, Millis};
 /// The DSP loop's last failure, for the status page.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineFailure {
+    /// When it failed.
     pub at: jiff::Timestamp,
     /// The error and its causes, on one line.
     pub error: String,
@@ -24,20 +25,29 @@ pub struct EngineFailure {
 /// Stored for a figure the echo canceller does not have (yet).
 const NO_FIGURE: i32 = i32::MIN;
 
+/// What the audio engine counts, shared with the status page, metrics and the watchdog; updated
+/// without locks from the audio threads.
 #[derive(Debug, Default)]
 pub struct AudioMetrics {
     /// Input samples dropped because the DSP thread fell behind.
     pub input_overrun_samples: AtomicU64,
     /// Output samples the callback filled with silence for lack of audio.
     pub output_underrun_samples: AtomicU64,
+    /// 10 ms microphone frames processed.
     pub frames_processed: AtomicU64,
+    /// Frames the VAD judged voiced.
     pub voiced_frames: AtomicU64,
+    /// Voiced frames ignored as the bot's own echo.
     pub echo_gated_frames: AtomicU64,
+    /// Utterances ended.
     pub utterances: AtomicU64,
+    /// Onsets too short to be speech.
     pub discarded_onsets: AtomicU64,
+    /// Opus packets encoded from the microphone.
     pub packets_encoded: AtomicU64,
     /// Encoded packets dropped, oldest first, while waiting for the link.
     pub buffer_overflow_packets: AtomicU64,
+    /// Packets of the bot's audio received.
     pub packets_received: AtomicU64,
     /// Packets of the bot's audio decoded for the speaker (2.5 to 120 ms each).
     pub packets_played: AtomicU64,
@@ -47,15 +57,23 @@ pub struct AudioMetrics {
     /// Packets of the bot's audio too large to queue (over `MAX_PACKET`
     /// bytes); dropped, and concealed as lost.
     pub packets_oversize: AtomicU64,
+    /// Packets of the bot's audio that came after their turn to play.
     pub packets_late: AtomicU64,
+    /// Packets of the bot's audio concealed as lost.
     pub packets_concealed: AtomicU64,
+    /// The jitter buffer's current depth.
     pub jitter_target_ms: AtomicU64,
+    /// Times the visitor talked over the bot and its reply was cut.
     pub barge_ins: AtomicU64,
     /// Events or packets not delivered because the consumer was not reading.
     pub events_dropped: AtomicU64,
+    /// Errors reported by the audio devices.
     pub device_errors: AtomicU64,
+    /// Times a failed device was reopened.
     pub device_reopens: AtomicU64,
+    /// Whether the microphone is open.
     pub input_open: AtomicBool,
+    /// Whether the speaker is open.
     pub output_open: AtomicBool,
     /// The DSP loop failed and is waiting to be restarted: no microphone,
     /// no speaker until it is back.
@@ -83,10 +101,12 @@ pub struct AudioMetrics {
 }
 
 impl AudioMetrics {
+    /// Adds `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Records the microphone level.
     pub fn set_level(&self, level: Dbfs) {
         self.level_centi_dbfs
             .store((level.0 * 100.0) as i32, Ordering::Relaxed);
@@ -129,6 +149,7 @@ impl AudioMetrics {
         }
     }
 
+    /// Records one packet's capture latency.
     pub fn record_capture_latency(&self, latency: std::time::Duration) {
         let us = latency.as_micros() as u64;
         self.capture_latency_max_us.fetch_max(us, Ordering::Relaxed);
@@ -147,6 +168,7 @@ impl AudioMetrics {
         })
     }
 
+    /// Reads `counter`.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
@@ -169,6 +191,7 @@ impl AudioMetrics {
         Self::add(&self.engine_restarts, 1);
     }
 
+    /// Whether the DSP loop is down, waiting to be restarted.
     pub fn is_engine_down(&self) -> bool {
         self.engine_down.load(Ordering::Relaxed)
     }

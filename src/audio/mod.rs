@@ -88,6 +88,7 @@ pub mod echo;
 mod echo_gate;
 mod engine;
 mod metrics;
+mod offline;
 mod playout;
 mod prompt;
 mod resample;
@@ -116,47 +117,54 @@ pub use wav::{PcmClip, read_wav, read_wav_bytes, write_wav};
 
 use std::path::PathBuf;
 
-/// The error and its causes on one line, for log fields.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use crate::error_text::error_chain;
 
 /// Everything that can go wrong in the audio engine. Causes are kept as
 /// sources, not repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
+    /// A WAV file cannot be read or written.
     #[error("WAV file {path}")]
     Wav {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: hound::Error,
     },
+    /// WAV data in memory is unusable.
     #[error("WAV data")]
     WavData(#[source] hound::Error),
+    /// The resampler failed.
     #[error("resampler: {0}")]
     Resampler(String),
+    /// The Opus codec failed.
     #[error("Opus codec")]
     Opus(#[from] opus::Error),
+    /// Bytes that are not an Opus packet.
     #[error("not an Opus packet: {0}")]
     InvalidPacket(&'static str),
+    /// The audio device failed.
     #[error("audio device")]
     Device(#[source] cpal::Error),
+    /// No device matches the configured one.
     #[error("{direction} device not found: {detail}")]
     DeviceNotFound {
+        /// Microphone or speaker.
         direction: device::Direction,
+        /// What was asked for and what there is.
         detail: String,
     },
+    /// Output cannot be written as JSON.
     #[error("JSON output")]
     Json(#[from] serde_json::Error),
+    /// The engine stopped.
     #[error("audio engine stopped: {0}")]
     Stopped(String),
     #[error("{direction} device offers no 16-bit or float format")]
-    NoUsableFormat { direction: device::Direction },
+    /// The device offers no sample format the engine can use.
+    NoUsableFormat {
+        /// Microphone or speaker.
+        direction: device::Direction,
+    },
 }

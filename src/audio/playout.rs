@@ -46,9 +46,11 @@ const DEFAULT_SPAN: u32 = OPUS_FRAME as u32;
 /// An Opus packet from the link, with its RTP sequence number and timestamp.
 #[derive(Clone, Copy, Debug)]
 pub struct IncomingPacket {
+    /// RTP sequence number.
     pub seq: u16,
     /// RTP timestamp (48 kHz clock).
     pub timestamp: u32,
+    /// The Opus packet.
     pub payload: OpusPacket,
 }
 
@@ -70,6 +72,8 @@ impl Slot {
     }
 }
 
+/// Reorders the agent's packets and holds enough of them to play smoothly, adapting its depth
+/// between `jitter_min_ms` and `jitter_max_ms`.
 pub struct JitterBuffer {
     slots: Vec<Option<Slot>>,
     /// Next sequence number to play; `None` until the first packet of a talkspurt.
@@ -99,15 +103,20 @@ pub enum NextFrame {
     /// up to the next packet's RTP timestamp when that is here (a broken
     /// packet's TOC is no authority), else its TOC's duration, else 20 ms.
     Packet {
+        /// The packet.
         packet: IncomingPacket,
+        /// Its duration by its TOC.
         samples: Option<usize>,
+        /// Audio to conceal if it does not decode.
         conceal: usize,
     },
     /// `samples` of audio were lost (a multiple of 2.5 ms, at most 120 ms);
     /// `next` is the following packet if it is here (its FEC can rebuild
     /// the end of the lost audio).
     Lost {
+        /// The packet after the loss, if here.
         next: Option<IncomingPacket>,
+        /// How much audio was lost.
         samples: usize,
     },
     /// Nothing to play.
@@ -115,6 +124,7 @@ pub enum NextFrame {
 }
 
 impl JitterBuffer {
+    /// An empty buffer with `settings`' bounds.
     pub fn new(settings: &AudioSettings, metrics: Arc<AudioMetrics>) -> Self {
         let min_ms = settings.jitter_min_ms.0.max(20);
         Self {
@@ -184,6 +194,7 @@ impl JitterBuffer {
         self.target().0 * PER_MS + self.span(next).saturating_sub(DEFAULT_SPAN)
     }
 
+    /// Queues a packet that arrived at `arrival`; a late one is counted.
     pub fn insert(&mut self, packet: IncomingPacket, arrival: Millis) {
         AudioMetrics::add(&self.metrics.packets_received, 1);
         if let Some((last_arrival, last_ts)) = self.last_arrival {
@@ -352,6 +363,7 @@ pub struct Playout {
 }
 
 impl Playout {
+    /// Playout with `settings`' jitter bounds, a decoder and nothing queued.
     pub fn new(settings: &AudioSettings, metrics: Arc<AudioMetrics>) -> Result<Self, AudioError> {
         Ok(Self {
             jitter: JitterBuffer::new(settings, metrics.clone()),

@@ -21,6 +21,7 @@ pub struct Utterance {
 }
 
 impl Utterance {
+    /// How long the utterance lasted.
     pub fn speech(&self) -> Millis {
         Millis(self.end.0 - self.start.0)
     }
@@ -31,7 +32,12 @@ impl Utterance {
 pub enum SegmentOutput<'a, const N: usize> {
     /// Speech confirmed. `onset` is the first voiced frame; `preroll` is how
     /// much audio before it follows in `Speech` outputs.
-    Started { onset: Millis, preroll: Millis },
+    Started {
+        /// When, in the stream, speech began.
+        onset: Millis,
+        /// Audio from before the onset included in the utterance.
+        preroll: Millis,
+    },
     /// One 10 ms frame of utterance audio (pre-roll first).
     Speech(&'a [f32; N]),
     /// The utterance is over; emitted `hangover_ms` after its last voiced frame.
@@ -74,6 +80,7 @@ pub struct Segmenter<const N: usize> {
 }
 
 impl<const N: usize> Segmenter<N> {
+    /// A segmenter with `settings`, hearing nothing yet.
     pub fn new(settings: &VadSettings) -> Self {
         let onset_window = settings.onset_window_ms.frames().clamp(1, 64);
         let onset_voiced = settings.onset_voiced_ms.frames().clamp(1, onset_window);
@@ -113,6 +120,7 @@ impl<const N: usize> Segmenter<N> {
         self.discarded
     }
 
+    /// Takes one frame and the VAD's verdict on it, and reports what follows from it to `out`.
     pub fn push(
         &mut self,
         voiced: bool,

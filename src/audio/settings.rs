@@ -39,8 +39,11 @@ pub enum NoiseSuppression {
     /// Steady noise reaches the VAD and the agent as it is.
     #[default]
     Off,
+    /// WebRTC's mildest level: about 6 dB off steady noise.
     Low,
+    /// About 12 dB.
     Moderate,
+    /// About 18 dB; speech may start to sound processed.
     High,
 }
 
@@ -48,6 +51,7 @@ impl NoiseSuppression {
     /// The config spellings, in order of strength.
     pub const NAMES: [&'static str; 4] = ["off", "low", "moderate", "high"];
 
+    /// The level a config spelling names, if any.
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "off" => Some(Self::Off),
@@ -62,10 +66,13 @@ impl NoiseSuppression {
 /// `[audio]`: devices, codec and playout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AudioSettings {
+    /// The microphone.
     pub input: DeviceSpec,
+    /// The speaker.
     pub output: DeviceSpec,
     /// Fade out and flush the bot's audio when the visitor starts speaking.
     pub barge_in: bool,
+    /// Opus bitrate, bits per second.
     pub opus_bitrate_bps: i32,
     /// 0 (cheapest) to 10 (best). The default, 1, skips SILK's delayed-decision
     /// quantiser: half the encoder's CPU of 5 for 0.4 dB less segmental SNR on
@@ -80,6 +87,7 @@ pub struct AudioSettings {
     pub dtx: bool,
     /// The playout jitter buffer adapts its depth between these bounds.
     pub jitter_min_ms: Millis,
+    /// See `jitter_min_ms`.
     pub jitter_max_ms: Millis,
     /// Playout queued between the DSP thread and the speaker callback:
     /// enough to ride over the thread's wake-ups, small enough that a
@@ -92,6 +100,7 @@ pub struct AudioSettings {
     pub input_buffer_ms: Millis,
     /// Backoff for reopening a device that failed, doubling up to the max.
     pub reopen_backoff_min_ms: Millis,
+    /// See `reopen_backoff_min_ms`.
     pub reopen_backoff_max_ms: Millis,
     /// Cancel the speaker's echo in the microphone before the VAD and the
     /// encoder, so the visitor can talk over the bot. Ignored, like
@@ -134,10 +143,12 @@ impl Default for AudioSettings {
 /// `[vad]`: what counts as the visitor speaking.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VadSettings {
+    /// How strict the voice detector is about what counts as speech.
     pub aggressiveness: Aggressiveness,
     /// Onset: at least `onset_voiced_ms` of voiced frames within the last
     /// `onset_window_ms`.
     pub onset_window_ms: Millis,
+    /// See `onset_window_ms`.
     pub onset_voiced_ms: Millis,
     /// Audio kept from before the onset so the first phoneme is not clipped.
     pub preroll_ms: Millis,

@@ -12,6 +12,7 @@ impl SampleRate {
     /// The rate Opus runs at on the wire and the playout path works in.
     pub const OPUS: SampleRate = SampleRate(48_000);
 
+    /// Samples per second.
     pub fn hz(self) -> u32 {
         self.0
     }
@@ -39,6 +40,7 @@ impl Millis {
         self.0.div_ceil(FRAME_MS.0)
     }
 
+    /// The length of `frames` 10 ms frames.
     pub fn from_frames(frames: u64) -> Millis {
         Millis(u32::try_from(frames * u64::from(FRAME_MS.0)).unwrap_or(u32::MAX))
     }
@@ -67,6 +69,7 @@ pub const OPUS_FRAME: usize = 960;
 pub struct Dbfs(pub f32);
 
 impl Dbfs {
+    /// The quietest level reported: digital silence reads as this.
     pub const FLOOR: Dbfs = Dbfs(-100.0);
 
     /// RMS level of samples in [-1, 1].

@@ -11,13 +11,18 @@ use super::units::{VAD_FRAME, f32_to_i16};
 /// cost of missing some quiet speech.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Aggressiveness {
+    /// Mode 0: lets through most sound, speech is rarely missed.
     Quality,
+    /// Mode 1.
     LowBitrate,
+    /// Mode 2.
     Aggressive,
+    /// Mode 3: rejects the most noise.
     VeryAggressive,
 }
 
 impl Aggressiveness {
+    /// The mode number, 0 to 3, as configured.
     pub fn level(self) -> u8 {
         match self {
             Aggressiveness::Quality => 0,
@@ -27,6 +32,7 @@ impl Aggressiveness {
         }
     }
 
+    /// The mode for a configured number; `None` above 3.
     pub fn from_level(level: u8) -> Option<Self> {
         match level {
             0 => Some(Aggressiveness::Quality),
@@ -77,6 +83,7 @@ pub struct VoiceDetector {
 unsafe impl Send for VoiceDetector {}
 
 impl VoiceDetector {
+    /// A detector for 16 kHz audio in 10 ms frames.
     pub fn new(aggressiveness: Aggressiveness) -> Self {
         Self {
             vad: Vad::new_with_rate_and_mode(VadRate::Rate16kHz, aggressiveness.mode()),

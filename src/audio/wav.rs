@@ -10,11 +10,14 @@ use super::units::{Millis, SampleRate, f32_to_i16};
 /// A mono clip held in memory, samples in [-1, 1].
 #[derive(Clone, Debug, PartialEq)]
 pub struct PcmClip {
+    /// Its sample rate.
     pub rate: SampleRate,
+    /// Its samples.
     pub samples: Vec<f32>,
 }
 
 impl PcmClip {
+    /// How long it plays.
     pub fn duration(&self) -> Millis {
         let ms = self.samples.len() as u64 * 1000 / u64::from(self.rate.hz().max(1));
         Millis(u32::try_from(ms).unwrap_or(u32::MAX))

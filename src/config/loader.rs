@@ -18,16 +18,25 @@ pub const ENV_PREFIX: &str = "KIOSK_GATEWAY_";
 /// One thing wrong with the configuration, located as precisely as possible.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// Where the value came from.
     pub origin: Origin,
     /// `section.key`, or just `section` for problems with a whole table.
     pub key: String,
+    /// What is wrong.
     pub message: String,
 }
 
 /// Where a value (or a problem with it) came from.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Origin {
-    File { path: PathBuf, line: Option<usize> },
+    /// The config file.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The line, when known.
+        line: Option<usize>,
+    },
+    /// An environment variable, by name.
     Env(String),
 }
 
@@ -66,6 +75,7 @@ pub struct Env {
 }
 
 impl Env {
+    /// What the process was started with.
     pub fn from_process() -> Self {
         let vars = std::env::vars()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
@@ -86,6 +96,7 @@ impl Env {
         self.state_dir.clone()
     }
 
+    /// Variables and a credentials folder given explicitly, for tests and tools.
     pub fn new<I, K, V>(vars: I, credentials_dir: Option<PathBuf>) -> Self
     where
         I: IntoIterator<Item = (K, V)>,

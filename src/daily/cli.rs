@@ -11,12 +11,17 @@ pub enum RoomCommand {
     /// Create a room with the session room properties; a name is generated
     /// from the kiosk id when none is given.
     Create {
+        /// The room's name, if chosen.
         name: Option<RoomName>,
+        /// The kiosk the generated name is for.
         kiosk_id: String,
     },
+    /// Delete a room (a room already gone is not an error).
     Delete {
+        /// The room.
         name: RoomName,
     },
+    /// List the account's rooms.
     List,
 }
 

@@ -10,28 +10,46 @@ pub enum DailyError {
     /// own fields (`error` is stable, `info` is for humans).
     #[error("Daily API {operation} failed: HTTP {status}: {error}: {info}")]
     Api {
+        /// The call, e.g. `create room`.
         operation: &'static str,
+        /// Its HTTP status.
         status: StatusCode,
+        /// Daily's error type.
         error: String,
+        /// Daily's explanation.
         info: String,
+        /// How long Daily asked us to wait (`Retry-After`), if it did.
         retry_after: Option<Duration>,
     },
+    /// No reply in time.
     #[error("Daily API {operation} timed out")]
-    Timeout { operation: &'static str },
-    #[error("Daily API {operation} failed: network error: {source}")]
-    Network {
+    Timeout {
+        /// The call, e.g. `create room`.
         operation: &'static str,
+    },
+    /// The request got no reply.
+    #[error("Daily API {operation} failed: network error")]
+    Network {
+        /// The call.
+        operation: &'static str,
+        /// Why.
         #[source]
         source: reqwest::Error,
     },
+    /// The reply is not what the API documents.
     #[error("Daily API {operation}: malformed response (HTTP {status}): {detail}")]
     Malformed {
+        /// The call.
         operation: &'static str,
+        /// Its HTTP status.
         status: StatusCode,
+        /// What is wrong with it.
         detail: String,
     },
+    /// A room name Daily would refuse.
     #[error("invalid Daily room name {0:?} (letters, digits, '-' and '_' only)")]
     InvalidRoomName(String),
+    /// The API base URL cannot take a request path.
     #[error("invalid Daily API URL: {0}")]
     InvalidUrl(String),
 }

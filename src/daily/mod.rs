@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 use url::Url;
 
+use crate::error_text::error_chain;
 use crate::http_body::{BodyError, read_limited};
 
 pub use error::DailyError;
@@ -35,6 +36,7 @@ pub const DEFAULT_BASE_URL: &str = "https://api.daily.co/v1";
 /// How the gateway reaches Daily. Mapped from the `[daily]` config table.
 #[derive(Clone, Debug)]
 pub struct DailySettings {
+    /// The REST API's base URL.
     pub base_url: Url,
     /// `Authorization: Bearer` key; `SecretString` keeps it out of Debug output.
     pub api_key: SecretString,
@@ -42,9 +44,11 @@ pub struct DailySettings {
     pub request_timeout: Duration,
     /// Retries after the first attempt.
     pub max_retries: usize,
+    /// First backoff between attempts, doubling.
     pub retry_min_delay: Duration,
     /// Cap for backoff and for a server's `Retry-After`.
     pub retry_max_delay: Duration,
+    /// Properties of the rooms created.
     pub room: RoomSettings,
 }
 
@@ -67,9 +71,13 @@ impl Default for DailySettings {
 pub struct RoomSettings {
     /// Room (and token) lifetime: `exp = now + lifetime`. Map from `session.max_duration`.
     pub lifetime: Duration,
+    /// Participants allowed at once.
     pub max_participants: u32,
+    /// Whether participants are removed when the room expires.
     pub eject_at_room_exp: bool,
+    /// Whether Daily's text chat is on.
     pub enable_chat: bool,
+    /// Who may join without a token.
     pub privacy: Privacy,
 }
 
@@ -129,6 +137,7 @@ impl std::fmt::Debug for DailyClient {
 }
 
 impl DailyClient {
+    /// A client for `settings`; fails only if the HTTP client cannot be built.
     pub fn new(settings: &DailySettings) -> Result<Self, DailyError> {
         let http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
@@ -179,11 +188,13 @@ impl DailyClient {
         &self.room
     }
 
+    /// Creates a room (`POST /rooms`).
     pub async fn create_room(&self, request: &CreateRoom) -> Result<Room, DailyError> {
         self.call("create room", Method::POST, "rooms", Some(request))
             .await
     }
 
+    /// One room (`GET /rooms/:name`).
     pub async fn get_room(&self, name: &RoomName) -> Result<Room, DailyError> {
         self.call::<_, ()>("get room", Method::GET, &format!("rooms/{name}"), None)
             .await
@@ -224,6 +235,7 @@ impl DailyClient {
         }
     }
 
+    /// Who is in a room now (`GET /rooms/:name/presence`).
     pub async fn presence(&self, name: &RoomName) -> Result<Presence, DailyError> {
         self.call::<_, ()>(
             "get presence",
@@ -234,6 +246,7 @@ impl DailyClient {
         .await
     }
 
+    /// A meeting token for one room (`POST /meeting-tokens`).
     pub async fn create_meeting_token(
         &self,
         properties: &MeetingTokenProperties,
@@ -275,7 +288,7 @@ impl DailyClient {
                 planned.map(|d| err.retry_after().map_or(d, |ra| ra.min(max_delay)))
             })
             .notify(|err, delay| {
-                warn!(operation, error = %err, retry_in_ms = delay.as_millis() as u64, "Daily API call failed, retrying");
+                warn!(operation, error = %error_chain(&err), retry_in_ms = delay.as_millis() as u64, "Daily API call failed, retrying");
             })
             .await
     }

@@ -18,6 +18,7 @@ impl RoomName {
     /// Longest name Daily accepts.
     const MAX_LEN: usize = 128;
 
+    /// Checks a name from outside (configuration, Daily's replies).
     pub fn parse(name: &str) -> Result<Self, DailyError> {
         let ok = !name.is_empty()
             && name.len() <= Self::MAX_LEN
@@ -50,6 +51,7 @@ impl RoomName {
         Self(format!("kiosk-{kiosk}-{short:08x}"))
     }
 
+    /// The name as Daily knows it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -78,6 +80,7 @@ impl fmt::Display for RoomName {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Privacy {
+    /// Anyone with the room URL may join.
     Public,
     /// Kiosk rooms default to private: only holders of a meeting token join.
     #[default]
@@ -90,10 +93,13 @@ pub struct RoomProperties {
     /// Unix time (seconds) after which the room stops accepting joins.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
+    /// Most participants at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_participants: Option<u32>,
+    /// Whether participants are removed when the room expires.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eject_at_room_exp: Option<bool>,
+    /// Whether Daily's text chat is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enable_chat: Option<bool>,
 }
@@ -101,23 +107,33 @@ pub struct RoomProperties {
 /// Body of `POST /rooms`.
 #[derive(Clone, Debug, Serialize)]
 pub struct CreateRoom {
+    /// The room's name.
     pub name: RoomName,
+    /// Who may join without a token.
     pub privacy: Privacy,
+    /// Expiry and limits.
     pub properties: RoomProperties,
 }
 
 /// A room object as Daily returns it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Room {
+    /// Daily's id for the room.
     pub id: String,
+    /// Its name.
     pub name: RoomName,
+    /// The URL participants join.
     pub url: String,
+    /// Who may join without a token, when Daily says.
     #[serde(default)]
     pub privacy: Option<Privacy>,
+    /// Whether it was created through the REST API.
     #[serde(default)]
     pub api_created: bool,
+    /// When it was created, as Daily wrote it.
     #[serde(default)]
     pub created_at: Option<String>,
+    /// Its properties.
     #[serde(default)]
     pub config: RoomProperties,
 }
@@ -140,6 +156,7 @@ pub(crate) struct RoomDeleted {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomDeletion {
+    /// Daily deleted it.
     Deleted,
     /// Daily answered 404: the room expired or someone else removed it,
     /// which is the outcome the caller wanted.
@@ -149,14 +166,20 @@ pub enum RoomDeletion {
 /// One participant in `GET /rooms/:name/presence`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Participant {
+    /// The room's name.
     pub room: String,
+    /// Daily's id for the participant.
     pub id: String,
+    /// The id the participant joined with.
     #[serde(rename = "userId", default)]
     pub user_id: Option<String>,
+    /// The name the participant joined with.
     #[serde(rename = "userName", default)]
     pub user_name: Option<String>,
+    /// When it joined, as Daily wrote it.
     #[serde(rename = "joinTime", default)]
     pub join_time: Option<String>,
+    /// Seconds in the room so far.
     #[serde(default)]
     pub duration: Option<u64>,
 }
@@ -164,18 +187,24 @@ pub struct Participant {
 /// `GET /rooms/:name/presence`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Presence {
+    /// How many participants are in the room.
     pub total_count: u64,
+    /// The participants.
     pub data: Vec<Participant>,
 }
 
 /// Properties of `POST /meeting-tokens`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MeetingTokenProperties {
+    /// The one room the token opens.
     pub room_name: RoomName,
     /// Unix time (seconds) the token stops being valid.
     pub exp: i64,
+    /// The name shown for its holder.
     pub user_name: String,
+    /// The id its holder joins with.
     pub user_id: String,
+    /// Whether its holder may manage the room.
     pub is_owner: bool,
 }
 
@@ -187,6 +216,7 @@ pub(crate) struct CreateMeetingToken<'a> {
 /// A meeting token: a credential, so it is kept secret.
 #[derive(Deserialize)]
 pub struct MeetingToken {
+    /// The token itself.
     pub token: SecretString,
 }
 

@@ -40,16 +40,20 @@ const NOISE_FLOOR_DBFS: f32 = -70.0;
 /// the audio engine.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CallInput {
+    /// A WAV file, sent over and over for the call's length.
     Wav(PathBuf),
 }
 
 /// Where `call` puts the agent's audio.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CallOutput {
+    /// A WAV file, written at the input's rate.
     Wav(PathBuf),
+    /// Nowhere.
     Discard,
 }
 
+/// An input or output that is not `wav:PATH` (or `none` for the output).
 #[derive(Debug, thiserror::Error)]
 #[error("expected wav:PATH, got {0:?}")]
 pub struct BadEndpoint(String);
@@ -75,21 +79,29 @@ impl FromStr for CallOutput {
     }
 }
 
+/// What `call` does.
 #[derive(Clone, Debug)]
 pub struct CallOptions {
+    /// Audio sent.
     pub input: CallInput,
+    /// Where the agent's audio goes.
     pub output: CallOutput,
+    /// How long the call lasts.
     pub duration: Duration,
     /// Near-silence sent between repetitions of the input.
     pub pause: Duration,
+    /// How the call is set up.
     pub link: LinkSettings,
     /// Opus bitrate, complexity and expected loss (`[audio]`).
     pub audio: AudioSettings,
 }
 
+/// A line of a call's transcript.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Transcript {
+    /// `user` or `bot`.
     pub role: &'static str,
+    /// What was said.
     pub text: String,
 }
 
@@ -99,6 +111,7 @@ pub struct Transcript {
 pub struct CallSummary {
     /// The peer connection came up (a failed connect is an error instead).
     pub connected: bool,
+    /// When the peer connection came up.
     pub connect_ms: u64,
     /// When `bot-ready` arrived, if it did.
     pub bot_ready_ms: Option<u64>,
@@ -108,23 +121,41 @@ pub struct CallSummary {
     pub audio_sent_ms: u64,
     /// Audio received from the agent and decoded.
     pub audio_received_ms: u64,
+    /// When the agent's first audio arrived, if it did.
     pub first_audio_received_ms: Option<u64>,
     /// Final user transcriptions and bot text, in arrival order.
     pub transcripts: Vec<Transcript>,
+    /// Times the link restored the call.
     pub reconnects: u32,
     /// `duration`, `peer_left` or `lost`.
     pub ended_by: &'static str,
+    /// The link's figures at the end.
     pub stats: LinkStats,
 }
 
+/// Why `call` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// The input file cannot be read.
     #[error("input WAV {}: {problem}", path.display())]
-    Input { path: PathBuf, problem: String },
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The output file cannot be written.
     #[error("output WAV {}: {problem}", path.display())]
-    Output { path: PathBuf, problem: String },
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The Opus codec failed.
     #[error("Opus: {0}")]
     Codec(String),
+    /// The call could not be made.
     #[error(transparent)]
     Link(#[from] LinkError),
 }

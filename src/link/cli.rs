@@ -14,30 +14,44 @@ use crate::audio::AudioSettings;
 
 /// Where `call` sends its offer.
 pub enum Endpoint {
+    /// A SmallWebRTC offer URL.
     SmallWebRtc(url::Url),
+    /// A WHIP endpoint.
     Whip(url::Url),
 }
 
+/// The `call` command line, parsed.
 pub struct CallArgs {
+    /// Where the offer goes.
     pub endpoint: Endpoint,
+    /// Bearer key for the signalling requests.
     pub api_key: Option<SecretString>,
+    /// Audio sent.
     pub input: CallInput,
+    /// Where the agent's audio goes.
     pub output: CallOutput,
+    /// How long the call lasts.
     pub duration: Duration,
+    /// Near-silence sent between repetitions of the input.
     pub pause: Duration,
     /// Opus settings (`[audio]` from the config, or the defaults).
     pub audio: AudioSettings,
+    /// Local UDP address for ICE.
     pub bind: String,
     /// `None`: the link's default STUN server; empty: none (local agents).
     pub ice_servers: Option<Vec<IceServer>>,
+    /// Print the summary as JSON.
     pub json: bool,
 }
 
+/// Why `call` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// The call failed.
     #[error(transparent)]
     Call(#[from] CallError),
-    #[error("cannot write JSON: {0}")]
+    /// The summary cannot be written as JSON.
+    #[error("cannot write JSON")]
     Json(#[from] serde_json::Error),
 }
 

@@ -38,7 +38,9 @@ use supervisor::{Control, Ctx, Supervisor, establish};
 /// One encoded frame from the audio engine.
 #[derive(Clone, Debug)]
 pub struct OpusFrame {
+    /// The Opus packet.
     pub data: Bytes,
+    /// The audio it holds.
     pub duration: Duration,
     /// First frame of a talk spurt (after DTX silence): sets the RTP marker
     /// bit and lets the timestamp jump over the silent gap.
@@ -48,9 +50,13 @@ pub struct OpusFrame {
 /// One Opus packet received from the agent, for the decoder/jitter buffer.
 #[derive(Clone, Debug)]
 pub struct OpusPacket {
+    /// The Opus packet.
     pub data: Bytes,
+    /// Its RTP timestamp (48 kHz clock).
     pub rtp_timestamp: u32,
+    /// Its RTP sequence number.
     pub sequence: u16,
+    /// The RTP marker bit: the first packet of a talk spurt.
     pub marker: bool,
 }
 
@@ -60,11 +66,16 @@ pub struct OpusPacket {
 pub enum LinkEvent {
     /// Data channel open, `client-ready` sent.
     Ready,
+    /// An RTVI message from the bot.
     Bot(BotMessage),
+    /// The call dropped; the link is trying to restore it.
     Reconnecting {
+        /// What broke, for logs.
         reason: String,
     },
+    /// The call is back.
     Reconnected {
+        /// How long it was down.
         #[serde(rename = "after_ms", serialize_with = "millis")]
         after: Duration,
     },
@@ -72,20 +83,27 @@ pub enum LinkEvent {
     PeerLeft,
     /// Recovery failed within `reconnect_timeout`; the session should re-provision.
     Lost {
+        /// What broke last, for logs.
         reason: String,
     },
 }
 
+/// Why a call could not be set up or used.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("WebRTC: {0}")]
+    /// The WebRTC stack failed.
+    #[error("WebRTC")]
     WebRtc(#[from] webrtc::error::Error),
+    /// The agent's signalling endpoint failed.
     #[error(transparent)]
     Signaling(#[from] SignalingError),
+    /// Not connected in time.
     #[error("peer connection not established within {0:?}")]
     ConnectTimeout(Duration),
+    /// The peer connection failed or closed (its state given).
     #[error("peer connection {0} while connecting")]
     ConnectFailed(String),
+    /// The link has already closed.
     #[error("the link is closed")]
     Closed,
 }
@@ -94,7 +112,9 @@ pub enum LinkError {
 pub struct LinkIo {
     /// Encoded frames to send (bounded: see `audio_out_capacity`).
     pub audio_out: mpsc::Sender<OpusFrame>,
+    /// Packets from the agent.
     pub audio_in: mpsc::Receiver<OpusPacket>,
+    /// What happens to the call.
     pub events: mpsc::Receiver<LinkEvent>,
 }
 

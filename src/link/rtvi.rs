@@ -22,20 +22,27 @@ pub const PING: &str = "ping";
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum BotMessage {
+    /// `bot-ready`: the bot is in the call and listening.
     BotReady {
+        /// The RTVI version the bot speaks.
         version: String,
     },
+    /// `user-started-speaking`: the bot hears the visitor.
     UserStartedSpeaking,
+    /// `user-stopped-speaking`: the visitor paused.
     UserStoppedSpeaking,
     /// `user-transcription`: deprecated since Pipecat 1.13 but still sent
     /// by default, right after the `user-input` for the same words.
     UserTranscription {
+        /// What was said.
         text: String,
+        /// Whether this is the utterance's final text, not an interim guess.
         #[serde(rename = "final")]
         is_final: bool,
         /// When the speech-to-text produced it (Pipecat: RFC 3339 with
         /// milliseconds and `+00:00`).
         timestamp: Option<String>,
+        /// The speaker's id in the call.
         user_id: Option<String>,
         /// Not in RTVI (no Pipecat message has one); read when an agent adds
         /// a number from 0 to 1.
@@ -45,15 +52,23 @@ pub enum BotMessage {
     /// `transcription`, interim ones included, or `backchannel`) or typed
     /// (`chat`).
     UserInput {
+        /// What was said or typed.
         text: String,
+        /// How it came: `transcription`, `backchannel` or `chat`.
         input_type: String,
+        /// Whether this is the final text, not an interim guess.
         #[serde(rename = "final")]
         is_final: bool,
+        /// When it was produced, as for `user-transcription`.
         timestamp: Option<String>,
+        /// The speaker's id in the call.
         user_id: Option<String>,
+        /// As for `user-transcription`.
         confidence: Option<f64>,
     },
+    /// `bot-started-speaking`: the bot's audio begins.
     BotStartedSpeaking,
+    /// `bot-stopped-speaking`: the bot's audio ends.
     BotStoppedSpeaking,
     /// `bot-transcription` (the LLM's text, one message per sentence, sent
     /// as it is generated) and `bot-tts-text` (what the TTS speaks, a
@@ -61,20 +76,30 @@ pub enum BotMessage {
     /// BotOutput`; a sender may use it for a sentence the bot has spoken,
     /// which goes out as Pipecat reports one (see [`BotOutput::spoken_sentence`]).
     BotText {
+        /// Which of the messages it was.
         kind: BotTextKind,
+        /// The text.
         text: String,
     },
     /// `bot-output`, with what it says about the text being spoken.
     BotOutput(BotOutput),
+    /// `bot-interrupted`: the visitor spoke over the bot, which stopped.
     BotInterrupted,
+    /// `error`: the bot reports a problem.
     Error {
+        /// What went wrong, in the bot's words.
         error: String,
+        /// Whether the bot gives up on the session.
         fatal: bool,
     },
+    /// `server-message`: an application message from the agent.
     ServerMessage {
+        /// Its content, as sent.
         data: Value,
     },
+    /// `metrics`: the pipeline's timings and usage.
     Metrics {
+        /// Its content, as sent.
         data: Value,
     },
 }
@@ -100,11 +125,15 @@ impl BotMessage {
     }
 }
 
+/// Which RTVI message a [`BotMessage::BotText`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BotTextKind {
+    /// `bot-output`, for a sentence the bot has spoken.
     BotOutput,
+    /// `bot-transcription`: the LLM's text.
     BotTranscription,
+    /// `bot-tts-text`: what the TTS speaks.
     BotTtsText,
 }
 
@@ -116,6 +145,7 @@ pub enum BotTextKind {
 /// as absent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct BotOutput {
+    /// The text.
     pub text: String,
     /// `output_type`, or its deprecated names `text_type`, `aggregated_by`:
     /// `sentence`, `word`, `token` or an agent's own type (`code`, ...).
@@ -125,8 +155,11 @@ pub struct BotOutput {
     /// 1.x: the text has been spoken (`false`: it is about to be, or never
     /// will be).
     pub spoken: Option<bool>,
+    /// 2.x: whether the text is meant to be spoken at all.
     pub will_be_spoken: Option<bool>,
+    /// 2.x: how far speaking it has got.
     pub spoken_status: Option<SpokenStatus>,
+    /// 2.x: which part of it has been spoken.
     pub spoken_progress: Option<SpokenProgress>,
 }
 
@@ -245,10 +278,13 @@ impl BotTextKind {
 /// What the kiosk tells a bot.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientMessage {
+    /// `client-ready`: the kiosk is set up and the bot may start.
     ClientReady,
     /// An application message (`client-message`, `{t, d}`).
     Custom {
+        /// The message type, chosen by the application.
         t: String,
+        /// Its data.
         d: Value,
     },
 }
@@ -258,14 +294,18 @@ pub enum ClientMessage {
 pub enum Signalling {
     /// The agent wants a fresh offer on the same `pc_id`.
     Renegotiate,
+    /// The agent left the call.
     PeerLeft,
 }
 
 /// Why an inbound message was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ignored {
+    /// Longer than [`MAX_MESSAGE_BYTES`].
     Oversized,
+    /// Not JSON, or not the shape its type calls for.
     Malformed,
+    /// A type the gateway does not know.
     UnknownType,
     /// A documented RTVI message the gateway has no use for (LLM tokens,
     /// audio levels, function calls...): not counted as unknown.
@@ -304,10 +344,15 @@ const UNUSED_TYPES: &[&str] = &[
 /// One parsed data-channel message, as seen by the kiosk.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Inbound {
+    /// An RTVI message from the bot.
     Bot(BotMessage),
+    /// A client-to-bot RTVI message (the loopback agent reads these).
     Client(ClientMessage),
+    /// A SmallWebRTC control message.
     Signalling(Signalling),
+    /// A keep-alive [`PING`].
     Ping,
+    /// Dropped, and why.
     Ignored(Ignored),
 }
 

@@ -11,14 +11,18 @@ use super::peer::PeerConfig;
 /// A STUN or TURN server.
 #[derive(Clone, Debug, Default)]
 pub struct IceServer {
+    /// `stun:` or `turn:` URLs of the server.
     pub urls: Vec<String>,
+    /// TURN user name.
     pub username: Option<String>,
+    /// TURN password.
     pub credential: Option<SecretString>,
 }
 
 /// Link tuning. Mapped from `[session]`/`[agent]` config keys.
 #[derive(Clone, Debug)]
 pub struct LinkSettings {
+    /// STUN and TURN servers; empty for agents on the local network.
     pub ice_servers: Vec<IceServer>,
     /// Local UDP sockets for ICE (`host:port`, port 0 = any).
     pub udp_bind: Vec<String>,
@@ -29,8 +33,11 @@ pub struct LinkSettings {
     pub gather_timeout: Duration,
     /// Give up recovering a broken call after this long (`session.reconnect_timeout`).
     pub reconnect_timeout: Duration,
+    /// ICE reports a path disconnected after this long without traffic.
     pub ice_disconnected_timeout: Duration,
+    /// ICE gives up a path after this long disconnected.
     pub ice_failed_timeout: Duration,
+    /// How often ICE checks a quiet path.
     pub ice_keepalive_interval: Duration,
     /// Data-channel keep-alive; Pipecat drops a client silent for 3 s.
     pub ping_interval: Duration,

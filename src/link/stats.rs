@@ -13,8 +13,10 @@ use super::peer::OPUS_CLOCK_RATE;
 /// snapshot.
 #[derive(Default)]
 pub(super) struct Counters {
+    /// RTP packets sent.
     pub packets_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// RTP packets received.
     pub packets_received: AtomicU64,
     pub bytes_received: AtomicU64,
     pub audio_in_dropped: AtomicU64,
@@ -27,25 +29,37 @@ pub(super) struct Counters {
 /// A snapshot of one link. Rates are averages since the previous snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct LinkStats {
+    /// RTP packets sent.
     pub packets_sent: u64,
+    /// RTP packets received.
     pub packets_received: u64,
+    /// Bytes sent, headers included.
     pub bytes_sent: u64,
+    /// Bytes received, headers included.
     pub bytes_received: u64,
     /// Packets the agent reported lost (RTCP receiver reports).
     pub packets_lost_remote: i64,
     /// Packets we counted as lost on the way in.
     pub packets_lost_local: i64,
+    /// Round-trip time, when RTCP has measured it.
     pub rtt_ms: Option<f64>,
+    /// Interarrival jitter of incoming audio, when measured.
     pub jitter_ms: Option<f64>,
+    /// Outgoing bits per second.
     pub send_bitrate_bps: u64,
+    /// Incoming bits per second.
     pub recv_bitrate_bps: u64,
     /// Audio packets sent per second: 50 in a live call, silences included.
     pub send_packet_rate: f64,
     /// Incoming packets dropped because the decoder fell behind.
     pub audio_in_dropped: u64,
+    /// Data-channel messages of a type the gateway does not know.
     pub rtvi_unknown: u64,
+    /// Data-channel messages that could not be parsed.
     pub rtvi_malformed: u64,
+    /// Data-channel messages over the size limit.
     pub rtvi_oversized: u64,
+    /// Times the call was restored after it dropped.
     pub restarts: u64,
     /// From `Link::connect` to the first audio packet written.
     pub first_packet_sent_ms: Option<u64>,

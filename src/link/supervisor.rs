@@ -21,6 +21,7 @@ use super::rtvi::{self, ClientMessage, Ignored, Inbound, Signalling};
 use super::signaling::{Candidate, OfferKind, Signaling};
 use super::stats::{self, Counters, LinkStats};
 use super::{LinkError, LinkEvent, LinkSettings, OpusFrame, OpusPacket};
+use crate::error_text::error_chain;
 
 pub(super) enum Control {
     Send(ClientMessage),
@@ -156,7 +157,7 @@ async fn handle_signal(ctx: &Arc<Ctx>, run: &mut PeerRun, signal: PeerSignal) {
                 sdp_mline_index: c.sdp_mline_index.unwrap_or(0),
             };
             if let Err(e) = ctx.signaling.trickle(&[candidate]).await {
-                warn!(error = %e, "trickling a candidate failed");
+                warn!(error = %error_chain(&e), "trickling a candidate failed");
             }
         }
         PeerSignal::Track(track) => {
@@ -213,7 +214,7 @@ async fn run_data_channel(dc: Arc<dyn DataChannel>, ctx: Arc<Ctx>) {
                     next_id += 1;
                     let ready = ClientMessage::ClientReady.to_json(&next_id.to_string());
                     if let Err(e) = dc.send_text(&ready).await {
-                        warn!(error = %e, "sending client-ready failed");
+                        warn!(error = %error_chain(&e), "sending client-ready failed");
                     }
                     let _ = ctx.events.send(LinkEvent::Ready).await;
                 }
@@ -305,7 +306,7 @@ impl Supervisor {
             }
         }
         if let Err(e) = self.ctx.signaling.hang_up().await {
-            warn!(error = %e, "hang-up failed");
+            warn!(error = %error_chain(&e), "hang-up failed");
         }
         let _ = self.run.peer.pc.close().await;
         info!("link closed");
@@ -343,7 +344,7 @@ impl Supervisor {
             Signalling::Renegotiate => {
                 match negotiate(&self.ctx, &mut self.run, OfferKind::Renegotiate).await {
                     Ok(()) => Next::Continue,
-                    Err(e) => Next::Restart(format!("renegotiation failed: {e}")),
+                    Err(e) => Next::Restart(format!("renegotiation failed: {}", error_chain(&e))),
                 }
             }
         }
@@ -354,7 +355,7 @@ impl Supervisor {
             Control::Send(message) => {
                 let id = message_id();
                 if let Err(e) = self.run.dc.send_text(&message.to_json(&id)).await {
-                    warn!(error = %e, "sending an RTVI message failed");
+                    warn!(error = %error_chain(&e), "sending an RTVI message failed");
                 }
             }
             Control::Stats(reply) => {
@@ -392,7 +393,9 @@ impl Supervisor {
                 c.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 self.ctx.packets_sent_total.increment(1);
             }
-            Err(e) => debug!(error = %e, "dropping an outgoing frame"),
+            Err(e) => {
+                debug!(error = %error_chain(&e), "dropping an outgoing frame")
+            }
         }
     }
 
@@ -435,8 +438,8 @@ impl Supervisor {
                     return true;
                 }
                 Ok(Err(e)) => {
-                    warn!(error = %e, "restart attempt failed");
-                    last_error = e.to_string();
+                    warn!(error = %error_chain(&e), "restart attempt failed");
+                    last_error = error_chain(&e);
                 }
                 Err(_) => break,
             }

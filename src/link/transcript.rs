@@ -42,11 +42,14 @@ use super::rtvi::{BotMessage, BotOutput, BotTextKind, SpokenStatus};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Speaker {
+    /// The visitor.
     User,
+    /// The agent.
     Bot,
 }
 
 impl Speaker {
+    /// The name stored.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::User => "user",
@@ -58,7 +61,9 @@ impl Speaker {
 /// A line to store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TranscriptLine {
+    /// Who said it.
     pub role: Speaker,
+    /// What was said.
     pub text: String,
     /// Always true for user lines (interim transcriptions are never lines).
     /// False for a bot sentence cut off by an interruption (or the end of
@@ -141,6 +146,7 @@ pub struct TranscriptAssembler {
 }
 
 impl TranscriptAssembler {
+    /// An assembler with nothing heard yet.
     pub fn new() -> Self {
         Self::default()
     }

@@ -31,9 +31,11 @@ pub enum State {
     Connecting,
     /// In a call, nobody speaking.
     Listening,
+    /// In a call, the visitor speaking.
     UserSpeaking,
     /// The visitor finished; the agent is working out a reply.
     BotThinking,
+    /// In a call, the agent speaking.
     BotSpeaking,
     /// The call dropped; trying to get it back. Speech is buffered.
     Reconnecting,
@@ -42,6 +44,7 @@ pub enum State {
 }
 
 impl State {
+    /// The name in logs, the status page and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Idle => "idle",
@@ -77,13 +80,17 @@ impl fmt::Display for State {
 pub enum EndReason {
     /// Nobody spoke for `session.idle_timeout`.
     Idle,
+    /// The session reached `session.max_duration`.
     MaxDuration,
+    /// The agent left the call.
     AgentLeft,
     /// SIGTERM: the service is stopping.
     Shutdown,
     /// A technician stopped it.
     Stopped,
+    /// No room or agent could be had from the cloud.
     ProvisionFailed,
+    /// The call could not be set up.
     ConnectFailed,
     /// The call dropped and did not come back within `session.reconnect_timeout`.
     LinkLost,
@@ -92,6 +99,7 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// The name stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
             EndReason::Idle => "idle",
@@ -121,6 +129,7 @@ impl fmt::Display for EndReason {
     }
 }
 
+/// What the machine is told: things heard, asked for or done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
     /// The gateway is up (sessions left by a crash closed): an always-on
@@ -128,26 +137,35 @@ pub enum Event {
     GatewayUp,
     /// The VAD heard speech start (pre-roll included in what it buffers).
     SpeechStarted,
+    /// The VAD heard speech end.
     SpeechEnded,
     /// `POST /api/session/start`.
     StartRequested,
     /// A technician's stop.
     StopRequested,
+    /// The cloud side is ready.
     Provisioned,
+    /// The cloud side could not be had.
     ProvisionFailed,
     /// The peer connection and its data channel are up.
     Connected,
+    /// The call could not be set up.
     ConnectFailed,
     /// The agent said `bot-ready`.
     BotReady,
+    /// The agent's audio began.
     BotStartedSpeaking,
+    /// The agent's audio ended.
     BotStoppedSpeaking,
     /// The call dropped; the link is trying to restore it.
     LinkLost,
+    /// The link restored the call.
     LinkRestored,
     /// The link could not restore the call within `session.reconnect_timeout`.
     LinkGaveUp,
+    /// The agent left the call.
     AgentLeft,
+    /// The service is stopping.
     Shutdown,
     /// The last teardown step ([`Action::ReleaseCloud`]) is done.
     TornDown,
@@ -235,8 +253,11 @@ impl Timer {
 /// How long things may take, from `[session]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
+    /// A session ends after this long with nobody speaking.
     pub idle_timeout: Duration,
+    /// The longest one session may last.
     pub max_duration: Duration,
+    /// How long to wait for `bot-ready` before releasing the visitor's speech anyway.
     pub ready_timeout: Duration,
     /// How long the machine waits for a dropped call. The link gives up on
     /// its own and says so ([`Event::LinkGaveUp`]); this is the backstop
@@ -245,6 +266,7 @@ pub struct Timing {
     /// Wait before the next session after a failed one, doubling with
     /// each failure in a row up to the max.
     pub failure_backoff_min: Duration,
+    /// See `failure_backoff_min`.
     pub failure_backoff_max: Duration,
 }
 
@@ -293,6 +315,7 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// An idle machine.
     pub fn new(trigger: Trigger, timing: Timing) -> Self {
         Self {
             state: State::Idle,
@@ -310,6 +333,7 @@ impl Machine {
         }
     }
 
+    /// The current state.
     pub fn state(&self) -> State {
         self.state
     }

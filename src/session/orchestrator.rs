@@ -25,6 +25,7 @@ use super::spool::Write;
 use crate::audio::{AudioEngine, AudioEvent, EncodedFrame, PlayoutSender, Prompt};
 use crate::config::Trigger;
 use crate::control::{Command, CurrentSession, Line, LinkView, Published};
+use crate::error_text::error_chain;
 use crate::health::{Component, Health};
 use crate::link::rtvi::BotMessage;
 use crate::link::signaling::smallwebrtc::SmallWebRtcSignaling;
@@ -38,16 +39,23 @@ use crate::sync::SyncTrigger;
 /// Session behaviour, from `[session]` and `[agent]`.
 #[derive(Clone, Debug)]
 pub struct SessionSettings {
+    /// This kiosk, for stored sessions and room names.
     pub kiosk_id: String,
+    /// What starts a session.
     pub trigger: Trigger,
+    /// A session ends after this long with nobody speaking.
     pub idle_timeout: Duration,
+    /// The longest one session may last.
     pub max_duration: Duration,
+    /// How long to wait for `bot-ready` before releasing buffered speech anyway.
     pub ready_timeout: Duration,
+    /// How calls are set up.
     pub link: LinkSettings,
     /// Played locally when a session cannot be set up.
     pub failure_prompt: Option<Prompt>,
     /// Wait before the next attempt after a failure, doubling to the max.
     pub failure_backoff_min: Duration,
+    /// See `failure_backoff_min`.
     pub failure_backoff_max: Duration,
 }
 
@@ -94,6 +102,8 @@ enum LinkInput {
     Packet(LinkPacket),
 }
 
+/// The kiosk loop: feeds audio, link and technician events to the session [`Machine`], carries
+/// out its actions, and records what happens.
 pub struct Orchestrator {
     machine: Machine,
     settings: SessionSettings,
@@ -152,6 +162,7 @@ fn forward<T: Send + 'static>(rx: std::sync::mpsc::Receiver<T>, name: &str) -> m
 }
 
 impl Orchestrator {
+    /// An orchestrator with nothing running yet.
     pub fn new(
         settings: SessionSettings,
         provisioner: Provisioner,
@@ -227,7 +238,9 @@ impl Orchestrator {
                 sessions = n,
                 "sessions left open by a crash closed as crashed"
             ),
-            Err(e) => warn!(error = %e, "cannot close crashed sessions"),
+            Err(e) => {
+                warn!(error = %error_chain(&e), "cannot close crashed sessions")
+            }
         }
         self.note_state();
         self.publish_store_health();
@@ -561,7 +574,7 @@ impl Orchestrator {
                     provisioner
                         .provision(&kiosk)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| error_chain(&e))
                 }));
             }
             Action::Connect => self.connect(),
@@ -648,7 +661,7 @@ impl Orchestrator {
         self.connecting = Some(tokio::spawn(async move {
             Link::connect(settings, signaling)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| error_chain(&e))
         }));
     }
 
@@ -720,7 +733,7 @@ impl Orchestrator {
         if let Some(p) = &c.provisioned
             && let Err(e) = self.provisioner.release(p).await
         {
-            warn!(session_id = %c.id, error = %e, "cannot delete the session's room");
+            warn!(session_id = %c.id, error = %error_chain(&e), "cannot delete the session's room");
         }
     }
 

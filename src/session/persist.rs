@@ -10,6 +10,7 @@ use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
 use super::spool::{Spool, Write};
+use crate::error_text::error_chain;
 use crate::store::{StoreError, StoreHandle};
 
 /// Transcript lines held in memory while the store cannot take them
@@ -63,7 +64,9 @@ impl Persister {
             self.storing = None;
             match finished {
                 Ok((write, result)) => self.on_stored(write, result),
-                Err(e) => warn!(error = %e, "a store write task failed"),
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "a store write task failed")
+                }
             }
         } else {
             match self.spool.retry_at() {
@@ -127,9 +130,9 @@ impl Persister {
             }
             Err(e) => {
                 if self.spool.failed(write, &e, Instant::now()) {
-                    error!(error = %e, "cannot write to the store; holding writes in memory and retrying");
+                    error!(error = %error_chain(&e), "cannot write to the store; holding writes in memory and retrying");
                 } else {
-                    warn!(error = %e, held = self.spool.held_writes(), "store write failed again");
+                    warn!(error = %error_chain(&e), held = self.spool.held_writes(), "store write failed again");
                 }
             }
         }

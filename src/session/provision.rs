@@ -21,6 +21,7 @@ use url::Url;
 
 use crate::agent_settings::{AgentSettings, ProvisionMode};
 use crate::daily::{DailyClient, DailyError, MeetingTokenProperties, RoomName, unix_now};
+use crate::error_text::error_chain;
 use crate::http_body::{BodyError, read_limited};
 
 /// An agent-side session id (Pipecat's `sessionId`).
@@ -37,7 +38,9 @@ impl fmt::Display for AgentSessionId {
 /// The Daily room of a session.
 #[derive(Clone, Debug)]
 pub struct ProvisionedRoom {
+    /// The room's name.
     pub name: RoomName,
+    /// The room's URL.
     pub url: String,
     /// The kiosk's own meeting token (for joining the room by other means,
     /// e.g. a supervisor tool); never logged.
@@ -47,20 +50,27 @@ pub struct ProvisionedRoom {
 /// Where the session's media goes, and what to clean up afterwards.
 #[derive(Clone, Debug)]
 pub struct Provisioned {
+    /// Where the SmallWebRTC offer goes.
     pub offer_url: Url,
     /// Bearer key for the offer and trickle requests: `agent.api_key`, sent
     /// only to the host that was configured with it (see `Provisioner::offer_key`).
     pub offer_key: Option<SecretString>,
+    /// The Daily room, with `provision = "daily"`.
     pub room: Option<ProvisionedRoom>,
+    /// The agent's id for the session, when its start reply gave one.
     pub agent_session_id: Option<AgentSessionId>,
 }
 
 /// The step that failed, for errors and the status page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// Creating the session's Daily room.
     CreateRoom,
+    /// The kiosk's meeting token.
     KioskToken,
+    /// The bot's meeting token.
     BotToken,
+    /// Asking the agent's start endpoint for a session.
     StartAgent,
 }
 
@@ -75,17 +85,24 @@ impl fmt::Display for Step {
     }
 }
 
+/// Why the agent's start endpoint gave no session.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentStartError {
-    #[error("network error: {0}")]
+    /// The request did not get a reply.
+    #[error("network error")]
     Network(#[source] reqwest::Error),
+    /// The endpoint refused.
     #[error("HTTP {status}: {body}")]
     Status {
+        /// Its HTTP status.
         status: reqwest::StatusCode,
+        /// The start of its reply.
         body: String,
     },
+    /// The reply is unusable: too large, not JSON, or naming no way to reach the session.
     #[error("reply has neither offer_url nor sessionId: {0}")]
     Reply(String),
+    /// The reply's `sessionId` could not go into a URL safely.
     #[error("reply's sessionId is not a UUID or 1 to 128 of A-Z a-z 0-9 _ -: {0:?}")]
     SessionId(String),
 }
@@ -100,21 +117,29 @@ fn plain_session_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// What failed in a provisioning step.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
+    /// A Daily API call.
     #[error(transparent)]
     Daily(#[from] DailyError),
+    /// The agent's start endpoint.
     #[error(transparent)]
     Agent(#[from] AgentStartError),
 }
 
+/// Why a session got no cloud side.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
+    /// A setting this provisioning mode needs is missing.
     #[error("provisioning needs {0}, which is not configured")]
     NotConfigured(&'static str),
-    #[error("provisioning failed at step \"{step}\": {cause}{}", leaked_note(.leaked_room))]
+    /// A step failed; a room already made is deleted, or named in `leaked_room`.
+    #[error("provisioning failed at step \"{step}\"{}", leaked_note(.leaked_room))]
     Failed {
+        /// The step.
         step: Step,
+        /// What went wrong.
         #[source]
         cause: StepError,
         /// Set when deleting the room after the failure failed too.
@@ -190,6 +215,7 @@ impl Provisioner {
         })
     }
 
+    /// Obtains the cloud side of one session for `kiosk_id`; on failure, deletes what it had made.
     pub async fn provision(&self, kiosk_id: &str) -> Result<Provisioned, ProvisionError> {
         match self.mode {
             ProvisionMode::Static => Ok(Provisioned {
@@ -236,7 +262,7 @@ impl Provisioner {
             match daily.delete_room(&room).await {
                 Ok(outcome) => info!(%room, ?outcome, "room of an abandoned provisioning released"),
                 Err(e) => {
-                    warn!(%room, error = %e, "cannot delete the room of an abandoned provisioning")
+                    warn!(%room, error = %error_chain(&e), "cannot delete the room of an abandoned provisioning")
                 }
             }
         }
@@ -277,7 +303,7 @@ impl Provisioner {
                 let leaked_room = match daily.delete_room(&room.name).await {
                     Ok(_) => None,
                     Err(e) => {
-                        warn!(room = %room.name, error = %e, "could not delete the room of a failed provisioning");
+                        warn!(room = %room.name, error = %error_chain(&e), "could not delete the room of a failed provisioning");
                         Some(room.name.clone())
                     }
                 };

@@ -11,16 +11,22 @@ use crate::store::SessionId;
 /// One state change, for `demo` and tests.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Transition {
+    /// When the machine entered the state.
     pub at: Timestamp,
+    /// The state entered.
     pub state: State,
 }
 
 /// What a run did, for `demo` and tests.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
+    /// Sessions started, in order.
     pub sessions: Vec<SessionId>,
+    /// Every state change.
     pub transitions: Vec<Transition>,
+    /// Utterances sent to the agent.
     pub utterances: u64,
+    /// Milliseconds of speech sent to the agent.
     pub speech_ms_sent: u64,
     /// How each session's first packet came to be sent.
     pub startups: Vec<Startup>,
@@ -39,6 +45,7 @@ pub struct Startup {
     pub agent_ready_ms: u64,
     /// Agent ready to the first buffered packet handed to the link.
     pub release_ms: u64,
+    /// The whole: the sum of the stages.
     pub onset_to_first_packet_ms: u64,
 }
 

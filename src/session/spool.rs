@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use super::backoff::Backoff;
+use crate::error_text::error_chain;
 use crate::store::{NewSession, NewTranscript, SessionEnd, SessionId, Store, StoreError};
 
 /// One write to the store.
@@ -147,7 +148,7 @@ impl Spool {
         if starts {
             self.failing = Some(Failing {
                 since: Timestamp::now(),
-                error: error.to_string(),
+                error: error_chain(error),
             });
         }
         starts

@@ -10,28 +10,45 @@ use super::dial::{DialFailure, DialOptions, dial};
 use super::dialog::{Credentials, Timers};
 use crate::audio::AudioSettings;
 
+/// The `dial` command line, parsed.
 pub struct DialArgs {
+    /// `sip:user@host[:port]`, or the same without `sip:`.
     pub target: String,
+    /// The WAV file sent, in real time.
     pub input: PathBuf,
+    /// Where the peer's audio is written as WAV; `None`: nowhere.
     pub output: Option<PathBuf>,
+    /// Length of the call from the answer; `None`: the input and 1 s.
     pub seconds: Option<f64>,
+    /// How long to wait for an answer.
     pub answer_timeout: Duration,
+    /// Hang up after this long without RTP from the peer.
     pub media_timeout: Duration,
+    /// Tries again this many times after 480 or 503.
     pub retries: u32,
+    /// Local IP address; `None`: the one routed to the peer.
     pub bind: Option<IpAddr>,
+    /// Digest user name, used if the peer asks.
     pub user: Option<String>,
+    /// Digest password.
     pub password: Option<SecretString>,
+    /// Opus and resampling settings, from the configuration.
     pub audio: AudioSettings,
+    /// Print the summary as JSON.
     pub json: bool,
 }
 
+/// Why `dial` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DialCliError {
+    /// The call failed.
     #[error(transparent)]
     Dial(#[from] DialFailure),
+    /// `--seconds` is not a usable length.
     #[error("--seconds must be a positive number of seconds, got {0}")]
     Seconds(f64),
-    #[error("cannot write JSON: {0}")]
+    /// The summary cannot be written as JSON.
+    #[error("cannot write JSON")]
     Json(#[from] serde_json::Error),
 }
 

@@ -141,7 +141,7 @@ pub enum DialFailure {
     Output { path: PathBuf, problem: String },
     #[error("Opus: {0}")]
     Codec(String),
-    #[error("network: {0}")]
+    #[error("network")]
     Io(#[from] std::io::Error),
     #[error("call failed after {attempts} attempt{}: {failure}", if *attempts == 1 { "" } else { "s" })]
     Call { failure: CallFailure, attempts: u32 },

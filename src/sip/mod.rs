@@ -2,9 +2,9 @@
 //! room's dial-in endpoint, or any SIP peer) and carries the kiosk's audio
 //! over RTP on one symmetric UDP socket.
 //!
-//! [`Dialer`] is the signalling, a state machine without I/O;
-//! [`RtpSession`] is RTP and RTCP without sockets; [`dial`] drives both
-//! on tokio for the technician's `dial` command. Like `link`, this module
+//! `dialog::Dialer` is the signalling, a state machine without I/O;
+//! `rtp::RtpSession` is RTP and RTCP without sockets; `dial::dial` drives
+//! both on tokio for the technician's `dial` command. Like `link`, this module
 //! is a transport: Opus, WAV and resampling come from `audio`.
 
 pub mod cli;
@@ -15,11 +15,3 @@ mod media;
 mod message;
 mod rtp;
 mod sdp;
-
-pub use dial::{DialFailure, DialOptions, DialSummary, EndedBy, dial};
-pub use dialog::{
-    CallFailure, Credentials, DialConfig, DialError, DialEvent, Dialer, Hangup, Timers,
-};
-pub use message::{MAX_MESSAGE, MessageError};
-pub use rtp::{RtpSession, RtpStats};
-pub use sdp::{Codec, RemoteMedia, SdpError};

@@ -24,6 +24,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::audio::{AudioMetrics, DeviceSpec};
 use crate::control::{Command as SessionCommand, Published};
+use crate::error_text::error_chain;
 pub use crate::health::ErrorNote;
 use crate::health::{Component, Health};
 use crate::liveness::{Liveness, Part};
@@ -280,7 +281,7 @@ impl StatusState {
             match f(guard.as_ref()?) {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    tracing::warn!(error = %e, "status: cannot read the store");
+                    tracing::warn!(error = %error_chain(&e), "status: cannot read the store");
                     *guard = None;
                     None
                 }

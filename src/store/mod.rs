@@ -22,36 +22,55 @@ pub use records::{
 pub use sync_queue::{Backlog, Batch, BatchId, ParkedBatch, TranscriptUpload};
 pub use writer::{StoreHandle, WriterThread};
 
+/// Why the store cannot do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {}: {source}", path.display())]
+    /// SQLite failed.
+    #[error("database {}", path.display())]
     Sqlite {
+        /// The database file.
         path: PathBuf,
+        /// SQLite's error.
         #[source]
         source: rusqlite::Error,
     },
-    #[error("database {}: schema migration failed: {source}", path.display())]
+    /// The schema could not be brought up to date.
+    #[error("database {}: schema migration failed", path.display())]
     Migration {
+        /// The database file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: rusqlite_migration::Error,
     },
-    #[error("cannot create the folder for database {}: {source}", path.display())]
+    /// The database's folder cannot be created.
+    #[error("cannot create the folder for database {}", path.display())]
     CreateDir {
+        /// The database file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
-    #[error("database {} is damaged and could not be moved aside: {source}", path.display())]
+    /// A damaged database could not be renamed out of the way.
+    #[error("database {} is damaged and could not be moved aside", path.display())]
     MoveAside {
+        /// The database file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// A command that only reads found no database.
     #[error("no database at {} (the daemon creates it when it first runs)", path.display())]
-    Missing { path: PathBuf },
+    Missing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The writer thread has stopped, so writes cannot be made.
     #[error("the store's writer thread has stopped")]
     WriterGone,
+    /// Not a session id.
     #[error("unknown session id {0:?}")]
     BadSessionId(String),
 }
@@ -65,6 +84,8 @@ pub struct OpenReport {
     pub damage: Option<String>,
 }
 
+/// The SQLite database: sessions, transcripts and the upload queue, over
+/// one connection. The daemon writes through [`WriterThread`].
 pub struct Store {
     conn: Connection,
     path: PathBuf,
@@ -125,6 +146,7 @@ impl Store {
         })
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -16,6 +16,7 @@ use super::{Store, StoreError, sql};
 pub struct SessionId(Uuid);
 
 impl SessionId {
+    /// A fresh id for a session starting now.
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
@@ -67,7 +68,9 @@ impl fmt::Display for TranscriptId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// The visitor, heard through the microphone.
     User,
+    /// The voice agent.
     Bot,
 }
 
@@ -104,35 +107,58 @@ pub(super) fn parse_uuid(s: String) -> rusqlite::Result<Uuid> {
     })
 }
 
+/// A session as it starts, before anything is known of its end.
 #[derive(Debug, Clone)]
 pub struct NewSession {
+    /// Its own id, made by the gateway when the session starts.
     pub id: SessionId,
+    /// The kiosk it runs on, from the configuration.
     pub kiosk_id: String,
+    /// When it started.
     pub started_at: Timestamp,
+    /// The Daily room it uses, once provisioned.
     pub room_name: Option<String>,
+    /// That room's URL.
     pub room_url: Option<String>,
+    /// The agent's own id for the session, when it gives one.
     pub agent_session_id: Option<String>,
 }
 
+/// How a session ended.
 #[derive(Debug, Clone)]
 pub struct SessionEnd {
+    /// When it ended.
     pub ended_at: Timestamp,
+    /// Why it ended.
     pub reason: String,
+    /// How long the visitor spoke, in milliseconds.
     pub user_speech_ms: u64,
+    /// How long the agent spoke, in milliseconds.
     pub bot_speech_ms: u64,
 }
 
+/// A stored session, ended or not.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionRecord {
+    /// Its id.
     pub id: SessionId,
+    /// The kiosk it ran on.
     pub kiosk_id: String,
+    /// When it started.
     pub started_at: Timestamp,
+    /// When it ended; `None` while open, or if the gateway stopped first.
     pub ended_at: Option<Timestamp>,
+    /// Why it ended.
     pub end_reason: Option<String>,
+    /// The Daily room it used.
     pub room_name: Option<String>,
+    /// That room's URL.
     pub room_url: Option<String>,
+    /// The agent's own id for the session.
     pub agent_session_id: Option<String>,
+    /// How long the visitor spoke, in milliseconds.
     pub user_speech_ms: u64,
+    /// How long the agent spoke, in milliseconds.
     pub bot_speech_ms: u64,
 }
 
@@ -153,14 +179,22 @@ pub(super) fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sessio
     })
 }
 
+/// A transcript line as it arrives, to be stored.
 #[derive(Debug, Clone)]
 pub struct NewTranscript {
+    /// The session it belongs to.
     pub session_id: SessionId,
+    /// Who spoke.
     pub role: Role,
+    /// What was said.
     pub text: String,
+    /// Whether this is the utterance's final text, not an interim guess.
     pub is_final: bool,
+    /// The speech recogniser's confidence, when it gives one.
     pub confidence: Option<f64>,
+    /// When it was spoken.
     pub spoken_at: Timestamp,
+    /// When the gateway received it.
     pub received_at: Timestamp,
 }
 
@@ -168,22 +202,33 @@ pub struct NewTranscript {
 /// contract.
 #[derive(Debug, Clone, Serialize)]
 pub struct Transcript {
+    /// Its id.
     pub id: TranscriptId,
+    /// The session it belongs to.
     pub session_id: SessionId,
+    /// Its place in the session, from 0.
     pub seq: u32,
+    /// Who spoke.
     pub role: Role,
+    /// What was said.
     pub text: String,
+    /// Whether this is the utterance's final text.
     #[serde(rename = "final")]
     pub is_final: bool,
+    /// When it was spoken.
     pub spoken_at: Timestamp,
 }
 
 /// Row counts for the status page and metrics.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Counts {
+    /// All sessions.
     pub sessions: u64,
+    /// Sessions not yet ended.
     pub open_sessions: u64,
+    /// All transcript lines.
     pub transcripts: u64,
+    /// Transcript lines not yet uploaded.
     pub unsynced_transcripts: u64,
 }
 
@@ -208,6 +253,7 @@ impl Store {
         Ok(())
     }
 
+    /// Records how a session ended, closing it.
     pub fn end_session(&self, id: SessionId, end: &SessionEnd) -> Result<(), StoreError> {
         self.conn
             .execute(
@@ -289,6 +335,7 @@ impl Store {
         Ok(stored)
     }
 
+    /// The session with this id, if there is one.
     pub fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
         self.conn
             .query_row(
@@ -331,6 +378,7 @@ impl Store {
         Ok(rows)
     }
 
+    /// Row counts, in one query.
     pub fn counts(&self) -> Result<Counts, StoreError> {
         self.conn
             .query_row(
@@ -355,9 +403,12 @@ impl Store {
 /// A session as listed on the status page.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionSummary {
+    /// The session itself.
     #[serde(flatten)]
     pub session: SessionRecord,
+    /// How many transcript lines it has.
     pub transcripts: u64,
+    /// Whether all its lines are uploaded.
     pub synced: bool,
 }
 

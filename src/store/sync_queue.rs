@@ -26,25 +26,37 @@ impl fmt::Display for BatchId {
 /// A transcript row as uploaded: everything stored but sync bookkeeping.
 #[derive(Debug, Clone, Serialize)]
 pub struct TranscriptUpload {
+    /// Its id.
     pub id: TranscriptId,
+    /// The session it belongs to.
     pub session_id: SessionId,
+    /// Its place in the session, from 0.
     pub seq: u32,
+    /// Who spoke: `user` or `bot`.
     pub role: String,
+    /// What was said.
     pub text: String,
+    /// Whether this is the utterance's final text.
     #[serde(rename = "final")]
     pub is_final: bool,
+    /// The speech recogniser's confidence, when it gave one.
     pub confidence: Option<f64>,
+    /// When it was spoken.
     pub spoken_at: Timestamp,
+    /// When the gateway received it.
     pub received_at: Timestamp,
 }
 
 /// The rows of one upload batch.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// The batch's id, stable across retries so the upstream can drop repeats.
     pub id: BatchId,
     /// Upload attempts made before this one.
     pub attempts: u32,
+    /// Sessions in the batch.
     pub sessions: Vec<SessionRecord>,
+    /// Transcript lines in the batch.
     pub transcripts: Vec<TranscriptUpload>,
 }
 
@@ -52,21 +64,30 @@ pub struct Batch {
 /// retries, when its rows go out again in a new batch.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParkedBatch {
+    /// The batch's id.
     pub id: BatchId,
+    /// When the batch was made.
     pub created_at: Timestamp,
+    /// Upload attempts made.
     pub attempts: u32,
+    /// The upstream's last refusal.
     pub error: Option<String>,
+    /// Sessions in it.
     pub sessions: u64,
+    /// Transcript lines in it.
     pub transcripts: u64,
 }
 
 /// What is waiting to go upstream.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Backlog {
+    /// Transcript lines not yet uploaded.
     pub transcripts: u64,
     /// Ended sessions not yet synced (open ones are sent when they end).
     pub sessions: u64,
+    /// When the oldest of them was received.
     pub oldest: Option<Timestamp>,
+    /// Batches the upstream refused.
     pub parked: Vec<ParkedBatch>,
 }
 
@@ -216,6 +237,7 @@ impl Store {
         Ok(ids.len())
     }
 
+    /// What is waiting to go upstream.
     pub fn backlog(&self) -> Result<Backlog, StoreError> {
         let (transcripts, sessions, oldest): (u64, u64, Option<String>) = self
             .conn

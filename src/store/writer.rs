@@ -25,6 +25,7 @@ pub struct StoreHandle {
 pub struct WriterThread(JoinHandle<()>);
 
 impl WriterThread {
+    /// Waits for the writer thread to finish its queued writes and end.
     pub fn join(self) {
         let _ = self.0.join();
     }

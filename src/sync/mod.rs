@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::error_text::error_chain;
 use crate::health::ErrorNote;
 use crate::store::{Batch, StoreError, StoreHandle};
 pub use upload::Outcome;
@@ -36,20 +37,27 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// write per attempt).
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Where and how transcripts are uploaded.
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
+    /// The upstream endpoint.
     pub url: url::Url,
+    /// Bearer token for it.
     pub token: SecretString,
+    /// This kiosk, as the upstream knows it.
     pub kiosk_id: String,
     /// Rows of each kind per batch.
     pub batch_size: u32,
+    /// How often to upload when not woken.
     pub interval: Duration,
+    /// One upload attempt's time limit.
     pub timeout: Duration,
     /// Synced rows older than this are deleted.
     pub retention: Duration,
     /// Backoff between retries of one batch: from `backoff_min`, doubling,
     /// with jitter, capped at `backoff_max`.
     pub backoff_min: Duration,
+    /// See `backoff_min`.
     pub backoff_max: Duration,
     /// Failed attempts on one batch before a drain gives up for now;
     /// `None` (the daemon) keeps trying.
@@ -98,11 +106,15 @@ impl SyncSettings {
 /// What the status page shows about sync.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncStatus {
+    /// Whether sync is configured.
     pub enabled: bool,
+    /// When a batch was last accepted.
     pub last_success: Option<Timestamp>,
+    /// The last failure since start, if any.
     pub last_error: Option<ErrorNote>,
     /// True while a batch is waiting out a backoff.
     pub retrying: bool,
+    /// Batches accepted since start.
     pub batches_accepted: u64,
 }
 
@@ -114,6 +126,7 @@ pub struct SyncTrigger {
 }
 
 impl SyncTrigger {
+    /// Uploads what is waiting now rather than at the next interval.
     pub fn sync_now(&self) {
         self.wake.notify_one();
     }
@@ -128,21 +141,29 @@ impl SyncTrigger {
 /// Counts of one drain, for `sync --once` and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DrainReport {
+    /// Batches accepted.
     pub batches: u64,
+    /// Sessions in them.
     pub sessions: u64,
+    /// Transcript lines in them.
     pub transcripts: u64,
+    /// Batches the upstream refused, parked.
     pub parked: u64,
+    /// Failed attempts retried.
     pub retries: u64,
     /// Whether the queue was emptied (false when stopped by cancellation).
     pub complete: bool,
 }
 
+/// Why sync stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    /// The local database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// Uploads transcripts and sessions in batches, retrying with backoff, and reports how it goes.
 pub struct SyncWorker {
     settings: SyncSettings,
     store: StoreHandle,
@@ -154,6 +175,7 @@ pub struct SyncWorker {
 }
 
 impl SyncWorker {
+    /// A worker for `settings`, reading and marking rows in `store`.
     pub fn new(settings: SyncSettings, store: StoreHandle) -> Self {
         let uploader = Uploader::new(
             settings.url.clone(),
@@ -174,10 +196,12 @@ impl SyncWorker {
         }
     }
 
+    /// A handle that wakes the worker.
     pub fn trigger(&self) -> SyncTrigger {
         self.trigger.clone()
     }
 
+    /// What the status page shows, kept up to date.
     pub fn status(&self) -> watch::Receiver<SyncStatus> {
         self.status.subscribe()
     }
@@ -193,8 +217,8 @@ impl SyncWorker {
                 _ = self.trigger.wake.notified() => {}
             }
             if let Err(e) = self.drain(&cancel).await {
-                warn!(error = %e, "sync stopped by a store error");
-                self.note_error(e.to_string());
+                warn!(error = %error_chain(&e), "sync stopped by a store error");
+                self.note_error(error_chain(&e));
             }
         }
     }

@@ -18,12 +18,17 @@ pub enum Outcome {
     Accepted,
     /// Try again later; the upstream may say when.
     Retry {
+        /// What went wrong.
         reason: String,
+        /// When the upstream asked us to retry (`Retry-After`), if it did.
         after: Option<Duration>,
     },
     /// The upstream refuses it: set it aside until settings change or a
     /// technician retries.
-    Park { reason: String },
+    Park {
+        /// Why, in the upstream's words.
+        reason: String,
+    },
 }
 
 pub struct Uploader {

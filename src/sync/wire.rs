@@ -9,15 +9,21 @@ use serde::Serialize;
 
 use crate::store::{Batch, BatchId, SessionRecord, TranscriptUpload};
 
+/// One upload's JSON body: the batch and who sends it.
 #[derive(Serialize)]
 pub struct Document<'a> {
+    /// The sending kiosk.
     pub kiosk_id: &'a str,
+    /// The batch's id, the same on every retry.
     pub batch_id: BatchId,
+    /// Sessions in the batch.
     pub sessions: &'a [SessionRecord],
+    /// Transcript lines in the batch.
     pub transcripts: &'a [TranscriptUpload],
 }
 
 impl<'a> Document<'a> {
+    /// The body for `batch` from `kiosk_id`.
     pub fn new(kiosk_id: &'a str, batch: &'a Batch) -> Self {
         Self {
             kiosk_id,

@@ -96,8 +96,10 @@ async fn agent_start_failure_deletes_the_room() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(err.to_string().contains("start agent session"));
-    assert!(err.to_string().contains("503"));
+    // The message names the step; the agent's answer is its cause.
+    let text = format!("{:#}", anyhow::Error::new(err));
+    assert!(text.contains("start agent session"), "{text}");
+    assert!(text.contains("503"), "{text}");
     assert!(fake.room_names().is_empty(), "no leaked room");
     assert_eq!(fake.count(Method::POST, "/v1/rooms"), 1);
     let deletes = fake

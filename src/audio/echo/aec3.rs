@@ -11,6 +11,8 @@ use super::{EchoCanceller, EchoStats};
 use crate::audio::settings::NoiseSuppression;
 use crate::audio::units::{FRAME_48K, Millis, SampleRate, VAD_FRAME};
 
+/// WebRTC's AEC3 (through sonora), with its noise suppressor and AGC2 as
+/// the settings ask.
 pub struct Aec3 {
     apm: AudioProcessing,
     /// Where the module writes the speaker frame back (it leaves it as is).

@@ -30,7 +30,10 @@ pub struct EchoStats {
 /// `process` takes the microphone frame at 16 kHz and writes it cleaned of
 /// that echo. Neither may allocate: both run on the DSP thread.
 pub trait EchoCanceller: Send {
+    /// Takes the 48 kHz frame just handed to the speaker.
     fn render(&mut self, speaker: &[f32; FRAME_48K]);
+    /// Writes the 16 kHz microphone frame cleaned of the speaker's echo.
     fn process(&mut self, mic: &[f32; VAD_FRAME], clean: &mut [f32; VAD_FRAME]);
+    /// The canceller's latest figures.
     fn stats(&self) -> EchoStats;
 }

@@ -155,6 +155,7 @@ impl Conversation {
         }
     }
 
+    /// How long the scene lasts.
     pub fn duration(&self) -> Millis {
         Millis((self.mic.len() / (SampleRate::VAD.hz() as usize / 1000)) as u32)
     }

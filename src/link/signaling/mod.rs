@@ -24,8 +24,11 @@ impl fmt::Display for PcId {
 /// A local ICE candidate to trickle to the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
+    /// The candidate line.
     pub candidate: String,
+    /// The media stream it is for.
     pub sdp_mid: String,
+    /// That stream's index in the SDP.
     pub sdp_mline_index: u16,
 }
 
@@ -41,24 +44,42 @@ pub enum OfferKind {
     Restart,
 }
 
+/// Why an offer, trickle or hang-up to the agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignalingError {
-    #[error("signaling {step} failed: network error: {source}")]
+    /// The request got no reply.
+    #[error("signaling {step} failed: network error")]
     Network {
+        /// The request.
         step: &'static str,
+        /// Why.
         #[source]
         source: reqwest::Error,
     },
+    /// The agent refused.
     #[error("signaling {step} failed: HTTP {status}: {body}")]
     Status {
+        /// The request.
         step: &'static str,
+        /// Its HTTP status.
         status: StatusCode,
+        /// The start of its reply.
         body: String,
     },
+    /// The answer is not usable.
     #[error("signaling {step}: malformed answer: {detail}")]
-    MalformedAnswer { step: &'static str, detail: String },
+    MalformedAnswer {
+        /// The request.
+        step: &'static str,
+        /// What is wrong with the answer.
+        detail: String,
+    },
+    /// Trickle or hang-up before an offer was answered.
     #[error("signaling {step} needs an established session first")]
-    NoSession { step: &'static str },
+    NoSession {
+        /// The request.
+        step: &'static str,
+    },
 }
 
 impl SignalingError {

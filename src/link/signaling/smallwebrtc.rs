@@ -74,6 +74,7 @@ impl SmallWebRtcSignaling {
         }
     }
 
+    /// The peer connection id the agent gave, once an offer is answered.
     pub fn pc_id(&self) -> Option<PcId> {
         self.pc_id.lock().expect("pc_id lock").clone()
     }

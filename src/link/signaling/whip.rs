@@ -15,6 +15,7 @@ use super::{
     Candidate, OfferKind, Signaling, SignalingError, check_answer_sdp, error_for_status,
     read_answer,
 };
+use crate::error_text::error_chain;
 
 const SDP: &str = "application/sdp";
 const SDP_FRAG: &str = "application/trickle-ice-sdpfrag";
@@ -27,6 +28,7 @@ struct Resource {
     ice_pwd: String,
 }
 
+/// [`Signaling`] to a WHIP endpoint; remembers the session resource it created.
 pub struct WhipSignaling {
     http: reqwest::Client,
     endpoint: Url,
@@ -35,6 +37,7 @@ pub struct WhipSignaling {
 }
 
 impl WhipSignaling {
+    /// A client for `endpoint`, with an optional bearer token and a per-request time limit.
     pub fn new(endpoint: Url, token: Option<SecretString>, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -97,7 +100,7 @@ impl Signaling for WhipSignaling {
             if let Some(old) = old
                 && let Err(e) = self.delete_resource(old.url).await
             {
-                warn!(error = %e, "could not delete the previous WHIP session");
+                warn!(error = %error_chain(&e), "could not delete the previous WHIP session");
             }
         }
         let response = self
