@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::machine::{Action, EndReason, Event, Machine, State, Timing};
 use super::persist::Persister;
-use super::provision::{Provisioned, Provisioner};
+use super::provision::{ProvisionError, Provisioned, Provisioner};
 use super::report::Milestones;
 pub use super::report::{RunReport, Startup, Transition};
 use super::spool::Write;
@@ -30,7 +30,9 @@ use crate::health::{Component, Health};
 use crate::link::rtvi::BotMessage;
 use crate::link::signaling::smallwebrtc::SmallWebRtcSignaling;
 use crate::link::transcript::{Speaker, TranscriptAssembler, TranscriptLine};
-use crate::link::{Link, LinkEvent, LinkIo, LinkSettings, OpusFrame, OpusPacket as LinkPacket};
+use crate::link::{
+    Link, LinkError, LinkEvent, LinkIo, LinkSettings, OpusFrame, OpusPacket as LinkPacket,
+};
 use crate::liveness::{Liveness, Part, wedge_requested};
 use crate::reachability::ProbeTrigger;
 use crate::store::{NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreHandle};
@@ -81,6 +83,25 @@ struct Current {
 
 type Pending<T> = Option<tokio::task::JoinHandle<T>>;
 
+/// Why the cloud half of a session could not be set up; logged with its
+/// whole chain of causes.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("provisioning failed")]
+    Provision(#[from] ProvisionError),
+    #[error("could not connect the call")]
+    Connect(#[from] LinkError),
+    #[error("the set-up task ended before it finished")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A finished set-up task's result, its own error and the task's in one type.
+fn settled<T, E: Into<SetupError>>(
+    joined: Result<Result<T, E>, tokio::task::JoinError>,
+) -> Result<T, SetupError> {
+    joined?.map_err(Into::into)
+}
+
 /// Frames the outbox holds before dropping the oldest: 15 s of speech, as
 /// the audio engine's own buffer-until-ready.
 const OUTBOX_FRAMES: usize = 750;
@@ -117,8 +138,8 @@ pub struct Orchestrator {
     published: watch::Sender<Published>,
     sync: Option<SyncTrigger>,
     current: Option<Current>,
-    provisioning: Pending<Result<Provisioned, String>>,
-    connecting: Pending<Result<(Link, LinkIo), String>>,
+    provisioning: Pending<Result<Provisioned, ProvisionError>>,
+    connecting: Pending<Result<(Link, LinkIo), LinkError>>,
     /// Frames waiting for the link: the burst of buffered speech released
     /// at once, or everything said while the call is being restored.
     outbox: VecDeque<OpusFrame>,
@@ -286,11 +307,11 @@ impl Orchestrator {
                 }
                 r = async { self.provisioning.as_mut().expect("guarded").await }, if self.provisioning.is_some() => {
                     self.provisioning = None;
-                    self.on_provisioned(r.unwrap_or_else(|e| Err(e.to_string()))).await;
+                    self.on_provisioned(settled(r)).await;
                 }
                 r = async { self.connecting.as_mut().expect("guarded").await }, if self.connecting.is_some() => {
                     self.connecting = None;
-                    self.on_connected(r.unwrap_or_else(|e| Err(e.to_string()))).await;
+                    self.on_connected(settled(r)).await;
                 }
                 input = async {
                     let io = &mut self.current.as_mut().and_then(|c| c.link.as_mut()).expect("guarded").1;
@@ -502,7 +523,7 @@ impl Orchestrator {
         }
     }
 
-    async fn on_provisioned(&mut self, result: Result<Provisioned, String>) {
+    async fn on_provisioned(&mut self, result: Result<Provisioned, SetupError>) {
         match result {
             Ok(p) => {
                 if let Some(c) = &mut self.current {
@@ -519,13 +540,13 @@ impl Orchestrator {
                 self.feed(Event::Provisioned).await;
             }
             Err(e) => {
-                warn!(error = %e, "provisioning failed");
+                warn!(error = %error_chain(&e), "session set-up failed");
                 self.feed(Event::ProvisionFailed).await;
             }
         }
     }
 
-    async fn on_connected(&mut self, result: Result<(Link, LinkIo), String>) {
+    async fn on_connected(&mut self, result: Result<(Link, LinkIo), SetupError>) {
         match result {
             Ok(link) => {
                 if let Some(c) = &mut self.current {
@@ -534,7 +555,7 @@ impl Orchestrator {
                 }
             }
             Err(e) => {
-                warn!(error = %e, "could not connect the call");
+                warn!(error = %error_chain(&e), "session set-up failed");
                 self.feed(Event::ConnectFailed).await;
             }
         }
@@ -570,12 +591,10 @@ impl Orchestrator {
             Action::Provision => {
                 let provisioner = self.provisioner.clone();
                 let kiosk = self.settings.kiosk_id.clone();
-                self.provisioning = Some(tokio::spawn(async move {
-                    provisioner
-                        .provision(&kiosk)
-                        .await
-                        .map_err(|e| error_chain(&e))
-                }));
+                self.provisioning =
+                    Some(tokio::spawn(
+                        async move { provisioner.provision(&kiosk).await },
+                    ));
             }
             Action::Connect => self.connect(),
             Action::ReleaseAudio => {
@@ -659,9 +678,7 @@ impl Orchestrator {
         ));
         let settings = self.settings.link.clone();
         self.connecting = Some(tokio::spawn(async move {
-            Link::connect(settings, signaling)
-                .await
-                .map_err(|e| error_chain(&e))
+            Link::connect(settings, signaling).await
         }));
     }
 
