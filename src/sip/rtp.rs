@@ -195,12 +195,6 @@ impl RtpSession {
         packet.marshal().map(|b| b.to_vec()).unwrap_or_default()
     }
 
-    /// Counts a datagram that was not the peer's media at all.
-    #[allow(dead_code)] // nothing calls it yet, so `packets_invalid` stays 0
-    pub fn count_invalid(&mut self) {
-        self.stats.packets_invalid += 1;
-    }
-
     pub fn count_foreign(&mut self) {
         self.stats.packets_foreign += 1;
     }
