@@ -392,9 +392,8 @@ fn build_input<T: CallbackSample>(
     wake: Wake,
 ) -> Result<::cpal::Stream, AudioError> {
     let channels = usize::from(chosen.config.channels.max(1));
-    let (data_metrics, error_metrics) = (metrics.clone(), metrics.clone());
+    let data_metrics = metrics.clone();
     let clock = clock.clone();
-    let failed = failed.clone();
     let dsp = wake.dsp.clone();
     device
         .build_input_stream::<T, _, _>(
@@ -418,12 +417,7 @@ fn build_input<T: CallbackSample>(
                     .store(clock.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 dsp.unpark();
             },
-            move |_err| {
-                AudioMetrics::add(&error_metrics.device_errors, 1);
-                failed.store(true, Ordering::Relaxed);
-                wake.dsp.unpark();
-                wake.keeper.unpark();
-            },
+            on_error(metrics, failed, wake),
             None,
         )
         .map_err(AudioError::Device)
@@ -489,8 +483,7 @@ fn build_output<T: CallbackSample>(
     wake: Wake,
 ) -> Result<::cpal::Stream, AudioError> {
     let channels = usize::from(chosen.config.channels.max(1));
-    let (data_metrics, error_metrics) = (metrics.clone(), metrics.clone());
-    let failed = failed.clone();
+    let data_metrics = metrics.clone();
     let largest_request = largest_request.clone();
     let dsp = wake.dsp.clone();
     device
@@ -513,15 +506,27 @@ fn build_output<T: CallbackSample>(
                 }
                 dsp.unpark();
             },
-            move |_err| {
-                AudioMetrics::add(&error_metrics.device_errors, 1);
-                failed.store(true, Ordering::Relaxed);
-                wake.dsp.unpark();
-                wake.keeper.unpark();
-            },
+            on_error(metrics, failed, wake),
             None,
         )
         .map_err(AudioError::Device)
+}
+
+/// A stream's error callback: the device is lost. It counts the error,
+/// flags the stream failed and wakes the DSP thread (to report the loss)
+/// and the keeper (to reopen it).
+fn on_error(
+    metrics: &Arc<AudioMetrics>,
+    failed: &Arc<AtomicBool>,
+    wake: Wake,
+) -> impl FnMut(::cpal::Error) + Send + 'static {
+    let (metrics, failed) = (metrics.clone(), failed.clone());
+    move |_err| {
+        AudioMetrics::add(&metrics.device_errors, 1);
+        failed.store(true, Ordering::Relaxed);
+        wake.dsp.unpark();
+        wake.keeper.unpark();
+    }
 }
 
 /// Sample types the callbacks convert.
