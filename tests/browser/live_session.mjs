@@ -1,12 +1,20 @@
 // Follows a session as it happens (the demo's): signs in, waits until the
 // page shows a conversation with transcript lines and an open call, and
 // takes a screenshot.
-// usage: node live_session.mjs BASE_URL TOKEN OUT_DIR
+// usage: node live_session.mjs OUT_DIR
+// The browser starts first and says "browser ready" on stderr; then it reads
+// one line "BASE_URL TOKEN" from stdin, so a slow browser start never eats
+// into the session it is meant to watch.
 // Prints one JSON object with what it saw; exits non-zero on failure.
+import { createInterface } from "node:readline";
 import { launch } from "./launch.mjs";
 
-const [base, token, out] = process.argv.slice(2);
+const [out] = process.argv.slice(2);
 const browser = await launch();
+console.error("browser ready");
+const input = createInterface({ input: process.stdin });
+const [base, token] = (await input[Symbol.asyncIterator]().next()).value.trim().split(" ");
+input.close();
 const seen = {};
 try {
   const page = await browser.newPage({ viewport: { width: 420, height: 1400 } });

@@ -121,10 +121,31 @@ fn a_technician_signs_in_and_reads_a_transcript() {
 /// reachability, with a screenshot of the moment.
 #[test]
 fn the_page_follows_a_live_demo_session() {
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::process::Stdio;
 
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    std::fs::create_dir_all(&shots).unwrap();
+    // The browser first: on a loaded machine Chromium can take longer to
+    // start than the demo's whole session lasts.
+    let mut browser = Command::new("node")
+        .arg(browser_dir.join("live_session.mjs"))
+        .arg(&shots)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node is installed");
+    let mut browser_err = BufReader::new(browser.stderr.take().unwrap());
+    let mut ready = String::new();
+    browser_err.read_line(&mut ready).unwrap();
+    assert_eq!(
+        ready.trim(),
+        "browser ready",
+        "the browser did not start: {ready}"
+    );
+
     let dir = tempfile::tempdir().unwrap();
     let mut demo = Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"))
         .args(["demo", "--state-dir"])
@@ -154,23 +175,20 @@ fn the_page_follows_a_live_demo_session() {
     // "http://127.0.0.1:PORT/ (token TOKEN)"
     let (url, token) = line.split_once(" (token ").unwrap();
     let (url, token) = (url.trim_end_matches('/'), token.trim_end_matches(')'));
-
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
-    std::fs::create_dir_all(&shots).unwrap();
-    let out = Command::new("node")
-        .arg(browser_dir.join("live_session.mjs"))
-        .arg(url)
-        .arg(token)
-        .arg(&shots)
-        .output()
-        .expect("node is installed");
+    writeln!(browser.stdin.take().unwrap(), "{url} {token}").unwrap();
+    let browser_drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = browser_err.read_to_string(&mut rest);
+        rest
+    });
+    let out = browser.wait_with_output().unwrap();
+    let browser_log = browser_drain.join().unwrap();
     let status = demo.wait().unwrap();
     let log = drain.join().unwrap();
     assert!(
         out.status.success(),
-        "browser run failed:\n{}\n{}\ndemo:\n{log}",
+        "browser run failed:\n{}\n{browser_log}\ndemo:\n{log}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(status.success(), "demo failed:\n{log}");
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
