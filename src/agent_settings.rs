@@ -11,10 +11,14 @@ use url::Url;
 
 /// `session.provision`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ProvisionMode {
     /// A Daily room and tokens, handed to the agent's start endpoint.
     Daily,
+    /// A Daily room with SIP dial-in: the agent's start endpoint gets the
+    /// room, the bot's token and the room's SIP URI, and the kiosk's audio
+    /// goes into the room over a SIP call.
+    DailySip,
     /// A Pipecat runner or Pipecat Cloud start endpoint.
     Pipecat,
     /// A fixed offer URL.

@@ -18,6 +18,7 @@ use crate::audio::NoiseSuppression;
 use crate::audio::{Aggressiveness, AudioSettings, DeviceSpec, Millis, VadSettings};
 use crate::daily::{DailySettings, Privacy, RoomSettings};
 use crate::link::{IceServer, LinkSettings};
+use crate::sip::leg::SipTimeouts;
 
 use loader::Loader;
 pub use loader::{ENV_PREFIX, Env, Origin, Problem};
@@ -77,6 +78,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[session]`: what starts and ends a session.
     pub session: SessionConfig,
+    /// `[sip]`: the SIP leg of `session.provision = "daily-sip"`.
+    pub sip: SipTimeouts,
     /// `[store]`: the SQLite database.
     pub store: StoreConfig,
     /// `[sync]`: transcript upload.
@@ -137,24 +140,13 @@ pub enum Trigger {
     Always,
 }
 
-/// How a session's cloud side is obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provision {
-    /// A fixed `agent.offer_url`.
-    Static,
-    /// A Daily room and tokens, handed to the agent's start endpoint.
-    Daily,
-    /// Pipecat runner or Pipecat Cloud start endpoint.
-    Pipecat,
-}
-
 /// `[session]`.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// What starts a session.
     pub trigger: Trigger,
     /// How its cloud side is obtained.
-    pub provision: Provision,
+    pub provision: ProvisionMode,
     /// A session ends after this long with nobody speaking.
     pub idle_timeout: Duration,
     /// The longest one session may last.
@@ -402,17 +394,10 @@ impl Config {
     /// sessions are started, or the fixed offer URL.
     pub fn agent_probe_url(&self) -> Option<url::Url> {
         match self.session.provision {
-            Provision::Static => self.agent.offer_url.clone(),
-            Provision::Daily | Provision::Pipecat => self.agent.start_url.clone(),
-        }
-    }
-
-    /// [`Provision`] in the terms of [`AgentSettings`].
-    pub fn provision_mode(&self) -> ProvisionMode {
-        match self.session.provision {
-            Provision::Static => ProvisionMode::Static,
-            Provision::Daily => ProvisionMode::Daily,
-            Provision::Pipecat => ProvisionMode::Pipecat,
+            ProvisionMode::Static => self.agent.offer_url.clone(),
+            ProvisionMode::Daily | ProvisionMode::DailySip | ProvisionMode::Pipecat => {
+                self.agent.start_url.clone()
+            }
         }
     }
 }
@@ -453,6 +438,11 @@ fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
         udp_bind: l.string("agent", "udp_bind", "0.0.0.0:0"),
     };
     let session = read_session(l);
+    let secs = Duration::from_secs;
+    let sip = SipTimeouts {
+        answer_timeout: l.duration("sip", "answer_timeout", secs(10), secs(1)..=secs(120)),
+        media_timeout: l.duration("sip", "media_timeout", secs(10), secs(2)..=secs(600)),
+    };
     let store = StoreConfig {
         path: l.path("store", "path", default_store_path(env)),
         retention_days: l.integer("store", "retention_days", 30, 1..=3_650) as u32,
@@ -495,6 +485,7 @@ fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
         daily,
         agent,
         session,
+        sip,
         store,
         sync,
         status,
@@ -650,11 +641,12 @@ fn read_session(l: &mut Loader<'_>) -> SessionConfig {
         "session",
         "provision",
         "static",
-        &["static", "daily", "pipecat"],
+        &["static", "daily", "daily-sip", "pipecat"],
     ) {
-        "daily" => Provision::Daily,
-        "pipecat" => Provision::Pipecat,
-        _ => Provision::Static,
+        "daily" => ProvisionMode::Daily,
+        "daily-sip" => ProvisionMode::DailySip,
+        "pipecat" => ProvisionMode::Pipecat,
+        _ => ProvisionMode::Static,
     };
     let secs = Duration::from_secs;
     SessionConfig {
@@ -706,28 +698,35 @@ fn check_requirements(l: &mut Loader<'_>, c: &Config) {
         }
     };
     match c.session.provision {
-        Provision::Static => require(
+        ProvisionMode::Static => require(
             l,
             c.agent.offer_url.is_none(),
             "agent.offer_url",
             "missing: session.provision = \"static\" needs the agent's offer URL",
         ),
-        Provision::Daily => {
+        ProvisionMode::Daily | ProvisionMode::DailySip => {
+            let mode = if c.session.provision == ProvisionMode::Daily {
+                "daily"
+            } else {
+                "daily-sip"
+            };
             require(
                 l,
                 c.daily.api_key.is_none(),
                 "daily.api_key",
-                "missing secret: session.provision = \"daily\" needs a Daily API key \
-                 (KIOSK_GATEWAY_DAILY_API_KEY, daily.api_key_file or credential daily_api_key)",
+                &format!(
+                    "missing secret: session.provision = \"{mode}\" needs a Daily API key \
+                     (KIOSK_GATEWAY_DAILY_API_KEY, daily.api_key_file or credential daily_api_key)"
+                ),
             );
             require(
                 l,
                 c.agent.start_url.is_none(),
                 "agent.start_url",
-                "missing: session.provision = \"daily\" needs the agent's start URL",
+                &format!("missing: session.provision = \"{mode}\" needs the agent's start URL"),
             );
         }
-        Provision::Pipecat => require(
+        ProvisionMode::Pipecat => require(
             l,
             c.agent.start_url.is_none(),
             "agent.start_url",

@@ -142,12 +142,17 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         .map(|d| DailyClient::new(&d))
         .transpose()?;
     let provisioner = Provisioner::new(
-        config.provision_mode(),
+        config.session.provision,
         daily.clone(),
         config.agent_settings(),
     )?;
     let prober = Prober::new(
-        daily.filter(|_| config.provision_mode() == ProvisionMode::Daily),
+        daily.filter(|_| {
+            matches!(
+                config.session.provision,
+                ProvisionMode::Daily | ProvisionMode::DailySip
+            )
+        }),
         config.agent_probe_url(),
         provisioner.http(),
         config.status.probe_interval,
@@ -286,6 +291,7 @@ pub fn session_settings(config: &Config) -> Result<SessionSettings, DaemonError>
         max_duration: config.session.max_duration,
         ready_timeout: config.session.ready_timeout,
         link: config.link_settings(),
+        sip: config.sip,
         failure_prompt: Some(failure_prompt),
         failure_backoff_min: Duration::from_secs(2),
         failure_backoff_max: Duration::from_secs(60),

@@ -32,6 +32,7 @@ use crate::reachability::Prober;
 use crate::runtime::{self, RuntimeError};
 use crate::session::orchestrator::{Orchestrator, SessionSettings, Startup, Transition};
 use crate::session::provision::{ProvisionError, Provisioner};
+use crate::sip::leg::SipTimeouts;
 use crate::status::{self, Auth, Identity, StatusState};
 use crate::store::{Store, StoreError, StoreHandle, Transcript};
 use crate::telemetry::RecentEvents;
@@ -308,6 +309,7 @@ async fn run_async(
         max_duration: Duration::from_secs(300),
         ready_timeout: Duration::from_secs(5),
         link,
+        sip: SipTimeouts::default(),
         failure_prompt: Some(Prompt::encode(&read_wav_bytes(FAILURE_PROMPT)?, &audio)?),
         failure_backoff_min: Duration::from_secs(2),
         failure_backoff_max: Duration::from_secs(60),

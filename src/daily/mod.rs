@@ -25,7 +25,7 @@ pub use error::DailyError;
 use types::{CreateMeetingToken, ErrorBody, RoomDeleted, RoomList};
 pub use types::{
     CreateRoom, MeetingToken, MeetingTokenProperties, Participant, Presence, Privacy, Room,
-    RoomDeletion, RoomName, RoomProperties,
+    RoomDeletion, RoomName, RoomProperties, SipCodecs, SipDialIn, SipEndpoint,
 };
 
 /// Largest reply read: a list of 100 rooms is well under this.
@@ -112,6 +112,8 @@ impl RoomSettings {
                 max_participants: Some(self.max_participants),
                 eject_at_room_exp: Some(self.eject_at_room_exp),
                 enable_chat: Some(self.enable_chat),
+                sip: None,
+                sip_uri: None,
             },
         }
     }

@@ -102,6 +102,58 @@ pub struct RoomProperties {
     /// Whether Daily's text chat is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enable_chat: Option<bool>,
+    /// SIP dial-in into the room (`session.provision = "daily-sip"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip: Option<SipDialIn>,
+    /// Read-only, in Daily's answer for a room with `sip`: the address to dial.
+    #[serde(default, skip_serializing)]
+    pub sip_uri: Option<SipEndpoint>,
+}
+
+/// The `sip` room property: one audio-only dial-in endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SipDialIn {
+    /// The caller's name in the room.
+    pub display_name: String,
+    /// Audio only.
+    pub video: bool,
+    /// Always `"dial-in"` here.
+    pub sip_mode: String,
+    /// One caller: the kiosk.
+    pub num_endpoints: u32,
+    /// Opus, which the kiosk's leg carries end to end (Daily would
+    /// transcode another codec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codecs: Option<SipCodecs>,
+}
+
+impl SipDialIn {
+    /// Dial-in for one audio caller named `display_name`, Opus only.
+    pub fn for_caller(display_name: &str) -> Self {
+        Self {
+            display_name: display_name.to_owned(),
+            video: false,
+            sip_mode: "dial-in".into(),
+            num_endpoints: 1,
+            codecs: Some(SipCodecs {
+                audio: vec!["OPUS".into()],
+            }),
+        }
+    }
+}
+
+/// The `sip.codecs` room property.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SipCodecs {
+    /// Audio codecs by name (`"OPUS"`, `"PCMU"`, ...).
+    pub audio: Vec<String>,
+}
+
+/// `config.sip_uri` in a room with dial-in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SipEndpoint {
+    /// The SIP URI to dial, with or without `sip:`.
+    pub endpoint: String,
 }
 
 /// Body of `POST /rooms`.

@@ -33,7 +33,8 @@ pub use settings::{IceServer, LinkSettings};
 use signaling::{OfferKind, Signaling, SignalingError};
 use stats::Counters;
 pub use stats::LinkStats;
-use supervisor::{Control, Ctx, Supervisor, establish};
+pub(crate) use supervisor::Control;
+use supervisor::{Ctx, Supervisor, establish};
 
 /// One encoded frame from the audio engine.
 #[derive(Clone, Debug)]
@@ -106,6 +107,9 @@ pub enum LinkError {
     /// The link has already closed.
     #[error("the link is closed")]
     Closed,
+    /// A SIP leg could not be set up (`session.provision = "daily-sip"`).
+    #[error("SIP leg")]
+    Sip(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The session layer's end of a link.
@@ -181,6 +185,20 @@ impl Link {
                 events: events_rx,
             },
         ))
+    }
+
+    /// A link carried by another transport's task (a SIP leg), which answers
+    /// `control` and stops when `cancel` fires.
+    pub(crate) fn from_task(
+        control: mpsc::Sender<Control>,
+        cancel: CancellationToken,
+        task: JoinHandle<()>,
+    ) -> Self {
+        Self {
+            control,
+            cancel,
+            task: Some(task),
+        }
     }
 
     /// Sends an RTVI message to the bot.

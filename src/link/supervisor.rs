@@ -23,7 +23,7 @@ use super::stats::{self, Counters, LinkStats};
 use super::{LinkError, LinkEvent, LinkSettings, OpusFrame, OpusPacket};
 use crate::error_text::error_chain;
 
-pub(super) enum Control {
+pub(crate) enum Control {
     Send(ClientMessage),
     Stats(oneshot::Sender<LinkStats>),
 }

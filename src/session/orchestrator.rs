@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::machine::{Action, EndReason, Event, Machine, State, Timing};
 use super::persist::Persister;
-use super::provision::{ProvisionError, Provisioned, Provisioner};
+use super::provision::{MediaTarget, ProvisionError, Provisioned, Provisioner};
 use super::report::Milestones;
 pub use super::report::{RunReport, Startup, Transition};
 use super::spool::Write;
@@ -35,6 +35,7 @@ use crate::link::{
 };
 use crate::liveness::{Liveness, Part, wedge_requested};
 use crate::reachability::ProbeTrigger;
+use crate::sip::leg::{self, LegSettings, SipTimeouts, Timers};
 use crate::store::{NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreHandle};
 use crate::sync::SyncTrigger;
 
@@ -53,6 +54,8 @@ pub struct SessionSettings {
     pub ready_timeout: Duration,
     /// How calls are set up.
     pub link: LinkSettings,
+    /// How a SIP leg is dialled and watched (`provision = "daily-sip"`).
+    pub sip: SipTimeouts,
     /// Played locally when a session cannot be set up.
     pub failure_prompt: Option<Prompt>,
     /// Wait before the next attempt after a failure, doubling to the max.
@@ -399,10 +402,20 @@ impl Orchestrator {
     async fn on_link(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Ready => {
+                let mut sip = false;
                 if let Some(c) = &mut self.current {
                     c.milestones.connected.get_or_insert_with(Instant::now);
+                    sip = c
+                        .provisioned
+                        .as_ref()
+                        .is_some_and(|p| matches!(p.media, MediaTarget::Sip { .. }));
                 }
                 self.feed(Event::Connected).await;
+                // A SIP leg has no RTVI: an answered call is a bot that
+                // hears us (Daily's endpoint answers only once it is in the room).
+                if sip {
+                    self.feed(Event::BotReady).await;
+                }
             }
             LinkEvent::Reconnecting { reason } => {
                 warn!(%reason, "call dropped; reconnecting");
@@ -591,10 +604,10 @@ impl Orchestrator {
             Action::Provision => {
                 let provisioner = self.provisioner.clone();
                 let kiosk = self.settings.kiosk_id.clone();
-                self.provisioning =
-                    Some(tokio::spawn(
-                        async move { provisioner.provision(&kiosk).await },
-                    ));
+                let id = self.current.as_ref().map_or_else(SessionId::new, |c| c.id);
+                self.provisioning = Some(tokio::spawn(async move {
+                    provisioner.provision(&kiosk, id).await
+                }));
             }
             Action::Connect => self.connect(),
             Action::ReleaseAudio => {
@@ -670,16 +683,33 @@ impl Orchestrator {
         let Some(p) = self.current.as_ref().and_then(|c| c.provisioned.as_ref()) else {
             return;
         };
-        let signaling = Arc::new(SmallWebRtcSignaling::new(
-            p.offer_url.clone(),
-            p.offer_key.clone(),
-            None,
-            Duration::from_secs(10),
-        ));
-        let settings = self.settings.link.clone();
-        self.connecting = Some(tokio::spawn(async move {
-            Link::connect(settings, signaling).await
-        }));
+        let link = self.settings.link.clone();
+        self.connecting = Some(match &p.media {
+            MediaTarget::WebRtc {
+                offer_url,
+                offer_key,
+            } => {
+                let signaling = Arc::new(SmallWebRtcSignaling::new(
+                    offer_url.clone(),
+                    offer_key.clone(),
+                    None,
+                    Duration::from_secs(10),
+                ));
+                tokio::spawn(async move { Link::connect(link, signaling).await })
+            }
+            MediaTarget::Sip { uri } => {
+                let leg = LegSettings {
+                    target: uri.clone(),
+                    from_user: "kiosk".into(),
+                    credentials: None,
+                    answer_timeout: self.settings.sip.answer_timeout,
+                    ready_timeout: self.settings.ready_timeout,
+                    media_timeout: self.settings.sip.media_timeout,
+                    timers: Timers::default(),
+                };
+                tokio::spawn(async move { leg::connect(leg, &link).await })
+            }
+        });
     }
 
     /// Teardown: stops provisioning or connecting still under way.

@@ -3,6 +3,9 @@
 //!
 //! - `daily`: a Daily room plus two meeting tokens (kiosk, bot), then
 //!   `POST agent.start_url` with `{room_url, token, kiosk_id}` (the bot's token);
+//! - `daily-sip`: a Daily room with SIP dial-in plus the bot's token, then
+//!   `POST agent.start_url` with `{room_url, token, sip_uri, kiosk_id,
+//!   session_id}`; the kiosk's audio then goes to the room's SIP URI;
 //! - `pipecat`: `POST agent.start_url` (Pipecat runner or Pipecat Cloud) with
 //!   the configured body;
 //! - `static`: a fixed `agent.offer_url`.
@@ -20,9 +23,12 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::agent_settings::{AgentSettings, ProvisionMode};
-use crate::daily::{DailyClient, DailyError, MeetingTokenProperties, RoomName, unix_now};
+use crate::daily::{
+    DailyClient, DailyError, MeetingTokenProperties, Room, RoomName, SipDialIn, unix_now,
+};
 use crate::error_text::error_chain;
 use crate::http_body::{BodyError, read_limited};
+use crate::store::SessionId;
 
 /// An agent-side session id (Pipecat's `sessionId`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -43,22 +49,49 @@ pub struct ProvisionedRoom {
     /// The room's URL.
     pub url: String,
     /// The kiosk's own meeting token (for joining the room by other means,
-    /// e.g. a supervisor tool); never logged.
-    pub kiosk_token: SecretString,
+    /// e.g. a supervisor tool); never logged. None with SIP dial-in, where
+    /// the kiosk joins by calling.
+    pub kiosk_token: Option<SecretString>,
+}
+
+/// Where the session's audio goes.
+#[derive(Clone, Debug)]
+pub enum MediaTarget {
+    /// A SmallWebRTC peer connection.
+    WebRtc {
+        /// Where the SmallWebRTC offer goes.
+        offer_url: Url,
+        /// Bearer key for the offer and trickle requests: `agent.api_key`,
+        /// sent only to the host that was configured with it (see
+        /// `Provisioner::offer_key`).
+        offer_key: Option<SecretString>,
+    },
+    /// A SIP call to the room's dial-in endpoint.
+    Sip {
+        /// The SIP URI, as Daily gave it.
+        uri: String,
+    },
 }
 
 /// Where the session's media goes, and what to clean up afterwards.
 #[derive(Clone, Debug)]
 pub struct Provisioned {
-    /// Where the SmallWebRTC offer goes.
-    pub offer_url: Url,
-    /// Bearer key for the offer and trickle requests: `agent.api_key`, sent
-    /// only to the host that was configured with it (see `Provisioner::offer_key`).
-    pub offer_key: Option<SecretString>,
-    /// The Daily room, with `provision = "daily"`.
+    /// Where the audio goes.
+    pub media: MediaTarget,
+    /// The Daily room, with `provision = "daily"` or `"daily-sip"`.
     pub room: Option<ProvisionedRoom>,
     /// The agent's id for the session, when its start reply gave one.
     pub agent_session_id: Option<AgentSessionId>,
+}
+
+impl Provisioned {
+    /// The SmallWebRTC offer URL, when the audio goes over WebRTC.
+    pub fn offer_url(&self) -> Option<&Url> {
+        match &self.media {
+            MediaTarget::WebRtc { offer_url, .. } => Some(offer_url),
+            MediaTarget::Sip { .. } => None,
+        }
+    }
 }
 
 /// The step that failed, for errors and the status page.
@@ -73,6 +106,11 @@ pub enum Step {
     /// Asking the agent's start endpoint for a session.
     StartAgent,
 }
+
+/// Daily's answer lacked what the session needs.
+#[derive(Debug, thiserror::Error)]
+#[error("Daily created the room without a SIP dial-in address (config.sip_uri.endpoint)")]
+pub struct NoSipUri;
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -126,6 +164,9 @@ pub enum StepError {
     /// The agent's start endpoint.
     #[error(transparent)]
     Agent(#[from] AgentStartError),
+    /// A room without the dial-in it was created with.
+    #[error(transparent)]
+    NoSipUri(#[from] NoSipUri),
 }
 
 /// Why a session got no cloud side.
@@ -191,10 +232,12 @@ impl Provisioner {
         agent: AgentSettings,
     ) -> Result<Self, ProvisionError> {
         match mode {
-            ProvisionMode::Daily if daily.is_none() => {
+            ProvisionMode::Daily | ProvisionMode::DailySip if daily.is_none() => {
                 return Err(ProvisionError::NotConfigured("[daily] api_key"));
             }
-            ProvisionMode::Daily | ProvisionMode::Pipecat if agent.start_url.is_none() => {
+            ProvisionMode::Daily | ProvisionMode::DailySip | ProvisionMode::Pipecat
+                if agent.start_url.is_none() =>
+            {
                 return Err(ProvisionError::NotConfigured("agent.start_url"));
             }
             ProvisionMode::Static if agent.offer_url.is_none() => {
@@ -215,12 +258,19 @@ impl Provisioner {
         })
     }
 
-    /// Obtains the cloud side of one session for `kiosk_id`; on failure, deletes what it had made.
-    pub async fn provision(&self, kiosk_id: &str) -> Result<Provisioned, ProvisionError> {
+    /// Obtains the cloud side of session `session_id` for `kiosk_id`; on
+    /// failure, deletes what it had made.
+    pub async fn provision(
+        &self,
+        kiosk_id: &str,
+        session_id: SessionId,
+    ) -> Result<Provisioned, ProvisionError> {
         match self.mode {
             ProvisionMode::Static => Ok(Provisioned {
-                offer_url: self.agent.offer_url.clone().expect("checked in new"),
-                offer_key: self.agent.api_key.clone(),
+                media: MediaTarget::WebRtc {
+                    offer_url: self.agent.offer_url.clone().expect("checked in new"),
+                    offer_key: self.agent.api_key.clone(),
+                },
                 room: None,
                 agent_session_id: None,
             }),
@@ -234,13 +284,20 @@ impl Provisioner {
                         leaked_room: None,
                     })?;
                 Ok(Provisioned {
-                    offer_key: self.offer_key(&offer_url),
-                    offer_url,
+                    media: self.webrtc(offer_url),
                     room: None,
                     agent_session_id,
                 })
             }
-            ProvisionMode::Daily => self.provision_daily(kiosk_id).await,
+            ProvisionMode::Daily => self.provision_daily(kiosk_id, None).await,
+            ProvisionMode::DailySip => self.provision_daily(kiosk_id, Some(session_id)).await,
+        }
+    }
+
+    fn webrtc(&self, offer_url: Url) -> MediaTarget {
+        MediaTarget::WebRtc {
+            offer_key: self.offer_key(&offer_url),
+            offer_url,
         }
     }
 
@@ -268,11 +325,19 @@ impl Provisioner {
         }
     }
 
-    async fn provision_daily(&self, kiosk_id: &str) -> Result<Provisioned, ProvisionError> {
+    /// A session room; with `sip` (the session's id), one the kiosk dials into.
+    async fn provision_daily(
+        &self,
+        kiosk_id: &str,
+        sip: Option<SessionId>,
+    ) -> Result<Provisioned, ProvisionError> {
         let daily = self.daily.as_ref().expect("checked in new");
-        let request = daily
+        let mut request = daily
             .room_settings()
             .create_request(RoomName::for_kiosk(kiosk_id), unix_now());
+        if sip.is_some() {
+            request.properties.sip = Some(SipDialIn::for_caller(&sip_display_name(kiosk_id)));
+        }
         let exp = request.properties.exp.unwrap_or_default();
         let room = daily
             .create_room(&request)
@@ -287,9 +352,16 @@ impl Provisioner {
             .lock()
             .expect("in-flight lock")
             .push(room.name.clone());
-        let result = self
-            .after_room(daily, &room.name, &room.url, exp, kiosk_id)
-            .await;
+        let result = match sip {
+            None => {
+                self.after_room(daily, &room.name, &room.url, exp, kiosk_id)
+                    .await
+            }
+            Some(session_id) => {
+                self.after_sip_room(daily, &room, exp, kiosk_id, session_id)
+                    .await
+            }
+        };
         // From here the room is the caller's, or deleted below.
         self.in_flight
             .lock()
@@ -348,24 +420,70 @@ impl Provisioner {
             "token": bot.token.expose_secret(),
             "kiosk_id": kiosk_id,
         });
-        if let (Some(extra), Some(map)) = (self.agent.body.as_object(), body.as_object_mut()) {
-            for (k, v) in extra {
-                map.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
+        merge_extra(&mut body, &self.agent.body);
         let (offer_url, agent_session_id) = self
             .start_agent(body)
             .await
             .map_err(|e| (Step::StartAgent, e.into()))?;
         Ok(Provisioned {
-            offer_key: self.offer_key(&offer_url),
-            offer_url,
+            media: self.webrtc(offer_url),
             room: Some(ProvisionedRoom {
                 name: room_name.clone(),
                 url: room_url.to_owned(),
-                kiosk_token: kiosk.token,
+                kiosk_token: Some(kiosk.token),
             }),
             agent_session_id,
+        })
+    }
+
+    /// A room with dial-in: the bot gets the room, its token and the SIP
+    /// URI, and the kiosk will call that URI.
+    async fn after_sip_room(
+        &self,
+        daily: &DailyClient,
+        room: &Room,
+        exp: i64,
+        kiosk_id: &str,
+        session_id: SessionId,
+    ) -> Result<Provisioned, (Step, StepError)> {
+        let sip_uri = room
+            .config
+            .sip_uri
+            .as_ref()
+            .map(|s| s.endpoint.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .ok_or((Step::CreateRoom, NoSipUri.into()))?;
+        let bot = daily
+            .create_meeting_token(&MeetingTokenProperties {
+                room_name: room.name.clone(),
+                exp,
+                user_name: "agent".into(),
+                user_id: "agent".into(),
+                is_owner: true,
+            })
+            .await
+            .map_err(|e| (Step::BotToken, e.into()))?;
+        let mut body = json!({
+            "room_url": room.url,
+            "token": bot.token.expose_secret(),
+            "sip_uri": sip_uri,
+            "kiosk_id": kiosk_id,
+            "session_id": session_id.to_string(),
+        });
+        merge_extra(&mut body, &self.agent.body);
+        let (reply, _) = self
+            .start(body)
+            .await
+            .map_err(|e| (Step::StartAgent, e.into()))?;
+        info!(room = %room.name, "bot started for SIP dial-in");
+        Ok(Provisioned {
+            media: MediaTarget::Sip { uri: sip_uri },
+            room: Some(ProvisionedRoom {
+                name: room.name.clone(),
+                url: room.url.clone(),
+                kiosk_token: None,
+            }),
+            agent_session_id: reply.session_id.filter(|id| plain_session_id(&id.0)),
         })
     }
 
@@ -388,10 +506,8 @@ impl Provisioner {
         }
     }
 
-    async fn start_agent(
-        &self,
-        body: Value,
-    ) -> Result<(Url, Option<AgentSessionId>), AgentStartError> {
+    /// `POST agent.start_url` with `body`; its reply, and its start for errors.
+    async fn start(&self, body: Value) -> Result<(StartReply, String), AgentStartError> {
         let start_url = self.agent.start_url.clone().expect("checked in new");
         let mut request = self.http.post(start_url.clone()).json(&body);
         if let Some(key) = &self.agent.api_key {
@@ -415,8 +531,18 @@ impl Provisioner {
                 body: short,
             });
         }
-        let reply: StartReply =
+        let reply =
             serde_json::from_str(&text).map_err(|_| AgentStartError::Reply(short.clone()))?;
+        Ok((reply, short))
+    }
+
+    /// Starts an agent session and finds its offer URL.
+    async fn start_agent(
+        &self,
+        body: Value,
+    ) -> Result<(Url, Option<AgentSessionId>), AgentStartError> {
+        let start_url = self.agent.start_url.clone().expect("checked in new");
+        let (reply, short) = self.start(body).await?;
         match (reply.offer_url, reply.session_id) {
             (Some(url), id) => {
                 // Not put in a URL here, but stored, logged and uploaded.
@@ -442,4 +568,18 @@ impl Provisioner {
             (None, None) => Err(AgentStartError::Reply(short)),
         }
     }
+}
+
+/// Adds `agent.body`'s keys to a start body, never replacing the gateway's own.
+fn merge_extra(body: &mut Value, extra: &Value) {
+    if let (Some(extra), Some(map)) = (extra.as_object(), body.as_object_mut()) {
+        for (k, v) in extra {
+            map.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+}
+
+/// The kiosk's name in a room it dials into.
+pub fn sip_display_name(kiosk_id: &str) -> String {
+    format!("kiosk {kiosk_id}")
 }

@@ -13,13 +13,11 @@
 //! - Datagrams from anyone but the peer, or that are not SIP or RTP, are
 //!   counted and dropped.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use super::dialog::{
@@ -27,8 +25,9 @@ use super::dialog::{
 };
 use super::media::{Media, RTCP_INTERVAL};
 use super::message::MAX_MESSAGE;
+use super::net::{NetError, Sockets, start_line};
 use super::rtp::{self, RtpStats};
-use super::sdp::Codec;
+use super::sdp::{Codec, Codecs};
 use crate::audio::{self, AudioError, AudioSettings, Millis, PcmClip, SampleRate, resample_clip};
 
 /// One packet's worth of audio.
@@ -133,8 +132,8 @@ impl std::fmt::Display for EndedBy {
 pub enum DialFailure {
     #[error(transparent)]
     Target(#[from] DialError),
-    #[error("cannot resolve {host}: {problem}")]
-    Resolve { host: String, problem: String },
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("input WAV {}: {problem}", path.display())]
     Input { path: PathBuf, problem: String },
     #[error("output WAV {}: {problem}", path.display())]
@@ -168,66 +167,6 @@ pub fn normalize_target(target: &str) -> String {
     }
 }
 
-/// Where SIP goes for a target: its host and port (5060 by default).
-async fn resolve(target: &str) -> Result<SocketAddr, DialFailure> {
-    let uri = ezk_sip_types::uri::SipUri::from_str(target)
-        .map_err(|_| DialError::BadUri(target.to_owned()))?;
-    if uri.sips {
-        return Err(DialError::BadUri(target.to_owned()).into());
-    }
-    let port = uri.host_port.port.unwrap_or(5060);
-    if let Some(ip) = uri.host_port.ip() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let host = uri.host_port.host.to_string();
-    let resolve_err = |problem: String| DialFailure::Resolve {
-        host: host.clone(),
-        problem,
-    };
-    tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| resolve_err(e.to_string()))?
-        .next()
-        .ok_or_else(|| resolve_err("no address".into()))
-}
-
-/// The local address the system would send to `peer` from.
-fn local_ip_for(peer: SocketAddr) -> std::io::Result<IpAddr> {
-    let any: SocketAddr = if peer.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let probe = std::net::UdpSocket::bind(any)?;
-    probe.connect(peer)?;
-    Ok(probe.local_addr()?.ip())
-}
-
-/// An even RTP port and RTCP on the next one (RFC 3550 section 11).
-async fn media_sockets(ip: IpAddr) -> std::io::Result<(UdpSocket, UdpSocket)> {
-    let mut last = None;
-    for _ in 0..50 {
-        let rtp = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
-        let port = rtp.local_addr()?.port();
-        if port % 2 != 0 || port == u16::MAX {
-            continue;
-        }
-        match UdpSocket::bind(SocketAddr::new(ip, port + 1)).await {
-            Ok(rtcp) => return Ok((rtp, rtcp)),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no free even/odd UDP port pair")))
-}
-
-/// Sockets shared by every attempt.
-struct Sockets {
-    sip: UdpSocket,
-    rtp: UdpSocket,
-    rtcp: UdpSocket,
-    peer: SocketAddr,
-}
-
 /// Runs one call to its end; `Err` when it was never answered.
 pub async fn dial(options: DialOptions) -> Result<DialSummary, DialFailure> {
     let target = normalize_target(&options.target);
@@ -246,24 +185,13 @@ pub async fn dial(options: DialOptions) -> Result<DialSummary, DialFailure> {
             problem: problem(&e),
         })?;
     }
-    let peer = resolve(&target).await?;
-    let ip = match options.bind {
-        Some(ip) => ip,
-        None => local_ip_for(peer)?,
-    };
-    let sip = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
-    let (rtp, rtcp) = media_sockets(ip).await?;
-    let sockets = Sockets {
-        sip,
-        rtp,
-        rtcp,
-        peer,
-    };
+    let sockets = Sockets::open(&target, options.bind).await?;
     let config = DialConfig {
         target,
         local: sockets.sip.local_addr()?,
         media: sockets.rtp.local_addr()?,
         from_user: "kiosk".into(),
+        codecs: Codecs::OpusOrPcmu,
         credentials: options.credentials.clone(),
         answer_timeout: options.answer_timeout,
         timers: options.timers,
@@ -295,17 +223,6 @@ pub async fn dial(options: DialOptions) -> Result<DialSummary, DialFailure> {
             }
         }
     }
-}
-
-/// A datagram's first line, for the log: never headers, which may carry
-/// digest credentials.
-fn start_line(datagram: &[u8]) -> String {
-    let end = datagram
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(datagram.len())
-        .min(120);
-    String::from_utf8_lossy(&datagram[..end]).into_owned()
 }
 
 fn read_input(path: &Path) -> Result<PcmClip, DialFailure> {

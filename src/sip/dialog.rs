@@ -29,7 +29,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 use super::message::{Datagram, MessageError, Outgoing, SipMessage, reason_phrase};
-use super::sdp::{self, RemoteMedia, SdpError};
+use super::sdp::{self, Codecs, RemoteMedia, SdpError};
 
 /// RFC 3261 timers; the defaults are the RFC's.
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +55,9 @@ impl Default for Timers {
 /// Digest credentials, used only when the peer challenges.
 #[derive(Clone)]
 pub struct Credentials {
+    /// The digest user name.
     pub user: String,
+    /// Its password; never logged.
     pub password: SecretString,
 }
 
@@ -79,6 +81,8 @@ pub struct DialConfig {
     pub media: SocketAddr,
     /// The user part of From and Contact.
     pub from_user: String,
+    /// What the SDP offer lists.
+    pub codecs: Codecs,
     pub credentials: Option<Credentials>,
     /// From the INVITE to the answer; after it the call is cancelled.
     pub answer_timeout: Duration,
@@ -319,7 +323,7 @@ impl Dialer {
         let uri = SipUri::from_str(&config.target)
             .map_err(|_| DialError::BadUri(config.target.clone()))?;
         let session_id = rand::random::<u32>();
-        let offer = sdp::offer(config.media, u64::from(session_id), 1);
+        let offer = sdp::offer(config.media, u64::from(session_id), 1, config.codecs);
         let call_id = format!("{}@{}", random_token(), config.local.ip());
         let auth = config.credentials.as_ref().map(|c| {
             let mut credentials = DigestCredentials::new();
@@ -1178,6 +1182,7 @@ mod tests {
             local: "127.0.0.1:5070".parse().unwrap(),
             media: "127.0.0.1:40000".parse().unwrap(),
             from_user: "kiosk".into(),
+            codecs: Codecs::OpusOrPcmu,
             credentials: None,
             answer_timeout: Duration::from_secs(10),
             timers: Timers::default(),

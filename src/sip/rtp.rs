@@ -42,7 +42,6 @@ pub enum RtpError {
 pub struct Received {
     pub seq: u16,
     pub timestamp: u32,
-    #[allow(dead_code)] // parsed and checked by the tests; no caller needs it yet
     pub marker: bool,
     pub payload: Bytes,
 }
@@ -53,6 +52,8 @@ pub struct RtpStats {
     pub packets_sent: u64,
     pub octets_sent: u64,
     pub packets_received: u64,
+    /// Payload bytes received.
+    pub octets_received: u64,
     /// RFC 3550's cumulative loss: packets expected from the sequence
     /// numbers seen less packets received (never below zero).
     pub packets_lost: u64,
@@ -195,6 +196,12 @@ impl RtpSession {
         packet.marshal().map(|b| b.to_vec()).unwrap_or_default()
     }
 
+    /// Moves the next timestamp over `samples` that were not sent (a
+    /// silence), so the peer plays the next packet after the gap.
+    pub fn skip(&mut self, samples: u32) {
+        self.timestamp = self.timestamp.wrapping_add(samples);
+    }
+
     pub fn count_foreign(&mut self) {
         self.stats.packets_foreign += 1;
     }
@@ -257,6 +264,7 @@ impl RtpSession {
         }
         self.last_arrival = Some(now);
         self.stats.packets_received += 1;
+        self.stats.octets_received += packet.payload.len() as u64;
         Ok(Received {
             seq,
             timestamp: h.timestamp,

@@ -65,12 +65,30 @@ pub enum SdpError {
     NoCommonCodec(String),
 }
 
-/// Our offer: Opus first, PCMU as the fallback, `rtcp-mux` offered (RTCP
-/// is also listened for on port + 1 in case the peer declines it).
-pub fn offer(rtp: SocketAddr, session_id: u64, version: u64) -> String {
+/// Which codecs an offer lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codecs {
+    /// Opus first, PCMU as the fallback (`dial`: any peer).
+    OpusOrPcmu,
+    /// Opus only: a session's leg hands Opus to the audio engine as it
+    /// comes, and Daily rooms are created with `codecs: ["OPUS"]`.
+    OpusOnly,
+}
+
+/// Our offer: Opus first, PCMU as the fallback unless left out, `rtcp-mux`
+/// offered (RTCP is also listened for on port + 1 in case the peer
+/// declines it).
+pub fn offer(rtp: SocketAddr, session_id: u64, version: u64, codecs: Codecs) -> String {
     let (family, ip) = match rtp.ip() {
         IpAddr::V4(ip) => ("IP4", ip.to_string()),
         IpAddr::V6(ip) => ("IP6", ip.to_string()),
+    };
+    let (formats, pcmu) = match codecs {
+        Codecs::OpusOrPcmu => (
+            format!("{OPUS_PT} {PCMU_PT}"),
+            format!("a=rtpmap:{PCMU_PT} PCMU/8000\r\n"),
+        ),
+        Codecs::OpusOnly => (OPUS_PT.to_string(), String::new()),
     };
     format!(
         "v=0\r\n\
@@ -78,10 +96,10 @@ pub fn offer(rtp: SocketAddr, session_id: u64, version: u64) -> String {
          s=kiosk-gateway\r\n\
          c=IN {family} {ip}\r\n\
          t=0 0\r\n\
-         m=audio {port} RTP/AVP {OPUS_PT} {PCMU_PT}\r\n\
+         m=audio {port} RTP/AVP {formats}\r\n\
          a=rtpmap:{OPUS_PT} opus/48000/2\r\n\
          a=fmtp:{OPUS_PT} useinbandfec=1\r\n\
-         a=rtpmap:{PCMU_PT} PCMU/8000\r\n\
+         {pcmu}\
          a=ptime:20\r\n\
          a=rtcp-mux\r\n\
          a=sendrecv\r\n",
@@ -157,7 +175,7 @@ mod tests {
     #[test]
     fn our_offer_reads_back_as_opus_with_rtcp_mux() {
         let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let sdp = offer(addr, 7, 1);
+        let sdp = offer(addr, 7, 1, Codecs::OpusOrPcmu);
         assert!(sdp.contains("a=fmtp:111 useinbandfec=1\r\n"), "{sdp}");
         let media = parse_remote(sdp.as_bytes()).unwrap();
         assert_eq!(

@@ -11,6 +11,7 @@ use daily_support::{API_KEY, FakeDaily, Fault};
 use kiosk_gateway::agent_settings::{AgentSettings, ProvisionMode};
 use kiosk_gateway::daily::{DailyClient, DailySettings};
 use kiosk_gateway::session::provision::{ProvisionError, Provisioner, Step};
+use kiosk_gateway::store::SessionId;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
@@ -40,14 +41,17 @@ fn agent(fake: &FakeDaily) -> AgentSettings {
 async fn daily_mode_creates_room_tokens_and_starts_the_bot() {
     let fake = FakeDaily::start().await;
     let p = Provisioner::new(ProvisionMode::Daily, Some(daily(&fake)), agent(&fake)).unwrap();
-    let session = p.provision("lobby").await.unwrap();
+    let session = p.provision("lobby", SessionId::new()).await.unwrap();
 
     let room = session.room.as_ref().unwrap();
     assert!(room.name.as_str().starts_with("kiosk-lobby-"));
     assert_eq!(fake.room_names(), vec![room.name.to_string()]);
-    assert_eq!(room.kiosk_token.expose_secret(), "token-1-kiosk-lobby");
     assert_eq!(
-        session.offer_url.as_str(),
+        room.kiosk_token.as_ref().unwrap().expose_secret(),
+        "token-1-kiosk-lobby"
+    );
+    assert_eq!(
+        session.offer_url().unwrap().as_str(),
         format!("http://{}/agent/sessions/sess-1/api/offer", fake.addr)
     );
     assert_eq!(session.agent_session_id.unwrap().0, "sess-1");
@@ -71,7 +75,7 @@ async fn daily_mode_creates_room_tokens_and_starts_the_bot() {
 async fn release_deletes_the_room() {
     let fake = FakeDaily::start().await;
     let p = Provisioner::new(ProvisionMode::Daily, Some(daily(&fake)), agent(&fake)).unwrap();
-    let s = p.provision("k1").await.unwrap();
+    let s = p.provision("k1", SessionId::new()).await.unwrap();
     assert_eq!(fake.room_names().len(), 1);
     p.release(&s).await.unwrap();
     assert!(fake.room_names().is_empty());
@@ -85,7 +89,7 @@ async fn agent_start_failure_deletes_the_room() {
         json!({"error": "no capacity"}),
     ));
     let p = Provisioner::new(ProvisionMode::Daily, Some(daily(&fake)), agent(&fake)).unwrap();
-    let err = p.provision("k1").await.unwrap_err();
+    let err = p.provision("k1", SessionId::new()).await.unwrap_err();
     println!("{err}");
     match &err {
         ProvisionError::Failed {
@@ -118,7 +122,7 @@ async fn malformed_start_reply_deletes_the_room() {
     let fake = FakeDaily::start().await;
     fake.state.lock().unwrap().agent_start_reply = Some((StatusCode::OK, json!({"status": "ok"})));
     let p = Provisioner::new(ProvisionMode::Daily, Some(daily(&fake)), agent(&fake)).unwrap();
-    let err = p.provision("k1").await.unwrap_err();
+    let err = p.provision("k1", SessionId::new()).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -142,7 +146,7 @@ async fn token_failure_deletes_the_room() {
         std::iter::repeat_n(Fault::ServerError, 5),
     );
     let p = Provisioner::new(ProvisionMode::Daily, Some(daily(&fake)), agent(&fake)).unwrap();
-    let err = p.provision("k1").await.unwrap_err();
+    let err = p.provision("k1", SessionId::new()).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -172,7 +176,7 @@ async fn a_room_that_cannot_be_deleted_is_reported() {
         std::iter::repeat_n(Fault::ServerError, 5),
     );
     let p = Provisioner::new(ProvisionMode::Daily, Some(daily(&fake)), agent(&fake)).unwrap();
-    let err = p.provision("k1").await.unwrap_err();
+    let err = p.provision("k1", SessionId::new()).await.unwrap_err();
     let ProvisionError::Failed { leaked_room, .. } = &err else {
         panic!("{err:?}")
     };
@@ -186,7 +190,7 @@ async fn room_creation_failure_is_a_typed_error() {
     let fake = FakeDaily::start().await;
     fake.inject("POST /v1/rooms", std::iter::repeat_n(Fault::ServerError, 5));
     let p = Provisioner::new(ProvisionMode::Daily, Some(daily(&fake)), agent(&fake)).unwrap();
-    let err = p.provision("k1").await.unwrap_err();
+    let err = p.provision("k1", SessionId::new()).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -204,10 +208,11 @@ async fn room_creation_failure_is_a_typed_error() {
 async fn pipecat_mode_posts_the_body_and_derives_the_offer_url() {
     let fake = FakeDaily::start().await;
     let p = Provisioner::new(ProvisionMode::Pipecat, None, agent(&fake)).unwrap();
-    let s = p.provision("k1").await.unwrap();
+    let s = p.provision("k1", SessionId::new()).await.unwrap();
     assert!(s.room.is_none());
     assert!(
-        s.offer_url
+        s.offer_url()
+            .unwrap()
             .as_str()
             .ends_with("/agent/sessions/sess-1/api/offer")
     );
@@ -227,8 +232,11 @@ async fn start_reply_may_name_the_offer_url() {
         json!({"offer_url": "http://127.0.0.1:9/custom/offer"}),
     ));
     let p = Provisioner::new(ProvisionMode::Pipecat, None, agent(&fake)).unwrap();
-    let s = p.provision("k1").await.unwrap();
-    assert_eq!(s.offer_url.as_str(), "http://127.0.0.1:9/custom/offer");
+    let s = p.provision("k1", SessionId::new()).await.unwrap();
+    assert_eq!(
+        s.offer_url().unwrap().as_str(),
+        "http://127.0.0.1:9/custom/offer"
+    );
 }
 
 #[tokio::test]
@@ -243,7 +251,13 @@ async fn static_mode_needs_no_network_and_checks_config() {
         },
     )
     .unwrap();
-    assert_eq!(p.provision("k").await.unwrap().offer_url, url);
+    assert_eq!(
+        p.provision("k", SessionId::new())
+            .await
+            .unwrap()
+            .offer_url(),
+        Some(&url)
+    );
     assert!(matches!(
         Provisioner::new(ProvisionMode::Static, None, AgentSettings::default()),
         Err(ProvisionError::NotConfigured("agent.offer_url"))
@@ -263,7 +277,11 @@ async fn a_provisioning_cut_short_leaves_its_room_to_release_abandoned() {
     );
     let p = Provisioner::new(ProvisionMode::Daily, Some(daily(&fake)), agent(&fake)).unwrap();
     // Dropped while the kiosk's token is being made: the room exists.
-    let cut = tokio::time::timeout(Duration::from_millis(200), p.provision("k1")).await;
+    let cut = tokio::time::timeout(
+        Duration::from_millis(200),
+        p.provision("k1", SessionId::new()),
+    )
+    .await;
     assert!(cut.is_err());
     assert_eq!(fake.room_names().len(), 1);
     p.release_abandoned().await;

@@ -51,6 +51,10 @@ pub struct FakeState {
     /// tell that none was left behind.
     pub created: Vec<String>,
     pub deleted: Vec<String>,
+    /// What a room created with `properties.sip` gets as
+    /// `config.sip_uri.endpoint` (Daily's documented shape); a made-up
+    /// `sip:…@example.sip.daily.co` when unset.
+    pub sip_endpoint: Option<String>,
 }
 
 #[derive(Clone)]
@@ -212,7 +216,13 @@ async fn create_room(
         && props["max_participants"].is_u64()
         && props["eject_at_room_exp"].is_boolean()
         && props["enable_chat"].is_boolean();
-    if !valid {
+    let sip = &props["sip"];
+    let sip_valid = sip.is_null()
+        || (sip["sip_mode"] == "dial-in"
+            && sip["display_name"].is_string()
+            && sip["video"].is_boolean()
+            && sip["num_endpoints"].as_u64().is_some_and(|n| n >= 1));
+    if !valid || !sip_valid {
         return daily_error(
             StatusCode::BAD_REQUEST,
             "invalid-request-error",
@@ -227,7 +237,14 @@ async fn create_room(
             &format!("a room named {name} already exists"),
         );
     }
-    let room = room_json(&name, &privacy, &props);
+    let mut room = room_json(&name, &privacy, &props);
+    if !sip.is_null() {
+        let endpoint = s
+            .sip_endpoint
+            .clone()
+            .unwrap_or_else(|| "sip:123456780@example.sip.daily.co".into());
+        room["config"]["sip_uri"] = json!({ "endpoint": endpoint });
+    }
     s.created.push(name.clone());
     s.rooms.insert(name, room.clone());
     axum::Json(room).into_response()

@@ -40,6 +40,7 @@ mod link_restart;
 mod link_signaling;
 mod session;
 mod session_cloud;
+mod session_sip;
 mod sip_dial;
 mod status;
 mod status_cloud;

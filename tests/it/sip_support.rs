@@ -291,12 +291,17 @@ pub struct Script {
     /// Send a re-INVITE (its SDP again, and a session refresh) this long
     /// after answering.
     pub reinvite_after: Option<Duration>,
+    /// Answer with Opus (payload type 111, 20 ms silence frames) instead
+    /// of PCMU, as a Daily room's endpoint does for an Opus-only caller.
+    pub opus: bool,
 }
 
 /// What the scripted peer saw.
 #[derive(Debug, Default)]
 pub struct PeerLog {
     pub requests: Vec<String>,
+    /// BYEs the peer sent (one call at most is hung up by the peer).
+    pub byes_sent: u32,
     pub authorization: Option<String>,
     pub rtp_received: usize,
     pub garbage_sent: usize,
@@ -407,9 +412,14 @@ fn run_peer(sip: UdpSocket, script: Script, stop: Arc<AtomicBool>) -> PeerLog {
     let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
     rtp.set_nonblocking(true).unwrap();
     let rtp_port = rtp.local_addr().unwrap().port();
+    let format = if script.opus {
+        "111\r\na=rtpmap:111 opus/48000/2"
+    } else {
+        "0\r\na=rtpmap:0 PCMU/8000"
+    };
     let answer = format!(
         "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+         m=audio {rtp_port} RTP/AVP {format}\r\na=sendrecv\r\n"
     );
     let mut log = PeerLog::default();
     let mut rejections = script.reject.clone().into_iter();
@@ -438,7 +448,10 @@ fn run_peer(sip: UdpSocket, script: Script, stop: Arc<AtomicBool>) -> PeerLog {
                 continue;
             }
             match method.as_str() {
-                "INVITE" if answered_at.is_none() => {
+                // A new call once the last one was hung up by us.
+                "INVITE" if answered_at.is_none() || bye_sent => {
+                    bye_sent = false;
+                    answered_at = None;
                     sip.send_to(&response(&text, 100, "Trying", "", ""), from)
                         .unwrap();
                     if let Some((realm, nonce)) = &script.challenge
@@ -512,14 +525,19 @@ fn run_peer(sip: UdpSocket, script: Script, stop: Arc<AtomicBool>) -> PeerLog {
         let paused = since >= script.rtp_first && since < script.rtp_first + script.rtp_pause;
         while next_rtp <= Instant::now() {
             if !paused && !bye_sent {
-                // 20 ms of a 400 Hz tone in PCMU.
-                let mut packet = vec![0x80, 0x00];
+                let mut packet = vec![0x80, if script.opus { 111 } else { 0 }];
                 packet.extend_from_slice(&seq.to_be_bytes());
                 packet.extend_from_slice(&ts.to_be_bytes());
                 packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-                for i in 0..160u32 {
-                    let phase = f64::from(ts + i) * 400.0 / 8000.0 * std::f64::consts::TAU;
-                    packet.push(mulaw((phase.sin() * 8000.0) as i16));
+                if script.opus {
+                    // An Opus 20 ms silence frame.
+                    packet.extend_from_slice(&[0xF8, 0xFF, 0xFE]);
+                } else {
+                    // 20 ms of a 400 Hz tone in PCMU.
+                    for i in 0..160u32 {
+                        let phase = f64::from(ts + i) * 400.0 / 8000.0 * std::f64::consts::TAU;
+                        packet.push(mulaw((phase.sin() * 8000.0) as i16));
+                    }
                 }
                 let _ = rtp.send_to(&packet, rtp_to);
                 seq = seq.wrapping_add(1);
@@ -568,8 +586,10 @@ fn run_peer(sip: UdpSocket, script: Script, stop: Arc<AtomicBool>) -> PeerLog {
         if let Some(after) = script.bye_after
             && since >= after
             && !bye_sent
+            && log.byes_sent == 0
         {
             bye_sent = true;
+            log.byes_sent += 1;
             let bye = in_dialog(&invite_text, "BYE", 3, "z9hG4bKpeerbye", &sip, "", "");
             sip.send_to(bye.as_bytes(), sip_to).unwrap();
         }

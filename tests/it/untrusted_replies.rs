@@ -14,8 +14,9 @@ use kiosk_gateway::agent_settings::{AgentSettings, ProvisionMode};
 use kiosk_gateway::link::signaling::whip::WhipSignaling;
 use kiosk_gateway::link::signaling::{OfferKind, Signaling, SignalingError};
 use kiosk_gateway::session::provision::{
-    AgentStartError, ProvisionError, Provisioner, Step, StepError,
+    AgentStartError, MediaTarget, ProvisionError, Provisioner, Step, StepError,
 };
+use kiosk_gateway::store::SessionId;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -160,7 +161,10 @@ async fn start_with(
     let (base, agent) = server().await;
     set_reply(&agent, StatusCode::OK, None, &reply.to_string());
     let start = format!("{base}/v1/public/lobby-bot/start");
-    (provisioner(&start).provision("k1").await, base)
+    (
+        provisioner(&start).provision("k1", SessionId::new()).await,
+        base,
+    )
 }
 
 #[tokio::test]
@@ -199,12 +203,18 @@ async fn plain_session_ids_make_the_offer_url() {
         let (result, base) = start_with(json!({ "sessionId": id })).await;
         let p = result.unwrap();
         assert_eq!(
-            p.offer_url.as_str(),
+            p.offer_url().unwrap().as_str(),
             format!("{base}/v1/public/lobby-bot/sessions/{id}/api/offer")
         );
         assert_eq!(p.agent_session_id.unwrap().0, id);
         assert!(
-            p.offer_key.is_some(),
+            matches!(
+                p.media,
+                MediaTarget::WebRtc {
+                    offer_key: Some(_),
+                    ..
+                }
+            ),
             "same origin as start_url: the key goes"
         );
     }
@@ -215,6 +225,6 @@ async fn plain_session_ids_make_the_offer_url() {
     }))
     .await;
     let p = result.unwrap();
-    assert_eq!(p.offer_url.as_str(), "http://127.0.0.1:9/offer");
+    assert_eq!(p.offer_url().unwrap().as_str(), "http://127.0.0.1:9/offer");
     assert!(p.agent_session_id.is_none());
 }

@@ -1,0 +1,339 @@
+//! The kiosk in the Daily room over SIP (`session.provision = "daily-sip"`),
+//! end to end: the real daemon (`run`), the fake Daily REST API and agent
+//! start endpoint on 127.0.0.1, and baresip standing in for the room's SIP
+//! endpoint. The room is created with dial-in, the bot is started with the
+//! SIP URI, the kiosk dials it, both directions carry speech, and the call
+//! and the room end with the session.
+
+use crate::common;
+use crate::daily_support;
+use crate::sip_support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{
+    Daemon, U1_MS, U2_MS, session_config, session_rows, visitor_clip, wait_session_end, write_wav,
+};
+use daily_support::{API_KEY, FakeDaily};
+use kiosk_gateway::audio::{self, PcmClip, SampleRate};
+use sip_support::{Baresip, Script, ScriptedPeer, best_correlation, fixture, write_source};
+
+/// A daemon provisioning each session from `fake` with SIP dial-in.
+fn start(dir: &Path, fake: &FakeDaily, mic: &[i16], extra: &str) -> Daemon {
+    let input = dir.join("mic.wav");
+    write_wav(&input, 16_000, mic);
+    let config: PathBuf = session_config(
+        dir,
+        &input,
+        &format!("start_url = \"{}\"", fake.agent_start_url()),
+        &format!(
+            "[daily]\nbase_url = \"{}\"\n[session]\nprovision = \"daily-sip\"\n\
+             idle_timeout = \"5s\"\nready_timeout = \"10s\"\nreconnect_timeout = \"10s\"\n{extra}",
+            fake.base_url()
+        ),
+    );
+    Daemon::start(dir, &config, &[("KIOSK_GATEWAY_DAILY_API_KEY", API_KEY)])
+}
+
+/// baresip's side: the agent's reply, repeated, as its Opus encoder wants it.
+fn baresip_source(dir: &Path) -> PathBuf {
+    let reply = audio::read_wav(&fixture("link/reply_48k.wav")).unwrap();
+    let path = dir.join("baresip-source.wav");
+    write_source(
+        &path,
+        &reply,
+        20,
+        Duration::from_millis(500),
+        SampleRate::OPUS,
+        2,
+    );
+    path
+}
+
+/// The visitor: u1, 4.5 s of room noise, u2.
+fn visitor() -> Vec<i16> {
+    let noise = visitor_clip(U1_MS.1, U2_MS.0);
+    let mut mic = visitor_clip(0, U2_MS.0);
+    mic.extend(&noise);
+    mic.extend(&noise);
+    mic.extend(visitor_clip(U2_MS.0, U2_MS.1 + 800));
+    mic
+}
+
+fn clip(rate: u32, samples: &[i16]) -> PcmClip {
+    PcmClip {
+        rate: SampleRate(rate),
+        samples: samples.iter().map(|&s| f32::from(s) / 32768.0).collect(),
+    }
+}
+
+/// 10 ms energy envelope at 8 kHz.
+fn envelope(c: &PcmClip) -> Vec<f32> {
+    let s = audio::resample_clip(&c.samples, c.rate, SampleRate(8000)).unwrap();
+    s.chunks_exact(80)
+        .map(|f| f.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .collect()
+}
+
+/// Where `window` of `reference` lies in `recorded` (in 10 ms steps), by
+/// the envelopes, then the sample-level correlation there.
+fn locate_and_correlate(
+    reference: &PcmClip,
+    recorded: &PcmClip,
+    window: (Duration, Duration),
+) -> (f32, i64) {
+    let (a, b) = (envelope(reference), envelope(recorded));
+    let (from, to) = (
+        window.0.as_millis() as usize / 10,
+        (window.1.as_millis() as usize / 10).min(a.len()),
+    );
+    let x = &a[from..to];
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    let mx = mean(x);
+    let best = (0..b.len().saturating_sub(x.len()))
+        .map(|start| {
+            let y = &b[start..start + x.len()];
+            let my = mean(y);
+            let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
+            for (p, q) in x.iter().zip(y) {
+                xy += (p - mx) * (q - my);
+                xx += (p - mx) * (p - mx);
+                yy += (q - my) * (q - my);
+            }
+            (xy / (xx * yy).sqrt().max(1e-9), start)
+        })
+        .fold((f32::MIN, 0), |best, c| if c.0 > best.0 { c } else { best });
+    // Shift the recording so the window lines up at lag 0, then refine.
+    let shift_ms = best.1 as i64 * 10 - from as i64 * 10;
+    let per_ms = recorded.rate.hz() as i64 / 1000;
+    let mut shifted = recorded.samples.clone();
+    if shift_ms >= 0 {
+        shifted.drain(..((shift_ms * per_ms) as usize).min(shifted.len()));
+    } else {
+        let pad = vec![0.0; (-shift_ms * per_ms) as usize];
+        shifted.splice(0..0, pad);
+    }
+    let shifted = PcmClip {
+        rate: recorded.rate,
+        samples: shifted,
+    };
+    let (c, lag) = best_correlation(reference, &shifted, window, Duration::from_millis(40));
+    (c, shift_ms + lag)
+}
+
+/// The daemon's speaker so far (48 kHz, mono).
+fn speaker(dir: &Path) -> PcmClip {
+    clip(48_000, &common::speaker_samples(dir))
+}
+
+fn log_field(log: &str, message: &str, field: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let rest = &line[line.find(&format!("{field}="))? + field.len() + 1..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_sip_session_carries_speech_both_ways_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let baresip = Baresip::start(&baresip_source(dir.path()), &["opus.so"]);
+    let fake = FakeDaily::start().await;
+    fake.state.lock().unwrap().sip_endpoint = Some(baresip.uri().replace("sip:", ""));
+    let mic = visitor();
+    let d = start(dir.path(), &fake, &mic, "");
+    let s = wait_session_end(&d, "the session ends", Duration::from_secs(60)).await;
+    let log = d.stderr();
+    assert_eq!(s["recent_sessions"][0]["end_reason"], "idle", "{log}");
+    let rows = session_rows(dir.path());
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    let room = row.room_name.clone().expect("the session's room");
+
+    // The room was created with dial-in, the bot was told where the kiosk
+    // calls, and the room went with the session.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fake.room_history().1.contains(&room) {
+        assert!(Instant::now() < deadline, "room not deleted\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let state = fake.state.lock().unwrap();
+        let (_, body) = &state.agent_start_bodies[0];
+        assert_eq!(body["room_url"], format!("https://example.daily.co/{room}"));
+        assert_eq!(body["sip_uri"], baresip.uri().replace("sip:", ""));
+        assert_eq!(body["kiosk_id"], "test-kiosk");
+        assert_eq!(body["session_id"], row.id.as_str());
+        assert!(body["token"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+    let answered_ms = log_field(&log, "SIP leg answered", "elapsed_ms").expect("answer time");
+    println!("INVITE to answered: {answered_ms} ms");
+    assert!(
+        baresip.log().contains("terminated"),
+        "no BYE:\n{}",
+        baresip.log()
+    );
+
+    // baresip heard the visitor: both utterances, sample-aligned.
+    let (decoded, encoded) = baresip.recordings();
+    let input = clip(16_000, &mic);
+    let u2_at = u64::from(U2_MS.0 + 2 * (U2_MS.0 - U1_MS.1));
+    for (name, window) in [
+        (
+            "u1",
+            (Duration::from_millis(1300), Duration::from_millis(3600)),
+        ),
+        (
+            "u2",
+            (
+                Duration::from_millis(u2_at + 100),
+                Duration::from_millis(u2_at + u64::from(U2_MS.1 - U2_MS.0)),
+            ),
+        ),
+    ] {
+        let (c, lag) = locate_and_correlate(&input, &decoded, window);
+        println!("baresip's recording of the visitor, {name}: correlation {c:.3} at {lag} ms");
+        assert!(c >= 0.8, "{name}: correlation {c} at {lag} ms");
+    }
+
+    // The kiosk's speaker played what baresip sent.
+    let (c, lag) = locate_and_correlate(
+        &encoded,
+        &speaker(dir.path()),
+        (Duration::from_millis(500), Duration::from_millis(2000)),
+    );
+    println!("the kiosk's speaker against baresip's sending: correlation {c:.3} at {lag} ms");
+    assert!(c >= 0.8, "correlation {c} at {lag} ms");
+    assert!(row.user_speech_ms > 3500, "{row:?}");
+}
+
+/// A session against a scripted SIP endpoint: its outcome, the daemon's
+/// log, and what the endpoint saw.
+async fn scripted_session(
+    script: Script,
+    extra: &str,
+) -> (serde_json::Value, String, sip_support::PeerLog, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = ScriptedPeer::start(Script {
+        opus: true,
+        ..script
+    });
+    let fake = FakeDaily::start().await;
+    fake.state.lock().unwrap().sip_endpoint = Some(peer.uri());
+    let d = start(dir.path(), &fake, &visitor(), extra);
+    let s = wait_session_end(&d, "the session ends", Duration::from_secs(60)).await;
+    let log = d.stderr();
+    // Whatever happened, the room went with the session.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (created, deleted) = fake.room_history();
+        if !created.is_empty() && created == deleted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a room was left behind\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The failure prompt is 4.6 s of speech; the peer sends only silence.
+    let failed = s["recent_sessions"][0]["end_reason"] == "connect_failed";
+    if failed {
+        common::wait_for_prompt(dir.path(), Duration::from_secs(10)).await;
+    }
+    let prompt_played = common::loud_samples(&common::speaker_samples(dir.path())) > 48_000;
+    drop(d);
+    (s, log, peer.finish(), prompt_played)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_fails_the_session_at_once_with_the_prompt() {
+    let (s, log, peer, prompt) = scripted_session(
+        Script {
+            reject: vec![(486, None)],
+            ..Script::default()
+        },
+        "",
+    )
+    .await;
+    assert_eq!(
+        s["recent_sessions"][0]["end_reason"], "connect_failed",
+        "{log}"
+    );
+    assert_eq!(peer.count("INVITE"), 1, "486 is not tried again");
+    assert!(log.contains("486 busy"), "{log}");
+    assert!(prompt);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_not_ready_yet_is_dialled_until_it_answers() {
+    let (s, log, peer, prompt) = scripted_session(
+        Script {
+            reject: vec![(480, Some(1)), (480, Some(1))],
+            ..Script::default()
+        },
+        "",
+    )
+    .await;
+    assert_eq!(s["recent_sessions"][0]["end_reason"], "idle", "{log}");
+    assert_eq!(peer.count("INVITE"), 3, "answered on the third try");
+    assert_eq!(peer.count("BYE"), 1, "hung up at idle");
+    assert!(peer.rtp_received > 200, "{} RTP packets", peer.rtp_received);
+    assert!(!prompt, "no failure prompt for a session that worked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_never_answers_fails_the_session_at_ready_timeout() {
+    let (s, log, peer, prompt) = scripted_session(
+        Script {
+            ring_forever: true,
+            ..Script::default()
+        },
+        "[sip]\nanswer_timeout = \"2s\"\n",
+    )
+    .await;
+    assert_eq!(
+        s["recent_sessions"][0]["end_reason"], "connect_failed",
+        "{log}"
+    );
+    assert!(log.contains("not answered in time"), "{log}");
+    assert!(
+        peer.count("CANCEL") >= 1,
+        "each unanswered INVITE is cancelled"
+    );
+    assert!(prompt);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_hanging_up_mid_call_is_dialled_again() {
+    let (s, log, peer, prompt) = scripted_session(
+        Script {
+            bye_after: Some(Duration::from_secs(3)),
+            ..Script::default()
+        },
+        "",
+    )
+    .await;
+    assert_eq!(s["recent_sessions"][0]["end_reason"], "idle", "{log}");
+    assert!(log.contains("SIP call dropped"), "{log}");
+    assert!(log.contains("call restored"), "{log}");
+    assert_eq!(peer.count("INVITE"), 2, "dialled again once");
+    assert_eq!(peer.count("BYE"), 1, "the second call hung up at idle");
+    assert!(!prompt, "no failure prompt for a call restored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_seconds_without_rtp_do_not_end_the_call() {
+    let (s, log, peer, prompt) = scripted_session(
+        Script {
+            rtp_first: Duration::from_secs(2),
+            rtp_pause: Duration::from_secs(5),
+            ..Script::default()
+        },
+        "",
+    )
+    .await;
+    assert_eq!(s["recent_sessions"][0]["end_reason"], "idle", "{log}");
+    assert_eq!(peer.count("INVITE"), 1, "the call held: {log}");
+    assert!(!log.contains("SIP call dropped"), "{log}");
+    assert!(!prompt);
+}
