@@ -4,13 +4,12 @@
 
 use jiff::Timestamp;
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
 
 use super::records::{insert_transcripts, parse_time, parse_uuid};
 use super::{NewTranscript, SessionId, Store, StoreError, format_time, sql};
 
 /// What to fetch for one ended session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchJob {
     /// The session the lines belong to.
     pub session_id: SessionId,
@@ -26,8 +25,7 @@ pub struct FetchJob {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchState {
     /// Waiting for its next attempt.
     Pending,
@@ -36,10 +34,9 @@ pub enum FetchState {
 }
 
 /// A queued job with its bookkeeping.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct FetchRecord {
     /// The job.
-    #[serde(flatten)]
     pub job: FetchJob,
     /// When it was queued.
     pub enqueued_at: Timestamp,
@@ -117,19 +114,6 @@ impl Store {
             ))
             .map_err(sql(&self.path))?;
         stmt.query_map(params![format_time(now), limit], record_from_row)
-            .and_then(Iterator::collect)
-            .map_err(sql(&self.path))
-    }
-
-    /// All jobs, pending and parked, for checks and the status page.
-    pub fn transcript_fetches(&self) -> Result<Vec<FetchRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM transcript_fetches ORDER BY enqueued_at, session_id"
-            ))
-            .map_err(sql(&self.path))?;
-        stmt.query_map([], record_from_row)
             .and_then(Iterator::collect)
             .map_err(sql(&self.path))
     }
