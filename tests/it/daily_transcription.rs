@@ -385,3 +385,72 @@ async fn the_api_key_and_the_signed_link_stay_out_of_errors() {
     assert!(!reason.contains("presigned-secret"), "{reason}");
     assert!(fake.download_auth().iter().all(Option::is_none));
 }
+
+/// `run` with `daily.transcription = true`, on a database holding a queued job.
+fn daemon(dir: &Path, fake: &FakeDaily) -> crate::common::Daemon {
+    let config = crate::common::write_config(
+        dir,
+        &format!(
+            "[daily]\nbase_url = \"{}\"\ntranscription = true\nsip_display_name = \"{KIOSK}\"\n",
+            fake.base_url()
+        ),
+    );
+    crate::common::Daemon::start(dir, &config, &[("KIOSK_GATEWAY_DAILY_API_KEY", API_KEY)])
+}
+
+fn stored_lines(dir: &Path, id: SessionId) -> usize {
+    Store::open_read_only(&dir.join("kiosk.db"))
+        .unwrap()
+        .transcripts(Some(id))
+        .unwrap()
+        .len()
+}
+
+async fn wait_for(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_fetches_queued_transcripts_and_survives_kill_9_mid_way() {
+    let fake = FakeDaily::start().await;
+    let daily = client(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let job = sip_session(&fake, &daily, &store).await;
+    drop(store);
+    writer.join();
+
+    // Killed hard while the file downloads.
+    fake.inject_file([Fault::Slow(Duration::from_secs(30))]);
+    let first = daemon(dir.path(), &fake);
+    wait_for("the download", Duration::from_secs(20), || {
+        !fake.download_auth().is_empty()
+    })
+    .await;
+    first.signal("KILL");
+    let first_log = first.stderr();
+    drop(first);
+    assert_eq!(stored_lines(dir.path(), job.session_id), 0);
+
+    // The restarted daemon finds the job and stores its lines once.
+    let mut second = daemon(dir.path(), &fake);
+    wait_for("the lines", Duration::from_secs(20), || {
+        stored_lines(dir.path(), job.session_id) == 3
+    })
+    .await;
+    second.signal("TERM");
+    assert!(second.wait_exit(Duration::from_secs(10)).is_some());
+    assert_eq!(stored_lines(dir.path(), job.session_id), 3);
+    let log = format!("{first_log}{}", second.stderr());
+    assert!(
+        log.contains("transcript fetched from Daily and stored"),
+        "{log}"
+    );
+    assert!(!log.contains(API_KEY), "{log}");
+    assert!(!log.contains("presigned-secret"), "{log}");
+    assert!(fake.download_auth().iter().all(Option::is_none));
+}
