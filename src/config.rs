@@ -112,6 +112,12 @@ pub struct DailyConfig {
     pub max_participants: u32,
     /// Whether the room has Daily's text chat.
     pub enable_chat: bool,
+    /// SIP mode: whether Daily transcribes the room and the transcript is
+    /// fetched after the session.
+    pub transcription: bool,
+    /// SIP mode: the kiosk's name in the room; transcript cues by it are
+    /// the visitor's. Default: the kiosk id.
+    pub sip_display_name: String,
 }
 
 /// `[agent]`.
@@ -429,6 +435,8 @@ fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
         },
         max_participants: l.integer("daily", "max_participants", 3, 2..=200) as u32,
         enable_chat: l.boolean("daily", "enable_chat", false),
+        transcription: l.boolean("daily", "transcription", false),
+        sip_display_name: l.string("daily", "sip_display_name", kiosk.id.as_str()),
     };
     let agent = AgentConfig {
         start_url: l.url("agent", "start_url"),
@@ -732,6 +740,17 @@ fn check_requirements(l: &mut Loader<'_>, c: &Config) {
             "agent.start_url",
             "missing: session.provision = \"pipecat\" needs the agent's start URL",
         ),
+    }
+    if c.daily.transcription && c.daily.api_key.is_none() {
+        l.problem_at(
+            "daily",
+            "transcription",
+            "missing secret daily.api_key: fetching transcripts from Daily needs the API key \
+             (KIOSK_GATEWAY_DAILY_API_KEY, daily.api_key_file or credential daily_api_key)",
+        );
+    }
+    if c.daily.sip_display_name.trim().is_empty() {
+        l.problem_at("daily", "sip_display_name", "must not be empty");
     }
     if c.sync.url.is_some() && c.sync.token.is_none() {
         l.problem_at(

@@ -29,6 +29,7 @@ use crate::store::{Store, StoreError, StoreHandle};
 use crate::sync::{SyncSettings, SyncWorker};
 use crate::systemd;
 use crate::telemetry::RecentEvents;
+use crate::transcript_fetch::{FetchSettings, TranscriptFetcher};
 use crate::watchdog::{self, Watchdog};
 
 /// How long tasks get to finish after a stop signal; well inside systemd's
@@ -141,6 +142,16 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         .daily_settings()
         .map(|d| DailyClient::new(&d))
         .transpose()?;
+    // SIP mode's transcripts: fetched from Daily after each session.
+    // (The config loader refuses `daily.transcription` without an API key.)
+    if let Some(client) = daily.as_ref().filter(|_| config.daily.transcription) {
+        let mut fetcher =
+            TranscriptFetcher::new(client.clone(), store.clone(), FetchSettings::default());
+        if let Some(view) = &sync {
+            fetcher = fetcher.with_sync_trigger(view.trigger.clone());
+        }
+        tasks.spawn(fetcher.run(cancel.clone()));
+    }
     let provisioner = Provisioner::new(
         config.session.provision,
         daily.clone(),

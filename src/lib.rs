@@ -18,7 +18,8 @@
 //! - Around them: [`config`] (TOML and environment into each part's
 //!   settings), `control` (state published for the status server, and
 //!   technicians' commands), [`telemetry`] (logging), [`sync`] (transcript
-//!   upload), `reachability` (probes of Daily and the agent).
+//!   upload), `reachability` (probes of Daily and the agent),
+//!   [`transcript_fetch`] (SIP sessions' transcripts, fetched from Daily).
 //! - The running gateway: [`session`] (the kiosk loop: state machine,
 //!   provisioning, orchestrator), `status` (status page, JSON API,
 //!   metrics), `watchdog` (the systemd watchdog).
@@ -53,6 +54,7 @@ pub(crate) mod systemd;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod transcript_fetch;
 pub(crate) mod watchdog;
 
 #[cfg(test)]

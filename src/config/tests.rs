@@ -299,3 +299,36 @@ fn config_line() -> impl proptest::strategy::Strategy<Value = String> {
         ".{0,40}",
     ]
 }
+
+#[test]
+fn daily_transcription_is_off_by_default_and_needs_the_api_key() {
+    let c = parse(
+        &format!("{MINIMAL}[kiosk]\nid = \"lobby-1\"\n"),
+        &Env::default(),
+    )
+    .unwrap();
+    assert!(!c.daily.transcription);
+    assert_eq!(c.daily.sip_display_name, "lobby-1");
+
+    let src = format!("{MINIMAL}[daily]\ntranscription = true\nsip_display_name = \"Lobby\"\n");
+    let p = problems(&src, &Env::default());
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with("/etc/kiosk-gateway/config.toml:4: daily.transcription: missing secret"),
+        "{}",
+        p[0]
+    );
+    let env = Env::new([("KIOSK_GATEWAY_DAILY_API_KEY", "k")], None);
+    let c = parse(&src, &env).unwrap();
+    assert!(c.daily.transcription);
+    assert_eq!(c.daily.sip_display_name, "Lobby");
+
+    let p = problems(
+        &format!("{MINIMAL}[daily]\nsip_display_name = \" \"\n"),
+        &Env::default(),
+    );
+    assert!(
+        p[0].contains("daily.sip_display_name: must not be empty"),
+        "{p:#?}"
+    );
+}

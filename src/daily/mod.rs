@@ -1,4 +1,4 @@
-//! Daily REST API client (rooms, presence, meeting tokens).
+//! Daily REST API client (rooms, presence, meeting tokens, transcription).
 //!
 //! A leaf module: it knows nothing about sessions or the link. Every call has
 //! a timeout and is retried with capped exponential backoff and jitter on
@@ -6,7 +6,9 @@
 
 pub mod cli;
 mod error;
+mod transcription;
 mod types;
+pub mod webvtt;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +24,7 @@ use crate::error_text::error_chain;
 use crate::http_body::{BodyError, read_limited};
 
 pub use error::DailyError;
+pub use transcription::{AccessLink, DailyTranscriptId, TranscriptInfo, TranscriptStatus};
 use types::{CreateMeetingToken, ErrorBody, RoomDeleted, RoomList};
 pub use types::{
     CreateRoom, MeetingToken, MeetingTokenProperties, Participant, Presence, Privacy, Room,
@@ -337,7 +340,9 @@ impl DailyClient {
         };
         debug!(operation, %method, status = status.as_u16(), bytes = bytes.len(), "Daily API response");
         if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|e| DailyError::Malformed {
+            // Some calls (transcription start/stop) document no reply body.
+            let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            serde_json::from_slice(body).map_err(|e| DailyError::Malformed {
                 operation,
                 status,
                 detail: e.to_string(),

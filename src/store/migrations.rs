@@ -7,6 +7,7 @@ pub fn all() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("migrations/0001_sessions_transcripts.sql")),
         M::up(include_str!("migrations/0002_sync_batches.sql")),
+        M::up(include_str!("migrations/0003_transcript_fetches.sql")),
     ])
 }
 

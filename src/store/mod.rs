@@ -1,4 +1,5 @@
-//! SQLite storage of sessions and transcripts (DESIGN.md section 6).
+//! SQLite storage of sessions and transcripts (DESIGN.md section 6), and
+//! the queues of work on them (upload batches, transcript fetches).
 //!
 //! One `Store` per process writes; readers (the status server, the
 //! `transcripts` command) open their own read-only handles. A database that
@@ -8,6 +9,7 @@
 mod migrations;
 mod records;
 mod sync_queue;
+mod transcript_fetches;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ pub use records::{
     Transcript, TranscriptId, format_time,
 };
 pub use sync_queue::{Backlog, Batch, BatchId, ParkedBatch, TranscriptUpload};
+pub use transcript_fetches::{FetchJob, FetchRecord, FetchState};
 pub use writer::{StoreHandle, WriterThread};
 
 /// Why the store cannot do what was asked.

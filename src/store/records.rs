@@ -287,50 +287,7 @@ impl Store {
     ) -> Result<Vec<Transcript>, StoreError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(sql(&path))?;
-        let mut stored = Vec::with_capacity(lines.len());
-        {
-            let mut next_seq = tx
-                .prepare_cached(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM transcripts WHERE session_id = ?1",
-                )
-                .map_err(sql(&path))?;
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO transcripts (id, session_id, seq, role, text, final, confidence,
-                                              spoken_at, received_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )
-                .map_err(sql(&path))?;
-            for t in lines {
-                let session = t.session_id.to_string();
-                let seq: u32 = next_seq
-                    .query_row([&session], |r| r.get(0))
-                    .map_err(sql(&path))?;
-                let id = TranscriptId(Uuid::now_v7());
-                insert
-                    .execute(params![
-                        id.to_string(),
-                        session,
-                        seq,
-                        t.role.as_str(),
-                        t.text,
-                        t.is_final,
-                        t.confidence,
-                        format_time(t.spoken_at),
-                        format_time(t.received_at)
-                    ])
-                    .map_err(sql(&path))?;
-                stored.push(Transcript {
-                    id,
-                    session_id: t.session_id,
-                    seq,
-                    role: t.role,
-                    text: t.text.clone(),
-                    is_final: t.is_final,
-                    spoken_at: t.spoken_at,
-                });
-            }
-        }
+        let stored = insert_transcripts(&tx, lines).map_err(sql(&path))?;
         tx.commit().map_err(sql(&path))?;
         Ok(stored)
     }
@@ -482,4 +439,47 @@ impl Store {
             .map(drop)
             .map_err(sql(&self.path))
     }
+}
+
+/// Appends lines, each with the next `seq` of its session, inside the
+/// caller's transaction.
+pub(super) fn insert_transcripts(
+    tx: &rusqlite::Transaction<'_>,
+    lines: &[NewTranscript],
+) -> rusqlite::Result<Vec<Transcript>> {
+    let mut stored = Vec::with_capacity(lines.len());
+    let mut next_seq = tx.prepare_cached(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM transcripts WHERE session_id = ?1",
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO transcripts (id, session_id, seq, role, text, final, confidence,
+                                  spoken_at, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for t in lines {
+        let session = t.session_id.to_string();
+        let seq: u32 = next_seq.query_row([&session], |r| r.get(0))?;
+        let id = TranscriptId(Uuid::now_v7());
+        insert.execute(params![
+            id.to_string(),
+            session,
+            seq,
+            t.role.as_str(),
+            t.text,
+            t.is_final,
+            t.confidence,
+            format_time(t.spoken_at),
+            format_time(t.received_at)
+        ])?;
+        stored.push(Transcript {
+            id,
+            session_id: t.session_id,
+            seq,
+            role: t.role,
+            text: t.text.clone(),
+            is_final: t.is_final,
+            spoken_at: t.spoken_at,
+        });
+    }
+    Ok(stored)
 }

@@ -55,6 +55,7 @@ pub struct FakeState {
     /// `config.sip_uri.endpoint` (Daily's documented shape); a made-up
     /// `sip:…@example.sip.daily.co` when unset.
     pub sip_endpoint: Option<String>,
+    pub transcription: TranscriptionFake,
 }
 
 #[derive(Clone)]
@@ -72,6 +73,7 @@ impl FakeDaily {
             .route("/v1/rooms/{name}/presence", get(presence))
             .route("/v1/meeting-tokens", post(create_token))
             .route("/agent/start", any(agent_start))
+            .merge(transcription_routes())
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -378,4 +380,229 @@ async fn agent_start(
         Some((status, body)) => (*status, axum::Json(body.clone())).into_response(),
         None => (StatusCode::OK, axum::Json(json!({"sessionId": "sess-1"}))).into_response(),
     }
+}
+
+// Transcription: `/rooms/:name/transcription/{start,stop}`, `/transcript`,
+// `/transcript/:id/access-link` and the pre-signed file link, which is
+// served from `/files/` on the same server without the API key.
+
+/// A stored transcript in the fake.
+#[derive(Clone, Debug)]
+pub struct FakeTranscript {
+    pub id: String,
+    pub room_id: String,
+    pub status: &'static str,
+}
+
+#[derive(Default)]
+pub struct TranscriptionFake {
+    pub transcripts: Vec<FakeTranscript>,
+    /// List calls that still see every transcript as `t_in_progress`.
+    pub not_ready_polls: u32,
+    /// What the file link serves instead of `transcript.vtt`.
+    pub vtt: Option<Vec<u8>>,
+    /// Faults of the file link (only `ServerError` and `Slow`).
+    pub file_faults: VecDeque<Fault>,
+    /// The Authorization header of each download, if it had one.
+    pub download_auth: Vec<Option<String>>,
+}
+
+fn transcription_routes() -> Router<Shared> {
+    Router::new()
+        .route(
+            "/v1/rooms/{name}/transcription/{action}",
+            post(transcription_action),
+        )
+        .route("/v1/transcript", get(list_transcripts))
+        .route("/v1/transcript/{id}/access-link", get(transcript_link))
+        .route("/files/{file}", get(transcript_file))
+}
+
+impl FakeDaily {
+    /// List calls answer "in progress" this many times first.
+    pub fn transcript_not_ready_for(&self, polls: u32) {
+        self.state.lock().unwrap().transcription.not_ready_polls = polls;
+    }
+
+    pub fn serve_vtt(&self, body: &[u8]) {
+        self.state.lock().unwrap().transcription.vtt = Some(body.to_vec());
+    }
+
+    pub fn inject_file(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.state
+            .lock()
+            .unwrap()
+            .transcription
+            .file_faults
+            .extend(faults);
+    }
+
+    pub fn transcripts(&self) -> Vec<FakeTranscript> {
+        self.state.lock().unwrap().transcription.transcripts.clone()
+    }
+
+    pub fn download_auth(&self) -> Vec<Option<String>> {
+        self.state
+            .lock()
+            .unwrap()
+            .transcription
+            .download_auth
+            .clone()
+    }
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(fixture("error_not_found.json")),
+    )
+        .into_response()
+}
+
+async fn transcription_action(
+    State(state): State<Shared>,
+    Path((name, action)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = gate(&state, &method, &uri, &headers).await {
+        return r;
+    }
+    let mut s = state.lock().unwrap();
+    let Some(room_id) = s
+        .rooms
+        .get(&name)
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+    else {
+        return not_found();
+    };
+    let t = &mut s.transcription.transcripts;
+    let running = t
+        .iter_mut()
+        .find(|t| t.room_id == room_id && t.status == "t_in_progress");
+    match (action.as_str(), running) {
+        ("start", None) => {
+            let n = t.len();
+            t.push(FakeTranscript {
+                id: format!("0cb313e1-211f-4be0-833d-{n:012}"),
+                room_id,
+                status: "t_in_progress",
+            });
+            axum::Json(json!({})).into_response()
+        }
+        // The reference documents no reply body for stop: send none.
+        ("stop", Some(running)) => {
+            running.status = "t_finished";
+            StatusCode::OK.into_response()
+        }
+        ("start", Some(_)) => daily_error(
+            StatusCode::BAD_REQUEST,
+            "invalid-request-error",
+            "transcription already started",
+        ),
+        ("stop", None) => daily_error(
+            StatusCode::BAD_REQUEST,
+            "invalid-request-error",
+            "no transcription is running",
+        ),
+        _ => not_found(),
+    }
+}
+
+async fn list_transcripts(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = gate(&state, &method, &uri, &headers).await {
+        return r;
+    }
+    let room_id = uri.query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "roomId")
+            .map(|(_, v)| v.into_owned())
+    });
+    let mut s = state.lock().unwrap();
+    let not_ready = s.transcription.not_ready_polls > 0;
+    if not_ready {
+        s.transcription.not_ready_polls -= 1;
+    }
+    let template = fixture("transcript_list.json")["data"][0].clone();
+    let data: Vec<Value> = s
+        .transcription
+        .transcripts
+        .iter()
+        .rev()
+        .filter(|t| room_id.as_ref().is_none_or(|r| *r == t.room_id))
+        .map(|t| {
+            let mut v = template.clone();
+            v["transcriptId"] = json!(t.id);
+            v["roomId"] = json!(t.room_id);
+            v["status"] = json!(if not_ready { "t_in_progress" } else { t.status });
+            v
+        })
+        .collect();
+    axum::Json(json!({"total_count": data.len(), "data": data})).into_response()
+}
+
+async fn transcript_link(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = gate(&state, &method, &uri, &headers).await {
+        return r;
+    }
+    let s = state.lock().unwrap();
+    if !s.transcription.transcripts.iter().any(|t| t.id == id) {
+        return not_found();
+    }
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let mut reply = fixture("transcript_access_link.json");
+    reply["transcriptId"] = json!(id);
+    reply["download_link"] = json!(format!(
+        "http://{host}/files/{id}.vtt?X-Amz-Signature=presigned-secret"
+    ));
+    axum::Json(reply).into_response()
+}
+
+async fn transcript_file(
+    State(state): State<Shared>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (fault, body) = {
+        let mut s = state.lock().unwrap();
+        let t = &mut s.transcription;
+        t.download_auth.push(
+            headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap_or("?").to_owned()),
+        );
+        let id = file.trim_end_matches(".vtt");
+        if !t.transcripts.iter().any(|x| x.id == id) {
+            return StatusCode::FORBIDDEN.into_response();
+        }
+        let body = t.vtt.clone().unwrap_or_else(|| {
+            std::fs::read(format!(
+                "{}/fixtures/daily/transcript.vtt",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        });
+        (t.file_faults.pop_front(), body)
+    };
+    match fault {
+        Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+        Some(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        None => {}
+    }
+    ([("content-type", "text/vtt")], body).into_response()
 }

@@ -30,6 +30,7 @@ mod cli;
 mod daemon;
 mod daily_client;
 mod daily_provision;
+mod daily_transcription;
 mod demo;
 mod hostile_agent;
 mod hostile_wav;
