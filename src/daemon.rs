@@ -23,7 +23,7 @@ use crate::liveness::Liveness;
 use crate::reachability::Prober;
 use crate::runtime::{self, RuntimeError};
 use crate::session::orchestrator::{Orchestrator, SessionSettings};
-use crate::session::provision::Provisioner;
+use crate::session::provision::{Provisioner, SipRoomSettings};
 use crate::status::{self, Auth, ErrorNote, Identity, StatusState, SyncView};
 use crate::store::{Store, StoreError, StoreHandle};
 use crate::sync::{SyncSettings, SyncWorker};
@@ -156,7 +156,11 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         config.session.provision,
         daily.clone(),
         config.agent_settings(),
-    )?;
+    )?
+    .with_sip_room(SipRoomSettings {
+        display_name: config.daily.sip_display_name.clone(),
+        transcription: config.daily.transcription,
+    });
     let prober = Prober::new(
         daily.filter(|_| {
             matches!(

@@ -115,6 +115,7 @@ impl RoomSettings {
                 max_participants: Some(self.max_participants),
                 eject_at_room_exp: Some(self.eject_at_room_exp),
                 enable_chat: Some(self.enable_chat),
+                enable_transcription_storage: None,
                 sip: None,
                 sip_uri: None,
             },

@@ -102,6 +102,10 @@ pub struct RoomProperties {
     /// Whether Daily's text chat is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enable_chat: Option<bool>,
+    /// Whether Daily keeps the room's transcripts (needed to fetch them
+    /// after the session, `daily.transcription`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_transcription_storage: Option<bool>,
     /// SIP dial-in into the room (`session.provision = "daily-sip"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sip: Option<SipDialIn>,

@@ -36,8 +36,9 @@ use crate::link::{
 use crate::liveness::{Liveness, Part, wedge_requested};
 use crate::reachability::ProbeTrigger;
 use crate::sip::leg::{self, LegSettings, SipTimeouts, Timers};
-use crate::store::{NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreHandle};
+use crate::store::{FetchJob, NewSession, NewTranscript, Role, SessionEnd, SessionId, StoreHandle};
 use crate::sync::SyncTrigger;
+use crate::transcript_fetch;
 
 /// Session behaviour, from `[session]` and `[agent]`.
 #[derive(Clone, Debug)]
@@ -71,6 +72,8 @@ struct Current {
     onset: Instant,
     provisioned: Option<Provisioned>,
     link: Option<(Link, LinkIo)>,
+    /// When its SIP call was first answered (Daily's transcript counts from here).
+    sip_answered_at: Option<Timestamp>,
     user_speech_ms: u64,
     bot_speech_ms: u64,
     bot_speaking_since: Option<Instant>,
@@ -414,6 +417,7 @@ impl Orchestrator {
                 // A SIP leg has no RTVI: an answered call is a bot that
                 // hears us (Daily's endpoint answers only once it is in the room).
                 if sip {
+                    self.on_sip_answered();
                     self.feed(Event::BotReady).await;
                 }
             }
@@ -668,6 +672,7 @@ impl Orchestrator {
             onset: Instant::now(),
             provisioned: None,
             link: None,
+            sip_answered_at: None,
             user_speech_ms: 0,
             bot_speech_ms: 0,
             bot_speaking_since: None,
@@ -777,10 +782,38 @@ impl Orchestrator {
     /// Teardown, last step: deletes the session's room; the session is gone.
     async fn release_cloud(&mut self) {
         let Some(c) = self.current.take() else { return };
-        if let Some(p) = &c.provisioned
-            && let Err(e) = self.provisioner.release(p).await
-        {
+        let Some(p) = &c.provisioned else { return };
+        if let Err(e) = self.provisioner.release(p).await {
             warn!(session_id = %c.id, error = %error_chain(&e), "cannot delete the session's room");
+        }
+        // Daily's transcript of the call is fetched once it is ready.
+        if let (Some(room), Some(answered)) = (&p.room, c.sip_answered_at)
+            && room.transcribed
+        {
+            let job = FetchJob {
+                session_id: c.id,
+                room_name: room.name.to_string(),
+                room_id: room.id.clone(),
+                display_name: self.provisioner.sip_display_name(&self.settings.kiosk_id),
+                started_at: answered,
+            };
+            if let Err(e) = transcript_fetch::enqueue(&self.store, job).await {
+                warn!(session_id = %c.id, error = %error_chain(&e), "cannot queue the Daily transcript's fetch");
+            }
+        }
+    }
+
+    /// The first SIP call of a session is up: Daily transcribes from here.
+    fn on_sip_answered(&mut self) {
+        let Some(c) = &mut self.current else { return };
+        if c.sip_answered_at.is_some() {
+            return;
+        }
+        c.sip_answered_at = Some(Timestamp::now());
+        if let Some(p) = c.provisioned.clone() {
+            let provisioner = self.provisioner.clone();
+            // Off the session loop: audio keeps flowing while Daily answers.
+            tokio::spawn(async move { provisioner.call_answered(&p).await });
         }
     }
 

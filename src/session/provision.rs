@@ -46,6 +46,10 @@ impl fmt::Display for AgentSessionId {
 pub struct ProvisionedRoom {
     /// The room's name.
     pub name: RoomName,
+    /// Daily's id for the room (transcripts are listed by it).
+    pub id: String,
+    /// Whether Daily transcribes the call (SIP dial-in with `daily.transcription`).
+    pub transcribed: bool,
     /// The room's URL.
     pub url: String,
     /// The kiosk's own meeting token (for joining the room by other means,
@@ -202,9 +206,19 @@ struct StartReply {
     session_id: Option<AgentSessionId>,
 }
 
+/// How rooms with SIP dial-in are made (`provision = "daily-sip"`).
+#[derive(Clone, Debug, Default)]
+pub struct SipRoomSettings {
+    /// The kiosk's name in the room (`daily.sip_display_name`); the kiosk id when empty.
+    pub display_name: String,
+    /// Whether Daily transcribes the call (`daily.transcription`).
+    pub transcription: bool,
+}
+
 /// Provisions sessions per `session.provision`.
 pub struct Provisioner {
     mode: ProvisionMode,
+    sip_room: SipRoomSettings,
     daily: Option<DailyClient>,
     agent: AgentSettings,
     http: reqwest::Client,
@@ -251,11 +265,43 @@ impl Provisioner {
             .expect("static reqwest configuration is valid");
         Ok(Self {
             mode,
+            sip_room: SipRoomSettings::default(),
             daily,
             agent,
             http,
             in_flight: Default::default(),
         })
+    }
+
+    /// Rooms with dial-in are made with `settings`.
+    pub fn with_sip_room(mut self, settings: SipRoomSettings) -> Self {
+        self.sip_room = settings;
+        self
+    }
+
+    /// The kiosk's name in a room it dials into.
+    pub fn sip_display_name(&self, kiosk_id: &str) -> String {
+        match self.sip_room.display_name.trim() {
+            "" => kiosk_id.to_owned(),
+            name => name.to_owned(),
+        }
+    }
+
+    /// The SIP call of a session is up: Daily starts transcribing it, if
+    /// asked to. A failure is logged; the call goes on without.
+    pub async fn call_answered(&self, provisioned: &Provisioned) {
+        let (Some(room), Some(daily)) = (&provisioned.room, &self.daily) else {
+            return;
+        };
+        if !room.transcribed {
+            return;
+        }
+        match daily.start_transcription(&room.name).await {
+            Ok(()) => info!(room = %room.name, "Daily transcription started"),
+            Err(e) => {
+                warn!(room = %room.name, error = %error_chain(&e), "cannot start Daily transcription")
+            }
+        }
     }
 
     /// Obtains the cloud side of session `session_id` for `kiosk_id`; on
@@ -301,9 +347,15 @@ impl Provisioner {
         }
     }
 
-    /// Deletes the session's room, if it has one.
+    /// Deletes the session's room, if it has one (stopping its
+    /// transcription first, so Daily finishes the transcript).
     pub async fn release(&self, provisioned: &Provisioned) -> Result<(), DailyError> {
         if let (Some(room), Some(daily)) = (&provisioned.room, &self.daily) {
+            if room.transcribed
+                && let Err(e) = daily.stop_transcription(&room.name).await
+            {
+                warn!(room = %room.name, error = %error_chain(&e), "cannot stop Daily transcription");
+            }
             let outcome = daily.delete_room(&room.name).await?;
             info!(room = %room.name, ?outcome, "session room released");
         }
@@ -336,7 +388,10 @@ impl Provisioner {
             .room_settings()
             .create_request(RoomName::for_kiosk(kiosk_id), unix_now());
         if sip.is_some() {
-            request.properties.sip = Some(SipDialIn::for_caller(&sip_display_name(kiosk_id)));
+            request.properties.sip = Some(SipDialIn::for_caller(&self.sip_display_name(kiosk_id)));
+            if self.sip_room.transcription {
+                request.properties.enable_transcription_storage = Some(true);
+            }
         }
         let exp = request.properties.exp.unwrap_or_default();
         let room = daily
@@ -354,7 +409,7 @@ impl Provisioner {
             .push(room.name.clone());
         let result = match sip {
             None => {
-                self.after_room(daily, &room.name, &room.url, exp, kiosk_id)
+                self.after_room(daily, &room.name, &room.id, &room.url, exp, kiosk_id)
                     .await
             }
             Some(session_id) => {
@@ -392,6 +447,7 @@ impl Provisioner {
         &self,
         daily: &DailyClient,
         room_name: &RoomName,
+        room_id: &str,
         room_url: &str,
         exp: i64,
         kiosk_id: &str,
@@ -429,6 +485,8 @@ impl Provisioner {
             media: self.webrtc(offer_url),
             room: Some(ProvisionedRoom {
                 name: room_name.clone(),
+                id: room_id.to_owned(),
+                transcribed: false,
                 url: room_url.to_owned(),
                 kiosk_token: Some(kiosk.token),
             }),
@@ -480,6 +538,8 @@ impl Provisioner {
             media: MediaTarget::Sip { uri: sip_uri },
             room: Some(ProvisionedRoom {
                 name: room.name.clone(),
+                id: room.id.clone(),
+                transcribed: self.sip_room.transcription,
                 url: room.url.clone(),
                 kiosk_token: None,
             }),
@@ -577,9 +637,4 @@ fn merge_extra(body: &mut Value, extra: &Value) {
             map.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
-}
-
-/// The kiosk's name in a room it dials into.
-pub fn sip_display_name(kiosk_id: &str) -> String {
-    format!("kiosk {kiosk_id}")
 }

@@ -7,6 +7,7 @@
 
 use crate::common;
 use crate::daily_support;
+use crate::fake_upstream;
 use crate::sip_support;
 
 use std::path::{Path, PathBuf};
@@ -16,11 +17,13 @@ use common::{
     Daemon, U1_MS, U2_MS, session_config, session_rows, visitor_clip, wait_session_end, write_wav,
 };
 use daily_support::{API_KEY, FakeDaily};
+use fake_upstream::FakeUpstream;
 use kiosk_gateway::audio::{self, PcmClip, SampleRate};
 use sip_support::{Baresip, Script, ScriptedPeer, best_correlation, fixture, write_source};
 
-/// A daemon provisioning each session from `fake` with SIP dial-in.
-fn start(dir: &Path, fake: &FakeDaily, mic: &[i16], extra: &str) -> Daemon {
+/// A daemon provisioning each session from `fake` with SIP dial-in;
+/// `daily` adds keys to `[daily]`, `extra` adds tables.
+fn start(dir: &Path, fake: &FakeDaily, mic: &[i16], daily: &str, extra: &str) -> Daemon {
     let input = dir.join("mic.wav");
     write_wav(&input, 16_000, mic);
     let config: PathBuf = session_config(
@@ -28,7 +31,7 @@ fn start(dir: &Path, fake: &FakeDaily, mic: &[i16], extra: &str) -> Daemon {
         &input,
         &format!("start_url = \"{}\"", fake.agent_start_url()),
         &format!(
-            "[daily]\nbase_url = \"{}\"\n[session]\nprovision = \"daily-sip\"\n\
+            "[daily]\nbase_url = \"{}\"\n{daily}\n[session]\nprovision = \"daily-sip\"\n\
              idle_timeout = \"5s\"\nready_timeout = \"10s\"\nreconnect_timeout = \"10s\"\n{extra}",
             fake.base_url()
         ),
@@ -142,8 +145,23 @@ async fn a_daily_sip_session_carries_speech_both_ways_and_cleans_up() {
     let baresip = Baresip::start(&baresip_source(dir.path()), &["opus.so"]);
     let fake = FakeDaily::start().await;
     fake.state.lock().unwrap().sip_endpoint = Some(baresip.uri().replace("sip:", ""));
+    let upstream = FakeUpstream::start().await;
+    let token_file = dir.path().join("sync-token");
+    std::fs::write(&token_file, fake_upstream::TOKEN).unwrap();
     let mic = visitor();
-    let d = start(dir.path(), &fake, &mic, "");
+    // The kiosk's name in the room is the one the WebVTT fixture's
+    // visitor cues carry.
+    let d = start(
+        dir.path(),
+        &fake,
+        &mic,
+        "transcription = true\nsip_display_name = \"lobby-kiosk\"",
+        &format!(
+            "[sync]\nurl = \"{}\"\ntoken_file = \"{}\"\ninterval = \"1s\"\n",
+            upstream.url,
+            token_file.display()
+        ),
+    );
     let s = wait_session_end(&d, "the session ends", Duration::from_secs(60)).await;
     let log = d.stderr();
     assert_eq!(s["recent_sessions"][0]["end_reason"], "idle", "{log}");
@@ -207,6 +225,48 @@ async fn a_daily_sip_session_carries_speech_both_ways_and_cleans_up() {
     println!("the kiosk's speaker against baresip's sending: correlation {c:.3} at {lag} ms");
     assert!(c >= 0.8, "correlation {c} at {lag} ms");
     assert!(row.user_speech_ms > 3500, "{row:?}");
+
+    // Daily transcribed the call from its answer to the session's end;
+    // its WebVTT became the session's lines, and they were uploaded.
+    let transcripts = fake.transcripts();
+    assert_eq!(transcripts.len(), 1, "{log}");
+    assert_eq!(transcripts[0].status, "t_finished");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let lines = common::transcript_lines(dir.path(), &row.id);
+        if lines.len() >= 3 {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no transcript stored\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let said: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|(_, role, text)| (role.as_str(), text.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            ("user", "Hello, where is the pharmacy?"),
+            ("bot", "It is on the second floor, next to the lifts."),
+            ("user", "Thank you!"),
+        ]
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while upstream.with(|r| r.transcripts.len()) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "lines not synced\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(upstream.with(|r| r.transcripts.values().all(|&n| n == 1)));
+    assert!(!d.stderr().contains(API_KEY), "the API key reached the log");
 }
 
 /// A session against a scripted SIP endpoint: its outcome, the daemon's
@@ -222,7 +282,7 @@ async fn scripted_session(
     });
     let fake = FakeDaily::start().await;
     fake.state.lock().unwrap().sip_endpoint = Some(peer.uri());
-    let d = start(dir.path(), &fake, &visitor(), extra);
+    let d = start(dir.path(), &fake, &visitor(), "", extra);
     let s = wait_session_end(&d, "the session ends", Duration::from_secs(60)).await;
     let log = d.stderr();
     // Whatever happened, the room went with the session.
