@@ -667,7 +667,18 @@ fn read_session(l: &mut Loader<'_>) -> SessionConfig {
             secs(15 * 60),
             secs(60)..=secs(24 * 3_600),
         ),
-        ready_timeout: l.duration("session", "ready_timeout", secs(5), secs(1)..=secs(120)),
+        // Daily's SIP endpoint takes callers only once the bot has joined
+        // the room, which takes longer than a WebRTC agent's bot-ready.
+        ready_timeout: l.duration(
+            "session",
+            "ready_timeout",
+            secs(if provision == ProvisionMode::DailySip {
+                30
+            } else {
+                5
+            }),
+            secs(1)..=secs(120),
+        ),
         reconnect_timeout: l.duration(
             "session",
             "reconnect_timeout",
