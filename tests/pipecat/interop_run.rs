@@ -2,7 +2,7 @@
 //! way a stock one is (tests/interop/bot.py: SmallWebRTC transport, Silero
 //! VAD over the frames it receives, Pipecat's own RTVI processor and
 //! observer, fake STT/LLM/TTS services). A visitor speaks four utterances
-//! (those of fixtures/audio/multi_utterance_16k.wav, 2 s apart) and the
+//! (those of fixtures/audio/multi_utterance_16k.wav, 3.5 s apart) and the
 //! session idles out; the conversation must be stored as the bot had it,
 //! and the bot's voice must reach the speaker. Once with each way of provisioning: a static offer
 //! URL, Pipecat's `POST /start` with an API key, and a Daily room (the fake
@@ -46,12 +46,15 @@ const UTTERANCES: [(u32, u32); 4] = [U1_MS, U2_MS, (8697, 9912), (11112, 12421)]
 const BOT_ARGS: [&str; 4] = ["--turn-stop", "speech-timeout", "--vad-stop-secs", "0.4"];
 
 /// The visitor: 1 s of room noise, then the fixture's four utterances,
-/// each followed by 2 s of its room noise (the last by 1 s). The bot's
-/// answer to each (0.9 s of speech, starting about 1 s after the
-/// utterance) fits in the pause.
+/// each followed by 3.5 s of its room noise (the last by 1 s). The bot's
+/// answer to each (two sentences of 0.9 s, starting about 1 s after the
+/// utterance) fits in the pause, with room for a bot slowed by a busy
+/// machine (with 2 s, its turn sometimes closed only after the next
+/// utterance had begun, and two utterances became one turn).
 fn visitor(dir: &Path) -> std::path::PathBuf {
-    // 2 s of the noise between u1 and u2.
+    // 3.5 s of the noise between u1 and u2.
     let pause: Vec<i16> = [
+        visitor_clip(U1_MS.1, U2_MS.0),
         visitor_clip(U1_MS.1, U2_MS.0),
         visitor_clip(U1_MS.1, U1_MS.1 + 500),
     ]
