@@ -24,7 +24,7 @@ use crate::reachability::Prober;
 use crate::runtime::{self, RuntimeError};
 use crate::session::orchestrator::{Orchestrator, SessionSettings};
 use crate::session::provision::Provisioner;
-use crate::status::{self, Auth, ErrorNote, Identity, StatusState, SyncView};
+use crate::status::{self, Auth, Clock, ErrorNote, Identity, StatusState, SyncView};
 use crate::store::{Store, StoreError, StoreHandle};
 use crate::sync::{SyncSettings, SyncWorker};
 use crate::systemd;
@@ -196,6 +196,13 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         recent,
     )
     .with_hosts(&status::HostSettings::from_config(&config.status))
+    .with_clock(
+        config
+            .kiosk
+            .time_zone
+            .clone()
+            .map_or_else(Clock::system, Clock::new),
+    )
     .with_session_commands(session_commands)
     .with_audio(
         audio_metrics,

@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{Access, StatusState, metrics};
+use super::view::{Verdict, verdict};
+use super::{Access, StatusState, metrics, words};
 use crate::control::{Command as SessionCommand, CurrentSession, LinkView};
 use crate::health::{Component, ErrorNote};
 use crate::liveness::{Part, wedge_requested};
@@ -50,6 +51,12 @@ pub struct StatusDoc {
     pub kiosk: KioskDoc,
     pub uptime_s: u64,
     pub state: &'static str,
+    /// The state as a technician says it ("Assistant speaking").
+    pub state_text: &'static str,
+    /// Healthy, degraded or down, and why.
+    pub health: Verdict,
+    /// The zone the page shows times in (`kiosk.time_zone` or the system's).
+    pub time_zone: String,
     /// Lines and partial text only for a technician.
     pub session: Option<CurrentSession>,
     pub components: Vec<Component>,
@@ -126,7 +133,7 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
         .as_ref()
         .map(|s| s.status.borrow().clone())
         .unwrap_or_default();
-    StatusDoc {
+    let mut doc = StatusDoc {
         version: env!("CARGO_PKG_VERSION"),
         kiosk: KioskDoc {
             id: state.identity.kiosk_id.clone(),
@@ -134,6 +141,9 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
         },
         uptime_s: state.started.elapsed().as_secs(),
         state: published.state,
+        state_text: words::state(published.state),
+        health: Verdict::default(),
+        time_zone: state.clock.zone_name().to_string(),
         session,
         components: state
             .audio_components()
@@ -160,7 +170,9 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
         recent_events: state.recent.snapshot(),
         technician,
         token_configured: state.auth.token_configured(),
-    }
+    };
+    doc.health = verdict(&doc);
+    doc
 }
 
 pub async fn status(

@@ -9,6 +9,8 @@ pub mod guard;
 pub mod metrics;
 mod page;
 mod server;
+mod view;
+pub mod words;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -35,6 +37,7 @@ use crate::telemetry::RecentEvents;
 pub use auth::Auth;
 pub use guard::HostSettings;
 pub use server::{bind, serve};
+pub use words::Clock;
 
 /// What a request has proven, as the login check (`auth`) found it; the
 /// handlers show what it allows.
@@ -121,6 +124,8 @@ pub struct StatusState {
     /// Read-only; opened lazily so a missing database shows as not ready
     /// instead of keeping the server from starting.
     reader: Arc<Mutex<Option<Store>>>,
+    /// The kiosk's time zone, for times on the page.
+    clock: Clock,
 }
 
 impl StatusState {
@@ -145,7 +150,15 @@ impl StatusState {
             cloud: None,
             liveness: None,
             reader: Arc::new(Mutex::new(None)),
+            clock: Clock::system(),
         }
+    }
+
+    /// Shows times in `clock`'s zone (`kiosk.time_zone`) rather than the
+    /// system's.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Where technicians reach the server (`status.listen`,
@@ -323,6 +336,7 @@ pub fn router(state: StatusState) -> Router {
         ));
     let protected = Router::new()
         .route("/", get(page::status))
+        .route("/part/status", get(page::status_part))
         .route("/api/status", get(api::status))
         .route("/api/sessions", get(api::sessions))
         .route("/metrics", get(api::metrics_text))

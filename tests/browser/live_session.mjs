@@ -29,7 +29,7 @@ try {
   // at least one line of transcript and its round-trip time measured.
   await page.waitForFunction(() => {
     const text = (id) => document.getElementById(id).textContent.trim();
-    return text("state") !== "idle" && text("link-live") === "open" && text("link-rtt").endsWith("ms")
+    return text("state") !== "Idle" && text("link-live") === "open" && text("link-rtt").endsWith("ms")
       && document.querySelectorAll("#session-lines li").length > 0;
   }, null, { timeout: 45000, polling: 200 });
   const text = async (sel) => (await page.textContent(sel)).trim();

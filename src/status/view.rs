@@ -1,0 +1,391 @@
+//! The status document turned into what the page shows: the overall
+//! verdict at the top, and every figure in words and local time. Raw
+//! details travel along for the `<details>` under each line.
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::api::StatusDoc;
+use super::words::{self, Clock};
+use crate::health::Health;
+
+/// The kiosk at a glance, worst part first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overall {
+    /// Everything a visitor needs works.
+    #[default]
+    Healthy,
+    /// Visitors are served, but something needs a look.
+    Degraded,
+    /// A visitor would not be served.
+    Down,
+}
+
+impl Overall {
+    /// The banner's headline.
+    pub fn headline(self) -> &'static str {
+        match self {
+            Overall::Healthy => "Healthy",
+            Overall::Degraded => "Needs a look",
+            Overall::Down => "Not working",
+        }
+    }
+
+    /// CSS class and JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overall::Healthy => "healthy",
+            Overall::Degraded => "degraded",
+            Overall::Down => "down",
+        }
+    }
+
+    fn worst(self, other: Overall) -> Overall {
+        match (self, other) {
+            (Overall::Down, _) | (_, Overall::Down) => Overall::Down,
+            (Overall::Degraded, _) | (_, Overall::Degraded) => Overall::Degraded,
+            _ => Overall::Healthy,
+        }
+    }
+}
+
+impl From<Health> for Overall {
+    fn from(h: Health) -> Self {
+        match h {
+            Health::Ok => Overall::Healthy,
+            Health::Degraded => Overall::Degraded,
+            Health::Down => Overall::Down,
+        }
+    }
+}
+
+/// The verdict and the reasons for it, in words.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verdict {
+    /// Worst of all parts.
+    pub overall: Overall,
+    /// One short sentence per part that is not fine.
+    pub reasons: Vec<String>,
+}
+
+/// Judges the whole kiosk from its parts: devices, cloud, stalled parts
+/// of the daemon, the store and sync.
+pub fn verdict(doc: &StatusDoc) -> Verdict {
+    let mut overall = Overall::Healthy;
+    let mut reasons = Vec::new();
+    let mut note = |level: Overall, reason: String| {
+        overall = overall.worst(level);
+        reasons.push(reason);
+    };
+    for c in &doc.components {
+        if c.health != Health::Ok {
+            note(
+                c.health.into(),
+                format!("{}: {}", c.name, health_word(c.health)),
+            );
+        }
+    }
+    for c in &doc.cloud {
+        if let Some(h) = c.health.filter(|h| *h != Health::Ok) {
+            let now = Timestamp::now();
+            note(
+                h.into(),
+                format!("{}: {}", c.service.name(), words::cloud(c, now)),
+            );
+        }
+    }
+    if !doc.stale_parts.is_empty() {
+        let parts: Vec<&str> = doc.stale_parts.iter().map(|p| p.as_str()).collect();
+        note(Overall::Down, format!("stuck: {}", parts.join(", ")));
+    }
+    if !doc.store.readable {
+        note(Overall::Degraded, "the database cannot be read".into());
+    }
+    if !doc.sync.backlog.parked.is_empty() {
+        note(
+            Overall::Degraded,
+            format!(
+                "{} upload batches refused by the server",
+                doc.sync.backlog.parked.len()
+            ),
+        );
+    }
+    Verdict { overall, reasons }
+}
+
+fn health_word(h: Health) -> &'static str {
+    match h {
+        Health::Ok => "working",
+        Health::Degraded => "has trouble",
+        Health::Down => "not working",
+    }
+}
+
+/// A line with a state colour, words, and the raw detail behind them.
+pub struct Item {
+    /// What it is ("microphone", "daily").
+    pub name: String,
+    /// CSS class: `ok`, `degraded`, `down` or `muted`.
+    pub class: &'static str,
+    /// What a technician reads.
+    pub words: String,
+    /// The raw detail, one tap away.
+    pub detail: String,
+}
+
+/// The session in progress.
+pub struct SessionLine {
+    /// First 8 characters of the id.
+    pub short_id: String,
+    /// The whole id, in a tooltip.
+    pub id: String,
+    /// "since 14:02:13 (1 min 12 s)".
+    pub since: String,
+}
+
+/// One row of the last sessions.
+pub struct SessionRow {
+    /// The whole id, for the link and tooltip.
+    pub id: String,
+    /// Local start time.
+    pub started: String,
+    /// "3 min ago".
+    pub ago: String,
+    /// "1 min 12 s", or "running".
+    pub length: String,
+    /// Why it ended, in words.
+    pub end: String,
+    /// The stored reason (`idle`, `link_lost`).
+    pub end_code: String,
+    /// A failure (for the colour).
+    pub failed: bool,
+    /// Transcript lines.
+    pub lines: u64,
+}
+
+/// One warning or error.
+pub struct EventLine {
+    /// Local time.
+    pub at: String,
+    /// `warn` or `error`.
+    pub level: &'static str,
+    /// The message.
+    pub message: String,
+}
+
+/// The call's figures in words.
+pub struct CallLines {
+    /// "open", "last call", "none yet".
+    pub live: String,
+    /// "23.4 ms" or "—".
+    pub rtt: String,
+    /// "1.2 ms" or "—".
+    pub jitter: String,
+    /// "0.0 % / 0.0 %".
+    pub loss: String,
+    /// "32 / 40 kbit/s".
+    pub rate: String,
+    /// Restarts of the call's transport.
+    pub restarts: String,
+    /// "measured 3 s ago".
+    pub updated: String,
+}
+
+/// Everything the page prints, already in words.
+pub struct PageView {
+    /// The verdict for the banner.
+    pub verdict: Verdict,
+    /// The session state in words.
+    pub state: &'static str,
+    /// "up 2 h 5 min".
+    pub uptime: String,
+    /// The zone the times are in.
+    pub zone: String,
+    /// The session in progress.
+    pub session: Option<SessionLine>,
+    /// Devices.
+    pub components: Vec<Item>,
+    /// Cloud services.
+    pub cloud: Vec<Item>,
+    /// The microphone level, "-42 dBFS".
+    pub level: String,
+    /// The call's figures.
+    pub call: CallLines,
+    /// "12 lines in 2 sessions waiting" or "nothing waiting".
+    pub backlog: String,
+    /// When sync last worked.
+    pub sync_success: String,
+    /// Sync's last error.
+    pub sync_error: String,
+    /// "4.2 MB".
+    pub store_size: String,
+    /// The last sessions.
+    pub sessions: Vec<SessionRow>,
+    /// Warnings and errors, newest first.
+    pub events: Vec<EventLine>,
+}
+
+fn class(h: Option<Health>) -> &'static str {
+    match h {
+        Some(Health::Ok) => "ok",
+        Some(Health::Degraded) => "degraded",
+        Some(Health::Down) => "down",
+        None => "muted",
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} bytes"),
+        1_000..1_000_000 => format!("{:.0} kB", n as f64 / 1e3),
+        _ => format!("{:.1} MB", n as f64 / 1e6),
+    }
+}
+
+impl PageView {
+    /// Puts `doc` into words on `clock`'s time.
+    pub fn new(doc: &StatusDoc, clock: &Clock) -> Self {
+        let now = Timestamp::now();
+        let session = doc.session.as_ref().map(|s| SessionLine {
+            short_id: words::short_id(&s.id).to_string(),
+            id: s.id.clone(),
+            since: format!(
+                "since {} ({})",
+                clock.time(s.started_at, now),
+                words::duration(words::secs_between(s.started_at, now))
+            ),
+        });
+        let components = doc
+            .components
+            .iter()
+            .map(|c| Item {
+                name: c.name.to_string(),
+                class: class(Some(c.health)),
+                words: health_word(c.health).to_string(),
+                detail: c.detail.clone(),
+            })
+            .collect();
+        let cloud = doc
+            .cloud
+            .iter()
+            .map(|c| {
+                let mut detail = format!("{}: {}", c.target, c.detail);
+                if let Some(at) = c.checked_at {
+                    detail.push_str(&format!("; checked {}", clock.ago_at(at, now)));
+                }
+                if let Some(e) = &c.last_error {
+                    detail.push_str(&format!(
+                        "; last error {}: {}",
+                        clock.ago_at(e.at, now),
+                        e.message
+                    ));
+                }
+                Item {
+                    name: c.service.name().to_string(),
+                    class: class(c.health),
+                    words: words::cloud(c, now),
+                    detail,
+                }
+            })
+            .collect();
+        let ms = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.1} ms"));
+        let call = match &doc.link {
+            Some(l) => CallLines {
+                live: if l.live { "open" } else { "last call" }.into(),
+                rtt: ms(l.rtt_ms),
+                jitter: ms(l.jitter_ms),
+                loss: format!("{:.1} % / {:.1} %", l.loss_out_percent, l.loss_in_percent),
+                rate: format!("{:.0} / {:.0} kbit/s", l.send_kbps, l.recv_kbps),
+                restarts: l.restarts.to_string(),
+                updated: l
+                    .updated_at
+                    .map(|t| format!("measured {}", words::ago(t, now)))
+                    .unwrap_or_default(),
+            },
+            None => CallLines {
+                live: "none yet".into(),
+                rtt: "—".into(),
+                jitter: "—".into(),
+                loss: "—".into(),
+                rate: "—".into(),
+                restarts: "—".into(),
+                updated: String::new(),
+            },
+        };
+        let b = &doc.sync.backlog;
+        let backlog = if b.transcripts == 0 && b.sessions == 0 {
+            "nothing waiting".to_string()
+        } else {
+            let oldest = b
+                .oldest
+                .map(|t| format!(", oldest {}", words::ago(t, now)))
+                .unwrap_or_default();
+            format!(
+                "{} in {} waiting{oldest}",
+                words::count(b.transcripts, "line"),
+                words::count(b.sessions, "session")
+            )
+        };
+        let sessions = doc
+            .recent_sessions
+            .iter()
+            .map(|s| {
+                let r = &s.session;
+                let id = r.id.to_string();
+                let code = r.end_reason.clone().unwrap_or_default();
+                SessionRow {
+                    started: clock.time(r.started_at, now),
+                    ago: words::ago(r.started_at, now),
+                    length: s
+                        .duration_s()
+                        .map_or("running".into(), |d| words::duration(d.max(0) as u64)),
+                    end: r
+                        .end_reason
+                        .as_deref()
+                        .map_or("—", words::end_reason)
+                        .to_string(),
+                    failed: words::end_reason_failed(&code),
+                    end_code: code,
+                    lines: s.transcripts,
+                    id,
+                }
+            })
+            .collect();
+        let events = doc
+            .recent_events
+            .iter()
+            .rev()
+            .map(|e| EventLine {
+                at: clock.time(e.at, now),
+                level: e.level,
+                message: e.message.clone(),
+            })
+            .collect();
+        Self {
+            verdict: verdict(doc),
+            state: words::state(doc.state),
+            uptime: words::duration(doc.uptime_s),
+            zone: clock.zone_name().to_string(),
+            session,
+            components,
+            cloud,
+            level: doc
+                .mic_level_dbfs
+                .map_or("—".into(), |l| format!("{l:.0} dBFS")),
+            call,
+            backlog,
+            sync_success: doc
+                .sync
+                .status
+                .last_success
+                .map_or("—".into(), |t| clock.ago_at(t, now)),
+            sync_error: doc.sync.status.last_error.as_ref().map_or("—".into(), |e| {
+                format!("{} ({})", e.message, words::ago(e.at, now))
+            }),
+            store_size: bytes(doc.store.size_bytes),
+            sessions,
+            events,
+        }
+    }
+}
