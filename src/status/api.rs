@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::history::{HistoryDoc, history_doc};
 use super::view::{Verdict, verdict};
 use super::{Access, StatusState, metrics, words};
 use crate::control::{Command as SessionCommand, CurrentSession, LinkView};
@@ -180,6 +181,12 @@ pub async fn status(
     Extension(access): Extension<Access>,
 ) -> Json<StatusDoc> {
     Json(status_doc(&state, access).await)
+}
+
+/// `GET /api/history`: the last hour at 10 s and sessions per hour over
+/// the last day.
+pub async fn history(State(state): State<StatusState>) -> Json<HistoryDoc> {
+    Json(history_doc(&state, Timestamp::now()).await)
 }
 
 #[derive(Deserialize)]

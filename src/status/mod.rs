@@ -5,7 +5,9 @@
 
 mod api;
 pub mod auth;
+mod charts;
 pub mod guard;
+mod history;
 pub mod metrics;
 mod page;
 mod server;
@@ -126,6 +128,8 @@ pub struct StatusState {
     reader: Arc<Mutex<Option<Store>>>,
     /// The kiosk's time zone, for times on the page.
     clock: Clock,
+    /// The last hour, filled by [`history::sample`] while the server runs.
+    history: history::History,
 }
 
 impl StatusState {
@@ -151,6 +155,7 @@ impl StatusState {
             liveness: None,
             reader: Arc::new(Mutex::new(None)),
             clock: Clock::system(),
+            history: history::History::default(),
         }
     }
 
@@ -203,6 +208,19 @@ impl StatusState {
             .as_ref()
             .map(Liveness::stale)
             .unwrap_or_default()
+    }
+
+    /// The microphone's level now, dBFS; `None` while no microphone
+    /// delivers audio.
+    fn mic_level(&self) -> Option<f32> {
+        let view = self.audio.as_ref()?;
+        let a = &view.metrics;
+        let delivering = match view.input {
+            DeviceSpec::Disabled => false,
+            DeviceSpec::Wav(_) => true,
+            _ => a.input_open.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        (delivering && !a.is_engine_down()).then(|| a.level().0)
     }
 
     fn cloud_checks(&self) -> Vec<CloudCheck> {
@@ -338,6 +356,7 @@ pub fn router(state: StatusState) -> Router {
         .route("/", get(page::status))
         .route("/part/status", get(page::status_part))
         .route("/api/status", get(api::status))
+        .route("/api/history", get(api::history))
         .route("/api/sessions", get(api::sessions))
         .route("/metrics", get(api::metrics_text))
         .merge(technician)

@@ -10,6 +10,7 @@ use axum::response::{Html, IntoResponse, Response};
 use rand::RngCore;
 
 use super::api::{SessionDoc, StatusDoc, session_doc, status_doc};
+use super::history::history_doc;
 use super::view::{Overall, PageView};
 use super::{Access, StatusState};
 
@@ -77,7 +78,8 @@ pub async fn status(
     Extension(access): Extension<Access>,
 ) -> Response {
     let doc = status_doc(&state, access).await;
-    let view = PageView::new(&doc, &state.clock);
+    let history = history_doc(&state, jiff::Timestamp::now()).await;
+    let view = PageView::new(&doc, &history, &state.clock);
     let nonce = nonce();
     with_csp(
         render(&StatusPage {
@@ -95,7 +97,8 @@ pub async fn status_part(
     Extension(access): Extension<Access>,
 ) -> Response {
     let doc = status_doc(&state, access).await;
-    let view = PageView::new(&doc, &state.clock);
+    let history = history_doc(&state, jiff::Timestamp::now()).await;
+    let view = PageView::new(&doc, &history, &state.clock);
     // Inserted into the page, whose CSP governs it; it carries no script
     // and gets the server's default `default-src 'none'`.
     Html(render(&StatusPart {

@@ -6,6 +6,8 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::api::StatusDoc;
+use super::charts::{self, Bar, Series, Window};
+use super::history::{self, HistoryDoc};
 use super::words::{self, Clock};
 use crate::health::Health;
 
@@ -192,8 +194,22 @@ pub struct CallLines {
     pub updated: String,
 }
 
+/// One picture with its caption and legend.
+pub struct Picture {
+    /// The caption.
+    pub title: &'static str,
+    /// Inline SVG, built by [`charts`] from numbers only.
+    pub svg: String,
+    /// (CSS class, name) of each line.
+    pub legend: Vec<(&'static str, &'static str)>,
+    /// Said under the picture when it has nothing to show yet.
+    pub empty: Option<&'static str>,
+}
+
 /// Everything the page prints, already in words.
 pub struct PageView {
+    /// The last hour and day, drawn.
+    pub pictures: Vec<Picture>,
     /// The verdict for the banner.
     pub verdict: Verdict,
     /// The session state in words.
@@ -245,7 +261,7 @@ fn bytes(n: u64) -> String {
 
 impl PageView {
     /// Puts `doc` into words on `clock`'s time.
-    pub fn new(doc: &StatusDoc, clock: &Clock) -> Self {
+    pub fn new(doc: &StatusDoc, history: &HistoryDoc, clock: &Clock) -> Self {
         let now = Timestamp::now();
         let session = doc.session.as_ref().map(|s| SessionLine {
             short_id: words::short_id(&s.id).to_string(),
@@ -363,6 +379,7 @@ impl PageView {
             })
             .collect();
         Self {
+            pictures: pictures(history, clock, now),
             verdict: verdict(doc),
             state: words::state(doc.state),
             uptime: words::duration(doc.uptime_s),
@@ -388,4 +405,113 @@ impl PageView {
             events,
         }
     }
+}
+
+/// The last hour's lines, its sessions, and the day's sessions per hour.
+fn pictures(h: &HistoryDoc, clock: &Clock, now: Timestamp) -> Vec<Picture> {
+    let window = Window { now, clock };
+    let series = |class, label, f: &dyn Fn(&history::Point) -> Option<f64>| Series {
+        class,
+        label,
+        values: h.points.iter().map(|p| (p.at, f(p))).collect(),
+    };
+    let line = |title, unit, range, series: Vec<Series>, empty| {
+        let legend = series.iter().map(|s| (s.class, s.label)).collect();
+        let has_data = series
+            .iter()
+            .any(|s| s.values.iter().any(|(_, v)| v.is_some()));
+        Picture {
+            title,
+            svg: charts::lines(&window, title, unit, range, &series),
+            legend,
+            empty: (!has_data).then_some(empty),
+        }
+    };
+    let collecting = "Collecting: a point every 10 s.";
+    let no_call = "No call in the last hour.";
+    let mut pictures = vec![
+        line(
+            "Microphone level",
+            "dBFS",
+            (-90.0, 0.0),
+            vec![
+                series("s1", "peak", &|p| p.mic_peak_dbfs.map(f64::from)),
+                series("s2", "noise floor", &|p| p.mic_floor_dbfs.map(f64::from)),
+            ],
+            collecting,
+        ),
+        line(
+            "Call round trip and jitter",
+            "ms",
+            (0.0, 50.0),
+            vec![
+                series("s1", "round trip", &|p| p.rtt_ms),
+                series("s2", "jitter", &|p| p.jitter_ms),
+            ],
+            no_call,
+        ),
+        line(
+            "Call packet loss",
+            "%",
+            (0.0, 5.0),
+            vec![series("s3", "loss (worse direction)", &|p| p.loss_percent)],
+            no_call,
+        ),
+        line(
+            "Upload backlog",
+            "lines",
+            (0.0, 10.0),
+            vec![series("s1", "lines waiting", &|p| {
+                p.backlog_lines.map(|n| n as f64)
+            })],
+            collecting,
+        ),
+    ];
+    let bars: Vec<Bar> = h
+        .sessions
+        .iter()
+        .map(|s| {
+            let class = match (&s.ended_at, history::failed(s.end_reason.as_deref())) {
+                (None, _) => "running",
+                (Some(_), true) => "failed",
+                (Some(_), false) => "ended",
+            };
+            let to = s.ended_at.unwrap_or(now);
+            let end = s.end_reason.as_deref().map_or("running", words::end_reason);
+            Bar {
+                from: s.started_at,
+                to,
+                class,
+                title: format!(
+                    "{} · {} · {}",
+                    clock.time(s.started_at, now),
+                    words::duration(words::secs_between(s.started_at, to)),
+                    end
+                ),
+            }
+        })
+        .collect();
+    pictures.push(Picture {
+        title: "Sessions in the last hour",
+        svg: charts::bars(&window, "Sessions in the last hour", &bars),
+        legend: vec![
+            ("ended", "ended"),
+            ("failed", "failed"),
+            ("running", "running"),
+        ],
+        empty: bars.is_empty().then_some("No session in the last hour."),
+    });
+    if let Some(hours) = &h.sessions_per_hour {
+        let counts: Vec<(Timestamp, u32, u32)> = hours
+            .iter()
+            .map(|c| (c.hour_start, c.sessions, c.failed))
+            .collect();
+        pictures.push(Picture {
+            title: "Sessions per hour, last 24 hours",
+            svg: charts::per_hour(clock, "Sessions per hour, last 24 hours", &counts),
+            legend: vec![("ended", "sessions"), ("failed", "failed")],
+            empty: None,
+        });
+    }
+    pictures
 }

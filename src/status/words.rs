@@ -84,6 +84,11 @@ impl Clock {
         self.zone.iana_name().unwrap_or("local time")
     }
 
+    /// The zone itself, to cut time into local hours.
+    pub fn zone(&self) -> &TimeZone {
+        &self.zone
+    }
+
     /// "14:02:13" today, "30 Nov 14:02" on another day.
     pub fn time(&self, at: Timestamp, now: Timestamp) -> String {
         let local = at.to_zoned(self.zone.clone());

@@ -90,6 +90,8 @@ async fn with_a_token_everything_but_probes_needs_it() {
         "/api/sessions".to_string(),
         format!("/api/sessions/{session}"),
         "/metrics".to_string(),
+        "/api/history".to_string(),
+        "/part/status".to_string(),
     ];
     for route in &routes {
         let none = c.get(url(route)).send().await.unwrap();
@@ -146,6 +148,23 @@ async fn with_a_token_everything_but_probes_needs_it() {
     let doc: serde_json::Value = detail.json().await.unwrap();
     assert_eq!(doc["transcripts"][0]["text"], "my name is Ada Lovelace");
     assert_eq!(doc["end_reason"], "idle");
+
+    // The last hour and day: the seeded session is on both time lines.
+    let history: serde_json::Value = c
+        .get(url("/api/history"))
+        .header("Authorization", bearer(TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["interval_s"], 10);
+    assert_eq!(history["sessions"][0]["id"], session.to_string());
+    let hours = history["sessions_per_hour"].as_array().unwrap();
+    assert_eq!(hours.len(), 24);
+    let total: u64 = hours.iter().map(|h| h["sessions"].as_u64().unwrap()).sum();
+    assert_eq!(total, 1, "{history}");
 }
 
 #[tokio::test]
