@@ -136,6 +136,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     // comes up, and says so on the status page, even without a microphone.
     let engine = AudioEngine::start(&config.audio, &config.vad)?;
     let audio_metrics = engine.metrics().clone();
+    let sound_check = engine.sound_check();
     let audio_metrics_for_watchdog = audio_metrics.clone();
     let daily = config
         .daily_settings()
@@ -210,6 +211,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         config.audio.output.clone(),
     )
     .with_cloud_checks(cloud_checks)
+    .with_sound_check(sound_check)
     .with_liveness(liveness.clone());
     let server_cancel = cancel.clone();
     tasks.spawn(async move {

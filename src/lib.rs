@@ -18,7 +18,8 @@
 //! - Around them: [`config`] (TOML and environment into each part's
 //!   settings), `control` (state published for the status server, and
 //!   technicians' commands), [`telemetry`] (logging), [`sync`] (transcript
-//!   upload), `reachability` (probes of Daily and the agent).
+//!   upload), `reachability` (probes of Daily and the agent),
+//!   [`selftest`] (the speaker and microphone self-test).
 //! - The running gateway: [`session`] (the kiosk loop: state machine,
 //!   provisioning, orchestrator), `status` (status page, JSON API,
 //!   metrics), `watchdog` (the systemd watchdog).
@@ -44,6 +45,7 @@ pub mod link;
 pub(crate) mod liveness;
 pub(crate) mod reachability;
 pub(crate) mod runtime;
+pub mod selftest;
 pub mod session;
 pub mod sip;
 pub(crate) mod status;

@@ -22,6 +22,7 @@ use super::dsp_thread::{ChannelSink, Control, DspThread, PanicReport};
 use super::metrics::AudioMetrics;
 use super::playout::IncomingPacket;
 use super::settings::{AudioSettings, VadSettings};
+use super::sound_check::SoundCheck;
 use super::units::FRAME_MS;
 use super::{AudioError, error_chain};
 
@@ -184,6 +185,15 @@ impl AudioEngine {
     /// The conversation is over: drop unsent audio and wait for the next visitor.
     pub fn end_stream(&self) {
         self.send(Control::EndStream);
+    }
+
+    /// Plays a test signal through the open speaker while recording the
+    /// microphone (the self-test), without reopening either device.
+    pub fn sound_check(&self) -> SoundCheck {
+        SoundCheck {
+            control: self.control.clone(),
+            dsp: self.dsp.clone(),
+        }
     }
 
     /// Counters and levels the engine keeps for the status page.

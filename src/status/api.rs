@@ -12,9 +12,11 @@ use super::history::{HistoryDoc, history_doc};
 use super::view::{Verdict, verdict};
 use super::{Access, StatusState, metrics, words};
 use crate::control::{Command as SessionCommand, CurrentSession, LinkView};
+use crate::error_text::error_chain;
 use crate::health::{Component, ErrorNote};
 use crate::liveness::{Part, wedge_requested};
 use crate::reachability::CloudCheck;
+use crate::selftest::{self, SelfTestReport};
 use crate::store::{Backlog, Counts, SessionId, SessionRecord, SessionSummary, Transcript};
 use crate::sync::SyncStatus;
 use crate::telemetry::LogEvent;
@@ -75,6 +77,8 @@ pub struct StatusDoc {
     pub recent_sessions: Vec<SessionSummary>,
     pub last_error: Option<ErrorNote>,
     pub recent_events: Vec<LogEvent>,
+    /// The last speaker and microphone self-test since start.
+    pub self_test: Option<SelfTestReport>,
     /// Whether this request may see transcripts and act.
     pub technician: bool,
     pub token_configured: bool,
@@ -169,6 +173,7 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
         recent_sessions,
         last_error: published.last_error,
         recent_events: state.recent.snapshot(),
+        self_test: state.last_self_test(),
         technician,
         token_configured: state.auth.token_configured(),
     };
@@ -312,6 +317,54 @@ async fn session_command(state: &StatusState, command: SessionCommand) -> Respon
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the session loop has stopped\n",
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /api/selftest`: plays the test sweep and records the microphone
+/// through the running audio engine, then answers with the verdict (also
+/// kept for `/api/status`). Refused while a visitor session is live or
+/// another self-test runs: the test tone would be in the call, and the
+/// engine plays one signal at a time.
+pub async fn self_test(State(state): State<StatusState>) -> Response {
+    let Some(engine) = state.sound_check.clone() else {
+        return (
+            StatusCode::CONFLICT,
+            "No audio engine here to test the speaker and microphone with.\n",
+        )
+            .into_response();
+    };
+    let busy = || {
+        let published = state.published.borrow();
+        published.session.is_some() || published.state != "idle"
+    };
+    if busy() {
+        return (
+            StatusCode::CONFLICT,
+            "A visitor session is live; run the self-test when the kiosk is idle.\n",
+        )
+            .into_response();
+    }
+    let Ok(_running) = state.self_test_running.try_lock() else {
+        return (StatusCode::CONFLICT, "A self-test is already running.\n").into_response();
+    };
+    tracing::info!("self-test started");
+    let outcome = tokio::task::spawn_blocking(move || selftest::run(&engine)).await;
+    match outcome {
+        Ok(Ok(report)) => {
+            tracing::info!(passed = report.passed, summary = %report.summary, "self-test finished");
+            *state.self_test.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+            Json(report).into_response()
+        }
+        Ok(Err(e)) => {
+            let message = error_chain(&e);
+            tracing::warn!(error = %message, "self-test could not run");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")).into_response()
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the self-test stopped unexpectedly\n",
         )
             .into_response(),
     }

@@ -26,13 +26,14 @@ use tokio::sync::watch;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::audio::{AudioMetrics, DeviceSpec};
+use crate::audio::{AudioMetrics, DeviceSpec, SoundCheck};
 use crate::control::{Command as SessionCommand, Published};
 use crate::error_text::error_chain;
 pub use crate::health::ErrorNote;
 use crate::health::{Component, Health};
 use crate::liveness::{Liveness, Part};
 use crate::reachability::CloudCheck;
+use crate::selftest::SelfTestReport;
 use crate::store::{Store, StoreError};
 use crate::sync::{SyncStatus, SyncTrigger};
 use crate::telemetry::RecentEvents;
@@ -130,6 +131,13 @@ pub struct StatusState {
     clock: Clock,
     /// The last hour, filled by [`history::sample`] while the server runs.
     history: history::History,
+    /// The self-test through the audio engine (not in tools and tests
+    /// without one).
+    sound_check: Option<SoundCheck>,
+    /// Held while a self-test runs: one at a time.
+    self_test_running: Arc<tokio::sync::Mutex<()>>,
+    /// The last self-test's result.
+    self_test: Arc<Mutex<Option<SelfTestReport>>>,
 }
 
 impl StatusState {
@@ -156,6 +164,9 @@ impl StatusState {
             reader: Arc::new(Mutex::new(None)),
             clock: Clock::system(),
             history: history::History::default(),
+            sound_check: None,
+            self_test_running: Arc::default(),
+            self_test: Arc::default(),
         }
     }
 
@@ -191,6 +202,13 @@ impl StatusState {
         self
     }
 
+    /// Lets technicians run the speaker and microphone self-test
+    /// (`POST /api/selftest`) through the running audio engine.
+    pub fn with_sound_check(mut self, sound_check: SoundCheck) -> Self {
+        self.sound_check = Some(sound_check);
+        self
+    }
+
     /// Shows the Daily and agent reachability checks.
     pub fn with_cloud_checks(mut self, checks: watch::Receiver<Vec<CloudCheck>>) -> Self {
         self.cloud = Some(checks);
@@ -221,6 +239,13 @@ impl StatusState {
             _ => a.input_open.load(std::sync::atomic::Ordering::Relaxed),
         };
         (delivering && !a.is_engine_down()).then(|| a.level().0)
+    }
+
+    fn last_self_test(&self) -> Option<SelfTestReport> {
+        self.self_test
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn cloud_checks(&self) -> Vec<CloudCheck> {
@@ -348,6 +373,7 @@ pub fn router(state: StatusState) -> Router {
         .route("/api/sync", post(api::sync_now))
         .route("/api/session/start", post(api::session_start))
         .route("/api/session/stop", post(api::session_stop))
+        .route("/api/selftest", post(api::self_test))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_technician,

@@ -113,6 +113,9 @@ pub fn verdict(doc: &StatusDoc) -> Verdict {
             ),
         );
     }
+    if let Some(test) = doc.self_test.as_ref().filter(|t| !t.passed) {
+        note(Overall::Degraded, format!("self-test: {}", test.summary));
+    }
     Verdict { overall, reasons }
 }
 
@@ -206,8 +209,22 @@ pub struct Picture {
     pub empty: Option<&'static str>,
 }
 
+/// The last self-test, for the page.
+pub struct SelfTestView {
+    /// `ok` or `down`.
+    pub class: &'static str,
+    /// The verdict in one sentence.
+    pub summary: String,
+    /// "3 min ago (14:02:13)".
+    pub when: String,
+    /// Speaker, microphone, loop delay, level, noise floor: (name, words).
+    pub lines: Vec<(&'static str, String)>,
+}
+
 /// Everything the page prints, already in words.
 pub struct PageView {
+    /// The last self-test since start.
+    pub self_test: Option<SelfTestView>,
     /// The last hour and day, drawn.
     pub pictures: Vec<Picture>,
     /// The verdict for the banner.
@@ -378,7 +395,28 @@ impl PageView {
                 message: e.message.clone(),
             })
             .collect();
+        let self_test = doc.self_test.as_ref().map(|t| {
+            let figure = |v: Option<f64>, unit: &str| {
+                v.map_or("—".to_string(), |v| format!("{v:.0} {unit}"))
+            };
+            let part = |ok: bool, detail: &str| {
+                format!("{}: {detail}", if ok { "works" } else { "FAILED" })
+            };
+            SelfTestView {
+                class: if t.passed { "ok" } else { "down" },
+                summary: t.summary.clone(),
+                when: clock.ago_at(t.at, now),
+                lines: vec![
+                    ("speaker", part(t.speaker.ok, &t.speaker.detail)),
+                    ("microphone", part(t.microphone.ok, &t.microphone.detail)),
+                    ("loop delay", figure(t.loop_delay_ms, "ms")),
+                    ("loop level", figure(t.loop_level_dbfs, "dBFS")),
+                    ("noise floor", figure(t.noise_floor_dbfs, "dBFS")),
+                ],
+            }
+        });
         Self {
+            self_test,
             pictures: pictures(history, clock, now),
             verdict: verdict(doc),
             state: words::state(doc.state),

@@ -38,6 +38,7 @@ mod link_call;
 mod link_loopback;
 mod link_restart;
 mod link_signaling;
+mod selftest;
 mod session;
 mod session_cloud;
 mod sip_dial;
