@@ -79,7 +79,7 @@ pub async fn status(
 ) -> Response {
     let doc = status_doc(&state, access).await;
     let history = history_doc(&state, jiff::Timestamp::now()).await;
-    let view = PageView::new(&doc, &history, &state.clock);
+    let view = PageView::new(&doc, &history, state.mic_level(), &state.clock);
     let nonce = nonce();
     with_csp(
         render(&StatusPage {
@@ -98,7 +98,7 @@ pub async fn status_part(
 ) -> Response {
     let doc = status_doc(&state, access).await;
     let history = history_doc(&state, jiff::Timestamp::now()).await;
-    let view = PageView::new(&doc, &history, &state.clock);
+    let view = PageView::new(&doc, &history, state.mic_level(), &state.clock);
     // Inserted into the page, whose CSP governs it; it carries no script
     // and gets the server's default `default-src 'none'`.
     Html(render(&StatusPart {

@@ -241,8 +241,10 @@ pub struct PageView {
     pub components: Vec<Item>,
     /// Cloud services.
     pub cloud: Vec<Item>,
-    /// The microphone level, "-42 dBFS".
+    /// The microphone level, "-42 dBFS", or "—" with no microphone.
     pub level: String,
+    /// The level for the meter; the meter's floor with no microphone.
+    pub meter: f32,
     /// The call's figures.
     pub call: CallLines,
     /// "12 lines in 2 sessions waiting" or "nothing waiting".
@@ -278,7 +280,12 @@ fn bytes(n: u64) -> String {
 
 impl PageView {
     /// Puts `doc` into words on `clock`'s time.
-    pub fn new(doc: &StatusDoc, history: &HistoryDoc, clock: &Clock) -> Self {
+    pub fn new(
+        doc: &StatusDoc,
+        history: &HistoryDoc,
+        mic_level: Option<f32>,
+        clock: &Clock,
+    ) -> Self {
         let now = Timestamp::now();
         let session = doc.session.as_ref().map(|s| SessionLine {
             short_id: words::short_id(&s.id).to_string(),
@@ -425,9 +432,8 @@ impl PageView {
             session,
             components,
             cloud,
-            level: doc
-                .mic_level_dbfs
-                .map_or("—".into(), |l| format!("{l:.0} dBFS")),
+            level: mic_level.map_or("—".into(), |l| format!("{l:.0} dBFS")),
+            meter: mic_level.unwrap_or(-90.0),
             call,
             backlog,
             sync_success: doc
