@@ -6,17 +6,14 @@
 //! (`crate::selftest`).
 
 use std::sync::Arc;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::thread::Thread;
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
-use super::AudioError;
-use super::dsp_thread::Control;
 use super::units::{FRAME_48K, SampleRate};
 
 /// Beyond the listening time, how long the engine keeps recording when
 /// the microphone delivers less than asked (closed, or a short file).
-const GRACE: Duration = Duration::from_secs(1);
+pub(super) const GRACE: Duration = Duration::from_secs(1);
 
 /// What the engine heard and played.
 #[derive(Debug, Clone)]
@@ -46,6 +43,20 @@ pub(super) struct ActiveCheck {
     speaker_frames: u64,
     mic: Vec<f32>,
     started: Instant,
+}
+
+impl SoundCheckRequest {
+    pub(super) fn new(
+        signal: Vec<f32>,
+        listen: Duration,
+        reply: SyncSender<SoundCheckRecording>,
+    ) -> Self {
+        Self {
+            signal: signal.into(),
+            listen,
+            reply,
+        }
+    }
 }
 
 impl ActiveCheck {
@@ -93,42 +104,5 @@ impl ActiveCheck {
         // The caller may have given up waiting; nothing to do then.
         let _ = self.request.reply.try_send(recording);
         Ok(())
-    }
-}
-
-/// Runs sound checks through a running engine; cheap to clone.
-#[derive(Clone)]
-pub struct SoundCheck {
-    pub(super) control: SyncSender<Control>,
-    pub(super) dsp: Thread,
-}
-
-impl SoundCheck {
-    /// Plays `signal` (48 kHz) through the engine's speaker while recording
-    /// its microphone for `listen`; blocks until done.
-    pub fn run(
-        &self,
-        signal: Vec<f32>,
-        listen: Duration,
-    ) -> Result<SoundCheckRecording, AudioError> {
-        let (reply, recording) = mpsc::sync_channel(1);
-        let request = SoundCheckRequest {
-            signal: signal.into(),
-            listen,
-            reply,
-        };
-        match self.control.try_send(Control::SoundCheck(request)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(AudioError::Stopped("the audio engine is too busy".into()));
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(AudioError::Stopped("the audio engine has stopped".into()));
-            }
-        }
-        self.dsp.unpark();
-        recording.recv_timeout(listen + GRACE * 3).map_err(|_| {
-            AudioError::Stopped("the audio engine did not finish the sound check".into())
-        })
     }
 }

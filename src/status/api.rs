@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::history::{HistoryDoc, history_doc};
-use super::view::{Verdict, verdict};
+use super::verdict::{Parts, Verdict, verdict};
 use super::{Access, StatusState, metrics, words};
 use crate::control::{Command as SessionCommand, CurrentSession, LinkView};
 use crate::error_text::error_chain;
@@ -177,7 +177,14 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
         technician,
         token_configured: state.auth.token_configured(),
     };
-    doc.health = verdict(&doc);
+    doc.health = verdict(&Parts {
+        components: &doc.components,
+        cloud: &doc.cloud,
+        stale_parts: &doc.stale_parts,
+        store_readable: doc.store.readable,
+        parked_batches: doc.sync.backlog.parked.len(),
+        self_test: doc.self_test.as_ref(),
+    });
     doc
 }
 

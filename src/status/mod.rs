@@ -11,6 +11,7 @@ mod history;
 pub mod metrics;
 mod page;
 mod server;
+mod verdict;
 mod view;
 pub mod words;
 

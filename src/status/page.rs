@@ -11,7 +11,8 @@ use rand::RngCore;
 
 use super::api::{SessionDoc, StatusDoc, session_doc, status_doc};
 use super::history::history_doc;
-use super::view::{Overall, PageView};
+use super::verdict::Overall;
+use super::view::PageView;
 use super::{Access, StatusState};
 
 #[derive(Template)]

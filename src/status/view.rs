@@ -3,129 +3,13 @@
 //! details travel along for the `<details>` under each line.
 
 use jiff::Timestamp;
-use serde::Serialize;
 
 use super::api::StatusDoc;
 use super::charts::{self, Bar, Series, Window};
 use super::history::{self, HistoryDoc};
+use super::verdict::{Verdict, health_word};
 use super::words::{self, Clock};
 use crate::health::Health;
-
-/// The kiosk at a glance, worst part first.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Overall {
-    /// Everything a visitor needs works.
-    #[default]
-    Healthy,
-    /// Visitors are served, but something needs a look.
-    Degraded,
-    /// A visitor would not be served.
-    Down,
-}
-
-impl Overall {
-    /// The banner's headline.
-    pub fn headline(self) -> &'static str {
-        match self {
-            Overall::Healthy => "Healthy",
-            Overall::Degraded => "Needs a look",
-            Overall::Down => "Not working",
-        }
-    }
-
-    /// CSS class and JSON name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Overall::Healthy => "healthy",
-            Overall::Degraded => "degraded",
-            Overall::Down => "down",
-        }
-    }
-
-    fn worst(self, other: Overall) -> Overall {
-        match (self, other) {
-            (Overall::Down, _) | (_, Overall::Down) => Overall::Down,
-            (Overall::Degraded, _) | (_, Overall::Degraded) => Overall::Degraded,
-            _ => Overall::Healthy,
-        }
-    }
-}
-
-impl From<Health> for Overall {
-    fn from(h: Health) -> Self {
-        match h {
-            Health::Ok => Overall::Healthy,
-            Health::Degraded => Overall::Degraded,
-            Health::Down => Overall::Down,
-        }
-    }
-}
-
-/// The verdict and the reasons for it, in words.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Verdict {
-    /// Worst of all parts.
-    pub overall: Overall,
-    /// One short sentence per part that is not fine.
-    pub reasons: Vec<String>,
-}
-
-/// Judges the whole kiosk from its parts: devices, cloud, stalled parts
-/// of the daemon, the store and sync.
-pub fn verdict(doc: &StatusDoc) -> Verdict {
-    let mut overall = Overall::Healthy;
-    let mut reasons = Vec::new();
-    let mut note = |level: Overall, reason: String| {
-        overall = overall.worst(level);
-        reasons.push(reason);
-    };
-    for c in &doc.components {
-        if c.health != Health::Ok {
-            note(
-                c.health.into(),
-                format!("{}: {}", c.name, health_word(c.health)),
-            );
-        }
-    }
-    for c in &doc.cloud {
-        if let Some(h) = c.health.filter(|h| *h != Health::Ok) {
-            let now = Timestamp::now();
-            note(
-                h.into(),
-                format!("{}: {}", c.service.name(), words::cloud(c, now)),
-            );
-        }
-    }
-    if !doc.stale_parts.is_empty() {
-        let parts: Vec<&str> = doc.stale_parts.iter().map(|p| p.as_str()).collect();
-        note(Overall::Down, format!("stuck: {}", parts.join(", ")));
-    }
-    if !doc.store.readable {
-        note(Overall::Degraded, "the database cannot be read".into());
-    }
-    if !doc.sync.backlog.parked.is_empty() {
-        note(
-            Overall::Degraded,
-            format!(
-                "{} upload batches refused by the server",
-                doc.sync.backlog.parked.len()
-            ),
-        );
-    }
-    if let Some(test) = doc.self_test.as_ref().filter(|t| !t.passed) {
-        note(Overall::Degraded, format!("self-test: {}", test.summary));
-    }
-    Verdict { overall, reasons }
-}
-
-fn health_word(h: Health) -> &'static str {
-    match h {
-        Health::Ok => "working",
-        Health::Degraded => "has trouble",
-        Health::Down => "not working",
-    }
-}
 
 /// A line with a state colour, words, and the raw detail behind them.
 pub struct Item {
@@ -425,7 +309,7 @@ impl PageView {
         Self {
             self_test,
             pictures: pictures(history, clock, now),
-            verdict: verdict(doc),
+            verdict: doc.health.clone(),
             state: words::state(doc.state),
             uptime: words::duration(doc.uptime_s),
             zone: clock.zone_name().to_string(),
