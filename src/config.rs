@@ -97,6 +97,9 @@ pub struct KioskConfig {
     pub id: KioskId,
     /// Shown on the status page; default: the id.
     pub name: String,
+    /// `kiosk.time_zone`: the IANA zone the status page shows times in;
+    /// `None`: the system's.
+    pub time_zone: Option<jiff::tz::TimeZone>,
 }
 
 /// `[daily]`.
@@ -521,7 +524,29 @@ fn read_kiosk(l: &mut Loader<'_>) -> KioskConfig {
         KioskId("invalid".to_string())
     });
     let name = l.string("kiosk", "name", id.as_str());
-    KioskConfig { id, name }
+    let zone = l.string("kiosk", "time_zone", "");
+    let time_zone = if zone.is_empty() {
+        None
+    } else {
+        match jiff::tz::TimeZone::get(&zone) {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                l.problem_at(
+                    "kiosk",
+                    "time_zone",
+                    format!(
+                        "unknown time zone {zone:?}; expected an IANA name such as \"Europe/Paris\""
+                    ),
+                );
+                None
+            }
+        }
+    };
+    KioskConfig {
+        id,
+        name,
+        time_zone,
+    }
 }
 
 /// Milliseconds within `range`, for the audio engine's settings.

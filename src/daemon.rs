@@ -24,7 +24,7 @@ use crate::reachability::Prober;
 use crate::runtime::{self, RuntimeError};
 use crate::session::orchestrator::{Orchestrator, SessionSettings};
 use crate::session::provision::{Provisioner, SipRoomSettings};
-use crate::status::{self, Auth, ErrorNote, Identity, StatusState, SyncView};
+use crate::status::{self, Auth, Clock, ErrorNote, Identity, StatusState, SyncView};
 use crate::store::{Store, StoreError, StoreHandle};
 use crate::sync::{SyncSettings, SyncWorker};
 use crate::systemd;
@@ -137,6 +137,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
     // comes up, and says so on the status page, even without a microphone.
     let engine = AudioEngine::start(&config.audio, &config.vad)?;
     let audio_metrics = engine.metrics().clone();
+    let sound_check = engine.sound_check();
     let audio_metrics_for_watchdog = audio_metrics.clone();
     let daily = config
         .daily_settings()
@@ -216,6 +217,13 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         recent,
     )
     .with_hosts(&status::HostSettings::from_config(&config.status))
+    .with_clock(
+        config
+            .kiosk
+            .time_zone
+            .clone()
+            .map_or_else(Clock::system, Clock::new),
+    )
     .with_session_commands(session_commands)
     .with_audio(
         audio_metrics,
@@ -223,6 +231,7 @@ async fn serve(config: Config, recent: RecentEvents) -> Result<(), DaemonError> 
         config.audio.output.clone(),
     )
     .with_cloud_checks(cloud_checks)
+    .with_sound_check(sound_check)
     .with_liveness(liveness.clone());
     let server_cancel = cancel.clone();
     tasks.spawn(async move {

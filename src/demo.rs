@@ -267,6 +267,7 @@ async fn run_async(
     };
     let engine = AudioEngine::start(&audio, &VadSettings::default())?;
     let audio_metrics = engine.metrics().clone();
+    let sound_check = engine.sound_check();
 
     let provisioner = Provisioner::new(mode, None, agent_settings)?;
 
@@ -299,7 +300,8 @@ async fn run_async(
         recent,
     )
     .with_audio(audio_metrics, audio.input.clone(), audio.output.clone())
-    .with_cloud_checks(cloud_checks);
+    .with_cloud_checks(cloud_checks)
+    .with_sound_check(sound_check);
     let server = tokio::spawn(status::serve(listener, state, cancel.clone()));
 
     let settings = SessionSettings {

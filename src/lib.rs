@@ -19,7 +19,8 @@
 //!   settings), `control` (state published for the status server, and
 //!   technicians' commands), [`telemetry`] (logging), [`sync`] (transcript
 //!   upload), `reachability` (probes of Daily and the agent),
-//!   [`transcript_fetch`] (SIP sessions' transcripts, fetched from Daily).
+//!   [`transcript_fetch`] (SIP sessions' transcripts, fetched from Daily),
+//!   [`selftest`] (the speaker and microphone self-test).
 //! - The running gateway: [`session`] (the kiosk loop: state machine,
 //!   provisioning, orchestrator), `status` (status page, JSON API,
 //!   metrics), `watchdog` (the systemd watchdog).
@@ -45,6 +46,7 @@ pub mod link;
 pub(crate) mod liveness;
 pub(crate) mod reachability;
 pub(crate) mod runtime;
+pub mod selftest;
 pub mod session;
 pub mod sip;
 pub(crate) mod status;

@@ -64,6 +64,14 @@ enum Command {
     },
     /// Validate the config file and print every problem.
     Check,
+    /// Test the configured speaker and microphone: plays a 1 s tone sweep,
+    /// listens for it, and reports loop delay, level and noise floor
+    /// (stop the service first; its page runs the same test through it).
+    Selftest {
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print stored transcripts.
     Transcripts {
         /// Only this session (its id).
@@ -299,6 +307,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check => {
             if !commands::check(&path, &mut std::io::stdout(), &mut std::io::stderr())? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Selftest { json } => {
+            telemetry::init_for_command();
+            let config = tool_config(&path, explicit)?;
+            let (audio, vad) = config.map(|c| (c.audio, c.vad)).unwrap_or_default();
+            let report = kiosk_gateway::selftest::run_standalone(&audio, &vad)
+                .context("the self-test could not run")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            if !report.passed {
                 return Ok(ExitCode::FAILURE);
             }
         }

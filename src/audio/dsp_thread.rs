@@ -28,6 +28,7 @@ use super::metrics::AudioMetrics;
 use super::playout::IncomingPacket;
 use super::resample::StreamResampler;
 use super::settings::{AudioSettings, DeviceSpec, VadSettings};
+use super::sound_check::{ActiveCheck, SoundCheckRequest};
 use super::units::{FRAME_48K, FRAME_MS, SampleRate};
 use super::{AudioError, error_chain};
 use crate::liveness::{Part, wedge_requested};
@@ -48,6 +49,8 @@ pub(super) enum Control {
     Packet(IncomingPacket),
     LinkReady,
     EndStream,
+    /// Plays a test signal and records the microphone (the self-test).
+    SoundCheck(SoundCheckRequest),
     /// Makes the DSP loop fail, to exercise its restart.
     #[cfg(test)]
     Fail,
@@ -146,6 +149,8 @@ pub(super) struct DspThread {
     /// The link takes audio (between `LinkReady` and `EndStream`): a
     /// rebuilt `Dsp` must stream at once too.
     link_ready: bool,
+    /// A self-test playing its signal and recording the microphone.
+    sound_check: Option<ActiveCheck>,
 }
 
 impl DspThread {
@@ -191,6 +196,7 @@ impl DspThread {
             block: vec![0.0; block_len],
             playout_frame: [0.0; FRAME_48K],
             link_ready: false,
+            sound_check: None,
         })
     }
 
@@ -404,6 +410,9 @@ impl DspThread {
                     self.link_ready = false;
                     self.dsp.end_stream();
                 }
+                Control::SoundCheck(request) => {
+                    self.sound_check = Some(ActiveCheck::new(request));
+                }
                 #[cfg(test)]
                 Control::Fail => return Err(AudioError::Stopped("injected failure".into())),
             }
@@ -437,6 +446,12 @@ impl DspThread {
             }
             Input::Closed | Input::Disabled => 0,
         };
+        if let Some(check) = &mut self.sound_check {
+            check.record(&mut self.block[..n]);
+        }
+        if let Some(check) = self.sound_check.take() {
+            self.sound_check = check.finish(self.dsp_rate).err();
+        }
         if n > 0 {
             self.dsp.capture(&self.block[..n], &mut self.sink)?;
         }
@@ -459,6 +474,9 @@ impl DspThread {
                     .min(capacity - frame.len());
                 while capacity - ring.slots() + frame.len() <= fill {
                     self.dsp.play_frame(&mut self.playout_frame)?;
+                    if let Some(check) = &mut self.sound_check {
+                        check.play(&mut self.playout_frame, true);
+                    }
                     resampler.push(&self.playout_frame)?;
                     while resampler.pop_frame(frame) {
                         for &s in frame.iter() {
@@ -471,12 +489,18 @@ impl DspThread {
             Output::Wav(file) => {
                 for _ in 0..file.pacer.due() {
                     self.dsp.play_frame(&mut self.playout_frame)?;
+                    if let Some(check) = &mut self.sound_check {
+                        check.play(&mut self.playout_frame, true);
+                    }
                     file.write(&self.playout_frame)?;
                 }
             }
             Output::Absent { pacer } => {
                 for _ in 0..pacer.due() {
                     self.dsp.play_frame(&mut self.playout_frame)?;
+                    if let Some(check) = &mut self.sound_check {
+                        check.play(&mut self.playout_frame, false);
+                    }
                 }
             }
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::{JoinHandle, Thread};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 
@@ -22,6 +22,7 @@ use super::dsp_thread::{ChannelSink, Control, DspThread, PanicReport};
 use super::metrics::AudioMetrics;
 use super::playout::IncomingPacket;
 use super::settings::{AudioSettings, VadSettings};
+use super::sound_check::{GRACE, SoundCheckRecording, SoundCheckRequest};
 use super::units::FRAME_MS;
 use super::{AudioError, error_chain};
 
@@ -71,6 +72,39 @@ impl PlayoutSender {
             AudioMetrics::add(&self.metrics.events_dropped, 1);
         }
         sent
+    }
+}
+
+/// Runs sound checks through a running engine; cheap to clone.
+#[derive(Clone)]
+pub struct SoundCheck {
+    control: SyncSender<Control>,
+    dsp: Thread,
+}
+
+impl SoundCheck {
+    /// Plays `signal` (48 kHz) through the engine's speaker while recording
+    /// its microphone for `listen`; blocks until done.
+    pub fn run(
+        &self,
+        signal: Vec<f32>,
+        listen: Duration,
+    ) -> Result<SoundCheckRecording, AudioError> {
+        let (reply, recording) = mpsc::sync_channel(1);
+        let request = SoundCheckRequest::new(signal, listen, reply);
+        match self.control.try_send(Control::SoundCheck(request)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(AudioError::Stopped("the audio engine is too busy".into()));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(AudioError::Stopped("the audio engine has stopped".into()));
+            }
+        }
+        self.dsp.unpark();
+        recording.recv_timeout(listen + GRACE * 3).map_err(|_| {
+            AudioError::Stopped("the audio engine did not finish the sound check".into())
+        })
     }
 }
 
@@ -184,6 +218,15 @@ impl AudioEngine {
     /// The conversation is over: drop unsent audio and wait for the next visitor.
     pub fn end_stream(&self) {
         self.send(Control::EndStream);
+    }
+
+    /// Plays a test signal through the open speaker while recording the
+    /// microphone (the self-test), without reopening either device.
+    pub fn sound_check(&self) -> SoundCheck {
+        SoundCheck {
+            control: self.control.clone(),
+            dsp: self.dsp.clone(),
+        }
     }
 
     /// Counters and levels the engine keeps for the status page.

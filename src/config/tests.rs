@@ -222,6 +222,31 @@ fn kiosk_id_is_checked() {
     assert!(p[0].contains("kiosk.id: expected 1 to 64 letters"));
 }
 
+#[test]
+fn kiosk_time_zone_is_an_iana_name() {
+    let c = parse(
+        &format!("{MINIMAL}[kiosk]\ntime_zone = \"Europe/Paris\"\n"),
+        &Env::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.kiosk
+            .time_zone
+            .and_then(|z| z.iana_name().map(str::to_string)),
+        Some("Europe/Paris".to_string())
+    );
+    let p = problems(
+        &format!("{MINIMAL}[kiosk]\ntime_zone = \"Europe/Pariss\"\n"),
+        &Env::default(),
+    );
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].contains("config.toml:4")
+            && p[0].contains("kiosk.time_zone: unknown time zone \"Europe/Pariss\""),
+        "{p:?}"
+    );
+}
+
 proptest::proptest! {
     /// Any config text, TOML-shaped or not, gives a config or errors that
     /// each name a line, never a panic. Cases: 256 by default,

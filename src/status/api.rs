@@ -8,11 +8,15 @@ use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{Access, StatusState, metrics};
+use super::history::{HistoryDoc, history_doc};
+use super::verdict::{Parts, Verdict, verdict};
+use super::{Access, StatusState, metrics, words};
 use crate::control::{Command as SessionCommand, CurrentSession, LinkView};
+use crate::error_text::error_chain;
 use crate::health::{Component, ErrorNote};
 use crate::liveness::{Part, wedge_requested};
 use crate::reachability::CloudCheck;
+use crate::selftest::{self, SelfTestReport};
 use crate::store::{Backlog, Counts, SessionId, SessionRecord, SessionSummary, Transcript};
 use crate::sync::SyncStatus;
 use crate::telemetry::LogEvent;
@@ -50,6 +54,12 @@ pub struct StatusDoc {
     pub kiosk: KioskDoc,
     pub uptime_s: u64,
     pub state: &'static str,
+    /// The state as a technician says it ("Assistant speaking").
+    pub state_text: &'static str,
+    /// Healthy, degraded or down, and why.
+    pub health: Verdict,
+    /// The zone the page shows times in (`kiosk.time_zone` or the system's).
+    pub time_zone: String,
     /// Lines and partial text only for a technician.
     pub session: Option<CurrentSession>,
     pub components: Vec<Component>,
@@ -67,6 +77,8 @@ pub struct StatusDoc {
     pub recent_sessions: Vec<SessionSummary>,
     pub last_error: Option<ErrorNote>,
     pub recent_events: Vec<LogEvent>,
+    /// The last speaker and microphone self-test since start.
+    pub self_test: Option<SelfTestReport>,
     /// Whether this request may see transcripts and act.
     pub technician: bool,
     pub token_configured: bool,
@@ -126,7 +138,7 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
         .as_ref()
         .map(|s| s.status.borrow().clone())
         .unwrap_or_default();
-    StatusDoc {
+    let mut doc = StatusDoc {
         version: env!("CARGO_PKG_VERSION"),
         kiosk: KioskDoc {
             id: state.identity.kiosk_id.clone(),
@@ -134,6 +146,9 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
         },
         uptime_s: state.started.elapsed().as_secs(),
         state: published.state,
+        state_text: words::state(published.state),
+        health: Verdict::default(),
+        time_zone: state.clock.zone_name().to_string(),
         session,
         components: state
             .audio_components()
@@ -158,9 +173,19 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
         recent_sessions,
         last_error: published.last_error,
         recent_events: state.recent.snapshot(),
+        self_test: state.last_self_test(),
         technician,
         token_configured: state.auth.token_configured(),
-    }
+    };
+    doc.health = verdict(&Parts {
+        components: &doc.components,
+        cloud: &doc.cloud,
+        stale_parts: &doc.stale_parts,
+        store_readable: doc.store.readable,
+        parked_batches: doc.sync.backlog.parked.len(),
+        self_test: doc.self_test.as_ref(),
+    });
+    doc
 }
 
 pub async fn status(
@@ -168,6 +193,12 @@ pub async fn status(
     Extension(access): Extension<Access>,
 ) -> Json<StatusDoc> {
     Json(status_doc(&state, access).await)
+}
+
+/// `GET /api/history`: the last hour at 10 s and sessions per hour over
+/// the last day.
+pub async fn history(State(state): State<StatusState>) -> Json<HistoryDoc> {
+    Json(history_doc(&state, Timestamp::now()).await)
 }
 
 #[derive(Deserialize)]
@@ -293,6 +324,54 @@ async fn session_command(state: &StatusState, command: SessionCommand) -> Respon
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the session loop has stopped\n",
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /api/selftest`: plays the test sweep and records the microphone
+/// through the running audio engine, then answers with the verdict (also
+/// kept for `/api/status`). Refused while a visitor session is live or
+/// another self-test runs: the test tone would be in the call, and the
+/// engine plays one signal at a time.
+pub async fn self_test(State(state): State<StatusState>) -> Response {
+    let Some(engine) = state.sound_check.clone() else {
+        return (
+            StatusCode::CONFLICT,
+            "No audio engine here to test the speaker and microphone with.\n",
+        )
+            .into_response();
+    };
+    let busy = || {
+        let published = state.published.borrow();
+        published.session.is_some() || published.state != "idle"
+    };
+    if busy() {
+        return (
+            StatusCode::CONFLICT,
+            "A visitor session is live; run the self-test when the kiosk is idle.\n",
+        )
+            .into_response();
+    }
+    let Ok(_running) = state.self_test_running.try_lock() else {
+        return (StatusCode::CONFLICT, "A self-test is already running.\n").into_response();
+    };
+    tracing::info!("self-test started");
+    let outcome = tokio::task::spawn_blocking(move || selftest::run(&engine)).await;
+    match outcome {
+        Ok(Ok(report)) => {
+            tracing::info!(passed = report.passed, summary = %report.summary, "self-test finished");
+            *state.self_test.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+            Json(report).into_response()
+        }
+        Ok(Err(e)) => {
+            let message = error_chain(&e);
+            tracing::warn!(error = %message, "self-test could not run");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")).into_response()
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the self-test stopped unexpectedly\n",
         )
             .into_response(),
     }

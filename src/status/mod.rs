@@ -5,10 +5,15 @@
 
 mod api;
 pub mod auth;
+mod charts;
 pub mod guard;
+mod history;
 pub mod metrics;
 mod page;
 mod server;
+mod verdict;
+mod view;
+pub mod words;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -22,19 +27,21 @@ use tokio::sync::watch;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::audio::{AudioMetrics, DeviceSpec};
+use crate::audio::{AudioMetrics, DeviceSpec, SoundCheck};
 use crate::control::{Command as SessionCommand, Published};
 use crate::error_text::error_chain;
 pub use crate::health::ErrorNote;
 use crate::health::{Component, Health};
 use crate::liveness::{Liveness, Part};
 use crate::reachability::CloudCheck;
+use crate::selftest::SelfTestReport;
 use crate::store::{Store, StoreError};
 use crate::sync::{SyncStatus, SyncTrigger};
 use crate::telemetry::RecentEvents;
 pub use auth::Auth;
 pub use guard::HostSettings;
 pub use server::{bind, serve};
+pub use words::Clock;
 
 /// What a request has proven, as the login check (`auth`) found it; the
 /// handlers show what it allows.
@@ -121,6 +128,17 @@ pub struct StatusState {
     /// Read-only; opened lazily so a missing database shows as not ready
     /// instead of keeping the server from starting.
     reader: Arc<Mutex<Option<Store>>>,
+    /// The kiosk's time zone, for times on the page.
+    clock: Clock,
+    /// The last hour, filled by [`history::sample`] while the server runs.
+    history: history::History,
+    /// The self-test through the audio engine (not in tools and tests
+    /// without one).
+    sound_check: Option<SoundCheck>,
+    /// Held while a self-test runs: one at a time.
+    self_test_running: Arc<tokio::sync::Mutex<()>>,
+    /// The last self-test's result.
+    self_test: Arc<Mutex<Option<SelfTestReport>>>,
 }
 
 impl StatusState {
@@ -145,7 +163,19 @@ impl StatusState {
             cloud: None,
             liveness: None,
             reader: Arc::new(Mutex::new(None)),
+            clock: Clock::system(),
+            history: history::History::default(),
+            sound_check: None,
+            self_test_running: Arc::default(),
+            self_test: Arc::default(),
         }
+    }
+
+    /// Shows times in `clock`'s zone (`kiosk.time_zone`) rather than the
+    /// system's.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Where technicians reach the server (`status.listen`,
@@ -173,6 +203,13 @@ impl StatusState {
         self
     }
 
+    /// Lets technicians run the speaker and microphone self-test
+    /// (`POST /api/selftest`) through the running audio engine.
+    pub fn with_sound_check(mut self, sound_check: SoundCheck) -> Self {
+        self.sound_check = Some(sound_check);
+        self
+    }
+
     /// Shows the Daily and agent reachability checks.
     pub fn with_cloud_checks(mut self, checks: watch::Receiver<Vec<CloudCheck>>) -> Self {
         self.cloud = Some(checks);
@@ -190,6 +227,26 @@ impl StatusState {
             .as_ref()
             .map(Liveness::stale)
             .unwrap_or_default()
+    }
+
+    /// The microphone's level now, dBFS; `None` while no microphone
+    /// delivers audio.
+    fn mic_level(&self) -> Option<f32> {
+        let view = self.audio.as_ref()?;
+        let a = &view.metrics;
+        let delivering = match view.input {
+            DeviceSpec::Disabled => false,
+            DeviceSpec::Wav(_) => true,
+            _ => a.input_open.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        (delivering && !a.is_engine_down()).then(|| a.level().0)
+    }
+
+    fn last_self_test(&self) -> Option<SelfTestReport> {
+        self.self_test
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn cloud_checks(&self) -> Vec<CloudCheck> {
@@ -317,13 +374,16 @@ pub fn router(state: StatusState) -> Router {
         .route("/api/sync", post(api::sync_now))
         .route("/api/session/start", post(api::session_start))
         .route("/api/session/stop", post(api::session_stop))
+        .route("/api/selftest", post(api::self_test))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_technician,
         ));
     let protected = Router::new()
         .route("/", get(page::status))
+        .route("/part/status", get(page::status_part))
         .route("/api/status", get(api::status))
+        .route("/api/history", get(api::history))
         .route("/api/sessions", get(api::sessions))
         .route("/metrics", get(api::metrics_text))
         .merge(technician)

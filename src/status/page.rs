@@ -10,13 +10,25 @@ use axum::response::{Html, IntoResponse, Response};
 use rand::RngCore;
 
 use super::api::{SessionDoc, StatusDoc, session_doc, status_doc};
+use super::history::history_doc;
+use super::verdict::Overall;
+use super::view::PageView;
 use super::{Access, StatusState};
 
 #[derive(Template)]
 #[template(path = "status.html")]
 struct StatusPage<'a> {
     doc: &'a StatusDoc,
+    view: &'a PageView,
     nonce: &'a str,
+}
+
+/// The page's body alone, which its script fetches to refresh itself.
+#[derive(Template)]
+#[template(path = "status_main.html")]
+struct StatusPart<'a> {
+    doc: &'a StatusDoc,
+    view: &'a PageView,
 }
 
 #[derive(Template)]
@@ -67,14 +79,34 @@ pub async fn status(
     Extension(access): Extension<Access>,
 ) -> Response {
     let doc = status_doc(&state, access).await;
+    let history = history_doc(&state, jiff::Timestamp::now()).await;
+    let view = PageView::new(&doc, &history, state.mic_level(), &state.clock);
     let nonce = nonce();
     with_csp(
         render(&StatusPage {
             doc: &doc,
+            view: &view,
             nonce: &nonce,
         }),
         &nonce,
     )
+}
+
+/// `GET /part/status`: the page's body for its own refresh.
+pub async fn status_part(
+    State(state): State<StatusState>,
+    Extension(access): Extension<Access>,
+) -> Response {
+    let doc = status_doc(&state, access).await;
+    let history = history_doc(&state, jiff::Timestamp::now()).await;
+    let view = PageView::new(&doc, &history, state.mic_level(), &state.clock);
+    // Inserted into the page, whose CSP governs it; it carries no script
+    // and gets the server's default `default-src 'none'`.
+    Html(render(&StatusPart {
+        doc: &doc,
+        view: &view,
+    }))
+    .into_response()
 }
 
 pub fn login_response(kiosk_name: &str, error: Option<&str>) -> Response {

@@ -32,6 +32,7 @@ pub async fn serve(
     state: StatusState,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    tokio::spawn(super::history::sample(state.clone(), cancel.clone()));
     let app = router(state);
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -405,6 +405,35 @@ impl Store {
 }
 
 impl Store {
+    /// Sessions started at or after `since`, oldest first; at most
+    /// `limit`, the latest if there are more. For the status page's time
+    /// lines.
+    pub fn sessions_since(
+        &self,
+        since: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, kiosk_id, started_at, ended_at, end_reason, room_name,
+                        room_url, agent_session_id, user_speech_ms, bot_speech_ms
+                 FROM sessions WHERE started_at >= ?1 ORDER BY started_at DESC LIMIT ?2",
+            )
+            .map_err(sql(&self.path))?;
+        let mut rows: Vec<SessionRecord> = stmt
+            .query_map(
+                rusqlite::params![format_time(since), limit],
+                session_from_row,
+            )
+            .and_then(Iterator::collect)
+            .map_err(sql(&self.path))?;
+        rows.reverse();
+        Ok(rows)
+    }
+}
+
+impl Store {
     /// Sessions left open by a process that died (power cut, kill -9) are
     /// closed as `crashed`, ending at their last stored line. Returns how many.
     pub fn close_crashed_sessions(&self) -> Result<usize, StoreError> {

@@ -25,7 +25,7 @@ try {
   await page.click("button[type=submit]");
   await page.waitForSelector("#state");
   // Wait for one live refresh from /api/status so the script is known to run under the CSP.
-  await page.waitForFunction(() => Number(document.getElementById("uptime").textContent) >= 1, null, { timeout: 10000 });
+  await page.waitForFunction(() => Number(document.body.dataset.refreshes || 0) >= 1, null, { timeout: 10000 });
   seen.state = (await page.textContent("#state")).trim();
   seen.sessions = await page.$$eval("#sessions tr", (rows) => rows.map((r) => r.innerText));
   await page.screenshot({ path: `${out}/status-page.png`, fullPage: true });

@@ -39,6 +39,7 @@ mod link_call;
 mod link_loopback;
 mod link_restart;
 mod link_signaling;
+mod selftest;
 mod session;
 mod session_cloud;
 mod session_sip;

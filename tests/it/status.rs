@@ -90,6 +90,8 @@ async fn with_a_token_everything_but_probes_needs_it() {
         "/api/sessions".to_string(),
         format!("/api/sessions/{session}"),
         "/metrics".to_string(),
+        "/api/history".to_string(),
+        "/part/status".to_string(),
     ];
     for route in &routes {
         let none = c.get(url(route)).send().await.unwrap();
@@ -146,6 +148,23 @@ async fn with_a_token_everything_but_probes_needs_it() {
     let doc: serde_json::Value = detail.json().await.unwrap();
     assert_eq!(doc["transcripts"][0]["text"], "my name is Ada Lovelace");
     assert_eq!(doc["end_reason"], "idle");
+
+    // The last hour and day: the seeded session is on both time lines.
+    let history: serde_json::Value = c
+        .get(url("/api/history"))
+        .header("Authorization", bearer(TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["interval_s"], 10);
+    assert_eq!(history["sessions"][0]["id"], session.to_string());
+    let hours = history["sessions_per_hour"].as_array().unwrap();
+    assert_eq!(hours.len(), 24);
+    let total: u64 = hours.iter().map(|h| h["sessions"].as_u64().unwrap()).sum();
+    assert_eq!(total, 1, "{history}");
 }
 
 #[tokio::test]
@@ -408,4 +427,59 @@ fn binding_beyond_loopback_without_a_token_is_refused() {
             "{cmd}: {stderr}"
         );
     }
+}
+
+/// The self-test from the page's API: a technician's POST only (token
+/// always, same-origin rules as other POSTs), its verdict answered and
+/// kept in `/api/status`. Without devices both parts fail, in words.
+#[tokio::test]
+async fn the_self_test_runs_for_a_technician_and_its_verdict_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[audio]\ninput = \"none\"\noutput = \"none\"\n");
+    let d = Daemon::start(
+        dir.path(),
+        &config,
+        &[("KIOSK_GATEWAY_STATUS_TOKEN", TOKEN)],
+    );
+    let c = client();
+    let url = |p: &str| format!("{}{p}", d.url);
+    let anonymous = c.post(url("/api/selftest")).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let run = c
+        .post(url("/api/selftest"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), StatusCode::OK);
+    let report: serde_json::Value = run.json().await.unwrap();
+    assert_eq!(report["passed"], false, "{report}");
+    assert_eq!(
+        report["summary"],
+        "Failed: speaker: no speaker open: nothing was played"
+    );
+    assert_eq!(
+        report["microphone"]["detail"],
+        "no microphone open: nothing was recorded"
+    );
+    let status: serde_json::Value = c
+        .get(url("/api/status"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["self_test"], report);
+    // The agent of this config is unreachable too: the kiosk is down, and
+    // the failed self-test is one of the reasons.
+    let reasons = status["health"]["reasons"].as_array().unwrap();
+    assert!(
+        reasons.iter().any(|r| r
+            .as_str()
+            .unwrap()
+            .starts_with("self-test: Failed: speaker")),
+        "{status}"
+    );
 }
