@@ -91,6 +91,19 @@ impl Baresip {
             Path::new("/usr/bin/baresip").exists(),
             "baresip is not installed: apt-get install baresip-core (see .ci/setup)"
         );
+        // baresip also binds TCP on the port and TLS next to it; on a busy
+        // machine one of those may be taken by then: try another port.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start(source, codecs) {
+                Ok(baresip) => return baresip,
+                Err(log) => last = log,
+            }
+        }
+        panic!("baresip did not start:\n{last}");
+    }
+
+    fn try_start(source: &Path, codecs: &[&str]) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_udp_port();
         let rec = dir.path().join("rec");
@@ -132,17 +145,19 @@ impl Baresip {
             .stderr(log)
             .spawn()
             .unwrap();
-        let baresip = Self { child, port, dir };
+        let mut baresip = Self { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !baresip.log().contains("baresip is ready") {
-            assert!(
-                Instant::now() < deadline,
-                "baresip did not start:\n{}",
-                baresip.log()
-            );
+            let exited = baresip.child.try_wait().ok().flatten().is_some();
+            if exited
+                || baresip.log().contains("Address already in use")
+                || Instant::now() >= deadline
+            {
+                return Err(baresip.log());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        baresip
+        Ok(baresip)
     }
 
     pub fn uri(&self) -> String {
