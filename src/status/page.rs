@@ -13,6 +13,7 @@ use super::api::{SessionDoc, StatusDoc, session_doc, status_doc};
 use super::history::history_doc;
 use super::verdict::Overall;
 use super::view::PageView;
+use super::words;
 use super::{Access, StatusState};
 
 #[derive(Template)]
@@ -44,6 +45,13 @@ struct LoginPage<'a> {
 struct SessionPage<'a> {
     kiosk_name: &'a str,
     doc: &'a SessionDoc,
+    /// The session's facts in the kiosk's local time and plain words.
+    started: String,
+    ended: String,
+    end_reason: &'static str,
+    speech: String,
+    /// Each line's local time, in `doc.transcripts` order.
+    spoken: Vec<String>,
     nonce: &'a str,
 }
 
@@ -123,8 +131,31 @@ pub async fn session(State(state): State<StatusState>, Path(id): Path<String>) -
     match session_doc(&state, &id).await {
         Ok(doc) => {
             let nonce = nonce();
+            let now = jiff::Timestamp::now();
+            let clock = &state.clock;
+            let s = &doc.session;
             let page = SessionPage {
                 kiosk_name: &state.identity.kiosk_name,
+                started: clock.ago_at(s.started_at, now),
+                ended: match s.ended_at {
+                    Some(t) => format!(
+                        "{}, after {}",
+                        clock.ago_at(t, now),
+                        words::duration(words::secs_between(s.started_at, t))
+                    ),
+                    None => "in progress".into(),
+                },
+                end_reason: s.end_reason.as_deref().map_or("—", words::end_reason),
+                speech: format!(
+                    "visitor {}, assistant {}",
+                    words::duration(s.user_speech_ms / 1000),
+                    words::duration(s.bot_speech_ms / 1000)
+                ),
+                spoken: doc
+                    .transcripts
+                    .iter()
+                    .map(|t| clock.time(t.spoken_at, now))
+                    .collect(),
                 doc: &doc,
                 nonce: &nonce,
             };

@@ -237,6 +237,10 @@ async fn login_form_sets_a_strict_http_only_cookie() {
         .await
         .unwrap();
     assert!(transcript.contains("my name is Ada Lovelace"));
+    // Times in plain words and the kiosk's clock, not raw UTC stamps.
+    assert!(transcript.contains("visitor went quiet"), "{transcript}");
+    assert!(!transcript.contains("Z</td>"), "{transcript}");
+    assert!(!transcript.contains(">2026-"), "{transcript}");
 
     let out = c
         .post(url("/logout"))

@@ -100,17 +100,24 @@ fn a_technician_signs_in_and_reads_a_transcript() {
         row.contains("42 s") && row.contains("visitor went quiet"),
         "{row}"
     );
-    let transcript: Vec<&str> = seen["transcript"]
+    // Each line: its local time ("14:02:13"), the speaker, the words.
+    let transcript: Vec<(&str, &str)> = seen["transcript"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_str().unwrap())
+        .map(|v| v.as_str().unwrap().split_once(' ').unwrap())
         .collect();
+    assert!(
+        transcript
+            .iter()
+            .all(|(at, _)| at.len() == 8 && at.as_bytes()[2] == b':'),
+        "{transcript:?}"
+    );
     assert_eq!(
-        transcript,
+        transcript.iter().map(|(_, line)| *line).collect::<Vec<_>>(),
         [
-            "1 user where is the cloakroom?",
-            "2 bot downstairs, next to the café"
+            "user where is the cloakroom?",
+            "bot downstairs, next to the café"
         ]
     );
     assert_eq!(
