@@ -15,6 +15,7 @@
 //!   `reconnect_timeout` has passed.
 //! - There is no data channel: RTVI messages the session sends are dropped.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -348,14 +349,7 @@ impl Leg {
             }
             let wake = sleep_until(dialer.poll_timeout());
             tokio::select! {
-                received = self.sockets.sip.recv_from(&mut self.sip_buf) => {
-                    if let Ok((n, from)) = received
-                        && from == self.sockets.peer
-                        && let Err(e) = dialer.handle_datagram(&self.sip_buf[..n], Instant::now())
-                    {
-                        debug!(error = %e, bytes = n, "SIP datagram dropped");
-                    }
-                }
+                received = self.sockets.sip.recv_from(&mut self.sip_buf) => self.on_sip(&mut dialer, received),
                 _ = wake => dialer.handle_timeout(Instant::now()),
                 _ = self.cancel.cancelled() => {
                     // Cancels an INVITE still ringing; the wait is bounded.
@@ -400,15 +394,7 @@ impl Leg {
             }
             let wake = sleep_until(call.dialer.poll_timeout());
             tokio::select! {
-                received = self.sockets.sip.recv_from(&mut self.sip_buf) => {
-                    if let Ok((n, from)) = received {
-                        if from != self.sockets.peer {
-                            debug!(%from, "SIP datagram from a stranger dropped");
-                        } else if let Err(e) = call.dialer.handle_datagram(&self.sip_buf[..n], Instant::now()) {
-                            debug!(error = %e, bytes = n, "SIP datagram dropped");
-                        }
-                    }
-                }
+                received = self.sockets.sip.recv_from(&mut self.sip_buf) => self.on_sip(&mut call.dialer, received),
                 received = self.sockets.rtp.recv_from(&mut rtp_buf) => {
                     if let Ok((n, from)) = received {
                         self.on_rtp(call, &rtp_buf[..n], from);
@@ -454,7 +440,20 @@ impl Leg {
         ended
     }
 
-    fn on_rtp(&mut self, call: &mut Call, data: &[u8], from: std::net::SocketAddr) {
+    /// Hands a datagram from the SIP socket to `dialer` if the peer sent it.
+    fn on_sip(&self, dialer: &mut Dialer, received: std::io::Result<(usize, SocketAddr)>) {
+        match received {
+            Ok((n, from)) if from == self.sockets.peer => {
+                if let Err(e) = dialer.handle_datagram(&self.sip_buf[..n], Instant::now()) {
+                    debug!(error = %e, bytes = n, "SIP datagram dropped");
+                }
+            }
+            Ok((_, from)) => debug!(%from, "SIP datagram from a stranger dropped"),
+            Err(e) => debug!(error = %e, "cannot read the SIP socket"),
+        }
+    }
+
+    fn on_rtp(&mut self, call: &mut Call, data: &[u8], from: SocketAddr) {
         let now = Instant::now();
         if from != call.remote.rtp {
             call.rtp.count_foreign();
@@ -548,11 +547,7 @@ impl Leg {
             }
             let wake = sleep_until(dialer.poll_timeout());
             tokio::select! {
-                received = self.sockets.sip.recv_from(&mut self.sip_buf) => {
-                    if let Ok((n, from)) = received && from == self.sockets.peer {
-                        let _ = dialer.handle_datagram(&self.sip_buf[..n], Instant::now());
-                    }
-                }
+                received = self.sockets.sip.recv_from(&mut self.sip_buf) => self.on_sip(dialer, received),
                 _ = wake => dialer.handle_timeout(Instant::now()),
                 _ = tokio::time::sleep_until(give_up) => return,
             }

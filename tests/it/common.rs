@@ -269,6 +269,19 @@ pub async fn status(d: &Daemon) -> serde_json::Value {
     serde_json::from_str(&get(&format!("{}/api/status", d.url)).await.1).unwrap()
 }
 
+/// Polls `cond` until it holds; fails with `d`'s log after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, d: &Daemon, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never happened\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls the status API until `pred` holds.
 pub async fn wait_for(
     d: &Daemon,

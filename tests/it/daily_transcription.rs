@@ -406,14 +406,6 @@ fn stored_lines(dir: &Path, id: SessionId) -> usize {
         .len()
 }
 
-async fn wait_for(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn the_daemon_fetches_queued_transcripts_and_survives_kill_9_mid_way() {
     let fake = FakeDaily::start().await;
@@ -427,7 +419,7 @@ async fn the_daemon_fetches_queued_transcripts_and_survives_kill_9_mid_way() {
     // Killed hard while the file downloads.
     fake.inject_file([Fault::Slow(Duration::from_secs(30))]);
     let first = daemon(dir.path(), &fake);
-    wait_for("the download", Duration::from_secs(20), || {
+    crate::common::wait_until("the download", Duration::from_secs(20), &first, || {
         !fake.download_auth().is_empty()
     })
     .await;
@@ -438,7 +430,7 @@ async fn the_daemon_fetches_queued_transcripts_and_survives_kill_9_mid_way() {
 
     // The restarted daemon finds the job and stores its lines once.
     let mut second = daemon(dir.path(), &fake);
-    wait_for("the lines", Duration::from_secs(20), || {
+    crate::common::wait_until("the lines", Duration::from_secs(20), &second, || {
         stored_lines(dir.path(), job.session_id) == 3
     })
     .await;

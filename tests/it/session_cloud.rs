@@ -8,12 +8,12 @@ use crate::common;
 use crate::daily_support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::{
     Daemon, SessionRow, U1_MS, U2_MS, session_config, session_rows, transcript_lines, visitor_clip,
-    wait_for_prompt, wait_session_end, write_wav,
+    wait_for_prompt, wait_session_end, wait_until, write_wav,
 };
 use daily_support::{API_KEY, FakeDaily, Fault};
 use kiosk_gateway::testkit::media;
@@ -66,18 +66,6 @@ fn envelope(samples: &[i16], rate: usize) -> Vec<f64> {
 
 fn first_loud(env: &[f64]) -> usize {
     env.iter().position(|&db| db > -44.0).expect("speech")
-}
-
-async fn wait_until(what: &str, timeout: Duration, d: &Daemon, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: never happened\n{}",
-            d.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A voice-triggered session whose room takes 1.5 s to create, against the

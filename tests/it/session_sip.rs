@@ -11,10 +11,11 @@ use crate::fake_upstream;
 use crate::sip_support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    Daemon, U1_MS, U2_MS, session_config, session_rows, visitor_clip, wait_session_end, write_wav,
+    Daemon, U1_MS, U2_MS, session_config, session_rows, visitor_clip, wait_session_end, wait_until,
+    write_wav,
 };
 use daily_support::{API_KEY, FakeDaily};
 use fake_upstream::FakeUpstream;
@@ -172,11 +173,10 @@ async fn a_daily_sip_session_carries_speech_both_ways_and_cleans_up() {
 
     // The room was created with dial-in, the bot was told where the kiosk
     // calls, and the room went with the session.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fake.room_history().1.contains(&room) {
-        assert!(Instant::now() < deadline, "room not deleted\n{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("the room is deleted", Duration::from_secs(10), &d, || {
+        fake.room_history().1.contains(&room)
+    })
+    .await;
     {
         let state = fake.state.lock().unwrap();
         let (_, body) = &state.agent_start_bodies[0];
@@ -231,19 +231,14 @@ async fn a_daily_sip_session_carries_speech_both_ways_and_cleans_up() {
     let transcripts = fake.transcripts();
     assert_eq!(transcripts.len(), 1, "{log}");
     assert_eq!(transcripts[0].status, "t_finished");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let lines = loop {
-        let lines = common::transcript_lines(dir.path(), &row.id);
-        if lines.len() >= 3 {
-            break lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no transcript stored\n{}",
-            d.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    wait_until(
+        "the transcript is stored",
+        Duration::from_secs(30),
+        &d,
+        || common::transcript_lines(dir.path(), &row.id).len() >= 3,
+    )
+    .await;
+    let lines = common::transcript_lines(dir.path(), &row.id);
     let said: Vec<(&str, &str)> = lines
         .iter()
         .map(|(_, role, text)| (role.as_str(), text.as_str()))
@@ -256,15 +251,10 @@ async fn a_daily_sip_session_carries_speech_both_ways_and_cleans_up() {
             ("user", "Thank you!"),
         ]
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while upstream.with(|r| r.transcripts.len()) < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "lines not synced\n{}",
-            d.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until("the lines are synced", Duration::from_secs(30), &d, || {
+        upstream.with(|r| r.transcripts.len()) >= 3
+    })
+    .await;
     assert!(upstream.with(|r| r.transcripts.values().all(|&n| n == 1)));
     assert!(!d.stderr().contains(API_KEY), "the API key reached the log");
 }
@@ -284,17 +274,13 @@ async fn scripted_session(
     fake.state.lock().unwrap().sip_endpoint = Some(peer.uri());
     let d = start(dir.path(), &fake, &visitor(), "", extra);
     let s = wait_session_end(&d, "the session ends", Duration::from_secs(60)).await;
-    let log = d.stderr();
     // Whatever happened, the room went with the session.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until("every room is deleted", Duration::from_secs(10), &d, || {
         let (created, deleted) = fake.room_history();
-        if !created.is_empty() && created == deleted {
-            break;
-        }
-        assert!(Instant::now() < deadline, "a room was left behind\n{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        !created.is_empty() && created == deleted
+    })
+    .await;
+    let log = d.stderr();
     // The failure prompt is 4.6 s of speech; the peer sends only silence.
     let failed = s["recent_sessions"][0]["end_reason"] == "connect_failed";
     if failed {
