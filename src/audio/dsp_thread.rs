@@ -411,7 +411,7 @@ impl DspThread {
                     self.dsp.end_stream();
                 }
                 Control::SoundCheck(request) => {
-                    self.sound_check = Some(ActiveCheck::new(request));
+                    self.sound_check = Some(ActiveCheck::new(request, self.dsp_rate));
                 }
                 #[cfg(test)]
                 Control::Fail => return Err(AudioError::Stopped("injected failure".into())),

@@ -60,12 +60,14 @@ impl SoundCheckRequest {
 }
 
 impl ActiveCheck {
-    pub(super) fn new(request: SoundCheckRequest) -> Self {
+    /// The recording's room is taken here, once: `record` runs on the DSP
+    /// thread every block and must not allocate.
+    pub(super) fn new(request: SoundCheckRequest, mic_rate: SampleRate) -> Self {
         Self {
+            mic: Vec::with_capacity(wanted(&request, mic_rate) + mic_rate.hz() as usize),
             request,
             played: 0,
             speaker_frames: 0,
-            mic: Vec::new(),
             started: Instant::now(),
         }
     }
@@ -92,8 +94,9 @@ impl ActiveCheck {
     /// The recording, once the listening time is covered (or the
     /// microphone gave up); `Err(self)` while still listening.
     pub(super) fn finish(self, mic_rate: SampleRate) -> Result<(), Self> {
-        let wanted = (self.request.listen.as_secs_f64() * f64::from(mic_rate.hz())) as usize;
-        if self.mic.len() < wanted && self.started.elapsed() < self.request.listen + GRACE {
+        if self.mic.len() < wanted(&self.request, mic_rate)
+            && self.started.elapsed() < self.request.listen + GRACE
+        {
             return Err(self);
         }
         let recording = SoundCheckRecording {
@@ -105,4 +108,9 @@ impl ActiveCheck {
         let _ = self.request.reply.try_send(recording);
         Ok(())
     }
+}
+
+/// Microphone samples the check listens for.
+fn wanted(request: &SoundCheckRequest, mic_rate: SampleRate) -> usize {
+    (request.listen.as_secs_f64() * f64::from(mic_rate.hz())) as usize
 }
