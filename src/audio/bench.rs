@@ -44,6 +44,14 @@ const BOT_WAV: &[u8] = include_bytes!("../../fixtures/audio/bot_reference_16k.wa
 
 /// Signal-to-echo ratios the visitor speaks at in the simulated room.
 const ROOM_SER_DB: [f32; 2] = [0.0, -6.0];
+/// Where the visitor starts talking over the bot: after this much of the
+/// bot alone, then `ROOM_PLACEMENT_STEP` later in each further scene, so
+/// that their utterances meet the bot's speech at different phases (loud
+/// vowels, pauses) rather than at one lucky or unlucky spot.
+const ROOM_FIRST_PLACEMENT: Millis = Millis(10_000);
+const ROOM_PLACEMENT_STEP: Millis = Millis(730);
+/// Scenes per ratio.
+const ROOM_PLACEMENTS: u32 = 5;
 /// A detected onset this close to the true one counts as a hit.
 const ONSET_TOLERANCE: Millis = Millis(100);
 /// The canceller has converged by then; ERLE is measured after it.
@@ -108,23 +116,27 @@ pub struct EchoReport {
     pub scenes: Vec<SceneReport>,
 }
 
-/// One scene: the visitor over the bot at one signal-to-echo ratio.
+/// The visitor over the bot at one signal-to-echo ratio, over all the
+/// placements of their speech on the bot's.
 #[derive(Clone, Debug, Serialize)]
 pub struct SceneReport {
     /// The visitor's level over the echo's at the microphone.
     pub ser_db: f32,
-    /// The visitor's utterances in the scene (the truth).
+    /// Scenes run, each with the visitor starting at another point of the bot's speech.
+    pub scenes: u32,
+    /// The visitor's utterances over all scenes (the truth).
     pub utterances: usize,
     /// Found with their onset within 100 ms of the truth.
     pub detected: usize,
     /// Utterances that started where the visitor was silent.
     pub started_by_echo: usize,
     /// Echo power at the microphone over what is left of it in the
-    /// canceller's output, over the bot-only stretches after convergence.
+    /// canceller's output, over the bot-only stretches after convergence;
+    /// the lowest of the scenes.
     pub erle_db: f32,
-    /// The canceller's own ERLE estimate and echo delay at the end.
+    /// The canceller's own ERLE estimate at the end of the last scene.
     pub reported_erle_db: Option<f32>,
-    /// The echo delay the canceller settled on.
+    /// The echo delay the canceller settled on in the last scene.
     pub delay_ms: Option<u32>,
 }
 
@@ -158,8 +170,9 @@ impl BenchReport {
             ));
             for sc in &e.scenes {
                 out.push_str(&format!(
-                    "  SER {:>4.0} dB: {}/{} utterances within 100 ms, {} started by echo, ERLE {:.1} dB (canceller's estimate {}), delay {}\n",
+                    "  SER {:>4.0} dB, {} scenes: {}/{} utterances within 100 ms, {} started by echo, ERLE {:.1} dB at least (canceller's estimate {}), delay {}\n",
                     sc.ser_db,
+                    sc.scenes,
                     sc.detected,
                     sc.utterances,
                     sc.started_by_echo,
@@ -521,8 +534,31 @@ fn bench_echo(
     let truth = vad_clip(visitor, None, audio, &vad)?.segments;
     let scenes = ROOM_SER_DB
         .iter()
-        .map(|&ser_db| room_scene(audio, &vad, bot, visitor, &truth, ser_db))
-        .collect::<Result<_, _>>()?;
+        .map(|&ser_db| {
+            let mut total = room_scene(
+                audio,
+                &vad,
+                bot,
+                visitor,
+                &truth,
+                ser_db,
+                ROOM_FIRST_PLACEMENT,
+            )?;
+            for k in 1..ROOM_PLACEMENTS {
+                let before = Millis(ROOM_FIRST_PLACEMENT.0 + k * ROOM_PLACEMENT_STEP.0);
+                let scene = room_scene(audio, &vad, bot, visitor, &truth, ser_db, before)?;
+                total = SceneReport {
+                    scenes: total.scenes + 1,
+                    utterances: total.utterances + scene.utterances,
+                    detected: total.detected + scene.detected,
+                    started_by_echo: total.started_by_echo + scene.started_by_echo,
+                    erle_db: total.erle_db.min(scene.erle_db),
+                    ..scene
+                };
+            }
+            Ok(total)
+        })
+        .collect::<Result<_, AudioError>>()?;
     Ok(EchoReport {
         canceller_ns_per_10ms_frame: per_frame(aec_time, n),
         scenes,
@@ -536,8 +572,8 @@ fn room_scene(
     visitor: &PcmClip,
     truth: &[SegmentReport],
     ser_db: f32,
+    before: Millis,
 ) -> Result<SceneReport, AudioError> {
-    let before = Millis(10_000);
     let conversation = Conversation::new(
         &Room::default(),
         bot,
@@ -602,6 +638,7 @@ fn room_scene(
     });
     Ok(SceneReport {
         ser_db,
+        scenes: 1,
         utterances: truth.len(),
         detected,
         started_by_echo,
