@@ -39,6 +39,16 @@ const COUPLING_RELEASE: f32 = 0.002;
 /// second); following it as fast lets the visitor in early.
 const RESIDUAL_RELEASE: f32 = 0.02;
 const RESIDUAL_ATTACK: f32 = 0.05;
+/// Behind the canceller, while the bot plays, a frame inside the visitor's
+/// utterance only keeps it open if it is within this much of the
+/// utterance's loudest frame: the canceller's filter, disturbed by double
+/// talk, lets bursts of residual echo through far below the visitor's
+/// voice, and each would otherwise hold the utterance open for another
+/// hangover.
+const IN_SPEECH_RANGE_DB: f32 = 25.0;
+/// How fast that loudest level falls back (per frame), so a shout early in
+/// an utterance does not shut out the rest of it.
+const IN_SPEECH_PEAK_RELEASE_DB: f32 = 0.1;
 
 /// The echo gate: see the module's description.
 pub struct EchoGate {
@@ -52,6 +62,8 @@ pub struct EchoGate {
     guard_in_speech: bool,
     recent_reference: [f32; ECHO_SPAN_FRAMES],
     next: usize,
+    /// Loudest admitted level of the visitor's current utterance (decaying).
+    speech_peak_db: f32,
 }
 
 impl EchoGate {
@@ -66,6 +78,7 @@ impl EchoGate {
             guard_in_speech: false,
             recent_reference: [Dbfs::FLOOR.0; ECHO_SPAN_FRAMES],
             next: 0,
+            speech_peak_db: Dbfs::FLOOR.0,
         }
     }
 
@@ -109,7 +122,18 @@ impl EchoGate {
             return voiced;
         }
         let echo_estimate = envelope + self.coupling_db;
-        let admitted = mic.0 > echo_estimate + self.margin_db;
+        let mut admitted = mic.0 > echo_estimate + self.margin_db;
+        if self.guard_in_speech {
+            if visitor_speaking {
+                admitted &= mic.0 > self.speech_peak_db - IN_SPEECH_RANGE_DB;
+                self.speech_peak_db -= IN_SPEECH_PEAK_RELEASE_DB;
+            } else {
+                self.speech_peak_db = Dbfs::FLOOR.0;
+            }
+            if admitted && voiced {
+                self.speech_peak_db = self.speech_peak_db.max(mic.0);
+            }
+        }
         if !admitted {
             let observed = (mic.0 - envelope).clamp(self.range_db.0, self.range_db.1);
             let rate = if observed > self.coupling_db {
@@ -178,5 +202,30 @@ mod tests {
         assert!(gate.admits(Dbfs(-35.0), true, false));
         // Residual echo does not keep an utterance open either.
         assert!(!gate.admits(Dbfs(-76.0), true, true));
+    }
+
+    #[test]
+    fn behind_the_canceller_residual_bursts_far_below_the_visitor_do_not_hold_their_utterance_open()
+    {
+        let mut gate = EchoGate::behind_canceller(6.0);
+        for i in 0..300 {
+            gate.observe_reference(Dbfs(-15.0));
+            let residual = -80.0 + [0.0, -6.0, 3.0, -9.0][i % 4];
+            gate.admits(Dbfs(residual), true, false);
+        }
+        // The visitor talks at about -25 dBFS over the bot.
+        for _ in 0..50 {
+            gate.observe_reference(Dbfs(-15.0));
+            assert!(gate.admits(Dbfs(-25.0), true, true));
+        }
+        // A burst of residual echo 25 dB below them, well above the
+        // learned residual, does not count as their speech...
+        gate.observe_reference(Dbfs(-15.0));
+        assert!(!gate.admits(Dbfs(-52.0), true, true));
+        // ...but their own softer speech still does.
+        assert!(gate.admits(Dbfs(-40.0), true, true));
+        // A new utterance starts afresh.
+        gate.observe_reference(Dbfs(-15.0));
+        assert!(gate.admits(Dbfs(-52.0), true, false));
     }
 }

@@ -180,3 +180,36 @@ fn vad_with_the_speaker_reference_finds_no_visitor_in_the_bots_echo() {
         "{cleaned}"
     );
 }
+
+#[test]
+fn vad_with_the_speaker_reference_hears_the_visitor_over_the_bot() {
+    // fixtures/audio/room_mic_16k.wav: the visitor's four utterances at
+    // 0 dB over the bot's echo in the simulated room, 6 s into it.
+    let run = |reference: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"));
+        cmd.args(["vad", "--json", "--input"])
+            .arg(fixture("room_mic_16k.wav"));
+        if reference {
+            cmd.arg("--reference").arg(fixture("room_speaker_16k.wav"));
+        }
+        let out = cmd.env_remove("KIOSK_GATEWAY_CONFIG").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // Alone, the VAD hears one utterance from the first echo to the end.
+    let alone = run(false);
+    assert_eq!(alone["segments"].as_array().unwrap().len(), 1, "{alone}");
+    let cleaned = run(true);
+    let said = [7000, 11230, 14690, 17110];
+    let heard = cleaned["segments"].as_array().unwrap();
+    assert_eq!(heard.len(), said.len(), "{cleaned}");
+    for (h, s) in heard.iter().zip(said) {
+        let start = h["start_ms"].as_i64().unwrap();
+        assert!((start - s).abs() <= 200, "{cleaned}");
+    }
+    assert!(cleaned["echo"]["erle_db"].as_f64().unwrap() > 3.0, "{cleaned}");
+}
