@@ -155,10 +155,23 @@ impl<const N: usize> Segmenter<N> {
                 last_voiced,
                 voiced: count,
             } => {
+                let gap = idx - last_voiced;
                 let last_voiced = if voiced { idx } else { last_voiced };
                 if idx - last_voiced >= self.min_speech {
                     self.discarded += 1;
                     State::Silence
+                } else if voiced
+                    && gap > 2 * u64::from(self.onset_window)
+                    && count <= u64::from(self.onset_window)
+                {
+                    // Voice again after a pause of more than twice the
+                    // onset window, the candidate so far a blip no longer
+                    // than that window: the blip (a click, a burst of the
+                    // bot's residual echo) was not the start of this
+                    // speech, which starts here. A longer first fragment
+                    // is kept: it may be the visitor's first syllable.
+                    self.discarded += 1;
+                    self.confirm_or_wait(idx, idx, 1, idx, out)
                 } else {
                     self.confirm_or_wait(onset, last_voiced, count + u64::from(voiced), idx, out)
                 }
@@ -313,6 +326,25 @@ mod tests {
         assert!(utts.is_empty(), "{utts:?}");
         assert!(frames.is_empty());
         assert_eq!(discarded, 1);
+    }
+
+    #[test]
+    fn a_blip_before_speech_does_not_become_its_onset() {
+        let s = VadSettings::default();
+        // 40 ms of something voiced (residual echo), 150 ms of nothing, then speech.
+        let (utts, _, discarded) = run(
+            &s,
+            &pattern(&[(false, 50), (true, 4), (false, 15), (true, 60), (false, 60)]),
+        );
+        assert_eq!(utts.len(), 1, "{utts:?}");
+        assert_eq!(utts[0].start, Millis(690));
+        assert_eq!(discarded, 1);
+        // A pause under 100 ms inside the first syllables is speech.
+        let (utts, _, _) = run(
+            &s,
+            &pattern(&[(false, 50), (true, 4), (false, 9), (true, 60), (false, 60)]),
+        );
+        assert_eq!(utts[0].start, Millis(500));
     }
 
     #[test]

