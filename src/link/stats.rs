@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use webrtc::peer_connection::{PeerConnection, RTCStatsReportEntry, StatsSelector};
+use webrtc::peer_connection::{RTCStatsReportEntry, StatsSelector};
 
-use super::peer::OPUS_CLOCK_RATE;
+use super::peer::{OPUS_CLOCK_RATE, Peer};
 
 /// What the link counts as packets and messages pass; read into each
 /// snapshot.
@@ -37,8 +37,16 @@ pub struct LinkStats {
     pub bytes_sent: u64,
     /// Bytes received, headers included.
     pub bytes_received: u64,
-    /// Packets the agent reported lost (RTCP receiver reports).
+    /// Packets the agent reported lost (report blocks of its RTCP
+    /// receiver or sender reports).
     pub packets_lost_remote: i64,
+    /// Share of our packets lost over the agent's latest report interval
+    /// (0 to 1), once it has reported.
+    pub loss_out_recent: Option<f64>,
+    /// The agent's interarrival jitter of our audio, once it has reported.
+    pub remote_jitter_ms: Option<f64>,
+    /// Reports on our audio read from the agent.
+    pub remote_reports: u64,
     /// Packets we counted as lost on the way in.
     pub packets_lost_local: i64,
     /// Round-trip time, when RTCP has measured it.
@@ -97,7 +105,7 @@ impl StatsState {
         }
     }
 
-    pub async fn collect(&mut self, c: &Counters, pc: &dyn PeerConnection) -> LinkStats {
+    pub async fn collect(&mut self, c: &Counters, peer: &Peer) -> LinkStats {
         let now = Instant::now();
         let mut s = LinkStats {
             packets_sent: c.packets_sent.load(Ordering::Relaxed),
@@ -113,14 +121,15 @@ impl StatsState {
             last_recovery_ms: self.last_recovery.map(|d| d.as_millis() as u64),
             ..LinkStats::default()
         };
-        for entry in pc.get_stats(now, StatsSelector::None).await.iter() {
+        if let Some(r) = peer.reports.latest() {
+            s.packets_lost_remote = r.cumulative_lost;
+            s.loss_out_recent = Some(r.fraction_lost);
+            s.remote_jitter_ms = Some(r.jitter_ms);
+            s.remote_reports = r.reports;
+            s.rtt_ms = r.rtt_ms;
+        }
+        for entry in peer.pc.get_stats(now, StatsSelector::None).await.iter() {
             match entry {
-                RTCStatsReportEntry::RemoteInboundRtp(r) => {
-                    s.packets_lost_remote += r.received_rtp_stream_stats.packets_lost;
-                    if r.round_trip_time_measurements > 0 {
-                        s.rtt_ms = Some(r.round_trip_time * 1000.0);
-                    }
-                }
                 RTCStatsReportEntry::InboundRtp(r) => {
                     s.packets_lost_local += r.received_rtp_stream_stats.packets_lost;
                     // webrtc-rs reports interarrival jitter in RTP timestamp

@@ -37,6 +37,7 @@ mod hostile_wav;
 mod journal;
 mod link_call;
 mod link_loopback;
+mod link_loss;
 mod link_restart;
 mod link_signaling;
 mod selftest;
