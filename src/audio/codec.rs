@@ -33,6 +33,45 @@ pub fn packet_samples(packet: &[u8]) -> Option<usize> {
     (OPUS_QUANTUM..=MAX_DECODED).contains(&n).then_some(n)
 }
 
+/// Whether `packet` carries in-band FEC (LBRR) data for the packet before
+/// it: the LBRR flag of its first SILK frame (RFC 6716 section 4.2.3).
+/// CELT-only packets never do; a packet with several frames of its own
+/// (code 3) is not read and taken to carry none. Allocation-free.
+pub fn has_fec(packet: &[u8]) -> bool {
+    let Some(&toc) = packet.first() else {
+        return false;
+    };
+    // Configurations 16 to 31 are CELT-only.
+    if toc & 0x80 != 0 {
+        return false;
+    }
+    let first_frame = match toc & 0x03 {
+        0 | 1 => packet.get(1),
+        // Code 2: one or two length bytes, then the first frame.
+        2 => match packet.get(1) {
+            Some(&len) if len < 252 => packet.get(2),
+            Some(_) => packet.get(3),
+            None => None,
+        },
+        _ => None,
+    };
+    let Some(&byte) = first_frame else {
+        return false;
+    };
+    // SILK frames per Opus frame: one for 10 and 20 ms, two for 40, three
+    // for 60. Only SILK-only configurations (0 to 11) last 40 or 60 ms.
+    let config = toc >> 3;
+    let silk_frames = match (config < 12).then_some(config & 0x03) {
+        Some(2) => 2,
+        Some(3) => 3,
+        _ => 1,
+    };
+    let stereo = toc & 0x04 != 0;
+    let mid = (byte >> (7 - silk_frames)) & 1 != 0;
+    let side = stereo && (byte >> (6 - 2 * silk_frames)) & 1 != 0;
+    mid || side
+}
+
 /// One encoded packet, held inline so passing it around never allocates.
 #[derive(Clone, Copy)]
 pub struct OpusPacket {
@@ -190,6 +229,31 @@ mod tests {
                 xy / (xx * yy).sqrt().max(1e-9)
             })
             .fold(f32::MIN, f32::max)
+    }
+
+    #[test]
+    fn fec_is_seen_in_packets_that_carry_it() {
+        let settings = AudioSettings {
+            opus_expected_loss_percent: 20,
+            ..AudioSettings::default()
+        };
+        let mut enc = OpusEncoder::new(&settings).unwrap();
+        let input = tone(OPUS_FRAME * 50);
+        let with: Vec<bool> = input
+            .chunks(OPUS_FRAME)
+            .map(|f| has_fec(enc.encode(f).unwrap().bytes()))
+            .collect();
+        // The first packet has nothing before it to protect; libopus then
+        // spends LBRR where it judges it worth the bits.
+        assert!(!with[0] && with[1..10].iter().all(|&f| f), "{with:?}");
+        let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
+        enc.encoder.set_inband_fec(false).unwrap();
+        assert!(
+            input
+                .chunks(OPUS_FRAME)
+                .all(|f| !has_fec(enc.encode(f).unwrap().bytes()))
+        );
+        assert!(!has_fec(&[]));
     }
 
     #[test]

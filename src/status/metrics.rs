@@ -111,6 +111,14 @@ fn describe() {
         "kiosk_audio_packets_late_total",
         "Packets of the bot's audio that arrived after their playout time."
     );
+    describe_counter!(
+        "kiosk_audio_packets_fec_recovered_total",
+        "Lost packets of the bot's audio rebuilt from the next packet's in-band FEC."
+    );
+    describe_gauge!(
+        "kiosk_audio_jitter_buffer_delay_seconds",
+        "Audio the jitter buffer held when it last played a packet of the bot's audio."
+    );
     describe_gauge!(
         "kiosk_audio_echo_erle_db",
         "Echo return loss enhancement the echo canceller reports, in dB."
@@ -207,6 +215,12 @@ pub fn record_audio(a: &AudioMetrics) {
     );
     total("kiosk_audio_packets_concealed_total", &a.packets_concealed);
     total("kiosk_audio_packets_late_total", &a.packets_late);
+    total(
+        "kiosk_audio_packets_fec_recovered_total",
+        &a.packets_fec_recovered,
+    );
+    gauge!("kiosk_audio_jitter_buffer_delay_seconds")
+        .set(a.jitter_delay_ms.load(Relaxed) as f64 / 1000.0);
     total(
         "kiosk_audio_packets_undecodable_total",
         &a.packets_undecodable,
