@@ -136,6 +136,14 @@ impl OpusEncoder {
         })
     }
 
+    /// Tells the encoder how much of what it sends will be lost (0 to 100):
+    /// the share of bits in-band FEC gets follows it.
+    pub fn set_expected_loss(&mut self, percent: u8) -> Result<(), AudioError> {
+        self.encoder
+            .set_packet_loss_perc(i32::from(percent.min(100)))?;
+        Ok(())
+    }
+
     /// Samples [`encode`](Self::encode) takes: 20 ms at the input rate.
     pub fn frame_len(&self) -> usize {
         self.frame_len
@@ -159,6 +167,50 @@ impl OpusEncoder {
         // The buffer bounds `len`, so it fits in u16.
         out.len = len as u16;
         Ok(out)
+    }
+}
+
+/// The loss the encoder should expect, from what the far end reports:
+/// never below the configured `opus_expected_loss_percent`, raised to the
+/// reported loss (smoothed over a few reports, so one bad second does not
+/// swing it) when that is higher, and at most [`MAX_EXPECTED_LOSS`].
+#[derive(Clone, Copy, Debug)]
+pub struct ExpectedLoss {
+    floor: u8,
+    smoothed: f64,
+    current: u8,
+}
+
+/// Beyond this, more FEC only takes bits from the speech itself.
+pub const MAX_EXPECTED_LOSS: u8 = 30;
+
+impl ExpectedLoss {
+    /// Starting from `settings`' expected loss.
+    pub fn new(settings: &AudioSettings) -> Self {
+        let floor = settings.opus_expected_loss_percent.clamp(0, 100) as u8;
+        Self {
+            floor,
+            smoothed: 0.0,
+            current: floor,
+        }
+    }
+
+    /// What the encoder is told now.
+    pub fn percent(&self) -> u8 {
+        self.current
+    }
+
+    /// Takes in a report of `fraction` lost (0 to 1); returns the new
+    /// percentage when it changed.
+    pub fn report(&mut self, fraction: f64) -> Option<u8> {
+        self.smoothed += (fraction.clamp(0.0, 1.0) * 100.0 - self.smoothed) / 4.0;
+        let wanted = (self.smoothed.ceil() as u8)
+            .min(MAX_EXPECTED_LOSS)
+            .max(self.floor);
+        (wanted != self.current).then(|| {
+            self.current = wanted;
+            wanted
+        })
     }
 }
 
@@ -229,6 +281,26 @@ mod tests {
                 xy / (xx * yy).sqrt().max(1e-9)
             })
             .fold(f32::MIN, f32::max)
+    }
+
+    #[test]
+    fn expected_loss_follows_reports_above_the_configured_floor() {
+        let mut loss = ExpectedLoss::new(&AudioSettings {
+            opus_expected_loss_percent: 5,
+            ..AudioSettings::default()
+        });
+        assert_eq!(loss.percent(), 5);
+        assert_eq!(loss.report(0.0), None);
+        let mut last = None;
+        for _ in 0..20 {
+            last = loss.report(0.15).or(last);
+        }
+        assert_eq!(last, Some(15));
+        assert_eq!(loss.report(0.9).map(|p| p <= MAX_EXPECTED_LOSS), Some(true));
+        for _ in 0..40 {
+            loss.report(0.0);
+        }
+        assert_eq!(loss.percent(), 5);
     }
 
     #[test]

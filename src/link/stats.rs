@@ -26,7 +26,8 @@ pub(super) struct Counters {
     pub restarts: AtomicU64,
 }
 
-/// A snapshot of one link. Rates are averages since the previous snapshot.
+/// A snapshot of one link. Rates are averages since the previous snapshot
+/// (or the one before it, when that was under 1.5 s ago).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct LinkStats {
     /// RTP packets sent.
@@ -75,6 +76,10 @@ pub struct LinkStats {
     pub last_recovery_ms: Option<u64>,
 }
 
+/// A snapshot this soon after the previous one averages its rates over
+/// the one before.
+const MIN_RATE_WINDOW: Duration = Duration::from_millis(1500);
+
 #[derive(Clone, Copy)]
 struct Snapshot {
     at: Instant,
@@ -88,20 +93,24 @@ pub(crate) struct StatsState {
     pub last_recovery: Option<Duration>,
     /// When and at which counts the previous snapshot was taken.
     previous: Snapshot,
+    /// The one before it, at least [`MIN_RATE_WINDOW`] older.
+    older: Snapshot,
 }
 
 impl StatsState {
     /// Rates in the first snapshot are averages since `connected`.
     pub fn new(connected: Instant) -> Self {
+        let start = Snapshot {
+            at: connected,
+            bytes_sent: 0,
+            bytes_received: 0,
+            packets_sent: 0,
+        };
         Self {
             first_packet_sent: None,
             last_recovery: None,
-            previous: Snapshot {
-                at: connected,
-                bytes_sent: 0,
-                bytes_received: 0,
-                packets_sent: 0,
-            },
+            previous: start,
+            older: start,
         }
     }
 
@@ -146,19 +155,26 @@ impl StatsState {
                 _ => {}
             }
         }
-        let p = self.previous;
+        // Snapshots taken in quick succession (a caller polling for the
+        // agent's reports, then the final figures) average over the older
+        // baseline: a rate over a few milliseconds is noise.
+        let fresh = now.duration_since(self.previous.at) >= MIN_RATE_WINDOW;
+        let p = if fresh { self.previous } else { self.older };
         let secs = now.duration_since(p.at).as_secs_f64();
         if secs > 0.0 {
             s.send_bitrate_bps = ((s.bytes_sent - p.bytes_sent) as f64 * 8.0 / secs) as u64;
             s.recv_bitrate_bps = ((s.bytes_received - p.bytes_received) as f64 * 8.0 / secs) as u64;
             s.send_packet_rate = (s.packets_sent - p.packets_sent) as f64 / secs;
         }
-        self.previous = Snapshot {
-            at: now,
-            bytes_sent: s.bytes_sent,
-            bytes_received: s.bytes_received,
-            packets_sent: s.packets_sent,
-        };
+        if fresh {
+            self.older = self.previous;
+            self.previous = Snapshot {
+                at: now,
+                bytes_sent: s.bytes_sent,
+                bytes_received: s.bytes_received,
+                packets_sent: s.packets_sent,
+            };
+        }
         s
     }
 }
