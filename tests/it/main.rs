@@ -43,6 +43,7 @@ mod link_signaling;
 mod selftest;
 mod session;
 mod session_cloud;
+mod session_loss;
 mod session_sip;
 mod sip_dial;
 mod status;
