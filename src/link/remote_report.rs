@@ -16,8 +16,6 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
-use super::peer::OPUS_CLOCK_RATE;
-
 /// The agent's latest report on our audio.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct RemoteReport {
@@ -25,8 +23,8 @@ pub(crate) struct RemoteReport {
     pub fraction_lost: f64,
     /// Our packets it lost since the call began (negative with duplicates).
     pub cumulative_lost: i64,
-    /// Its interarrival jitter of our audio.
-    pub jitter_ms: f64,
+    /// Its interarrival jitter of our audio, in RTP timestamp units.
+    pub jitter: u32,
     /// From LSR and DLSR, when it had had one of our sender reports.
     pub rtt_ms: Option<f64>,
     /// Reports read so far.
@@ -50,7 +48,7 @@ impl RemoteReports {
         *latest = Some(RemoteReport {
             fraction_lost: f64::from(block.fraction_lost) / 256.0,
             cumulative_lost: cumulative_lost(block.total_lost),
-            jitter_ms: f64::from(block.jitter) / f64::from(OPUS_CLOCK_RATE / 1000),
+            jitter: block.jitter,
             rtt_ms: rtt(block, arrival_ntp).map(|d| d.as_secs_f64() * 1000.0),
             reports,
         });
@@ -213,7 +211,7 @@ mod tests {
         assert!(reader.poll_read().is_some(), "passed on");
         let r = reports.latest().unwrap();
         assert_eq!((r.fraction_lost, r.cumulative_lost), (0.25, 12));
-        assert_eq!(r.jitter_ms, 10.0);
+        assert_eq!(r.jitter, 480);
         assert_eq!(r.reports, 1);
     }
 }

@@ -133,7 +133,7 @@ impl StatsState {
         if let Some(r) = peer.reports.latest() {
             s.packets_lost_remote = r.cumulative_lost;
             s.loss_out_recent = Some(r.fraction_lost);
-            s.remote_jitter_ms = Some(r.jitter_ms);
+            s.remote_jitter_ms = Some(f64::from(r.jitter) / f64::from(OPUS_CLOCK_RATE / 1000));
             s.remote_reports = r.reports;
             s.rtt_ms = r.rtt_ms;
         }
