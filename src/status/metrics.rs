@@ -155,6 +155,14 @@ fn describe() {
         "kiosk_link_loss_ratio",
         "Share of packets lost on the current or last call, by direction (out: to the agent)."
     );
+    describe_gauge!(
+        "kiosk_link_loss_recent_ratio",
+        "Share of our packets the agent reported lost over its latest report interval."
+    );
+    describe_gauge!(
+        "kiosk_link_agent_jitter_seconds",
+        "Interarrival jitter of our audio as the agent reports it."
+    );
     describe_gauge!("kiosk_link_up", "1 while a call to the agent is open.");
     describe_counter!(
         "kiosk_link_packets_sent_total",
@@ -177,6 +185,12 @@ pub fn record_link(link: &LinkView) {
     }
     gauge!("kiosk_link_loss_ratio", "direction" => "out").set(link.loss_out_percent / 100.0);
     gauge!("kiosk_link_loss_ratio", "direction" => "in").set(link.loss_in_percent / 100.0);
+    if let Some(recent) = link.loss_out_recent_percent {
+        gauge!("kiosk_link_loss_recent_ratio", "direction" => "out").set(recent / 100.0);
+    }
+    if let Some(jitter) = link.agent_jitter_ms {
+        gauge!("kiosk_link_agent_jitter_seconds").set(jitter / 1000.0);
+    }
     gauge!("kiosk_link_packets_sent_per_second").set(if link.live {
         link.send_packets_per_second
     } else {

@@ -1,6 +1,7 @@
 //! A lossy, jittery network between the kiosk and the loopback agent (the
 //! agent's relay, see `testkit::network`): the link must report the loss
-//! the agent suffers as the relay counted it.
+//! the agent suffers as the relay counted it, and `call` must still get
+//! the agent's replies through to its speaker.
 
 use crate::link_support;
 
