@@ -38,6 +38,10 @@ pub struct LinkView {
     pub loss_out_percent: f64,
     /// Packets from the agent that never arrived.
     pub loss_in_percent: f64,
+    /// Loss out over the agent's latest report interval, once it reported.
+    pub loss_out_recent_percent: Option<f64>,
+    /// The agent's interarrival jitter of our audio, once it reported.
+    pub agent_jitter_ms: Option<f64>,
     pub send_kbps: f64,
     pub recv_kbps: f64,
     /// 50 while a call is live: the agent hears every 20 ms, silences included.
@@ -68,6 +72,8 @@ impl LinkView {
                     .saturating_sub(s.packets_lost_remote.max(0) as u64),
             ),
             loss_in_percent: percent(s.packets_lost_local, s.packets_received),
+            loss_out_recent_percent: s.loss_out_recent.map(|f| 100.0 * f),
+            agent_jitter_ms: s.remote_jitter_ms,
             send_kbps: s.send_bitrate_bps as f64 / 1000.0,
             recv_kbps: s.recv_bitrate_bps as f64 / 1000.0,
             send_packets_per_second: s.send_packet_rate,

@@ -4,6 +4,14 @@
 
 pub use crate::agent::{AgentError, AgentRecord, CloudRequest, LoopbackAgent, LoopbackAgentConfig};
 
+/// A lossy, jittery network for the loopback agent's relay.
+pub mod network {
+    pub use crate::agent::netsim::{
+        Bursts, Deliveries, NetworkCounts, NetworkModel, NetworkProfile,
+    };
+    pub use crate::agent::relay::{RelayCounts, RtpTally};
+}
+
 /// 48 kHz mono 16-bit audio, as the loopback agent hears and speaks it.
 pub mod media {
     pub use crate::agent::media::{Decoder, read_wav};

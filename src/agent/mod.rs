@@ -5,7 +5,7 @@
 //!
 //! `demo` and `loopback-agent` run it in the product; integration tests
 //! reach it through the `testkit` feature, which also builds its test tools:
-//! a UDP relay that can cut the network, and hostile audio.
+//! a UDP relay that can cut the network or make it lossy, and hostile audio.
 //!
 //! Routes ([`http`]): `POST /start` (→ `{"sessionId"}`), `POST|PATCH
 //! /api/offer` and `POST|PATCH /sessions/{id}/api/offer`, the shapes
@@ -18,7 +18,9 @@ mod hostile;
 mod http;
 pub mod media;
 #[cfg(feature = "testkit")]
-mod relay;
+pub mod netsim;
+#[cfg(feature = "testkit")]
+pub mod relay;
 pub mod voice;
 
 use std::collections::HashMap;
@@ -58,6 +60,13 @@ pub struct LoopbackAgentConfig {
     /// ([`LoopbackAgent::cut_network`]).
     #[cfg(feature = "testkit")]
     pub simulate_network: bool,
+    /// What the relay's network does to packets from the kiosk to the
+    /// agent (needs `simulate_network`; a perfect network by default).
+    #[cfg(feature = "testkit")]
+    pub uplink: netsim::NetworkProfile,
+    /// Likewise from the agent to the kiosk.
+    #[cfg(feature = "testkit")]
+    pub downlink: netsim::NetworkProfile,
     /// As Pipecat Cloud: `/start` and `/sessions/{id}/api/offer` answer 401
     /// unless they carry `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
@@ -79,6 +88,10 @@ impl LoopbackAgentConfig {
             vad_hangover: Duration::from_millis(400),
             #[cfg(feature = "testkit")]
             simulate_network: false,
+            #[cfg(feature = "testkit")]
+            uplink: netsim::NetworkProfile::default(),
+            #[cfg(feature = "testkit")]
+            downlink: netsim::NetworkProfile::default(),
             api_key: None,
             #[cfg(feature = "testkit")]
             hostile: false,
@@ -150,7 +163,7 @@ struct Shared {
     record: Mutex<AgentRecord>,
     sessions: tokio::sync::Mutex<HashMap<PcId, AgentPeer>>,
     #[cfg(feature = "testkit")]
-    network: relay::NetworkCut,
+    network: relay::Network,
 }
 
 impl Shared {
@@ -226,7 +239,7 @@ impl LoopbackAgent {
             record: Mutex::new(AgentRecord::default()),
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             #[cfg(feature = "testkit")]
-            network: relay::NetworkCut::default(),
+            network: relay::Network::default(),
         });
         let server = tokio::spawn(http::serve(listener, Arc::clone(&shared)));
         info!(%addr, "loopback agent listening");
@@ -270,6 +283,12 @@ impl LoopbackAgent {
     /// `simulate_network`): the agent simply stops answering.
     pub fn cut_network(&self, duration: Duration) {
         self.shared.network.cut_for(duration);
+    }
+
+    /// RTP packets the relay carried and lost each way (needs
+    /// `simulate_network`), over every call so far.
+    pub fn network_counts(&self) -> relay::RelayCounts {
+        self.shared.network.counts()
     }
 
     /// Asks every connected kiosk for a fresh offer on the same `pc_id`.

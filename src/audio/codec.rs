@@ -33,6 +33,45 @@ pub fn packet_samples(packet: &[u8]) -> Option<usize> {
     (OPUS_QUANTUM..=MAX_DECODED).contains(&n).then_some(n)
 }
 
+/// Whether `packet` carries in-band FEC (LBRR) data for the packet before
+/// it: the LBRR flag of its first SILK frame (RFC 6716 section 4.2.3).
+/// CELT-only packets never do; a packet with several frames of its own
+/// (code 3) is not read and taken to carry none. Allocation-free.
+pub fn has_fec(packet: &[u8]) -> bool {
+    let Some(&toc) = packet.first() else {
+        return false;
+    };
+    // Configurations 16 to 31 are CELT-only.
+    if toc & 0x80 != 0 {
+        return false;
+    }
+    let first_frame = match toc & 0x03 {
+        0 | 1 => packet.get(1),
+        // Code 2: one or two length bytes, then the first frame.
+        2 => match packet.get(1) {
+            Some(&len) if len < 252 => packet.get(2),
+            Some(_) => packet.get(3),
+            None => None,
+        },
+        _ => None,
+    };
+    let Some(&byte) = first_frame else {
+        return false;
+    };
+    // SILK frames per Opus frame: one for 10 and 20 ms, two for 40, three
+    // for 60. Only SILK-only configurations (0 to 11) last 40 or 60 ms.
+    let config = toc >> 3;
+    let silk_frames = match (config < 12).then_some(config & 0x03) {
+        Some(2) => 2,
+        Some(3) => 3,
+        _ => 1,
+    };
+    let stereo = toc & 0x04 != 0;
+    let mid = (byte >> (7 - silk_frames)) & 1 != 0;
+    let side = stereo && (byte >> (6 - 2 * silk_frames)) & 1 != 0;
+    mid || side
+}
+
 /// One encoded packet, held inline so passing it around never allocates.
 #[derive(Clone, Copy)]
 pub struct OpusPacket {
@@ -97,6 +136,14 @@ impl OpusEncoder {
         })
     }
 
+    /// Tells the encoder how much of what it sends will be lost (0 to 100):
+    /// the share of bits in-band FEC gets follows it.
+    pub fn set_expected_loss(&mut self, percent: u8) -> Result<(), AudioError> {
+        self.encoder
+            .set_packet_loss_perc(i32::from(percent.min(100)))?;
+        Ok(())
+    }
+
     /// Samples [`encode`](Self::encode) takes: 20 ms at the input rate.
     pub fn frame_len(&self) -> usize {
         self.frame_len
@@ -120,6 +167,50 @@ impl OpusEncoder {
         // The buffer bounds `len`, so it fits in u16.
         out.len = len as u16;
         Ok(out)
+    }
+}
+
+/// The loss the encoder should expect, from what the far end reports:
+/// never below the configured `opus_expected_loss_percent`, raised to the
+/// reported loss (smoothed over a few reports, so one bad second does not
+/// swing it) when that is higher, and at most [`MAX_EXPECTED_LOSS`].
+#[derive(Clone, Copy, Debug)]
+pub struct ExpectedLoss {
+    floor: u8,
+    smoothed: f64,
+    current: u8,
+}
+
+/// Beyond this, more FEC only takes bits from the speech itself.
+pub const MAX_EXPECTED_LOSS: u8 = 30;
+
+impl ExpectedLoss {
+    /// Starting from `settings`' expected loss.
+    pub fn new(settings: &AudioSettings) -> Self {
+        let floor = settings.opus_expected_loss_percent.clamp(0, 100) as u8;
+        Self {
+            floor,
+            smoothed: 0.0,
+            current: floor,
+        }
+    }
+
+    /// What the encoder is told now.
+    pub fn percent(&self) -> u8 {
+        self.current
+    }
+
+    /// Takes in a report of `fraction` lost (0 to 1); returns the new
+    /// percentage when it changed.
+    pub fn report(&mut self, fraction: f64) -> Option<u8> {
+        self.smoothed += (fraction.clamp(0.0, 1.0) * 100.0 - self.smoothed) / 4.0;
+        let wanted = (self.smoothed.ceil() as u8)
+            .min(MAX_EXPECTED_LOSS)
+            .max(self.floor);
+        (wanted != self.current).then(|| {
+            self.current = wanted;
+            wanted
+        })
     }
 }
 
@@ -190,6 +281,51 @@ mod tests {
                 xy / (xx * yy).sqrt().max(1e-9)
             })
             .fold(f32::MIN, f32::max)
+    }
+
+    #[test]
+    fn expected_loss_follows_reports_above_the_configured_floor() {
+        let mut loss = ExpectedLoss::new(&AudioSettings {
+            opus_expected_loss_percent: 5,
+            ..AudioSettings::default()
+        });
+        assert_eq!(loss.percent(), 5);
+        assert_eq!(loss.report(0.0), None);
+        let mut last = None;
+        for _ in 0..20 {
+            last = loss.report(0.15).or(last);
+        }
+        assert_eq!(last, Some(15));
+        assert_eq!(loss.report(0.9).map(|p| p <= MAX_EXPECTED_LOSS), Some(true));
+        for _ in 0..40 {
+            loss.report(0.0);
+        }
+        assert_eq!(loss.percent(), 5);
+    }
+
+    #[test]
+    fn fec_is_seen_in_packets_that_carry_it() {
+        let settings = AudioSettings {
+            opus_expected_loss_percent: 20,
+            ..AudioSettings::default()
+        };
+        let mut enc = OpusEncoder::new(&settings).unwrap();
+        let input = tone(OPUS_FRAME * 50);
+        let with: Vec<bool> = input
+            .chunks(OPUS_FRAME)
+            .map(|f| has_fec(enc.encode(f).unwrap().bytes()))
+            .collect();
+        // The first packet has nothing before it to protect; libopus then
+        // spends LBRR where it judges it worth the bits.
+        assert!(!with[0] && with[1..10].iter().all(|&f| f), "{with:?}");
+        let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
+        enc.encoder.set_inband_fec(false).unwrap();
+        assert!(
+            input
+                .chunks(OPUS_FRAME)
+                .all(|f| !has_fec(enc.encode(f).unwrap().bytes()))
+        );
+        assert!(!has_fec(&[]));
     }
 
     #[test]

@@ -61,8 +61,14 @@ pub struct AudioMetrics {
     pub packets_late: AtomicU64,
     /// Packets of the bot's audio concealed as lost.
     pub packets_concealed: AtomicU64,
-    /// The jitter buffer's current depth.
+    /// Of the concealed packets, those rebuilt from the next packet's
+    /// in-band FEC rather than guessed by loss concealment.
+    pub packets_fec_recovered: AtomicU64,
+    /// The depth the jitter buffer aims for.
     pub jitter_target_ms: AtomicU64,
+    /// Audio the jitter buffer held when it last handed out a packet: the
+    /// delay it adds.
+    pub jitter_delay_ms: AtomicU64,
     /// Times the visitor talked over the bot and its reply was cut.
     pub barge_ins: AtomicU64,
     /// Events or packets not delivered because the consumer was not reading.

@@ -100,7 +100,9 @@ mod vad;
 mod wav;
 
 pub use capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
-pub use codec::{MAX_DECODED, MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket};
+pub use codec::{
+    ExpectedLoss, MAX_DECODED, MAX_EXPECTED_LOSS, MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket,
+};
 pub use dsp::Dsp;
 pub use echo::{Aec3, EchoCanceller, EchoStats};
 pub use echo_gate::EchoGate;

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use super::AudioError;
-use super::codec::{MAX_DECODED, OPUS_QUANTUM, OpusDecoder, OpusPacket, packet_samples};
+use super::codec::{MAX_DECODED, OPUS_QUANTUM, OpusDecoder, OpusPacket, has_fec, packet_samples};
 use super::metrics::AudioMetrics;
 use super::settings::AudioSettings;
 use super::units::{FRAME_48K, Millis, OPUS_FRAME};
@@ -277,6 +277,10 @@ impl JitterBuffer {
             .filter(|s| s.packet.seq == next);
         let following = next.wrapping_add(1);
         let next_packet = self.slot(following).map(|s| s.packet);
+        self.metrics.jitter_delay_ms.store(
+            u64::from(self.depth_samples() / PER_MS),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if let Some(slot) = here {
             let samples = slot.samples.map(|n| n as usize);
             let until_next = gap_samples(slot.packet.timestamp, next_packet.as_ref());
@@ -477,7 +481,13 @@ impl Playout {
                     }
                 },
                 NextFrame::Lost { next, samples } => {
-                    let fec = next.as_ref().map(|p| p.payload.bytes());
+                    let fec = next
+                        .as_ref()
+                        .map(|p| p.payload.bytes())
+                        .filter(|p| has_fec(p));
+                    if fec.is_some() {
+                        AudioMetrics::add(&self.metrics.packets_fec_recovered, 1);
+                    }
                     conceal(&mut self.decoder, fec, &mut free[..samples])
                 }
                 NextFrame::Silence => {
@@ -629,6 +639,8 @@ mod tests {
             AudioMetrics::get(&metrics.packets_concealed),
             1 + u64::from(MAX_CONCEALED_RUN)
         );
+        // Rebuilt from the next packet's FEC, which was here in time.
+        assert_eq!(AudioMetrics::get(&metrics.packets_fec_recovered), 1);
     }
 
     #[test]

@@ -24,12 +24,17 @@ use super::signaling::Signaling;
 use super::transcript::TranscriptAssembler;
 use super::{Link, LinkError, LinkEvent, LinkSettings, LinkStats, OpusFrame};
 use crate::audio::{
-    self, AudioError, AudioSettings, OPUS_FRAME, OpusDecoder, OpusEncoder, PcmClip, SampleRate,
-    StreamResampler, resample_clip,
+    self, AudioError, AudioMetrics, AudioSettings, ExpectedLoss, FRAME_48K, IncomingPacket, Millis,
+    OPUS_FRAME, OpusEncoder, OpusPacket, PcmClip, Playout, SampleRate, StreamResampler,
+    resample_clip,
 };
 
 /// One packet's worth of audio.
 const FRAME: Duration = Duration::from_millis(20);
+/// What the speaker takes at a time from the playout path.
+const SPEAKER_FRAME: Duration = Duration::from_millis(10);
+/// How often the agent's loss reports are read to tune the encoder's FEC.
+const LOSS_REPORTS_EVERY: Duration = Duration::from_secs(1);
 /// The rate `call` encodes at, as the daemon's capture path does.
 const SEND_RATE: SampleRate = SampleRate::VAD;
 /// RMS level of the noise that fills the pauses: far below any VAD's speech
@@ -119,7 +124,8 @@ pub struct CallSummary {
     /// the stream never stops (frames dropped while the link was down are
     /// not counted).
     pub audio_sent_ms: u64,
-    /// Audio received from the agent and decoded.
+    /// Audio from the agent played out: decoded, or rebuilt where packets
+    /// were lost (FEC, concealment), through the kiosk's jitter buffer.
     pub audio_received_ms: u64,
     /// When the agent's first audio arrived, if it did.
     pub first_audio_received_ms: Option<u64>,
@@ -131,6 +137,24 @@ pub struct CallSummary {
     pub ended_by: &'static str,
     /// The link's figures at the end.
     pub stats: LinkStats,
+    /// What the playout path did with the agent's audio.
+    pub playout: PlayoutSummary,
+}
+
+/// The playout path's counters over one call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PlayoutSummary {
+    /// Packets that arrived after their turn to play.
+    pub packets_late: u64,
+    /// Lost packets filled in, by FEC or concealment (the few frames
+    /// concealed at the end of each of the agent's turns included).
+    pub packets_concealed: u64,
+    /// Of those, rebuilt from the next packet's in-band FEC.
+    pub packets_fec_recovered: u64,
+    /// Median audio held by the jitter buffer while the agent's audio played.
+    pub jitter_delay_median_ms: Option<u64>,
+    /// The loss the encoder was told to expect at the end (percent).
+    pub expected_loss_percent: u8,
 }
 
 /// Why `call` failed.
@@ -371,9 +395,14 @@ pub async fn run_call(
     };
     let mut source = CallSource::new(speech, options.pause);
     let mut encoder = OpusEncoder::with_input_rate(&options.audio, SEND_RATE).map_err(codec)?;
-    let mut decoder = OpusDecoder::new().map_err(codec)?;
+    let mut expected_loss = ExpectedLoss::new(&options.audio);
+    // The same playout path as the kiosk's speaker: jitter buffer, FEC,
+    // concealment.
+    let metrics = Arc::new(AudioMetrics::default());
+    let mut playout = Playout::new(&options.audio, Arc::clone(&metrics)).map_err(codec)?;
     let mut pcm_out = vec![0.0; source.frame_len()];
-    let mut pcm_in = [0.0; OPUS_FRAME];
+    let mut speaker = [0.0; FRAME_48K];
+    let mut jitter_delays = Vec::new();
     let started = Instant::now();
     let ms = |d: Duration| d.as_millis() as u64;
 
@@ -392,6 +421,8 @@ pub async fn run_call(
     // A late tick is made up at once (the default burst), so the stream
     // keeps pace with the RTP clock: one frame per 20 ms of call.
     let mut ticker = tokio::time::interval(FRAME);
+    let mut speaker_ticker = tokio::time::interval(SPEAKER_FRAME);
+    let mut reports = tokio::time::interval(LOSS_REPORTS_EVERY);
     let end = tokio::time::sleep(options.duration);
     tokio::pin!(end);
     loop {
@@ -415,17 +446,39 @@ pub async fn run_call(
             }
             Some(packet) = io.audio_in.recv() => {
                 first_audio.get_or_insert_with(|| ms(started.elapsed()));
-                match decoder.decode(&packet.data, &mut pcm_in) {
-                    Ok(n) => {
-                        received_samples += n as u64;
-                        if let Some(recording) = &mut recording {
-                            recording.push(&pcm_in[..n]).map_err(|e| CallError::Output {
-                                path: recording.path.clone(),
-                                problem: problem(&e),
-                            })?;
-                        }
+                match OpusPacket::from_slice(&packet.data) {
+                    Some(payload) => playout.push(
+                        IncomingPacket {
+                            seq: packet.sequence,
+                            timestamp: packet.rtp_timestamp,
+                            payload,
+                        },
+                        Millis(started.elapsed().as_millis() as u32),
+                    ),
+                    None => {
+                        AudioMetrics::add(&metrics.packets_oversize, 1);
+                        warn!(bytes = packet.data.len(), "oversized packet from the agent");
                     }
-                    Err(e) => warn!(error = %audio::error_chain(&e), "undecodable packet from the agent"),
+                }
+            }
+            _ = speaker_ticker.tick() => {
+                if playout.next_frame(&mut speaker) {
+                    received_samples += FRAME_48K as u64;
+                    jitter_delays.push(metrics.jitter_delay_ms.load(std::sync::atomic::Ordering::Relaxed));
+                    if let Some(recording) = &mut recording {
+                        recording.push(&speaker).map_err(|e| CallError::Output {
+                            path: recording.path.clone(),
+                            problem: problem(&e),
+                        })?;
+                    }
+                }
+            }
+            _ = reports.tick() => {
+                if let Ok(stats) = link.stats().await
+                    && let Some(fraction) = stats.loss_out_recent
+                    && let Some(percent) = expected_loss.report(fraction)
+                {
+                    encoder.set_expected_loss(percent).map_err(codec)?;
                 }
             }
             Some(event) = io.events.recv() => {
@@ -457,6 +510,14 @@ pub async fn run_call(
     );
     let stats = link.stats().await.unwrap_or_default();
     link.close().await;
+    jitter_delays.sort_unstable();
+    let playout = PlayoutSummary {
+        packets_late: AudioMetrics::get(&metrics.packets_late),
+        packets_concealed: AudioMetrics::get(&metrics.packets_concealed),
+        packets_fec_recovered: AudioMetrics::get(&metrics.packets_fec_recovered),
+        jitter_delay_median_ms: jitter_delays.get(jitter_delays.len() / 2).copied(),
+        expected_loss_percent: expected_loss.percent(),
+    };
     if let Some(recording) = recording {
         recording.finish()?;
     }
@@ -471,13 +532,14 @@ pub async fn run_call(
         reconnects,
         ended_by,
         stats,
+        playout,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::Dbfs;
+    use crate::audio::{Dbfs, OpusDecoder};
 
     #[test]
     fn source_repeats_the_input_after_a_pause_and_never_runs_dry() {

@@ -10,6 +10,7 @@
 pub mod call;
 pub mod cli;
 pub(crate) mod peer;
+mod remote_report;
 mod rtp_clock;
 pub mod rtvi;
 mod settings;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -23,6 +24,8 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
     register_default_interceptors,
 };
+
+use super::remote_report::{RemoteReports, ReportReader};
 
 /// Opus over RTP: 48 kHz clock; the SDP always says 2 channels (RFC 7587).
 pub const OPUS_CLOCK_RATE: u32 = 48_000;
@@ -106,6 +109,8 @@ pub(crate) struct Peer {
     pub pc: Arc<dyn PeerConnection>,
     pub audio: Arc<TrackLocalStaticRTP>,
     pub ssrc: u32,
+    /// What the far end reports of our audio.
+    pub reports: Arc<RemoteReports>,
 }
 
 impl Peer {
@@ -121,6 +126,12 @@ impl Peer {
         };
         media_engine.register_codec(codec, RtpCodecKind::Audio)?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        // Application-most: it only reads the far end's reports on our audio.
+        let reports = Arc::new(RemoteReports::default());
+        let registry = registry.with(
+            Slot::from(14_000),
+            ReportReader::new(ssrc, Arc::clone(&reports)),
+        );
         // No mDNS: agents (Pipecat, SFUs, a loopback agent) offer plain host
         // candidates, never `.local` names, and the mDNS socket cannot even
         // be opened on a kiosk whose network has no multicast route, which
@@ -164,7 +175,15 @@ impl Peer {
         )));
         pc.add_track(Arc::clone(&audio) as Arc<dyn TrackLocal>)
             .await?;
-        Ok((Self { pc, audio, ssrc }, rx))
+        Ok((
+            Self {
+                pc,
+                audio,
+                ssrc,
+                reports,
+            },
+            rx,
+        ))
     }
 
     /// Payload type the answer settled on for our Opus sender.

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use webrtc::peer_connection::{PeerConnection, RTCStatsReportEntry, StatsSelector};
+use webrtc::peer_connection::{RTCStatsReportEntry, StatsSelector};
 
-use super::peer::OPUS_CLOCK_RATE;
+use super::peer::{OPUS_CLOCK_RATE, Peer};
 
 /// What the link counts as packets and messages pass; read into each
 /// snapshot.
@@ -26,7 +26,8 @@ pub(super) struct Counters {
     pub restarts: AtomicU64,
 }
 
-/// A snapshot of one link. Rates are averages since the previous snapshot.
+/// A snapshot of one link. Rates are averages since the previous snapshot
+/// (or the one before it, when that was under 1.5 s ago).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct LinkStats {
     /// RTP packets sent.
@@ -37,8 +38,16 @@ pub struct LinkStats {
     pub bytes_sent: u64,
     /// Bytes received, headers included.
     pub bytes_received: u64,
-    /// Packets the agent reported lost (RTCP receiver reports).
+    /// Packets the agent reported lost (report blocks of its RTCP
+    /// receiver or sender reports).
     pub packets_lost_remote: i64,
+    /// Share of our packets lost over the agent's latest report interval
+    /// (0 to 1), once it has reported.
+    pub loss_out_recent: Option<f64>,
+    /// The agent's interarrival jitter of our audio, once it has reported.
+    pub remote_jitter_ms: Option<f64>,
+    /// Reports on our audio read from the agent.
+    pub remote_reports: u64,
     /// Packets we counted as lost on the way in.
     pub packets_lost_local: i64,
     /// Round-trip time, when RTCP has measured it.
@@ -67,6 +76,10 @@ pub struct LinkStats {
     pub last_recovery_ms: Option<u64>,
 }
 
+/// A snapshot this soon after the previous one averages its rates over
+/// the one before.
+const MIN_RATE_WINDOW: Duration = Duration::from_millis(1500);
+
 #[derive(Clone, Copy)]
 struct Snapshot {
     at: Instant,
@@ -80,24 +93,28 @@ pub(crate) struct StatsState {
     pub last_recovery: Option<Duration>,
     /// When and at which counts the previous snapshot was taken.
     previous: Snapshot,
+    /// The one before it, at least [`MIN_RATE_WINDOW`] older.
+    older: Snapshot,
 }
 
 impl StatsState {
     /// Rates in the first snapshot are averages since `connected`.
     pub fn new(connected: Instant) -> Self {
+        let start = Snapshot {
+            at: connected,
+            bytes_sent: 0,
+            bytes_received: 0,
+            packets_sent: 0,
+        };
         Self {
             first_packet_sent: None,
             last_recovery: None,
-            previous: Snapshot {
-                at: connected,
-                bytes_sent: 0,
-                bytes_received: 0,
-                packets_sent: 0,
-            },
+            previous: start,
+            older: start,
         }
     }
 
-    pub async fn collect(&mut self, c: &Counters, pc: &dyn PeerConnection) -> LinkStats {
+    pub async fn collect(&mut self, c: &Counters, peer: &Peer) -> LinkStats {
         let now = Instant::now();
         let mut s = LinkStats {
             packets_sent: c.packets_sent.load(Ordering::Relaxed),
@@ -113,14 +130,15 @@ impl StatsState {
             last_recovery_ms: self.last_recovery.map(|d| d.as_millis() as u64),
             ..LinkStats::default()
         };
-        for entry in pc.get_stats(now, StatsSelector::None).await.iter() {
+        if let Some(r) = peer.reports.latest() {
+            s.packets_lost_remote = r.cumulative_lost;
+            s.loss_out_recent = Some(r.fraction_lost);
+            s.remote_jitter_ms = Some(f64::from(r.jitter) / f64::from(OPUS_CLOCK_RATE / 1000));
+            s.remote_reports = r.reports;
+            s.rtt_ms = r.rtt_ms;
+        }
+        for entry in peer.pc.get_stats(now, StatsSelector::None).await.iter() {
             match entry {
-                RTCStatsReportEntry::RemoteInboundRtp(r) => {
-                    s.packets_lost_remote += r.received_rtp_stream_stats.packets_lost;
-                    if r.round_trip_time_measurements > 0 {
-                        s.rtt_ms = Some(r.round_trip_time * 1000.0);
-                    }
-                }
                 RTCStatsReportEntry::InboundRtp(r) => {
                     s.packets_lost_local += r.received_rtp_stream_stats.packets_lost;
                     // webrtc-rs reports interarrival jitter in RTP timestamp
@@ -137,19 +155,26 @@ impl StatsState {
                 _ => {}
             }
         }
-        let p = self.previous;
+        // Snapshots taken in quick succession (a caller polling for the
+        // agent's reports, then the final figures) average over the older
+        // baseline: a rate over a few milliseconds is noise.
+        let fresh = now.duration_since(self.previous.at) >= MIN_RATE_WINDOW;
+        let p = if fresh { self.previous } else { self.older };
         let secs = now.duration_since(p.at).as_secs_f64();
         if secs > 0.0 {
             s.send_bitrate_bps = ((s.bytes_sent - p.bytes_sent) as f64 * 8.0 / secs) as u64;
             s.recv_bitrate_bps = ((s.bytes_received - p.bytes_received) as f64 * 8.0 / secs) as u64;
             s.send_packet_rate = (s.packets_sent - p.packets_sent) as f64 / secs;
         }
-        self.previous = Snapshot {
-            at: now,
-            bytes_sent: s.bytes_sent,
-            bytes_received: s.bytes_received,
-            packets_sent: s.packets_sent,
-        };
+        if fresh {
+            self.older = self.previous;
+            self.previous = Snapshot {
+                at: now,
+                bytes_sent: s.bytes_sent,
+                bytes_received: s.bytes_received,
+                packets_sent: s.packets_sent,
+            };
+        }
         s
     }
 }

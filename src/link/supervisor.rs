@@ -359,10 +359,7 @@ impl Supervisor {
                 }
             }
             Control::Stats(reply) => {
-                let stats = self
-                    .stats
-                    .collect(&self.ctx.counters, &*self.run.peer.pc)
-                    .await;
+                let stats = self.stats.collect(&self.ctx.counters, &self.run.peer).await;
                 let _ = reply.send(stats);
             }
         }

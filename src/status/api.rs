@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::history::{HistoryDoc, history_doc};
 use super::verdict::{Parts, Verdict, verdict};
 use super::{Access, StatusState, metrics, words};
+use crate::audio::AudioMetrics;
 use crate::control::{Command as SessionCommand, CurrentSession, LinkView};
 use crate::error_text::error_chain;
 use crate::health::{Component, ErrorNote};
@@ -72,6 +73,8 @@ pub struct StatusDoc {
     pub cloud: Vec<CloudCheck>,
     /// The current call's quality, or the last call's.
     pub link: Option<LinkView>,
+    /// How the agent's audio has reached the speaker since start.
+    pub playout: Option<PlayoutDoc>,
     pub sync: SyncDoc,
     pub store: StoreDoc,
     pub recent_sessions: Vec<SessionSummary>,
@@ -82,6 +85,35 @@ pub struct StatusDoc {
     /// Whether this request may see transcripts and act.
     pub technician: bool,
     pub token_configured: bool,
+}
+
+/// The playout path's counters (the audio engine's, since start).
+#[derive(Serialize)]
+pub struct PlayoutDoc {
+    pub packets_received: u64,
+    /// Arrived after their turn to play.
+    pub packets_late: u64,
+    /// Lost packets filled in, by FEC or concealment.
+    pub packets_concealed: u64,
+    /// Of those, rebuilt from the next packet's in-band FEC.
+    pub packets_fec_recovered: u64,
+    /// The depth the jitter buffer aims for, and what it last held.
+    pub jitter_target_ms: u64,
+    pub jitter_delay_ms: u64,
+}
+
+impl PlayoutDoc {
+    fn from_metrics(m: &AudioMetrics) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        Self {
+            packets_received: AudioMetrics::get(&m.packets_received),
+            packets_late: AudioMetrics::get(&m.packets_late),
+            packets_concealed: AudioMetrics::get(&m.packets_concealed),
+            packets_fec_recovered: AudioMetrics::get(&m.packets_fec_recovered),
+            jitter_target_ms: m.jitter_target_ms.load(Relaxed),
+            jitter_delay_ms: m.jitter_delay_ms.load(Relaxed),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -159,6 +191,10 @@ pub async fn status_doc(state: &StatusState, access: Access) -> StatusDoc {
         mic_level_dbfs: state.audio.as_ref().map(|a| a.metrics.level().0),
         cloud: state.cloud_checks(),
         link: published.link,
+        playout: state
+            .audio
+            .as_ref()
+            .map(|a| PlayoutDoc::from_metrics(&a.metrics)),
         sync: SyncDoc {
             status: sync_status,
             backlog,

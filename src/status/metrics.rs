@@ -111,6 +111,14 @@ fn describe() {
         "kiosk_audio_packets_late_total",
         "Packets of the bot's audio that arrived after their playout time."
     );
+    describe_counter!(
+        "kiosk_audio_packets_fec_recovered_total",
+        "Lost packets of the bot's audio rebuilt from the next packet's in-band FEC."
+    );
+    describe_gauge!(
+        "kiosk_audio_jitter_buffer_delay_seconds",
+        "Audio the jitter buffer held when it last played a packet of the bot's audio."
+    );
     describe_gauge!(
         "kiosk_audio_echo_erle_db",
         "Echo return loss enhancement the echo canceller reports, in dB."
@@ -147,6 +155,14 @@ fn describe() {
         "kiosk_link_loss_ratio",
         "Share of packets lost on the current or last call, by direction (out: to the agent)."
     );
+    describe_gauge!(
+        "kiosk_link_loss_recent_ratio",
+        "Share of our packets the agent reported lost over its latest report interval."
+    );
+    describe_gauge!(
+        "kiosk_link_agent_jitter_seconds",
+        "Interarrival jitter of our audio as the agent reports it."
+    );
     describe_gauge!("kiosk_link_up", "1 while a call to the agent is open.");
     describe_counter!(
         "kiosk_link_packets_sent_total",
@@ -169,6 +185,12 @@ pub fn record_link(link: &LinkView) {
     }
     gauge!("kiosk_link_loss_ratio", "direction" => "out").set(link.loss_out_percent / 100.0);
     gauge!("kiosk_link_loss_ratio", "direction" => "in").set(link.loss_in_percent / 100.0);
+    if let Some(recent) = link.loss_out_recent_percent {
+        gauge!("kiosk_link_loss_recent_ratio", "direction" => "out").set(recent / 100.0);
+    }
+    if let Some(jitter) = link.agent_jitter_ms {
+        gauge!("kiosk_link_agent_jitter_seconds").set(jitter / 1000.0);
+    }
     gauge!("kiosk_link_packets_sent_per_second").set(if link.live {
         link.send_packets_per_second
     } else {
@@ -207,6 +229,12 @@ pub fn record_audio(a: &AudioMetrics) {
     );
     total("kiosk_audio_packets_concealed_total", &a.packets_concealed);
     total("kiosk_audio_packets_late_total", &a.packets_late);
+    total(
+        "kiosk_audio_packets_fec_recovered_total",
+        &a.packets_fec_recovered,
+    );
+    gauge!("kiosk_audio_jitter_buffer_delay_seconds")
+        .set(a.jitter_delay_ms.load(Relaxed) as f64 / 1000.0);
     total(
         "kiosk_audio_packets_undecodable_total",
         &a.packets_undecodable,
