@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::AudioError;
-use super::codec::{OpusEncoder, OpusPacket};
+use super::codec::{ExpectedLoss, OpusEncoder, OpusPacket};
 use super::echo::{Aec3, EchoCanceller};
 use super::echo_gate::EchoGate;
 use super::metrics::AudioMetrics;
@@ -136,6 +136,9 @@ pub struct CaptureProcessor {
     gate: Option<EchoGate>,
     segmenter: Segmenter<VAD_FRAME>,
     encoder: Option<OpusEncoder>,
+    /// What the encoder is told to expect lost: the configured share, or
+    /// the agent's reported loss when higher.
+    expected_loss: ExpectedLoss,
     /// Silence goes out as nothing (`audio.dtx`); otherwise every frame is sent.
     dtx: bool,
     opus_input: [f32; ENCODE_FRAME],
@@ -201,6 +204,7 @@ impl CaptureProcessor {
             } else {
                 None
             },
+            expected_loss: ExpectedLoss::new(audio),
             dtx: audio.dtx,
             opus_input: [0.0; ENCODE_FRAME],
             opus_filled: 0,
@@ -242,8 +246,29 @@ impl CaptureProcessor {
         self.state = StreamState::Streaming;
     }
 
-    /// The conversation is over: drop anything unsent and go back to idle.
+    /// The agent reported losing `fraction` (0 to 1) of what it was sent:
+    /// the encoder's in-band FEC follows it (see [`ExpectedLoss`]).
+    pub fn report_loss_out(&mut self, fraction: f64) -> Result<(), AudioError> {
+        match (self.expected_loss.report(fraction), self.encoder.as_mut()) {
+            (Some(percent), Some(encoder)) => {
+                info!(
+                    expected_loss_percent = percent,
+                    "encoder follows the agent's loss report"
+                );
+                encoder.set_expected_loss(percent)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The conversation is over: drop anything unsent and go back to idle;
+    /// the next call starts from the configured expected loss again.
     pub fn end_stream(&mut self) {
+        if let (Some(percent), Some(encoder)) = (self.expected_loss.reset(), self.encoder.as_mut())
+        {
+            // Only fails for a value out of range, which `reset` never gives.
+            let _ = encoder.set_expected_loss(percent);
+        }
         self.buffer.queue.clear();
         self.buffer.dropped_since_release = 0;
         self.state = StreamState::Idle;

@@ -200,6 +200,16 @@ impl ExpectedLoss {
         self.current
     }
 
+    /// Forgets the reports (a new call); returns the configured percentage
+    /// when that is a change.
+    pub fn reset(&mut self) -> Option<u8> {
+        self.smoothed = 0.0;
+        (self.current != self.floor).then(|| {
+            self.current = self.floor;
+            self.floor
+        })
+    }
+
     /// Takes in a report of `fraction` lost (0 to 1); returns the new
     /// percentage when it changed.
     pub fn report(&mut self, fraction: f64) -> Option<u8> {

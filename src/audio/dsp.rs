@@ -106,6 +106,11 @@ impl Dsp {
         self.capture.finish(sink);
     }
 
+    /// The agent reported losing `fraction` (0 to 1) of our audio.
+    pub fn report_loss_out(&mut self, fraction: f64) -> Result<(), AudioError> {
+        self.capture.report_loss_out(fraction)
+    }
+
     /// The conversation is over: unsent audio is dropped.
     pub fn end_stream(&mut self) {
         self.capture.end_stream();

@@ -49,6 +49,8 @@ pub(super) enum Control {
     Packet(IncomingPacket),
     LinkReady,
     EndStream,
+    /// The share of our audio the agent reported lost.
+    LossOut(f64),
     /// Plays a test signal and records the microphone (the self-test).
     SoundCheck(SoundCheckRequest),
     /// Makes the DSP loop fail, to exercise its restart.
@@ -410,6 +412,7 @@ impl DspThread {
                     self.link_ready = false;
                     self.dsp.end_stream();
                 }
+                Control::LossOut(fraction) => self.dsp.report_loss_out(fraction)?,
                 Control::SoundCheck(request) => {
                     self.sound_check = Some(ActiveCheck::new(request, self.dsp_rate));
                 }

@@ -215,6 +215,12 @@ impl AudioEngine {
         self.send(Control::LinkReady);
     }
 
+    /// The agent reported losing `fraction` (0 to 1) of our audio over its
+    /// latest report interval: the encoder's in-band FEC follows it.
+    pub fn report_loss_out(&self, fraction: f64) {
+        self.send(Control::LossOut(fraction));
+    }
+
     /// The conversation is over: drop unsent audio and wait for the next visitor.
     pub fn end_stream(&self) {
         self.send(Control::EndStream);

@@ -31,7 +31,8 @@ use crate::link::rtvi::BotMessage;
 use crate::link::signaling::smallwebrtc::SmallWebRtcSignaling;
 use crate::link::transcript::{Speaker, TranscriptAssembler, TranscriptLine};
 use crate::link::{
-    Link, LinkError, LinkEvent, LinkIo, LinkSettings, OpusFrame, OpusPacket as LinkPacket,
+    Link, LinkError, LinkEvent, LinkIo, LinkSettings, LinkStats, OpusFrame,
+    OpusPacket as LinkPacket,
 };
 use crate::liveness::{Liveness, Part, wedge_requested};
 use crate::reachability::ProbeTrigger;
@@ -85,6 +86,8 @@ struct Current {
     transcript: TranscriptAssembler,
     first_packet_sent: bool,
     milestones: Milestones,
+    /// The agent's loss reports on our audio already passed to the encoder.
+    loss_reports_seen: u64,
 }
 
 type Pending<T> = Option<tokio::task::JoinHandle<T>>;
@@ -337,11 +340,7 @@ impl Orchestrator {
                 }
                 _ = self.persister.advance() => self.publish_store_health(),
                 _ = heartbeat.tick(), if self.liveness.is_some() => {}
-                _ = link_stats.tick(), if has_link => {
-                    if let Some((link, _)) = self.current.as_ref().and_then(|c| c.link.as_ref()) {
-                        publish_link_stats(link, &self.published, true).await;
-                    }
-                }
+                _ = link_stats.tick(), if has_link => self.on_link_stats().await,
                 _ = wake_at(deadline) => self.feed(Event::Timeout).await,
             }
         }
@@ -569,6 +568,8 @@ impl Orchestrator {
                 if let Some(c) = &mut self.current {
                     self.audio_out = Some(link.1.audio_out.clone());
                     c.link = Some(link);
+                    // A new call counts its reports from zero.
+                    c.loss_reports_seen = 0;
                 }
             }
             Err(e) => {
@@ -680,6 +681,7 @@ impl Orchestrator {
             partial: None,
             transcript: TranscriptAssembler::new(),
             first_packet_sent: false,
+            loss_reports_seen: 0,
             milestones: Milestones::default(),
         });
     }
@@ -754,6 +756,26 @@ impl Orchestrator {
         info!(session_id = %id, %reason, "session ended");
         metrics::counter!("kiosk_sessions_total", "end_reason" => reason.as_str()).increment(1);
         metrics::histogram!("kiosk_session_duration_seconds").record(duration.as_secs_f64());
+    }
+
+    /// Every couple of seconds of a call: its figures for the page, and a
+    /// new loss report from the agent for the encoder.
+    async fn on_link_stats(&mut self) {
+        let Some(c) = self.current.as_mut() else {
+            return;
+        };
+        let Some((link, _)) = c.link.as_ref() else {
+            return;
+        };
+        let Some(stats) = publish_link_stats(link, &self.published, true).await else {
+            return;
+        };
+        if stats.remote_reports > c.loss_reports_seen
+            && let Some(fraction) = stats.loss_out_recent
+        {
+            c.loss_reports_seen = stats.remote_reports;
+            self.engine.report_loss_out(fraction);
+        }
     }
 
     /// Teardown: closes the call. What the agent said until it closed
@@ -892,12 +914,17 @@ fn transcript_rows(id: SessionId, lines: Vec<TranscriptLine>) -> Vec<NewTranscri
 
 /// Publishes a call's quality for the status page and metrics; `live` is
 /// false for the final figures of a call being closed.
-async fn publish_link_stats(link: &Link, published: &watch::Sender<Published>, live: bool) {
+async fn publish_link_stats(
+    link: &Link,
+    published: &watch::Sender<Published>,
+    live: bool,
+) -> Option<LinkStats> {
     // The link task answers at once unless it is wedged; the session loop
     // must not wait on it.
     let Ok(Ok(stats)) = tokio::time::timeout(Duration::from_millis(500), link.stats()).await else {
-        return;
+        return None;
     };
     let view = LinkView::from_stats(&stats, live);
     published.send_modify(|p| p.link = Some(view));
+    Some(stats)
 }

@@ -31,6 +31,8 @@ struct Session {
     loud_frames: usize,
     status: serde_json::Value,
     relay: kiosk_gateway::testkit::network::RelayCounts,
+    /// The daemon's log.
+    log: String,
 }
 
 /// One session of the visitor fixture through a relay doing `network`
@@ -62,6 +64,7 @@ async fn session(network: NetworkProfile) -> Session {
         loud_frames: loud_frames(&speaker_samples(dir.path())),
         status,
         relay: agent.network_counts(),
+        log: d.stderr(),
     }
 }
 
@@ -112,4 +115,33 @@ async fn run_holds_the_call_through_5_percent_loss_and_reports_it() {
         "loss out {loss_out}%, relay {}",
         lossy.relay.to_agent.loss_rate()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_15_percent_loss_the_call_holds_and_the_encoders_fec_follows_the_agents_reports() {
+    let lossy = session(NetworkProfile {
+        loss: 0.15,
+        delay: Duration::from_millis(60),
+        jitter: Duration::from_millis(40),
+        seed: 41,
+        ..NetworkProfile::default()
+    })
+    .await;
+    println!(
+        "15% loss, 60 ± 40 ms: {} replies, the agent heard {:?}; relay lost {:.1}% out; link {}",
+        lossy.replies,
+        lossy.heard,
+        100.0 * lossy.relay.to_agent.loss_rate(),
+        lossy.status["link"],
+    );
+    assert_eq!(lossy.status["recent_sessions"][0]["end_reason"], "idle");
+    assert!(lossy.heard.len() >= 3, "{:?}", lossy.heard);
+    // Above the configured 10%, the encoder is told what the agent loses.
+    let raised = lossy
+        .log
+        .lines()
+        .filter(|l| l.contains("encoder follows the agent's loss report"))
+        .collect::<Vec<_>>();
+    assert!(!raised.is_empty(), "{}", lossy.log);
+    println!("{}", raised.join("\n"));
 }
