@@ -311,6 +311,11 @@ mod tests {
             loss.report(0.0);
         }
         assert_eq!(loss.percent(), 5);
+        // A new call starts from the floor, forgetting the last one's reports.
+        assert_eq!(loss.reset(), None);
+        loss.report(0.3);
+        assert_eq!(loss.reset(), Some(5));
+        assert_eq!(loss.report(0.0), None);
     }
 
     #[test]
