@@ -13,6 +13,7 @@ pub(crate) mod peer;
 mod rtp_clock;
 pub mod rtvi;
 mod settings;
+mod setup_flush;
 pub mod signaling;
 mod stats;
 mod supervisor;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -23,6 +24,11 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
     register_default_interceptors,
 };
+
+use super::setup_flush::SetupFlush;
+
+/// Application-most, after the RTCP report generators: it only watches.
+const SETUP_FLUSH_SLOT: usize = 20_000;
 
 /// Opus over RTP: 48 kHz clock; the SDP always says 2 channels (RFC 7587).
 pub const OPUS_CLOCK_RATE: u32 = 48_000;
@@ -100,6 +106,10 @@ pub(crate) struct PeerConfig {
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
     pub ice_keepalive_interval: Duration,
+    /// Time between ICE connectivity checks; `None` for the stack's 200 ms.
+    /// The first timer after ICE connects is this far off, and a DTLS
+    /// client's first handshake flight waits for it.
+    pub ice_check_interval: Option<Duration>,
 }
 
 pub(crate) struct Peer {
@@ -120,7 +130,8 @@ impl Peer {
             payload_type: OPUS_PAYLOAD_TYPE,
         };
         media_engine.register_codec(codec, RtpCodecKind::Audio)?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
+            .with(Slot::Custom(SETUP_FLUSH_SLOT), SetupFlush::default());
         // No mDNS: agents (Pipecat, SFUs, a loopback agent) offer plain host
         // candidates, never `.local` names, and the mDNS socket cannot even
         // be opened on a kiosk whose network has no multicast route, which
@@ -132,6 +143,7 @@ impl Peer {
                 Some(config.ice_failed_timeout),
                 Some(config.ice_keepalive_interval),
             )
+            .with_ice_connection_attempts(config.ice_check_interval, None)
             .build();
         let (tx, rx) = mpsc::channel(SIGNALS);
         let pc = PeerConnectionBuilder::new()
