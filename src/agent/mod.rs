@@ -233,6 +233,10 @@ impl LoopbackAgent {
                 ice_disconnected_timeout: Duration::from_secs(2),
                 ice_failed_timeout: Duration::from_secs(6),
                 ice_keepalive_interval: Duration::from_millis(500),
+                // On loopback a check is answered within a millisecond; the
+                // agent is the DTLS client, whose first flight leaves at
+                // the first ICE timer after connecting.
+                ice_check_interval: Some(Duration::from_millis(10)),
             },
             config,
             started: Instant::now(),

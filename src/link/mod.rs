@@ -14,6 +14,7 @@ mod remote_report;
 mod rtp_clock;
 pub mod rtvi;
 mod settings;
+mod setup_flush;
 pub mod signaling;
 mod stats;
 mod supervisor;

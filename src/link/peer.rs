@@ -26,6 +26,10 @@ use webrtc::peer_connection::{
 };
 
 use super::remote_report::{RemoteReports, ReportReader};
+use super::setup_flush::SetupFlush;
+
+/// Application-most, after the RTCP report generators: it only watches.
+const SETUP_FLUSH_SLOT: usize = 20_000;
 
 /// Opus over RTP: 48 kHz clock; the SDP always says 2 channels (RFC 7587).
 pub const OPUS_CLOCK_RATE: u32 = 48_000;
@@ -103,6 +107,10 @@ pub(crate) struct PeerConfig {
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
     pub ice_keepalive_interval: Duration,
+    /// Time between ICE connectivity checks; `None` for the stack's 200 ms.
+    /// The first timer after ICE connects is this far off, and a DTLS
+    /// client's first handshake flight waits for it.
+    pub ice_check_interval: Option<Duration>,
 }
 
 pub(crate) struct Peer {
@@ -125,7 +133,8 @@ impl Peer {
             payload_type: OPUS_PAYLOAD_TYPE,
         };
         media_engine.register_codec(codec, RtpCodecKind::Audio)?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
+            .with(Slot::Custom(SETUP_FLUSH_SLOT), SetupFlush::default());
         // Application-most: it only reads the far end's reports on our audio.
         let reports = Arc::new(RemoteReports::default());
         let registry = registry.with(
@@ -143,6 +152,7 @@ impl Peer {
                 Some(config.ice_failed_timeout),
                 Some(config.ice_keepalive_interval),
             )
+            .with_ice_connection_attempts(config.ice_check_interval, None)
             .build();
         let (tx, rx) = mpsc::channel(SIGNALS);
         let pc = PeerConnectionBuilder::new()

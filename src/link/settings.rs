@@ -89,6 +89,7 @@ impl LinkSettings {
             ice_disconnected_timeout: self.ice_disconnected_timeout,
             ice_failed_timeout: self.ice_failed_timeout,
             ice_keepalive_interval: self.ice_keepalive_interval,
+            ice_check_interval: None,
         }
     }
 }
