@@ -148,22 +148,30 @@ fn without_the_canceller_the_level_gate_misses_a_visitor_as_loud_as_the_echo() {
     assert!(detected(&o, 100) < o.truth.len(), "found {:?}", o.found);
 }
 
+/// `kiosk-gateway vad --json` over the fixture `mic`, with the fixture
+/// `reference` as what the speaker played when given.
+fn vad_cli(mic: &str, reference: Option<&str>) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"));
+    cmd.args(["vad", "--json", "--input"]).arg(fixture(mic));
+    if let Some(reference) = reference {
+        cmd.arg("--reference").arg(fixture(reference));
+    }
+    let out = cmd.env_remove("KIOSK_GATEWAY_CONFIG").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+}
+
 #[test]
 fn vad_with_the_speaker_reference_finds_no_visitor_in_the_bots_echo() {
     let run = |reference: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"));
-        cmd.args(["vad", "--json", "--input"])
-            .arg(fixture("echo_mic_16k.wav"));
-        if reference {
-            cmd.arg("--reference").arg(fixture("bot_reference_16k.wav"));
-        }
-        let out = cmd.env_remove("KIOSK_GATEWAY_CONFIG").output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        vad_cli(
+            "echo_mic_16k.wav",
+            reference.then_some("bot_reference_16k.wav"),
+        )
     };
     // Alone, the VAD takes the bot's echo for a visitor.
     let alone = run(false);
@@ -185,19 +193,10 @@ fn vad_with_the_speaker_reference_hears_the_visitor_over_the_bot() {
     // fixtures/audio/room_mic_16k.wav: the visitor's four utterances at
     // 0 dB over the bot's echo in the simulated room, 6 s into it.
     let run = |reference: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"));
-        cmd.args(["vad", "--json", "--input"])
-            .arg(fixture("room_mic_16k.wav"));
-        if reference {
-            cmd.arg("--reference").arg(fixture("room_speaker_16k.wav"));
-        }
-        let out = cmd.env_remove("KIOSK_GATEWAY_CONFIG").output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        vad_cli(
+            "room_mic_16k.wav",
+            reference.then_some("room_speaker_16k.wav"),
+        )
     };
     // Alone, the VAD hears one utterance from the first echo to the end.
     let alone = run(false);
