@@ -246,10 +246,14 @@ impl CaptureProcessor {
         self.state = StreamState::Streaming;
     }
 
-    /// The agent reported losing `fraction` (0 to 1) of what it was sent:
-    /// the encoder's in-band FEC follows it (see [`ExpectedLoss`]).
-    pub fn report_loss_out(&mut self, fraction: f64) -> Result<(), AudioError> {
-        match (self.expected_loss.report(fraction), self.encoder.as_mut()) {
+    /// The agent's report number `report` says it lost `fraction` (0 to 1)
+    /// of what it was sent: the encoder's in-band FEC follows it (see
+    /// [`ExpectedLoss`]).
+    pub fn report_loss_out(&mut self, report: u64, fraction: f64) -> Result<(), AudioError> {
+        match (
+            self.expected_loss.report(report, fraction),
+            self.encoder.as_mut(),
+        ) {
             (Some(percent), Some(encoder)) => {
                 info!(
                     expected_loss_percent = percent,

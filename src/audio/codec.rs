@@ -174,11 +174,15 @@ impl OpusEncoder {
 /// never below the configured `opus_expected_loss_percent`, raised to the
 /// reported loss (smoothed over a few reports, so one bad second does not
 /// swing it) when that is higher, and at most [`MAX_EXPECTED_LOSS`].
+/// Callers poll the link faster than the far end reports; each report
+/// counts once.
 #[derive(Clone, Copy, Debug)]
 pub struct ExpectedLoss {
     floor: u8,
     smoothed: f64,
     current: u8,
+    /// The far end's report count at the report last taken in.
+    last_report: Option<u64>,
 }
 
 /// Beyond this, more FEC only takes bits from the speech itself.
@@ -192,6 +196,7 @@ impl ExpectedLoss {
             floor,
             smoothed: 0.0,
             current: floor,
+            last_report: None,
         }
     }
 
@@ -204,15 +209,20 @@ impl ExpectedLoss {
     /// when that is a change.
     pub fn reset(&mut self) -> Option<u8> {
         self.smoothed = 0.0;
+        self.last_report = None;
         (self.current != self.floor).then(|| {
             self.current = self.floor;
             self.floor
         })
     }
 
-    /// Takes in a report of `fraction` lost (0 to 1); returns the new
-    /// percentage when it changed.
-    pub fn report(&mut self, fraction: f64) -> Option<u8> {
+    /// Takes in the far end's report number `report` (its running count)
+    /// of `fraction` lost (0 to 1), unless that report was already taken
+    /// in; returns the new percentage when it changed.
+    pub fn report(&mut self, report: u64, fraction: f64) -> Option<u8> {
+        if self.last_report.replace(report) == Some(report) {
+            return None;
+        }
         self.smoothed += (fraction.clamp(0.0, 1.0) * 100.0 - self.smoothed) / 4.0;
         let wanted = (self.smoothed.ceil() as u8)
             .min(MAX_EXPECTED_LOSS)
@@ -300,22 +310,27 @@ mod tests {
             ..AudioSettings::default()
         });
         assert_eq!(loss.percent(), 5);
-        assert_eq!(loss.report(0.0), None);
+        assert_eq!(loss.report(1, 0.0), None);
         let mut last = None;
-        for _ in 0..20 {
-            last = loss.report(0.15).or(last);
+        for n in 2..22 {
+            last = loss.report(n, 0.15).or(last);
         }
         assert_eq!(last, Some(15));
-        assert_eq!(loss.report(0.9).map(|p| p <= MAX_EXPECTED_LOSS), Some(true));
-        for _ in 0..40 {
-            loss.report(0.0);
+        // The same report polled again counts once.
+        assert_eq!(loss.report(21, 0.9), None);
+        assert_eq!(
+            loss.report(22, 0.9).map(|p| p <= MAX_EXPECTED_LOSS),
+            Some(true)
+        );
+        for n in 23..63 {
+            loss.report(n, 0.0);
         }
         assert_eq!(loss.percent(), 5);
         // A new call starts from the floor, forgetting the last one's reports.
         assert_eq!(loss.reset(), None);
-        loss.report(0.3);
+        loss.report(1, 0.3);
         assert_eq!(loss.reset(), Some(5));
-        assert_eq!(loss.report(0.0), None);
+        assert_eq!(loss.report(1, 0.0), None);
     }
 
     #[test]

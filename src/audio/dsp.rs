@@ -106,9 +106,10 @@ impl Dsp {
         self.capture.finish(sink);
     }
 
-    /// The agent reported losing `fraction` (0 to 1) of our audio.
-    pub fn report_loss_out(&mut self, fraction: f64) -> Result<(), AudioError> {
-        self.capture.report_loss_out(fraction)
+    /// The agent's report number `report` says it lost `fraction` (0 to 1)
+    /// of our audio.
+    pub fn report_loss_out(&mut self, report: u64, fraction: f64) -> Result<(), AudioError> {
+        self.capture.report_loss_out(report, fraction)
     }
 
     /// The conversation is over: unsent audio is dropped.

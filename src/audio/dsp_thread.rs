@@ -49,8 +49,12 @@ pub(super) enum Control {
     Packet(IncomingPacket),
     LinkReady,
     EndStream,
-    /// The share of our audio the agent reported lost.
-    LossOut(f64),
+    /// The agent's latest loss report on our audio: its running count and
+    /// the share lost.
+    LossOut {
+        report: u64,
+        fraction: f64,
+    },
     /// Plays a test signal and records the microphone (the self-test).
     SoundCheck(SoundCheckRequest),
     /// Makes the DSP loop fail, to exercise its restart.
@@ -153,6 +157,21 @@ pub(super) struct DspThread {
     link_ready: bool,
     /// A self-test playing its signal and recording the microphone.
     sound_check: Option<ActiveCheck>,
+}
+
+/// The next 10 ms for the speaker: the bot's playout, or the self-test's
+/// signal while one runs (`to_speaker`: an output is open to play it).
+fn next_playout_frame(
+    dsp: &mut Dsp,
+    sound_check: &mut Option<ActiveCheck>,
+    frame: &mut [f32; FRAME_48K],
+    to_speaker: bool,
+) -> Result<(), AudioError> {
+    dsp.play_frame(frame)?;
+    if let Some(check) = sound_check {
+        check.play(frame, to_speaker);
+    }
+    Ok(())
 }
 
 impl DspThread {
@@ -412,7 +431,9 @@ impl DspThread {
                     self.link_ready = false;
                     self.dsp.end_stream();
                 }
-                Control::LossOut(fraction) => self.dsp.report_loss_out(fraction)?,
+                Control::LossOut { report, fraction } => {
+                    self.dsp.report_loss_out(report, fraction)?;
+                }
                 Control::SoundCheck(request) => {
                     self.sound_check = Some(ActiveCheck::new(request, self.dsp_rate));
                 }
@@ -449,10 +470,8 @@ impl DspThread {
             }
             Input::Closed | Input::Disabled => 0,
         };
-        if let Some(check) = &mut self.sound_check {
+        if let Some(mut check) = self.sound_check.take() {
             check.record(&mut self.block[..n]);
-        }
-        if let Some(check) = self.sound_check.take() {
             self.sound_check = check.finish(self.dsp_rate).err();
         }
         if n > 0 {
@@ -476,10 +495,12 @@ impl DspThread {
                     .max(largest_request.load(Ordering::Relaxed) + frame.len())
                     .min(capacity - frame.len());
                 while capacity - ring.slots() + frame.len() <= fill {
-                    self.dsp.play_frame(&mut self.playout_frame)?;
-                    if let Some(check) = &mut self.sound_check {
-                        check.play(&mut self.playout_frame, true);
-                    }
+                    next_playout_frame(
+                        &mut self.dsp,
+                        &mut self.sound_check,
+                        &mut self.playout_frame,
+                        true,
+                    )?;
                     resampler.push(&self.playout_frame)?;
                     while resampler.pop_frame(frame) {
                         for &s in frame.iter() {
@@ -491,19 +512,23 @@ impl DspThread {
             }
             Output::Wav(file) => {
                 for _ in 0..file.pacer.due() {
-                    self.dsp.play_frame(&mut self.playout_frame)?;
-                    if let Some(check) = &mut self.sound_check {
-                        check.play(&mut self.playout_frame, true);
-                    }
+                    next_playout_frame(
+                        &mut self.dsp,
+                        &mut self.sound_check,
+                        &mut self.playout_frame,
+                        true,
+                    )?;
                     file.write(&self.playout_frame)?;
                 }
             }
             Output::Absent { pacer } => {
                 for _ in 0..pacer.due() {
-                    self.dsp.play_frame(&mut self.playout_frame)?;
-                    if let Some(check) = &mut self.sound_check {
-                        check.play(&mut self.playout_frame, false);
-                    }
+                    next_playout_frame(
+                        &mut self.dsp,
+                        &mut self.sound_check,
+                        &mut self.playout_frame,
+                        false,
+                    )?;
                 }
             }
         }

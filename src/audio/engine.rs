@@ -215,10 +215,11 @@ impl AudioEngine {
         self.send(Control::LinkReady);
     }
 
-    /// The agent reported losing `fraction` (0 to 1) of our audio over its
-    /// latest report interval: the encoder's in-band FEC follows it.
-    pub fn report_loss_out(&self, fraction: f64) {
-        self.send(Control::LossOut(fraction));
+    /// The agent's report number `report` (its running count) says it lost
+    /// `fraction` (0 to 1) of our audio over its latest interval: the
+    /// encoder's in-band FEC follows it. A report passed again is ignored.
+    pub fn report_loss_out(&self, report: u64, fraction: f64) {
+        self.send(Control::LossOut { report, fraction });
     }
 
     /// The conversation is over: drop unsent audio and wait for the next visitor.

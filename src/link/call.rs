@@ -476,7 +476,7 @@ pub async fn run_call(
             _ = reports.tick() => {
                 if let Ok(stats) = link.stats().await
                     && let Some(fraction) = stats.loss_out_recent
-                    && let Some(percent) = expected_loss.report(fraction)
+                    && let Some(percent) = expected_loss.report(stats.remote_reports, fraction)
                 {
                     encoder.set_expected_loss(percent).map_err(codec)?;
                 }

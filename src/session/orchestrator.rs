@@ -86,8 +86,6 @@ struct Current {
     transcript: TranscriptAssembler,
     first_packet_sent: bool,
     milestones: Milestones,
-    /// The agent's loss reports on our audio already passed to the encoder.
-    loss_reports_seen: u64,
 }
 
 type Pending<T> = Option<tokio::task::JoinHandle<T>>;
@@ -568,8 +566,6 @@ impl Orchestrator {
                 if let Some(c) = &mut self.current {
                     self.audio_out = Some(link.1.audio_out.clone());
                     c.link = Some(link);
-                    // A new call counts its reports from zero.
-                    c.loss_reports_seen = 0;
                 }
             }
             Err(e) => {
@@ -681,7 +677,6 @@ impl Orchestrator {
             partial: None,
             transcript: TranscriptAssembler::new(),
             first_packet_sent: false,
-            loss_reports_seen: 0,
             milestones: Milestones::default(),
         });
     }
@@ -758,23 +753,17 @@ impl Orchestrator {
         metrics::histogram!("kiosk_session_duration_seconds").record(duration.as_secs_f64());
     }
 
-    /// Every couple of seconds of a call: its figures for the page, and a
-    /// new loss report from the agent for the encoder.
+    /// Every couple of seconds of a call: its figures for the page, and the
+    /// agent's latest loss report for the encoder.
     async fn on_link_stats(&mut self) {
-        let Some(c) = self.current.as_mut() else {
-            return;
-        };
-        let Some((link, _)) = c.link.as_ref() else {
+        let Some((link, _)) = self.current.as_ref().and_then(|c| c.link.as_ref()) else {
             return;
         };
         let Some(stats) = publish_link_stats(link, &self.published, true).await else {
             return;
         };
-        if stats.remote_reports > c.loss_reports_seen
-            && let Some(fraction) = stats.loss_out_recent
-        {
-            c.loss_reports_seen = stats.remote_reports;
-            self.engine.report_loss_out(fraction);
+        if let Some(fraction) = stats.loss_out_recent {
+            self.engine.report_loss_out(stats.remote_reports, fraction);
         }
     }
 
