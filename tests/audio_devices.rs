@@ -20,6 +20,10 @@ use kiosk_gateway::audio::{
     resample_clip,
 };
 
+#[path = "support/alsa_files.rs"]
+mod alsa_files;
+use alsa_files::{TEMPLATE, file_devices, mkfifo};
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
 
 fn write_raw(path: &Path, samples: &[f32]) {
@@ -105,20 +109,13 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
         std::process::exit(101);
     });
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("test.conf");
-    let template = std::fs::read_to_string(format!("{FIXTURES}/alsa/test.conf.in")).unwrap();
-    std::fs::write(
-        &conf,
-        template.replace("@DIR@", dir.path().to_str().unwrap()),
-    )
-    .unwrap();
+    let (alsa_path, conf) = file_devices(dir.path());
     let speech = read_wav(Path::new(&format!(
         "{FIXTURES}/audio/multi_utterance_16k.wav"
     )))
     .unwrap();
     let mic48 = resample_clip(&speech.samples, speech.rate, SampleRate::OPUS).unwrap();
     write_raw(&dir.path().join("mic.raw"), &mic48);
-    let alsa_path = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
     // SAFETY: this test binary has a single test; nothing else runs yet.
     unsafe { std::env::set_var("ALSA_CONFIG_PATH", &alsa_path) };
 
@@ -193,9 +190,7 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
     // The speaker's file is a FIFO drained at real-time pace, so the
     // otherwise unpaced device plays at the speed of a real one.
     let fifo = dir.path().join("speaker.raw");
-    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     let stop_reader = Arc::new(AtomicBool::new(false));
     let reader = real_time_reader(&fifo, &stop_reader);
     let playback_settings = AudioSettings {
@@ -383,8 +378,8 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
     let mut engine = AudioEngine::start(&late, &VadSettings::default()).unwrap();
     std::thread::sleep(Duration::from_millis(600));
     assert!(!engine.metrics().input_open.load(Ordering::Relaxed));
-    let mic_pcm = &template
-        [template.find("pcm.kiosk_test_mic").unwrap()..template.find("# A speaker").unwrap()];
+    let mic_pcm = &TEMPLATE
+        [TEMPLATE.find("pcm.kiosk_test_mic").unwrap()..TEMPLATE.find("# A speaker").unwrap()];
     let late_pcm = mic_pcm
         .replace("@DIR@", dir.path().to_str().unwrap())
         .replace("kiosk_test_mic", "kiosk_test_late_mic");

@@ -29,6 +29,10 @@ use kiosk_gateway::audio::{
     OpusEncoder, SampleRate, VadSettings, f32_to_i16, read_wav, resample_clip,
 };
 
+#[path = "support/alsa_files.rs"]
+mod alsa_files;
+use alsa_files::{file_devices, mkfifo};
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
 /// 10 ms at 48 kHz, the room's step.
 const STEP: usize = 480;
@@ -38,12 +42,6 @@ const BOT_ALONE: Duration = Duration::from_secs(8);
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(FIXTURES).join("audio").join(name)
-}
-
-fn mkfifo(path: &Path) {
-    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
 }
 
 /// Opens a FIFO without waiting for the other end, with the smallest pipe
@@ -221,16 +219,9 @@ fn the_visitor_is_heard_over_the_bot_and_the_bots_echo_alone_is_not() {
         std::process::exit(101);
     });
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("test.conf");
-    let template = std::fs::read_to_string(format!("{FIXTURES}/alsa/test.conf.in")).unwrap();
-    std::fs::write(
-        &conf,
-        template.replace("@DIR@", dir.path().to_str().unwrap()),
-    )
-    .unwrap();
+    let (alsa_path, _) = file_devices(dir.path());
     mkfifo(&dir.path().join("mic.raw"));
     mkfifo(&dir.path().join("speaker.raw"));
-    let alsa_path = format!("/usr/share/alsa/alsa.conf:{}", conf.display());
     // SAFETY: this test binary has a single test; nothing else runs yet.
     unsafe { std::env::set_var("ALSA_CONFIG_PATH", &alsa_path) };
 

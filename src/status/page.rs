@@ -82,13 +82,19 @@ fn render(t: &impl Template) -> String {
         .unwrap_or_else(|e| format!("<!doctype html><title>error</title><p>page error: {e}"))
 }
 
+/// What the page and its refresh both show: the status and its words.
+async fn page_view(state: &StatusState, access: Access) -> (StatusDoc, PageView) {
+    let doc = status_doc(state, access).await;
+    let history = history_doc(state, jiff::Timestamp::now()).await;
+    let view = PageView::new(&doc, &history, state.mic_level(), &state.clock);
+    (doc, view)
+}
+
 pub async fn status(
     State(state): State<StatusState>,
     Extension(access): Extension<Access>,
 ) -> Response {
-    let doc = status_doc(&state, access).await;
-    let history = history_doc(&state, jiff::Timestamp::now()).await;
-    let view = PageView::new(&doc, &history, state.mic_level(), &state.clock);
+    let (doc, view) = page_view(&state, access).await;
     let nonce = nonce();
     with_csp(
         render(&StatusPage {
@@ -105,9 +111,7 @@ pub async fn status_part(
     State(state): State<StatusState>,
     Extension(access): Extension<Access>,
 ) -> Response {
-    let doc = status_doc(&state, access).await;
-    let history = history_doc(&state, jiff::Timestamp::now()).await;
-    let view = PageView::new(&doc, &history, state.mic_level(), &state.clock);
+    let (doc, view) = page_view(&state, access).await;
     // Inserted into the page, whose CSP governs it; it carries no script
     // and gets the server's default `default-src 'none'`.
     Html(render(&StatusPart {
