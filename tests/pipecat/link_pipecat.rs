@@ -90,6 +90,12 @@ fn call_reaches_a_pipecat_bot() {
     );
     assert!(said("bot", "Reply 1."), "{transcripts:?}");
     assert!(summary["audio_received_ms"].as_u64().unwrap() >= 1000);
+    // The bot's RTCP reports on our audio (aiortc carries them in its
+    // sender reports) are read: the loss out and round trip come from them.
+    let stats = &summary["stats"];
+    assert!(stats["remote_reports"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(stats["loss_out_recent"].as_f64().is_some(), "{stats}");
+    assert!(stats["rtt_ms"].as_f64().is_some(), "{stats}");
 
     // The bot's reply is in what we heard.
     let reply = interop::reply();
