@@ -182,8 +182,9 @@ fn a_conversation_tick_does_not_allocate_after_warm_up() {
     assert_eq!(allocations, 0, "allocations in steady state");
 }
 
-/// The echo canceller (sonora 0.2.0's AEC3) allocates in its capture
-/// path: about 35 small blocks per 10 ms frame, freed within the frame.
+/// The echo canceller (AEC3's block processor from sonora-aec3 0.2.0)
+/// allocates inside its capture path: about 28 small blocks per 10 ms
+/// frame, freed within the frame.
 /// Everything else in the tick stays allocation-free (above); this holds
 /// the canceller to what it does now until it is made allocation-free.
 #[test]
@@ -191,5 +192,5 @@ fn with_the_echo_canceller_only_its_own_known_allocations_remain() {
     let (allocations, ticks) = converse(&AudioSettings::default());
     let per_tick = allocations as f64 / ticks as f64;
     println!("{per_tick:.1} allocations per tick");
-    assert!(per_tick <= 40.0, "{per_tick:.1} allocations per 10 ms tick");
+    assert!(per_tick <= 30.0, "{per_tick:.1} allocations per 10 ms tick");
 }

@@ -13,6 +13,10 @@
 //! typically 30 dB or more below the raw echo. A visitor far quieter than
 //! the bot then gets through, while residual echo, which the VAD alone
 //! would take for speech, neither starts an utterance nor keeps one open.
+//! While the bot talks the canceller's suppressor also turns the room's own
+//! noise down; a frame quieter than that noise was when the bot was silent
+//! is suppressed echo whatever the VAD makes of its shape, never a visitor,
+//! whose voice only adds to the room.
 
 use super::units::Dbfs;
 
@@ -46,9 +50,23 @@ const RESIDUAL_ATTACK: f32 = 0.05;
 /// voice, and each would otherwise hold the utterance open for another
 /// hangover.
 const IN_SPEECH_RANGE_DB: f32 = 25.0;
-/// How fast that loudest level falls back (per frame), so a shout early in
-/// an utterance does not shut out the rest of it.
+/// How fast that loudest level falls back (per admitted voiced frame), so
+/// a shout early in an utterance does not shut out the rest of it; it holds
+/// through the visitor's pauses, where residual echo would otherwise creep
+/// in under a falling threshold and hold the utterance open.
 const IN_SPEECH_PEAK_RELEASE_DB: f32 = 0.1;
+/// Weight of each frame of room noise (bot silent, nothing voiced) in the
+/// room's noise level.
+const ROOM_NOISE_WEIGHT: f32 = 0.05;
+/// While the bot talks, a frame this far below the room's noise level is
+/// the suppressor at work.
+const BELOW_ROOM_NOISE_DB: f32 = 3.0;
+/// When the bot starts talking after a pause the canceller lets more
+/// through for a moment (bursts of residual echo 30 to 40 dB under the bot
+/// in its first 100 ms, where it leaves 60 dB later on): for this many
+/// frames the gate assumes the residual at least this high.
+const TALKSPURT_SETTLE_FRAMES: u32 = 15;
+const TALKSPURT_RESIDUAL_DB: f32 = -35.0;
 
 /// The echo gate: see the module's description.
 pub struct EchoGate {
@@ -57,9 +75,15 @@ pub struct EchoGate {
     range_db: (f32, f32),
     attack: f32,
     release: f32,
-    /// Also judge frames inside the visitor's utterance (behind the
-    /// canceller, where the residual is far below any visitor).
-    guard_in_speech: bool,
+    /// Behind the canceller: also judge frames inside the visitor's
+    /// utterance (the residual is far below any visitor) and frames below
+    /// the room's noise.
+    behind_canceller: bool,
+    /// The room's noise level as the microphone path passes it while the
+    /// bot is silent; the floor until learned.
+    room_noise_db: f32,
+    /// Frames since the bot started talking after a pause.
+    talkspurt_frames: u32,
     recent_reference: [f32; ECHO_SPAN_FRAMES],
     next: usize,
     /// Loudest admitted level of the visitor's current utterance (decaying).
@@ -75,7 +99,9 @@ impl EchoGate {
             range_db: COUPLING_RANGE_DB,
             attack: COUPLING_ATTACK,
             release: COUPLING_RELEASE,
-            guard_in_speech: false,
+            behind_canceller: false,
+            room_noise_db: Dbfs::FLOOR.0,
+            talkspurt_frames: 0,
             recent_reference: [Dbfs::FLOOR.0; ECHO_SPAN_FRAMES],
             next: 0,
             speech_peak_db: Dbfs::FLOOR.0,
@@ -90,7 +116,7 @@ impl EchoGate {
             range_db: RESIDUAL_RANGE_DB,
             attack: RESIDUAL_ATTACK,
             release: RESIDUAL_RELEASE,
-            guard_in_speech: true,
+            behind_canceller: true,
             ..Self::new(margin_db / 2.0)
         }
     }
@@ -110,7 +136,7 @@ impl EchoGate {
     /// guards every frame. The coupling is learned only from frames that
     /// are then surely echo.
     pub fn admits(&mut self, mic: Dbfs, voiced: bool, visitor_speaking: bool) -> bool {
-        if visitor_speaking && !self.guard_in_speech {
+        if visitor_speaking && !self.behind_canceller {
             return voiced;
         }
         let envelope = self
@@ -119,19 +145,30 @@ impl EchoGate {
             .copied()
             .fold(Dbfs::FLOOR.0, f32::max);
         if envelope < REFERENCE_ACTIVE.0 {
+            if !voiced && !visitor_speaking {
+                self.room_noise_db += ROOM_NOISE_WEIGHT * (mic.0 - self.room_noise_db);
+            }
+            self.talkspurt_frames = 0;
             return voiced;
         }
-        let echo_estimate = envelope + self.coupling_db;
+        self.talkspurt_frames = self.talkspurt_frames.saturating_add(1);
+        let settling = self.talkspurt_frames <= TALKSPURT_SETTLE_FRAMES;
+        let coupling = if self.behind_canceller && settling {
+            self.coupling_db.max(TALKSPURT_RESIDUAL_DB)
+        } else {
+            self.coupling_db
+        };
+        let echo_estimate = envelope + coupling;
         let mut admitted = mic.0 > echo_estimate + self.margin_db;
-        if self.guard_in_speech {
+        if self.behind_canceller {
+            admitted &= mic.0 > self.room_noise_db - BELOW_ROOM_NOISE_DB;
             if visitor_speaking {
                 admitted &= mic.0 > self.speech_peak_db - IN_SPEECH_RANGE_DB;
-                self.speech_peak_db -= IN_SPEECH_PEAK_RELEASE_DB;
             } else {
                 self.speech_peak_db = Dbfs::FLOOR.0;
             }
             if admitted && voiced {
-                self.speech_peak_db = self.speech_peak_db.max(mic.0);
+                self.speech_peak_db = (self.speech_peak_db - IN_SPEECH_PEAK_RELEASE_DB).max(mic.0);
             }
         }
         if !admitted {
@@ -227,5 +264,53 @@ mod tests {
         // A new utterance starts afresh.
         gate.observe_reference(Dbfs(-15.0));
         assert!(gate.admits(Dbfs(-52.0), true, false));
+    }
+
+    #[test]
+    fn behind_the_canceller_frames_below_the_rooms_noise_are_not_the_visitor() {
+        let mut gate = EchoGate::behind_canceller(6.0);
+        // The room at -70 dBFS while the bot is silent.
+        for _ in 0..100 {
+            gate.observe_reference(Dbfs::FLOOR);
+            assert!(!gate.admits(Dbfs(-70.0), false, false));
+        }
+        // The bot talks; the canceller has it 60 dB down and its
+        // suppressor takes the room's noise down with it.
+        for _ in 0..200 {
+            gate.observe_reference(Dbfs(-20.0));
+            gate.admits(Dbfs(-85.0), false, false);
+        }
+        // A voiced-looking frame still under the room's noise is suppressed
+        // echo; a visitor adds to the room.
+        gate.observe_reference(Dbfs(-20.0));
+        assert!(!gate.admits(Dbfs(-76.0), true, false));
+        assert!(gate.admits(Dbfs(-50.0), true, false));
+    }
+
+    #[test]
+    fn behind_the_canceller_the_start_of_the_bots_talkspurt_needs_a_louder_visitor() {
+        let mut gate = EchoGate::behind_canceller(6.0);
+        // Converged on a residual 60 dB under the bot.
+        for _ in 0..300 {
+            gate.observe_reference(Dbfs(-20.0));
+            gate.admits(Dbfs(-80.0), false, false);
+        }
+        // A pause, then the bot starts again: the canceller leaks a burst
+        // 35 dB under it.
+        for _ in 0..40 {
+            gate.observe_reference(Dbfs::FLOOR);
+            gate.admits(Dbfs(-80.0), false, false);
+        }
+        gate.observe_reference(Dbfs(-20.0));
+        assert!(!gate.admits(Dbfs(-56.0), true, false));
+        // A visitor talking as loud as the bot's echo still gets through.
+        assert!(gate.admits(Dbfs(-30.0), true, false));
+        // Once the canceller has settled, the quieter level passes again.
+        for _ in 0..TALKSPURT_SETTLE_FRAMES {
+            gate.observe_reference(Dbfs(-20.0));
+            gate.admits(Dbfs(-80.0), false, false);
+        }
+        gate.observe_reference(Dbfs(-20.0));
+        assert!(gate.admits(Dbfs(-56.0), true, false));
     }
 }
