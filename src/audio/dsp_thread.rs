@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -26,6 +26,7 @@ use super::device::Direction;
 use super::dsp::Dsp;
 use super::metrics::AudioMetrics;
 use super::playout::IncomingPacket;
+use super::queue::Outlet;
 use super::resample::StreamResampler;
 use super::settings::{AudioSettings, DeviceSpec, VadSettings};
 use super::sound_check::{ActiveCheck, SoundCheckRequest};
@@ -83,17 +84,15 @@ impl Drop for PanicReport {
 
 /// Delivers DSP output to the session layer without ever blocking.
 pub(super) struct ChannelSink {
-    pub(super) events: SyncSender<AudioEvent>,
-    pub(super) frames: SyncSender<EncodedFrame>,
+    pub(super) events: Outlet<AudioEvent>,
+    pub(super) frames: Outlet<EncodedFrame>,
     pub(super) metrics: Arc<AudioMetrics>,
     pub(super) clock: CaptureClock,
 }
 
 impl AudioSink for ChannelSink {
     fn event(&mut self, event: AudioEvent) {
-        if self.events.try_send(event).is_err() {
-            AudioMetrics::add(&self.metrics.events_dropped, 1);
-        }
+        self.events.send(event, &self.metrics);
     }
 
     fn frame(&mut self, frame: EncodedFrame) {
@@ -101,9 +100,7 @@ impl AudioSink for ChannelSink {
         let since_input = now.saturating_sub(self.clock.last_input.load(Ordering::Relaxed));
         self.metrics
             .record_capture_latency(Duration::from_nanos(since_input));
-        if self.frames.try_send(frame).is_err() {
-            AudioMetrics::add(&self.metrics.events_dropped, 1);
-        }
+        self.frames.send(frame, &self.metrics);
     }
 }
 

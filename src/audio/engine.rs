@@ -1,5 +1,6 @@
 //! The running audio engine: the handle the session layer holds, and the
-//! channels between it and the DSP thread.
+//! channels between it and the DSP thread (its output queues are
+//! [`super::queue`]).
 //!
 //! Device callbacks only move samples through lock-free SPSC rings (rtrb)
 //! and bump atomic counters. Everything else happens on one dedicated DSP
@@ -9,10 +10,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc as async_mpsc;
 use tracing::warn;
 
 use super::backend::cpal::CaptureClock;
@@ -21,6 +23,7 @@ use super::codec::OpusPacket;
 use super::dsp_thread::{ChannelSink, Control, DspThread, PanicReport};
 use super::metrics::AudioMetrics;
 use super::playout::IncomingPacket;
+use super::queue::{EngineReceiver, queue};
 use super::settings::{AudioSettings, VadSettings};
 use super::sound_check::{GRACE, SoundCheckRecording, SoundCheckRequest};
 use super::units::FRAME_MS;
@@ -111,8 +114,8 @@ impl SoundCheck {
 /// The audio engine. Dropping it stops the DSP thread and closes devices.
 pub struct AudioEngine {
     control: SyncSender<Control>,
-    events: Receiver<AudioEvent>,
-    frames: Receiver<EncodedFrame>,
+    events: EngineReceiver<AudioEvent>,
+    frames: EngineReceiver<EncodedFrame>,
     metrics: Arc<AudioMetrics>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), AudioError>>>,
@@ -126,10 +129,10 @@ impl AudioEngine {
     pub fn start(audio: &AudioSettings, vad: &VadSettings) -> Result<Self, AudioError> {
         let metrics = Arc::new(AudioMetrics::default());
         let (control_tx, control_rx) = mpsc::sync_channel(CONTROL_QUEUE);
-        let (event_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
+        let (event_tx, events) = queue(EVENT_QUEUE, "events");
         // One packet per 20 ms Opus frame.
         let buffered_packets = (vad.buffer_ms.0 / (2 * FRAME_MS.0)) as usize;
-        let (frame_tx, frames) = mpsc::sync_channel(buffered_packets + FRAME_QUEUE_SPARE);
+        let (frame_tx, frames) = queue(buffered_packets + FRAME_QUEUE_SPARE, "frames");
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -181,24 +184,27 @@ impl AudioEngine {
     }
 
     /// Speech, level, barge-in and device events, in order.
-    pub fn events(&self) -> &Receiver<AudioEvent> {
+    pub fn events(&self) -> &EngineReceiver<AudioEvent> {
         &self.events
     }
 
     /// Encoded 20 ms microphone frames, once the link is ready (held until then).
-    pub fn frames(&self) -> &Receiver<EncodedFrame> {
+    pub fn frames(&self) -> &EngineReceiver<EncodedFrame> {
         &self.frames
     }
 
-    /// Moves the event and frame streams out, to forward them to async
-    /// code; afterwards [`Self::events`] and [`Self::frames`] stay empty.
-    pub fn take_streams(&mut self) -> (Receiver<AudioEvent>, Receiver<EncodedFrame>) {
-        let (_, no_events) = mpsc::sync_channel(0);
-        let (_, no_frames) = mpsc::sync_channel(0);
-        (
-            std::mem::replace(&mut self.events, no_events),
-            std::mem::replace(&mut self.frames, no_frames),
-        )
+    /// Moves the event and frame streams out, for async code to await: the
+    /// DSP thread sends into them directly. Afterwards [`Self::events`] and
+    /// [`Self::frames`] stay empty.
+    pub fn take_streams(
+        &mut self,
+    ) -> (
+        async_mpsc::Receiver<AudioEvent>,
+        async_mpsc::Receiver<EncodedFrame>,
+    ) {
+        let events = std::mem::replace(&mut self.events, EngineReceiver::closed());
+        let frames = std::mem::replace(&mut self.frames, EngineReceiver::closed());
+        (events.into_inner(), frames.into_inner())
     }
 
     /// Where the link delivers the bot's audio.

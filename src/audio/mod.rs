@@ -43,9 +43,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The receivers are `std::sync::mpsc` (bounded; the engine never blocks on
-//! them and counts what it had to drop), so a tokio task reads them through
-//! `spawn_blocking` or a forwarding thread. [`AudioMetrics`] (from
+//! The queues are bounded tokio channels: the engine never blocks on them,
+//! and counts and logs what it had to drop. A plain thread reads them as
+//! above ([`EngineReceiver`]); a tokio task takes them with
+//! [`AudioEngine::take_streams`] and awaits them. [`AudioMetrics`] (from
 //! [`AudioEngine::metrics`]) holds counters and gauges for the status page.
 //!
 //! # What the agent may send, and when the engine fails
@@ -91,6 +92,7 @@ mod metrics;
 mod offline;
 mod playout;
 mod prompt;
+mod queue;
 mod resample;
 mod segmenter;
 mod settings;
@@ -110,6 +112,7 @@ pub use engine::{AudioEngine, PlayoutSender, SoundCheck};
 pub use metrics::{AudioMetrics, EngineFailure};
 pub use playout::{IncomingPacket, JitterBuffer, NextFrame, Playout};
 pub use prompt::Prompt;
+pub use queue::EngineReceiver;
 pub use resample::{StreamResampler, resample_clip};
 pub use segmenter::{SegmentOutput, Segmenter, Utterance};
 pub use settings::NoiseSuppression;

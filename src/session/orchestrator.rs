@@ -165,28 +165,17 @@ pub struct Orchestrator {
     liveness: Option<Liveness>,
 }
 
-/// Sleeps until `at`; forever when there is nothing to wait for.
-async fn wake_at(at: Option<Instant>) {
-    match at {
-        Some(at) => sleep_until(at.into()).await,
-        None => std::future::pending().await,
+/// Hands the outbox's oldest frame to the link once its queue has room;
+/// an error when the link has gone.
+async fn send_oldest(
+    link: &mpsc::Sender<OpusFrame>,
+    outbox: &mut VecDeque<OpusFrame>,
+) -> Result<(), mpsc::error::SendError<()>> {
+    let permit = link.reserve().await?;
+    if let Some(frame) = outbox.pop_front() {
+        permit.send(frame);
     }
-}
-
-/// Forwards a std channel from the audio engine into tokio.
-fn forward<T: Send + 'static>(rx: std::sync::mpsc::Receiver<T>, name: &str) -> mpsc::Receiver<T> {
-    let (tx, out) = mpsc::channel(256);
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            for item in rx {
-                if tx.blocking_send(item).is_err() {
-                    return;
-                }
-            }
-        })
-        .expect("spawning a forwarding thread");
-    out
+    Ok(())
 }
 
 impl Orchestrator {
@@ -219,8 +208,8 @@ impl Orchestrator {
             store,
             playout: engine.playout(),
             engine,
-            events: forward(events, "audio-events"),
-            frames: forward(frames, "audio-frames"),
+            events,
+            frames,
             commands,
             published,
             sync,
@@ -283,6 +272,15 @@ impl Orchestrator {
                 .as_ref()
                 .map_or(Duration::from_secs(3600), Liveness::beat_every),
         );
+        // The loop turns 100+ times a second in a call: these two futures
+        // live across its turns instead of being rebuilt (and registered
+        // with the runtime) on each one. The timer moves only when the
+        // machine's deadline does.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        let timer = sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut armed = None;
         loop {
             if let Some(l) = &self.liveness {
                 l.beat(Part::Session);
@@ -299,10 +297,16 @@ impl Orchestrator {
                 break;
             }
             let deadline = self.machine.poll_timeout().map(|(at, _)| at);
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at.into());
+                }
+                armed = deadline;
+            }
             let has_link = self.current.as_ref().is_some_and(|c| c.link.is_some());
-            let sender = self.audio_out.clone().filter(|_| !self.outbox.is_empty());
+            let sending = self.audio_out.is_some() && !self.outbox.is_empty();
             tokio::select! {
-                _ = cancel.cancelled(), if !shutting_down => {
+                _ = &mut cancelled, if !shutting_down => {
                     shutting_down = true;
                     self.feed(Event::Shutdown).await;
                 }
@@ -331,15 +335,11 @@ impl Orchestrator {
                     LinkInput::Event(None) => self.feed(Event::LinkGaveUp).await,
                     LinkInput::Packet(p) => self.on_packet(p),
                 },
-                Ok(permit) = async { sender.clone().expect("guarded").reserve_owned().await }, if sender.is_some() => {
-                    if let Some(frame) = self.outbox.pop_front() {
-                        permit.send(frame);
-                    }
-                }
+                Ok(()) = async { send_oldest(self.audio_out.as_ref().expect("guarded"), &mut self.outbox).await }, if sending => {}
                 _ = self.persister.advance() => self.publish_store_health(),
                 _ = heartbeat.tick(), if self.liveness.is_some() => {}
                 _ = link_stats.tick(), if has_link => self.on_link_stats().await,
-                _ = wake_at(deadline) => self.feed(Event::Timeout).await,
+                _ = &mut timer, if deadline.is_some() => self.feed(Event::Timeout).await,
             }
         }
         self.persister.drain().await;
