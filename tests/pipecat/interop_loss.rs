@@ -64,6 +64,54 @@ fn align(block: &[i16], speaker: &[i16], at: usize) -> usize {
         .unwrap_or(at)
 }
 
+/// Where each play of `reply` starts on the speaker. A play is found by
+/// either half of the reply (as interop_run.rs finds it by its first), so
+/// a play damaged in one half is still found, and two plays back to back
+/// are not taken for one; a play found twice keeps its best match.
+fn find_plays(reply: &[i16], speaker: &[i16]) -> Vec<usize> {
+    let half = reply.len() / 2;
+    let mut found: Vec<(usize, f64)> = interop::plays(&reply[..half], speaker)
+        .into_iter()
+        .chain(
+            interop::plays(&reply[half..], speaker)
+                .into_iter()
+                .filter_map(|(at, corr)| Some((at.checked_sub(half)?, corr))),
+        )
+        .collect();
+    found.sort_by_key(|&(at, _)| at);
+    let mut plays: Vec<(usize, f64)> = Vec::new();
+    for (at, corr) in found {
+        match plays.last_mut() {
+            Some(last) if at < last.0 + reply.len() * 3 / 4 => {
+                if corr > last.1 {
+                    *last = (at, corr);
+                }
+            }
+            _ => plays.push((at, corr)),
+        }
+    }
+    plays.into_iter().map(|(at, _)| at).collect()
+}
+
+/// Normalized correlation of `reply` with the speaker from `at`.
+fn correlation(reply: &[i16], speaker: &[i16], at: usize) -> f64 {
+    let Some(played) = speaker.get(at..at + reply.len()) else {
+        return 0.0;
+    };
+    let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
+    for (&x, &y) in reply.iter().zip(played) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        xy += x * y;
+        xx += x * x;
+        yy += y * y;
+    }
+    if xx > 0.0 && yy > 0.0 {
+        xy / (xx * yy).sqrt()
+    } else {
+        0.0
+    }
+}
+
 /// How much of the reply's speech the speaker played, over `sentences`
 /// plays of it. The reply's speech is its 10 ms frames within 20 dB of its
 /// loudest (in whole 20 ms packets). Each play is found on the speaker, each 100 ms block of it
@@ -79,9 +127,9 @@ fn delivered_share(reply: &[i16], speaker: &[i16], sentences: usize) -> f64 {
     let whole = reply.len() / (2 * FRAME) * 2;
     let speech = |i: usize| i < whole && reference[i] >= loudest - 20.0;
     let speech_frames = (0..reference.len()).filter(|&i| speech(i)).count();
-    let mut delivered: Vec<usize> = interop::plays(reply, speaker)
+    let mut delivered: Vec<usize> = find_plays(reply, speaker)
         .into_iter()
-        .map(|(start, _)| {
+        .map(|start| {
             let mut differences = Vec::new();
             for (b, block) in reply.chunks(BLOCK).enumerate() {
                 let at = align(block, speaker, start + b * BLOCK);
@@ -181,9 +229,9 @@ async fn conversation(uplink: NetworkProfile, downlink: NetworkProfile) -> Figur
         .count();
     let reply = interop::reply();
     let delivered = delivered_share(&reply, &speaker, sentences);
-    let plays: Vec<f64> = interop::plays(&reply, &speaker)
+    let plays: Vec<f64> = find_plays(&reply, &speaker)
         .into_iter()
-        .map(|(_, corr)| corr)
+        .map(|at| correlation(&reply, &speaker, at))
         .filter(|&corr| corr >= 0.7)
         .collect();
     let figures = Figures {
