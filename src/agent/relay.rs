@@ -1,5 +1,6 @@
 //! A test tool: a UDP relay between the kiosk and the agent's peer
-//! connection (`LoopbackAgentConfig::simulate_network`), so tests can cut
+//! connection (`LoopbackAgentConfig::simulate_network`, or any agent
+//! behind the [`proxy`](super::proxy)), so tests can cut
 //! the network ([`LoopbackAgent::cut_network`](super::LoopbackAgent::cut_network))
 //! or make it lossy ([`LoopbackAgentConfig::uplink`](super::LoopbackAgentConfig::uplink)
 //! and `downlink`, see [`netsim`](super::netsim)).
