@@ -4,11 +4,13 @@
 
 pub use crate::agent::{AgentError, AgentRecord, CloudRequest, LoopbackAgent, LoopbackAgentConfig};
 
-/// A lossy, jittery network for the loopback agent's relay.
+/// A lossy, jittery network for the loopback agent's relay, or in front
+/// of another agent through [`NetworkProxy`](network::NetworkProxy).
 pub mod network {
     pub use crate::agent::netsim::{
         Bursts, Deliveries, NetworkCounts, NetworkModel, NetworkProfile,
     };
+    pub use crate::agent::proxy::NetworkProxy;
     pub use crate::agent::relay::{RelayCounts, RtpTally};
 }
 

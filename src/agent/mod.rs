@@ -5,7 +5,9 @@
 //!
 //! `demo` and `loopback-agent` run it in the product; integration tests
 //! reach it through the `testkit` feature, which also builds its test tools:
-//! a UDP relay that can cut the network or make it lossy, and hostile audio.
+//! a UDP relay that can cut the network or make it lossy (also in front of
+//! an agent the kit did not start, through its HTTP [`proxy`]), and hostile
+//! audio.
 //!
 //! Routes ([`http`]): `POST /start` (→ `{"sessionId"}`), `POST|PATCH
 //! /api/offer` and `POST|PATCH /sessions/{id}/api/offer`, the shapes
@@ -19,6 +21,8 @@ mod http;
 pub mod media;
 #[cfg(feature = "testkit")]
 pub mod netsim;
+#[cfg(feature = "testkit")]
+pub mod proxy;
 #[cfg(feature = "testkit")]
 pub mod relay;
 pub mod voice;

@@ -1,5 +1,6 @@
 //! A test tool: a UDP relay between the kiosk and the agent's peer
-//! connection (`LoopbackAgentConfig::simulate_network`), so tests can cut
+//! connection (`LoopbackAgentConfig::simulate_network`, or any agent
+//! behind the [`proxy`](super::proxy)), so tests can cut
 //! the network ([`LoopbackAgent::cut_network`](super::LoopbackAgent::cut_network))
 //! or make it lossy ([`LoopbackAgentConfig::uplink`](super::LoopbackAgentConfig::uplink)
 //! and `downlink`, see [`netsim`](super::netsim)).
@@ -131,10 +132,30 @@ pub(super) fn offer_behind_relay(config: &LoopbackAgentConfig, sdp: String) -> S
     if !config.simulate_network {
         return sdp;
     }
+    without_candidates(&sdp)
+}
+
+/// `sdp` without its ICE candidates: the peer it goes to learns the
+/// sender's address from the checks that reach it (peer-reflexive), which
+/// behind a relay is the relay's.
+pub(super) fn without_candidates(sdp: &str) -> String {
     sdp.split("\r\n")
         .filter(|l| !l.starts_with("a=candidate:") && !l.starts_with("a=end-of-candidates"))
         .collect::<Vec<_>>()
         .join("\r\n")
+}
+
+/// The address of the first UDP IPv4 candidate in `sdp`: where the relay
+/// sends the kiosk's packets.
+pub(super) fn agent_candidate(sdp: &str) -> Option<SocketAddr> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(2).is_some_and(|t| t.eq_ignore_ascii_case("udp")))
+        .find_map(|f| {
+            let addr: SocketAddr = format!("{}:{}", f.get(4)?, f.get(5)?).parse().ok()?;
+            addr.is_ipv4().then_some(addr)
+        })
 }
 
 /// A UDP relay between the kiosk and the agent's peer connection, so a
@@ -158,9 +179,11 @@ impl Relay {
         if !shared.config.simulate_network {
             return Ok(None);
         }
+        let agent = agent_candidate(answer_sdp)
+            .ok_or_else(|| std::io::Error::other("no UDP candidate in the answer"))?;
         Self::start(
-            answer_sdp,
-            &shared.config,
+            agent,
+            (shared.config.uplink, shared.config.downlink),
             shared.network.clone(),
             cancel.clone(),
         )
@@ -168,34 +191,28 @@ impl Relay {
         .map(Some)
     }
 
-    async fn start(
-        answer_sdp: &str,
-        config: &LoopbackAgentConfig,
+    /// A relay to the agent's candidate `agent` doing the `(uplink,
+    /// downlink)` networks, until `cancel`.
+    pub(super) async fn start(
+        agent: SocketAddr,
+        (uplink, downlink): (NetworkProfile, NetworkProfile),
         network: Network,
         cancel: CancellationToken,
     ) -> std::io::Result<Self> {
-        let agent = answer_sdp
-            .lines()
-            .filter(|l| {
-                l.starts_with("a=candidate:") && (l.contains(" udp ") || l.contains(" UDP "))
-            })
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                format!("{}:{}", f.get(4)?, f.get(5)?).parse().ok()
-            })
-            .ok_or_else(|| std::io::Error::other("no UDP candidate in the answer"))?;
         let outer = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-        let inner = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        // On the agent's interface, so its packets to the relay take the
+        // same route as its packets to a kiosk would.
+        let inner = Arc::new(UdpSocket::bind(SocketAddr::new(agent.ip(), 0)).await?);
         let public = outer.local_addr()?;
         let mut to_agent = Direction {
-            model: NetworkModel::new(config.uplink),
+            model: NetworkModel::new(uplink),
             out: Arc::clone(&inner),
         };
         let mut to_kiosk = Direction {
             // Another seed, so both ways do not lose the same packets.
             model: NetworkModel::new(NetworkProfile {
-                seed: config.downlink.seed.wrapping_add(1),
-                ..config.downlink
+                seed: downlink.seed.wrapping_add(1),
+                ..downlink
             }),
             out: Arc::clone(&outer),
         };
@@ -228,9 +245,50 @@ impl Relay {
         Ok(Self { agent, public })
     }
 
+    /// Where the kiosk sends to.
+    pub(super) fn public(&self) -> SocketAddr {
+        self.public
+    }
+
+    /// The agent's answer `sdp` as the kiosk must see it: the relay's
+    /// address in place of the agent's, and no other candidate of the
+    /// agent's (another interface, IPv6, TCP) the kiosk could reach it by.
     pub(super) fn rewrite(&self, sdp: &str) -> String {
-        let from = format!("{} {}", self.agent.ip(), self.agent.port());
-        let to = format!("{} {}", self.public.ip(), self.public.port());
-        sdp.replace(&from, &to)
+        let from = format!(" {} {} ", self.agent.ip(), self.agent.port());
+        let to = format!(" {} {} ", self.public.ip(), self.public.port());
+        sdp.split("\r\n")
+            .filter(|l| !l.starts_with("a=candidate:") || l.contains(&from))
+            .map(|l| l.replace(&from, &to))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ANSWER: &str = "v=0\r\n\
+        a=candidate:1 1 tcp 1518280447 192.0.2.2 9 typ host tcptype passive\r\n\
+        a=candidate:2 1 udp 2122262783 2001:db8::2 40001 typ host\r\n\
+        a=candidate:3 1 udp 2130706431 192.0.2.2 40000 typ host\r\n\
+        a=candidate:4 1 udp 2130706431 198.51.100.7 40002 typ host\r\n\
+        a=end-of-candidates\r\n";
+
+    #[test]
+    fn the_relay_goes_in_front_of_the_agents_first_udp_ipv4_candidate_only() {
+        let agent = agent_candidate(ANSWER).unwrap();
+        assert_eq!(agent, "192.0.2.2:40000".parse::<SocketAddr>().unwrap());
+        let relay = Relay {
+            agent,
+            public: "127.0.0.1:5555".parse().unwrap(),
+        };
+        assert_eq!(
+            relay.rewrite(ANSWER),
+            "v=0\r\n\
+             a=candidate:3 1 udp 2130706431 127.0.0.1 5555 typ host\r\n\
+             a=end-of-candidates\r\n"
+        );
+        assert_eq!(without_candidates(ANSWER), "v=0\r\n");
     }
 }

@@ -73,6 +73,9 @@ pub struct CallLines {
     pub jitter: String,
     /// "0.0 % / 0.0 %".
     pub loss: String,
+    /// The bot's audio since start: packets concealed (of them rebuilt
+    /// from FEC) and the jitter buffer's delay against its target.
+    pub playout: String,
     /// "32 / 40 kbit/s".
     pub rate: String,
     /// Restarts of the call's transport.
@@ -214,12 +217,19 @@ impl PageView {
             })
             .collect();
         let ms = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.1} ms"));
+        let playout = doc.playout.as_ref().map_or("—".to_string(), |p| {
+            format!(
+                "{} concealed ({} by FEC) / {} ms (target {} ms)",
+                p.packets_concealed, p.packets_fec_recovered, p.jitter_delay_ms, p.jitter_target_ms
+            )
+        });
         let call = match &doc.link {
             Some(l) => CallLines {
                 live: if l.live { "open" } else { "last call" }.into(),
                 rtt: ms(l.rtt_ms),
                 jitter: ms(l.jitter_ms),
                 loss: format!("{:.1} % / {:.1} %", l.loss_out_percent, l.loss_in_percent),
+                playout,
                 rate: format!("{:.0} / {:.0} kbit/s", l.send_kbps, l.recv_kbps),
                 restarts: l.restarts.to_string(),
                 updated: l
@@ -232,6 +242,7 @@ impl PageView {
                 rtt: "—".into(),
                 jitter: "—".into(),
                 loss: "—".into(),
+                playout,
                 rate: "—".into(),
                 restarts: "—".into(),
                 updated: String::new(),

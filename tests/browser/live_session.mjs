@@ -37,6 +37,7 @@ try {
   seen.lines = await page.$$eval("#session-lines li", (items) => items.map((i) => i.textContent));
   seen.link_rtt = await text("#link-rtt");
   seen.link_loss = await text("#link-loss");
+  seen.link_playout = await text("#link-playout");
   seen.cloud = await page.$$eval("#cloud li", (items) => items.map((i) => i.textContent));
   seen.level = await page.$eval("#level", (m) => m.value);
   seen.components = await page.$$eval("#components li", (items) => items.map((i) => i.textContent));

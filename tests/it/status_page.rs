@@ -227,6 +227,20 @@ fn the_page_follows_a_live_demo_session() {
         "{seen}"
     );
     assert_eq!(seen["link_loss"], "0.0 % / 0.0 %", "{seen}");
+    // "0 concealed (0 by FEC) / 40 ms (target 40 ms)"
+    let playout = seen["link_playout"].as_str().unwrap();
+    let figures: Vec<u64> = playout
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        playout.contains(" concealed (")
+            && playout.contains(" by FEC) / ")
+            && playout.ends_with(" ms)")
+            && figures.len() == 4
+            && figures[1] <= figures[0],
+        "{seen}"
+    );
     let cloud = seen["cloud"].as_array().unwrap();
     assert!(
         cloud[0].as_str().unwrap().starts_with("agent: reachable, "),

