@@ -27,8 +27,7 @@ async fn start_agent() -> LoopbackAgent {
 
 /// Runs `call --json` for `seconds`; returns the summary and stderr.
 async fn call(agent: &LoopbackAgent, input: &Path, output: &Path, seconds: u32) -> (Value, String) {
-    let args = vec![
-        "call".to_owned(),
+    let (summary, stderr) = link_support::call_json(vec![
         "--offer-url".into(),
         agent.offer_url().to_string(),
         "--input".into(),
@@ -41,19 +40,8 @@ async fn call(agent: &LoopbackAgent, input: &Path, output: &Path, seconds: u32) 
         "127.0.0.1:0".into(),
         "--no-stun".into(),
         "--json".into(),
-    ];
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"))
-            .args(&args)
-            .env_remove("KIOSK_GATEWAY_CONFIG")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "call failed: {stderr}");
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    ])
+    .await;
     println!("{}", serde_json::to_string_pretty(&summary).unwrap());
     (summary, stderr)
 }

@@ -112,8 +112,7 @@ async fn the_loss_the_agent_reports_is_the_loss_the_network_caused() {
 async fn call_through(agent: &LoopbackAgent, name: &str, seconds: u32) -> (Value, usize, Vec<i16>) {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join(format!("{name}.wav"));
-    let args = vec![
-        "call".to_owned(),
+    let (summary, _) = link_support::call_json(vec![
         "--offer-url".into(),
         agent.offer_url().to_string(),
         "--input".into(),
@@ -128,22 +127,8 @@ async fn call_through(agent: &LoopbackAgent, name: &str, seconds: u32) -> (Value
         "127.0.0.1:0".into(),
         "--no-stun".into(),
         "--json".into(),
-    ];
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"))
-            .args(&args)
-            .env_remove("KIOSK_GATEWAY_CONFIG")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "call failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    ])
+    .await;
     let speaker: Vec<i16> = hound::WavReader::open(&output)
         .unwrap()
         .into_samples()

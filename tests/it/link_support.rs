@@ -10,6 +10,25 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Runs `kiosk-gateway call` with `args` (without the config file the
+/// environment may name) off the async runtime, requires it to succeed, and
+/// returns its `--json` summary and its stderr.
+pub async fn call_json(args: Vec<String>) -> (serde_json::Value, String) {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"))
+            .arg("call")
+            .args(&args)
+            .env_remove("KIOSK_GATEWAY_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "call failed: {stderr}");
+    (serde_json::from_slice(&output.stdout).unwrap(), stderr)
+}
+
 /// Link settings for 127.0.0.1 only: no STUN, loopback sockets.
 pub fn local_settings() -> LinkSettings {
     LinkSettings {
