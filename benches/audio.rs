@@ -65,7 +65,7 @@ fn stages(c: &mut Criterion) {
         .chunks_exact(FRAME_48K)
         .map(|f| f.try_into().unwrap())
         .collect();
-    let mut aec = Aec3::new(NoiseSuppression::Off, false, Millis(30));
+    let mut aec = Aec3::new(NoiseSuppression::Off, false, Millis(30)).expect("canceller");
     let mut clean = [0.0; VAD_FRAME];
     let mut n = 0;
     c.bench_function("echo_cancel_10ms", |b| {

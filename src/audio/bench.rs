@@ -342,7 +342,7 @@ fn bench_capture(
     stages.insert("opus_encode", per_frame(enc_time, frames));
 
     if audio.echo_cancel {
-        let (aec_time, n) = time(|| Ok(cancel_echo(audio, speech48, &speech16).1))?;
+        let (aec_time, n) = time(|| Ok(cancel_echo(audio, speech48, &speech16)?.1))?;
         stages.insert("echo_cancel", per_frame(aec_time, n));
     }
 
@@ -488,12 +488,16 @@ fn live_latency(audio: &AudioSettings) -> Result<LatencyReport, AudioError> {
 
 /// Runs the canceller alone over `mic` (16 kHz) with `speaker` (48 kHz)
 /// as reference; the cleaned signal and the frames processed.
-fn cancel_echo(audio: &AudioSettings, speaker: &[f32], mic: &[f32]) -> (Vec<f32>, usize) {
+fn cancel_echo(
+    audio: &AudioSettings,
+    speaker: &[f32],
+    mic: &[f32],
+) -> Result<(Vec<f32>, usize), AudioError> {
     let mut canceller = Aec3::new(
         audio.noise_suppression,
         audio.auto_gain,
         Millis(audio.device_buffer_ms.0 + FRAME_MS.0),
-    );
+    )?;
     let mut clean = vec![0.0; mic.len()];
     let mut frames = 0;
     for ((m, out), s) in mic
@@ -512,7 +516,7 @@ fn cancel_echo(audio: &AudioSettings, speaker: &[f32], mic: &[f32]) -> (Vec<f32>
         canceller.process(m, out);
         frames += 1;
     }
-    (clean, frames)
+    Ok((clean, frames))
 }
 
 /// The echo canceller's cost, and the simulated room at each ratio.
@@ -522,7 +526,7 @@ fn bench_echo(
     speech48: &[f32],
 ) -> Result<EchoReport, AudioError> {
     let speech16 = resample_clip(speech48, SampleRate::OPUS, SampleRate::VAD)?;
-    let (aec_time, n) = time(|| Ok(cancel_echo(audio, speech48, &speech16).1))?;
+    let (aec_time, n) = time(|| Ok(cancel_echo(audio, speech48, &speech16)?.1))?;
     let bot = built_in(BOT_WAV, "bot reply")?;
     // Without its silences, so that the bot talks all the time.
     let second = SampleRate::VAD.samples_in(Millis(1_000));
@@ -619,7 +623,7 @@ fn room_scene(
         .count();
     // Measured on the canceller alone, where echo and output line up.
     let speaker48 = resample_clip(&conversation.speaker, SampleRate::VAD, SampleRate::OPUS)?;
-    let (clean, _) = cancel_echo(audio, &speaker48, &conversation.mic);
+    let (clean, _) = cancel_echo(audio, &speaker48, &conversation.mic)?;
     let from = SampleRate::VAD.samples_in(CONVERGED_AFTER);
     let visitor_at = SampleRate::VAD.samples_in(before);
     let after = visitor_at + visitor.samples.len();

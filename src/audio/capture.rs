@@ -133,6 +133,15 @@ pub struct CaptureProcessor {
     vad_frame: [f32; VAD_FRAME],
     canceller: Option<Box<dyn EchoCanceller>>,
     vad: VoiceDetector,
+    /// Behind the canceller and its gate, the VAD that decides while the
+    /// bot is audible: one step more lenient than the configured one. The
+    /// canceller's suppressor thins out the start of a visitor's word
+    /// spoken over the bot (it cannot tell their voice from the echo in the
+    /// bands both fill), and the configured VAD heard such words 100 ms and
+    /// more late; residual echo is the gate's to keep out, and the
+    /// suppressed room noise is kept out by the gate's room-noise rule.
+    /// Fed every frame so its noise model stays current.
+    vad_over_echo: Option<VoiceDetector>,
     gate: Option<EchoGate>,
     segmenter: Segmenter<VAD_FRAME>,
     encoder: Option<OpusEncoder>,
@@ -173,17 +182,16 @@ impl CaptureProcessor {
         // before anything was played.
         let echo_path =
             audio.output != DeviceSpec::Disabled && !matches!(audio.input, DeviceSpec::Wav(_));
-        let canceller = (audio.echo_cancel && echo_path).then(|| {
-            // A speaker frame reaches the microphone through the playout
-            // ring and the capture framing at least; the canceller's own
-            // estimator finds the room's share.
-            let stream_delay = Millis(audio.device_buffer_ms.0 + FRAME_MS.0);
-            Box::new(Aec3::new(
-                audio.noise_suppression,
-                audio.auto_gain,
-                stream_delay,
-            )) as Box<dyn EchoCanceller>
-        });
+        let canceller = (audio.echo_cancel && echo_path)
+            .then(|| {
+                // A speaker frame reaches the microphone through the playout
+                // ring and the capture framing at least; the canceller's own
+                // estimator finds the room's share.
+                let stream_delay = Millis(audio.device_buffer_ms.0 + FRAME_MS.0);
+                Aec3::new(audio.noise_suppression, audio.auto_gain, stream_delay)
+                    .map(|aec| Box::new(aec) as Box<dyn EchoCanceller>)
+            })
+            .transpose()?;
         let gate = (audio.echo_gate && echo_path).then(|| {
             if canceller.is_some() {
                 EchoGate::behind_canceller(vad.echo_margin_db)
@@ -191,12 +199,15 @@ impl CaptureProcessor {
                 EchoGate::new(vad.echo_margin_db)
             }
         });
+        let vad_over_echo = (canceller.is_some() && gate.is_some())
+            .then(|| VoiceDetector::new(vad.aggressiveness.more_lenient()));
         Ok(Self {
             to_vad: StreamResampler::new(input_rate, SampleRate::VAD, max_block)?,
             mic_frame: [0.0; VAD_FRAME],
             vad_frame: [0.0; VAD_FRAME],
             canceller,
             vad: VoiceDetector::new(vad.aggressiveness),
+            vad_over_echo,
             gate,
             segmenter,
             encoder: if encode {
@@ -328,7 +339,15 @@ impl CaptureProcessor {
             }
         }
 
-        let raw_voiced = self.vad.is_voiced(&self.vad_frame);
+        let configured = self.vad.is_voiced(&self.vad_frame);
+        let over_echo = self
+            .vad_over_echo
+            .as_mut()
+            .map(|vad| vad.is_voiced(&self.vad_frame));
+        let raw_voiced = match (over_echo, &self.gate) {
+            (Some(lenient), Some(gate)) if gate.bot_audible() => lenient,
+            _ => configured,
+        };
         let in_speech = self.segmenter.in_speech();
         let voiced = match self.gate.as_mut() {
             Some(gate) => gate.admits(level, raw_voiced, in_speech),

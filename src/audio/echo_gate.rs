@@ -139,11 +139,7 @@ impl EchoGate {
         if visitor_speaking && !self.behind_canceller {
             return voiced;
         }
-        let envelope = self
-            .recent_reference
-            .iter()
-            .copied()
-            .fold(Dbfs::FLOOR.0, f32::max);
+        let envelope = self.reference_envelope();
         if envelope < REFERENCE_ACTIVE.0 {
             if !voiced && !visitor_speaking {
                 self.room_noise_db += ROOM_NOISE_WEIGHT * (mic.0 - self.room_noise_db);
@@ -181,6 +177,20 @@ impl EchoGate {
             self.coupling_db += rate * (observed - self.coupling_db);
         }
         voiced && admitted
+    }
+
+    /// Whether the bot's recent playout can still be coming back into the
+    /// microphone.
+    pub fn bot_audible(&self) -> bool {
+        self.reference_envelope() >= REFERENCE_ACTIVE.0
+    }
+
+    /// The loudest playout frame that can still be echoing in the room.
+    fn reference_envelope(&self) -> f32 {
+        self.recent_reference
+            .iter()
+            .copied()
+            .fold(Dbfs::FLOOR.0, f32::max)
     }
 
     /// Current estimate of the speaker-to-microphone coupling.

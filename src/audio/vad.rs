@@ -43,6 +43,11 @@ impl Aggressiveness {
         }
     }
 
+    /// One step more lenient (mode 0 stays at 0).
+    pub fn more_lenient(self) -> Self {
+        Self::from_level(self.level().saturating_sub(1)).unwrap_or(self)
+    }
+
     fn mode(self) -> VadMode {
         match self {
             Aggressiveness::Quality => VadMode::Quality,

@@ -6,6 +6,7 @@
 //! suppressor and AGC2 as options) is the one the engine builds.
 
 mod aec3;
+mod high_pass;
 pub mod room;
 
 pub use aec3::Aec3;
@@ -16,7 +17,9 @@ use super::units::{FRAME_48K, Millis, VAD_FRAME};
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct EchoStats {
     /// How far the canceller's filter brings the echo down (echo return
-    /// loss enhancement), in dB; `None` until it has an estimate.
+    /// loss enhancement), in dB; `None` if the canceller gives no figure.
+    /// AEC3's starts near 0 dB and rises over the first seconds the bot
+    /// talks, as its filter converges.
     pub erle_db: Option<f32>,
     /// Loss from the speaker signal to its echo at the microphone, in dB.
     pub erl_db: Option<f32>,
