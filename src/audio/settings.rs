@@ -143,7 +143,9 @@ impl Default for AudioSettings {
 /// `[vad]`: what counts as the visitor speaking.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VadSettings {
-    /// How strict the voice detector is about what counts as speech.
+    /// How strict the voice detector is about what counts as speech
+    /// (one step less while the bot is audible behind the echo canceller
+    /// and its gate).
     pub aggressiveness: Aggressiveness,
     /// Onset: at least `onset_voiced_ms` of voiced frames within the last
     /// `onset_window_ms`.

@@ -119,5 +119,13 @@ mod tests {
             Ok(Aggressiveness::VeryAggressive)
         );
         assert!("4".parse::<Aggressiveness>().is_err());
+        assert_eq!(
+            Aggressiveness::Aggressive.more_lenient(),
+            Aggressiveness::LowBitrate
+        );
+        assert_eq!(
+            Aggressiveness::Quality.more_lenient(),
+            Aggressiveness::Quality
+        );
     }
 }
