@@ -133,14 +133,14 @@ pub struct CaptureProcessor {
     vad_frame: [f32; VAD_FRAME],
     canceller: Option<Box<dyn EchoCanceller>>,
     vad: VoiceDetector,
-    /// Behind the canceller and its gate, the VAD that decides while the
-    /// bot is audible: one step more lenient than the configured one. The
-    /// canceller's suppressor thins out the start of a visitor's word
-    /// spoken over the bot (it cannot tell their voice from the echo in the
-    /// bands both fill), and the configured VAD heard such words 100 ms and
-    /// more late; residual echo is the gate's to keep out, and the
-    /// suppressed room noise is kept out by the gate's room-noise rule.
-    /// Fed every frame so its noise model stays current.
+    /// Behind the canceller and its gate, a VAD one step more lenient than
+    /// the configured one, which dates the start of a word spoken over the
+    /// bot: the canceller's suppressor thins out its first phoneme (it
+    /// cannot tell the voice from the echo in the bands both fill), and the
+    /// configured VAD hears it 100 ms and more late. It only moves the
+    /// onset of an utterance the configured VAD confirms (see
+    /// [`Segmenter::push_heard`]); left to start utterances itself it let
+    /// residual echo in. Fed every frame so its noise model stays current.
     vad_over_echo: Option<VoiceDetector>,
     gate: Option<EchoGate>,
     segmenter: Segmenter<VAD_FRAME>,
@@ -339,19 +339,18 @@ impl CaptureProcessor {
             }
         }
 
-        let configured = self.vad.is_voiced(&self.vad_frame);
-        let over_echo = self
+        let raw_voiced = self.vad.is_voiced(&self.vad_frame);
+        let faint_raw = self
             .vad_over_echo
             .as_mut()
-            .map(|vad| vad.is_voiced(&self.vad_frame));
-        let raw_voiced = match (over_echo, &self.gate) {
-            (Some(lenient), Some(gate)) if gate.bot_audible() => lenient,
-            _ => configured,
-        };
+            .is_some_and(|vad| vad.is_voiced(&self.vad_frame));
         let in_speech = self.segmenter.in_speech();
-        let voiced = match self.gate.as_mut() {
-            Some(gate) => gate.admits(level, raw_voiced, in_speech),
-            None => raw_voiced,
+        let (voiced, faint) = match self.gate.as_mut() {
+            Some(gate) => {
+                let voiced = gate.admits(level, raw_voiced, in_speech);
+                (voiced, faint_raw && gate.bot_audible() && gate.cleared())
+            }
+            None => (raw_voiced, false),
         };
         if raw_voiced {
             AudioMetrics::add(&self.metrics.voiced_frames, 1);
@@ -373,7 +372,7 @@ impl CaptureProcessor {
             segmenter, scratch, ..
         } = self;
         scratch.clear();
-        segmenter.push(voiced, &frame, &mut |o| match o {
+        segmenter.push_heard(voiced, faint, &frame, &mut |o| match o {
             SegmentOutput::Started { onset, preroll } => {
                 let slot = usize::from(starts[0].is_some());
                 starts[slot] = Some((onset, preroll));

@@ -88,6 +88,8 @@ pub struct EchoGate {
     next: usize,
     /// Loudest admitted level of the visitor's current utterance (decaying).
     speech_peak_db: f32,
+    /// Whether the last frame's level got past the gate, voiced or not.
+    cleared: bool,
 }
 
 impl EchoGate {
@@ -105,6 +107,7 @@ impl EchoGate {
             recent_reference: [Dbfs::FLOOR.0; ECHO_SPAN_FRAMES],
             next: 0,
             speech_peak_db: Dbfs::FLOOR.0,
+            cleared: true,
         }
     }
 
@@ -145,6 +148,7 @@ impl EchoGate {
                 self.room_noise_db += ROOM_NOISE_WEIGHT * (mic.0 - self.room_noise_db);
             }
             self.talkspurt_frames = 0;
+            self.cleared = true;
             return voiced;
         }
         self.talkspurt_frames = self.talkspurt_frames.saturating_add(1);
@@ -167,6 +171,7 @@ impl EchoGate {
                 self.speech_peak_db = (self.speech_peak_db - IN_SPEECH_PEAK_RELEASE_DB).max(mic.0);
             }
         }
+        self.cleared = admitted;
         if !admitted {
             let observed = (mic.0 - envelope).clamp(self.range_db.0, self.range_db.1);
             let rate = if observed > self.coupling_db {
@@ -177,6 +182,12 @@ impl EchoGate {
             self.coupling_db += rate * (observed - self.coupling_db);
         }
         voiced && admitted
+    }
+
+    /// Whether the last frame given to [`admits`](Self::admits) was loud
+    /// enough to be the visitor, whatever the VAD said of it.
+    pub fn cleared(&self) -> bool {
+        self.cleared
     }
 
     /// Whether the bot's recent playout can still be coming back into the

@@ -77,7 +77,14 @@ pub struct Segmenter<const N: usize> {
     emitted_until: u64,
     state: State,
     discarded: u64,
+    /// First frame of the current unbroken run of frames in which either
+    /// the VAD or the fainter detector heard voice.
+    heard_since: Option<u64>,
 }
+
+/// How far a confirmed onset may move back to where a fainter detector
+/// first heard the word: a soft first phoneme, not a stretch of noise.
+const MAX_BACKDATE_FRAMES: u64 = 15;
 
 impl<const N: usize> Segmenter<N> {
     /// A segmenter with `settings`, hearing nothing yet.
@@ -88,7 +95,7 @@ impl<const N: usize> Segmenter<N> {
         let min_speech = u64::from(settings.min_speech_ms.frames().max(1));
         // Enough history for the pre-roll plus everything seen while a
         // candidate waits to reach the minimum length.
-        let capacity = preroll + u64::from(onset_window) + 2 * min_speech + 2;
+        let capacity = preroll + MAX_BACKDATE_FRAMES + u64::from(onset_window) + 2 * min_speech + 2;
         Self {
             onset_window,
             onset_voiced,
@@ -102,6 +109,7 @@ impl<const N: usize> Segmenter<N> {
             emitted_until: 0,
             state: State::Silence,
             discarded: 0,
+            heard_since: None,
         }
     }
 
@@ -127,7 +135,28 @@ impl<const N: usize> Segmenter<N> {
         frame: &[f32; N],
         out: &mut dyn FnMut(SegmentOutput<'_, N>),
     ) {
+        self.push_heard(voiced, false, frame, out);
+    }
+
+    /// As [`push`](Self::push), with a second, fainter verdict: voice
+    /// heard by a more sensitive detector. It never starts or holds an
+    /// utterance; when the VAD confirms one, its onset moves back (by at
+    /// most [`MAX_BACKDATE_FRAMES`]) to where the unbroken run of voice
+    /// that either heard began, so a soft first phoneme the VAD missed
+    /// counts as the start of the word.
+    pub fn push_heard(
+        &mut self,
+        voiced: bool,
+        faint: bool,
+        frame: &[f32; N],
+        out: &mut dyn FnMut(SegmentOutput<'_, N>),
+    ) {
         let idx = self.next;
+        self.heard_since = if voiced || faint {
+            Some(self.heard_since.unwrap_or(idx))
+        } else {
+            None
+        };
         let slot = (idx % self.history.len() as u64) as usize;
         self.history[slot] = *frame;
         self.next += 1;
@@ -143,7 +172,7 @@ impl<const N: usize> Segmenter<N> {
                 if self.window.count_ones() >= self.onset_voiced {
                     // The oldest voiced frame in the window is where speech began.
                     let age = u64::from(63 - self.window.leading_zeros());
-                    let onset = idx - age;
+                    let onset = self.backdated(idx - age);
                     let voiced = u64::from(self.window.count_ones());
                     self.confirm_or_wait(onset, idx, voiced, idx, out)
                 } else {
@@ -171,7 +200,8 @@ impl<const N: usize> Segmenter<N> {
                     // speech, which starts here. A longer first fragment
                     // is kept: it may be the visitor's first syllable.
                     self.discarded += 1;
-                    self.confirm_or_wait(idx, idx, 1, idx, out)
+                    let onset = self.backdated(idx);
+                    self.confirm_or_wait(onset, idx, 1, idx, out)
                 } else {
                     self.confirm_or_wait(onset, last_voiced, count + u64::from(voiced), idx, out)
                 }
@@ -219,6 +249,18 @@ impl<const N: usize> Segmenter<N> {
             }));
         }
         self.state = State::Silence;
+    }
+
+    /// `onset` moved back to the start of the unbroken run of voice heard
+    /// through it, within [`MAX_BACKDATE_FRAMES`] and never into audio
+    /// already handed out.
+    fn backdated(&self, onset: u64) -> u64 {
+        match self.heard_since {
+            Some(since) if since < onset => since
+                .max(onset.saturating_sub(MAX_BACKDATE_FRAMES))
+                .max(self.emitted_until),
+            _ => onset,
+        }
     }
 
     fn confirm_or_wait(
@@ -301,6 +343,45 @@ mod tests {
         // 300 ms pre-roll (frames 70..100), the speech, then the 500 ms hangover.
         let expected: Vec<u64> = (70..230).collect();
         assert_eq!(frames, expected);
+    }
+
+    /// Onsets found when `faint` frames (heard only by the fainter
+    /// detector) run into `voiced` ones: `(faint, voiced)` per frame.
+    fn onsets_heard(frames: &[(bool, bool)]) -> Vec<Millis> {
+        let mut seg = Segmenter::<FRAME_48K>::new(&VadSettings::default());
+        let mut onsets = Vec::new();
+        for &(faint, voiced) in frames {
+            seg.push_heard(voiced, faint, &[0.0; FRAME_48K], &mut |o| {
+                if let SegmentOutput::Started { onset, .. } = o {
+                    onsets.push(onset);
+                }
+            });
+        }
+        onsets
+    }
+
+    fn heard(runs: &[((bool, bool), usize)]) -> Vec<(bool, bool)> {
+        runs.iter()
+            .flat_map(|&(v, n)| std::iter::repeat_n(v, n))
+            .collect()
+    }
+
+    #[test]
+    fn a_fainter_detector_dates_the_onset_but_never_starts_speech() {
+        const SILENT: (bool, bool) = (false, false);
+        const FAINT: (bool, bool) = (true, false);
+        const VOICED: (bool, bool) = (true, true);
+        // A soft first phoneme heard only faintly for 80 ms, then the word.
+        let word = heard(&[(SILENT, 100), (FAINT, 8), (VOICED, 40), (SILENT, 100)]);
+        assert_eq!(onsets_heard(&word), vec![Millis(1000)]);
+        // At most 150 ms back: a long faint stretch is not the word.
+        let long = heard(&[(SILENT, 100), (FAINT, 40), (VOICED, 40), (SILENT, 100)]);
+        assert_eq!(onsets_heard(&long), vec![Millis(1250)]);
+        // Only an unbroken run counts.
+        let broken = heard(&[(SILENT, 100), (FAINT, 5), (SILENT, 1), (VOICED, 40)]);
+        assert_eq!(onsets_heard(&broken), vec![Millis(1060)]);
+        // Faint voice alone starts nothing.
+        assert!(onsets_heard(&heard(&[(SILENT, 10), (FAINT, 200)])).is_empty());
     }
 
     #[test]

@@ -144,8 +144,8 @@ impl Default for AudioSettings {
 #[derive(Clone, Debug, PartialEq)]
 pub struct VadSettings {
     /// How strict the voice detector is about what counts as speech
-    /// (one step less while the bot is audible behind the echo canceller
-    /// and its gate).
+    /// (behind the echo canceller and its gate, one step less strict dates
+    /// the start of a word spoken over the bot).
     pub aggressiveness: Aggressiveness,
     /// Onset: at least `onset_voiced_ms` of voiced frames within the last
     /// `onset_window_ms`.
