@@ -467,8 +467,13 @@ impl Machine {
         let s = self.state;
         match timer {
             Timer::Ready if s == State::Connecting && self.connected => self.release(now),
-            // Re-armed by whatever the visitor or the bot says next.
-            Timer::Idle if s.in_conversation() && !self.user_speaking => self.end(EndReason::Idle),
+            // Re-armed by whatever the visitor or the bot says next. A long
+            // answer is not idleness: the bot's `bot-stopped-speaking`
+            // starts the clock again (and `max_duration` still bounds a
+            // bot that never says it stopped).
+            Timer::Idle if s.in_conversation() && !self.user_speaking && !self.bot_speaking => {
+                self.end(EndReason::Idle)
+            }
             Timer::MaxDuration if s != State::Idle && s != State::Ending => {
                 self.end(EndReason::MaxDuration)
             }

@@ -193,6 +193,18 @@ fn idle_timeout_ends_only_when_nobody_is_talking() {
 }
 
 #[test]
+fn a_bot_answering_longer_than_the_idle_timeout_is_not_cut_off() {
+    let mut k = in_call();
+    k.on(E::SpeechEnded);
+    k.on(E::BotStartedSpeaking);
+    assert_eq!(k.wait(25 * S), [], "the bot is still answering");
+    assert_eq!(k.state(), State::BotSpeaking);
+    k.on(E::BotStoppedSpeaking);
+    assert_eq!(k.wait(10 * S - MS), []);
+    assert_eq!(k.wait(MS), teardown(EndReason::Idle));
+}
+
+#[test]
 fn whatever_is_said_starts_the_idle_clock_over() {
     let mut k = in_call();
     k.on(E::SpeechEnded);
