@@ -13,12 +13,9 @@
 //! ALSA reads its configuration from the environment once per process, so
 //! everything runs in this single test, in order.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,16 +23,18 @@ use kiosk_gateway::audio::cli::vad_file;
 use kiosk_gateway::audio::echo::room::{Room, active_power};
 use kiosk_gateway::audio::{
     AudioEngine, AudioEvent, AudioSettings, DeviceSpec, IncomingPacket, Millis, OPUS_FRAME,
-    OpusEncoder, SampleRate, VadSettings, f32_to_i16, read_wav, resample_clip,
+    OpusEncoder, SampleRate, VadSettings, read_wav, resample_clip,
 };
 
 #[path = "support/alsa_files.rs"]
 mod alsa_files;
+#[allow(dead_code)]
+#[path = "support/room_feedback.rs"]
+mod room_feedback;
 use alsa_files::{file_devices, mkfifo};
+use room_feedback::{Cue, Part, RoomThread};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
-/// 10 ms at 48 kHz, the room's step.
-const STEP: usize = 480;
 /// The bot talks alone this long before the visitor starts, so the
 /// canceller has converged; the second half of it is checked for echo.
 const BOT_ALONE: Duration = Duration::from_secs(8);
@@ -44,102 +43,11 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(FIXTURES).join("audio").join(name)
 }
 
-/// Opens a FIFO without waiting for the other end, with the smallest pipe
-/// (one page, 42 ms of 48 kHz 16-bit mono) so it adds little delay.
-fn open_fifo(path: &Path) -> File {
-    // Read-write: opening never blocks, and the pipe outlives ALSA's
-    // probing opens and closes.
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    // SAFETY: a valid open descriptor.
-    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
-    file
-}
-
 /// The bot's reply without its leading and trailing second of silence, at
 /// 16 kHz, so that the bot talks without a break when it is repeated.
 fn bot_speech() -> Vec<f32> {
     let clip = read_wav(&fixture("bot_reference_16k.wav")).unwrap();
     clip.samples[16_000..clip.samples.len() - 16_000].to_vec()
-}
-
-/// The room between the speaker's FIFO and the microphone's. Runs until
-/// `stop`; `visitor` (48 kHz) starts `visitor_at` samples into the
-/// microphone's stream. `written` counts the samples it wrote.
-struct RoomThread {
-    stop: Arc<AtomicBool>,
-    written: Arc<AtomicU64>,
-    handle: JoinHandle<()>,
-}
-
-impl RoomThread {
-    fn start(dir: &Path, visitor: Vec<f32>, visitor_at: usize) -> Self {
-        let mut speaker = open_fifo(&dir.join("speaker.raw"));
-        let mut mic = open_fifo(&dir.join("mic.raw"));
-        let stop = Arc::new(AtomicBool::new(false));
-        let written = Arc::new(AtomicU64::new(0));
-        // The room's taps at 48 kHz (the simulated room works at 16 kHz).
-        let room = Room::default();
-        let taps: Vec<(usize, f32)> = room
-            .impulse_response()
-            .into_iter()
-            .map(|(delay, gain)| (delay * 3, gain))
-            .collect();
-        let span = taps.iter().map(|&(d, _)| d).max().unwrap() + STEP;
-        let handle = {
-            let (stop, written) = (stop.clone(), written.clone());
-            std::thread::spawn(move || {
-                // The speaker's recent samples, after the cone's clipping.
-                let mut history = vec![0.0f32; span + STEP];
-                let mut bytes = [0u8; STEP * 2];
-                let mut out = [0u8; STEP * 2];
-                let mut t = 0usize;
-                let start = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    if speaker.read_exact(&mut bytes).is_err() {
-                        break;
-                    }
-                    history.copy_within(STEP.., 0);
-                    let newest = history.len() - STEP;
-                    for (h, b) in history[newest..].iter_mut().zip(bytes.chunks_exact(2)) {
-                        let s = f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0;
-                        *h = (s * room.drive).tanh() / room.drive;
-                    }
-                    for (i, o) in out.chunks_exact_mut(2).enumerate() {
-                        let now = newest + i;
-                        let echo: f32 = taps.iter().map(|&(d, g)| g * history[now - d]).sum();
-                        let voice = (t + i)
-                            .checked_sub(visitor_at)
-                            .and_then(|k| visitor.get(k))
-                            .copied()
-                            .unwrap_or(0.0);
-                        o.copy_from_slice(&f32_to_i16(echo + voice).to_le_bytes());
-                    }
-                    if mic.write_all(&out).is_err() {
-                        break;
-                    }
-                    t += STEP;
-                    written.store(t as u64, Ordering::Relaxed);
-                    // Real time: the file-backed devices do not pace themselves.
-                    let due = start + Duration::from_micros(t as u64 * 1_000_000 / 48_000);
-                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                }
-            })
-        };
-        Self {
-            stop,
-            written,
-            handle,
-        }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap();
-    }
 }
 
 /// The bot's speech as Opus packets, played at real time until `stop`.
@@ -189,7 +97,13 @@ fn converse(
     visitor_at: usize,
     duration: Duration,
 ) -> (Vec<u32>, AudioEngine) {
-    let room = RoomThread::start(dir, visitor, visitor_at);
+    let room = RoomThread::start(
+        dir,
+        vec![Part {
+            samples: visitor,
+            cue: Cue::At(visitor_at),
+        }],
+    );
     let mut engine = AudioEngine::start(audio, &VadSettings::default()).unwrap();
     let stop_bot = Arc::new(AtomicBool::new(false));
     let bot = play_bot(&engine, stop_bot.clone());
@@ -199,7 +113,7 @@ fn converse(
     // The last utterance's hangover.
     std::thread::sleep(Duration::from_millis(800));
     let found = onsets(&engine);
-    let written = room.written.load(Ordering::Relaxed);
+    let written = room.written();
     engine.stop().unwrap();
     room.stop();
     eprintln!(

@@ -15,6 +15,7 @@ mod link_support;
 
 mod interop;
 
+mod interop_echo;
 mod interop_loss;
 mod interop_run;
 mod link_pipecat;
