@@ -7,20 +7,20 @@
 //! shuffled burst away: aiortc (the Pipecat bot's WebRTC stack) starts its
 //! 16-packet buffer at whichever packet arrives first, drops every packet
 //! older than that, and gives up on a missing packet once 16 newer ones
-//! are in. So
-//! a frame leaves no sooner than a fraction of its duration after the one
-//! before: a backlog drains at [`BACKLOG_SPEEDUP`] times real time, and
-//! live frames, each a whole frame after the last, are never held. The
-//! first frame leaves at once.
+//! are in. So a frame leaves no sooner than a fraction of its duration
+//! after the one before: a backlog drains at [`BACKLOG_SPEEDUP`] times real
+//! time, and live frames, each a whole frame after the last, are never
+//! held. The first frame leaves at once.
 
 use std::time::{Duration, Instant};
 
-/// How much faster than real time a backlog of frames leaves. Packets
-/// 10 ms apart (twice real time) are rarely overtaken by more than one or
-/// two others at 40 ± 20 ms of jitter, and the speech buffered while a call
-/// comes up (about a second) has drained before a short utterance ends,
-/// so the agent hears its end as soon as it would have; a slower pace
-/// would keep the agent behind for longer and gain little.
+/// How much faster than real time a backlog of frames leaves. Through
+/// aiortc's jitter buffer at 40 ± 20 ms of jitter and no loss, packets
+/// 10 ms apart (twice real time) pass 99% of a first utterance held at
+/// set-up, as live packets 20 ms apart do; at four times real time 89%
+/// pass, in one burst 59%. The price: a backlog takes twice its length to
+/// drain, so after a slow set-up the agent hears the end of a short first
+/// utterance later than it would have in a burst.
 pub(super) const BACKLOG_SPEEDUP: u32 = 2;
 
 /// When the next outgoing frame may leave.

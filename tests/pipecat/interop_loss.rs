@@ -663,7 +663,7 @@ async fn run_through_15_percent_loss_with_a_pipecat_bot() {
     // The gateway divides the agent's latest count of lost packets by all
     // it sent; the count lags the end of the call by a report interval or
     // two (reports are lost too), so the figure falls short, by up to 3.2
-    // points over ten runs (mostly under 1.5).
+    // points over ten runs (most under 1.6).
     assert!(
         loss_out_agrees(&lossy, 4.0),
         "loss out reported {:.2}%, relay {:.2}%",
