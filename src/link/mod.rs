@@ -9,6 +9,7 @@
 
 pub mod call;
 pub mod cli;
+mod pacer;
 pub(crate) mod peer;
 mod remote_report;
 mod rtp_clock;
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use pacer::Pacer;
 pub(crate) use rtp_clock::RtpClock;
 use rtvi::{BotMessage, ClientMessage};
 pub use settings::{IceServer, LinkSettings};
@@ -168,6 +170,7 @@ impl Link {
             ctx,
             run,
             rtp: RtpClock::new(Instant::now()),
+            pacer: Pacer::default(),
             control: control_rx,
             audio_out: audio_out_rx,
             signalling: signalling_rx,

@@ -147,8 +147,9 @@ pub struct Orchestrator {
     current: Option<Current>,
     provisioning: Pending<Result<Provisioned, ProvisionError>>,
     connecting: Pending<Result<(Link, LinkIo), LinkError>>,
-    /// Frames waiting for the link: the burst of buffered speech released
-    /// at once, or everything said while the call is being restored.
+    /// Frames waiting for the link: the speech buffered while the call
+    /// came up, handed over as fast as the link takes it (the link paces
+    /// what it sends), or everything said while the call is being restored.
     outbox: VecDeque<OpusFrame>,
     outbox_limit: usize,
     audio_out: Option<mpsc::Sender<OpusFrame>>,

@@ -161,3 +161,82 @@ async fn speech_goes_out_reply_comes_back_and_rtvi_flows_both_ways() {
     assert!(stats.packets_received > 0);
     link.close().await;
 }
+
+/// Speech held back while a call came up reaches the link all at once; it
+/// must reach the agent spread out (no faster than twice real time), its
+/// first packet at once: a shuffled burst is what a short jitter buffer,
+/// such as the Pipecat bot's, throws away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_speech_reaches_the_agent_paced_not_in_one_burst() {
+    let utterance = media::read_wav(&fixture("utterance_48k.wav")).unwrap();
+    let reply = media::read_wav(&fixture("reply_48k.wav")).unwrap();
+    let agent = LoopbackAgent::start(LoopbackAgentConfig::new(reply))
+        .await
+        .unwrap();
+    let signaling = Arc::new(SmallWebRtcSignaling::new(
+        agent.offer_url(),
+        None,
+        None,
+        Duration::from_secs(5),
+    ));
+    let (link, mut io) = Link::connect(local_settings(), signaling).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(e) = io.events.recv().await {
+            if e == LinkEvent::Ready {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the data channel opened");
+
+    // One second of speech, handed over at once.
+    const HELD: usize = 50;
+    let mut encoder = Encoder::new().unwrap();
+    let frames: Vec<OpusFrame> = utterance
+        .chunks_exact(FRAME_SAMPLES)
+        .take(HELD)
+        .enumerate()
+        .map(|(i, chunk)| OpusFrame {
+            data: encoder.encode(chunk).unwrap(),
+            duration: FRAME_DURATION,
+            after_silence: i == 0,
+        })
+        .collect();
+    let audio_out = io.audio_out.clone();
+    let handed = std::time::Instant::now();
+    tokio::spawn(async move {
+        for frame in frames {
+            audio_out.send(frame).await.unwrap();
+        }
+    });
+    let arrived = |count: u64| {
+        let agent = &agent;
+        async move {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while agent.record().packets_received < count {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{count} packets did not arrive"));
+        }
+    };
+    arrived(1).await;
+    let first = handed.elapsed();
+    arrived(HELD as u64).await;
+    let arrivals = agent.record().packet_arrivals_ms;
+    let span = arrivals[HELD - 1] - arrivals[0];
+    println!("first packet after {first:?}; {HELD} packets over {span} ms: {arrivals:?}");
+    assert!(
+        first < Duration::from_millis(250),
+        "the first packet arrived after {first:?}"
+    );
+    // 49 gaps of at least 10 ms; faster than real time (980 ms), so the
+    // call catches up with the visitor.
+    assert!(
+        (450..900).contains(&span),
+        "{HELD} held packets arrived over {span} ms"
+    );
+    link.close().await;
+}

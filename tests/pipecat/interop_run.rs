@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use common::{
     Daemon, SessionRow, U1_MS, U2_MS, get, session_config, session_rows, speaker_samples,
-    transcript_lines, visitor_clip, wait_session_end, write_wav,
+    transcript_lines, visitor_clip, wait_for, write_wav,
 };
 use daily_support::{API_KEY as DAILY_KEY, FakeDaily};
 use interop::{PipecatBot, SERIAL};
@@ -79,6 +79,19 @@ pub(crate) async fn run_session(
     extra: &str,
     env: &[(&str, &str)],
 ) -> (Daemon, SessionRow) {
+    run_session_watched(dir, bot, agent, extra, env, |_| {}).await
+}
+
+/// [`run_session`], with `watch` shown the status API's answer about ten
+/// times a second until the session has ended.
+pub(crate) async fn run_session_watched(
+    dir: &Path,
+    bot: &PipecatBot,
+    agent: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+    watch: impl Fn(&Value),
+) -> (Daemon, SessionRow) {
     let config = session_config(
         dir,
         &visitor(dir),
@@ -86,7 +99,11 @@ pub(crate) async fn run_session(
         &format!("[session]\nidle_timeout = \"5s\"\n{extra}"),
     );
     let d = Daemon::start(dir, &config, env);
-    wait_session_end(&d, "the session ends", Duration::from_secs(45)).await;
+    wait_for(&d, "the session ends", Duration::from_secs(45), |s| {
+        watch(s);
+        s["recent_sessions"][0]["end_reason"].is_string()
+    })
+    .await;
     let rows = session_rows(dir);
     assert_eq!(rows.len(), 1, "one session: {rows:?}");
     let row = rows.into_iter().next().unwrap();
