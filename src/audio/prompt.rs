@@ -15,7 +15,10 @@ use super::wav::PcmClip;
 /// A clip as 20 ms Opus packets; cloning it shares them.
 #[derive(Clone)]
 pub struct Prompt {
-    packets: Arc<[OpusPacket]>,
+    /// Each packet's bytes only: held for the process's life, and an
+    /// [`OpusPacket`] has room for the largest packet (1.5 kB for 60 bytes
+    /// of speech, 0.35 MiB for the built-in prompt).
+    packets: Arc<[Box<[u8]>]>,
 }
 
 impl Prompt {
@@ -34,7 +37,9 @@ impl Prompt {
             .map(|chunk| {
                 frame[..chunk.len()].copy_from_slice(chunk);
                 frame[chunk.len()..].fill(0.0);
-                encoder.encode(&frame)
+                encoder
+                    .encode(&frame)
+                    .map(|packet| Box::<[u8]>::from(packet.bytes()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
@@ -44,14 +49,15 @@ impl Prompt {
 
     /// The packets in order, numbered and timestamped as an agent's stream.
     pub fn packets(&self) -> impl Iterator<Item = IncomingPacket> + '_ {
-        self.packets
-            .iter()
-            .enumerate()
-            .map(|(i, &payload)| IncomingPacket {
+        self.packets.iter().enumerate().filter_map(|(i, bytes)| {
+            // Never filters: every packet came from an `OpusPacket`.
+            let payload = OpusPacket::from_slice(bytes)?;
+            Some(IncomingPacket {
                 seq: i as u16,
                 timestamp: (i * OPUS_FRAME) as u32,
                 payload,
             })
+        })
     }
 }
 

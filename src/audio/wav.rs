@@ -1,6 +1,7 @@
 //! WAV files as audio sources and sinks (for tools, tests and `wav:` devices).
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use super::AudioError;
@@ -78,6 +79,86 @@ fn read_clip<R: Read>(mut reader: hound::WavReader<R>) -> Result<PcmClip, hound:
     })
 }
 
+/// A WAV file decoded a block at a time and downmixed to mono as
+/// [`read_wav`] does, for a `wav:` microphone: it holds its reader's buffer,
+/// not the recording (a minute at 16 kHz is 3.7 MiB as `f32`).
+pub(crate) struct WavStream {
+    reader: hound::WavReader<BufReader<File>>,
+    channels: usize,
+    /// What turns an integer sample into [-1, 1]; `None` for float samples.
+    int_scale: Option<f32>,
+}
+
+impl WavStream {
+    /// Opens `path` and decodes it once through, so that a damaged file
+    /// fails here, as reading it whole does, and not midway through.
+    pub fn open(path: &Path) -> Result<Self, AudioError> {
+        let wav_err = |source| AudioError::Wav {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut reader = hound::WavReader::open(path).map_err(wav_err)?;
+        let spec = reader.spec();
+        let int_scale = match spec.sample_format {
+            hound::SampleFormat::Float => {
+                reader
+                    .samples::<f32>()
+                    .try_for_each(|s| s.map(drop))
+                    .map_err(wav_err)?;
+                None
+            }
+            hound::SampleFormat::Int => {
+                reader
+                    .samples::<i32>()
+                    .try_for_each(|s| s.map(drop))
+                    .map_err(wav_err)?;
+                Some(1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32)
+            }
+        };
+        reader
+            .seek(0)
+            .map_err(|e| wav_err(hound::Error::IoError(e)))?;
+        Ok(Self {
+            reader,
+            channels: usize::from(spec.channels.max(1)),
+            int_scale,
+        })
+    }
+
+    /// The file's sample rate.
+    pub fn rate(&self) -> SampleRate {
+        SampleRate(self.reader.spec().sample_rate)
+    }
+
+    /// Fills the start of `out` with the next mono samples and returns how
+    /// many it had: fewer than `out.len()` only at the end of the file.
+    pub fn read(&mut self, out: &mut [f32]) -> usize {
+        for (filled, slot) in out.iter_mut().enumerate() {
+            let mut sum = 0.0;
+            for _ in 0..self.channels {
+                match self.next_sample() {
+                    Some(v) => sum += v,
+                    None => return filled,
+                }
+            }
+            *slot = sum / self.channels as f32;
+        }
+        out.len()
+    }
+
+    fn next_sample(&mut self) -> Option<f32> {
+        match self.int_scale {
+            None => self.reader.samples::<f32>().next()?.ok(),
+            Some(scale) => self
+                .reader
+                .samples::<i32>()
+                .next()?
+                .ok()
+                .map(|v| v as f32 * scale),
+        }
+    }
+}
+
 /// Writes mono 16-bit PCM.
 pub fn write_wav(path: &Path, clip: &PcmClip) -> Result<(), AudioError> {
     let wav_err = |source| AudioError::Wav {
@@ -150,6 +231,46 @@ mod tests {
             samples: vec![0.0; 10],
         };
         assert!(silent_rate.resampled(SampleRate::OPUS).is_err());
+    }
+
+    #[test]
+    fn a_streamed_file_reads_as_the_whole_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stereo.wav");
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 16_000,
+            bits_per_sample: 24,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for i in 0..1000 {
+            w.write_sample(i * 4000).unwrap();
+            w.write_sample(-i * 1000).unwrap();
+        }
+        w.finalize().unwrap();
+
+        let whole = read_wav(&path).unwrap();
+        let mut stream = WavStream::open(&path).unwrap();
+        assert_eq!(stream.rate(), whole.rate);
+        let mut streamed = Vec::new();
+        let mut block = [0.0; 160];
+        loop {
+            let n = stream.read(&mut block);
+            streamed.extend_from_slice(&block[..n]);
+            if n < block.len() {
+                break;
+            }
+        }
+        assert_eq!(streamed, whole.samples);
+        assert_eq!(stream.read(&mut block), 0, "stays at the end");
+
+        // A file cut short fails at open, as reading it whole does.
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.path().join("cut.wav");
+        std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
+        assert!(read_wav(&cut).is_err());
+        assert!(WavStream::open(&cut).is_err());
     }
 
     #[test]

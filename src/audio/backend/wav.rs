@@ -9,23 +9,21 @@ use super::Pacer;
 use crate::audio::AudioError;
 use crate::audio::resample::StreamResampler;
 use crate::audio::units::{FRAME_48K, FRAME_MS, SampleRate, f32_to_i16};
-use crate::audio::wav::read_wav;
+use crate::audio::wav::WavStream;
 
 /// A recording played as the microphone; the room is quiet after its end.
 pub struct WavInput {
-    samples: Vec<f32>,
-    pos: usize,
+    source: WavStream,
     pub rate: SampleRate,
     pub pacer: Pacer,
 }
 
 impl WavInput {
     pub fn open(path: &Path) -> Result<Self, AudioError> {
-        let clip = read_wav(path)?;
+        let source = WavStream::open(path)?;
         Ok(Self {
-            samples: clip.samples,
-            pos: 0,
-            rate: clip.rate,
+            rate: source.rate(),
+            source,
             pacer: Pacer::new(),
         })
     }
@@ -35,10 +33,8 @@ impl WavInput {
     pub fn read_due(&mut self, block: &mut [f32]) -> usize {
         let due = self.pacer.due() as usize * self.rate.samples_in(FRAME_MS);
         let n = due.min(block.len());
-        let available = self.samples.len().saturating_sub(self.pos).min(n);
-        block[..available].copy_from_slice(&self.samples[self.pos..self.pos + available]);
+        let available = self.source.read(&mut block[..n]);
         block[available..n].fill(0.0);
-        self.pos += available;
         n
     }
 }
