@@ -348,7 +348,7 @@ impl CaptureProcessor {
         let (voiced, faint) = match self.gate.as_mut() {
             Some(gate) => {
                 let voiced = gate.admits(level, raw_voiced, in_speech);
-                (voiced, faint_raw && gate.bot_audible() && gate.cleared())
+                (voiced, faint_raw && gate.loud_over_bot())
             }
             None => (raw_voiced, false),
         };

@@ -88,8 +88,9 @@ pub struct EchoGate {
     next: usize,
     /// Loudest admitted level of the visitor's current utterance (decaying).
     speech_peak_db: f32,
-    /// Whether the last frame's level got past the gate, voiced or not.
-    cleared: bool,
+    /// Whether the last frame came while the bot was audible and was loud
+    /// enough to be the visitor over its echo, voiced or not.
+    loud_over_bot: bool,
 }
 
 impl EchoGate {
@@ -107,7 +108,7 @@ impl EchoGate {
             recent_reference: [Dbfs::FLOOR.0; ECHO_SPAN_FRAMES],
             next: 0,
             speech_peak_db: Dbfs::FLOOR.0,
-            cleared: true,
+            loud_over_bot: false,
         }
     }
 
@@ -139,16 +140,20 @@ impl EchoGate {
     /// guards every frame. The coupling is learned only from frames that
     /// are then surely echo.
     pub fn admits(&mut self, mic: Dbfs, voiced: bool, visitor_speaking: bool) -> bool {
+        self.loud_over_bot = false;
         if visitor_speaking && !self.behind_canceller {
             return voiced;
         }
-        let envelope = self.reference_envelope();
+        let envelope = self
+            .recent_reference
+            .iter()
+            .copied()
+            .fold(Dbfs::FLOOR.0, f32::max);
         if envelope < REFERENCE_ACTIVE.0 {
             if !voiced && !visitor_speaking {
                 self.room_noise_db += ROOM_NOISE_WEIGHT * (mic.0 - self.room_noise_db);
             }
             self.talkspurt_frames = 0;
-            self.cleared = true;
             return voiced;
         }
         self.talkspurt_frames = self.talkspurt_frames.saturating_add(1);
@@ -171,7 +176,7 @@ impl EchoGate {
                 self.speech_peak_db = (self.speech_peak_db - IN_SPEECH_PEAK_RELEASE_DB).max(mic.0);
             }
         }
-        self.cleared = admitted;
+        self.loud_over_bot = admitted;
         if !admitted {
             let observed = (mic.0 - envelope).clamp(self.range_db.0, self.range_db.1);
             let rate = if observed > self.coupling_db {
@@ -184,24 +189,11 @@ impl EchoGate {
         voiced && admitted
     }
 
-    /// Whether the last frame given to [`admits`](Self::admits) was loud
-    /// enough to be the visitor, whatever the VAD said of it.
-    pub fn cleared(&self) -> bool {
-        self.cleared
-    }
-
-    /// Whether the bot's recent playout can still be coming back into the
-    /// microphone.
-    pub fn bot_audible(&self) -> bool {
-        self.reference_envelope() >= REFERENCE_ACTIVE.0
-    }
-
-    /// The loudest playout frame that can still be echoing in the room.
-    fn reference_envelope(&self) -> f32 {
-        self.recent_reference
-            .iter()
-            .copied()
-            .fold(Dbfs::FLOOR.0, f32::max)
+    /// Whether the last frame given to [`admits`](Self::admits) came while
+    /// the bot was audible and was loud enough to be the visitor over its
+    /// echo, whatever the VAD said of it.
+    pub fn loud_over_bot(&self) -> bool {
+        self.loud_over_bot
     }
 
     /// Current estimate of the speaker-to-microphone coupling.
@@ -260,6 +252,21 @@ mod tests {
         assert!(gate.admits(Dbfs(-35.0), true, false));
         // Residual echo does not keep an utterance open either.
         assert!(!gate.admits(Dbfs(-76.0), true, true));
+
+        // A frame the VAD did not call voiced is still judged by its level,
+        // for the fainter detector that dates onsets.
+        gate.observe_reference(Dbfs(-20.0));
+        gate.admits(Dbfs(-35.0), false, false);
+        assert!(gate.loud_over_bot());
+        gate.observe_reference(Dbfs(-20.0));
+        gate.admits(Dbfs(-76.0), false, false);
+        assert!(!gate.loud_over_bot());
+        // With the bot silent there is no echo to be loud over.
+        for _ in 0..ECHO_SPAN_FRAMES {
+            gate.observe_reference(Dbfs::FLOOR);
+        }
+        gate.admits(Dbfs(-35.0), false, false);
+        assert!(!gate.loud_over_bot());
     }
 
     #[test]

@@ -56,37 +56,76 @@ pub fn read_wav_bytes(bytes: &[u8]) -> Result<PcmClip, AudioError> {
         .map_err(AudioError::WavData)
 }
 
-fn read_clip<R: Read>(mut reader: hound::WavReader<R>) -> Result<PcmClip, hound::Error> {
-    let spec = reader.spec();
-    let channels = usize::from(spec.channels.max(1));
-    let interleaved: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>()?,
-        hound::SampleFormat::Int => {
-            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader
-                .samples::<i32>()
-                .map(|s| s.map(|v| v as f32 * scale))
-                .collect::<Result<_, _>>()?
-        }
-    };
-    let samples = interleaved
-        .chunks_exact(channels)
-        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
-        .collect();
+fn read_clip<R: Read>(reader: hound::WavReader<R>) -> Result<PcmClip, hound::Error> {
+    let mut mono = MonoSamples::new(reader);
+    let mut samples = Vec::with_capacity(mono.len());
+    while let Some(sample) = mono.next_sample() {
+        samples.push(sample?);
+    }
     Ok(PcmClip {
-        rate: SampleRate(spec.sample_rate),
+        rate: mono.rate(),
         samples,
     })
 }
 
-/// A WAV file decoded a block at a time and downmixed to mono as
-/// [`read_wav`] does, for a `wav:` microphone: it holds its reader's buffer,
-/// not the recording (a minute at 16 kHz is 3.7 MiB as `f32`).
-pub(crate) struct WavStream {
-    reader: hound::WavReader<BufReader<File>>,
+/// A WAV's samples as mono floats in [-1, 1], one at a time: every
+/// channel of a frame averaged, integers scaled by their bit depth. An
+/// incomplete last frame is dropped.
+struct MonoSamples<R: Read> {
+    reader: hound::WavReader<R>,
     channels: usize,
     /// What turns an integer sample into [-1, 1]; `None` for float samples.
     int_scale: Option<f32>,
+}
+
+impl<R: Read> MonoSamples<R> {
+    fn new(reader: hound::WavReader<R>) -> Self {
+        let spec = reader.spec();
+        Self {
+            channels: usize::from(spec.channels.max(1)),
+            int_scale: match spec.sample_format {
+                hound::SampleFormat::Float => None,
+                hound::SampleFormat::Int => Some(1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32),
+            },
+            reader,
+        }
+    }
+
+    fn rate(&self) -> SampleRate {
+        SampleRate(self.reader.spec().sample_rate)
+    }
+
+    /// Mono samples in the whole file.
+    fn len(&self) -> usize {
+        self.reader.len() as usize / self.channels
+    }
+
+    /// The next mono sample; `None` at the end of the file.
+    fn next_sample(&mut self) -> Option<Result<f32, hound::Error>> {
+        let mut sum = 0.0;
+        for _ in 0..self.channels {
+            let sample = match self.int_scale {
+                None => self.reader.samples::<f32>().next()?,
+                Some(scale) => self
+                    .reader
+                    .samples::<i32>()
+                    .next()?
+                    .map(|v| v as f32 * scale),
+            };
+            match sample {
+                Ok(v) => sum += v,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(sum / self.channels as f32))
+    }
+}
+
+/// A WAV file decoded a block at a time, as [`read_wav`] decodes it, for a
+/// `wav:` microphone: it holds its reader's buffer, not the recording (a
+/// minute at 16 kHz is 3.7 MiB as `f32`).
+pub(crate) struct WavStream {
+    mono: MonoSamples<BufReader<File>>,
 }
 
 impl WavStream {
@@ -97,65 +136,33 @@ impl WavStream {
             path: path.to_path_buf(),
             source,
         };
-        let mut reader = hound::WavReader::open(path).map_err(wav_err)?;
-        let spec = reader.spec();
-        let int_scale = match spec.sample_format {
-            hound::SampleFormat::Float => {
-                reader
-                    .samples::<f32>()
-                    .try_for_each(|s| s.map(drop))
-                    .map_err(wav_err)?;
-                None
-            }
-            hound::SampleFormat::Int => {
-                reader
-                    .samples::<i32>()
-                    .try_for_each(|s| s.map(drop))
-                    .map_err(wav_err)?;
-                Some(1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32)
-            }
-        };
-        reader
+        let mut mono = MonoSamples::new(hound::WavReader::open(path).map_err(wav_err)?);
+        while let Some(sample) = mono.next_sample() {
+            sample.map_err(wav_err)?;
+        }
+        mono.reader
             .seek(0)
             .map_err(|e| wav_err(hound::Error::IoError(e)))?;
-        Ok(Self {
-            reader,
-            channels: usize::from(spec.channels.max(1)),
-            int_scale,
-        })
+        Ok(Self { mono })
     }
 
     /// The file's sample rate.
     pub fn rate(&self) -> SampleRate {
-        SampleRate(self.reader.spec().sample_rate)
+        self.mono.rate()
     }
 
     /// Fills the start of `out` with the next mono samples and returns how
     /// many it had: fewer than `out.len()` only at the end of the file.
     pub fn read(&mut self, out: &mut [f32]) -> usize {
         for (filled, slot) in out.iter_mut().enumerate() {
-            let mut sum = 0.0;
-            for _ in 0..self.channels {
-                match self.next_sample() {
-                    Some(v) => sum += v,
-                    None => return filled,
-                }
+            match self.mono.next_sample() {
+                Some(Ok(v)) => *slot = v,
+                // Checked whole at open: an error now is the file changing
+                // under the gateway, and the room goes quiet as at its end.
+                _ => return filled,
             }
-            *slot = sum / self.channels as f32;
         }
         out.len()
-    }
-
-    fn next_sample(&mut self) -> Option<f32> {
-        match self.int_scale {
-            None => self.reader.samples::<f32>().next()?.ok(),
-            Some(scale) => self
-                .reader
-                .samples::<i32>()
-                .next()?
-                .ok()
-                .map(|v| v as f32 * scale),
-        }
     }
 }
 

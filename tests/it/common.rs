@@ -307,7 +307,18 @@ pub async fn wait_for(
 /// Polls the status API until the latest session has ended; returns the
 /// status at that moment.
 pub async fn wait_session_end(d: &Daemon, what: &str, timeout: Duration) -> serde_json::Value {
+    wait_session_end_watched(d, what, timeout, |_| {}).await
+}
+
+/// [`wait_session_end`], with `watch` shown every status polled meanwhile.
+pub async fn wait_session_end_watched(
+    d: &Daemon,
+    what: &str,
+    timeout: Duration,
+    watch: impl Fn(&serde_json::Value),
+) -> serde_json::Value {
     wait_for(d, what, timeout, |s| {
+        watch(s);
         s["recent_sessions"][0]["end_reason"].is_string()
     })
     .await

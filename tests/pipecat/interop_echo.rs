@@ -97,25 +97,24 @@ async fn converse(echo_cancel: bool) -> (Vec<f64>, String) {
         dir.path(),
         &[&crate::interop_run::BOT_ARGS[..], &["--reply", BOT_REPLY]].concat(),
     );
-    let config = common::write_config(
-        dir.path(),
-        &format!(
-            "[audio]\ninput = \"test microphone\"\noutput = \"kiosk_test_speaker\"\n\
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kiosk]\nid = \"test-kiosk\"\n\
+             [audio]\ninput = \"test microphone\"\noutput = \"kiosk_test_speaker\"\n\
              # The pipes drain in bursts of up to 42 ms; queue enough.\n\
              device_buffer_ms = 100\n\
              echo_cancel = {echo_cancel}\necho_gate = {echo_cancel}\n\
-             [session]\nidle_timeout = \"5s\"\n"
-        ),
-    );
-    // write_config's agent table points nowhere; this one is the bot.
-    let src = std::fs::read_to_string(&config).unwrap().replace(
-        "offer_url = \"http://127.0.0.1:9/api/offer\"",
-        &format!(
-            "offer_url = \"{}\"\nstun_urls = []\nudp_bind = \"127.0.0.1:0\"",
+             [agent]\noffer_url = \"{}\"\nstun_urls = []\nudp_bind = \"127.0.0.1:0\"\n\
+             [session]\nidle_timeout = \"5s\"\n\
+             [store]\npath = \"kiosk.db\"\n\
+             [status]\nlisten = \"127.0.0.1:0\"\n\
+             [log]\ntarget = \"stderr\"\nlevel = \"info\"\n",
             bot.url("/api/offer")
         ),
-    );
-    std::fs::write(&config, src).unwrap();
+    )
+    .unwrap();
     let d = Daemon::start(dir.path(), &config, &[("ALSA_CONFIG_PATH", &alsa_path)]);
 
     let u2_len = Duration::from_millis(u64::from(U2_MS.1 - U2_MS.0));

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use common::{
     Daemon, SessionRow, U1_MS, U2_MS, get, session_config, session_rows, speaker_samples,
-    transcript_lines, visitor_clip, wait_for, write_wav,
+    transcript_lines, visitor_clip, wait_session_end_watched, write_wav,
 };
 use daily_support::{API_KEY as DAILY_KEY, FakeDaily};
 use interop::{PipecatBot, SERIAL};
@@ -99,11 +99,7 @@ pub(crate) async fn run_session_watched(
         &format!("[session]\nidle_timeout = \"5s\"\n{extra}"),
     );
     let d = Daemon::start(dir, &config, env);
-    wait_for(&d, "the session ends", Duration::from_secs(45), |s| {
-        watch(s);
-        s["recent_sessions"][0]["end_reason"].is_string()
-    })
-    .await;
+    wait_session_end_watched(&d, "the session ends", Duration::from_secs(45), watch).await;
     let rows = session_rows(dir);
     assert_eq!(rows.len(), 1, "one session: {rows:?}");
     let row = rows.into_iter().next().unwrap();
