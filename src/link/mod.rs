@@ -9,7 +9,7 @@
 
 pub mod call;
 pub mod cli;
-mod pacer;
+pub(crate) mod pacer;
 pub(crate) mod peer;
 mod remote_report;
 mod rtp_clock;

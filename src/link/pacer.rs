@@ -10,7 +10,9 @@
 //! are in. So a frame leaves no sooner than a fraction of its duration
 //! after the one before: a backlog drains at [`BACKLOG_SPEEDUP`] times real
 //! time, and live frames, each a whole frame after the last, are never
-//! held. The first frame leaves at once.
+//! held. The first frame leaves at once. The WebRTC link's send task and
+//! the SIP leg (whose peer's jitter buffer a burst floods the same way)
+//! both pace through it.
 
 use std::time::{Duration, Instant};
 
@@ -21,22 +23,22 @@ use std::time::{Duration, Instant};
 /// pass, in one burst 59%. The price: a backlog takes twice its length to
 /// drain, so after a slow set-up the agent hears the end of a short first
 /// utterance later than it would have in a burst.
-pub(super) const BACKLOG_SPEEDUP: u32 = 2;
+pub(crate) const BACKLOG_SPEEDUP: u32 = 2;
 
 /// When the next outgoing frame may leave.
 #[derive(Debug, Default)]
-pub(super) struct Pacer {
+pub(crate) struct Pacer {
     next: Option<Instant>,
 }
 
 impl Pacer {
     /// When the next frame may leave, if that is later than `now`.
-    pub(super) fn hold_until(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn hold_until(&self, now: Instant) -> Option<Instant> {
         self.next.filter(|&next| next > now)
     }
 
     /// Notes that a frame holding `duration` of audio left at `now`.
-    pub(super) fn sent(&mut self, duration: Duration, now: Instant) {
+    pub(crate) fn sent(&mut self, duration: Duration, now: Instant) {
         let interval = duration / BACKLOG_SPEEDUP;
         // A frame held for its slot leaves when the timer wakes, a little
         // after it: the schedule, not the wake-up, sets the next slot, or

@@ -325,6 +325,19 @@ async fn an_endpoint_not_ready_yet_is_dialled_until_it_answers() {
     assert_eq!(peer.count("BYE"), 1, "hung up at idle");
     assert!(peer.rtp_received > 200, "{} RTP packets", peer.rtp_received);
     assert!(!prompt, "no failure prompt for a session that worked");
+    // The visitor spoke while the endpoint was not ready: the speech held
+    // meanwhile leaves paced at twice real time, not in one burst that
+    // the endpoint's jitter buffer would mostly throw away.
+    let first = &peer.rtp_arrivals[..40];
+    let span = first[39].duration_since(first[0]);
+    assert!(
+        span >= Duration::from_millis(300),
+        "40 held packets came in {span:?}: a burst"
+    );
+    assert!(
+        span < Duration::from_millis(650),
+        "40 packets took {span:?}: no held speech to drain, or drained at real time"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -319,6 +319,8 @@ pub struct PeerLog {
     pub byes_sent: u32,
     pub authorization: Option<String>,
     pub rtp_received: usize,
+    /// When each RTP packet was read (within the peer's 5 ms poll).
+    pub rtp_arrivals: Vec<Instant>,
     pub garbage_sent: usize,
 }
 
@@ -530,6 +532,7 @@ fn run_peer(sip: UdpSocket, script: Script, stop: Arc<AtomicBool>) -> PeerLog {
         while let Ok((n, _)) = rtp.recv_from(&mut buf) {
             if n >= 12 {
                 log.rtp_received += 1;
+                log.rtp_arrivals.push(Instant::now());
             }
         }
         let Some(at) = answered_at else { continue };
