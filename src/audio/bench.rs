@@ -405,7 +405,10 @@ fn bench_playout(
         let mut popped = 0usize;
         for (k, p) in packets.iter().enumerate() {
             jitter.insert(*p, Millis(k as u32 * 20));
-            popped += usize::from(!matches!(jitter.pop(), super::playout::NextFrame::Silence));
+            popped += usize::from(!matches!(
+                jitter.pop(false),
+                super::playout::NextFrame::Silence
+            ));
         }
         Ok(popped)
     })?;

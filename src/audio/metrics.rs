@@ -64,6 +64,9 @@ pub struct AudioMetrics {
     /// Of the concealed packets, those rebuilt from the next packet's
     /// in-band FEC rather than guessed by loss concealment.
     pub packets_fec_recovered: AtomicU64,
+    /// 20 ms frames of concealment the jitter buffer inserted in pauses to
+    /// deepen itself when the jitter grew mid-stream.
+    pub frames_inserted: AtomicU64,
     /// The depth the jitter buffer aims for.
     pub jitter_target_ms: AtomicU64,
     /// Audio the jitter buffer held when it last handed out a packet: the

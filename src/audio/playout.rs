@@ -7,7 +7,10 @@
 //! may hold any legal Opus duration (2.5 to 120 ms): the buffer counts each
 //! by the duration its TOC byte gives, and sizes a lost packet's
 //! concealment from the RTP timestamps around the hole. Lost packets are
-//! rebuilt from the next packet's FEC or concealed.
+//! rebuilt from the next packet's FEC or concealed. The buffer fills to its
+//! target at a talkspurt's start; when the jitter, and with it the target,
+//! grows while it plays, it deepens by inserting a frame of concealment
+//! after a pause (decoded audio under -50 dBFS), where it goes unheard.
 //!
 //! Whatever the agent sends, playout goes on: a packet libopus refuses (or
 //! that is not Opus at all) is counted as undecodable and concealed in its
@@ -37,6 +40,9 @@ const MAX_LATE_RUN: u32 = 3;
 /// Buffered audio beyond the target by this much is dropped to catch up
 /// after a burst, rather than adding delay for the rest of the turn.
 const CATCH_UP_MS: u32 = 60;
+/// Decoded audio below this mean square (-50 dBFS) is a pause: a frame of
+/// concealment inserted after it, to deepen the buffer, goes unheard.
+const QUIET_POWER: f32 = 1e-5;
 /// Samples per millisecond at 48 kHz.
 const PER_MS: u32 = 48;
 /// What a packet of unknown duration (lost, or not Opus) is taken to hold:
@@ -91,6 +97,10 @@ pub struct JitterBuffer {
     last_arrival: Option<(Millis, u32)>,
     min_ms: u32,
     max_ms: u32,
+    /// The target the buffer last filled to (at a talkspurt's start, or
+    /// by inserting frames since), ms: it deepens only as the target rises
+    /// above it.
+    filled_to_ms: u32,
     metrics: Arc<AudioMetrics>,
 }
 
@@ -119,6 +129,14 @@ pub enum NextFrame {
         /// How much audio was lost.
         samples: usize,
     },
+    /// The buffer is short of its target by more than a packet (the
+    /// jitter grew while it played) and what just played was a pause:
+    /// play `samples` of concealment here and take no packet, so the
+    /// buffer deepens where nobody hears it.
+    Inserted {
+        /// How much audio to insert.
+        samples: usize,
+    },
     /// Nothing to play.
     Silence,
 }
@@ -139,6 +157,7 @@ impl JitterBuffer {
             last_arrival: None,
             min_ms,
             max_ms: settings.jitter_max_ms.0.max(min_ms),
+            filled_to_ms: min_ms,
             metrics,
         }
     }
@@ -246,8 +265,10 @@ impl JitterBuffer {
         );
     }
 
-    /// Takes what should be played next.
-    pub fn pop(&mut self) -> NextFrame {
+    /// Takes what should be played next; `after_pause`: the audio played
+    /// last was quiet, so the buffer may deepen there (see
+    /// [`NextFrame::Inserted`]).
+    pub fn pop(&mut self, after_pause: bool) -> NextFrame {
         let Some(mut next) = self.next_seq else {
             return NextFrame::Silence;
         };
@@ -258,6 +279,7 @@ impl JitterBuffer {
                 return NextFrame::Silence;
             }
             self.buffering = false;
+            self.filled_to_ms = self.target().0;
         }
         // A long packet arrives with its whole duration at once: that is
         // not excess delay to catch up on.
@@ -271,6 +293,18 @@ impl JitterBuffer {
             self.next_ts = self.next_ts.map(|t| t.wrapping_add(span));
             next = next.wrapping_add(1);
             self.next_seq = Some(next);
+        }
+        // The target grows with the measured jitter, but buffering reaches
+        // it only at a talkspurt's start, and an agent that streams its
+        // silences (Pipecat) makes one talkspurt of the whole call.
+        let target_ms = self.target().0;
+        self.filled_to_ms = self.filled_to_ms.min(target_ms);
+        if after_pause && target_ms > self.filled_to_ms && depth + DEFAULT_SPAN < self.needed(next)
+        {
+            self.filled_to_ms += DEFAULT_SPAN / PER_MS;
+            return NextFrame::Inserted {
+                samples: OPUS_FRAME,
+            };
         }
         let here = self.slots[usize::from(next) % SLOTS]
             .take()
@@ -363,6 +397,8 @@ pub struct Playout {
     muted: bool,
     barge_in_enabled: bool,
     playing: bool,
+    /// Whether the last audio decoded was a pause (below [`QUIET_POWER`]).
+    after_pause: bool,
     metrics: Arc<AudioMetrics>,
 }
 
@@ -379,6 +415,7 @@ impl Playout {
             muted: false,
             barge_in_enabled: settings.barge_in,
             playing: false,
+            after_pause: false,
             metrics,
         })
     }
@@ -464,7 +501,7 @@ impl Playout {
             self.pcm_end -= self.pcm_start;
             self.pcm_start = 0;
             let free = &mut self.pcm[self.pcm_end..self.pcm_end + MAX_DECODED];
-            let produced = match self.jitter.pop() {
+            let produced = match self.jitter.pop(self.after_pause) {
                 NextFrame::Packet {
                     packet,
                     samples,
@@ -490,6 +527,10 @@ impl Playout {
                     }
                     conceal(&mut self.decoder, fec, &mut free[..samples])
                 }
+                NextFrame::Inserted { samples } => {
+                    AudioMetrics::add(&self.metrics.frames_inserted, 1);
+                    conceal(&mut self.decoder, None, &mut free[..samples])
+                }
                 NextFrame::Silence => {
                     if self.pending() == 0 {
                         return false;
@@ -499,9 +540,12 @@ impl Playout {
             };
             // Garbage that libopus accepts can decode far beyond full
             // scale (over 100 times): never let it reach the speaker.
+            let mut power = 0.0;
             for s in &mut self.pcm[self.pcm_end..self.pcm_end + produced] {
                 *s = if s.is_nan() { 0.0 } else { s.clamp(-1.0, 1.0) };
+                power += *s * *s;
             }
+            self.after_pause = power < QUIET_POWER * produced as f32;
             self.pcm_end += produced;
         }
         true
@@ -592,7 +636,14 @@ mod tests {
     #[test]
     fn jittery_reordered_stream_plays_exactly_across_seq_wraparound() {
         let metrics = Arc::new(AudioMetrics::default());
-        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        // Deep enough from the start: a buffer that deepened mid-stream
+        // would insert frames (see the next test), and this one compares
+        // sample for sample.
+        let settings = AudioSettings {
+            jitter_min_ms: Millis(60),
+            ..AudioSettings::default()
+        };
+        let mut playout = Playout::new(&settings, metrics.clone()).unwrap();
         let pkts = packets(100);
         // Up to 25 ms of jitter, and packets 10/11 swapped on the wire.
         let mut arrivals: Vec<u32> = (0..100u32).map(|k| k * 20 + (k * 7919) % 26).collect();
@@ -622,6 +673,58 @@ mod tests {
         assert_eq!(AudioMetrics::get(&metrics.packets_late), 0);
         let target = AudioMetrics::get(&metrics.jitter_target_ms);
         assert!((40..=60).contains(&target), "target {target}");
+    }
+
+    #[test]
+    fn when_the_jitter_grows_mid_stream_the_buffer_deepens_in_the_next_pause() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        // One stream, as an agent that sends its silences makes: 2 s of
+        // speech, 1 s of silence, 2 s of speech.
+        let speech = speech();
+        let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
+        let silence = [0.0; OPUS_FRAME];
+        let frames = speech[48_000..]
+            .chunks_exact(OPUS_FRAME)
+            .take(100)
+            .chain(std::iter::repeat_n(&silence[..], 50))
+            .chain(speech[48_000..].chunks_exact(OPUS_FRAME).take(100));
+        let pkts: Vec<IncomingPacket> = frames
+            .enumerate()
+            .map(|(k, chunk)| IncomingPacket {
+                seq: k as u16,
+                timestamp: (k * OPUS_FRAME) as u32,
+                payload: enc.encode(chunk).unwrap(),
+            })
+            .collect();
+        // Steady for the first second, then 0 to 60 ms of delay.
+        let arrivals: Vec<u32> = (0..250u32)
+            .map(|k| k * 20 + if k < 50 { 0 } else { (k * 7919) % 61 })
+            .collect();
+        let late_after = |packets: usize| {
+            let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+            let before = AudioMetrics::get(&metrics.packets_late);
+            play(
+                &mut playout,
+                &pkts[..packets],
+                &arrivals[..packets],
+                20 + packets as u32 * 2,
+            );
+            AudioMetrics::get(&metrics.packets_late) - before
+        };
+        // While the bot still talks, the buffer is as deep as it was when
+        // the stream started, and the new jitter makes packets late.
+        let late_in_speech = late_after(100);
+        assert!(late_in_speech > 0, "the jitter made no packet late");
+        let inserted_before = AudioMetrics::get(&metrics.frames_inserted);
+        let late_before = AudioMetrics::get(&metrics.packets_late);
+        play(&mut playout, &pkts, &arrivals, 540);
+        let inserted = AudioMetrics::get(&metrics.frames_inserted) - inserted_before;
+        let late = AudioMetrics::get(&metrics.packets_late) - late_before;
+        assert!(inserted > 0, "the buffer never deepened");
+        // The second stretch of speech, as jittery, loses none: the
+        // buffer deepened in the pause.
+        assert_eq!(late, late_in_speech, "late packets after the pause");
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Default for AudioSettings {
             opus_expected_loss_percent: 10,
             dtx: false,
             jitter_min_ms: Millis(40),
-            jitter_max_ms: Millis(60),
+            jitter_max_ms: Millis(80),
             device_buffer_ms: Millis(20),
             input_buffer_ms: Millis(500),
             reopen_backoff_min_ms: Millis(500),

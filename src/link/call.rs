@@ -151,6 +151,8 @@ pub struct PlayoutSummary {
     pub packets_concealed: u64,
     /// Of those, rebuilt from the next packet's in-band FEC.
     pub packets_fec_recovered: u64,
+    /// Frames of concealment inserted in pauses to deepen the jitter buffer.
+    pub frames_inserted: u64,
     /// Median audio held by the jitter buffer while the agent's audio played.
     pub jitter_delay_median_ms: Option<u64>,
     /// The loss the encoder was told to expect at the end (percent).
@@ -515,6 +517,7 @@ pub async fn run_call(
         packets_late: AudioMetrics::get(&metrics.packets_late),
         packets_concealed: AudioMetrics::get(&metrics.packets_concealed),
         packets_fec_recovered: AudioMetrics::get(&metrics.packets_fec_recovered),
+        frames_inserted: AudioMetrics::get(&metrics.frames_inserted),
         jitter_delay_median_ms: jitter_delays.get(jitter_delays.len() / 2).copied(),
         expected_loss_percent: expected_loss.percent(),
     };

@@ -97,6 +97,8 @@ pub struct PlayoutDoc {
     pub packets_concealed: u64,
     /// Of those, rebuilt from the next packet's in-band FEC.
     pub packets_fec_recovered: u64,
+    /// Frames inserted in pauses to deepen the jitter buffer.
+    pub frames_inserted: u64,
     /// The depth the jitter buffer aims for, and what it last held.
     pub jitter_target_ms: u64,
     pub jitter_delay_ms: u64,
@@ -110,6 +112,7 @@ impl PlayoutDoc {
             packets_late: AudioMetrics::get(&m.packets_late),
             packets_concealed: AudioMetrics::get(&m.packets_concealed),
             packets_fec_recovered: AudioMetrics::get(&m.packets_fec_recovered),
+            frames_inserted: AudioMetrics::get(&m.frames_inserted),
             jitter_target_ms: m.jitter_target_ms.load(Relaxed),
             jitter_delay_ms: m.jitter_delay_ms.load(Relaxed),
         }

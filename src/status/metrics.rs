@@ -233,6 +233,7 @@ pub fn record_audio(a: &AudioMetrics) {
         "kiosk_audio_packets_fec_recovered_total",
         &a.packets_fec_recovered,
     );
+    total("kiosk_audio_frames_inserted_total", &a.frames_inserted);
     gauge!("kiosk_audio_jitter_buffer_delay_seconds")
         .set(a.jitter_delay_ms.load(Relaxed) as f64 / 1000.0);
     total(
