@@ -587,15 +587,17 @@ mod tests {
     /// The bot's speech from the fixture, encoded, with RTP numbering that
     /// wraps around during the clip.
     fn packets(n: usize) -> Vec<IncomingPacket> {
-        let speech = speech();
-        let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
         // Start 1 s in, where the bot starts talking.
-        speech[48_000..]
-            .chunks_exact(OPUS_FRAME)
-            .take(n)
+        encoded(speech()[48_000..].chunks_exact(OPUS_FRAME).take(n), 65_500)
+    }
+
+    /// 20 ms chunks encoded into consecutive packets from `first_seq`.
+    fn encoded<'a>(chunks: impl Iterator<Item = &'a [f32]>, first_seq: u16) -> Vec<IncomingPacket> {
+        let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
+        chunks
             .enumerate()
             .map(|(k, chunk)| IncomingPacket {
-                seq: (65_500 + k) as u16,
+                seq: first_seq.wrapping_add(k as u16),
                 timestamp: (k * OPUS_FRAME) as u32,
                 payload: enc.encode(chunk).unwrap(),
             })
@@ -682,21 +684,14 @@ mod tests {
         // One stream, as an agent that sends its silences makes: 2 s of
         // speech, 1 s of silence, 2 s of speech.
         let speech = speech();
-        let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
         let silence = [0.0; OPUS_FRAME];
-        let frames = speech[48_000..]
-            .chunks_exact(OPUS_FRAME)
-            .take(100)
-            .chain(std::iter::repeat_n(&silence[..], 50))
-            .chain(speech[48_000..].chunks_exact(OPUS_FRAME).take(100));
-        let pkts: Vec<IncomingPacket> = frames
-            .enumerate()
-            .map(|(k, chunk)| IncomingPacket {
-                seq: k as u16,
-                timestamp: (k * OPUS_FRAME) as u32,
-                payload: enc.encode(chunk).unwrap(),
-            })
-            .collect();
+        let talk = || speech[48_000..].chunks_exact(OPUS_FRAME).take(100);
+        let pkts = encoded(
+            talk()
+                .chain(std::iter::repeat_n(&silence[..], 50))
+                .chain(talk()),
+            0,
+        );
         // Steady for the first second, then 0 to 60 ms of delay.
         let arrivals: Vec<u32> = (0..250u32)
             .map(|k| k * 20 + if k < 50 { 0 } else { (k * 7919) % 61 })
