@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use pacer::Pacer;
+use pacer::PacedFrames;
 pub(crate) use rtp_clock::RtpClock;
 use rtvi::{BotMessage, ClientMessage};
 pub use settings::{IceServer, LinkSettings};
@@ -170,9 +170,8 @@ impl Link {
             ctx,
             run,
             rtp: RtpClock::new(Instant::now()),
-            pacer: Pacer::default(),
             control: control_rx,
-            audio_out: audio_out_rx,
+            audio_out: PacedFrames::new(audio_out_rx),
             signalling: signalling_rx,
             cancel: cancel.clone(),
             stats: stats::StatsState::new(Instant::now()),

@@ -12,9 +12,13 @@
 //! time, and live frames, each a whole frame after the last, are never
 //! held. The first frame leaves at once. The WebRTC link's send task and
 //! the SIP leg (whose peer's jitter buffer a burst floods the same way)
-//! both pace through it.
+//! both take their frames through [`PacedFrames`].
 
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::OpusFrame;
 
 /// How much faster than real time a backlog of frames leaves. Through
 /// aiortc's jitter buffer at 40 ± 20 ms of jitter and no loss, packets
@@ -23,22 +27,53 @@ use std::time::{Duration, Instant};
 /// pass, in one burst 59%. The price: a backlog takes twice its length to
 /// drain, so after a slow set-up the agent hears the end of a short first
 /// utterance later than it would have in a burst.
-pub(crate) const BACKLOG_SPEEDUP: u32 = 2;
+const BACKLOG_SPEEDUP: u32 = 2;
+
+/// The audio engine's outgoing frames, handed out no faster than the pace.
+pub(crate) struct PacedFrames {
+    frames: mpsc::Receiver<OpusFrame>,
+    pacer: Pacer,
+}
+
+impl PacedFrames {
+    pub(crate) fn new(frames: mpsc::Receiver<OpusFrame>) -> Self {
+        Self {
+            frames,
+            pacer: Pacer::default(),
+        }
+    }
+
+    /// The next frame, once its slot has come; the caller sends it at
+    /// once. Cancel-safe: a frame is taken only when it is returned.
+    pub(crate) async fn recv(&mut self) -> Option<OpusFrame> {
+        if let Some(at) = self.pacer.hold_until(Instant::now()) {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let frame = self.frames.recv().await?;
+        self.pacer.sent(frame.duration, Instant::now());
+        Some(frame)
+    }
+
+    /// The next frame, at once and unpaced: for a caller that drops it.
+    pub(crate) async fn discard(&mut self) -> Option<OpusFrame> {
+        self.frames.recv().await
+    }
+}
 
 /// When the next outgoing frame may leave.
 #[derive(Debug, Default)]
-pub(crate) struct Pacer {
+struct Pacer {
     next: Option<Instant>,
 }
 
 impl Pacer {
     /// When the next frame may leave, if that is later than `now`.
-    pub(crate) fn hold_until(&self, now: Instant) -> Option<Instant> {
+    fn hold_until(&self, now: Instant) -> Option<Instant> {
         self.next.filter(|&next| next > now)
     }
 
     /// Notes that a frame holding `duration` of audio left at `now`.
-    pub(crate) fn sent(&mut self, duration: Duration, now: Instant) {
+    fn sent(&mut self, duration: Duration, now: Instant) {
         let interval = duration / BACKLOG_SPEEDUP;
         // A frame held for its slot leaves when the timer wakes, a little
         // after it: the schedule, not the wake-up, sets the next slot, or

@@ -15,7 +15,7 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{RTCPeerConnectionState, RTCSessionDescription};
 
-use super::pacer::Pacer;
+use super::pacer::PacedFrames;
 use super::peer::{Peer, PeerConfig, PeerSignal};
 use super::rtp_clock::RtpClock;
 use super::rtvi::{self, ClientMessage, Ignored, Inbound, Signalling};
@@ -270,9 +270,8 @@ pub(super) struct Supervisor {
     pub(super) ctx: Arc<Ctx>,
     pub(super) run: PeerRun,
     pub(super) rtp: RtpClock,
-    pub(super) pacer: Pacer,
     pub(super) control: mpsc::Receiver<Control>,
-    pub(super) audio_out: mpsc::Receiver<OpusFrame>,
+    pub(super) audio_out: PacedFrames,
     pub(super) signalling: mpsc::Receiver<Signalling>,
     pub(super) cancel: CancellationToken,
     pub(super) stats: stats::StatsState,
@@ -287,7 +286,6 @@ enum Next {
 impl Supervisor {
     pub(super) async fn run(mut self) {
         loop {
-            let hold = self.pacer.hold_until(Instant::now());
             let next = tokio::select! {
                 _ = self.cancel.cancelled() => Next::Stop,
                 signal = self.run.signals.recv() => self.on_signal(signal).await,
@@ -296,12 +294,7 @@ impl Supervisor {
                     Some(c) => { self.on_control(c).await; Next::Continue }
                     None => Next::Stop,
                 },
-                Some(frame) = async {
-                    if let Some(at) = hold {
-                        tokio::time::sleep_until(at.into()).await;
-                    }
-                    self.audio_out.recv().await
-                } => { self.send_frame(frame).await; Next::Continue }
+                Some(frame) = self.audio_out.recv() => { self.send_frame(frame).await; Next::Continue }
             };
             match next {
                 Next::Continue => {}
@@ -375,7 +368,6 @@ impl Supervisor {
 
     async fn send_frame(&mut self, frame: OpusFrame) {
         let now = Instant::now();
-        self.pacer.sent(frame.duration, now);
         let (seq, ts, marker) = self.rtp.stamp(&frame, now);
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::Header {

@@ -30,7 +30,7 @@ use super::message::MAX_MESSAGE;
 use super::net::{NetError, Sockets, start_line};
 use super::rtp::{self, RtpSession};
 use super::sdp::{Codec, Codecs, RemoteMedia};
-use crate::link::pacer::Pacer;
+use crate::link::pacer::PacedFrames;
 use crate::link::{
     Control, Link, LinkError, LinkEvent, LinkIo, LinkSettings, LinkStats, OpusFrame, OpusPacket,
 };
@@ -140,8 +140,7 @@ pub async fn connect(
         sockets,
         events: events_tx,
         audio_in: audio_in_tx,
-        audio_out: audio_out_rx,
-        pacer: Pacer::default(),
+        audio_out: PacedFrames::new(audio_out_rx),
         control: control_rx,
         cancel: cancel.clone(),
         totals: Totals::default(),
@@ -212,10 +211,9 @@ struct Leg {
     sockets: Sockets,
     events: mpsc::Sender<LinkEvent>,
     audio_in: mpsc::Sender<OpusPacket>,
-    audio_out: mpsc::Receiver<OpusFrame>,
     /// Spreads the speech held while the call was dialled over twice real
     /// time instead of one burst.
-    pacer: Pacer,
+    audio_out: PacedFrames,
     control: mpsc::Receiver<Control>,
     cancel: CancellationToken,
     totals: Totals,
@@ -294,7 +292,7 @@ impl Leg {
                     _ = tokio::time::sleep_until(until) => break,
                     _ = self.cancel.cancelled() => return Err(Dialled::Cancelled),
                     Some(control) = self.control.recv() => self.on_control(control, None),
-                    Some(_) = self.audio_out.recv() => {}
+                    Some(_) = self.audio_out.discard() => {}
                 }
             }
         }
@@ -363,7 +361,7 @@ impl Leg {
                     return Err(Dialled::Cancelled);
                 }
                 Some(control) = self.control.recv() => self.on_control(control, None),
-                Some(_) = self.audio_out.recv() => {}
+                Some(_) = self.audio_out.discard() => {}
             }
         }
     }
@@ -398,7 +396,6 @@ impl Leg {
                 break Ended::Dropped(reason);
             }
             let wake = sleep_until(call.dialer.poll_timeout());
-            let hold = self.pacer.hold_until(Instant::now());
             tokio::select! {
                 received = self.sockets.sip.recv_from(&mut self.sip_buf) => self.on_sip(&mut call.dialer, received),
                 received = self.sockets.rtp.recv_from(&mut rtp_buf) => {
@@ -415,12 +412,7 @@ impl Leg {
                         }
                     }
                 }
-                Some(frame) = async {
-                    if let Some(at) = hold {
-                        tokio::time::sleep_until(at.into()).await;
-                    }
-                    self.audio_out.recv().await
-                } => self.send_frame(call, &frame).await,
+                Some(frame) = self.audio_out.recv() => self.send_frame(call, &frame).await,
                 Some(control) = self.control.recv() => self.on_control(control, Some(&call.rtp)),
                 _ = wake => call.dialer.handle_timeout(Instant::now()),
                 _ = check.tick() => {
@@ -499,7 +491,6 @@ impl Leg {
             Some(_) => false,
         };
         call.last_sent = Some(now);
-        self.pacer.sent(frame.duration, now);
         let packet = call.rtp.packetize(&frame.data, samples, marker);
         if let Err(e) = self.sockets.rtp.send_to(&packet, call.remote.rtp).await {
             debug!(error = %e, "cannot send RTP");
