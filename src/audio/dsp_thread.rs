@@ -183,14 +183,14 @@ impl DspThread {
         stop: Arc<AtomicBool>,
     ) -> Result<Self, AudioError> {
         let input = match &audio.input {
-            DeviceSpec::Wav(path) => Input::Wav(WavInput::open(path)?),
+            DeviceSpec::Wav(path) => Input::Wav(WavInput::open(path, sink.clock.epoch)?),
             DeviceSpec::Disabled => Input::Disabled,
             _ => Input::Closed,
         };
         let output = match &audio.output {
-            DeviceSpec::Wav(path) => Output::Wav(WavOutput::create(path)?),
+            DeviceSpec::Wav(path) => Output::Wav(WavOutput::create(path, sink.clock.epoch)?),
             _ => Output::Absent {
-                pacer: Pacer::new(),
+                pacer: Pacer::on_grid(sink.clock.epoch),
             },
         };
         let dsp_rate = match &input {
@@ -337,7 +337,7 @@ impl DspThread {
         }
         if matches!(self.output, Output::Device { .. }) {
             self.output = Output::Absent {
-                pacer: Pacer::new(),
+                pacer: Pacer::on_grid(self.sink.clock.epoch),
             };
         }
         if let Some(devices) = &mut self.devices {
@@ -393,10 +393,12 @@ impl DspThread {
     }
 
     /// How long to sleep unless woken: device callbacks, the device keeper
-    /// and control messages wake the thread; paced files and an absent
-    /// speaker need it at their next frame.
+    /// and control messages other than packets wake the thread; paced files
+    /// and an absent speaker need it at their next frame.
     fn next_wait(&self) -> Duration {
-        if self.nothing_open() {
+        // Packets from the link do not wake the thread: while a call
+        // streams, it keeps the frame cadence even with nothing open.
+        if self.nothing_open() && !self.link_ready {
             return IDLE_WAIT;
         }
         let mut wait = MAX_WAIT;
@@ -547,7 +549,7 @@ impl DspThread {
         {
             warn!("speaker failed; reopening");
             self.output = Output::Absent {
-                pacer: Pacer::new(),
+                pacer: Pacer::on_grid(self.sink.clock.epoch),
             };
             self.device_changed(Direction::Output, false);
         }

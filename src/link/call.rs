@@ -31,8 +31,8 @@ use crate::audio::{
 
 /// One packet's worth of audio.
 const FRAME: Duration = Duration::from_millis(20);
-/// What the speaker takes at a time from the playout path.
-const SPEAKER_FRAME: Duration = Duration::from_millis(10);
+/// 10 ms speaker frames taken from the playout path per packet's tick.
+const SPEAKER_FRAMES_PER_TICK: usize = 2;
 /// How often the agent's loss reports are read to tune the encoder's FEC.
 const LOSS_REPORTS_EVERY: Duration = Duration::from_secs(1);
 /// The rate `call` encodes at, as the daemon's capture path does.
@@ -423,7 +423,6 @@ pub async fn run_call(
     // A late tick is made up at once (the default burst), so the stream
     // keeps pace with the RTP clock: one frame per 20 ms of call.
     let mut ticker = tokio::time::interval(FRAME);
-    let mut speaker_ticker = tokio::time::interval(SPEAKER_FRAME);
     let mut reports = tokio::time::interval(LOSS_REPORTS_EVERY);
     let end = tokio::time::sleep(options.duration);
     tokio::pin!(end);
@@ -445,6 +444,20 @@ pub async fn run_call(
                 if io.audio_out.try_send(frame).is_ok() {
                     frames_sent += 1;
                 }
+                // The speaker's frames on the same tick: no device waits
+                // for them, and one wake-up per 20 ms costs less than three.
+                for _ in 0..SPEAKER_FRAMES_PER_TICK {
+                    if playout.next_frame(&mut speaker) {
+                        received_samples += FRAME_48K as u64;
+                        jitter_delays.push(metrics.jitter_delay_ms.load(std::sync::atomic::Ordering::Relaxed));
+                        if let Some(recording) = &mut recording {
+                            recording.push(&speaker).map_err(|e| CallError::Output {
+                                path: recording.path.clone(),
+                                problem: problem(&e),
+                            })?;
+                        }
+                    }
+                }
             }
             Some(packet) = io.audio_in.recv() => {
                 first_audio.get_or_insert_with(|| ms(started.elapsed()));
@@ -460,18 +473,6 @@ pub async fn run_call(
                     None => {
                         AudioMetrics::add(&metrics.packets_oversize, 1);
                         warn!(bytes = packet.data.len(), "oversized packet from the agent");
-                    }
-                }
-            }
-            _ = speaker_ticker.tick() => {
-                if playout.next_frame(&mut speaker) {
-                    received_samples += FRAME_48K as u64;
-                    jitter_delays.push(metrics.jitter_delay_ms.load(std::sync::atomic::Ordering::Relaxed));
-                    if let Some(recording) = &mut recording {
-                        recording.push(&speaker).map_err(|e| CallError::Output {
-                            path: recording.path.clone(),
-                            problem: problem(&e),
-                        })?;
                     }
                 }
             }

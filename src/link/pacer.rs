@@ -32,6 +32,8 @@ const BACKLOG_SPEEDUP: u32 = 2;
 /// The audio engine's outgoing frames, handed out no faster than the pace.
 pub(crate) struct PacedFrames {
     frames: mpsc::Receiver<OpusFrame>,
+    /// A frame taken from the queue that waits for its slot.
+    held: Option<OpusFrame>,
     pacer: Pacer,
 }
 
@@ -39,24 +41,36 @@ impl PacedFrames {
     pub(crate) fn new(frames: mpsc::Receiver<OpusFrame>) -> Self {
         Self {
             frames,
+            held: None,
             pacer: Pacer::default(),
         }
     }
 
     /// The next frame, once its slot has come; the caller sends it at
-    /// once. Cancel-safe: a frame is taken only when it is returned.
+    /// once. Cancel-safe: a frame waiting for its slot is kept.
+    ///
+    /// The frame is awaited first and the slot after: a live frame, a
+    /// whole frame after the last, is past its slot when it comes, so no
+    /// timer is armed for it (waiting for the slot first would wake the
+    /// task once more per frame, for nothing).
     pub(crate) async fn recv(&mut self) -> Option<OpusFrame> {
+        if self.held.is_none() {
+            self.held = Some(self.frames.recv().await?);
+        }
         if let Some(at) = self.pacer.hold_until(Instant::now()) {
             tokio::time::sleep_until(at.into()).await;
         }
-        let frame = self.frames.recv().await?;
+        let frame = self.held.take()?;
         self.pacer.sent(frame.duration, Instant::now());
         Some(frame)
     }
 
     /// The next frame, at once and unpaced: for a caller that drops it.
     pub(crate) async fn discard(&mut self) -> Option<OpusFrame> {
-        self.frames.recv().await
+        match self.held.take() {
+            Some(frame) => Some(frame),
+            None => self.frames.recv().await,
+        }
     }
 }
 

@@ -17,9 +17,15 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    pub fn new() -> Self {
+    /// A pacer whose frames fall due on the 10 ms grid that starts at
+    /// `epoch`: pacers on one grid are due together, so a `wav:` microphone
+    /// and speaker wake the DSP thread once per frame, not twice.
+    pub fn on_grid(epoch: Instant) -> Self {
+        let frame = u128::from(FRAME_MS.0) * 1_000_000;
+        let since = Instant::now().saturating_duration_since(epoch).as_nanos();
+        let offset = Duration::from_nanos((since / frame * frame) as u64);
         Self {
-            start: Instant::now(),
+            start: epoch + offset,
             done: 0,
         }
     }

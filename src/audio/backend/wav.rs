@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
+use std::time::Instant;
 
 use super::Pacer;
 use crate::audio::AudioError;
@@ -19,12 +20,15 @@ pub struct WavInput {
 }
 
 impl WavInput {
-    pub fn open(path: &Path) -> Result<Self, AudioError> {
+    /// Opens `path`, paced on the 10 ms grid from `epoch`.
+    pub fn open(path: &Path, epoch: Instant) -> Result<Self, AudioError> {
         let source = WavStream::open(path)?;
         Ok(Self {
             rate: source.rate(),
             source,
-            pacer: Pacer::new(),
+            // After the open, which reads the file through once: the file
+            // starts now, with no backlog to catch up on.
+            pacer: Pacer::on_grid(epoch),
         })
     }
 
@@ -48,7 +52,8 @@ pub struct WavOutput {
 }
 
 impl WavOutput {
-    pub fn create(path: &Path) -> Result<Self, AudioError> {
+    /// Creates `path`, paced on the 10 ms grid from `epoch`.
+    pub fn create(path: &Path, epoch: Instant) -> Result<Self, AudioError> {
         let spec = hound::WavSpec {
             channels: 1,
             sample_rate: SampleRate::OPUS.hz(),
@@ -61,7 +66,7 @@ impl WavOutput {
         })?;
         Ok(Self {
             writer,
-            pacer: Pacer::new(),
+            pacer: Pacer::on_grid(epoch),
             resampler: StreamResampler::new(SampleRate::OPUS, SampleRate::OPUS, FRAME_48K)?,
             frame: vec![0.0; FRAME_48K],
         })
