@@ -133,6 +133,15 @@ enum Output {
     },
 }
 
+impl Output {
+    /// No speaker, paced on the DSP thread's 10 ms grid from `epoch`.
+    fn absent(epoch: Instant) -> Self {
+        Self::Absent {
+            pacer: Pacer::on_grid(epoch),
+        }
+    }
+}
+
 pub(super) struct DspThread {
     audio: AudioSettings,
     vad: VadSettings,
@@ -189,9 +198,7 @@ impl DspThread {
         };
         let output = match &audio.output {
             DeviceSpec::Wav(path) => Output::Wav(WavOutput::create(path, sink.clock.epoch)?),
-            _ => Output::Absent {
-                pacer: Pacer::on_grid(sink.clock.epoch),
-            },
+            _ => Output::absent(sink.clock.epoch),
         };
         let dsp_rate = match &input {
             Input::Wav(file) => file.rate,
@@ -336,9 +343,7 @@ impl DspThread {
             self.input = Input::Closed;
         }
         if matches!(self.output, Output::Device { .. }) {
-            self.output = Output::Absent {
-                pacer: Pacer::on_grid(self.sink.clock.epoch),
-            };
+            self.output = Output::absent(self.sink.clock.epoch);
         }
         if let Some(devices) = &mut self.devices {
             devices.reopen_all();
@@ -548,9 +553,7 @@ impl DspThread {
             && failed.load(Ordering::Relaxed)
         {
             warn!("speaker failed; reopening");
-            self.output = Output::Absent {
-                pacer: Pacer::on_grid(self.sink.clock.epoch),
-            };
+            self.output = Output::absent(self.sink.clock.epoch);
             self.device_changed(Direction::Output, false);
         }
     }

@@ -32,7 +32,7 @@ use crate::audio::{
 /// One packet's worth of audio.
 const FRAME: Duration = Duration::from_millis(20);
 /// 10 ms speaker frames taken from the playout path per packet's tick.
-const SPEAKER_FRAMES_PER_TICK: usize = 2;
+const SPEAKER_FRAMES_PER_TICK: usize = OPUS_FRAME / FRAME_48K;
 /// How often the agent's loss reports are read to tune the encoder's FEC.
 const LOSS_REPORTS_EVERY: Duration = Duration::from_secs(1);
 /// The rate `call` encodes at, as the daemon's capture path does.

@@ -145,6 +145,31 @@ mod tests {
         assert_eq!(now - start, Duration::from_millis(490) + LATE);
     }
 
+    #[tokio::test]
+    async fn a_frame_waiting_for_its_slot_survives_a_cancelled_receive() {
+        // Long frames, so their slots are far apart on a loaded machine.
+        const LONG: Duration = Duration::from_millis(400);
+        let (tx, rx) = mpsc::channel(4);
+        let mut paced = PacedFrames::new(rx);
+        for byte in [1, 2] {
+            let frame = OpusFrame {
+                data: bytes::Bytes::from(vec![byte]),
+                duration: LONG,
+                after_silence: false,
+            };
+            tx.send(frame).await.unwrap();
+        }
+        assert_eq!(paced.recv().await.unwrap().data[..], [1]);
+        // The second frame is taken and waits 200 ms for its slot: a caller
+        // that gives up sooner (a `select!` with another branch) loses nothing.
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), paced.recv()).await;
+        assert!(gave_up.is_err(), "the second frame left before its slot");
+        let second = tokio::time::timeout(Duration::from_secs(2), paced.recv())
+            .await
+            .expect("the frame that waited for its slot was lost");
+        assert_eq!(second.unwrap().data[..], [2]);
+    }
+
     #[test]
     fn live_frames_are_never_held() {
         let mut pacer = Pacer::default();
