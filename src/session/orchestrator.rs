@@ -72,7 +72,7 @@ struct Current {
     started_at: Timestamp,
     onset: Instant,
     provisioned: Option<Provisioned>,
-    link: Option<OpenCall>,
+    link: Option<(Link, LinkIo)>,
     /// When its SIP call was first answered (Daily's transcript counts from here).
     sip_answered_at: Option<Timestamp>,
     user_speech_ms: u64,
@@ -124,47 +124,10 @@ const LINK_STATS_EVERY: Duration = Duration::from_secs(2);
 /// link's own word (restored, or lost) should come first.
 const RECONNECT_BACKSTOP: Duration = Duration::from_secs(5);
 
-/// A call as the session loop holds it. The agent's audio does not pass
-/// through the loop: a task of its own hands each packet to the jitter
-/// buffer as it comes, so a packet costs no turn of the loop's many
-/// branches.
-struct OpenCall {
-    link: Link,
-    events: mpsc::Receiver<LinkEvent>,
-    _incoming: Incoming,
-}
-
-impl OpenCall {
-    fn new(link: Link, io: LinkIo, playout: PlayoutSender) -> (Self, mpsc::Sender<OpusFrame>) {
-        let LinkIo {
-            audio_out,
-            audio_in,
-            events,
-        } = io;
-        let call = Self {
-            link,
-            events,
-            _incoming: Incoming(tokio::spawn(play_incoming(audio_in, playout))),
-        };
-        (call, audio_out)
-    }
-}
-
-/// The task feeding the call's packets to the jitter buffer; stopped with
-/// the call, so nothing of it reaches the next session's speaker.
-struct Incoming(tokio::task::JoinHandle<()>);
-
-impl Drop for Incoming {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn play_incoming(mut packets: mpsc::Receiver<LinkPacket>, playout: PlayoutSender) {
-    while let Some(p) = packets.recv().await {
-        // Whatever the agent sent: the engine counts and conceals what it cannot play.
-        playout.push_payload(p.sequence, p.rtp_timestamp, &p.data);
-    }
+/// What the open call delivered.
+enum LinkInput {
+    Event(Option<LinkEvent>),
+    Packet(LinkPacket),
 }
 
 /// The kiosk loop: feeds audio, link and technician events to the session [`Machine`], carries
@@ -201,17 +164,6 @@ pub struct Orchestrator {
     persister: Persister,
     /// Told of every turn of the loop, for the watchdog.
     liveness: Option<Liveness>,
-}
-
-/// Hands the link what its queue has room for now, oldest first: a live
-/// frame goes straight through, without another turn of the session loop.
-fn hand_over(link: &mpsc::Sender<OpusFrame>, outbox: &mut VecDeque<OpusFrame>) {
-    while let Ok(permit) = link.try_reserve() {
-        let Some(frame) = outbox.pop_front() else {
-            break;
-        };
-        permit.send(frame);
-    }
 }
 
 /// Hands the outbox's oldest frame to the link once its queue has room;
@@ -373,11 +325,16 @@ impl Orchestrator {
                     self.connecting = None;
                     self.on_connected(settled(r)).await;
                 }
-                event = async {
-                    self.current.as_mut().and_then(|c| c.link.as_mut()).expect("guarded").events.recv().await
-                }, if has_link => match event {
-                    Some(e) => self.on_link(e).await,
-                    None => self.feed(Event::LinkGaveUp).await,
+                input = async {
+                    let io = &mut self.current.as_mut().and_then(|c| c.link.as_mut()).expect("guarded").1;
+                    tokio::select! {
+                        e = io.events.recv() => LinkInput::Event(e),
+                        Some(p) = io.audio_in.recv() => LinkInput::Packet(p),
+                    }
+                }, if has_link => match input {
+                    LinkInput::Event(Some(e)) => self.on_link(e).await,
+                    LinkInput::Event(None) => self.feed(Event::LinkGaveUp).await,
+                    LinkInput::Packet(p) => self.on_packet(p),
                 },
                 Ok(()) = async { send_oldest(self.audio_out.as_ref().expect("guarded"), &mut self.outbox).await }, if sending => {}
                 _ = self.persister.advance() => self.publish_store_health(),
@@ -427,9 +384,6 @@ impl Orchestrator {
             self.outbox.pop_front();
             metrics::counter!("kiosk_link_audio_dropped_total").increment(1);
         }
-        if let Some(link) = &self.audio_out {
-            hand_over(link, &mut self.outbox);
-        }
         if !c.first_packet_sent && self.audio_out.is_some() {
             c.first_packet_sent = true;
             let startup = c.milestones.startup(c.onset, Instant::now());
@@ -438,6 +392,12 @@ impl Orchestrator {
                 r.startups.push(startup);
             }
         }
+    }
+
+    fn on_packet(&mut self, p: LinkPacket) {
+        // Whatever the agent sent: the engine counts and conceals what it cannot play.
+        self.playout
+            .push_payload(p.sequence, p.rtp_timestamp, &p.data);
     }
 
     async fn on_link(&mut self, event: LinkEvent) {
@@ -605,9 +565,8 @@ impl Orchestrator {
         match result {
             Ok(link) => {
                 if let Some(c) = &mut self.current {
-                    let (call, audio_out) = OpenCall::new(link.0, link.1, self.playout.clone());
-                    self.audio_out = Some(audio_out);
-                    c.link = Some(call);
+                    self.audio_out = Some(link.1.audio_out.clone());
+                    c.link = Some(link);
                 }
             }
             Err(e) => {
@@ -798,8 +757,7 @@ impl Orchestrator {
     /// Every couple of seconds of a call: its figures for the page, and the
     /// agent's latest loss report for the encoder.
     async fn on_link_stats(&mut self) {
-        let Some(OpenCall { link, .. }) = self.current.as_ref().and_then(|c| c.link.as_ref())
-        else {
+        let Some((link, _)) = self.current.as_ref().and_then(|c| c.link.as_ref()) else {
             return;
         };
         let Some(stats) = publish_link_stats(link, &self.published, true).await else {
@@ -817,13 +775,10 @@ impl Orchestrator {
     async fn close_call(&mut self) {
         let Some(c) = &mut self.current else { return };
         let mut late = Vec::new();
-        if let Some(OpenCall {
-            link, mut events, ..
-        }) = c.link.take()
-        {
+        if let Some((link, mut io)) = c.link.take() {
             publish_link_stats(&link, &self.published, false).await;
             link.close().await;
-            while let Ok(event) = events.try_recv() {
+            while let Ok(event) = io.events.try_recv() {
                 if let LinkEvent::Bot(message) = event {
                     late.extend(c.transcript.push(&message, Timestamp::now()));
                 }
