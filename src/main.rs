@@ -210,7 +210,8 @@ enum Command {
         /// Opus encoder complexity, 0-10; default from the config
         #[arg(long)]
         opus_complexity: Option<i32>,
-        /// Print {"capture":{"x_realtime","ns_per_10ms_frame","stages"},"playout":{...}}
+        /// Print {"capture":{"x_realtime","ns_per_10ms_frame","stages"},"playout":{...},
+        /// "audio_work_cpu_s_per_minute",...}
         #[arg(long)]
         json: bool,
     },
