@@ -492,7 +492,10 @@ fn build_output<T: CallbackSample>(
             // Real-time: no allocation, locks or logging in here (the wake-up
             // is as in the input callback: the DSP thread refills the ring).
             move |data: &mut [T], _| {
-                largest_request.fetch_max(data.len() / channels, Ordering::Relaxed);
+                let request = data.len() / channels;
+                let largest = largest_request
+                    .fetch_max(request, Ordering::Relaxed)
+                    .max(request);
                 let mut underrun = 0;
                 for frame in data.chunks_exact_mut(channels) {
                     let sample = consumer.pop().unwrap_or_else(|_| {
@@ -504,7 +507,13 @@ fn build_output<T: CallbackSample>(
                 if underrun > 0 {
                     AudioMetrics::add(&data_metrics.output_underrun_samples, underrun);
                 }
-                dsp.unpark();
+                // The DSP thread tops the ring up whenever it wakes, which a
+                // microphone does every block: woken only when what is left
+                // cannot serve another callback, it wakes once per block
+                // instead of twice, and still has a whole callback's time.
+                if consumer.slots() < largest {
+                    dsp.unpark();
+                }
             },
             on_error(metrics, failed, wake),
             None,
