@@ -59,11 +59,9 @@ const IN_SPEECH_PEAK_RELEASE_DB: f32 = 0.1;
 /// room's noise level.
 const ROOM_NOISE_WEIGHT: f32 = 0.05;
 /// While the bot talks, a frame must be this far above the room's noise
-/// level to be a visitor. Below it is the suppressor at work; at it, after
-/// a burst of residual echo, the VAD's own hangover still calls frames of
-/// near-silence voiced, and those frames added up with the next burst to
-/// an utterance the bot's echo alone started (the device test with the
-/// simulated room, in about one run in six).
+/// level to be a visitor. Below it is the suppressor at work; at it, the
+/// VAD's own hangover after a burst of residual echo still calls frames
+/// voiced, and they would join the next burst into an utterance.
 const ABOVE_ROOM_NOISE_DB: f32 = 6.0;
 /// When the bot starts talking after a pause the canceller lets more
 /// through for a moment (bursts of residual echo 30 to 40 dB under the bot
