@@ -53,7 +53,7 @@ fn link_packets(c: &mut Criterion) {
             runtime.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let before = agent.network_counts().to_agent.offered;
+                    let before = agent.network_counts().to_agent.distinct;
                     let started = Instant::now();
                     for _ in 0..BATCH {
                         let frame = OpusFrame {
@@ -63,7 +63,7 @@ fn link_packets(c: &mut Criterion) {
                         };
                         io.audio_out.send(frame).await.unwrap();
                     }
-                    while agent.network_counts().to_agent.offered < before + BATCH {
+                    while agent.network_counts().to_agent.distinct < before + BATCH {
                         tokio::time::sleep(Duration::from_micros(200)).await;
                     }
                     total += started.elapsed();

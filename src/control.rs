@@ -38,6 +38,10 @@ pub struct LinkView {
     pub loss_out_percent: f64,
     /// Packets from the agent that never arrived.
     pub loss_in_percent: f64,
+    /// Packets sent twice to make up for loss out: once the agent reports
+    /// losing them, each goes out again 60 ms later, so `loss_out_percent`
+    /// is what the agent still missed.
+    pub copies_sent: u64,
     /// Loss out over the agent's latest report interval, once it reported.
     pub loss_out_recent_percent: Option<f64>,
     /// The agent's interarrival jitter of our audio, once it reported.
@@ -72,6 +76,7 @@ impl LinkView {
                     .saturating_sub(s.packets_lost_remote.max(0) as u64),
             ),
             loss_in_percent: percent(s.packets_lost_local, s.packets_received),
+            copies_sent: s.copies_sent,
             loss_out_recent_percent: s.loss_out_recent.map(|f| 100.0 * f),
             agent_jitter_ms: s.remote_jitter_ms,
             send_kbps: s.send_bitrate_bps as f64 / 1000.0,

@@ -5,6 +5,7 @@
 //! or make it lossy ([`LoopbackAgentConfig::uplink`](super::LoopbackAgentConfig::uplink)
 //! and `downlink`, see [`netsim`](super::netsim)).
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,17 +23,61 @@ pub struct RtpTally {
     pub offered: u64,
     /// Of those, the ones it lost.
     pub lost: u64,
+    /// Distinct packets offered (by SSRC and sequence number): a packet
+    /// the sender sent twice counts once.
+    pub distinct: u64,
+    /// Distinct packets none of whose copies got through: what the
+    /// receiver never had.
+    pub missing: u64,
 }
 
 impl RtpTally {
-    /// Share of the RTP packets lost (0 to 1).
+    /// Share of the RTP packets lost (0 to 1): the network's loss.
     pub fn loss_rate(&self) -> f64 {
-        if self.offered == 0 {
-            0.0
-        } else {
-            self.lost as f64 / self.offered as f64
+        ratio(self.lost, self.offered)
+    }
+
+    /// Share of the distinct packets the receiver never had (0 to 1): the
+    /// loss left after the sender's copies.
+    pub fn missing_rate(&self) -> f64 {
+        ratio(self.missing, self.distinct)
+    }
+
+    fn add(&mut self, arrival: Arrival) {
+        self.offered += 1;
+        self.lost += u64::from(arrival.lost);
+        match arrival.packet {
+            PacketSeen::First => {
+                self.distinct += 1;
+                self.missing += u64::from(arrival.lost);
+            }
+            PacketSeen::FillsAHole => self.missing -= 1,
+            PacketSeen::Again => {}
         }
     }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// One RTP packet offered to the simulated network.
+struct Arrival {
+    lost: bool,
+    packet: PacketSeen,
+}
+
+enum PacketSeen {
+    /// The first copy of its packet.
+    First,
+    /// A copy that got through where every earlier one was lost.
+    FillsAHole,
+    /// Any other copy.
+    Again,
 }
 
 /// What the relays of one agent counted, both ways, over all its calls.
@@ -81,28 +126,62 @@ fn is_rtp(packet: &[u8]) -> bool {
     packet.get(1).is_some_and(|pt| !(192..=223).contains(pt))
 }
 
+/// An RTP packet's SSRC and sequence number (in the clear in SRTP too).
+fn rtp_key(packet: &[u8]) -> Option<(u32, u16)> {
+    if !is_rtp(packet) || packet.len() < 12 {
+        return None;
+    }
+    let seq = u16::from_be_bytes([packet[2], packet[3]]);
+    let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+    Some((ssrc, seq))
+}
+
 /// One direction of the relay: the simulated network and the socket
 /// packets leave by.
 struct Direction {
     model: NetworkModel,
     out: Arc<UdpSocket>,
+    /// Whether a copy of each recent packet (by SSRC and sequence number)
+    /// got through so far.
+    through: HashMap<(u32, u16), bool>,
+    /// The keys of `through`, oldest first, to forget all but the last
+    /// [`REMEMBERED`].
+    order: VecDeque<(u32, u16)>,
 }
+
+/// Packets a direction remembers to tell a copy from a new packet: over a
+/// minute of audio, far longer than any copy lags its original.
+const REMEMBERED: usize = 4096;
 
 impl Direction {
     /// Passes `packet` on to `to` as the simulated network would. Only
     /// media is impaired: the ICE and DTLS handshakes go through as they
     /// are, so a test's timing does not hang on their retransmission timers.
-    fn forward(&mut self, packet: &[u8], to: SocketAddr, tally: impl FnOnce(RtpTally)) {
+    fn forward(&mut self, packet: &[u8], to: SocketAddr, tally: impl FnOnce(Arrival)) {
         if !is_media(packet) {
             self.send_at(packet, to, None);
             return;
         }
         let d = self.model.offer(Instant::now(), packet.len());
-        if is_rtp(packet) {
-            tally(RtpTally {
-                offered: 1,
-                lost: u64::from(d.first.is_none()),
-            });
+        if let Some(key) = rtp_key(packet) {
+            let lost = d.first.is_none();
+            let seen = match self.through.insert(key, !lost) {
+                None => {
+                    self.order.push_back(key);
+                    if self.order.len() > REMEMBERED
+                        && let Some(old) = self.order.pop_front()
+                    {
+                        self.through.remove(&old);
+                    }
+                    PacketSeen::First
+                }
+                Some(false) if !lost => PacketSeen::FillsAHole,
+                Some(before) => {
+                    self.through.insert(key, before || !lost);
+                    PacketSeen::Again
+                }
+            };
+            tally(Arrival { lost, packet: seen });
         }
         for at in [d.first, d.copy].into_iter().flatten() {
             self.send_at(packet, to, Some(at));
@@ -207,6 +286,8 @@ impl Relay {
         let mut to_agent = Direction {
             model: NetworkModel::new(uplink),
             out: Arc::clone(&inner),
+            through: HashMap::new(),
+            order: VecDeque::new(),
         };
         let mut to_kiosk = Direction {
             // Another seed, so both ways do not lose the same packets.
@@ -215,15 +296,14 @@ impl Relay {
                 ..downlink
             }),
             out: Arc::clone(&outer),
+            through: HashMap::new(),
+            order: VecDeque::new(),
         };
         tokio::spawn(async move {
             let mut kiosk: Option<SocketAddr> = None;
             let (mut a, mut b) = (vec![0u8; 2048], vec![0u8; 2048]);
-            let add = |f: fn(&mut RelayCounts) -> &mut RtpTally, t: RtpTally| {
-                let mut counts = network.counts.lock().expect("counts lock");
-                let tally = f(&mut counts);
-                tally.offered += t.offered;
-                tally.lost += t.lost;
+            let add = |f: fn(&mut RelayCounts) -> &mut RtpTally, arrival: Arrival| {
+                f(&mut network.counts.lock().expect("counts lock")).add(arrival);
             };
             loop {
                 tokio::select! {

@@ -11,6 +11,7 @@ pub mod call;
 pub mod cli;
 pub(crate) mod pacer;
 pub(crate) mod peer;
+mod redundancy;
 mod remote_report;
 mod rtp_clock;
 pub mod rtvi;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use pacer::PacedFrames;
+use redundancy::Redundancy;
 pub(crate) use rtp_clock::RtpClock;
 use rtvi::{BotMessage, ClientMessage};
 pub use settings::{IceServer, LinkSettings};
@@ -175,6 +177,7 @@ impl Link {
             signalling: signalling_rx,
             cancel: cancel.clone(),
             stats: stats::StatsState::new(Instant::now()),
+            redundancy: Redundancy::default(),
         };
         let task = tokio::spawn(supervisor.run());
         Ok((

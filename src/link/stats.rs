@@ -13,8 +13,11 @@ use super::peer::{OPUS_CLOCK_RATE, Peer};
 /// snapshot.
 #[derive(Default)]
 pub(super) struct Counters {
-    /// RTP packets sent.
+    /// RTP packets sent, each counted once.
     pub packets_sent: AtomicU64,
+    /// Packets sent a second time, once the agent reported loss.
+    pub copies_sent: AtomicU64,
+    /// Bytes sent, copies included.
     pub bytes_sent: AtomicU64,
     /// RTP packets received.
     pub packets_received: AtomicU64,
@@ -30,11 +33,14 @@ pub(super) struct Counters {
 /// (or the one before it, when that was under 1.5 s ago).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct LinkStats {
-    /// RTP packets sent.
+    /// RTP packets sent, each counted once.
     pub packets_sent: u64,
+    /// Of those, the ones sent again (each packet goes out twice once the
+    /// agent reports losing them).
+    pub copies_sent: u64,
     /// RTP packets received.
     pub packets_received: u64,
-    /// Bytes sent, headers included.
+    /// Bytes sent, headers and copies included.
     pub bytes_sent: u64,
     /// Bytes received, headers included.
     pub bytes_received: u64,
@@ -118,6 +124,7 @@ impl StatsState {
         let now = Instant::now();
         let mut s = LinkStats {
             packets_sent: c.packets_sent.load(Ordering::Relaxed),
+            copies_sent: c.copies_sent.load(Ordering::Relaxed),
             packets_received: c.packets_received.load(Ordering::Relaxed),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),

@@ -17,6 +17,7 @@ use webrtc::peer_connection::{RTCPeerConnectionState, RTCSessionDescription};
 
 use super::pacer::PacedFrames;
 use super::peer::{Peer, PeerConfig, PeerSignal};
+use super::redundancy::{Change, Redundancy};
 use super::rtp_clock::RtpClock;
 use super::rtvi::{self, ClientMessage, Ignored, Inbound, Signalling};
 use super::signaling::{Candidate, OfferKind, Signaling};
@@ -275,7 +276,11 @@ pub(super) struct Supervisor {
     pub(super) signalling: mpsc::Receiver<Signalling>,
     pub(super) cancel: CancellationToken,
     pub(super) stats: stats::StatsState,
+    pub(super) redundancy: Redundancy,
 }
+
+/// Packets sent between two looks at the agent's loss reports: a second.
+const REPORT_CHECK_PACKETS: u64 = 50;
 
 enum Next {
     Continue,
@@ -381,19 +386,51 @@ impl Supervisor {
             },
             payload: frame.data,
         };
+        let copy = self.redundancy.copy_along(&packet);
         let bytes = packet.payload.len() as u64;
-        match self.run.peer.audio.write_rtp(packet).await {
+        let c = &self.ctx.counters;
+        let sent = match self.run.peer.audio.write_rtp(packet).await {
             Ok(()) => {
-                let c = &self.ctx.counters;
-                if c.packets_sent.fetch_add(1, Ordering::Relaxed) == 0 {
-                    self.stats.first_packet_sent = Some(now - self.ctx.started);
-                }
+                let sent = c.packets_sent.fetch_add(1, Ordering::Relaxed) + 1;
                 c.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 self.ctx.packets_sent_total.increment(1);
+                sent
             }
             Err(e) => {
-                debug!(error = %error_chain(&e), "dropping an outgoing frame")
+                debug!(error = %error_chain(&e), "dropping an outgoing frame");
+                0
             }
+        };
+        if let Some(copy) = copy {
+            let bytes = copy.payload.len() as u64;
+            if self.run.peer.audio.write_rtp(copy).await.is_ok() {
+                c.copies_sent.fetch_add(1, Ordering::Relaxed);
+                c.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
+        if sent == 1 {
+            self.stats.first_packet_sent = Some(now - self.ctx.started);
+        }
+        if sent > 0 && sent % REPORT_CHECK_PACKETS == 0 {
+            self.consider_copies(sent);
+        }
+    }
+
+    /// Turns the packet copies on or off by the agent's latest report.
+    fn consider_copies(&mut self, sent: u64) {
+        if self.redundancy.settled() {
+            return;
+        }
+        let Some(report) = self.run.peer.reports.latest() else {
+            return;
+        };
+        match self.redundancy.consider(&report, sent) {
+            Some(Change::Lossy(share)) => info!(
+                loss_out_percent = format!("{:.1}", 100.0 * share),
+                "the agent is losing our audio; each packet goes out twice to the end of the call"
+            ),
+            Some(Change::Clean) => debug!("the agent lost none of our audio; packet copies off"),
+            None => {}
         }
     }
 
@@ -427,6 +464,7 @@ impl Supervisor {
             match attempt {
                 Ok(Ok(run)) => {
                     let old = std::mem::replace(&mut self.run, run);
+                    self.redundancy.restart();
                     let _ = old.peer.pc.close().await;
                     self.ctx.counters.restarts.fetch_add(1, Ordering::Relaxed);
                     let after = began.elapsed();

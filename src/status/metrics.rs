@@ -185,6 +185,7 @@ pub fn record_link(link: &LinkView) {
     }
     gauge!("kiosk_link_loss_ratio", "direction" => "out").set(link.loss_out_percent / 100.0);
     gauge!("kiosk_link_loss_ratio", "direction" => "in").set(link.loss_in_percent / 100.0);
+    gauge!("kiosk_link_copies_sent").set(link.copies_sent as f64);
     if let Some(recent) = link.loss_out_recent_percent {
         gauge!("kiosk_link_loss_recent_ratio", "direction" => "out").set(recent / 100.0);
     }

@@ -233,7 +233,16 @@ impl PageView {
                 live: if l.live { "open" } else { "last call" }.into(),
                 rtt: ms(l.rtt_ms),
                 jitter: ms(l.jitter_ms),
-                loss: format!("{:.1} % / {:.1} %", l.loss_out_percent, l.loss_in_percent),
+                loss: format!(
+                    "{:.1} % / {:.1} %{}",
+                    l.loss_out_percent,
+                    l.loss_in_percent,
+                    if l.copies_sent > 0 {
+                        " (every packet out sent twice)"
+                    } else {
+                        ""
+                    }
+                ),
                 playout,
                 rate: format!("{:.0} / {:.0} kbit/s", l.send_kbps, l.recv_kbps),
                 restarts: l.restarts.to_string(),

@@ -71,7 +71,7 @@ fn wifi(loss: f64, seed: u64) -> NetworkProfile {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_loss_the_agent_reports_is_the_loss_the_network_caused() {
+async fn the_agent_reports_the_loss_it_suffers_and_copies_make_it_up() {
     let agent = lossy_agent(wifi(0.05, 17), wifi(0.0, 18)).await;
     let (link, io) = connect(&agent).await;
     stream_for(&io, 15).await;
@@ -81,11 +81,16 @@ async fn the_loss_the_agent_reports_is_the_loss_the_network_caused() {
     let relay = agent.network_counts();
     let reported = stats.packets_lost_remote as f64 / stats.packets_sent as f64;
     println!(
-        "relay lost {} of {} RTP packets to the agent ({:.2}%); the agent reported {} of {} ({:.2}%), \
+        "relay lost {} of {} RTP packets to the agent ({:.2}%), {} of {} distinct ones never \
+         got through ({:.2}%, {} copies sent); the agent reported {} of {} ({:.2}%), \
          recent {:?}, RTT {:?} ms, its jitter {:?} ms, {} reports",
         relay.to_agent.lost,
         relay.to_agent.offered,
         100.0 * relay.to_agent.loss_rate(),
+        relay.to_agent.missing,
+        relay.to_agent.distinct,
+        100.0 * relay.to_agent.missing_rate(),
+        stats.copies_sent,
         stats.packets_lost_remote,
         stats.packets_sent,
         100.0 * reported,
@@ -96,9 +101,16 @@ async fn the_loss_the_agent_reports_is_the_loss_the_network_caused() {
     );
     assert!(stats.remote_reports >= 5, "the agent's reports are read");
     assert!(
-        (reported - relay.to_agent.loss_rate()).abs() < 0.02,
+        (reported - relay.to_agent.missing_rate()).abs() < 0.02,
         "reported {reported}, relay {}",
-        relay.to_agent.loss_rate()
+        relay.to_agent.missing_rate()
+    );
+    // Once the agent reported loss, every packet went out twice, and the
+    // agent missed far fewer than the network lost.
+    assert!(stats.copies_sent > 250, "{} copies", stats.copies_sent);
+    assert!(
+        relay.to_agent.missing_rate() < relay.to_agent.loss_rate() / 2.0,
+        "{relay:?}"
     );
     let rtt = stats.rtt_ms.expect("RTT from the agent's reports");
     // 40 ms each way on the way out only (the way back is jittery too).
@@ -200,12 +212,13 @@ async fn call_delivers_the_agents_replies_through_loss_and_jitter() {
             / stats["packets_sent"].as_f64().unwrap();
         println!(
             "{:.0}% loss, {delay} ± {jitter} ms: {replies} replies, {:.1}% of the reply time delivered, \
-             best correlation {:.3}; relay lost {:.1}% out / {:.1}% in, the agent reported {:.1}% out, \
-             we counted {} lost in; playout {}; stats {}",
+             best correlation {:.3}; relay lost {:.1}% out ({:.1}% of packets never got through) / \
+             {:.1}% in, the agent reported {:.1}% out, we counted {} lost in; playout {}; stats {}",
             loss * 100.0,
             100.0 * d.share,
             d.correlation,
             100.0 * relay.to_agent.loss_rate(),
+            100.0 * relay.to_agent.missing_rate(),
             100.0 * relay.to_kiosk.loss_rate(),
             100.0 * reported,
             stats["packets_lost_local"],
@@ -222,9 +235,9 @@ async fn call_delivers_the_agents_replies_through_loss_and_jitter() {
             d.share
         );
         assert!(
-            (reported - relay.to_agent.loss_rate()).abs() < 0.02,
+            (reported - relay.to_agent.missing_rate()).abs() < 0.02,
             "loss out reported {reported}, relay {}",
-            relay.to_agent.loss_rate()
+            relay.to_agent.missing_rate()
         );
     }
 }

@@ -294,8 +294,10 @@ impl Figures {
         self.link["loss_out_percent"].as_f64().unwrap()
     }
 
+    /// What the bot never had of our packets, copies counted with their
+    /// original: what its loss reports should show.
     fn relay_loss_out_percent(&self) -> f64 {
-        100.0 * self.relay.to_agent.loss_rate()
+        100.0 * self.relay.to_agent.missing_rate()
     }
 
     fn gaps_per_minute(&self) -> f64 {
@@ -426,11 +428,17 @@ async fn conversation(uplink: NetworkProfile, downlink: NetworkProfile) -> Figur
 /// (the daemon counts no packets received where a test can read them; its
 /// playout drops those that come while the visitor speaks, uncounted).
 fn assert_all_media_relayed(f: &Figures) {
-    let to_agent = f.relay.to_agent.offered;
+    let to_agent = f.relay.to_agent.distinct;
     assert!(
         to_agent > 500 && to_agent.abs_diff(f.packets_sent) <= 5,
         "the relay carried {to_agent} of the {} packets the daemon sent",
         f.packets_sent
+    );
+    let copies = f.link["copies_sent"].as_u64().unwrap();
+    assert!(
+        f.relay.to_agent.offered.abs_diff(to_agent + copies) <= 5,
+        "the relay carried {} datagrams: {to_agent} packets and {copies} copies sent",
+        f.relay.to_agent.offered
     );
     let delivered = f.relay.to_kiosk.offered - f.relay.to_kiosk.lost;
     let played = f.playout["packets_received"].as_u64().unwrap();
@@ -486,7 +494,7 @@ fn report(what: &str, lossy: &Figures, clean: &Figures) {
         "{what}: {} sentences said, {:.1}% of their duration delivered (clean run {:.1}%), \
          {} plays whole at mean correlation {:.3} (clean {} at {:.3}); the bot heard {} \
          utterances {:?} s (clean {:?} s, ratios {:.2?}); loss out reported {:.2}% (recent {:?}), \
-         relay {:.2}% ({} of {}); loss in reported {:?}%, relay {:.2}%; {} gaps over {} ms \
+         never through the relay {:.2}% ({} of {}; it lost {} of {} datagrams, {} copies sent); loss in reported {:?}%, relay {:.2}%; {} gaps over {} ms \
          in {:.1} s ({:.1} a minute; clean {}); jitter-buffer delay median {} ms over {} \
          samples (clean {} ms); playout {}",
         lossy.sentences,
@@ -503,8 +511,11 @@ fn report(what: &str, lossy: &Figures, clean: &Figures) {
         lossy.loss_out_percent(),
         lossy.link["loss_out_recent_percent"].as_f64(),
         lossy.relay_loss_out_percent(),
+        lossy.relay.to_agent.missing,
+        lossy.relay.to_agent.distinct,
         lossy.relay.to_agent.lost,
         lossy.relay.to_agent.offered,
+        lossy.link["copies_sent"],
         lossy.link["loss_in_percent"].as_f64(),
         100.0 * lossy.relay.to_kiosk.loss_rate(),
         lossy.gaps,
@@ -530,18 +541,19 @@ fn loss_out_agrees(f: &Figures, points: f64) -> bool {
     (f.loss_out_percent() - f.relay_loss_out_percent()).abs() <= points
 }
 
-// What the stock bot hears falls short of the goals. Its receiver (aiortc
-// 1.16) has no concealment and a 16-packet jitter buffer that, once a
-// packet is missing, waits for it until full and then discards the
-// packets queued before the hole (about four per lost packet), and drops
-// any packet arriving after its turn: at 5% loss it passes on 70% of what
-// the kiosk sent, so every utterance reaches it short. The speech buffered
-// while the call was set up goes out at twice real time; sent in one burst,
-// which the jitter reordered wholesale, most of it was discarded and the
-// bot heard the first utterance at 0.30 to 0.44 of its clean length (0.63
-// to 0.67 paced). Its Opus encoder (libopus through PyAV, FEC off) sends
-// no in-band FEC, so on the way back every lost or late packet is
-// concealed, never recovered.
+// What the stock bot hears. Its receiver (aiortc 1.16) has no
+// concealment and a 16-packet jitter buffer that, once a packet is
+// missing, waits for it until full and then discards the packets queued
+// before the hole (about four per lost packet), and drops any packet
+// arriving after its turn: at 5% loss it passed on 70% of what the kiosk
+// sent, and heard each utterance at 0.30 to 1.00 of its clean length (at
+// 15% loss: 2 or 3 utterances, at 0.22 to 0.33). Since the daemon sends
+// each packet again 60 ms later (a call starts so, and does so again for
+// good once the bot reports loss), the copy fills the hole before the bot
+// gives up on it: in three runs each, at 5% the bot heard all 4 at 0.92 to
+// 1.00 and at 15% all 4 at 0.83 to 1.00. Its Opus encoder (libopus
+// through PyAV, FEC off) sends no in-band FEC and no copies, so on the way
+// back every lost or late packet is concealed, never recovered.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_through_5_percent_loss_with_a_pipecat_bot() {
@@ -612,11 +624,11 @@ async fn run_through_5_percent_loss_with_a_pipecat_bot() {
         100.0 * lossy.delivered
     );
     assert_eq!(lossy.heard.len(), 4, "the bot heard {:?}", lossy.heard);
-    // Each utterance at 0.60 to 1.00 of its clean length over nine runs;
-    // the first, buffered while the call was set up, fell to 0.30 when it
-    // left in one burst.
+    // Each utterance at 0.92 to 1.00 of its clean length in three runs
+    // with the copies (0.30 to 1.00 without); a margin for the noise of
+    // the bot's own VAD.
     assert!(
-        ratios.iter().all(|&r| r >= 0.5),
+        ratios.iter().all(|&r| r >= 0.8),
         "the bot heard {:?} s, ratios {ratios:.2?}",
         lossy.heard
     );
@@ -675,10 +687,9 @@ async fn run_through_15_percent_loss_with_a_pipecat_bot() {
         lossy.loss_out_percent(),
         lossy.relay_loss_out_percent()
     );
-    // Below the goal of 3 (see above), met in seven runs of nine: the bot
-    // heard two or three utterances (one or two when the speech buffered
-    // at set-up left in one burst) and answered each.
-    assert!(lossy.heard.len() >= 2 && lossy.sentences >= 4, "{lossy:#?}");
+    // The goal: the bot heard all 4 in three runs of three with the copies
+    // (two or three without).
+    assert!(lossy.heard.len() >= 3 && lossy.sentences >= 6, "{lossy:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
