@@ -141,17 +141,44 @@ fn rtp_key(packet: &[u8]) -> Option<(u32, u16)> {
 struct Direction {
     model: NetworkModel,
     out: Arc<UdpSocket>,
-    /// Whether a copy of each recent packet (by SSRC and sequence number)
-    /// got through so far.
+    seen: SeenPackets,
+}
+
+/// Packets a direction remembers to tell a copy from a new packet: over a
+/// minute of audio, far longer than any copy lags its original.
+const REMEMBERED: usize = 4096;
+
+/// Whether a copy of each recent RTP packet (by SSRC and sequence number)
+/// got through so far.
+#[derive(Default)]
+struct SeenPackets {
     through: HashMap<(u32, u16), bool>,
     /// The keys of `through`, oldest first, to forget all but the last
     /// [`REMEMBERED`].
     order: VecDeque<(u32, u16)>,
 }
 
-/// Packets a direction remembers to tell a copy from a new packet: over a
-/// minute of audio, far longer than any copy lags its original.
-const REMEMBERED: usize = 4096;
+impl SeenPackets {
+    /// Records a copy of packet `key` and whether it got through.
+    fn offer(&mut self, key: (u32, u16), got_through: bool) -> PacketSeen {
+        match self.through.insert(key, got_through) {
+            None => {
+                self.order.push_back(key);
+                if self.order.len() > REMEMBERED
+                    && let Some(old) = self.order.pop_front()
+                {
+                    self.through.remove(&old);
+                }
+                PacketSeen::First
+            }
+            Some(false) if got_through => PacketSeen::FillsAHole,
+            Some(before) => {
+                self.through.insert(key, before || got_through);
+                PacketSeen::Again
+            }
+        }
+    }
+}
 
 impl Direction {
     /// Passes `packet` on to `to` as the simulated network would. Only
@@ -165,23 +192,8 @@ impl Direction {
         let d = self.model.offer(Instant::now(), packet.len());
         if let Some(key) = rtp_key(packet) {
             let lost = d.first.is_none();
-            let seen = match self.through.insert(key, !lost) {
-                None => {
-                    self.order.push_back(key);
-                    if self.order.len() > REMEMBERED
-                        && let Some(old) = self.order.pop_front()
-                    {
-                        self.through.remove(&old);
-                    }
-                    PacketSeen::First
-                }
-                Some(false) if !lost => PacketSeen::FillsAHole,
-                Some(before) => {
-                    self.through.insert(key, before || !lost);
-                    PacketSeen::Again
-                }
-            };
-            tally(Arrival { lost, packet: seen });
+            let packet = self.seen.offer(key, !lost);
+            tally(Arrival { lost, packet });
         }
         for at in [d.first, d.copy].into_iter().flatten() {
             self.send_at(packet, to, Some(at));
@@ -286,8 +298,7 @@ impl Relay {
         let mut to_agent = Direction {
             model: NetworkModel::new(uplink),
             out: Arc::clone(&inner),
-            through: HashMap::new(),
-            order: VecDeque::new(),
+            seen: SeenPackets::default(),
         };
         let mut to_kiosk = Direction {
             // Another seed, so both ways do not lose the same packets.
@@ -296,8 +307,7 @@ impl Relay {
                 ..downlink
             }),
             out: Arc::clone(&outer),
-            through: HashMap::new(),
-            order: VecDeque::new(),
+            seen: SeenPackets::default(),
         };
         tokio::spawn(async move {
             let mut kiosk: Option<SocketAddr> = None;
@@ -370,5 +380,32 @@ mod tests {
              a=end-of-candidates\r\n"
         );
         assert_eq!(without_candidates(ANSWER), "v=0\r\n");
+    }
+
+    #[test]
+    fn a_packet_sent_twice_is_missing_only_when_both_copies_are_lost() {
+        let mut seen = SeenPackets::default();
+        let mut tally = RtpTally::default();
+        let mut offer = |key, got_through| {
+            let packet = seen.offer(key, got_through);
+            tally.add(Arrival {
+                lost: !got_through,
+                packet,
+            });
+            tally
+        };
+        offer((7, 1), true);
+        offer((7, 1), false);
+        offer((7, 2), false);
+        offer((7, 2), true);
+        offer((7, 3), false);
+        let t = offer((7, 3), false);
+        assert_eq!((t.offered, t.lost), (6, 4), "the network lost 4 of 6");
+        assert_eq!(
+            (t.distinct, t.missing),
+            (3, 1),
+            "only packet 3 never got through"
+        );
+        assert_eq!(offer((8, 3), true).distinct, 4, "another stream's packet");
     }
 }
