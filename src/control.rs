@@ -38,10 +38,13 @@ pub struct LinkView {
     pub loss_out_percent: f64,
     /// Packets from the agent that never arrived.
     pub loss_in_percent: f64,
-    /// Packets sent twice to make up for loss out: once the agent reports
-    /// losing them, each goes out again 60 ms later, so `loss_out_percent`
-    /// is what the agent still missed.
+    /// Packets sent twice, the copy 60 ms after the first: a call starts
+    /// so, and does so to its end once the agent reports loss; so
+    /// `loss_out_percent` is what the agent still missed.
     pub copies_sent: u64,
+    /// The agent reported loss: every packet goes out twice to the end of
+    /// the call.
+    pub sending_twice: bool,
     /// Loss out over the agent's latest report interval, once it reported.
     pub loss_out_recent_percent: Option<f64>,
     /// The agent's interarrival jitter of our audio, once it reported.
@@ -77,6 +80,7 @@ impl LinkView {
             ),
             loss_in_percent: percent(s.packets_lost_local, s.packets_received),
             copies_sent: s.copies_sent,
+            sending_twice: s.sending_twice,
             loss_out_recent_percent: s.loss_out_recent.map(|f| 100.0 * f),
             agent_jitter_ms: s.remote_jitter_ms,
             send_kbps: s.send_bitrate_bps as f64 / 1000.0,

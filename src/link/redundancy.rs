@@ -73,8 +73,9 @@ impl Default for Redundancy {
 }
 
 impl Redundancy {
-    /// Whether a report can still change anything.
-    pub(super) fn settled(&self) -> bool {
+    /// Whether the agent's reports showed loss: copies to the end of the
+    /// call, and no report can change that.
+    pub(super) fn lossy(&self) -> bool {
         self.mode == Mode::Lossy
     }
 
@@ -175,7 +176,7 @@ mod tests {
         let mut r = Redundancy::default();
         r.consider(&report(3, 0), 150);
         assert_eq!(r.consider(&report(5, 5), 250), Some(Change::Lossy(0.02)));
-        assert!(r.settled());
+        assert!(r.lossy());
         assert_eq!(copies(&mut r, 0..4), [None, None, None, Some(0)]);
         assert_eq!(r.consider(&report(20, 5), 2000), None, "stays on");
         assert_eq!(copies(&mut r, 4..5), [Some(1)]);
@@ -202,6 +203,6 @@ mod tests {
             r.copy_along(&packet(200)).is_none(),
             "nothing of the old stream"
         );
-        assert!(r.settled(), "a lossy path stays lossy");
+        assert!(r.lossy(), "a lossy path stays lossy");
     }
 }

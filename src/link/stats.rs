@@ -35,9 +35,12 @@ pub(super) struct Counters {
 pub struct LinkStats {
     /// RTP packets sent, each counted once.
     pub packets_sent: u64,
-    /// Of those, the ones sent again (each packet goes out twice once the
-    /// agent reports losing them).
+    /// Of those, the ones sent again: a call starts so, and does so to its
+    /// end once the agent reports losing them.
     pub copies_sent: u64,
+    /// The agent reported losing our packets: each goes out twice to the
+    /// end of the call.
+    pub sending_twice: bool,
     /// RTP packets received.
     pub packets_received: u64,
     /// Bytes sent, headers and copies included.

@@ -365,7 +365,8 @@ impl Supervisor {
                 }
             }
             Control::Stats(reply) => {
-                let stats = self.stats.collect(&self.ctx.counters, &self.run.peer).await;
+                let mut stats = self.stats.collect(&self.ctx.counters, &self.run.peer).await;
+                stats.sending_twice = self.redundancy.lossy();
                 let _ = reply.send(stats);
             }
         }
@@ -418,7 +419,7 @@ impl Supervisor {
 
     /// Turns the packet copies on or off by the agent's latest report.
     fn consider_copies(&mut self, sent: u64) {
-        if self.redundancy.settled() {
+        if self.redundancy.lossy() {
             return;
         }
         let Some(report) = self.run.peer.reports.latest() else {

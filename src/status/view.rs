@@ -237,7 +237,7 @@ impl PageView {
                     "{:.1} % / {:.1} %{}",
                     l.loss_out_percent,
                     l.loss_in_percent,
-                    if l.copies_sent > 0 {
+                    if l.sending_twice {
                         " (every packet out sent twice)"
                     } else {
                         ""

@@ -112,6 +112,14 @@ async fn run_holds_the_call_through_5_percent_loss_and_reports_it() {
     assert_eq!(lossy.heard.len(), clean.heard.len(), "{heard:?}");
     assert!(lossy.replies >= clean.replies.saturating_sub(1).max(1));
     assert!(share >= 0.9, "{share:.3} of the reply delivered");
+    assert_eq!(
+        link["sending_twice"], true,
+        "the agent reported loss: {link}"
+    );
+    assert_eq!(
+        clean.status["link"]["sending_twice"], false,
+        "nothing lost on a clean network"
+    );
     assert!(
         (loss_out - 100.0 * lossy.relay.to_agent.missing_rate()).abs() <= 2.0,
         "loss out {loss_out}%, relay {}",

@@ -474,6 +474,7 @@ async fn clean() -> &'static Figures {
             assert_eq!(clean.end_reason.as_deref(), Some("idle"), "{clean:#?}");
             assert_eq!(clean.heard.len(), 4, "the clean run: {clean:#?}");
             assert_all_media_relayed(&clean);
+            assert_eq!(clean.link["sending_twice"], false, "{clean:#?}");
             clean
         })
         .await
@@ -623,6 +624,7 @@ async fn run_through_5_percent_loss_with_a_pipecat_bot() {
         "{:.1}% of the reply delivered",
         100.0 * lossy.delivered
     );
+    assert_eq!(lossy.link["sending_twice"], true, "{lossy:#?}");
     assert_eq!(lossy.heard.len(), 4, "the bot heard {:?}", lossy.heard);
     // Each utterance at 0.92 to 1.00 of its clean length in three runs
     // with the copies (0.30 to 1.00 without); a margin for the noise of
