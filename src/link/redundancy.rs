@@ -11,8 +11,10 @@
 //!
 //! A call starts with copies on: the visitor's first words, buffered while
 //! the call was set up, leave in a burst before the agent has reported
-//! anything. They go off once the agent's reports show a clean path, and
-//! come back for the rest of the call once they show loss.
+//! anything. Any loss the agent reports while they are on (a packet lost
+//! twice: the path loses far more) keeps them on to the end of the call;
+//! three reports without loss turn them off, and reported loss of 1% or
+//! more brings them back for good.
 
 use std::collections::VecDeque;
 
@@ -26,9 +28,9 @@ use super::remote_report::RemoteReport;
 /// aiortc waits for a missing one.
 const LAG: usize = 3;
 
-/// Loss that keeps the copies on: this many of our packets reported lost,
-/// and at least [`MIN_LOSS`] of all we sent. One packet lost in a minute
-/// is not worth doubling the stream for.
+/// Loss that brings the copies back once they are off: this many of our
+/// packets reported lost, and at least [`MIN_LOSS`] of all we sent. One
+/// packet lost in a minute is not worth doubling the stream for.
 const MIN_LOST: i64 = 3;
 const MIN_LOSS: f64 = 0.01;
 
@@ -82,18 +84,22 @@ impl Redundancy {
     /// Reads the agent's latest `report` on the `sent` packets of the call.
     pub(super) fn consider(&mut self, report: &RemoteReport, sent: u64) -> Option<Change> {
         let share = report.cumulative_lost as f64 / sent.max(1) as f64;
-        match self.mode {
-            Mode::Lossy => None,
-            _ if report.cumulative_lost >= MIN_LOST && share >= MIN_LOSS => {
-                self.mode = Mode::Lossy;
-                Some(Change::Lossy(share))
-            }
-            Mode::Start if report.reports >= CLEAN_REPORTS && report.cumulative_lost <= 0 => {
-                self.mode = Mode::Off;
-                self.recent.clear();
-                Some(Change::Clean)
-            }
-            Mode::Start | Mode::Off => None,
+        let lossy = match self.mode {
+            Mode::Lossy => return None,
+            // With the copies on, a packet lost is one lost twice: the
+            // path loses far more than the agent reports.
+            Mode::Start => report.cumulative_lost > 0,
+            Mode::Off => report.cumulative_lost >= MIN_LOST && share >= MIN_LOSS,
+        };
+        if lossy {
+            self.mode = Mode::Lossy;
+            Some(Change::Lossy(share))
+        } else if self.mode == Mode::Start && report.reports >= CLEAN_REPORTS {
+            self.mode = Mode::Off;
+            self.recent.clear();
+            Some(Change::Clean)
+        } else {
+            None
         }
     }
 
@@ -183,10 +189,11 @@ mod tests {
     }
 
     #[test]
-    fn loss_while_starting_keeps_the_copies_on() {
+    fn any_loss_while_starting_keeps_the_copies_on() {
         let mut r = Redundancy::default();
-        assert_eq!(r.consider(&report(1, 3), 50), Some(Change::Lossy(0.06)));
-        assert_eq!(r.consider(&report(5, 3), 300), None);
+        assert_eq!(r.consider(&report(1, 0), 50), None);
+        assert_eq!(r.consider(&report(2, 1), 100), Some(Change::Lossy(0.01)));
+        assert_eq!(r.consider(&report(5, 1), 300), None);
         assert_eq!(copies(&mut r, 0..4), [None, None, None, Some(0)]);
     }
 
