@@ -11,6 +11,9 @@
 //! target at a talkspurt's start; when the jitter, and with it the target,
 //! grows while it plays, it deepens by inserting a frame of concealment
 //! after a pause (decoded audio under -50 dBFS), where it goes unheard.
+//! When it runs dry, the packet due is late, not lost (none after it is
+//! here either): it is waited for, concealed meanwhile, and played when it
+//! comes, rather than given up on and the buffer filled again from empty.
 //!
 //! Whatever the agent sends, playout goes on: a packet libopus refuses (or
 //! that is not Opus at all) is counted as undecodable and concealed in its
@@ -32,7 +35,8 @@ const SLOTS: usize = 64;
 /// Buffering ends with this many packets queued whatever their duration:
 /// tiny packets must not fill the slots before the target is reached.
 const FULL_WINDOW: u16 = (SLOTS / 2) as u16;
-/// Concealed frames played on an empty buffer before going quiet to rebuffer.
+/// Frames of concealment played on an empty buffer, waiting for a late
+/// packet, before waiting on in silence.
 const MAX_CONCEALED_RUN: u32 = 3;
 /// Packets in a row from before the playout position: the sender's
 /// sequence numbers went back (a restarted stream), so start over from them.
@@ -89,7 +93,9 @@ pub struct JitterBuffer {
     /// what was played so far tells; sizes the concealment of a hole.
     next_ts: Option<u32>,
     buffering: bool,
-    concealed_run: u32,
+    /// Audio played since the buffer ran empty (concealment, then
+    /// silence), samples.
+    waited: u32,
     late_run: u32,
     /// RFC 3550 interarrival jitter, in ms.
     jitter_ms: f32,
@@ -120,9 +126,9 @@ pub enum NextFrame {
         /// Audio to conceal if it does not decode.
         conceal: usize,
     },
-    /// `samples` of audio were lost (a multiple of 2.5 ms, at most 120 ms);
-    /// `next` is the following packet if it is here (its FEC can rebuild
-    /// the end of the lost audio).
+    /// `samples` of audio were lost, or are late and waited for (a
+    /// multiple of 2.5 ms, at most 120 ms); `next` is the following packet
+    /// if it is here (its FEC can rebuild the end of the lost audio).
     Lost {
         /// The packet after the loss, if here.
         next: Option<IncomingPacket>,
@@ -151,7 +157,7 @@ impl JitterBuffer {
             highest_seq: 0,
             next_ts: None,
             buffering: true,
-            concealed_run: 0,
+            waited: 0,
             late_run: 0,
             jitter_ms: 0.0,
             last_arrival: None,
@@ -320,7 +326,7 @@ impl JitterBuffer {
             let until_next = gap_samples(slot.packet.timestamp, next_packet.as_ref());
             self.next_seq = Some(following);
             self.next_ts = Some(slot.packet.timestamp.wrapping_add(slot.span()));
-            self.concealed_run = 0;
+            self.waited = 0;
             return NextFrame::Packet {
                 packet: slot.packet,
                 samples,
@@ -341,19 +347,26 @@ impl JitterBuffer {
                 samples,
             };
         }
-        // Empty: conceal briefly, then wait for the buffer to refill.
-        if self.concealed_run < MAX_CONCEALED_RUN {
-            self.concealed_run += 1;
-            self.next_seq = Some(next.wrapping_add(1));
-            self.next_ts = self.next_ts.map(|t| t.wrapping_add(DEFAULT_SPAN));
-            self.highest_seq = next;
+        // Empty: the next packet is late, or the stream paused. Conceal
+        // in its place without giving up on it: when it comes it plays, as
+        // much later as was concealed, and the packets behind it find the
+        // buffer that much deeper. Past a few frames the concealment has
+        // faded out; waiting goes on in silence, and past the deepest the
+        // buffer may be, the talkspurt is over: what comes next is buffered
+        // to the target.
+        if self.waited < MAX_CONCEALED_RUN * DEFAULT_SPAN {
+            self.waited += DEFAULT_SPAN;
             AudioMetrics::add(&self.metrics.packets_concealed, 1);
             return NextFrame::Lost {
                 next: None,
                 samples: OPUS_FRAME,
             };
         }
-        self.reset();
+        // Each call past the concealment is a 10 ms frame of silence.
+        self.waited += FRAME_48K as u32;
+        if self.waited > MAX_CONCEALED_RUN * DEFAULT_SPAN + self.max_ms * PER_MS {
+            self.reset();
+        }
         NextFrame::Silence
     }
 
@@ -363,7 +376,7 @@ impl JitterBuffer {
         self.next_seq = None;
         self.next_ts = None;
         self.buffering = true;
-        self.concealed_run = 0;
+        self.waited = 0;
         self.late_run = 0;
         self.last_arrival = None;
     }
@@ -696,30 +709,38 @@ mod tests {
         let arrivals: Vec<u32> = (0..250u32)
             .map(|k| k * 20 + if k < 50 { 0 } else { (k * 7919) % 61 })
             .collect();
-        let late_after = |packets: usize| {
+        // What the jitter costs: packets that came after their turn, and
+        // frames concealed (lost ones, none here, and those waited for
+        // while the buffer ran dry), less the concealment of the stream's end.
+        let missed = || {
+            AudioMetrics::get(&metrics.packets_late) + AudioMetrics::get(&metrics.packets_concealed)
+                - u64::from(MAX_CONCEALED_RUN)
+        };
+        let missed_in_speech = {
             let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
-            let before = AudioMetrics::get(&metrics.packets_late);
-            play(
-                &mut playout,
-                &pkts[..packets],
-                &arrivals[..packets],
-                20 + packets as u32 * 2,
-            );
-            AudioMetrics::get(&metrics.packets_late) - before
+            play(&mut playout, &pkts[..100], &arrivals[..100], 220);
+            missed()
         };
         // While the bot still talks, the buffer is as deep as it was when
-        // the stream started, and the new jitter makes packets late.
-        let late_in_speech = late_after(100);
-        assert!(late_in_speech > 0, "the jitter made no packet late");
-        let inserted_before = AudioMetrics::get(&metrics.frames_inserted);
-        let late_before = AudioMetrics::get(&metrics.packets_late);
+        // the stream started, and the new jitter costs audio.
+        assert!(missed_in_speech > 0, "the jitter cost nothing");
+        metrics
+            .packets_late
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .packets_concealed
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .frames_inserted
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         play(&mut playout, &pkts, &arrivals, 540);
-        let inserted = AudioMetrics::get(&metrics.frames_inserted) - inserted_before;
-        let late = AudioMetrics::get(&metrics.packets_late) - late_before;
-        assert!(inserted > 0, "the buffer never deepened");
-        // The second stretch of speech, as jittery, loses none: the
+        assert!(
+            AudioMetrics::get(&metrics.frames_inserted) > 0,
+            "the buffer never deepened"
+        );
+        // The second stretch of speech, as jittery, costs nothing: the
         // buffer deepened in the pause.
-        assert_eq!(late, late_in_speech, "late packets after the pause");
+        assert_eq!(missed(), missed_in_speech, "audio missed after the pause");
     }
 
     #[test]
@@ -739,6 +760,34 @@ mod tests {
         );
         // Rebuilt from the next packet's FEC, which was here in time.
         assert_eq!(AudioMetrics::get(&metrics.packets_fec_recovered), 1);
+    }
+
+    #[test]
+    fn when_the_buffer_runs_dry_the_late_packet_plays_after_concealment() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        let pkts = packets(60);
+        // The path's delay jumps by 50 ms from packet 30 on: the buffer
+        // (40 ms deep on a steady stream) runs dry with nothing behind.
+        let arrivals: Vec<u32> = (0..60u32)
+            .map(|k| k * 20 + if k < 30 { 0 } else { 50 })
+            .collect();
+        let frames = play(&mut playout, &pkts, &arrivals, 180);
+        // Every packet played, none given up on as late: the wait was
+        // concealed (no silence), and the stream is 40 ms longer for it.
+        assert_eq!(AudioMetrics::get(&metrics.packets_played), 60);
+        assert_eq!(AudioMetrics::get(&metrics.packets_late), 0);
+        let (start, gaps) = start_and_gaps(&frames);
+        assert_eq!(gaps, 0, "a silence in the middle of the stream");
+        let concealed = AudioMetrics::get(&metrics.packets_concealed);
+        let waited = concealed - u64::from(MAX_CONCEALED_RUN);
+        assert!((1..=3).contains(&waited), "{waited} frames waited");
+        let end = frames.iter().rposition(|f| f.0).unwrap();
+        assert_eq!(
+            end + 1 - start,
+            2 * (60 + concealed as usize),
+            "every packet and every concealed frame played once"
+        );
     }
 
     #[test]
