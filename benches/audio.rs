@@ -4,13 +4,15 @@
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kiosk_gateway::audio::{
-    Aec3, AudioMetrics, AudioSettings, CaptureProcessor, EchoCanceller, FRAME_48K, Millis,
-    NoiseSuppression, OPUS_FRAME, OpusDecoder, OpusEncoder, SampleRate, VAD_FRAME, VadSettings,
-    VoiceDetector, read_wav, resample_clip,
+    Aec3, AudioMetrics, AudioSettings, CaptureProcessor, EchoCanceller, FRAME_48K, IncomingPacket,
+    Millis, NoiseSuppression, OPUS_FRAME, OpusDecoder, OpusEncoder, Playout, SampleRate, VAD_FRAME,
+    VadSettings, VoiceDetector, read_wav, resample_clip,
 };
+use kiosk_gateway::testkit::network::{NetworkModel, NetworkProfile};
 
 fn speech() -> (Vec<f32>, Vec<f32>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/audio/multi_utterance_16k.wav");
@@ -111,5 +113,63 @@ fn stages(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, stages);
+/// The playout path (jitter buffer, Opus decode, concealment) over 10 s
+/// of the bot's audio, on a perfect network and on the lobby Wi-Fi of the
+/// lossy-network tests (5% loss, 40 ± 20 ms): what loss and jitter cost.
+fn playout_through_loss(c: &mut Criterion) {
+    let (_, s48) = speech();
+    let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
+    let packets: Vec<IncomingPacket> = s48
+        .chunks_exact(OPUS_FRAME)
+        .cycle()
+        .take(500)
+        .enumerate()
+        .map(|(k, f)| IncomingPacket {
+            seq: k as u16,
+            timestamp: (k * OPUS_FRAME) as u32,
+            payload: enc.encode(f).unwrap(),
+        })
+        .collect();
+    let lobby = NetworkProfile {
+        loss: 0.05,
+        delay: Duration::from_millis(40),
+        jitter: Duration::from_millis(20),
+        seed: 5,
+        ..NetworkProfile::default()
+    };
+    for (name, profile) in [
+        ("playout_10s_clean", NetworkProfile::default()),
+        ("playout_10s_5pct_loss_40ms_jitter", lobby),
+    ] {
+        // Which 10 ms tick each packet arrives in, in order of arrival.
+        let start = Instant::now();
+        let mut network = NetworkModel::new(profile);
+        let mut arrivals: Vec<(u32, IncomingPacket)> = Vec::new();
+        for (k, p) in packets.iter().enumerate() {
+            let sent = start + Duration::from_millis(20 * k as u64);
+            let fate = network.offer(sent, p.payload.bytes().len());
+            for at in [fate.first, fate.copy].into_iter().flatten() {
+                arrivals.push(((at - start).as_millis() as u32 / 10, *p));
+            }
+        }
+        arrivals.sort_by_key(|a| a.0);
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let metrics = Arc::new(AudioMetrics::default());
+                let mut playout = Playout::new(&AudioSettings::default(), metrics).unwrap();
+                let mut frame = [0.0; FRAME_48K];
+                let mut next = 0;
+                for tick in 0..1_100u32 {
+                    while next < arrivals.len() && arrivals[next].0 <= tick {
+                        playout.push(arrivals[next].1, Millis(tick * 10));
+                        next += 1;
+                    }
+                    black_box(playout.next_frame(&mut frame));
+                }
+            })
+        });
+    }
+}
+
+criterion_group!(benches, stages, playout_through_loss);
 criterion_main!(benches);
