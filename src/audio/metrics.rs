@@ -67,6 +67,10 @@ pub struct AudioMetrics {
     /// 20 ms frames of concealment the jitter buffer inserted in pauses to
     /// deepen itself when the jitter grew mid-stream.
     pub frames_inserted: AtomicU64,
+    /// Packets of the bot's audio the jitter buffer dropped to cut its
+    /// delay: pauses, to give back time it waited for late packets beyond
+    /// its ceiling, and whatever came over 60 ms past its target in a burst.
+    pub frames_removed: AtomicU64,
     /// The depth the jitter buffer aims for.
     pub jitter_target_ms: AtomicU64,
     /// Audio the jitter buffer held when it last handed out a packet: the

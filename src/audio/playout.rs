@@ -14,6 +14,9 @@
 //! When it runs dry, the packet due is late, not lost (none after it is
 //! here either): it is waited for, concealed meanwhile, and played when it
 //! comes, rather than given up on and the buffer filled again from empty.
+//! The time waited is the depth the path needed; only what lifts the
+//! buffer past `jitter_max_ms` is given back, by dropping a packet that
+//! decodes to a pause after a pause.
 //!
 //! Whatever the agent sends, playout goes on: a packet libopus refuses (or
 //! that is not Opus at all) is counted as undecodable and concealed in its
@@ -96,6 +99,9 @@ pub struct JitterBuffer {
     /// Audio played since the buffer ran empty (concealment, then
     /// silence), samples.
     waited: u32,
+    /// Time waited for late packets this talkspurt and not yet given back
+    /// in a pause, samples.
+    owed: u32,
     late_run: u32,
     /// RFC 3550 interarrival jitter, in ms.
     jitter_ms: f32,
@@ -125,6 +131,11 @@ pub enum NextFrame {
         samples: Option<usize>,
         /// Audio to conceal if it does not decode.
         conceal: usize,
+        /// Waiting for late packets has left the buffer deeper than
+        /// `jitter_max_ms` besides this packet: should it decode to a
+        /// pause after a pause, it may be dropped unheard to give that
+        /// time back (see [`JitterBuffer::gave_back`]).
+        droppable: bool,
     },
     /// `samples` of audio were lost, or are late and waited for (a
     /// multiple of 2.5 ms, at most 120 ms); `next` is the following packet
@@ -158,6 +169,7 @@ impl JitterBuffer {
             next_ts: None,
             buffering: true,
             waited: 0,
+            owed: 0,
             late_run: 0,
             jitter_ms: 0.0,
             last_arrival: None,
@@ -293,6 +305,7 @@ impl JitterBuffer {
         let slack = CATCH_UP_MS * PER_MS + longest.saturating_sub(DEFAULT_SPAN);
         let target = self.target().0 * PER_MS;
         while depth > self.needed(next) + slack && depth - self.span(next) >= target {
+            AudioMetrics::add(&self.metrics.frames_removed, 1);
             let span = self.span(next);
             self.slots[usize::from(next) % SLOTS] = None;
             depth -= span;
@@ -327,10 +340,15 @@ impl JitterBuffer {
             self.next_seq = Some(following);
             self.next_ts = Some(slot.packet.timestamp.wrapping_add(slot.span()));
             self.waited = 0;
+            // The time waited is the depth the path needed; only what
+            // lifts the buffer past its ceiling is given back.
+            let ceiling = self.needed(next).max(self.max_ms * PER_MS);
+            let droppable = self.owed >= slot.span() && depth >= ceiling + slot.span();
             return NextFrame::Packet {
                 packet: slot.packet,
                 samples,
                 conceal: until_next.or(samples).unwrap_or(OPUS_FRAME),
+                droppable,
             };
         }
         if seq_after(self.highest_seq, next) {
@@ -356,6 +374,7 @@ impl JitterBuffer {
         // to the target.
         if self.waited < MAX_CONCEALED_RUN * DEFAULT_SPAN {
             self.waited += DEFAULT_SPAN;
+            self.owed += DEFAULT_SPAN;
             AudioMetrics::add(&self.metrics.packets_concealed, 1);
             return NextFrame::Lost {
                 next: None,
@@ -364,6 +383,7 @@ impl JitterBuffer {
         }
         // Each call past the concealment is a 10 ms frame of silence.
         self.waited += FRAME_48K as u32;
+        self.owed += FRAME_48K as u32;
         if self.waited > MAX_CONCEALED_RUN * DEFAULT_SPAN + self.max_ms * PER_MS {
             self.reset();
         }
@@ -377,8 +397,14 @@ impl JitterBuffer {
         self.next_ts = None;
         self.buffering = true;
         self.waited = 0;
+        self.owed = 0;
         self.late_run = 0;
         self.last_arrival = None;
+    }
+
+    /// A droppable packet of `samples` was dropped: that much less is owed.
+    pub fn gave_back(&mut self, samples: u32) {
+        self.owed = self.owed.saturating_sub(samples);
     }
 }
 
@@ -519,7 +545,15 @@ impl Playout {
                     packet,
                     samples,
                     conceal: instead,
+                    droppable,
                 } => match samples.map(|_| self.decoder.decode(packet.payload.bytes(), free)) {
+                    Some(Ok(n)) if droppable && self.after_pause && is_quiet(&free[..n]) => {
+                        // A pause in a pause: dropped, the time waited
+                        // for a late packet given back unheard.
+                        self.jitter.gave_back(n as u32);
+                        AudioMetrics::add(&self.metrics.frames_removed, 1);
+                        continue;
+                    }
                     Some(Ok(n)) => {
                         AudioMetrics::add(&self.metrics.packets_played, 1);
                         n
@@ -563,6 +597,13 @@ impl Playout {
         }
         true
     }
+}
+
+/// Whether decoded audio is a pause (below [`QUIET_POWER`]); garbage
+/// (NaN) is not.
+fn is_quiet(pcm: &[f32]) -> bool {
+    let power: f32 = pcm.iter().map(|s| s * s).sum();
+    power < QUIET_POWER * pcm.len() as f32
 }
 
 /// Fills `out` in place of lost audio: FEC from `next` when it has any,
@@ -788,6 +829,62 @@ mod tests {
             2 * (60 + concealed as usize),
             "every packet and every concealed frame played once"
         );
+    }
+
+    #[test]
+    fn time_waited_past_the_ceiling_is_given_back_in_the_next_pause() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        // Speech, 1 s of silence, speech: one stream.
+        let speech = speech();
+        let silence = [0.0; OPUS_FRAME];
+        let talk = || speech[48_000..].chunks_exact(OPUS_FRAME).take(50);
+        let pkts = encoded(
+            talk()
+                .chain(std::iter::repeat_n(&silence[..], 50))
+                .chain(talk()),
+            0,
+        );
+        // Jittery enough for the deepest buffer (80 ms), then a stall
+        // while the bot talks: packets 30 to 34 come at once, the first
+        // 100 ms late, and the buffer runs dry waiting for it.
+        let arrivals: Vec<u32> = (0..150u32)
+            .map(|k| match k {
+                30..35 => 30 * 20 + 100 + 61,
+                _ => k * 20 + (k * 7919) % 61,
+            })
+            .collect();
+        let mut delays = Vec::new();
+        let mut out = [0.0; FRAME_48K];
+        for tick in 0..400u32 {
+            let now = tick * 10;
+            for (p, &at) in pkts.iter().zip(&arrivals) {
+                if at >= now && at < now + 10 {
+                    playout.push(*p, Millis(now));
+                }
+            }
+            playout.next_frame(&mut out);
+            delays.push(
+                metrics
+                    .jitter_delay_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
+        let removed = AudioMetrics::get(&metrics.frames_removed);
+        assert!(removed > 0, "nothing given back");
+        // Past the spike the buffer held more than its 80 ms ceiling; by
+        // the second stretch of speech (from 2 s on) it is back under it.
+        assert!(delays[70..100].iter().any(|&d| d > 80), "{delays:?}");
+        assert!(delays[220..300].iter().all(|&d| d <= 80), "{delays:?}");
+        // Nothing else was dropped: every packet played but those removed
+        // (the pauses given back, and what the catch-up cut when the stall
+        // ended) and those the jitter made late.
+        let late = AudioMetrics::get(&metrics.packets_late);
+        assert_eq!(
+            AudioMetrics::get(&metrics.packets_played) + removed + late,
+            150
+        );
+        assert!(late <= 1, "{late} late");
     }
 
     #[test]

@@ -153,6 +153,9 @@ pub struct PlayoutSummary {
     pub packets_fec_recovered: u64,
     /// Frames of concealment inserted in pauses to deepen the jitter buffer.
     pub frames_inserted: u64,
+    /// Packets dropped to cut the jitter buffer's delay (pauses after a
+    /// wait for late packets, anything after a burst).
+    pub frames_removed: u64,
     /// Median audio held by the jitter buffer while the agent's audio played.
     pub jitter_delay_median_ms: Option<u64>,
     /// The loss the encoder was told to expect at the end (percent).
@@ -519,6 +522,7 @@ pub async fn run_call(
         packets_concealed: AudioMetrics::get(&metrics.packets_concealed),
         packets_fec_recovered: AudioMetrics::get(&metrics.packets_fec_recovered),
         frames_inserted: AudioMetrics::get(&metrics.frames_inserted),
+        frames_removed: AudioMetrics::get(&metrics.frames_removed),
         jitter_delay_median_ms: jitter_delays.get(jitter_delays.len() / 2).copied(),
         expected_loss_percent: expected_loss.percent(),
     };

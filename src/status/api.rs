@@ -99,6 +99,9 @@ pub struct PlayoutDoc {
     pub packets_fec_recovered: u64,
     /// Frames inserted in pauses to deepen the jitter buffer.
     pub frames_inserted: u64,
+    /// Packets dropped to cut the jitter buffer's delay (pauses after a
+    /// wait for late packets, anything after a burst).
+    pub frames_removed: u64,
     /// The depth the jitter buffer aims for, and what it last held.
     pub jitter_target_ms: u64,
     pub jitter_delay_ms: u64,
@@ -113,6 +116,7 @@ impl PlayoutDoc {
             packets_concealed: AudioMetrics::get(&m.packets_concealed),
             packets_fec_recovered: AudioMetrics::get(&m.packets_fec_recovered),
             frames_inserted: AudioMetrics::get(&m.frames_inserted),
+            frames_removed: AudioMetrics::get(&m.frames_removed),
             jitter_target_ms: m.jitter_target_ms.load(Relaxed),
             jitter_delay_ms: m.jitter_delay_ms.load(Relaxed),
         }

@@ -235,6 +235,7 @@ pub fn record_audio(a: &AudioMetrics) {
         &a.packets_fec_recovered,
     );
     total("kiosk_audio_frames_inserted_total", &a.frames_inserted);
+    total("kiosk_audio_frames_removed_total", &a.frames_removed);
     gauge!("kiosk_audio_jitter_buffer_delay_seconds")
         .set(a.jitter_delay_ms.load(Relaxed) as f64 / 1000.0);
     total(

@@ -74,8 +74,8 @@ pub struct CallLines {
     /// "0.0 % / 0.0 %".
     pub loss: String,
     /// The bot's audio since start: packets concealed (of them rebuilt
-    /// from FEC), frames inserted to deepen the jitter buffer, and its
-    /// delay against its target.
+    /// from FEC), frames inserted to deepen the jitter buffer and removed
+    /// to cut its delay, and its delay against its target.
     pub playout: String,
     /// "32 / 40 kbit/s".
     pub rate: String,
@@ -220,10 +220,11 @@ impl PageView {
         let ms = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.1} ms"));
         let playout = doc.playout.as_ref().map_or("—".to_string(), |p| {
             format!(
-                "{} concealed ({} by FEC, {} inserted) / {} ms (target {} ms)",
+                "{} concealed ({} by FEC, {} inserted, {} removed) / {} ms (target {} ms)",
                 p.packets_concealed,
                 p.packets_fec_recovered,
                 p.frames_inserted,
+                p.frames_removed,
                 p.jitter_delay_ms,
                 p.jitter_target_ms
             )

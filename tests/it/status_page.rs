@@ -227,7 +227,7 @@ fn the_page_follows_a_live_demo_session() {
         "{seen}"
     );
     assert_eq!(seen["link_loss"], "0.0 % / 0.0 %", "{seen}");
-    // "0 concealed (0 by FEC, 0 inserted) / 40 ms (target 40 ms)"
+    // "0 concealed (0 by FEC, 0 inserted, 0 removed) / 40 ms (target 40 ms)"
     let playout = seen["link_playout"].as_str().unwrap();
     let figures: Vec<u64> = playout
         .split(|c: char| !c.is_ascii_digit())
@@ -236,9 +236,10 @@ fn the_page_follows_a_live_demo_session() {
     assert!(
         playout.contains(" concealed (")
             && playout.contains(" by FEC, ")
-            && playout.contains(" inserted) / ")
+            && playout.contains(" inserted, ")
+            && playout.contains(" removed) / ")
             && playout.ends_with(" ms)")
-            && figures.len() == 5
+            && figures.len() == 6
             && figures[1] <= figures[0],
         "{seen}"
     );
