@@ -606,20 +606,24 @@ async fn run_through_5_percent_loss_with_a_pipecat_bot() {
         lossy.loss_out_percent(),
         lossy.relay_loss_out_percent()
     );
-    // The goal, 80 ms, was the median in eight runs of nine since the
-    // buffer deepens mid-stream (up to its 80 ms ceiling), 100 ms in one:
-    // the depth moves by whole 20 ms packets. The goal line above reports
-    // a run one packet over; only a deeper one fails.
+    // The goal, 80 ms, was the median in seven runs of seven since the
+    // time waited for late packets past the buffer's 80 ms ceiling is
+    // given back (100 ms in 2 of 10 runs before): the depth moves by whole
+    // 20 ms packets. The goal line above reports a run one packet over;
+    // only a deeper one fails.
     assert!(
         lossy.jitter_delay_median_ms <= 100,
         "the jitter buffer's median delay was {} ms",
         lossy.jitter_delay_median_ms
     );
     assert_eq!(lossy.sentences, 8, "every turn answered: {lossy:#?}");
-    // 98.3% to 100% in five runs since the buffer waits for a late packet
-    // when it runs dry (95.3% to 99.1% before, the lowest plays cut by
-    // silence while it filled again from empty; 94.0% in a CI run). The
-    // goal line above reports the 98%.
+    // Since the buffer waits for a late packet when it runs dry, 97.0% to
+    // 100% in ten runs, 98% or more in eight (95.3% to 99.1% before, the
+    // lowest plays cut by silence while it filled again from empty; 94.0%
+    // in a CI run); giving back the time waited past its ceiling, 96.1% to
+    // 99.6% in seven runs, 98% or more in three. What is left is mostly
+    // lost onsets, which concealment cannot rebuild and the bot sends no
+    // FEC for. The goal line above reports the 98%.
     assert!(
         lossy.delivered >= 0.90,
         "{:.1}% of the reply delivered",
