@@ -313,6 +313,21 @@ impl JitterBuffer {
             next = next.wrapping_add(1);
             self.next_seq = Some(next);
         }
+        // While the buffer was dry, `waited` was played in place of the
+        // packet due, taken for late; a later packet here and not it says
+        // it was lost (or is later still): the time played covers it,
+        // rather than being concealed again after the wait.
+        while self.waited >= DEFAULT_SPAN
+            && self.slot(next).is_none()
+            && seq_after(self.highest_seq, next)
+        {
+            self.waited -= DEFAULT_SPAN;
+            self.owed = self.owed.saturating_sub(DEFAULT_SPAN);
+            depth = depth.saturating_sub(DEFAULT_SPAN);
+            self.next_ts = self.next_ts.map(|t| t.wrapping_add(DEFAULT_SPAN));
+            next = next.wrapping_add(1);
+            self.next_seq = Some(next);
+        }
         // The target grows with the measured jitter, but buffering reaches
         // it only at a talkspurt's start, and an agent that streams its
         // silences (Pipecat) makes one talkspurt of the whole call.
@@ -832,6 +847,29 @@ mod tests {
     }
 
     #[test]
+    fn a_loss_found_while_the_buffer_waits_is_not_concealed_twice() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        // A steady stream (the buffer 40 ms deep) losing packets 30 to 32:
+        // the buffer runs dry waiting for 30, and packet 33 then says they
+        // were lost.
+        let mut pkts = packets(50);
+        pkts.drain(30..33);
+        let arrivals: Vec<u32> = (0..50u32)
+            .filter(|k| !(30..33).contains(k))
+            .map(|k| k * 20)
+            .collect();
+        let frames = play(&mut playout, &pkts, &arrivals, 160);
+        let (start, gaps) = start_and_gaps(&frames);
+        let end = frames.iter().rposition(|f| f.0).unwrap();
+        assert_eq!(AudioMetrics::get(&metrics.packets_played), 47);
+        // The stream plays for as long as was sent (50 packets) and the
+        // concealment of its end: the time waited covered the loss.
+        assert_eq!(end + 1 - start, 2 * (50 + MAX_CONCEALED_RUN as usize));
+        assert!(gaps <= 2, "{gaps} silent frames in the loss");
+    }
+
+    #[test]
     fn time_waited_past_the_ceiling_is_given_back_in_the_next_pause() {
         let metrics = Arc::new(AudioMetrics::default());
         let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
@@ -846,12 +884,13 @@ mod tests {
             0,
         );
         // Jittery enough for the deepest buffer (80 ms), then a stall
-        // while the bot talks: packets 30 to 34 come at once, the first
-        // 100 ms late, and the buffer runs dry waiting for it.
+        // while the bot talks: from packet 30 on, nothing comes before
+        // 100 ms after 30 was due, and the buffer runs dry waiting for it.
+        let stall_ends = 30 * 20 + 61 + 100;
         let arrivals: Vec<u32> = (0..150u32)
-            .map(|k| match k {
-                30..35 => 30 * 20 + 100 + 61,
-                _ => k * 20 + (k * 7919) % 61,
+            .map(|k| {
+                let at = k * 20 + (k * 7919) % 61;
+                if k >= 30 { at.max(stall_ends) } else { at }
             })
             .collect();
         let mut delays = Vec::new();
