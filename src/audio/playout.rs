@@ -673,6 +673,20 @@ mod tests {
             .collect()
     }
 
+    /// One stream, as an agent that sends its silences makes: `talk`
+    /// packets of the bot's speech, 1 s of silence, the same speech again.
+    fn talk_pause_talk(talk: usize) -> Vec<IncomingPacket> {
+        let speech = speech();
+        let silence = [0.0; OPUS_FRAME];
+        let words = || speech[48_000..].chunks_exact(OPUS_FRAME).take(talk);
+        encoded(
+            words()
+                .chain(std::iter::repeat_n(&silence[..], 50))
+                .chain(words()),
+            0,
+        )
+    }
+
     /// Simulates 10 ms ticks; `arrivals[k]` is when packet k arrives (ms).
     /// Returns, per output frame, whether it was audible and its samples.
     fn play(
@@ -750,17 +764,8 @@ mod tests {
     fn when_the_jitter_grows_mid_stream_the_buffer_deepens_in_the_next_pause() {
         let metrics = Arc::new(AudioMetrics::default());
         let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
-        // One stream, as an agent that sends its silences makes: 2 s of
-        // speech, 1 s of silence, 2 s of speech.
-        let speech = speech();
-        let silence = [0.0; OPUS_FRAME];
-        let talk = || speech[48_000..].chunks_exact(OPUS_FRAME).take(100);
-        let pkts = encoded(
-            talk()
-                .chain(std::iter::repeat_n(&silence[..], 50))
-                .chain(talk()),
-            0,
-        );
+        // 2 s of speech, 1 s of silence, 2 s of speech.
+        let pkts = talk_pause_talk(100);
         // Steady for the first second, then 0 to 60 ms of delay.
         let arrivals: Vec<u32> = (0..250u32)
             .map(|k| k * 20 + if k < 50 { 0 } else { (k * 7919) % 61 })
@@ -873,16 +878,8 @@ mod tests {
     fn time_waited_past_the_ceiling_is_given_back_in_the_next_pause() {
         let metrics = Arc::new(AudioMetrics::default());
         let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
-        // Speech, 1 s of silence, speech: one stream.
-        let speech = speech();
-        let silence = [0.0; OPUS_FRAME];
-        let talk = || speech[48_000..].chunks_exact(OPUS_FRAME).take(50);
-        let pkts = encoded(
-            talk()
-                .chain(std::iter::repeat_n(&silence[..], 50))
-                .chain(talk()),
-            0,
-        );
+        // 1 s of speech, 1 s of silence, 1 s of speech.
+        let pkts = talk_pause_talk(50);
         // Jittery enough for the deepest buffer (80 ms), then a stall
         // while the bot talks: from packet 30 on, nothing comes before
         // 100 ms after 30 was due, and the buffer runs dry waiting for it.
