@@ -762,46 +762,34 @@ mod tests {
 
     #[test]
     fn when_the_jitter_grows_mid_stream_the_buffer_deepens_in_the_next_pause() {
-        let metrics = Arc::new(AudioMetrics::default());
-        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
         // 2 s of speech, 1 s of silence, 2 s of speech.
         let pkts = talk_pause_talk(100);
         // Steady for the first second, then 0 to 60 ms of delay.
         let arrivals: Vec<u32> = (0..250u32)
             .map(|k| k * 20 + if k < 50 { 0 } else { (k * 7919) % 61 })
             .collect();
-        // What the jitter costs: packets that came after their turn, and
-        // frames concealed (lost ones, none here, and those waited for
-        // while the buffer ran dry), less the concealment of the stream's end.
-        let missed = || {
-            AudioMetrics::get(&metrics.packets_late) + AudioMetrics::get(&metrics.packets_concealed)
-                - u64::from(MAX_CONCEALED_RUN)
-        };
-        let missed_in_speech = {
+        // Plays the first `packets`; returns what the jitter cost (packets
+        // that came after their turn, and frames concealed: lost ones, none
+        // here, and those waited for while the buffer ran dry, less the
+        // concealment of the stream's end) and the frames inserted.
+        let run = |packets: usize, ticks: u32| {
+            let metrics = Arc::new(AudioMetrics::default());
             let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
-            play(&mut playout, &pkts[..100], &arrivals[..100], 220);
-            missed()
+            play(&mut playout, &pkts[..packets], &arrivals[..packets], ticks);
+            let missed = AudioMetrics::get(&metrics.packets_late)
+                + AudioMetrics::get(&metrics.packets_concealed)
+                - u64::from(MAX_CONCEALED_RUN);
+            (missed, AudioMetrics::get(&metrics.frames_inserted))
         };
         // While the bot still talks, the buffer is as deep as it was when
         // the stream started, and the new jitter costs audio.
+        let (missed_in_speech, _) = run(100, 220);
         assert!(missed_in_speech > 0, "the jitter cost nothing");
-        metrics
-            .packets_late
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        metrics
-            .packets_concealed
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        metrics
-            .frames_inserted
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        play(&mut playout, &pkts, &arrivals, 540);
-        assert!(
-            AudioMetrics::get(&metrics.frames_inserted) > 0,
-            "the buffer never deepened"
-        );
+        let (missed, inserted) = run(250, 540);
+        assert!(inserted > 0, "the buffer never deepened");
         // The second stretch of speech, as jittery, costs nothing: the
         // buffer deepened in the pause.
-        assert_eq!(missed(), missed_in_speech, "audio missed after the pause");
+        assert_eq!(missed, missed_in_speech, "audio missed after the pause");
     }
 
     #[test]
