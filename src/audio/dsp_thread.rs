@@ -12,10 +12,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::mpsc::Receiver;
 use tracing::{error, info, warn};
 
 use super::backend::Pacer;
