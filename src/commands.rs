@@ -20,6 +20,12 @@ pub use crate::agent::run_until_interrupted as loopback_agent;
 pub fn check(path: &Path, out: &mut impl Write, err: &mut impl Write) -> std::io::Result<bool> {
     match Config::load(path, &Env::from_process()) {
         Ok(c) => {
+            // The one file the config names that `run` reads at start-up.
+            if let Err(e) = crate::daemon::session_settings(&c) {
+                writeln!(err, "error: {}", error_chain(&e))?;
+                writeln!(err, "{}: 1 problem", path.display())?;
+                return Ok(false);
+            }
             writeln!(out, "{}: ok", path.display())?;
             writeln!(out, "  kiosk        {} ({})", c.kiosk.id, c.kiosk.name)?;
             writeln!(
@@ -34,6 +40,12 @@ pub fn check(path: &Path, out: &mut impl Write, err: &mut impl Write) -> std::io
                 c.audio.output,
                 c.vad.aggressiveness.level()
             )?;
+            let prompt = c
+                .session
+                .failure_prompt
+                .as_ref()
+                .map_or("built in".to_string(), |p| p.display().to_string());
+            writeln!(out, "  prompt       {prompt}")?;
             writeln!(out, "  store        {}", c.store.path.display())?;
             writeln!(out, "  status       http://{}/", c.status.listen)?;
             let sync = c

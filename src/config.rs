@@ -165,7 +165,8 @@ pub struct SessionConfig {
     pub ready_timeout: Duration,
     /// A dropped call is given up (and provisioned anew) after this long.
     pub reconnect_timeout: Duration,
-    /// WAV (48 kHz mono) played when a session cannot be set up; `None`: the built-in one.
+    /// WAV (any rate and channel count) played when a session cannot be set up;
+    /// `None`: the built-in one.
     pub failure_prompt: Option<PathBuf>,
 }
 

@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::agent_settings::ProvisionMode;
 use crate::assets;
-use crate::audio::{self, AudioEngine, Prompt};
+use crate::audio::{AudioEngine, Prompt};
 use crate::config::Config;
 use crate::control::Published;
 use crate::daily::DailyClient;
@@ -298,16 +298,14 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 
 /// The orchestrator's settings from the config.
 pub fn session_settings(config: &Config) -> Result<SessionSettings, DaemonError> {
-    let (path, clip) = match &config.session.failure_prompt {
-        Some(path) => (path.clone(), audio::read_wav(path)),
+    let (path, prompt) = match &config.session.failure_prompt {
+        Some(path) => (path.clone(), Prompt::open(path, &config.audio)),
         None => (
             "(built in)".into(),
-            audio::read_wav_bytes(assets::FAILURE_PROMPT),
+            Prompt::built_in(assets::FAILURE_PROMPT, &config.audio),
         ),
     };
-    let failure_prompt = clip
-        .and_then(|clip| Prompt::encode(&clip, &config.audio))
-        .map_err(|source| DaemonError::Prompt { path, source })?;
+    let failure_prompt = prompt.map_err(|source| DaemonError::Prompt { path, source })?;
     Ok(SessionSettings {
         kiosk_id: config.kiosk.id.to_string(),
         trigger: config.session.trigger,

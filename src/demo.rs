@@ -22,9 +22,7 @@ use url::Url;
 use crate::agent::{AgentError, LoopbackAgent, LoopbackAgentConfig, media};
 use crate::agent_settings::{AgentSettings, ProvisionMode};
 use crate::assets::{DEMO_REPLY, DEMO_VISITOR, FAILURE_PROMPT};
-use crate::audio::{
-    AudioEngine, AudioError, AudioSettings, DeviceSpec, Prompt, VadSettings, read_wav_bytes,
-};
+use crate::audio::{AudioEngine, AudioError, AudioSettings, DeviceSpec, Prompt, VadSettings};
 use crate::config::Trigger;
 use crate::control::{LinkView, Published};
 use crate::link::LinkSettings;
@@ -312,7 +310,7 @@ async fn run_async(
         ready_timeout: Duration::from_secs(5),
         link,
         sip: SipTimeouts::default(),
-        failure_prompt: Some(Prompt::encode(&read_wav_bytes(FAILURE_PROMPT)?, &audio)?),
+        failure_prompt: Some(Prompt::built_in(FAILURE_PROMPT, &audio)?),
         failure_backoff_min: Duration::from_secs(2),
         failure_backoff_max: Duration::from_secs(60),
     };

@@ -111,7 +111,7 @@ pub use echo_gate::EchoGate;
 pub use engine::{AudioEngine, PlayoutSender, SoundCheck};
 pub use metrics::{AudioMetrics, EngineFailure};
 pub use playout::{IncomingPacket, JitterBuffer, NextFrame, Playout};
-pub use prompt::Prompt;
+pub use prompt::{Prompt, PromptPackets};
 pub use queue::EngineReceiver;
 pub use resample::{StreamResampler, resample_clip};
 pub use segmenter::{SegmentOutput, Segmenter, Utterance};
@@ -142,6 +142,9 @@ pub enum AudioError {
     /// WAV data in memory is unusable.
     #[error("WAV data")]
     WavData(#[source] hound::Error),
+    /// A clip's sample rate is not one a kiosk plays.
+    #[error("the clip's sample rate, {0}, is outside 8 to 192 kHz")]
+    ClipRate(units::SampleRate),
     /// The resampler failed.
     #[error("resampler: {0}")]
     Resampler(String),

@@ -121,11 +121,40 @@ impl<R: Read> MonoSamples<R> {
     }
 }
 
-/// A WAV file decoded a block at a time, as [`read_wav`] decodes it, for a
-/// `wav:` microphone: it holds its reader's buffer, not the recording (a
-/// minute at 16 kHz is 3.7 MiB as `f32`).
-pub(crate) struct WavStream {
-    mono: MonoSamples<BufReader<File>>,
+/// A WAV decoded a block at a time, as [`read_wav`] decodes it, for a
+/// `wav:` microphone and the failure prompt: it holds its reader's buffer,
+/// not the recording (a minute at 16 kHz is 3.7 MiB as `f32`).
+pub(crate) struct WavStream<R: Read = BufReader<File>> {
+    mono: MonoSamples<R>,
+}
+
+impl<R: Read> WavStream<R> {
+    /// Reads the header from `reader`; the samples are decoded as they are
+    /// read, so damage past the header only ends the stream early.
+    pub fn new(reader: R) -> Result<Self, hound::Error> {
+        Ok(Self {
+            mono: MonoSamples::new(hound::WavReader::new(reader)?),
+        })
+    }
+
+    /// The file's sample rate.
+    pub fn rate(&self) -> SampleRate {
+        self.mono.rate()
+    }
+
+    /// Fills the start of `out` with the next mono samples and returns how
+    /// many it had: fewer than `out.len()` only at the end of the file.
+    pub fn read(&mut self, out: &mut [f32]) -> usize {
+        for (filled, slot) in out.iter_mut().enumerate() {
+            match self.mono.next_sample() {
+                Some(Ok(v)) => *slot = v,
+                // Checked whole at open: an error now is the file changing
+                // under the gateway, and it goes quiet as at its end.
+                _ => return filled,
+            }
+        }
+        out.len()
+    }
 }
 
 impl WavStream {
@@ -144,25 +173,6 @@ impl WavStream {
             .seek(0)
             .map_err(|e| wav_err(hound::Error::IoError(e)))?;
         Ok(Self { mono })
-    }
-
-    /// The file's sample rate.
-    pub fn rate(&self) -> SampleRate {
-        self.mono.rate()
-    }
-
-    /// Fills the start of `out` with the next mono samples and returns how
-    /// many it had: fewer than `out.len()` only at the end of the file.
-    pub fn read(&mut self, out: &mut [f32]) -> usize {
-        for (filled, slot) in out.iter_mut().enumerate() {
-            match self.mono.next_sample() {
-                Some(Ok(v)) => *slot = v,
-                // Checked whole at open: an error now is the file changing
-                // under the gateway, and the room goes quiet as at its end.
-                _ => return filled,
-            }
-        }
-        out.len()
     }
 }
 

@@ -833,15 +833,30 @@ impl Orchestrator {
     /// agent's audio arrives: the jitter buffer holds tens of milliseconds,
     /// not a whole sentence.
     fn play_failure_prompt(&mut self) {
-        let Some(prompt) = self.settings.failure_prompt.clone() else {
+        let Some(prompt) = &self.settings.failure_prompt else {
             return;
+        };
+        let packets = match prompt.packets() {
+            Ok(packets) => packets,
+            Err(e) => {
+                warn!(error = %error_chain(&e), "cannot play the failure prompt");
+                return;
+            }
         };
         let playout = self.engine.playout();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Prompt::PACKET_DURATION);
-            for packet in prompt.packets() {
-                tick.tick().await;
-                playout.push(packet);
+            for packet in packets {
+                match packet {
+                    Ok(packet) => {
+                        tick.tick().await;
+                        playout.push(packet);
+                    }
+                    Err(e) => {
+                        warn!(error = %error_chain(&e), "the failure prompt stopped");
+                        return;
+                    }
+                }
             }
         });
     }

@@ -66,6 +66,39 @@ fn check_names_every_problem_and_touches_nothing() {
 }
 
 #[test]
+fn check_reads_the_configured_failure_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = dir.path().join("prompt.wav");
+    common::write_wav(&prompt, 16_000, &[100; 16_000]);
+    let config = write_config(
+        dir.path(),
+        &format!("[session]\nfailure_prompt = \"{}\"\n", prompt.display()),
+    );
+    let out = command(&config).arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("prompt       {}", prompt.display())),
+        "{stdout}"
+    );
+
+    // Cut short: the header promises a second, the file holds 0.1 s.
+    let bytes = std::fs::read(&prompt).unwrap();
+    std::fs::write(&prompt, &bytes[..44 + 3_200]).unwrap();
+    let out = command(&config).arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "error: cannot read the failure prompt {}: WAV file {}",
+            prompt.display(),
+            prompt.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_reports_a_missing_file_and_syntax_errors() {
     let out = command(Path::new("/nonexistent/kiosk.toml"))
         .arg("check")

@@ -139,6 +139,30 @@ fn watchdog_is_fed_when_systemd_asks() {
 }
 
 #[test]
+fn a_damaged_failure_prompt_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // A WAV whose header promises a second of audio and holds 0.1 s.
+    let prompt = dir.path().join("prompt.wav");
+    common::write_wav(&prompt, 16_000, &[100; 16_000]);
+    let bytes = std::fs::read(&prompt).unwrap();
+    std::fs::write(&prompt, &bytes[..44 + 3_200]).unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("[session]\nfailure_prompt = \"{}\"\n", prompt.display()),
+    );
+    let out = common::command(&config).arg("run").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot read the failure prompt {}",
+            prompt.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_busy_status_port_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

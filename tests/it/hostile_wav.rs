@@ -39,6 +39,14 @@ fn read_both(bytes: &[u8]) {
     std::fs::write(&path, bytes).unwrap();
     let _ = kiosk_gateway::audio::read_wav(&path);
     let _ = kiosk_gateway::audio::read_wav_bytes(bytes);
+    // As a configured failure prompt: checked at start-up, then played.
+    let settings = kiosk_gateway::audio::AudioSettings::default();
+    if let Ok(prompt) = kiosk_gateway::audio::Prompt::open(&path, &settings) {
+        let packets = prompt.packets().unwrap();
+        for packet in packets {
+            packet.unwrap();
+        }
+    }
 }
 
 proptest! {

@@ -161,6 +161,44 @@ async fn an_unreachable_agent_plays_the_prompt_and_ends_the_session() {
     drop(d);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_prompt_file_is_played_in_place_of_the_built_in_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 s of a 440 Hz tone at 16 kHz: neither the built-in prompt's length,
+    // pitch nor rate.
+    let prompt = dir.path().join("prompt.wav");
+    let tone: Vec<i16> = (0..32_000)
+        .map(|i| {
+            (12_000.0 * (i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 16_000.0).sin()) as i16
+        })
+        .collect();
+    write_wav(&prompt, 16_000, &tone);
+    let config = config(
+        dir.path(),
+        "http://127.0.0.1:9/api/offer",
+        &format!("[session]\nfailure_prompt = \"{}\"\n", prompt.display()),
+    );
+    let d = Daemon::start(dir.path(), &config, &[]);
+    wait_session_end(&d, "the session fails", Duration::from_secs(20)).await;
+    wait_for_prompt(dir.path(), Duration::from_secs(10)).await;
+    // Past its end: the speaker holds the tone, whole, and nothing else.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let played = speaker_samples(dir.path());
+    let loud: Vec<usize> = (0..played.len())
+        .filter(|&i| played[i].unsigned_abs() > 1000)
+        .collect();
+    let (first, last) = (loud[0], loud[loud.len() - 1]);
+    let seconds = (last - first) as f64 / 48_000.0;
+    assert!((1.9..2.1).contains(&seconds), "{seconds:.2} s of sound");
+    let crossings = played[first..last]
+        .windows(2)
+        .filter(|w| (w[0] < 0) != (w[1] < 0))
+        .count();
+    let hz = crossings as f64 / 2.0 / seconds;
+    assert!((430.0..450.0).contains(&hz), "played at {hz:.0} Hz");
+    drop(d);
+}
+
 /// Milliseconds between two stored RFC 3339 timestamps.
 fn ms_between(from: &str, to: &str) -> i64 {
     let (a, b): (jiff::Timestamp, jiff::Timestamp) = (from.parse().unwrap(), to.parse().unwrap());
