@@ -22,7 +22,12 @@ pub fn check(path: &Path, out: &mut impl Write, err: &mut impl Write) -> std::io
         Ok(c) => {
             // The one file the config names that `run` reads at start-up.
             if let Err(e) = crate::daemon::session_settings(&c) {
-                writeln!(err, "error: {}", error_chain(&e))?;
+                writeln!(
+                    err,
+                    "error: {}: session.failure_prompt: {}",
+                    path.display(),
+                    error_chain(&e)
+                )?;
                 writeln!(err, "{}: 1 problem", path.display())?;
                 return Ok(false);
             }

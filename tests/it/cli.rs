@@ -90,7 +90,8 @@ fn check_reads_the_configured_failure_prompt() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "error: cannot read the failure prompt {}: WAV file {}",
+            "error: {}: session.failure_prompt: cannot read the failure prompt {}: WAV file {}",
+            config.display(),
             prompt.display(),
             prompt.display()
         )),
