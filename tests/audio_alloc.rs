@@ -149,7 +149,7 @@ fn converse(audio: &AudioSettings) -> (u64, u64) {
             dsp.push_packet(packets[next]);
             next += 1;
         }
-        dsp.play_frame(&mut out).unwrap();
+        dsp.play_frame(&mut out, true).unwrap();
         dsp.capture(&mic[tick * block..(tick + 1) * block], &mut sink)
             .unwrap();
         if tick > 150 {

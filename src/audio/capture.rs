@@ -236,6 +236,15 @@ impl CaptureProcessor {
         if let Some(canceller) = self.canceller.as_mut() {
             canceller.render(speaker);
         }
+        self.observe_unheard_playout(speaker);
+    }
+
+    /// As [`observe_playout`](Self::observe_playout), while no microphone
+    /// is open: only the echo gate's level follows it, so that it is right
+    /// the moment a microphone opens. The canceller's analysis of the
+    /// speaker would be most of an idle kiosk's CPU, for nothing to cancel
+    /// from; it picks the speaker up again with the microphone.
+    pub fn observe_unheard_playout(&mut self, speaker: &[f32; FRAME_48K]) {
         if let Some(gate) = self.gate.as_mut() {
             gate.observe_reference(Dbfs::rms(speaker));
         }

@@ -83,10 +83,19 @@ impl Dsp {
         self.capture.push_samples(samples, &mut sink)
     }
 
-    /// The next 10 ms for the speaker, at 48 kHz.
-    pub fn play_frame(&mut self, out: &mut [f32; FRAME_48K]) -> Result<(), AudioError> {
+    /// The next 10 ms for the speaker, at 48 kHz; `microphone_open`: a
+    /// microphone is open to hear it, and the echo canceller follows it.
+    pub fn play_frame(
+        &mut self,
+        out: &mut [f32; FRAME_48K],
+        microphone_open: bool,
+    ) -> Result<(), AudioError> {
         self.playout.next_frame(out);
-        self.capture.observe_playout(out);
+        if microphone_open {
+            self.capture.observe_playout(out);
+        } else {
+            self.capture.observe_unheard_playout(out);
+        }
         self.clock = Millis(self.clock.0 + FRAME_MS.0);
         Ok(())
     }

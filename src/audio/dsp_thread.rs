@@ -172,8 +172,9 @@ fn next_playout_frame(
     sound_check: &mut Option<ActiveCheck>,
     frame: &mut [f32; FRAME_48K],
     to_speaker: bool,
+    microphone_open: bool,
 ) -> Result<(), AudioError> {
-    dsp.play_frame(frame)?;
+    dsp.play_frame(frame, microphone_open)?;
     if let Some(check) = sound_check {
         check.play(frame, to_speaker);
     }
@@ -485,6 +486,7 @@ impl DspThread {
     }
 
     fn play(&mut self) -> Result<(), AudioError> {
+        let microphone_open = matches!(self.input, Input::Device { .. } | Input::Wav(_));
         match &mut self.output {
             Output::Device {
                 ring,
@@ -504,6 +506,7 @@ impl DspThread {
                         &mut self.sound_check,
                         &mut self.playout_frame,
                         true,
+                        microphone_open,
                     )?;
                     resampler.push(&self.playout_frame)?;
                     while resampler.pop_frame(frame) {
@@ -521,6 +524,7 @@ impl DspThread {
                         &mut self.sound_check,
                         &mut self.playout_frame,
                         true,
+                        microphone_open,
                     )?;
                     file.write(&self.playout_frame)?;
                 }
@@ -532,6 +536,7 @@ impl DspThread {
                         &mut self.sound_check,
                         &mut self.playout_frame,
                         false,
+                        microphone_open,
                     )?;
                 }
             }

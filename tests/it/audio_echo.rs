@@ -73,7 +73,7 @@ fn converse(mic: &[f32], audio: &AudioSettings) -> Run {
             dsp.push_packet(packets[next_packet]);
             next_packet += 1;
         }
-        dsp.play_frame(&mut out).unwrap();
+        dsp.play_frame(&mut out, true).unwrap();
         playout_peaks.push(out.iter().fold(0.0f32, |m, s| m.max(s.abs())));
         // The microphone hears the room from when the speaker starts playing.
         if mic_pos.is_none() && dsp.bot_playing() {
