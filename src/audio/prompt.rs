@@ -112,7 +112,6 @@ impl std::fmt::Debug for Prompt {
 /// and an encoder, not the clip.
 pub struct PromptPackets {
     wav: WavStream<Box<dyn Read + Send>>,
-    rate: SampleRate,
     resampler: StreamResampler,
     encoder: OpusEncoder,
     /// 10 ms at the clip's rate.
@@ -142,7 +141,6 @@ impl PromptPackets {
             resampler: StreamResampler::new(rate, SampleRate::OPUS, block)?,
             encoder: OpusEncoder::new(settings)?,
             wav,
-            rate,
             block: vec![0.0; block],
             frame: vec![0.0; OPUS_FRAME],
             read: 0,
@@ -155,7 +153,8 @@ impl PromptPackets {
     /// The next packet; `None` once the whole clip is sent.
     fn next_packet(&mut self) -> Result<Option<IncomingPacket>, AudioError> {
         loop {
-            let clip_end = self.read * u64::from(SampleRate::OPUS.hz()) / u64::from(self.rate.hz());
+            let clip_end =
+                self.read * u64::from(SampleRate::OPUS.hz()) / u64::from(self.wav.rate().hz());
             if self.ended && self.sent >= clip_end {
                 return Ok(None);
             }
