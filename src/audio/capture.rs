@@ -300,6 +300,12 @@ impl CaptureProcessor {
         self.next_after_silence = true;
     }
 
+    /// Microphone audio the encoder lacks for its next packet: 10 ms while
+    /// it holds half of one, otherwise 20 (also while nothing is encoded).
+    pub fn until_next_packet(&self) -> Millis {
+        Millis::from_frames(((ENCODE_FRAME - self.opus_filled) / VAD_FRAME) as u64)
+    }
+
     /// Processes microphone samples (mono, at the input rate).
     pub fn push_samples(
         &mut self,

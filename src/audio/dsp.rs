@@ -83,6 +83,11 @@ impl Dsp {
         self.capture.push_samples(samples, &mut sink)
     }
 
+    /// Microphone audio the encoder lacks for its next packet.
+    pub fn until_next_packet(&self) -> Millis {
+        self.capture.until_next_packet()
+    }
+
     /// The next 10 ms for the speaker, at 48 kHz; `microphone_open`: a
     /// microphone is open to hear it, and the echo canceller follows it.
     pub fn play_frame(

@@ -36,8 +36,9 @@ use crate::liveness::{Part, wedge_requested};
 
 /// The DSP thread sleeps until there is work: a device callback, a control
 /// message or a paced file's next frame wakes it. This bounds the sleep so a
-/// device that stops calling back is still noticed.
-const MAX_WAIT: Duration = Duration::from_millis(20);
+/// device that stops calling back is still noticed; it is longer than the
+/// microphone's wake-ups, one per 20 ms packet, so it does not split them.
+const MAX_WAIT: Duration = Duration::from_millis(50);
 /// The wake-up interval while no microphone and no speaker is open: there is
 /// no callback to keep up with, only reopen attempts and paced playout that
 /// catches up in whole frames, so the kiosk costs nothing while it waits.
@@ -481,6 +482,10 @@ impl DspThread {
         }
         if n > 0 {
             self.dsp.capture(&self.block[..n], &mut self.sink)?;
+            self.sink
+                .clock
+                .wake_after
+                .store(self.dsp.until_next_packet().0, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -9,10 +9,10 @@
 //! (`backend::cpal`): the DSP thread never waits for one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::{JoinHandle, Thread};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc::{self as async_mpsc, Sender, error::TrySendError};
 use tracing::warn;
@@ -153,10 +153,7 @@ impl AudioEngine {
                         events: event_tx,
                         frames: frame_tx,
                         metrics: metrics.clone(),
-                        clock: CaptureClock {
-                            last_input: Arc::new(AtomicU64::new(0)),
-                            epoch: Instant::now(),
-                        },
+                        clock: CaptureClock::start(),
                     };
                     let _panic = PanicReport(metrics.clone());
                     let setup = DspThread::new(audio, vad, metrics, sink, control_rx, stop);
@@ -296,7 +293,7 @@ impl Drop for AudioEngine {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use super::*;
     use crate::audio::codec::OpusEncoder;

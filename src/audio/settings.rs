@@ -91,12 +91,15 @@ pub struct AudioSettings {
     pub jitter_max_ms: Millis,
     /// Playout queued between the DSP thread and the speaker callback:
     /// enough to ride over the thread's wake-ups, small enough that a
-    /// barge-in fade is heard at once.
+    /// barge-in fade is heard at once. The microphone wakes the thread once
+    /// per 20 ms packet; 30 ms lasts from one wake-up to the next with a
+    /// 10 ms speaker period to spare. Less makes the speaker wake the thread
+    /// in between: 10 ms less delay for up to twice the wake-ups.
     pub device_buffer_ms: Millis,
     /// Microphone samples the ring between callback and DSP thread holds.
-    /// It adds no delay (the DSP thread drains it every 2 ms); it absorbs
-    /// bursts from devices that deliver faster than real time. Overflow is
-    /// dropped and counted.
+    /// It adds no delay (the DSP thread drains it as each packet's audio
+    /// comes in); it absorbs bursts from devices that deliver faster than
+    /// real time. Overflow is dropped and counted.
     pub input_buffer_ms: Millis,
     /// Backoff for reopening a device that failed, doubling up to the max.
     pub reopen_backoff_min_ms: Millis,
@@ -128,7 +131,7 @@ impl Default for AudioSettings {
             dtx: false,
             jitter_min_ms: Millis(40),
             jitter_max_ms: Millis(80),
-            device_buffer_ms: Millis(20),
+            device_buffer_ms: Millis(30),
             input_buffer_ms: Millis(500),
             reopen_backoff_min_ms: Millis(500),
             reopen_backoff_max_ms: Millis(10_000),

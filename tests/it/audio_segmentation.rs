@@ -198,6 +198,49 @@ fn speech_is_held_until_the_link_is_ready_then_every_frame_is_streamed() {
     assert_eq!(AudioMetrics::get(&metrics.utterances), 4);
 }
 
+/// A device's DSP thread wakes when the microphone has delivered what the
+/// engine asked for: each such wake-up must send exactly one packet, so
+/// no packet waits for a later wake-up.
+#[test]
+fn each_wake_up_for_the_audio_asked_for_sends_one_packet() {
+    let clip = read_wav(&fixture("multi_utterance_16k.wav")).unwrap();
+    let mut cap = capture_with(
+        &AudioSettings::default(),
+        &VadSettings::default(),
+        clip.rate,
+        Arc::new(AudioMetrics::default()),
+    );
+    let mut rec = Recorder::default();
+    let (before, after) = clip.samples.split_at(40_000);
+    for chunk in before.chunks(160) {
+        cap.push_samples(chunk, &mut rec).unwrap();
+    }
+    assert_eq!(cap.until_next_packet(), Millis(20), "nothing encoded yet");
+    cap.link_ready(&mut rec);
+    // Half a packet in (a wake-up for another reason took 10 ms): the next
+    // wake-up comes 10 ms later.
+    let (half, mut rest) = after.split_at(160);
+    cap.push_samples(half, &mut rec).unwrap();
+    assert_eq!(cap.until_next_packet(), Millis(10));
+    let mut wake_ups = 0;
+    while !rest.is_empty() {
+        let want = clip
+            .rate
+            .samples_in(cap.until_next_packet())
+            .min(rest.len());
+        let sent = rec.frames.len();
+        let (now, later) = rest.split_at(want);
+        cap.push_samples(now, &mut rec).unwrap();
+        rest = later;
+        if !rest.is_empty() {
+            assert_eq!(rec.frames.len(), sent + 1, "wake-up {wake_ups}");
+            assert_eq!(cap.until_next_packet(), Millis(20));
+        }
+        wake_ups += 1;
+    }
+    assert!(wake_ups > 500, "{wake_ups} wake-ups");
+}
+
 #[test]
 fn with_dtx_on_silences_send_nothing_and_speech_opens_talkspurts() {
     let metrics = Arc::new(AudioMetrics::default());

@@ -9,7 +9,7 @@
 //! DSP thread is only the device's sample ring and its "failed" flag.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use crate::audio::device::{
 };
 use crate::audio::metrics::AudioMetrics;
 use crate::audio::settings::{AudioSettings, DeviceSpec};
-use crate::audio::units::{FRAME_MS, Millis, SampleRate, f32_to_i16};
+use crate::audio::units::{FRAME_MS, Millis, SampleRate, WAKE_MS, f32_to_i16};
 use crate::audio::{AudioError, error_chain};
 
 /// Speaker ring space beyond `device_buffer_ms`, used only by devices that
@@ -67,6 +67,22 @@ pub struct CaptureClock {
     /// When the microphone last delivered samples (ns since `epoch`).
     pub last_input: Arc<AtomicU64>,
     pub epoch: Instant,
+    /// Queued microphone audio, in ms, that wakes the DSP thread: what the
+    /// encoder lacks for its next packet, so the thread wakes once per
+    /// packet and the packet leaves as soon as its audio is in.
+    pub wake_after: Arc<AtomicU32>,
+}
+
+impl CaptureClock {
+    /// A clock whose epoch is now; the first wake-up comes after a packet's
+    /// worth of audio.
+    pub fn start() -> Self {
+        CaptureClock {
+            last_input: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+            wake_after: Arc::new(AtomicU32::new(WAKE_MS.0)),
+        }
+    }
 }
 
 enum Request {
@@ -395,6 +411,8 @@ fn build_input<T: CallbackSample>(
     let data_metrics = metrics.clone();
     let clock = clock.clone();
     let dsp = wake.dsp.clone();
+    let capacity = producer.buffer().capacity();
+    let rate = chosen.rate();
     device
         .build_input_stream::<T, _, _>(
             chosen.config,
@@ -415,7 +433,10 @@ fn build_input<T: CallbackSample>(
                 clock
                     .last_input
                     .store(clock.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                dsp.unpark();
+                let wake_after = Millis(clock.wake_after.load(Ordering::Relaxed));
+                if capacity - producer.slots() >= rate.samples_in(wake_after) {
+                    dsp.unpark();
+                }
             },
             on_error(metrics, failed, wake),
             None,
