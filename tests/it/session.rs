@@ -173,9 +173,17 @@ async fn a_configured_prompt_file_is_played_in_place_of_the_built_in_one() {
         })
         .collect();
     write_wav(&prompt, 16_000, &tone);
-    let config = config(
+    // One utterance, so one failed session and one prompt: the fixture's
+    // second utterance would start another 4.2 s after the first.
+    let mut mic = silence(1000);
+    mic.extend(visitor_clip(U1_MS.0, U1_MS.1));
+    mic.extend(silence(12_000));
+    let input = dir.path().join("mic.wav");
+    write_wav(&input, 16_000, &mic);
+    let config = session_config(
         dir.path(),
-        "http://127.0.0.1:9/api/offer",
+        &input,
+        "offer_url = \"http://127.0.0.1:9/api/offer\"",
         &format!("[session]\nfailure_prompt = \"{}\"\n", prompt.display()),
     );
     let d = Daemon::start(dir.path(), &config, &[]);
