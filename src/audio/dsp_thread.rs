@@ -400,18 +400,27 @@ impl DspThread {
     }
 
     /// How long to sleep unless woken: device callbacks, the device keeper
-    /// and control messages other than packets wake the thread; paced files
-    /// and an absent speaker need it at their next frame.
+    /// and control messages other than packets wake the thread; a paced
+    /// file needs it when its audio completes the next packet, and with no
+    /// microphone a paced or absent speaker needs it at its next frame.
     fn next_wait(&self) -> Duration {
         // Packets from the link do not wake the thread: while a call
         // streams, it keeps the frame cadence even with nothing open.
         if self.nothing_open() && !self.link_ready {
             return IDLE_WAIT;
         }
-        let mut wait = MAX_WAIT;
-        if let Input::Wav(file) = &self.input {
-            wait = wait.min(file.pacer.until_next());
+        // An open microphone sets the pace, one wake-up per packet as a
+        // device's does; a file or absent speaker catches up in whole
+        // frames at each.
+        match &self.input {
+            Input::Wav(file) => {
+                let frames = self.dsp.until_next_packet().frames();
+                return MAX_WAIT.min(file.pacer.until_due(frames));
+            }
+            Input::Device { .. } => return MAX_WAIT,
+            Input::Closed | Input::Disabled => {}
         }
+        let mut wait = MAX_WAIT;
         match &self.output {
             Output::Wav(file) => wait = wait.min(file.pacer.until_next()),
             Output::Absent { pacer } => wait = wait.min(pacer.until_next()),

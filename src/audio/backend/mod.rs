@@ -19,7 +19,7 @@ pub struct Pacer {
 impl Pacer {
     /// A pacer whose frames fall due on the 10 ms grid that starts at
     /// `epoch`: pacers on one grid are due together, so a `wav:` microphone
-    /// and speaker wake the DSP thread once per frame, not twice.
+    /// and speaker wake the DSP thread together, not each on its own.
     pub fn on_grid(epoch: Instant) -> Self {
         let frame = u128::from(FRAME_MS.0) * 1_000_000;
         let since = Instant::now().saturating_duration_since(epoch).as_nanos();
@@ -40,7 +40,13 @@ impl Pacer {
 
     /// Time until the next frame is due.
     pub fn until_next(&self) -> Duration {
-        (self.start + Duration::from_millis((self.done + 1) * u64::from(FRAME_MS.0)))
+        self.until_due(1)
+    }
+
+    /// Time until `frames` more frames are due.
+    pub fn until_due(&self, frames: u32) -> Duration {
+        let at = self.done + u64::from(frames.max(1));
+        (self.start + Duration::from_millis(at * u64::from(FRAME_MS.0)))
             .saturating_duration_since(Instant::now())
     }
 
