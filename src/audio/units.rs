@@ -60,11 +60,6 @@ pub const VAD_FRAME: usize = 160;
 pub const FRAME_48K: usize = 480;
 /// Samples in one 20 ms Opus frame at 48 kHz.
 pub const OPUS_FRAME: usize = 960;
-/// Microphone audio that wakes the DSP thread: one 20 ms Opus frame. The
-/// encoder sends nothing before it has a whole frame, so waking for each
-/// 10 ms device period sends no packet sooner (the VAD hears the first half
-/// up to 10 ms later); it only doubles the wake-ups.
-pub const WAKE_MS: Millis = Millis(20);
 
 /// Level of a frame relative to digital full scale.
 ///

@@ -24,7 +24,7 @@ use crate::audio::device::{
 };
 use crate::audio::metrics::AudioMetrics;
 use crate::audio::settings::{AudioSettings, DeviceSpec};
-use crate::audio::units::{FRAME_MS, Millis, SampleRate, WAKE_MS, f32_to_i16};
+use crate::audio::units::{FRAME_MS, Millis, SampleRate, f32_to_i16};
 use crate::audio::{AudioError, error_chain};
 
 /// Speaker ring space beyond `device_buffer_ms`, used only by devices that
@@ -68,19 +68,22 @@ pub struct CaptureClock {
     pub last_input: Arc<AtomicU64>,
     pub epoch: Instant,
     /// Queued microphone audio, in ms, that wakes the DSP thread: what the
-    /// encoder lacks for its next packet, so the thread wakes once per
-    /// packet and the packet leaves as soon as its audio is in.
+    /// encoder lacks for its next packet, as the thread last said. The
+    /// encoder sends nothing before it has a whole 20 ms packet, so waking
+    /// for each 10 ms device period would send nothing sooner (the VAD
+    /// hears the first half up to 10 ms later); it would only double the
+    /// wake-ups.
     pub wake_after: Arc<AtomicU32>,
 }
 
 impl CaptureClock {
-    /// A clock whose epoch is now; the first wake-up comes after a packet's
-    /// worth of audio.
+    /// A clock whose epoch is now. Until the DSP thread has captured once,
+    /// every callback wakes it.
     pub fn start() -> Self {
         CaptureClock {
             last_input: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
-            wake_after: Arc::new(AtomicU32::new(WAKE_MS.0)),
+            wake_after: Arc::new(AtomicU32::new(0)),
         }
     }
 }
