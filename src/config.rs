@@ -270,7 +270,7 @@ pub enum LogTarget {
 /// `[log]`.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// A `tracing` filter such as `"info"` or `"info,kiosk_gateway::link=debug"`.
+    /// A level, or levels per target: `"info"`, `"info,kiosk_gateway::link=debug"`.
     pub level: String,
     /// Where log lines go.
     pub target: LogTarget,
@@ -718,7 +718,7 @@ fn read_session(l: &mut Loader<'_>) -> SessionConfig {
 
 fn read_log(l: &mut Loader<'_>) -> LogConfig {
     let level = l.string("log", "level", "info");
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+    if let Err(e) = level.parse::<tracing_subscriber::filter::Targets>() {
         l.problem_at(
             "log",
             "level",

@@ -6,8 +6,9 @@ use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
+use tracing::Level;
 use tracing_journald::{Priority, PriorityMappings};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -29,9 +30,9 @@ pub enum Sink {
 /// enclosing spans (`SESSION_ID`, `STATE`) upper-cased, so
 /// `journalctl SESSION_ID=...` finds one visitor's whole session.
 pub fn init(log: &LogConfig, kiosk_id: &KioskId, recent: &RecentEvents) -> Sink {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = from_rust_log()
+        .or_else(|| log.level.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(Level::INFO));
     let want_journal = match log.target {
         LogTarget::Journal => true,
         LogTarget::Stderr => false,
@@ -81,7 +82,7 @@ pub fn init_for_command() {
 
 /// As [`init_for_command`], keeping warnings and errors in `recent` too.
 pub fn init_for_command_with(recent: &RecentEvents) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = from_rust_log().unwrap_or_else(|| Targets::new().with_default(Level::WARN));
     tracing_subscriber::registry()
         .with(filter)
         .with(recent.layer())
@@ -92,6 +93,15 @@ pub fn init_for_command_with(recent: &RecentEvents) {
                 .without_time(),
         )
         .init();
+}
+
+/// The filter `RUST_LOG` asks for, if it is set and parses.
+///
+/// Filters are `Targets` ("info,kiosk_gateway::link=debug"): per-target
+/// levels are all a technician needs, and `EnvFilter`'s span and field
+/// matching would bring a regex engine into the binary for nothing.
+fn from_rust_log() -> Option<Targets> {
+    std::env::var("RUST_LOG").ok()?.parse().ok()
 }
 
 /// systemd sets `JOURNAL_STREAM=<dev>:<inode>` for a service whose stderr

@@ -69,6 +69,21 @@ fn out_of_range_and_bad_words_are_named() {
 }
 
 #[test]
+fn log_level_takes_per_target_levels_and_names_a_bad_one() {
+    let src = format!("{MINIMAL}[log]\nlevel = \"warn,kiosk_gateway::link=debug\"\n");
+    let c = parse(&src, &Env::default()).unwrap();
+    assert_eq!(c.log.level, "warn,kiosk_gateway::link=debug");
+    let src = format!("{MINIMAL}[log]\nlevel = \"kiosk_gateway=loud\"\n");
+    let p = problems(&src, &Env::default());
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].contains("log.level: expected a level such as \"info\" or \"debug\""),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
 fn unknown_section_is_an_error() {
     let p = problems(
         &format!("{MINIMAL}[stauts]\nlisten = \"x\"\n"),
