@@ -718,7 +718,7 @@ fn read_session(l: &mut Loader<'_>) -> SessionConfig {
 
 fn read_log(l: &mut Loader<'_>) -> LogConfig {
     let level = l.string("log", "level", "info");
-    if let Err(e) = level.parse::<tracing_subscriber::filter::Targets>() {
+    if let Err(e) = crate::telemetry::parse_filter(&level) {
         l.problem_at(
             "log",
             "level",

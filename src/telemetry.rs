@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::Level;
 use tracing_journald::{Priority, PriorityMappings};
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{ParseError, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -31,7 +31,7 @@ pub enum Sink {
 /// `journalctl SESSION_ID=...` finds one visitor's whole session.
 pub fn init(log: &LogConfig, kiosk_id: &KioskId, recent: &RecentEvents) -> Sink {
     let filter = from_rust_log()
-        .or_else(|| log.level.parse().ok())
+        .or_else(|| parse_filter(&log.level).ok())
         .unwrap_or_else(|| Targets::new().with_default(Level::INFO));
     let want_journal = match log.target {
         LogTarget::Journal => true,
@@ -95,13 +95,18 @@ pub fn init_for_command_with(recent: &RecentEvents) {
         .init();
 }
 
+/// Parses a log filter: a level, or levels per target
+/// ("info,kiosk_gateway::link=debug"). `check` validates `log.level` with it
+/// too. `Targets`, not `EnvFilter`: per-target levels are all a technician
+/// needs, and `EnvFilter`'s span and field matching would bring a regex
+/// engine into the binary for nothing.
+pub fn parse_filter(filter: &str) -> Result<Targets, ParseError> {
+    filter.parse()
+}
+
 /// The filter `RUST_LOG` asks for, if it is set and parses.
-///
-/// Filters are `Targets` ("info,kiosk_gateway::link=debug"): per-target
-/// levels are all a technician needs, and `EnvFilter`'s span and field
-/// matching would bring a regex engine into the binary for nothing.
 fn from_rust_log() -> Option<Targets> {
-    std::env::var("RUST_LOG").ok()?.parse().ok()
+    parse_filter(&std::env::var("RUST_LOG").ok()?).ok()
 }
 
 /// systemd sets `JOURNAL_STREAM=<dev>:<inode>` for a service whose stderr
