@@ -276,6 +276,18 @@ pub struct LogConfig {
     pub target: LogTarget,
 }
 
+/// Parses a log filter: a level, or levels per target
+/// ("info,kiosk_gateway::link=debug"). The one statement of what `log.level`
+/// and `RUST_LOG` accept, so `check` cannot drift from the logger. `Targets`,
+/// not `EnvFilter`: per-target levels are all a technician needs, and
+/// `EnvFilter`'s span and field matching would bring a regex engine into the
+/// binary for nothing.
+pub fn parse_log_filter(
+    filter: &str,
+) -> Result<tracing_subscriber::filter::Targets, tracing_subscriber::filter::ParseError> {
+    filter.parse()
+}
+
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -718,7 +730,7 @@ fn read_session(l: &mut Loader<'_>) -> SessionConfig {
 
 fn read_log(l: &mut Loader<'_>) -> LogConfig {
     let level = l.string("log", "level", "info");
-    if let Err(e) = crate::telemetry::parse_filter(&level) {
+    if let Err(e) = parse_log_filter(&level) {
         l.problem_at(
             "log",
             "level",

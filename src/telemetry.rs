@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use tracing::Level;
 use tracing_journald::{Priority, PriorityMappings};
-use tracing_subscriber::filter::{ParseError, Targets};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{KioskId, LogConfig, LogTarget};
+use crate::config::{KioskId, LogConfig, LogTarget, parse_log_filter};
 
 /// Where log records went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub enum Sink {
 /// `journalctl SESSION_ID=...` finds one visitor's whole session.
 pub fn init(log: &LogConfig, kiosk_id: &KioskId, recent: &RecentEvents) -> Sink {
     let filter = from_rust_log()
-        .or_else(|| parse_filter(&log.level).ok())
+        .or_else(|| parse_log_filter(&log.level).ok())
         .unwrap_or_else(|| Targets::new().with_default(Level::INFO));
     let want_journal = match log.target {
         LogTarget::Journal => true,
@@ -95,18 +95,9 @@ pub fn init_for_command_with(recent: &RecentEvents) {
         .init();
 }
 
-/// Parses a log filter: a level, or levels per target
-/// ("info,kiosk_gateway::link=debug"). `check` validates `log.level` with it
-/// too. `Targets`, not `EnvFilter`: per-target levels are all a technician
-/// needs, and `EnvFilter`'s span and field matching would bring a regex
-/// engine into the binary for nothing.
-pub fn parse_filter(filter: &str) -> Result<Targets, ParseError> {
-    filter.parse()
-}
-
 /// The filter `RUST_LOG` asks for, if it is set and parses.
 fn from_rust_log() -> Option<Targets> {
-    parse_filter(&std::env::var("RUST_LOG").ok()?).ok()
+    parse_log_filter(&std::env::var("RUST_LOG").ok()?).ok()
 }
 
 /// systemd sets `JOURNAL_STREAM=<dev>:<inode>` for a service whose stderr
