@@ -165,42 +165,78 @@ fn corr(a: &[f64], b: &[f64], lag: usize) -> f64 {
 /// Where `clip` plays in `recorded` (both 48 kHz): (start in samples,
 /// normalized correlation) of each stretch that looks like the clip. A
 /// coarse search on 1 kHz decimated signals finds candidates (peaks of at
-/// least 0.3, a clip's length apart); each is then aligned at full rate
-/// within ±2 ms, where a whole play correlates above 0.9 (a play with
-/// packets concealed less).
+/// least 0.3, each the highest within half a clip's length either side, so
+/// plays back to back are told apart); each is then aligned at full rate
+/// within ±16 ms (the decimated signals alias, and a clip cut mid-word can
+/// peak there several ms off), where a whole play correlates above 0.9 (a
+/// play with packets concealed less).
 pub fn plays(clip: &[i16], recorded: &[i16]) -> Vec<(usize, f64)> {
     const F: usize = 48;
     let (a, b) = (decimate(clip, F), decimate(recorded, F));
     if b.len() <= a.len() + 2 {
         return vec![];
     }
-    let coarse: Vec<f64> = (0..b.len() - a.len())
+    let coarse: Vec<f64> = (0..=b.len() - a.len())
         .map(|lag| corr(&a, &b, lag))
         .collect();
+    let radius = a.len() / 2;
+    let is_peak = |lag: usize| {
+        coarse[lag] >= 0.3
+            && coarse[lag.saturating_sub(radius)..lag]
+                .iter()
+                .all(|&c| c < coarse[lag])
+            && coarse[lag + 1..(lag + radius + 1).min(coarse.len())]
+                .iter()
+                .all(|&c| c <= coarse[lag])
+    };
     let full_a: Vec<f64> = clip.iter().map(|&s| f64::from(s)).collect();
     let full_b: Vec<f64> = recorded.iter().map(|&s| f64::from(s)).collect();
-    let mut found = Vec::new();
-    let mut lag = 0;
-    while lag < coarse.len() {
-        if coarse[lag] < 0.3 {
-            lag += 1;
-            continue;
+    (0..coarse.len())
+        .filter(|&lag| is_peak(lag))
+        .filter_map(|best| {
+            let align = |around: usize, reach: usize, step: usize| {
+                (around.saturating_sub(reach)..=around + reach)
+                    .step_by(step)
+                    .filter(|&l| l + full_a.len() <= full_b.len())
+                    .map(|l| (l, corr(&full_a, &full_b, l)))
+                    .max_by(|x, y| x.1.total_cmp(&y.1))
+            };
+            let (near, _) = align(best * F, 16 * F, 8)?;
+            align(near, 8, 1)
+        })
+        .collect()
+}
+
+/// Where each play of `reply` starts on the speaker, with the better of
+/// its two halves' correlations. A play is found by either half of the
+/// reply, so one the jitter buffer stretched (a stalled sender: concealment
+/// and a wait inserted in the middle) is still found by its intact half,
+/// and two plays back to back are not taken for one; a play found twice
+/// keeps its best match. Halves matching below `min_corr` are not plays.
+pub fn find_plays(reply: &[i16], speaker: &[i16], min_corr: f64) -> Vec<(usize, f64)> {
+    let half = reply.len() / 2;
+    let mut found: Vec<(usize, f64)> = plays(&reply[..half], speaker)
+        .into_iter()
+        .chain(
+            plays(&reply[half..], speaker)
+                .into_iter()
+                .filter_map(|(at, corr)| Some((at.checked_sub(half)?, corr))),
+        )
+        .filter(|&(_, corr)| corr >= min_corr)
+        .collect();
+    found.sort_by_key(|&(at, _)| at);
+    let mut merged: Vec<(usize, f64)> = Vec::new();
+    for (at, corr) in found {
+        match merged.last_mut() {
+            Some(last) if at < last.0 + reply.len() * 3 / 4 => {
+                if corr > last.1 {
+                    *last = (at, corr);
+                }
+            }
+            _ => merged.push((at, corr)),
         }
-        let end = (lag + a.len()).min(coarse.len());
-        let best = (lag..end)
-            .max_by(|&x, &y| coarse[x].total_cmp(&coarse[y]))
-            .unwrap();
-        let centre = best * F;
-        let fine = (centre.saturating_sub(2 * F)..=centre + 2 * F)
-            .filter(|&l| l + full_a.len() <= full_b.len())
-            .map(|l| (l, corr(&full_a, &full_b, l)))
-            .max_by(|x, y| x.1.total_cmp(&y.1));
-        if let Some(play) = fine {
-            found.push(play);
-        }
-        lag = best + a.len();
     }
-    found
+    merged
 }
 
 /// Polls until `cond` holds or `timeout` passes; returns whether it held.
@@ -213,4 +249,35 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     true
+}
+
+/// The play finder against what a stall does to a play (no bot needed).
+#[test]
+fn a_play_stretched_by_a_stall_is_found_once_and_a_missing_one_not_at_all() {
+    let reply = reply();
+    let pause = vec![0i16; 48_000 / 2];
+    // Four sentences: the third with its loudest 100 ms (0.05 to 0.15 s)
+    // silent, as after a stalled sender, the fourth missing.
+    let mut stalled = reply.clone();
+    stalled[2_400..7_200].fill(0);
+    let speaker: Vec<i16> = [&pause[..], &reply, &reply, &stalled, &pause].concat();
+    let found: Vec<usize> = find_plays(&reply, &speaker, 0.7)
+        .into_iter()
+        .map(|(at, _)| at)
+        .collect();
+    let starts = [
+        pause.len(),
+        pause.len() + reply.len(),
+        pause.len() + 2 * reply.len(),
+    ];
+    assert_eq!(found.len(), 3, "{found:?}, plays start at {starts:?}");
+    for (at, start) in found.iter().zip(starts) {
+        assert!(at.abs_diff(start) <= 48 * 100, "{found:?} vs {starts:?}");
+    }
+    // The first half alone misses the stalled play.
+    let by_first_half = plays(&reply[..reply.len() / 2], &speaker)
+        .into_iter()
+        .filter(|&(_, corr)| corr >= 0.7)
+        .count();
+    assert_eq!(by_first_half, 2);
 }

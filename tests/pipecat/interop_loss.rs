@@ -64,35 +64,6 @@ fn align(block: &[i16], speaker: &[i16], at: usize) -> usize {
         .unwrap_or(at)
 }
 
-/// Where each play of `reply` starts on the speaker. A play is found by
-/// either half of the reply (as interop_run.rs finds it by its first), so
-/// a play damaged in one half is still found, and two plays back to back
-/// are not taken for one; a play found twice keeps its best match.
-fn find_plays(reply: &[i16], speaker: &[i16]) -> Vec<usize> {
-    let half = reply.len() / 2;
-    let mut found: Vec<(usize, f64)> = interop::plays(&reply[..half], speaker)
-        .into_iter()
-        .chain(
-            interop::plays(&reply[half..], speaker)
-                .into_iter()
-                .filter_map(|(at, corr)| Some((at.checked_sub(half)?, corr))),
-        )
-        .collect();
-    found.sort_by_key(|&(at, _)| at);
-    let mut plays: Vec<(usize, f64)> = Vec::new();
-    for (at, corr) in found {
-        match plays.last_mut() {
-            Some(last) if at < last.0 + reply.len() * 3 / 4 => {
-                if corr > last.1 {
-                    *last = (at, corr);
-                }
-            }
-            _ => plays.push((at, corr)),
-        }
-    }
-    plays.into_iter().map(|(at, _)| at).collect()
-}
-
 /// Normalized correlation of `reply` with the speaker from `at`.
 fn correlation(reply: &[i16], speaker: &[i16], at: usize) -> f64 {
     let Some(played) = speaker.get(at..at + reply.len()) else {
@@ -135,9 +106,9 @@ impl Played {
         let speech: Vec<usize> = (0..reference.len())
             .filter(|&i| i < whole && reference[i] >= loudest - 20.0)
             .collect();
-        let plays = find_plays(reply, speaker)
+        let plays = interop::find_plays(reply, speaker, 0.0)
             .into_iter()
-            .map(|start| {
+            .map(|(start, _)| {
                 let mut difference = vec![None; reference.len()];
                 for (b, block) in reply.chunks(BLOCK).enumerate() {
                     let at = align(block, speaker, start + b * BLOCK);
@@ -395,9 +366,9 @@ async fn conversation(uplink: NetworkProfile, downlink: NetworkProfile) -> Figur
     let reply = interop::reply();
     let played = Played::of(&reply, &speaker);
     let (jitter_delay_median_ms, jitter_samples) = jitter.median();
-    let plays: Vec<f64> = find_plays(&reply, &speaker)
+    let plays: Vec<f64> = interop::find_plays(&reply, &speaker, 0.0)
         .into_iter()
-        .map(|at| correlation(&reply, &speaker, at))
+        .map(|(at, _)| correlation(&reply, &speaker, at))
         .filter(|&corr| corr >= 0.7)
         .collect();
     let figures = Figures {
