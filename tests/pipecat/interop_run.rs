@@ -231,10 +231,10 @@ fn check_conversation(
     // Every sentence the bot said was played by the speaker. Each play is
     // found by either half of the reply (0.2 s each), which correlates at
     // about 0.97: a loaded machine may stall the bot's sender or the
-    // daemon's receiver mid-sentence, and the jitter buffer then conceals
-    // and waits, inserting a gap that spoils a match on the whole clip but
-    // leaves one half intact (seen: the first half of the last "Thank you."
-    // at under 0.7, 4 packets concealed).
+    // daemon's receiver mid-sentence; the jitter buffer then conceals, waits
+    // and drops part of the backlog to catch up, which spoils a match on
+    // the whole clip but leaves one half intact (seen in a CI run: "Reply
+    // 4." not found by its first half, 4 packets concealed).
     let reply = interop::reply();
     let candidates = interop::find_plays(&reply, speaker, 0.3);
     let at: Vec<String> = candidates
