@@ -16,7 +16,9 @@
 //! comes, rather than given up on and the buffer filled again from empty.
 //! The time waited is the depth the path needed; only what lifts the
 //! buffer past `jitter_max_ms` is given back, by dropping a packet that
-//! decodes to a pause after a pause.
+//! decodes to a pause after a pause. What a stalled sender then sends at
+//! once is not cut to catch up: the time waited for it (up to half a
+//! second) is owed, and plays whole, late, until a pause gives it back.
 //!
 //! Whatever the agent sends, playout goes on: a packet libopus refuses (or
 //! that is not Opus at all) is counted as undecodable and concealed in its
@@ -44,9 +46,14 @@ const MAX_CONCEALED_RUN: u32 = 3;
 /// Packets in a row from before the playout position: the sender's
 /// sequence numbers went back (a restarted stream), so start over from them.
 const MAX_LATE_RUN: u32 = 3;
-/// Buffered audio beyond the target by this much is dropped to catch up
-/// after a burst, rather than adding delay for the rest of the turn.
+/// Buffered audio beyond the target by this much (and beyond the time
+/// owed) is dropped to catch up after a burst, rather than adding delay
+/// for the rest of the turn.
 const CATCH_UP_MS: u32 = 60;
+/// The most time waited for late packets that is owed: a stall longer
+/// than this is cut when the sender catches up, not to keep a visitor
+/// waiting that long for the rest (and well inside what the slots index).
+const MAX_OWED_MS: u32 = 500;
 /// Decoded audio below this mean square (-50 dBFS) is a pause: a frame of
 /// concealment inserted after it, to deepen the buffer, goes unheard.
 const QUIET_POWER: f32 = 1e-5;
@@ -99,8 +106,9 @@ pub struct JitterBuffer {
     /// Audio played since the buffer ran empty (concealment, then
     /// silence), samples.
     waited: u32,
-    /// Time waited for late packets this talkspurt and not yet given back
-    /// in a pause, samples.
+    /// Time waited for late packets and not yet given back in a pause,
+    /// samples, at most `MAX_OWED_MS`: what the sender then sends at once
+    /// plays whole rather than being cut by the catch-up.
     owed: u32,
     late_run: u32,
     /// RFC 3550 interarrival jitter, in ms.
@@ -288,6 +296,11 @@ impl JitterBuffer {
     /// [`NextFrame::Inserted`]).
     pub fn pop(&mut self, after_pause: bool) -> NextFrame {
         let Some(mut next) = self.next_seq else {
+            // A stall that outlasted the wait is still owed for: what the
+            // sender then sends at once is its speech, not a burst to cut.
+            if self.owed > 0 {
+                self.owe(FRAME_48K as u32);
+            }
             return NextFrame::Silence;
         };
         if self.buffering {
@@ -302,7 +315,7 @@ impl JitterBuffer {
         // A long packet arrives with its whole duration at once: that is
         // not excess delay to catch up on.
         let (mut depth, longest) = self.window();
-        let slack = CATCH_UP_MS * PER_MS + longest.saturating_sub(DEFAULT_SPAN);
+        let slack = CATCH_UP_MS * PER_MS + longest.saturating_sub(DEFAULT_SPAN) + self.owed;
         let target = self.target().0 * PER_MS;
         while depth > self.needed(next) + slack && depth - self.span(next) >= target {
             AudioMetrics::add(&self.metrics.frames_removed, 1);
@@ -389,7 +402,7 @@ impl JitterBuffer {
         // to the target.
         if self.waited < MAX_CONCEALED_RUN * DEFAULT_SPAN {
             self.waited += DEFAULT_SPAN;
-            self.owed += DEFAULT_SPAN;
+            self.owe(DEFAULT_SPAN);
             AudioMetrics::add(&self.metrics.packets_concealed, 1);
             return NextFrame::Lost {
                 next: None,
@@ -398,9 +411,11 @@ impl JitterBuffer {
         }
         // Each call past the concealment is a 10 ms frame of silence.
         self.waited += FRAME_48K as u32;
-        self.owed += FRAME_48K as u32;
+        self.owe(FRAME_48K as u32);
         if self.waited > MAX_CONCEALED_RUN * DEFAULT_SPAN + self.max_ms * PER_MS {
+            let owed = self.owed;
             self.reset();
+            self.owed = owed;
         }
         NextFrame::Silence
     }
@@ -415,6 +430,11 @@ impl JitterBuffer {
         self.owed = 0;
         self.late_run = 0;
         self.last_arrival = None;
+    }
+
+    /// `samples` more were waited for a late packet.
+    fn owe(&mut self, samples: u32) {
+        self.owed = (self.owed + samples).min(MAX_OWED_MS * PER_MS);
     }
 
     /// A droppable packet of `samples` was dropped: that much less is owed.
@@ -896,19 +916,73 @@ mod tests {
         }
         let removed = AudioMetrics::get(&metrics.frames_removed);
         assert!(removed > 0, "nothing given back");
-        // Past the spike the buffer held more than its 80 ms ceiling; by
-        // the second stretch of speech (from 2 s on) it is back under it.
-        assert!(delays[70..100].iter().any(|&d| d > 80), "{delays:?}");
-        assert!(delays[220..300].iter().all(|&d| d <= 80), "{delays:?}");
+        // Past the spike the buffer held the time waited on top of its
+        // 80 ms ceiling (the stall's backlog plays whole, not cut); by the
+        // second stretch of speech (from 2 s on) the pause has given most
+        // of it back.
+        assert!(delays[70..100].iter().any(|&d| d > 120), "{delays:?}");
+        assert!(delays[220..300].iter().all(|&d| d <= 100), "{delays:?}");
         // Nothing else was dropped: every packet played but those removed
-        // (the pauses given back, and what the catch-up cut when the stall
-        // ended) and those the jitter made late.
+        // (the pauses given back, and any catch-up) and those the jitter
+        // made late.
         let late = AudioMetrics::get(&metrics.packets_late);
         assert_eq!(
             AudioMetrics::get(&metrics.packets_played) + removed + late,
             150
         );
         assert!(late <= 1, "{late} late");
+    }
+
+    #[test]
+    fn a_sender_that_stalls_mid_sentence_is_played_whole_and_the_delay_given_back_in_the_pause() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        // 1 s of speech, 1 s of silence, 1 s of speech; 400 ms into the
+        // first, the sender stalls for 200 ms and then sends what it owes
+        // at once (a bot's busy event loop, a Wi-Fi retransmission).
+        let pkts = talk_pause_talk(50);
+        let arrivals: Vec<u32> = (0..150u32)
+            .map(|k| {
+                if k < 20 {
+                    k * 20
+                } else {
+                    (k * 20).max(20 * 20 + 200)
+                }
+            })
+            .collect();
+        let mut out = [0.0; FRAME_48K];
+        let mut played_at_first_removal = None;
+        let mut delays = Vec::new();
+        for tick in 0..400u32 {
+            let now = tick * 10;
+            for (p, &at) in pkts.iter().zip(&arrivals) {
+                if at >= now && at < now + 10 {
+                    playout.push(*p, Millis(now));
+                }
+            }
+            playout.next_frame(&mut out);
+            if played_at_first_removal.is_none() && AudioMetrics::get(&metrics.frames_removed) > 0 {
+                played_at_first_removal = Some(AudioMetrics::get(&metrics.packets_played));
+            }
+            delays.push(
+                metrics
+                    .jitter_delay_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
+        // Nothing of the first stretch of speech was cut: all 50 packets
+        // played before anything was dropped, and what was dropped was
+        // the pause (it gave the delay back).
+        let played = played_at_first_removal.expect("the delay was never given back");
+        assert!(played >= 50, "only {played} packets of speech played");
+        assert!(
+            delays[200..300].iter().all(|&d| d <= 80),
+            "the second stretch starts with the delay still there: {delays:?}"
+        );
+        assert_eq!(
+            AudioMetrics::get(&metrics.packets_played) + AudioMetrics::get(&metrics.frames_removed),
+            150
+        );
     }
 
     #[test]

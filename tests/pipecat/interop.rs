@@ -73,6 +73,11 @@ impl PipecatBot {
         bot
     }
 
+    /// The bot's process id (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -139,6 +144,20 @@ fn json_lines(path: &Path) -> Vec<Value> {
 /// 48 kHz mono samples of [`REPLY_WAV`].
 pub fn reply() -> Vec<i16> {
     kiosk_gateway::testkit::media::read_wav(Path::new(REPLY_WAV)).unwrap()
+}
+
+/// 10 ms frames at 48 kHz.
+pub const FRAME: usize = 480;
+
+/// The level of each 10 ms frame of `samples`, dBFS.
+pub fn frame_levels(samples: &[i16]) -> Vec<f64> {
+    samples
+        .chunks_exact(FRAME)
+        .map(|f| {
+            let energy = f.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / FRAME as f64;
+            10.0 * (energy / 32768f64.powi(2)).max(1e-12).log10()
+        })
+        .collect()
 }
 
 fn decimate(x: &[i16], factor: usize) -> Vec<f64> {

@@ -22,23 +22,9 @@ use crate::interop_run::{BOT_ARGS, run_session_watched};
 use std::time::Duration;
 
 use common::{Daemon, SessionRow, get, speaker_samples, status};
-use interop::{PipecatBot, SERIAL};
+use interop::{FRAME, PipecatBot, SERIAL, frame_levels};
 use kiosk_gateway::testkit::network::{Bursts, NetworkProfile, NetworkProxy, RelayCounts};
 use serde_json::Value;
-
-/// 10 ms frames at 48 kHz.
-const FRAME: usize = 480;
-
-/// The level of each 10 ms frame of `samples`, dBFS.
-fn frame_levels(samples: &[i16]) -> Vec<f64> {
-    samples
-        .chunks_exact(FRAME)
-        .map(|f| {
-            let energy = f.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / FRAME as f64;
-            10.0 * (energy / 32768f64.powi(2)).max(1e-12).log10()
-        })
-        .collect()
-}
 
 /// Blocks of the reply are aligned one by one: the kiosk's jitter buffer
 /// moves its delay by a frame now and then, mid-play.

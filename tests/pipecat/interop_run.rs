@@ -123,7 +123,7 @@ fn is_playout_counter(line: &str) -> bool {
 }
 
 /// The session was a conversation that idled out (not a failed set-up).
-fn assert_idle(row: &SessionRow, bot: &PipecatBot, d: &Daemon) {
+pub(crate) fn assert_idle(row: &SessionRow, bot: &PipecatBot, d: &Daemon) {
     assert_eq!(
         row.end_reason.as_deref(),
         Some("idle"),

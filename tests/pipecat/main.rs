@@ -18,4 +18,5 @@ mod interop;
 mod interop_echo;
 mod interop_loss;
 mod interop_run;
+mod interop_stall;
 mod link_pipecat;
