@@ -730,6 +730,36 @@ mod tests {
             .collect()
     }
 
+    /// [`play`], keeping after each tick the buffer's delay (ms), the
+    /// packets played and the frames removed so far.
+    fn play_counted(
+        playout: &mut Playout,
+        pkts: &[IncomingPacket],
+        arrivals: &[u32],
+        ticks: u32,
+        metrics: &AudioMetrics,
+    ) -> Vec<(u64, u64, u64)> {
+        let mut out = [0.0; FRAME_48K];
+        (0..ticks)
+            .map(|tick| {
+                let now = tick * 10;
+                for (p, &at) in pkts.iter().zip(arrivals) {
+                    if at >= now && at < now + 10 {
+                        playout.push(*p, Millis(now));
+                    }
+                }
+                playout.next_frame(&mut out);
+                (
+                    metrics
+                        .jitter_delay_ms
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    AudioMetrics::get(&metrics.packets_played),
+                    AudioMetrics::get(&metrics.frames_removed),
+                )
+            })
+            .collect()
+    }
+
     /// First audible frame, and silent frames between the first and last audible one.
     fn start_and_gaps(frames: &[(bool, [f32; FRAME_48K])]) -> (usize, usize) {
         let start = frames.iter().position(|f| f.0).expect("never played");
@@ -898,22 +928,10 @@ mod tests {
                 if k >= 30 { at.max(stall_ends) } else { at }
             })
             .collect();
-        let mut delays = Vec::new();
-        let mut out = [0.0; FRAME_48K];
-        for tick in 0..400u32 {
-            let now = tick * 10;
-            for (p, &at) in pkts.iter().zip(&arrivals) {
-                if at >= now && at < now + 10 {
-                    playout.push(*p, Millis(now));
-                }
-            }
-            playout.next_frame(&mut out);
-            delays.push(
-                metrics
-                    .jitter_delay_ms
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
-        }
+        let delays: Vec<u64> = play_counted(&mut playout, &pkts, &arrivals, 400, &metrics)
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
         let removed = AudioMetrics::get(&metrics.frames_removed);
         assert!(removed > 0, "nothing given back");
         // Past the spike the buffer held the time waited on top of its
@@ -950,26 +968,9 @@ mod tests {
                 }
             })
             .collect();
-        let mut out = [0.0; FRAME_48K];
-        let mut played_at_first_removal = None;
-        let mut delays = Vec::new();
-        for tick in 0..400u32 {
-            let now = tick * 10;
-            for (p, &at) in pkts.iter().zip(&arrivals) {
-                if at >= now && at < now + 10 {
-                    playout.push(*p, Millis(now));
-                }
-            }
-            playout.next_frame(&mut out);
-            if played_at_first_removal.is_none() && AudioMetrics::get(&metrics.frames_removed) > 0 {
-                played_at_first_removal = Some(AudioMetrics::get(&metrics.packets_played));
-            }
-            delays.push(
-                metrics
-                    .jitter_delay_ms
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
-        }
+        let ticks = play_counted(&mut playout, &pkts, &arrivals, 400, &metrics);
+        let delays: Vec<u64> = ticks.iter().map(|t| t.0).collect();
+        let played_at_first_removal = ticks.iter().find(|t| t.2 > 0).map(|t| t.1);
         // Nothing of the first stretch of speech was cut: all 50 packets
         // played before anything was dropped, and what was dropped was
         // the pause (it gave the delay back).
