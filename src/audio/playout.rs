@@ -17,8 +17,9 @@
 //! The time waited is the depth the path needed; only what lifts the
 //! buffer past `jitter_max_ms` is given back, by dropping a packet that
 //! decodes to a pause after a pause. What a stalled sender then sends at
-//! once is not cut to catch up: the time waited for it (up to half a
-//! second) is owed, and plays whole, late, until a pause gives it back.
+//! once, continuing where it stopped, is not cut to catch up: the time
+//! waited for it (up to half a second) is owed, and plays whole, late,
+//! until a pause gives it back. A new talkspurt owes nothing.
 //!
 //! Whatever the agent sends, playout goes on: a packet libopus refuses (or
 //! that is not Opus at all) is counted as undecodable and concealed in its
@@ -110,6 +111,10 @@ pub struct JitterBuffer {
     /// samples, at most `MAX_OWED_MS`: what the sender then sends at once
     /// plays whole rather than being cut by the catch-up.
     owed: u32,
+    /// Where the stream stood when a long wait reset the buffer: a packet
+    /// that continues from there is the stalled sender catching up (the
+    /// time waited stays owed); one from later on starts a new talkspurt.
+    resumes_at: Option<u32>,
     late_run: u32,
     /// RFC 3550 interarrival jitter, in ms.
     jitter_ms: f32,
@@ -178,6 +183,7 @@ impl JitterBuffer {
             buffering: true,
             waited: 0,
             owed: 0,
+            resumes_at: None,
             late_run: 0,
             jitter_ms: 0.0,
             last_arrival: None,
@@ -257,6 +263,12 @@ impl JitterBuffer {
 
         match self.next_seq {
             None => {
+                let resumed = self.resumes_at.take().is_some_and(|ts| {
+                    packet.timestamp.wrapping_sub(ts) <= MAX_CONCEALED_RUN * DEFAULT_SPAN
+                });
+                if !resumed {
+                    self.owed = 0;
+                }
                 self.next_seq = Some(packet.seq);
                 self.highest_seq = packet.seq;
             }
@@ -296,8 +308,10 @@ impl JitterBuffer {
     /// [`NextFrame::Inserted`]).
     pub fn pop(&mut self, after_pause: bool) -> NextFrame {
         let Some(mut next) = self.next_seq else {
-            // A stall that outlasted the wait is still owed for: what the
-            // sender then sends at once is its speech, not a burst to cut.
+            // A wait that outlasted the buffer goes on being owed: if the
+            // sender then continues where it stopped, it was a stall and
+            // what it sends at once is its speech, not a burst to cut (a
+            // talkspurt that starts later on owes nothing: `insert`).
             if self.owed > 0 {
                 self.owe(FRAME_48K as u32);
             }
@@ -413,9 +427,10 @@ impl JitterBuffer {
         self.waited += FRAME_48K as u32;
         self.owe(FRAME_48K as u32);
         if self.waited > MAX_CONCEALED_RUN * DEFAULT_SPAN + self.max_ms * PER_MS {
-            let owed = self.owed;
+            let (owed, resumes_at) = (self.owed, self.next_ts);
             self.reset();
             self.owed = owed;
+            self.resumes_at = resumes_at;
         }
         NextFrame::Silence
     }
@@ -428,6 +443,7 @@ impl JitterBuffer {
         self.buffering = true;
         self.waited = 0;
         self.owed = 0;
+        self.resumes_at = None;
         self.late_run = 0;
         self.last_arrival = None;
     }
@@ -983,6 +999,41 @@ mod tests {
         assert_eq!(
             AudioMetrics::get(&metrics.packets_played) + AudioMetrics::get(&metrics.frames_removed),
             150
+        );
+    }
+
+    #[test]
+    fn a_talkspurt_after_the_agent_fell_silent_owes_nothing_and_a_burst_is_cut() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        // An agent that sends nothing between sentences (DTX): 1 s of
+        // speech, 1 s with no packets (sequence numbers go on, the RTP
+        // clock has moved a second), then 1 s of speech whose first 400 ms
+        // come at once. The buffer waited for the end of the first
+        // sentence as it would for a stall; the second is not a stall.
+        let mut pkts = talk_pause_talk(50);
+        pkts.drain(50..100);
+        for (k, p) in pkts.iter_mut().enumerate().skip(50) {
+            p.seq = k as u16;
+        }
+        let arrivals: Vec<u32> = (0..100u32)
+            .map(|k| {
+                if k < 50 {
+                    k * 20
+                } else {
+                    ((k + 50) * 20).max(2400)
+                }
+            })
+            .collect();
+        let ticks = play_counted(&mut playout, &pkts, &arrivals, 400, &metrics);
+        // The burst was cut to the usual catch-up (its excess over target
+        // + 60 ms), rather than played 400 ms late for the whole sentence.
+        let removed = ticks.last().unwrap().2;
+        assert!(removed >= 10, "{removed} frames removed");
+        assert!(
+            ticks[280..330].iter().all(|t| t.0 <= 160),
+            "{:?}",
+            ticks.iter().map(|t| t.0).collect::<Vec<_>>()
         );
     }
 
