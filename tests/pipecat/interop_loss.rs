@@ -29,8 +29,14 @@ use serde_json::Value;
 /// Blocks of the reply are aligned one by one: the kiosk's jitter buffer
 /// moves its delay by a frame now and then, mid-play.
 const BLOCK: usize = 10 * FRAME;
-/// How far a block may have moved from where its play starts, samples.
-const DRIFT: usize = 40 * 48;
+/// How far a block may have moved from where its play starts, samples:
+/// after waiting for a late packet the buffer plays the rest of the
+/// sentence that much later rather than cut it. With ±40 ms, audio played
+/// late counted as lost: 5% loss measured 97.0 to 99.6% delivered in four
+/// runs, and 99.1 and 100% in two with ±200 ms.
+/// Less than a play's length, so a block is not taken for the same block
+/// of the sentence before or after.
+const DRIFT: usize = 200 * 48;
 
 /// Where `block` plays in `speaker` within ±[`DRIFT`] of `at` (by
 /// normalized correlation, to 0.5 ms).
