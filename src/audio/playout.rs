@@ -427,23 +427,27 @@ impl JitterBuffer {
         self.waited += FRAME_48K as u32;
         self.owe(FRAME_48K as u32);
         if self.waited > MAX_CONCEALED_RUN * DEFAULT_SPAN + self.max_ms * PER_MS {
-            let (owed, resumes_at) = (self.owed, self.next_ts);
-            self.reset();
-            self.owed = owed;
-            self.resumes_at = resumes_at;
+            self.resumes_at = self.next_ts;
+            self.forget_stream();
         }
         NextFrame::Silence
     }
 
     /// Drops everything queued and waits for a new talkspurt.
     pub fn reset(&mut self) {
+        self.forget_stream();
+        self.owed = 0;
+        self.resumes_at = None;
+    }
+
+    /// Drops everything queued and the stream's position; what is owed
+    /// stays (a wait that outlasted the buffer may yet be a stall).
+    fn forget_stream(&mut self) {
         self.slots.iter_mut().for_each(|s| *s = None);
         self.next_seq = None;
         self.next_ts = None;
         self.buffering = true;
         self.waited = 0;
-        self.owed = 0;
-        self.resumes_at = None;
         self.late_run = 0;
         self.last_arrival = None;
     }
@@ -724,13 +728,15 @@ mod tests {
     }
 
     /// Simulates 10 ms ticks; `arrivals[k]` is when packet k arrives (ms).
-    /// Returns, per output frame, whether it was audible and its samples.
-    fn play(
+    /// Returns what `each` makes of each tick's frame (whether it was
+    /// audible, and its samples).
+    fn run_ticks<T>(
         playout: &mut Playout,
         pkts: &[IncomingPacket],
         arrivals: &[u32],
         ticks: u32,
-    ) -> Vec<(bool, [f32; FRAME_48K])> {
+        mut each: impl FnMut(bool, &[f32; FRAME_48K]) -> T,
+    ) -> Vec<T> {
         let mut out = [0.0; FRAME_48K];
         (0..ticks)
             .map(|tick| {
@@ -741,13 +747,25 @@ mod tests {
                     }
                 }
                 let audible = playout.next_frame(&mut out);
-                (audible, out)
+                each(audible, &out)
             })
             .collect()
     }
 
-    /// [`play`], keeping after each tick the buffer's delay (ms), the
-    /// packets played and the frames removed so far.
+    /// Per output frame, whether it was audible and its samples.
+    fn play(
+        playout: &mut Playout,
+        pkts: &[IncomingPacket],
+        arrivals: &[u32],
+        ticks: u32,
+    ) -> Vec<(bool, [f32; FRAME_48K])> {
+        run_ticks(playout, pkts, arrivals, ticks, |audible, out| {
+            (audible, *out)
+        })
+    }
+
+    /// Per tick, the buffer's delay (ms), the packets played and the
+    /// frames removed so far.
     fn play_counted(
         playout: &mut Playout,
         pkts: &[IncomingPacket],
@@ -755,25 +773,15 @@ mod tests {
         ticks: u32,
         metrics: &AudioMetrics,
     ) -> Vec<(u64, u64, u64)> {
-        let mut out = [0.0; FRAME_48K];
-        (0..ticks)
-            .map(|tick| {
-                let now = tick * 10;
-                for (p, &at) in pkts.iter().zip(arrivals) {
-                    if at >= now && at < now + 10 {
-                        playout.push(*p, Millis(now));
-                    }
-                }
-                playout.next_frame(&mut out);
-                (
-                    metrics
-                        .jitter_delay_ms
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                    AudioMetrics::get(&metrics.packets_played),
-                    AudioMetrics::get(&metrics.frames_removed),
-                )
-            })
-            .collect()
+        run_ticks(playout, pkts, arrivals, ticks, |_, _| {
+            (
+                metrics
+                    .jitter_delay_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                AudioMetrics::get(&metrics.packets_played),
+                AudioMetrics::get(&metrics.frames_removed),
+            )
+        })
     }
 
     /// First audible frame, and silent frames between the first and last audible one.

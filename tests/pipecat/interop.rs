@@ -167,7 +167,7 @@ fn decimate(x: &[i16], factor: usize) -> Vec<f64> {
 }
 
 /// Normalized correlation of `a` with `b[lag..]` (`b` long enough).
-fn corr(a: &[f64], b: &[f64], lag: usize) -> f64 {
+pub fn corr(a: &[f64], b: &[f64], lag: usize) -> f64 {
     let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
     for (x, y) in a.iter().zip(&b[lag..lag + a.len()]) {
         xy += x * y;

@@ -60,15 +60,9 @@ fn speech_chunks(reply: &[i16]) -> Vec<usize> {
 /// best within 1 ms of it).
 fn first_match(chunk: &[i16], speaker: &[i16], lo: usize, hi: usize) -> Option<usize> {
     let hi = hi.min(speaker.len().checked_sub(chunk.len())?);
-    let xx: f64 = chunk.iter().map(|&x| f64::from(x).powi(2)).sum();
-    let score = |pos: usize| {
-        let (mut xy, mut yy) = (0.0, 0.0);
-        for (&x, &y) in chunk.iter().zip(&speaker[pos..pos + chunk.len()]) {
-            xy += f64::from(x) * f64::from(y);
-            yy += f64::from(y) * f64::from(y);
-        }
-        if yy > 0.0 { xy / (xx * yy).sqrt() } else { 0.0 }
-    };
+    let as_f64 = |x: &[i16]| x.iter().map(|&s| f64::from(s)).collect::<Vec<f64>>();
+    let (chunk, window) = (as_f64(chunk), as_f64(speaker.get(lo..hi + chunk.len())?));
+    let score = |pos: usize| interop::corr(&chunk, &window, pos - lo);
     let first = (lo..=hi).find(|&pos| score(pos) >= HEARD)?;
     (first..=(first + 48).min(hi)).max_by(|&a, &b| score(a).total_cmp(&score(b)))
 }
