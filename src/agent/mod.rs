@@ -241,6 +241,8 @@ impl LoopbackAgent {
                 // agent is the DTLS client, whose first flight leaves at
                 // the first ICE timer after connecting.
                 ice_check_interval: Some(Duration::from_millis(10)),
+                // A stock agent's socket wakes for every datagram.
+                receive_on_send_clock: false,
             },
             config,
             started: Instant::now(),

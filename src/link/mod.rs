@@ -15,6 +15,7 @@ mod redundancy;
 mod remote_report;
 mod rtp_clock;
 pub mod rtvi;
+mod send_clocked;
 mod settings;
 mod setup_flush;
 pub mod signaling;

@@ -26,6 +26,7 @@ use webrtc::peer_connection::{
 };
 
 use super::remote_report::{RemoteReports, ReportReader};
+use super::send_clocked::SendClockedRuntime;
 use super::setup_flush::SetupFlush;
 
 /// Application-most, after the RTCP report generators: it only watches.
@@ -111,6 +112,9 @@ pub(crate) struct PeerConfig {
     /// The first timer after ICE connects is this far off, and a DTLS
     /// client's first handshake flight waits for it.
     pub ice_check_interval: Option<Duration>,
+    /// Read the UDP socket when media is sent, while it streams, instead of
+    /// waking for each datagram ([`super::send_clocked`]).
+    pub receive_on_send_clock: bool,
 }
 
 pub(crate) struct Peer {
@@ -155,7 +159,11 @@ impl Peer {
             .with_ice_connection_attempts(config.ice_check_interval, None)
             .build();
         let (tx, rx) = mpsc::channel(SIGNALS);
-        let pc = PeerConnectionBuilder::new()
+        let mut builder = PeerConnectionBuilder::new();
+        if config.receive_on_send_clock {
+            builder = builder.with_runtime(Arc::new(SendClockedRuntime));
+        }
+        let pc = builder
             .with_configuration(
                 RTCConfigurationBuilder::new()
                     .with_ice_servers(config.ice_servers.clone())

@@ -90,6 +90,7 @@ impl LinkSettings {
             ice_failed_timeout: self.ice_failed_timeout,
             ice_keepalive_interval: self.ice_keepalive_interval,
             ice_check_interval: None,
+            receive_on_send_clock: true,
         }
     }
 }
