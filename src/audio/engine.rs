@@ -149,6 +149,7 @@ impl AudioEngine {
             std::thread::Builder::new()
                 .name("audio-dsp".into())
                 .spawn(move || {
+                    super::denormals::flush_to_zero_on_this_thread();
                     let sink = ChannelSink {
                         events: event_tx,
                         frames: frame_tx,

@@ -82,6 +82,7 @@ pub mod bench;
 mod capture;
 pub mod cli;
 mod codec;
+mod denormals;
 pub mod device;
 mod dsp;
 mod dsp_thread;
