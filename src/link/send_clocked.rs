@@ -128,17 +128,16 @@ enum Wake {
     /// By epoll, through a duplicate of the socket's descriptor registered
     /// for reading only (dropping it takes the socket out of epoll).
     Readable(AsyncFd<OwnedFd>),
-    /// By the next media send, or the backstop if the sends stop.
-    SendClock,
+    /// By the next media send, or, if the sends stop, by the backstop,
+    /// which reads the queue and hands the socket back to epoll. Armed
+    /// while a receiver waits.
+    SendClock(Option<Pin<Box<Sleep>>>),
 }
 
 struct Receive {
     wake: Wake,
     /// The waiting receiver, woken by a media send.
     waker: Option<Waker>,
-    /// Reads the queue and hands the socket back to epoll when the media
-    /// sends stop.
-    backstop: Pin<Box<Sleep>>,
     last_media_send: Option<Instant>,
     /// Media sends in a row within [`STREAM_GAP`] of each other.
     regular_sends: u32,
@@ -146,7 +145,7 @@ struct Receive {
 
 impl SendClockedSocket {
     fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
-        // Epoll and the backstop timer are the runtime's; the driver always
+        // Epoll and the backstop timers are the runtime's; the driver always
         // binds its sockets on it, so this is a bug if it fails, not a panic.
         tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         socket.set_nonblocking(true)?;
@@ -158,7 +157,6 @@ impl SendClockedSocket {
             receive: Mutex::new(Receive {
                 wake: Wake::Readable(readable),
                 waker: None,
-                backstop: Box::pin(tokio::time::sleep(STREAM_GAP)),
                 last_media_send: None,
                 regular_sends: 0,
             }),
@@ -254,9 +252,11 @@ impl AsyncUdpSocket for SendClockedSocket {
             };
             receive.last_media_send = Some(now);
             if receive.streaming(now) {
-                // Out of epoll (if it was in): from now on the sends read the
-                // socket, starting with this one.
-                receive.wake = Wake::SendClock;
+                if matches!(receive.wake, Wake::Readable(_)) {
+                    // Out of epoll: from now on the sends read the socket.
+                    receive.wake = Wake::SendClock(None);
+                }
+                // This send reads it: wake the receiver.
                 if let Some(waker) = receive.waker.take() {
                     waker.wake();
                 }
@@ -274,10 +274,10 @@ impl AsyncUdpSocket for SendClockedSocket {
         let mut receive = self.receive();
         loop {
             let now = Instant::now();
-            if matches!(receive.wake, Wake::SendClock) && !receive.streaming(now) {
+            if matches!(receive.wake, Wake::SendClock(_)) && !receive.streaming(now) {
                 receive.wake = Wake::Readable(readable(&self.socket)?);
             }
-            match &receive.wake {
+            match &mut receive.wake {
                 Wake::Readable(fd) => {
                     let mut guard = match fd.poll_read_ready(cx) {
                         Poll::Pending => {
@@ -295,17 +295,18 @@ impl AsyncUdpSocket for SendClockedSocket {
                     }
                     // Read dry: epoll's readiness is cleared; wait for the next.
                 }
-                Wake::SendClock => {
+                Wake::SendClock(backstop) => {
                     let n = self.try_recv(bufs, meta)?;
                     if n > 0 {
                         return Poll::Ready(Ok(n));
                     }
-                    receive.remember(cx.waker());
                     // A new timer, not `reset`: tokio leaves a timer pushed
                     // later in its old slot and wakes there to move it, a
                     // wake-up per packet for nothing.
-                    receive.backstop = Box::pin(tokio::time::sleep_until(now + STREAM_GAP));
-                    if receive.backstop.as_mut().poll(cx).is_pending() {
+                    let timer =
+                        backstop.insert(Box::pin(tokio::time::sleep_until(now + STREAM_GAP)));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        receive.remember(cx.waker());
                         return Poll::Pending;
                     }
                 }
