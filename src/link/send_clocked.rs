@@ -296,12 +296,14 @@ impl AsyncUdpSocket for SendClockedSocket {
                     // Read dry: epoll's readiness is cleared; wait for the next.
                 }
                 Wake::SendClock(backstop) => {
-                    // Found empty since the last send: the driver polls again
-                    // for its own reasons (about twice a packet), and asking
-                    // the kernel each time costs a syscall for nothing.
-                    if let Some(timer) = backstop
-                        && timer.as_mut().poll(cx).is_pending()
-                    {
+                    // Armed means found empty since the last send: the driver
+                    // polls again for its own reasons (about twice a packet),
+                    // and asking the kernel each time is a syscall for nothing.
+                    let due = match backstop {
+                        None => true,
+                        Some(timer) => timer.as_mut().poll(cx).is_ready(),
+                    };
+                    if !due {
                         receive.remember(cx.waker());
                         return Poll::Pending;
                     }
@@ -312,12 +314,7 @@ impl AsyncUdpSocket for SendClockedSocket {
                     // A new timer, not `reset`: tokio leaves a timer pushed
                     // later in its old slot and wakes there to move it, a
                     // wake-up per packet for nothing.
-                    let timer =
-                        backstop.insert(Box::pin(tokio::time::sleep_until(now + STREAM_GAP)));
-                    if timer.as_mut().poll(cx).is_pending() {
-                        receive.remember(cx.waker());
-                        return Poll::Pending;
-                    }
+                    *backstop = Some(Box::pin(tokio::time::sleep_until(now + STREAM_GAP)));
                 }
             }
         }
