@@ -203,9 +203,11 @@ fn the_visitor_is_heard_over_the_bot_and_the_bots_echo_alone_is_not() {
         .filter(|&&t| found.iter().any(|&f| f.abs_diff(t) <= 300))
         .collect();
     assert_eq!(heard.len(), said.len(), "heard {found:?}, said {said:?}");
-    // Residual echo right after the visitor's speech (the canceller's
-    // filter disturbed by double talk) can still start one; counted here
-    // so a change shows.
+    // Residual echo between the visitor's utterances would start one; not
+    // asserted (the canceller's filter, disturbed by double talk, may leak),
+    // but counted so a change shows. Until the echo gate waited for the
+    // echo of the bot's first words after a pause, one started there in 7
+    // of 10 runs.
     let stray = found.len() - heard.len() - bot_alone.len();
     eprintln!("{stray} utterance(s) started by residual echo between the visitor's");
     assert!(echo.delay.is_some(), "{echo:?}");

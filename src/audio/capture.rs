@@ -182,19 +182,19 @@ impl CaptureProcessor {
         // before anything was played.
         let echo_path =
             audio.output != DeviceSpec::Disabled && !matches!(audio.input, DeviceSpec::Wav(_));
+        // A speaker frame reaches the microphone through the playout ring
+        // and the capture framing at least; the canceller's own estimator
+        // finds the room's share.
+        let stream_delay = Millis(audio.device_buffer_ms.0 + FRAME_MS.0);
         let canceller = (audio.echo_cancel && echo_path)
             .then(|| {
-                // A speaker frame reaches the microphone through the playout
-                // ring and the capture framing at least; the canceller's own
-                // estimator finds the room's share.
-                let stream_delay = Millis(audio.device_buffer_ms.0 + FRAME_MS.0);
                 Aec3::new(audio.noise_suppression, audio.auto_gain, stream_delay)
                     .map(|aec| Box::new(aec) as Box<dyn EchoCanceller>)
             })
             .transpose()?;
         let gate = (audio.echo_gate && echo_path).then(|| {
             if canceller.is_some() {
-                EchoGate::behind_canceller(vad.echo_margin_db)
+                EchoGate::behind_canceller(vad.echo_margin_db, stream_delay)
             } else {
                 EchoGate::new(vad.echo_margin_db)
             }
@@ -350,7 +350,14 @@ impl CaptureProcessor {
             // a second would wake the session layer for nothing.
             self.metrics.set_level(avg);
             if let Some(canceller) = &self.canceller {
-                self.metrics.set_echo(canceller.stats());
+                let stats = canceller.stats();
+                // Zero until the canceller has aligned the two signals.
+                if let (Some(gate), Some(delay)) = (self.gate.as_mut(), stats.delay)
+                    && delay.0 > 0
+                {
+                    gate.set_echo_delay(delay);
+                }
+                self.metrics.set_echo(stats);
             }
         }
 

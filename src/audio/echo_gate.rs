@@ -18,7 +18,7 @@
 //! silent is suppressed echo whatever the VAD makes of its shape, never a
 //! visitor, whose voice only adds to the room.
 
-use super::units::Dbfs;
+use super::units::{Dbfs, Millis};
 
 /// Reference frames considered when estimating the echo: the playout queue,
 /// the device buffers and the room's reverberation delay the echo by up to
@@ -66,7 +66,8 @@ const ABOVE_ROOM_NOISE_DB: f32 = 6.0;
 /// When the bot starts talking after a pause the canceller lets more
 /// through for a moment (bursts of residual echo 30 to 40 dB under the bot
 /// in its first 100 ms, where it leaves 60 dB later on): for this many
-/// frames the gate assumes the residual at least this high.
+/// frames after the talkspurt's echo reaches the microphone, the gate
+/// assumes the residual at least this high.
 const TALKSPURT_SETTLE_FRAMES: u32 = 15;
 const TALKSPURT_RESIDUAL_DB: f32 = -35.0;
 
@@ -86,6 +87,10 @@ pub struct EchoGate {
     room_noise_db: f32,
     /// Frames since the bot started talking after a pause.
     talkspurt_frames: u32,
+    /// Frames from a reference frame to its echo in the microphone frames
+    /// the gate judges: the device buffers, and the room once the
+    /// canceller has measured it.
+    echo_delay_frames: u32,
     recent_reference: [f32; ECHO_SPAN_FRAMES],
     next: usize,
     /// Loudest admitted level of the visitor's current utterance (decaying).
@@ -107,6 +112,7 @@ impl EchoGate {
             behind_canceller: false,
             room_noise_db: Dbfs::FLOOR.0,
             talkspurt_frames: 0,
+            echo_delay_frames: 0,
             recent_reference: [Dbfs::FLOOR.0; ECHO_SPAN_FRAMES],
             next: 0,
             speech_peak_db: Dbfs::FLOOR.0,
@@ -116,15 +122,31 @@ impl EchoGate {
 
     /// The gate behind an echo canceller, given the cleaned signal's
     /// levels: it learns the residual echo, and with it known so well a
-    /// smaller margin does.
-    pub fn behind_canceller(margin_db: f32) -> Self {
-        Self {
+    /// smaller margin does. `echo_delay`: how long a reference frame takes
+    /// to come back in the microphone, as far as known before the
+    /// canceller has measured it (see [`set_echo_delay`](Self::set_echo_delay)).
+    pub fn behind_canceller(margin_db: f32, echo_delay: Millis) -> Self {
+        let mut gate = Self {
             range_db: RESIDUAL_RANGE_DB,
             attack: RESIDUAL_ATTACK,
             release: RESIDUAL_RELEASE,
             behind_canceller: true,
             ..Self::new(margin_db / 2.0)
-        }
+        };
+        gate.set_echo_delay(echo_delay);
+        gate
+    }
+
+    /// The delay from a reference frame to its echo in the microphone, as
+    /// the canceller measured it. The canceller's burst at the start of
+    /// the bot's talkspurt comes this much after the talkspurt's first
+    /// reference frame: with 100 ms device buffers, a settling time
+    /// counted from the reference was over before the burst came. The
+    /// settling lasts from the reference on: a measured delay can be a
+    /// frame or two short, and a visitor who starts then only needs to
+    /// be louder than the burst, not than the echo.
+    pub fn set_echo_delay(&mut self, delay: Millis) {
+        self.echo_delay_frames = delay.frames();
     }
 
     /// Records the level of the 10 ms of playout handed to the speaker this tick.
@@ -159,7 +181,7 @@ impl EchoGate {
             return voiced;
         }
         self.talkspurt_frames = self.talkspurt_frames.saturating_add(1);
-        let settling = self.talkspurt_frames <= TALKSPURT_SETTLE_FRAMES;
+        let settling = self.talkspurt_frames <= self.echo_delay_frames + TALKSPURT_SETTLE_FRAMES;
         let coupling = if self.behind_canceller && settling {
             self.coupling_db.max(TALKSPURT_RESIDUAL_DB)
         } else {
@@ -234,7 +256,7 @@ mod tests {
 
     #[test]
     fn behind_the_canceller_a_quiet_visitor_gets_through_and_residual_echo_does_not() {
-        let mut gate = EchoGate::behind_canceller(6.0);
+        let mut gate = EchoGate::behind_canceller(6.0, Millis(0));
         // The canceller leaves the echo 50 dB below the reference, varying
         // frame to frame. A lone loud frame may pass, but never the three
         // in a row that an onset takes.
@@ -274,7 +296,7 @@ mod tests {
     #[test]
     fn behind_the_canceller_residual_bursts_far_below_the_visitor_do_not_hold_their_utterance_open()
     {
-        let mut gate = EchoGate::behind_canceller(6.0);
+        let mut gate = EchoGate::behind_canceller(6.0, Millis(0));
         for i in 0..300 {
             gate.observe_reference(Dbfs(-15.0));
             let residual = -80.0 + [0.0, -6.0, 3.0, -9.0][i % 4];
@@ -298,7 +320,7 @@ mod tests {
 
     #[test]
     fn behind_the_canceller_frames_not_above_the_rooms_noise_are_not_the_visitor() {
-        let mut gate = EchoGate::behind_canceller(6.0);
+        let mut gate = EchoGate::behind_canceller(6.0, Millis(0));
         // The room at -70 dBFS while the bot is silent.
         for _ in 0..100 {
             gate.observe_reference(Dbfs::FLOOR);
@@ -321,7 +343,7 @@ mod tests {
 
     #[test]
     fn behind_the_canceller_the_start_of_the_bots_talkspurt_needs_a_louder_visitor() {
-        let mut gate = EchoGate::behind_canceller(6.0);
+        let mut gate = EchoGate::behind_canceller(6.0, Millis(0));
         // Converged on a residual 60 dB under the bot.
         for _ in 0..300 {
             gate.observe_reference(Dbfs(-20.0));
@@ -339,6 +361,44 @@ mod tests {
         assert!(gate.admits(Dbfs(-30.0), true, false));
         // Once the canceller has settled, the quieter level passes again.
         for _ in 0..TALKSPURT_SETTLE_FRAMES {
+            gate.observe_reference(Dbfs(-20.0));
+            gate.admits(Dbfs(-80.0), false, false);
+        }
+        gate.observe_reference(Dbfs(-20.0));
+        assert!(gate.admits(Dbfs(-56.0), true, false));
+    }
+
+    #[test]
+    fn behind_the_canceller_the_talkspurts_burst_is_judged_when_its_echo_arrives() {
+        // The speaker's buffers and the room put the echo 150 ms behind
+        // the reference, as the canceller measured it.
+        let mut gate = EchoGate::behind_canceller(6.0, Millis(110));
+        gate.set_echo_delay(Millis(150));
+        for _ in 0..300 {
+            gate.observe_reference(Dbfs(-20.0));
+            gate.admits(Dbfs(-80.0), false, false);
+        }
+        for _ in 0..40 {
+            gate.observe_reference(Dbfs::FLOOR);
+            gate.admits(Dbfs(-80.0), false, false);
+        }
+        // The bot talks again; for 150 ms the microphone still hears the
+        // pause, then the canceller's burst comes, 35 dB under the bot,
+        // for 100 ms: none of it is the visitor.
+        for _ in 0..15 {
+            gate.observe_reference(Dbfs(-20.0));
+            gate.admits(Dbfs(-80.0), false, false);
+        }
+
+        for frame in 0..10 {
+            gate.observe_reference(Dbfs(-20.0));
+            assert!(
+                !gate.admits(Dbfs(-56.0), true, false),
+                "burst frame {frame}"
+            );
+        }
+        // 150 ms after the echo came, the quieter level passes again.
+        for _ in 0..5 {
             gate.observe_reference(Dbfs(-20.0));
             gate.admits(Dbfs(-80.0), false, false);
         }
