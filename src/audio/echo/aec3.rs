@@ -15,6 +15,7 @@ use sonora_aec3::block::Block;
 use sonora_aec3::block_processor::BlockProcessor;
 use sonora_aec3::common::BLOCK_SIZE;
 use sonora_aec3::config::EchoCanceller3Config;
+use tracing::debug;
 
 use super::high_pass::HighPass;
 use super::{EchoCanceller, EchoStats};
@@ -29,6 +30,20 @@ const S16: f32 = 32768.0;
 const SATURATED: f32 = 32700.0;
 /// Samples a sample queue holds at most: a frame plus a block's remainder.
 const QUEUE: usize = VAD_FRAME + BLOCK_SIZE;
+/// After this many speaker blocks of silence (1 s: longer than the delay
+/// the canceller searches, its filter and the room's tail together) no
+/// echo is left to cancel, and the canceller rests until the speaker plays
+/// again: an idle kiosk listening for a visitor spends most of its audio
+/// work here otherwise.
+const REST_AFTER_SILENT_BLOCKS: u32 = 250;
+/// A speaker block whose samples all stay under this (16-bit scale: less
+/// than one step of a 16-bit sample) is silence.
+const SILENCE: f32 = 1.0;
+/// The most blocks of speaker-to-microphone offset made up when the
+/// canceller wakes (jitter between the two sides is a few); a larger one,
+/// two devices' clocks drifting over a long rest, is left to its delay
+/// estimator rather than stall the thread.
+const MAX_CATCH_UP_BLOCKS: i64 = 50;
 
 /// WebRTC's AEC3 (through sonora), with its noise suppressor and AGC2 as
 /// the settings ask.
@@ -46,9 +61,41 @@ pub struct Aec3 {
     /// block of delay that lets 10 ms frames come out of 4 ms blocks.
     capture_out: SampleQueue,
     block: Block,
+    rest: Rest,
     /// Noise suppression and automatic gain, when asked for.
     post: Option<AudioProcessing>,
     post_out: [f32; VAD_FRAME],
+}
+
+/// The canceller at rest while the speaker is silent: neither side's
+/// blocks reach AEC3, and the microphone's pass through as AEC3 would pass
+/// them with nothing to cancel. Skipping both sides in step keeps the
+/// speaker's blocks as far ahead of the microphone's as they were, so the
+/// delay it found still holds when the bot talks again.
+struct Rest {
+    /// Speaker blocks of silence in a row.
+    silent_blocks: u32,
+    resting: bool,
+    /// Speaker blocks skipped less microphone blocks skipped while resting.
+    skipped: i64,
+    /// The last microphone block that passed while resting.
+    last_capture: Block,
+    /// Silence, for the speaker blocks owed on waking.
+    silence: Block,
+    scratch: Block,
+}
+
+impl Rest {
+    fn new() -> Self {
+        Self {
+            silent_blocks: 0,
+            resting: false,
+            skipped: 0,
+            last_capture: Block::new(1, 1),
+            silence: Block::new(1, 1),
+            scratch: Block::new(1, 1),
+        }
+    }
 }
 
 impl Aec3 {
@@ -75,9 +122,63 @@ impl Aec3 {
             capture_in: SampleQueue::default(),
             capture_out,
             block: Block::new(1, 1),
+            rest: Rest::new(),
             post: post_processing(noise, auto_gain),
             post_out: [0.0; VAD_FRAME],
         })
+    }
+}
+
+impl Aec3 {
+    /// Hands the speaker block in `self.block` to AEC3, unless the canceller
+    /// rests.
+    fn render_block(&mut self) {
+        let silent = self.block.view(0, 0).iter().all(|s| s.abs() < SILENCE);
+        let rest = &mut self.rest;
+        rest.silent_blocks = if silent {
+            rest.silent_blocks.saturating_add(1)
+        } else {
+            0
+        };
+        if rest.resting && silent {
+            rest.skipped += 1;
+            return;
+        }
+        if rest.resting {
+            self.wake();
+        } else if rest.silent_blocks >= REST_AFTER_SILENT_BLOCKS {
+            debug!("speaker silent for a second: echo canceller resting");
+            rest.resting = true;
+            rest.skipped = 1;
+            return;
+        }
+        self.processor.buffer_render(&self.block);
+    }
+
+    /// The speaker plays again: AEC3 is given what it would have seen of
+    /// the rest's offset between the sides, speaker silence owed or
+    /// microphone blocks it would have read ahead, before the new block.
+    fn wake(&mut self) {
+        let rest = &mut self.rest;
+        rest.resting = false;
+        let owed = rest
+            .skipped
+            .clamp(-MAX_CATCH_UP_BLOCKS, MAX_CATCH_UP_BLOCKS);
+        debug!(
+            offset_blocks = rest.skipped,
+            "speaker playing: echo canceller awake"
+        );
+        rest.skipped = 0;
+        for _ in 0..owed {
+            self.processor.buffer_render(&rest.silence);
+        }
+        for _ in owed..0 {
+            rest.scratch
+                .view_mut(0, 0)
+                .copy_from_slice(rest.last_capture.view(0, 0));
+            self.processor
+                .process_capture(false, false, None, &mut rest.scratch);
+        }
     }
 }
 
@@ -163,7 +264,7 @@ impl EchoCanceller for Aec3 {
             }
             self.render_in.push(&self.render_frame);
             while self.render_in.pop_into(self.block.view_mut(0, 0)) {
-                self.processor.buffer_render(&self.block);
+                self.render_block();
             }
         }
     }
@@ -177,8 +278,16 @@ impl EchoCanceller for Aec3 {
         self.high_pass.process(frame);
         self.capture_in.push(frame);
         while self.capture_in.pop_into(self.block.view_mut(0, 0)) {
-            self.processor
-                .process_capture(false, saturated, None, &mut self.block);
+            if self.rest.resting {
+                self.rest.skipped -= 1;
+                self.rest
+                    .last_capture
+                    .view_mut(0, 0)
+                    .copy_from_slice(self.block.view(0, 0));
+            } else {
+                self.processor
+                    .process_capture(false, saturated, None, &mut self.block);
+            }
             self.capture_out.push(self.block.view(0, 0));
         }
         if !self.capture_out.pop_into(clean) {
@@ -243,5 +352,116 @@ impl SampleQueue {
         self.samples.copy_within(n..self.len, 0);
         self.len -= n;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::echo::room::Room;
+    use crate::audio::{read_wav, resample_clip};
+
+    const SILENCE_MS: usize = 3_000;
+
+    /// The bot's reply, three seconds of silence, the reply again, at 16
+    /// kHz: the speaker's signal and its echo in the room.
+    fn scene() -> (Vec<f32>, Vec<f32>, usize) {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/audio/bot_reference_16k.wav"
+        );
+        let reply = read_wav(std::path::Path::new(path)).unwrap().samples;
+        let reply = &reply[16_000..reply.len() - 16_000];
+        let mut speaker = reply.to_vec();
+        speaker.extend(std::iter::repeat_n(0.0, 16 * SILENCE_MS));
+        let wake = speaker.len();
+        speaker.extend_from_slice(reply);
+        // The room's own noise, about -60 dBFS, in the silence only, so
+        // that what is left of the echo after it can be measured.
+        let silence = wake - 16 * SILENCE_MS..wake;
+        let mut noise = 0x2545_f491_u32;
+        let mut echo = Room::default().echo(&speaker);
+        for s in &mut echo[silence] {
+            noise ^= noise << 13;
+            noise ^= noise >> 17;
+            noise ^= noise << 5;
+            *s += (noise as f32 / u32::MAX as f32 - 0.5) * 0.003;
+        }
+        (speaker, echo, wake)
+    }
+
+    /// Runs a canceller over the scene: the speaker's frames handed over
+    /// in step with the microphone's until the silence, and two frames
+    /// ahead of them from its middle on, as the two devices' callbacks
+    /// drift apart. `dither` keeps the speaker from ever being silent.
+    fn cancel(speaker16: &[f32], mic: &[f32], wake: usize, dither: bool) -> Vec<f32> {
+        let mut speaker = resample_clip(speaker16, SampleRate::VAD, SampleRate::OPUS).unwrap();
+        if dither {
+            // A 250 Hz tone at -70 dBFS.
+            for (i, s) in speaker.iter_mut().enumerate() {
+                *s += if (i / 96) % 2 == 0 { 3e-4 } else { -3e-4 };
+            }
+        }
+        let frames: Vec<&[f32; FRAME_48K]> = speaker
+            .chunks_exact(FRAME_48K)
+            .map(|f| f.try_into().unwrap())
+            .collect();
+        let mut aec = Aec3::new(NoiseSuppression::Off, false, Millis(10)).unwrap();
+        let mut clean = vec![0.0; mic.len()];
+        let drift_from = (wake - 16 * SILENCE_MS / 2) / VAD_FRAME;
+        let mut rendered = 0;
+        for (k, (m, out)) in mic
+            .chunks_exact(VAD_FRAME)
+            .zip(clean.chunks_exact_mut(VAD_FRAME))
+            .enumerate()
+        {
+            let lead = if k < drift_from { 1 } else { 3 };
+            while rendered < (k + lead).min(frames.len()) {
+                aec.render(frames[rendered]);
+                rendered += 1;
+            }
+            aec.process(m.try_into().unwrap(), out.try_into().unwrap());
+        }
+        clean
+    }
+
+    fn power_db(x: &[f32]) -> f32 {
+        let p: f64 = x.iter().map(|&s| f64::from(s * s)).sum::<f64>() / x.len() as f64;
+        (10.0 * p.max(1e-20).log10()) as f32
+    }
+
+    #[test]
+    fn resting_through_a_silence_leaves_the_echo_after_it_as_well_cancelled() {
+        let (speaker, echo, wake) = scene();
+        let rested = cancel(&speaker, &echo, wake, false);
+        let awake = cancel(&speaker, &echo, wake, true);
+        // The first second of the bot's speech after the silence.
+        let after = wake..wake + 16_000;
+        let (echo_db, rested_db, awake_db) = (
+            power_db(&echo[after.clone()]),
+            power_db(&rested[after.clone()]),
+            power_db(&awake[after.clone()]),
+        );
+        eprintln!("echo {echo_db:.1} dB, rested {rested_db:.1} dB, awake {awake_db:.1} dB");
+        // Left out of step by the drift, it let the echo through 30 dB
+        // under itself.
+        assert!(rested_db < echo_db - 40.0);
+        assert!(rested_db < awake_db + 3.0);
+
+        // In the silence's second half the canceller rests: the microphone
+        // passes as the high-pass and the half block's delay leave it.
+        let mut high_pass = HighPass::new(SampleRate::VAD);
+        let mut expect: Vec<f32> = echo.iter().map(|s| s * S16).collect();
+        for frame in expect.chunks_exact_mut(VAD_FRAME) {
+            high_pass.process(frame);
+        }
+        let rest = wake - 16 * SILENCE_MS / 2..wake - 16 * 100;
+        let passed = |clean: &[f32]| {
+            rest.clone()
+                .all(|i| clean[i] == (expect[i - BLOCK_SIZE / 2] / S16).clamp(-1.0, 1.0))
+        };
+        assert!(passed(&rested));
+        // AEC3 itself does not leave it so.
+        assert!(!passed(&awake));
     }
 }
