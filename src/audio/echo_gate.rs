@@ -341,20 +341,24 @@ mod tests {
         assert!(gate.admits(Dbfs(-50.0), true, false));
     }
 
-    #[test]
-    fn behind_the_canceller_the_start_of_the_bots_talkspurt_needs_a_louder_visitor() {
-        let mut gate = EchoGate::behind_canceller(6.0, Millis(0));
-        // Converged on a residual 60 dB under the bot.
+    /// The canceller converged on a residual 60 dB under the bot, then a
+    /// pause in the bot's speech.
+    fn converge_then_pause(gate: &mut EchoGate) {
         for _ in 0..300 {
             gate.observe_reference(Dbfs(-20.0));
             gate.admits(Dbfs(-80.0), false, false);
         }
-        // A pause, then the bot starts again: the canceller leaks a burst
-        // 35 dB under it.
         for _ in 0..40 {
             gate.observe_reference(Dbfs::FLOOR);
             gate.admits(Dbfs(-80.0), false, false);
         }
+    }
+
+    #[test]
+    fn behind_the_canceller_the_start_of_the_bots_talkspurt_needs_a_louder_visitor() {
+        let mut gate = EchoGate::behind_canceller(6.0, Millis(0));
+        converge_then_pause(&mut gate);
+        // The bot starts again: the canceller leaks a burst 35 dB under it.
         gate.observe_reference(Dbfs(-20.0));
         assert!(!gate.admits(Dbfs(-56.0), true, false));
         // A visitor talking as loud as the bot's echo still gets through.
@@ -374,14 +378,7 @@ mod tests {
         // the reference, as the canceller measured it.
         let mut gate = EchoGate::behind_canceller(6.0, Millis(110));
         gate.set_echo_delay(Millis(150));
-        for _ in 0..300 {
-            gate.observe_reference(Dbfs(-20.0));
-            gate.admits(Dbfs(-80.0), false, false);
-        }
-        for _ in 0..40 {
-            gate.observe_reference(Dbfs::FLOOR);
-            gate.admits(Dbfs(-80.0), false, false);
-        }
+        converge_then_pause(&mut gate);
         // The bot talks again; for 150 ms the microphone still hears the
         // pause, then the canceller's burst comes, 35 dB under the bot,
         // for 100 ms: none of it is the visitor.
@@ -389,7 +386,6 @@ mod tests {
             gate.observe_reference(Dbfs(-20.0));
             gate.admits(Dbfs(-80.0), false, false);
         }
-
         for frame in 0..10 {
             gate.observe_reference(Dbfs(-20.0));
             assert!(
