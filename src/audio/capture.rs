@@ -351,10 +351,7 @@ impl CaptureProcessor {
             self.metrics.set_level(avg);
             if let Some(canceller) = &self.canceller {
                 let stats = canceller.stats();
-                // Zero until the canceller has aligned the two signals.
-                if let (Some(gate), Some(delay)) = (self.gate.as_mut(), stats.delay)
-                    && delay.0 > 0
-                {
+                if let (Some(gate), Some(delay)) = (self.gate.as_mut(), stats.delay) {
                     gate.set_echo_delay(delay);
                 }
                 self.metrics.set_echo(stats);

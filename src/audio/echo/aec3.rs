@@ -77,9 +77,8 @@ struct Rest {
     after_blocks: u32,
     /// Speaker blocks of silence in a row.
     silent_blocks: u32,
-    resting: bool,
-    /// Speaker blocks skipped less microphone blocks skipped while resting.
-    skipped: i64,
+    /// While resting: speaker blocks skipped less microphone blocks skipped.
+    skipped: Option<i64>,
     /// The microphone block before the one in hand: what AEC3 hands out
     /// next, and what it must hold when it wakes.
     last_capture: Block,
@@ -93,8 +92,7 @@ impl Rest {
         Self {
             after_blocks: REST_AFTER_SILENT_BLOCKS,
             silent_blocks: 0,
-            resting: false,
-            skipped: 0,
+            skipped: None,
             last_capture: Block::new(1, 1),
             silence: Block::new(1, 1),
             scratch: Block::new(1, 1),
@@ -131,9 +129,7 @@ impl Aec3 {
             post_out: [0.0; VAD_FRAME],
         })
     }
-}
 
-impl Aec3 {
     /// Hands the speaker block in `self.block` to AEC3, unless the canceller
     /// rests.
     fn render_block(&mut self) {
@@ -144,19 +140,18 @@ impl Aec3 {
         } else {
             0
         };
-        if rest.resting && silent {
-            rest.skipped += 1;
-            return;
+        match rest.skipped.as_mut() {
+            Some(skipped) if silent => *skipped += 1,
+            Some(&mut skipped) => {
+                self.wake(skipped);
+                self.processor.buffer_render(&self.block);
+            }
+            None if rest.silent_blocks >= rest.after_blocks => {
+                debug!("speaker silent for a second: echo canceller resting");
+                rest.skipped = Some(1);
+            }
+            None => self.processor.buffer_render(&self.block),
         }
-        if rest.resting {
-            self.wake();
-        } else if rest.silent_blocks >= rest.after_blocks {
-            debug!("speaker silent for a second: echo canceller resting");
-            rest.resting = true;
-            rest.skipped = 1;
-            return;
-        }
-        self.processor.buffer_render(&self.block);
     }
 
     /// The speaker plays again. AEC3 is given the last microphone block,
@@ -164,17 +159,14 @@ impl Aec3 {
     /// offset between the sides (speaker silence owed, or microphone blocks
     /// it would have read ahead), before the new speaker block: speaker
     /// blocks given less microphone blocks read make up what was skipped.
-    fn wake(&mut self) {
-        let rest = &mut self.rest;
-        rest.resting = false;
+    fn wake(&mut self, skipped: i64) {
         debug!(
-            offset_blocks = rest.skipped,
+            offset_blocks = skipped,
             "speaker playing: echo canceller awake"
         );
-        let owed = rest
-            .skipped
-            .clamp(-MAX_CATCH_UP_BLOCKS, MAX_CATCH_UP_BLOCKS);
-        rest.skipped = 0;
+        let rest = &mut self.rest;
+        rest.skipped = None;
+        let owed = skipped.clamp(-MAX_CATCH_UP_BLOCKS, MAX_CATCH_UP_BLOCKS);
         let (render, capture) = if owed >= 0 { (owed + 1, 1) } else { (0, -owed) };
         for _ in 0..render {
             self.processor.buffer_render(&rest.silence);
@@ -286,8 +278,8 @@ impl EchoCanceller for Aec3 {
         self.capture_in.push(frame);
         while self.capture_in.pop_into(self.block.view_mut(0, 0)) {
             let rest = &mut self.rest;
-            if rest.resting {
-                rest.skipped -= 1;
+            if let Some(skipped) = rest.skipped.as_mut() {
+                *skipped -= 1;
                 std::mem::swap(&mut self.block, &mut rest.last_capture);
             } else {
                 rest.last_capture
@@ -321,7 +313,11 @@ impl EchoCanceller for Aec3 {
         EchoStats {
             erle_db: Some(m.echo_return_loss_enhancement as f32),
             erl_db: Some(m.echo_return_loss as f32),
-            delay: u32::try_from(m.delay_ms).ok().map(Millis),
+            // AEC3 reports 0 until it has aligned the two sides.
+            delay: u32::try_from(m.delay_ms)
+                .ok()
+                .filter(|&d| d > 0)
+                .map(Millis),
         }
     }
 }
