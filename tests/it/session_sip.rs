@@ -3,7 +3,9 @@
 //! start endpoint on 127.0.0.1, and baresip standing in for the room's SIP
 //! endpoint. The room is created with dial-in, the bot is started with the
 //! SIP URI, the kiosk dials it, both directions carry speech, and the call
-//! and the room end with the session.
+//! and the room end with the session. On a kiosk whose microphone hears its
+//! loudspeaker (file-backed ALSA devices with a simulated room between
+//! them), baresip hears the visitor over its own reply and not itself.
 
 use crate::common;
 use crate::daily_support;
@@ -11,7 +13,7 @@ use crate::fake_upstream;
 use crate::sip_support;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     Daemon, U1_MS, U2_MS, session_config, session_rows, visitor_clip, wait_session_end, wait_until,
@@ -19,8 +21,15 @@ use common::{
 };
 use daily_support::{API_KEY, FakeDaily};
 use fake_upstream::FakeUpstream;
+use kiosk_gateway::audio::echo::room::{Room, active_power};
 use kiosk_gateway::audio::{self, PcmClip, SampleRate};
 use sip_support::{Baresip, Script, ScriptedPeer, best_correlation, fixture, write_source};
+
+#[path = "../support/alsa_files.rs"]
+mod alsa_files;
+#[path = "../support/room_feedback.rs"]
+mod room_feedback;
+use room_feedback::{Cue, Part, RoomThread};
 
 /// A daemon provisioning each session from `fake` with SIP dial-in;
 /// `daily` adds keys to `[daily]`, `extra` adds tables.
@@ -395,4 +404,222 @@ async fn five_seconds_without_rtp_do_not_end_the_call() {
     assert_eq!(peer.count("INVITE"), 1, "the call held: {log}");
     assert!(!log.contains("SIP call dropped"), "{log}");
     assert!(!prompt);
+}
+
+/// The room's echo of what baresip says through the kiosk's loudspeaker,
+/// and the visitor cutting into it: the daemon on file-backed ALSA devices
+/// (tests/support/room_feedback.rs between them) dialled into baresip,
+/// which answers with a long reply, said again and again. Returns what
+/// baresip decoded from the kiosk, the visitor's second utterance at the
+/// level the microphone heard it (16 kHz), and the logs for a failure.
+async fn sip_call_in_the_room(echo_cancel: bool) -> (PcmClip, PcmClip, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (alsa_path, _) = alsa_files::file_devices(dir.path());
+    alsa_files::mkfifo(&dir.path().join("mic.raw"));
+    alsa_files::mkfifo(&dir.path().join("speaker.raw"));
+
+    let reply = audio::read_wav(Path::new(ROOM_REPLY)).unwrap();
+    let source = dir.path().join("baresip-source.wav");
+    write_source(
+        &source,
+        &reply,
+        4,
+        Duration::from_millis(500),
+        SampleRate::OPUS,
+        2,
+    );
+    let baresip = Baresip::start(&source, &["opus.so"]);
+    let fake = FakeDaily::start().await;
+    fake.state.lock().unwrap().sip_endpoint = Some(baresip.uri().replace("sip:", ""));
+
+    // The visitor as loud at the microphone as the reply's echo (0 dB).
+    let echo = Room::default().echo(&reply.samples);
+    let u1 = visitor_clip(U1_MS.0, U1_MS.1);
+    let u2 = visitor_clip(U2_MS.0, U2_MS.1);
+    let at_48k = |samples: &[i16], gain: f32| -> Vec<f32> {
+        let c = clip(16_000, samples);
+        audio::resample_clip(&c.samples, c.rate, SampleRate::OPUS)
+            .unwrap()
+            .into_iter()
+            .map(|s| s * gain)
+            .collect()
+    };
+    let gain = (active_power(&echo) / active_power(&at_48k(&u2, 1.0))).sqrt();
+    let room = RoomThread::start(
+        dir.path(),
+        vec![
+            Part {
+                samples: at_48k(&u1, gain),
+                cue: Cue::At(48_000),
+            },
+            Part {
+                samples: at_48k(&u2, gain),
+                cue: Cue::AfterBotTalked(Duration::from_secs(3)),
+            },
+        ],
+    );
+
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kiosk]\nid = \"test-kiosk\"\n\
+             [audio]\ninput = \"test microphone\"\noutput = \"kiosk_test_speaker\"\n\
+             # The pipes drain in bursts of up to 42 ms; queue enough.\n\
+             device_buffer_ms = 100\n\
+             echo_cancel = {echo_cancel}\necho_gate = {echo_cancel}\n\
+             [agent]\nstun_urls = []\nudp_bind = \"127.0.0.1:0\"\nstart_url = \"{}\"\n\
+             [daily]\nbase_url = \"{}\"\n\
+             [session]\nprovision = \"daily-sip\"\nidle_timeout = \"30s\"\n\
+             ready_timeout = \"10s\"\n\
+             [store]\npath = \"kiosk.db\"\n\
+             [status]\nlisten = \"127.0.0.1:0\"\n\
+             [log]\ntarget = \"stderr\"\nlevel = \"info\"\n",
+            fake.agent_start_url(),
+            fake.base_url()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &config,
+        &[
+            ("ALSA_CONFIG_PATH", &alsa_path),
+            ("KIOSK_GATEWAY_DAILY_API_KEY", API_KEY),
+        ],
+    );
+
+    // Talk, then listen to the echo alone for a while; the daemon's stop
+    // hangs the call up, and baresip closes its recordings.
+    let u2_len = Duration::from_millis(u64::from(U2_MS.1 - U2_MS.0));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut cut_in_at = None;
+    while Instant::now() < deadline {
+        if cut_in_at.is_none() && room.started(1).is_some() {
+            cut_in_at = Some(Instant::now());
+        }
+        if cut_in_at.is_some_and(|at| at.elapsed() > u2_len + ECHO_ALONE) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.signal("TERM");
+    let hung_up = Instant::now() + Duration::from_secs(10);
+    while !baresip.log().contains("terminated") && Instant::now() < hung_up {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = format!(
+        "echo_cancel {echo_cancel}: the visitor cut in: {}; room wrote {} s\nbaresip:\n{}\ndaemon:\n{}",
+        cut_in_at.is_some(),
+        room.written() / 48_000,
+        baresip.log(),
+        d.stderr()
+    );
+    let (decoded, _) = baresip.recordings();
+    drop(d);
+    room.stop();
+    let mut said = clip(16_000, &u2);
+    said.samples.iter_mut().for_each(|s| *s *= gain);
+    (decoded, said, log)
+}
+
+/// The reply baresip says through the kiosk's speaker: a 10 s recording
+/// of a bot's answer, with its pauses.
+const ROOM_REPLY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/fixtures/audio/bot_reference_16k.wav"
+);
+/// How long the call goes on after the visitor's second utterance, the
+/// echo alone on the line.
+const ECHO_ALONE: Duration = Duration::from_secs(5);
+
+/// RMS level (dBFS) of `c` from `from` to `to` before its end.
+fn tail_level(c: &PcmClip, from: Duration, to: Duration) -> f32 {
+    let at = |d: Duration| {
+        let ms = audio::Millis(d.as_millis() as u32);
+        c.samples.len().saturating_sub(c.rate.samples_in(ms))
+    };
+    let part = &c.samples[at(from)..at(to)];
+    audio::Dbfs::rms(part).0
+}
+
+/// The 20 ms frames of `said` with speech in them (above -45 dBFS), and
+/// the offsets (ms) of those that `heard` does not have `at_ms` later
+/// within 6 dB: words a suppressor or gate cut out of double talk.
+fn frames_lost(said: &PcmClip, heard: &PcmClip, at_ms: i64) -> (usize, Vec<i64>) {
+    let level = |c: &PcmClip, ms: i64| -> Option<f32> {
+        let per_ms = c.rate.hz() as i64 / 1000;
+        let (from, to) = (ms * per_ms, (ms + 20) * per_ms);
+        (from >= 0 && to as usize <= c.samples.len())
+            .then(|| audio::Dbfs::rms(&c.samples[from as usize..to as usize]).0)
+    };
+    let speech: Vec<(i64, f32)> = (0..)
+        .step_by(20)
+        .map_while(|ms| level(said, ms).map(|l| (ms, l)))
+        .filter(|&(_, l)| l >= -45.0)
+        .collect();
+    let lost = speech
+        .iter()
+        .filter(|&&(ms, l)| !level(heard, ms + at_ms).is_some_and(|h| h >= l - 6.0))
+        .map(|&(ms, _)| ms)
+        .collect();
+    (speech.len(), lost)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_kiosk_loudspeaker_the_sip_peer_hears_the_visitor_and_not_itself() {
+    let (decoded, u2, log) = sip_call_in_the_room(true).await;
+    // The visitor's words said over the reply reached the peer whole.
+    let (c, lag) = locate_and_correlate(
+        &u2,
+        &decoded,
+        (Duration::from_millis(100), Duration::from_millis(1400)),
+    );
+    // The last seconds of the call: the reply's echo alone.
+    let echo_db = tail_level(
+        &decoded,
+        Duration::from_millis(3500),
+        Duration::from_millis(500),
+    );
+    let (speech, lost) = frames_lost(&u2, &decoded, lag);
+    println!(
+        "with the canceller: the visitor over the reply, correlation {c:.3} at {lag} ms, \
+         {} of {speech} speech frames more than 6 dB down (at {lost:?} ms); \
+         the echo alone at {echo_db:.1} dBFS",
+        lost.len()
+    );
+    assert!(c >= 0.65, "correlation {c} at {lag} ms\n{log}");
+    // AEC3's suppressor opens over about 80 ms when the visitor starts
+    // over the reply: the start of each word after a pause comes through
+    // faded in (7 to 15% of the frames, seen), the rest whole.
+    assert!(
+        lost.len() * 5 <= speech,
+        "{} of {speech} frames lost\n{log}",
+        lost.len()
+    );
+
+    let (decoded, u2, log_off) = sip_call_in_the_room(false).await;
+    let raw_db = tail_level(
+        &decoded,
+        Duration::from_millis(3500),
+        Duration::from_millis(500),
+    );
+    let (c0, lag0) = locate_and_correlate(
+        &u2,
+        &decoded,
+        (Duration::from_millis(100), Duration::from_millis(1400)),
+    );
+    println!(
+        "without it: the visitor over the reply, correlation {c0:.3} at {lag0} ms, \
+         {} speech frames more than 6 dB down; the echo alone at {raw_db:.1} dBFS",
+        frames_lost(&u2, &decoded, lag0).1.len()
+    );
+    assert!(
+        raw_db > -45.0,
+        "without the canceller the peer should have heard itself: {raw_db} dBFS\n{log_off}"
+    );
+    assert!(
+        echo_db < raw_db - 25.0,
+        "the peer heard its own voice at {echo_db} dBFS ({raw_db} dBFS without the canceller)\n{log}"
+    );
 }

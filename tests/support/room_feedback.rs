@@ -3,7 +3,8 @@
 //! time, turns it into an echo (the clipping speaker, the 30 ms direct path
 //! and the 200 ms reverberant tail of `Room::default()`), adds a visitor
 //! speaking over it, and writes that to the microphone's FIFO. Shared by
-//! the device test and the test against the stock Pipecat bot.
+//! the device test and the tests against the stock Pipecat bot and
+//! baresip.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
