@@ -21,7 +21,6 @@ use common::{
 };
 use daily_support::{API_KEY, FakeDaily};
 use fake_upstream::FakeUpstream;
-use kiosk_gateway::audio::echo::room::{Room, active_power};
 use kiosk_gateway::audio::{self, PcmClip, SampleRate};
 use sip_support::{Baresip, Script, ScriptedPeer, best_correlation, fixture, write_source};
 
@@ -29,7 +28,10 @@ use sip_support::{Baresip, Script, ScriptedPeer, best_correlation, fixture, writ
 mod alsa_files;
 #[path = "../support/room_feedback.rs"]
 mod room_feedback;
-use room_feedback::{Cue, Part, RoomThread};
+#[path = "../support/room_visitor.rs"]
+mod room_visitor;
+use room_feedback::RoomThread;
+use room_visitor::{cut_in_said, question_then_cut_in};
 
 /// A daemon provisioning each session from `fake` with SIP dial-in;
 /// `daily` adds keys to `[daily]`, `extra` adds tables.
@@ -432,32 +434,14 @@ async fn sip_call_in_the_room(echo_cancel: bool) -> (PcmClip, PcmClip, String) {
     let fake = FakeDaily::start().await;
     fake.state.lock().unwrap().sip_endpoint = Some(baresip.uri().replace("sip:", ""));
 
-    // The visitor as loud at the microphone as the reply's echo (0 dB).
-    let echo = Room::default().echo(&reply.samples);
-    let u1 = visitor_clip(U1_MS.0, U1_MS.1);
     let u2 = visitor_clip(U2_MS.0, U2_MS.1);
-    let at_48k = |samples: &[i16], gain: f32| -> Vec<f32> {
-        let c = clip(16_000, samples);
-        audio::resample_clip(&c.samples, c.rate, SampleRate::OPUS)
-            .unwrap()
-            .into_iter()
-            .map(|s| s * gain)
-            .collect()
-    };
-    let gain = (active_power(&echo) / active_power(&at_48k(&u2, 1.0))).sqrt();
-    let room = RoomThread::start(
-        dir.path(),
-        vec![
-            Part {
-                samples: at_48k(&u1, gain),
-                cue: Cue::At(48_000),
-            },
-            Part {
-                samples: at_48k(&u2, gain),
-                cue: Cue::AfterBotTalked(Duration::from_secs(3)),
-            },
-        ],
+    let (parts, gain) = question_then_cut_in(
+        &reply.samples,
+        &visitor_clip(U1_MS.0, U1_MS.1),
+        &u2,
+        Duration::from_secs(3),
     );
+    let room = RoomThread::start(dir.path(), parts);
 
     let config = dir.path().join("config.toml");
     std::fs::write(
@@ -492,17 +476,7 @@ async fn sip_call_in_the_room(echo_cancel: bool) -> (PcmClip, PcmClip, String) {
     // Talk, then listen to the echo alone for a while; the daemon's stop
     // hangs the call up, and baresip closes its recordings.
     let u2_len = Duration::from_millis(u64::from(U2_MS.1 - U2_MS.0));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut cut_in_at = None;
-    while Instant::now() < deadline {
-        if cut_in_at.is_none() && room.started(1).is_some() {
-            cut_in_at = Some(Instant::now());
-        }
-        if cut_in_at.is_some_and(|at| at.elapsed() > u2_len + ECHO_ALONE) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let cut_in = cut_in_said(&room, u2_len, ECHO_ALONE, Duration::from_secs(60)).await;
     d.signal("TERM");
     let hung_up = Instant::now() + Duration::from_secs(10);
     while !baresip.log().contains("terminated") && Instant::now() < hung_up {
@@ -510,7 +484,7 @@ async fn sip_call_in_the_room(echo_cancel: bool) -> (PcmClip, PcmClip, String) {
     }
     let log = format!(
         "echo_cancel {echo_cancel}: the visitor cut in: {}; room wrote {} s\nbaresip:\n{}\ndaemon:\n{}",
-        cut_in_at.is_some(),
+        cut_in,
         room.written() / 48_000,
         baresip.log(),
         d.stderr()

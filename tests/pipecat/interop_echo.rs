@@ -17,19 +17,20 @@ use crate::common;
 use crate::interop;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Daemon, U1_MS, U2_MS, visitor_clip};
 use interop::{PipecatBot, SERIAL};
-use kiosk_gateway::audio::echo::room::{Room, active_power};
-use kiosk_gateway::audio::{SampleRate, resample_clip};
 
 #[path = "../support/alsa_files.rs"]
 mod alsa_files;
 #[path = "../support/room_feedback.rs"]
 mod room_feedback;
+#[path = "../support/room_visitor.rs"]
+mod room_visitor;
 use alsa_files::{file_devices, mkfifo};
-use room_feedback::{Cue, Part, RoomThread};
+use room_feedback::RoomThread;
+use room_visitor::{cut_in_said, question_then_cut_in};
 
 const BOT_REPLY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -40,16 +41,6 @@ const BOT_REPLY: &str = concat!(
 const CUT_IN_AFTER: Duration = Duration::from_secs(4);
 /// How long the test listens after the visitor's second utterance.
 const AFTER_CUT_IN: Duration = Duration::from_secs(4);
-
-/// 16 kHz i16 samples as 48 kHz floats scaled by `gain`.
-fn at_48k(samples: &[i16], gain: f32) -> Vec<f32> {
-    let floats: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
-    resample_clip(&floats, SampleRate::VAD, SampleRate::OPUS)
-        .unwrap()
-        .into_iter()
-        .map(|s| s * gain)
-        .collect()
-}
 
 /// Lengths in seconds of the segments the bot's speech recogniser was
 /// given, in order: one per utterance its VAD heard.
@@ -72,26 +63,14 @@ async fn converse(echo_cancel: bool) -> (Vec<f64>, String) {
     mkfifo(&dir.path().join("mic.raw"));
     mkfifo(&dir.path().join("speaker.raw"));
 
-    // The visitor as loud at the microphone as the bot's echo (0 dB).
     let reply = kiosk_gateway::audio::read_wav(Path::new(BOT_REPLY)).unwrap();
-    let echo = Room::default().echo(&reply.samples);
-    let u1 = visitor_clip(U1_MS.0, U1_MS.1);
-    let u2 = visitor_clip(U2_MS.0, U2_MS.1);
-    let u2_power = active_power(&at_48k(&u2, 1.0));
-    let gain = (active_power(&echo) / u2_power).sqrt();
-    let room = RoomThread::start(
-        dir.path(),
-        vec![
-            Part {
-                samples: at_48k(&u1, gain),
-                cue: Cue::At(48_000),
-            },
-            Part {
-                samples: at_48k(&u2, gain),
-                cue: Cue::AfterBotTalked(CUT_IN_AFTER),
-            },
-        ],
+    let (parts, _) = question_then_cut_in(
+        &reply.samples,
+        &visitor_clip(U1_MS.0, U1_MS.1),
+        &visitor_clip(U2_MS.0, U2_MS.1),
+        CUT_IN_AFTER,
     );
+    let room = RoomThread::start(dir.path(), parts);
 
     let bot = PipecatBot::start(
         dir.path(),
@@ -118,22 +97,12 @@ async fn converse(echo_cancel: bool) -> (Vec<f64>, String) {
     let d = Daemon::start(dir.path(), &config, &[("ALSA_CONFIG_PATH", &alsa_path)]);
 
     let u2_len = Duration::from_millis(u64::from(U2_MS.1 - U2_MS.0));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut cut_in_at = None;
-    while Instant::now() < deadline {
-        if cut_in_at.is_none() && room.started(1).is_some() {
-            cut_in_at = Some(Instant::now());
-        }
-        if cut_in_at.is_some_and(|at| at.elapsed() > u2_len + AFTER_CUT_IN) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let cut_in = cut_in_said(&room, u2_len, AFTER_CUT_IN, Duration::from_secs(60)).await;
     let heard = heard_by_bot(&bot);
     let log = format!(
         "echo_cancel {echo_cancel}: the visitor cut in: {}; room wrote {} s\n\
          bot heard {heard:?}\nbot log:\n{}\ndaemon:\n{}",
-        cut_in_at.is_some(),
+        cut_in,
         room.written() / 48_000,
         bot.notable_log(),
         d.stderr()
