@@ -31,7 +31,7 @@ mod room_feedback;
 #[path = "../support/room_visitor.rs"]
 mod room_visitor;
 use room_feedback::RoomThread;
-use room_visitor::{cut_in_said, question_then_cut_in};
+use room_visitor::{cut_in_said, question_then_cut_in, room_audio};
 
 /// A daemon provisioning each session from `fake` with SIP dial-in;
 /// `daily` adds keys to `[daily]`, `extra` adds tables.
@@ -447,11 +447,7 @@ async fn sip_call_in_the_room(echo_cancel: bool) -> (PcmClip, PcmClip, String) {
     std::fs::write(
         &config,
         format!(
-            "[kiosk]\nid = \"test-kiosk\"\n\
-             [audio]\ninput = \"test microphone\"\noutput = \"kiosk_test_speaker\"\n\
-             # The pipes drain in bursts of up to 42 ms; queue enough.\n\
-             device_buffer_ms = 100\n\
-             echo_cancel = {echo_cancel}\necho_gate = {echo_cancel}\n\
+            "[kiosk]\nid = \"test-kiosk\"\n{}\
              [agent]\nstun_urls = []\nudp_bind = \"127.0.0.1:0\"\nstart_url = \"{}\"\n\
              [daily]\nbase_url = \"{}\"\n\
              [session]\nprovision = \"daily-sip\"\nidle_timeout = \"30s\"\n\
@@ -459,6 +455,7 @@ async fn sip_call_in_the_room(echo_cancel: bool) -> (PcmClip, PcmClip, String) {
              [store]\npath = \"kiosk.db\"\n\
              [status]\nlisten = \"127.0.0.1:0\"\n\
              [log]\ntarget = \"stderr\"\nlevel = \"info\"\n",
+            room_audio(echo_cancel),
             fake.agent_start_url(),
             fake.base_url()
         ),

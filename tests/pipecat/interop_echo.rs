@@ -30,7 +30,7 @@ mod room_feedback;
 mod room_visitor;
 use alsa_files::{file_devices, mkfifo};
 use room_feedback::RoomThread;
-use room_visitor::{cut_in_said, question_then_cut_in};
+use room_visitor::{cut_in_said, question_then_cut_in, room_audio};
 
 const BOT_REPLY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -80,16 +80,13 @@ async fn converse(echo_cancel: bool) -> (Vec<f64>, String) {
     std::fs::write(
         &config,
         format!(
-            "[kiosk]\nid = \"test-kiosk\"\n\
-             [audio]\ninput = \"test microphone\"\noutput = \"kiosk_test_speaker\"\n\
-             # The pipes drain in bursts of up to 42 ms; queue enough.\n\
-             device_buffer_ms = 100\n\
-             echo_cancel = {echo_cancel}\necho_gate = {echo_cancel}\n\
+            "[kiosk]\nid = \"test-kiosk\"\n{}\
              [agent]\noffer_url = \"{}\"\nstun_urls = []\nudp_bind = \"127.0.0.1:0\"\n\
              [session]\nidle_timeout = \"5s\"\n\
              [store]\npath = \"kiosk.db\"\n\
              [status]\nlisten = \"127.0.0.1:0\"\n\
              [log]\ntarget = \"stderr\"\nlevel = \"info\"\n",
+            room_audio(echo_cancel),
             bot.url("/api/offer")
         ),
     )

@@ -1,7 +1,7 @@
 //! The visitor in the simulated room (`room_feedback.rs`) of the daemon's
 //! tests against a real peer: a question, then words said over the peer's
 //! reply as loud at the microphone as the reply's echo, and waiting until
-//! they have been said.
+//! they have been said; and the daemon's devices in that room.
 
 use std::time::{Duration, Instant};
 
@@ -65,4 +65,15 @@ pub async fn cut_in_said(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cut_in_at.is_some()
+}
+
+/// The daemon's `[audio]` table for the room's devices, with the echo
+/// canceller and gate on or off.
+pub fn room_audio(echo_cancel: bool) -> String {
+    format!(
+        "[audio]\ninput = \"test microphone\"\noutput = \"kiosk_test_speaker\"\n\
+         # The pipes drain in bursts of up to 42 ms; queue enough.\n\
+         device_buffer_ms = 100\n\
+         echo_cancel = {echo_cancel}\necho_gate = {echo_cancel}\n"
+    )
 }
