@@ -19,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tracing::warn;
 
+use super::kernel_timer::KernelTimer;
 use super::rtvi::BotMessage;
 use super::signaling::Signaling;
 use super::transcript::TranscriptAssembler;
@@ -187,6 +188,9 @@ pub enum CallError {
     /// The call could not be made.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// The frame clock (a kernel timer) could not be made or read.
+    #[error("the 20 ms frame clock failed")]
+    Clock(#[source] std::io::Error),
 }
 
 /// What went wrong with a file, without repeating its path.
@@ -423,41 +427,44 @@ pub async fn run_call(
     let mut reconnects = 0;
     let mut ended_by = "duration";
 
-    // A late tick is made up at once (the default burst), so the stream
+    // The frame clock is the kernel's (see `kernel_timer`): one wake-up per
+    // packet, none between. Late ticks are made up at once, so the stream
     // keeps pace with the RTP clock: one frame per 20 ms of call.
-    let mut ticker = tokio::time::interval(FRAME);
+    let ticker = KernelTimer::periodic(FRAME).map_err(CallError::Clock)?;
     let mut reports = tokio::time::interval(LOSS_REPORTS_EVERY);
     let end = tokio::time::sleep(options.duration);
     tokio::pin!(end);
     loop {
         tokio::select! {
             _ = &mut end => break,
-            _ = ticker.tick() => {
-                source.next_frame(&mut pcm_out);
-                let packet = encoder.encode(&pcm_out).map_err(codec)?;
-                // Every frame goes out, DTX or not: only the first packet
-                // of the call starts a talk spurt (the RTP marker bit).
-                let frame = OpusFrame {
-                    data: Bytes::copy_from_slice(packet.bytes()),
-                    duration: FRAME,
-                    after_silence: frames_sent == 0,
-                };
-                // A full queue means the link is down; the frame is
-                // dropped like the audio engine's overflow would be.
-                if io.audio_out.try_send(frame).is_ok() {
-                    frames_sent += 1;
-                }
-                // The speaker's frames on the same tick: no device waits
-                // for them, and one wake-up per 20 ms costs less than three.
-                for _ in 0..SPEAKER_FRAMES_PER_TICK {
-                    if playout.next_frame(&mut speaker) {
-                        received_samples += FRAME_48K as u64;
-                        jitter_delays.push(metrics.jitter_delay_ms.load(std::sync::atomic::Ordering::Relaxed));
-                        if let Some(recording) = &mut recording {
-                            recording.push(&speaker).map_err(|e| CallError::Output {
-                                path: recording.path.clone(),
-                                problem: problem(&e),
-                            })?;
+            ticks = ticker.expired() => {
+                for _ in 0..ticks.map_err(CallError::Clock)? {
+                    source.next_frame(&mut pcm_out);
+                    let packet = encoder.encode(&pcm_out).map_err(codec)?;
+                    // Every frame goes out, DTX or not: only the first packet
+                    // of the call starts a talk spurt (the RTP marker bit).
+                    let frame = OpusFrame {
+                        data: Bytes::copy_from_slice(packet.bytes()),
+                        duration: FRAME,
+                        after_silence: frames_sent == 0,
+                    };
+                    // A full queue means the link is down; the frame is
+                    // dropped like the audio engine's overflow would be.
+                    if io.audio_out.try_send(frame).is_ok() {
+                        frames_sent += 1;
+                    }
+                    // The speaker's frames on the same tick: no device waits
+                    // for them, and one wake-up per 20 ms costs less than three.
+                    for _ in 0..SPEAKER_FRAMES_PER_TICK {
+                        if playout.next_frame(&mut speaker) {
+                            received_samples += FRAME_48K as u64;
+                            jitter_delays.push(metrics.jitter_delay_ms.load(std::sync::atomic::Ordering::Relaxed));
+                            if let Some(recording) = &mut recording {
+                                recording.push(&speaker).map_err(|e| CallError::Output {
+                                    path: recording.path.clone(),
+                                    problem: problem(&e),
+                                })?;
+                            }
                         }
                     }
                 }

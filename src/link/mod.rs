@@ -9,6 +9,7 @@
 
 pub mod call;
 pub mod cli;
+mod kernel_timer;
 pub(crate) mod pacer;
 pub(crate) mod peer;
 mod redundancy;

@@ -34,11 +34,13 @@ use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
     TokioRuntime, Transmit, UdpSockRef, UdpSocketState,
 };
+
+use super::kernel_timer::KernelTimer;
 
 /// Media sends further apart than this are not a stream: the kiosk sends
 /// every 20 ms, so one late tick of a loaded machine is still streaming.
@@ -112,6 +114,9 @@ struct SendClockedSocket {
     socket: std::net::UdpSocket,
     /// GSO/GRO and ECN state of the socket, probed once.
     batch: UdpSocketState,
+    /// Reads the queue when the media sends stop; a kernel timer, pushed
+    /// later at each packet without a wake-up (see `kernel_timer`).
+    backstop: KernelTimer,
     receive: Mutex<Receive>,
 }
 
@@ -130,9 +135,9 @@ enum Wake {
     Readable(AsyncFd<OwnedFd>),
     /// By the next media send, or, if the sends stop, by the backstop,
     /// which reads the queue and hands the socket back to epoll. Armed
-    /// once a read since the last send found the queue empty: until the
-    /// next send, or the backstop, the queue is not read again.
-    SendClock(Option<Pin<Box<Sleep>>>),
+    /// (`true`) once a read since the last send found the queue empty:
+    /// until the next send, or the backstop, the queue is not read again.
+    SendClock(bool),
 }
 
 struct Receive {
@@ -155,6 +160,7 @@ impl SendClockedSocket {
         Ok(Self {
             socket,
             batch,
+            backstop: KernelTimer::new()?,
             receive: Mutex::new(Receive {
                 wake: Wake::Readable(readable),
                 waker: None,
@@ -255,7 +261,7 @@ impl AsyncUdpSocket for SendClockedSocket {
             if receive.streaming(now) {
                 // Out of epoll, or the backstop disarmed: this send reads
                 // the socket.
-                receive.wake = Wake::SendClock(None);
+                receive.wake = Wake::SendClock(false);
                 // Wake the receiver to read it.
                 if let Some(waker) = receive.waker.take() {
                     waker.wake();
@@ -275,6 +281,7 @@ impl AsyncUdpSocket for SendClockedSocket {
         loop {
             let now = Instant::now();
             if matches!(receive.wake, Wake::SendClock(_)) && !receive.streaming(now) {
+                self.backstop.disarm()?;
                 receive.wake = Wake::Readable(readable(&self.socket)?);
             }
             match &mut receive.wake {
@@ -295,26 +302,28 @@ impl AsyncUdpSocket for SendClockedSocket {
                     }
                     // Read dry: epoll's readiness is cleared; wait for the next.
                 }
-                Wake::SendClock(backstop) => {
+                Wake::SendClock(armed) => {
                     // Armed means found empty since the last send: the driver
                     // polls again for its own reasons (about twice a packet),
                     // and asking the kernel each time is a syscall for nothing.
-                    let due = match backstop {
-                        None => true,
-                        Some(timer) => timer.as_mut().poll(cx).is_ready(),
-                    };
-                    if !due {
-                        receive.remember(cx.waker());
-                        return Poll::Pending;
+                    if *armed {
+                        match self.backstop.poll_expired(cx) {
+                            Poll::Pending => {
+                                receive.remember(cx.waker());
+                                return Poll::Pending;
+                            }
+                            Poll::Ready(expired) => {
+                                expired?;
+                                *armed = false;
+                            }
+                        }
                     }
                     let n = self.try_recv(bufs, meta)?;
                     if n > 0 {
                         return Poll::Ready(Ok(n));
                     }
-                    // A new timer, not `reset`: tokio leaves a timer pushed
-                    // later in its old slot and wakes there to move it, a
-                    // wake-up per packet for nothing.
-                    *backstop = Some(Box::pin(tokio::time::sleep_until(now + STREAM_GAP)));
+                    self.backstop.arm_in(STREAM_GAP)?;
+                    *armed = true;
                 }
             }
         }
