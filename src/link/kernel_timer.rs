@@ -26,6 +26,13 @@ pub(crate) struct KernelTimer {
     fd: AsyncFd<OwnedFd>,
 }
 
+/// `fd` in the runtime's epoll, for reading only.
+pub(super) fn in_epoll(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the `AsyncFd` owns `fd`, an open descriptor that stays open
+    // and the same until the `AsyncFd` drops it.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+}
+
 fn timespec(d: Duration) -> Timespec {
     Timespec {
         tv_sec: d.as_secs() as _,
@@ -40,11 +47,7 @@ impl KernelTimer {
             TimerfdClockId::Monotonic,
             TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
         )?;
-        // SAFETY: the `AsyncFd` owns `fd`, an open descriptor that stays open
-        // and the same until the `AsyncFd` drops it.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(io::Error::from)?;
-        Ok(Self { fd })
+        Ok(Self { fd: in_epoll(fd)? })
     }
 
     /// A timer that expires every `period`, the first time one period from
@@ -132,9 +135,16 @@ mod tests {
         assert_eq!(timeout(WAIT, timer.expired()).await.unwrap().unwrap(), 1);
         assert!(start.elapsed() >= Duration::from_millis(20));
         // The owner was busy for five periods: they come out at once, counted.
+        let busy = Instant::now();
         std::thread::sleep(Duration::from_millis(100));
         let missed = timeout(WAIT, timer.expired()).await.unwrap().unwrap();
-        assert!((4..=6).contains(&missed), "{missed} expiries after 100 ms");
+        // A loaded machine may oversleep: at most one more per 20 ms taken.
+        let taken = busy.elapsed();
+        let most = taken.as_millis() as u64 / 20 + 1;
+        assert!(
+            (4..=most).contains(&missed),
+            "{missed} expiries in {taken:?}"
+        );
         assert!(
             poll_now(&timer).is_pending(),
             "none left until the next period"
@@ -149,10 +159,16 @@ mod tests {
         let start = Instant::now();
         // Pushed later before it expires, as each packet's send pushes the
         // backstop: it expires once, at the later time.
+        let mut armed = Instant::now();
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            assert!(poll_now(&timer).is_pending(), "expired before its time");
+            let early = poll_now(&timer);
+            // Unless a loaded machine slept past the expiry itself.
+            if armed.elapsed() < Duration::from_millis(30) {
+                assert!(early.is_pending(), "expired before its time");
+            }
             timer.arm_in(Duration::from_millis(30)).unwrap();
+            armed = Instant::now();
         }
         assert_eq!(timeout(WAIT, timer.expired()).await.unwrap().unwrap(), 1);
         assert!(start.elapsed() >= Duration::from_millis(80));

@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 use webrtc::runtime::{
@@ -40,7 +39,7 @@ use webrtc::runtime::{
     TokioRuntime, Transmit, UdpSockRef, UdpSocketState,
 };
 
-use super::kernel_timer::KernelTimer;
+use super::kernel_timer::{KernelTimer, in_epoll};
 
 /// Media sends further apart than this are not a stream: the kiosk sends
 /// every 20 ms, so one late tick of a loaded machine is still streaming.
@@ -194,10 +193,7 @@ impl SendClockedSocket {
 
 /// A duplicate of the socket's descriptor in epoll, for reading only.
 fn readable(socket: &std::net::UdpSocket) -> io::Result<AsyncFd<OwnedFd>> {
-    let fd = OwnedFd::from(socket.try_clone()?);
-    // SAFETY: the `AsyncFd` owns `fd`, an open descriptor that stays open
-    // and the same until the `AsyncFd` drops it.
-    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+    in_epoll(OwnedFd::from(socket.try_clone()?))
 }
 
 /// RTP, not RTCP, STUN or DTLS (RFC 7983, RFC 5761): what the kiosk sends

@@ -504,6 +504,12 @@ const ROOM_REPLY: &str = concat!(
 /// echo alone on the line.
 const ECHO_ALONE: Duration = Duration::from_secs(5);
 
+/// Where in baresip's recording the cut-in is looked for.
+const CUT_IN_WINDOW: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_millis(1400));
+/// The echo alone at the call's end: from 3.5 s to 0.5 s before it.
+const ECHO_TAIL: (Duration, Duration) = (Duration::from_millis(3500), Duration::from_millis(500));
+
 /// RMS level (dBFS) of `c` from `from` to `to` before its end.
 fn tail_level(c: &PcmClip, from: Duration, to: Duration) -> f32 {
     let at = |d: Duration| {
@@ -541,17 +547,9 @@ fn frames_lost(said: &PcmClip, heard: &PcmClip, at_ms: i64) -> (usize, Vec<i64>)
 async fn over_the_kiosk_loudspeaker_the_sip_peer_hears_the_visitor_and_not_itself() {
     let (decoded, u2, log) = sip_call_in_the_room(true).await;
     // The visitor's words said over the reply reached the peer whole.
-    let (c, lag) = locate_and_correlate(
-        &u2,
-        &decoded,
-        (Duration::from_millis(100), Duration::from_millis(1400)),
-    );
+    let (c, lag) = locate_and_correlate(&u2, &decoded, CUT_IN_WINDOW);
     // The last seconds of the call: the reply's echo alone.
-    let echo_db = tail_level(
-        &decoded,
-        Duration::from_millis(3500),
-        Duration::from_millis(500),
-    );
+    let echo_db = tail_level(&decoded, ECHO_TAIL.0, ECHO_TAIL.1);
     let (speech, lost) = frames_lost(&u2, &decoded, lag);
     println!(
         "with the canceller: the visitor over the reply, correlation {c:.3} at {lag} ms, \
@@ -570,16 +568,8 @@ async fn over_the_kiosk_loudspeaker_the_sip_peer_hears_the_visitor_and_not_itsel
     );
 
     let (decoded, u2, log_off) = sip_call_in_the_room(false).await;
-    let raw_db = tail_level(
-        &decoded,
-        Duration::from_millis(3500),
-        Duration::from_millis(500),
-    );
-    let (c0, lag0) = locate_and_correlate(
-        &u2,
-        &decoded,
-        (Duration::from_millis(100), Duration::from_millis(1400)),
-    );
+    let raw_db = tail_level(&decoded, ECHO_TAIL.0, ECHO_TAIL.1);
+    let (c0, lag0) = locate_and_correlate(&u2, &decoded, CUT_IN_WINDOW);
     println!(
         "without it: the visitor over the reply, correlation {c0:.3} at {lag0} ms, \
          {} speech frames more than 6 dB down; the echo alone at {raw_db:.1} dBFS",
