@@ -16,8 +16,8 @@ use kiosk_gateway::audio::cli::{SegmentReport, vad_file};
 use kiosk_gateway::audio::device::Direction;
 use kiosk_gateway::audio::{
     AudioEngine, AudioEvent, AudioMetrics, AudioSettings, DeviceSpec, IncomingPacket, Millis,
-    OPUS_FRAME, OpusDecoder, OpusEncoder, SampleRate, VadSettings, f32_to_i16, read_wav,
-    resample_clip,
+    OPUS_FRAME, OpusDecoder, OpusEncoder, SampleRate, Scheduling, VadSettings, f32_to_i16,
+    read_wav, resample_clip,
 };
 
 #[path = "support/alsa_files.rs"]
@@ -71,6 +71,37 @@ fn wait_for_device(engine: &AudioEngine, direction: Direction, open: bool) -> bo
 /// Drains the speaker's FIFO at real-time pace until `stop`, so the
 /// otherwise unpaced file-backed device plays at the speed of a real one.
 /// Returns what was played.
+/// With a sound card the DSP thread runs `SCHED_FIFO` at priority 10 if
+/// this machine allows it (root, or an rtprio limit as the packaged unit
+/// sets), and reports a refusal otherwise; either way the engine runs.
+fn dsp_thread_at_realtime_priority_where_allowed(engine: &AudioEngine) {
+    let allowed = std::thread::spawn(|| {
+        let param = libc::sched_param { sched_priority: 10 };
+        // SAFETY: the calling (throwaway) thread; `param` outlives the call.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+    })
+    .join()
+    .unwrap();
+    let dsp = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).unwrap().trim() == "audio-dsp")
+        .expect("the DSP thread");
+    let tid: libc::pid_t = dsp.file_name().unwrap().to_str().unwrap().parse().unwrap();
+    // SAFETY: queries of a thread of this process.
+    let policy = unsafe { libc::sched_getscheduler(tid) } & !libc::SCHED_RESET_ON_FORK;
+    let mut param = libc::sched_param { sched_priority: -1 };
+    assert_eq!(unsafe { libc::sched_getparam(tid, &mut param) }, 0);
+    let reported = engine.metrics().dsp_scheduling.get();
+    if allowed {
+        assert_eq!((policy, param.sched_priority), (libc::SCHED_FIFO, 10));
+        assert_eq!(reported, Scheduling::Realtime(10));
+    } else {
+        assert_eq!(policy, libc::SCHED_OTHER);
+        assert_eq!(reported, Scheduling::Denied);
+    }
+}
+
 fn real_time_reader(fifo: &Path, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u8>> {
     let (fifo, stop) = (fifo.to_path_buf(), stop.clone());
     std::thread::spawn(move || {
@@ -205,6 +236,7 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
         ..AudioSettings::default()
     };
     let mut engine = AudioEngine::start(&playback_settings, &VadSettings::default()).unwrap();
+    dsp_thread_at_realtime_priority_where_allowed(&engine);
     let sender = engine.playout();
     let begin = Instant::now();
     for (k, p) in packets.iter().enumerate() {

@@ -184,7 +184,7 @@ fn next_playout_frame(
 
 impl DspThread {
     /// Sets up the stages on the DSP thread itself (device callbacks wake
-    /// the thread that builds them).
+    /// the thread that builds them), then asks for real-time scheduling.
     pub(super) fn new(
         audio: AudioSettings,
         vad: VadSettings,
@@ -208,8 +208,12 @@ impl DspThread {
         };
         let block_len = dsp_rate.samples_in(audio.input_buffer_ms);
         let devices = DeviceKeeper::start(&audio, &metrics, &sink.clock, std::thread::current())?;
+        let dsp = Dsp::new(&audio, &vad, dsp_rate, block_len, metrics.clone())?;
+        // Once set up: the unit's `LimitRTTIME` counts a real-time thread's
+        // CPU time until it sleeps, and setting up is the longest stretch.
+        super::realtime::schedule_dsp_thread(&audio, &metrics);
         Ok(Self {
-            dsp: Dsp::new(&audio, &vad, dsp_rate, block_len, metrics.clone())?,
+            dsp,
             dsp_rate,
             input,
             output,

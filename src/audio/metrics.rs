@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::echo::EchoStats;
+use super::realtime::SharedScheduling;
 use super::units::{Dbfs, Millis};
 
 /// The DSP loop's last failure, for the status page.
@@ -98,6 +99,8 @@ pub struct AudioMetrics {
     /// Passes of the DSP thread's loop, running or waiting to restart: a
     /// thread that stops counting is stuck (the watchdog reads it).
     pub dsp_heartbeat: AtomicU64,
+    /// How the DSP thread is scheduled.
+    pub dsp_scheduling: SharedScheduling,
     last_failure: Mutex<Option<EngineFailure>>,
     level_centi_dbfs: AtomicI32,
     /// The echo canceller has reported at least once.

@@ -8,7 +8,7 @@ use axum::response::Response;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::audio::AudioMetrics;
+use crate::audio::{AudioMetrics, Scheduling};
 use crate::control::LinkView;
 use crate::store::{Backlog, Counts};
 
@@ -94,6 +94,10 @@ fn describe() {
     describe_gauge!(
         "kiosk_audio_engine_up",
         "1 while the audio engine's DSP loop runs; 0 while it waits to be restarted after a failure."
+    );
+    describe_gauge!(
+        "kiosk_audio_dsp_realtime_priority",
+        "The audio DSP thread's real-time (SCHED_FIFO) priority; 0 while it runs at normal priority."
     );
     describe_counter!(
         "kiosk_audio_engine_failures_total",
@@ -248,6 +252,11 @@ pub fn record_audio(a: &AudioMetrics) {
     total("kiosk_audio_engine_failures_total", &a.engine_failures);
     total("kiosk_audio_engine_restarts_total", &a.engine_restarts);
     gauge!("kiosk_audio_engine_up").set(f64::from(u8::from(!a.is_engine_down())));
+    let realtime = match a.dsp_scheduling.get() {
+        Scheduling::Realtime(priority) => priority,
+        Scheduling::Normal | Scheduling::Denied => 0,
+    };
+    gauge!("kiosk_audio_dsp_realtime_priority").set(f64::from(realtime));
     if let Some(failure) = a.last_engine_failure() {
         gauge!("kiosk_audio_engine_last_failure_timestamp_seconds")
             .set(failure.at.as_millisecond() as f64 / 1000.0);

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::audio::{AudioMetrics, DeviceSpec, SoundCheck};
+use crate::audio::{AudioMetrics, DeviceSpec, Scheduling, SoundCheck};
 use crate::control::{Command as SessionCommand, Published};
 use crate::error_text::error_chain;
 pub use crate::health::ErrorNote;
@@ -118,6 +118,18 @@ fn audio_engine_note(a: &AudioMetrics) -> String {
         "audio engine stopped at {at}: {}; {when} (failures so far: {failures}, restarts: {restarts})",
         failure.error
     )
+}
+
+/// For the microphone's line: a DSP thread that was refused real-time
+/// scheduling, which a technician can grant (the unit's `LimitRTPRIO`).
+fn scheduling_note(a: &AudioMetrics) -> &'static str {
+    match a.dsp_scheduling.get() {
+        Scheduling::Denied => {
+            "; audio thread at normal priority: real-time scheduling refused \
+             (other work here can delay the audio)"
+        }
+        Scheduling::Normal | Scheduling::Realtime(_) => "",
+    }
 }
 
 fn describe(spec: &DeviceSpec) -> String {
@@ -330,6 +342,7 @@ impl StatusState {
         }
         let mut microphone = device("microphone", &view.input, a.input_open.load(Relaxed));
         microphone.detail.push_str(&echo_canceller_note(a));
+        microphone.detail.push_str(scheduling_note(a));
         vec![microphone, speaker]
     }
 
@@ -467,6 +480,20 @@ mod tests {
         assert_eq!(
             echo_canceller_note(&metrics),
             "; echo canceller: its filter removes 14 dB of the speaker's echo, echo 172 ms behind the speaker"
+        );
+    }
+
+    #[test]
+    fn the_microphone_line_says_when_real_time_audio_was_refused() {
+        let metrics = AudioMetrics::default();
+        assert_eq!(scheduling_note(&metrics), "");
+        metrics.dsp_scheduling.set(Scheduling::Realtime(10));
+        assert_eq!(scheduling_note(&metrics), "");
+        metrics.dsp_scheduling.set(Scheduling::Denied);
+        assert!(
+            scheduling_note(&metrics).starts_with("; audio thread at normal priority"),
+            "{}",
+            scheduling_note(&metrics)
         );
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kiosk_gateway::audio::{
     AudioEngine, AudioEvent, AudioSettings, Dbfs, DeviceSpec, IncomingPacket, Millis, OPUS_FRAME,
-    OpusEncoder, PcmClip, SampleRate, VadSettings, read_wav, resample_clip, write_wav,
+    OpusEncoder, PcmClip, SampleRate, Scheduling, VadSettings, read_wav, resample_clip, write_wav,
 };
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/audio");
@@ -34,6 +34,8 @@ fn wav_devices_run_a_short_conversation_in_real_time() {
     };
     let mut engine = AudioEngine::start(&settings, &VadSettings::default()).unwrap();
     let engine_start = Instant::now();
+    // Files have no device deadline: the DSP thread keeps normal priority.
+    assert_eq!(engine.metrics().dsp_scheduling.get(), Scheduling::Normal);
 
     let started = loop {
         match engine
