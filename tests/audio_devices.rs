@@ -422,4 +422,53 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
     assert!(engine.metrics().input_open.load(Ordering::Relaxed));
     engine.stop().unwrap();
     assert_eq!(found.first(), expected.first(), "capture did not resume");
+
+    a_microphone_faster_than_real_time_costs_the_thread_its_priority_not_the_process();
+}
+
+/// ALSA's `null` microphone hands over zeros as fast as they are read, so
+/// the DSP thread is woken again and again and never sleeps. Under the
+/// unit's `LimitRTTIME` (set here for this process) a real-time thread
+/// doing that for 200 ms gets the process killed; the thread goes back to
+/// normal priority first, and the engine keeps running.
+fn a_microphone_faster_than_real_time_costs_the_thread_its_priority_not_the_process() {
+    let mut before = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: this process's limits, through valid pointers. The soft
+    // limit alone: past it the kernel sends SIGXCPU, which kills.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_RTTIME, &mut before), 0);
+        let limit = libc::rlimit {
+            rlim_cur: 200_000.min(before.rlim_max),
+            ..before
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_RTTIME, &limit), 0);
+    }
+    let null = AudioSettings {
+        input: DeviceSpec::parse("null"),
+        output: DeviceSpec::Disabled,
+        ..AudioSettings::default()
+    };
+    let mut engine = AudioEngine::start(&null, &VadSettings::default()).unwrap();
+    let started = engine.metrics().dsp_scheduling.get();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.metrics().dsp_scheduling.get() != Scheduling::Demoted
+        && started == Scheduling::Realtime(10)
+    {
+        assert!(Instant::now() < deadline, "still real-time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Running at normal priority, as fast as the device goes.
+    std::thread::sleep(Duration::from_millis(500));
+    let frames = AudioMetrics::get(&engine.metrics().frames_processed);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(AudioMetrics::get(&engine.metrics().frames_processed) > frames);
+    engine.stop().unwrap();
+    // SAFETY: as above.
+    unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_RTTIME, &before), 0) };
+    if started == Scheduling::Realtime(10) {
+        assert_eq!(engine.metrics().dsp_scheduling.get(), Scheduling::Demoted);
+    }
 }

@@ -27,6 +27,7 @@ use super::dsp::Dsp;
 use super::metrics::AudioMetrics;
 use super::playout::IncomingPacket;
 use super::queue::Outlet;
+use super::realtime::{self, RunawayGuard, Scheduling};
 use super::resample::StreamResampler;
 use super::settings::{AudioSettings, DeviceSpec, VadSettings};
 use super::sound_check::{ActiveCheck, SoundCheckRequest};
@@ -164,6 +165,8 @@ pub(super) struct DspThread {
     link_ready: bool,
     /// A self-test playing its signal and recording the microphone.
     sound_check: Option<ActiveCheck>,
+    /// Set while the thread runs at real-time priority.
+    runaway: Option<RunawayGuard>,
 }
 
 /// The next 10 ms for the speaker: the bot's playout, or the self-test's
@@ -211,7 +214,9 @@ impl DspThread {
         let dsp = Dsp::new(&audio, &vad, dsp_rate, block_len, metrics.clone())?;
         // Once set up: the unit's `LimitRTTIME` counts a real-time thread's
         // CPU time until it sleeps, and setting up is the longest stretch.
-        super::realtime::schedule_dsp_thread(&audio, &metrics);
+        let scheduling = realtime::schedule_dsp_thread(&audio, &metrics);
+        let runaway = matches!(scheduling, Scheduling::Realtime(_))
+            .then(|| RunawayGuard::new(Instant::now()));
         Ok(Self {
             dsp,
             dsp_rate,
@@ -228,6 +233,7 @@ impl DspThread {
             playout_frame: [0.0; FRAME_48K],
             link_ready: false,
             sound_check: None,
+            runaway,
         })
     }
 
@@ -279,9 +285,24 @@ impl DspThread {
             self.handle_control()?;
             self.capture()?;
             self.play()?;
+            let before = Instant::now();
             std::thread::park_timeout(self.next_wait());
+            self.check_runaway(before);
         }
         Ok(())
+    }
+
+    /// A real-time thread woken again and again without sleeping goes back
+    /// to normal priority before the unit's `LimitRTTIME` stops it.
+    fn check_runaway(&mut self, wait_began: Instant) {
+        let Some(guard) = self.runaway.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        if guard.runaway(now - wait_began, now) {
+            realtime::demote_runaway_thread(&self.metrics);
+            self.runaway = None;
+        }
     }
 
     /// The DSP loop failed: say so, and report both devices gone until it

@@ -13,6 +13,7 @@
 //! crate and a logger for one system call.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -22,6 +23,18 @@ use super::settings::{AudioSettings, DeviceSpec};
 /// The FIFO priority asked for: under the unit's ceiling of 20, and far
 /// under the kernel's interrupt threads (50), which deliver the audio.
 pub const DSP_PRIORITY: u8 = 10;
+
+/// A real-time thread that has not waited for this long is stopped by
+/// the unit's `LimitRTTIME` (200 ms) soon after; before that it goes back
+/// to normal priority.
+pub const MAX_AWAKE: Duration = Duration::from_millis(100);
+
+/// A wait at least this long slept; a shorter one may have returned at
+/// once, its wake-up already given.
+const SLEPT: Duration = Duration::from_millis(1);
+
+/// [`Scheduling::Realtime`]'s code is the priority plus this.
+const REALTIME_CODE: u8 = 100;
 
 /// How the DSP thread is scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +46,9 @@ pub enum Scheduling {
     Realtime(u8),
     /// At normal priority because the system refused real-time scheduling.
     Denied,
+    /// Put back at normal priority after running [`MAX_AWAKE`] without
+    /// waiting: a device that wakes it faster than real time.
+    Demoted,
 }
 
 impl Scheduling {
@@ -40,8 +56,9 @@ impl Scheduling {
         match self {
             Self::Normal => 0,
             Self::Denied => 1,
+            Self::Demoted => 2,
             // FIFO priorities are 1 to 99.
-            Self::Realtime(priority) => priority.saturating_add(1),
+            Self::Realtime(priority) => priority.saturating_add(REALTIME_CODE),
         }
     }
 
@@ -49,7 +66,8 @@ impl Scheduling {
         match code {
             0 => Self::Normal,
             1 => Self::Denied,
-            code => Self::Realtime(code - 1),
+            2 => Self::Demoted,
+            code => Self::Realtime(code.saturating_sub(REALTIME_CODE)),
         }
     }
 }
@@ -70,7 +88,7 @@ impl SharedScheduling {
 
 /// Puts the calling thread, which runs the DSP, at real-time priority if
 /// it serves a sound card, and records and logs how it is scheduled.
-pub(super) fn schedule_dsp_thread(audio: &AudioSettings, metrics: &AudioMetrics) {
+pub(super) fn schedule_dsp_thread(audio: &AudioSettings, metrics: &AudioMetrics) -> Scheduling {
     let device = |spec: &DeviceSpec| matches!(spec, DeviceSpec::Default | DeviceSpec::Named(_));
     let scheduling = if !device(&audio.input) && !device(&audio.output) {
         Scheduling::Normal
@@ -95,6 +113,44 @@ pub(super) fn schedule_dsp_thread(audio: &AudioSettings, metrics: &AudioMetrics)
         }
     };
     metrics.dsp_scheduling.set(scheduling);
+    scheduling
+}
+
+/// Watches a real-time thread for a stretch of work without a wait, which
+/// would get it stopped, so that it can go back to normal priority first.
+#[derive(Debug)]
+pub(super) struct RunawayGuard {
+    awake_since: Instant,
+}
+
+impl RunawayGuard {
+    pub(super) fn new(now: Instant) -> Self {
+        Self { awake_since: now }
+    }
+
+    /// After each wait, which took `waited`: whether the thread has now
+    /// gone [`MAX_AWAKE`] without sleeping.
+    pub(super) fn runaway(&mut self, waited: Duration, now: Instant) -> bool {
+        if waited >= SLEPT {
+            self.awake_since = now;
+        }
+        now.saturating_duration_since(self.awake_since) >= MAX_AWAKE
+    }
+}
+
+/// Takes the calling real-time thread back to normal priority, records it
+/// and says why.
+pub(super) fn demote_runaway_thread(metrics: &AudioMetrics) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread, and `param` outlives the call.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    let error = (rc != 0).then(std::io::Error::last_os_error);
+    warn!(
+        error = error.map(|e| e.to_string()),
+        "audio DSP thread back at normal priority: it ran 100 ms without waiting, \
+         so a device wakes it faster than real time (ALSA's \"null\" device does)"
+    );
+    metrics.dsp_scheduling.set(Scheduling::Demoted);
 }
 
 /// Makes the calling thread a `SCHED_FIFO` thread at `priority`. Threads
@@ -124,6 +180,7 @@ mod tests {
         assert_eq!(shared.get(), Scheduling::Normal);
         for s in [
             Scheduling::Denied,
+            Scheduling::Demoted,
             Scheduling::Realtime(DSP_PRIORITY),
             Scheduling::Realtime(1),
             Scheduling::Realtime(99),
@@ -132,6 +189,27 @@ mod tests {
             shared.set(s);
             assert_eq!(shared.get(), s);
         }
+    }
+
+    #[test]
+    fn a_thread_that_stops_sleeping_is_a_runaway_after_max_awake() {
+        let t0 = Instant::now();
+        let mut guard = RunawayGuard::new(t0);
+        let ms = Duration::from_millis;
+        // Device cadence: each wait sleeps until the next period.
+        for k in 1..=20 {
+            assert!(!guard.runaway(ms(19), t0 + ms(20 * k)));
+        }
+        // A backlog worked off without sleeping, shorter than the limit.
+        assert!(!guard.runaway(Duration::ZERO, t0 + ms(400 + 99)));
+        assert!(!guard.runaway(ms(5), t0 + ms(505)));
+        // A device that wakes it at once, every time.
+        let mut now = t0 + ms(505);
+        while now < t0 + ms(604) {
+            now += Duration::from_micros(300);
+            assert!(!guard.runaway(Duration::from_micros(10), now));
+        }
+        assert!(guard.runaway(Duration::from_micros(10), t0 + ms(605)));
     }
 
     /// A thread promoted (where the system allows it) is a FIFO thread at

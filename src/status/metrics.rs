@@ -254,7 +254,7 @@ pub fn record_audio(a: &AudioMetrics) {
     gauge!("kiosk_audio_engine_up").set(f64::from(u8::from(!a.is_engine_down())));
     let realtime = match a.dsp_scheduling.get() {
         Scheduling::Realtime(priority) => priority,
-        Scheduling::Normal | Scheduling::Denied => 0,
+        Scheduling::Normal | Scheduling::Denied | Scheduling::Demoted => 0,
     };
     gauge!("kiosk_audio_dsp_realtime_priority").set(f64::from(realtime));
     if let Some(failure) = a.last_engine_failure() {

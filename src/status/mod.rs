@@ -128,6 +128,10 @@ fn scheduling_note(a: &AudioMetrics) -> &'static str {
             "; audio thread at normal priority: real-time scheduling refused \
              (other work here can delay the audio)"
         }
+        Scheduling::Demoted => {
+            "; audio thread back at normal priority: the microphone or speaker \
+             woke it faster than real time"
+        }
         Scheduling::Normal | Scheduling::Realtime(_) => "",
     }
 }
@@ -484,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn the_microphone_line_says_when_real_time_audio_was_refused() {
+    fn the_microphone_line_says_when_the_audio_thread_is_not_real_time() {
         let metrics = AudioMetrics::default();
         assert_eq!(scheduling_note(&metrics), "");
         metrics.dsp_scheduling.set(Scheduling::Realtime(10));
@@ -492,6 +496,12 @@ mod tests {
         metrics.dsp_scheduling.set(Scheduling::Denied);
         assert!(
             scheduling_note(&metrics).starts_with("; audio thread at normal priority"),
+            "{}",
+            scheduling_note(&metrics)
+        );
+        metrics.dsp_scheduling.set(Scheduling::Demoted);
+        assert!(
+            scheduling_note(&metrics).starts_with("; audio thread back at normal priority"),
             "{}",
             scheduling_note(&metrics)
         );
