@@ -104,9 +104,9 @@ pub(super) fn schedule_dsp_thread(audio: &AudioSettings, metrics: &AudioMetrics)
             Err(e) => {
                 warn!(
                     error = %e,
-                    "audio DSP thread at normal priority: real-time scheduling refused; \
-                     other work on this machine can delay the audio (the packaged \
-                     unit allows it with LimitRTPRIO=20)"
+                    "audio DSP thread at normal priority: real-time scheduling refused \
+                     ({}); other work on this machine can delay the audio",
+                    refusal_reason()
                 );
                 Scheduling::Denied
             }
@@ -114,6 +114,33 @@ pub(super) fn schedule_dsp_thread(audio: &AudioSettings, metrics: &AudioMetrics)
     };
     metrics.dsp_scheduling.set(scheduling);
     scheduling
+}
+
+/// Why the kernel refused, in terms an operator can act on: an rtprio
+/// limit under the priority asked for (the packaged unit sets
+/// `LimitRTPRIO=20`; a container that may not raise limits keeps 0), or,
+/// with a high enough limit, a kernel with real-time group scheduling
+/// (`CONFIG_RT_GROUP_SCHED`) that gives this process's cgroup no budget.
+fn refusal_reason() -> String {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: this process's limit, into a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_RTPRIO, &mut limit) } != 0 {
+        return "the rtprio limit could not be read".into();
+    }
+    if limit.rlim_cur >= libc::rlim_t::from(DSP_PRIORITY) {
+        "the rtprio limit allows it, so the kernel's real-time group scheduling \
+         gives this cgroup no real-time budget"
+            .into()
+    } else {
+        format!(
+            "rtprio limit {}, under the {DSP_PRIORITY} asked for; the packaged unit \
+             sets LimitRTPRIO=20",
+            limit.rlim_cur
+        )
+    }
 }
 
 /// Watches a real-time thread for a stretch of work without a wait, which
