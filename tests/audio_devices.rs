@@ -95,7 +95,8 @@ fn dsp_thread_at_realtime_priority_where_allowed(engine: &AudioEngine) {
     let reported = engine.metrics().dsp_scheduling.get();
     if allowed {
         assert_eq!((policy, param.sched_priority), (libc::SCHED_FIFO, 10));
-        assert_eq!(reported, Scheduling::Realtime(10));
+        assert_eq!(reported, Scheduling::Realtime);
+        assert_eq!(reported.priority(), 10);
     } else {
         assert_eq!(policy, libc::SCHED_OTHER);
         assert_eq!(reported, Scheduling::Denied);
@@ -455,7 +456,7 @@ fn a_microphone_faster_than_real_time_costs_the_thread_its_priority_not_the_proc
     let started = engine.metrics().dsp_scheduling.get();
     let deadline = Instant::now() + Duration::from_secs(5);
     while engine.metrics().dsp_scheduling.get() != Scheduling::Demoted
-        && started == Scheduling::Realtime(10)
+        && started == Scheduling::Realtime
     {
         assert!(Instant::now() < deadline, "still real-time");
         std::thread::sleep(Duration::from_millis(10));
@@ -468,7 +469,7 @@ fn a_microphone_faster_than_real_time_costs_the_thread_its_priority_not_the_proc
     engine.stop().unwrap();
     // SAFETY: as above.
     unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_RTTIME, &before), 0) };
-    if started == Scheduling::Realtime(10) {
+    if started == Scheduling::Realtime {
         assert_eq!(engine.metrics().dsp_scheduling.get(), Scheduling::Demoted);
     }
 }

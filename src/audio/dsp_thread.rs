@@ -215,8 +215,8 @@ impl DspThread {
         // Once set up: the unit's `LimitRTTIME` counts a real-time thread's
         // CPU time until it sleeps, and setting up is the longest stretch.
         let scheduling = realtime::schedule_dsp_thread(&audio, &metrics);
-        let runaway = matches!(scheduling, Scheduling::Realtime(_))
-            .then(|| RunawayGuard::new(Instant::now()));
+        let runaway =
+            (scheduling == Scheduling::Realtime).then(|| RunawayGuard::new(Instant::now()));
         Ok(Self {
             dsp,
             dsp_rate,

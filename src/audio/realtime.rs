@@ -22,28 +22,26 @@ use super::settings::{AudioSettings, DeviceSpec};
 
 /// The FIFO priority asked for: under the unit's ceiling of 20, and far
 /// under the kernel's interrupt threads (50), which deliver the audio.
-pub const DSP_PRIORITY: u8 = 10;
+pub(super) const DSP_PRIORITY: u8 = 10;
 
 /// A real-time thread that has not waited for this long is stopped by
 /// the unit's `LimitRTTIME` (200 ms) soon after; before that it goes back
 /// to normal priority.
-pub const MAX_AWAKE: Duration = Duration::from_millis(100);
+const MAX_AWAKE: Duration = Duration::from_millis(100);
 
 /// A wait at least this long slept; a shorter one may have returned at
 /// once, its wake-up already given.
 const SLEPT: Duration = Duration::from_millis(1);
 
-/// [`Scheduling::Realtime`]'s code is the priority plus this.
-const REALTIME_CODE: u8 = 100;
-
 /// How the DSP thread is scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Scheduling {
     /// At normal priority because nothing asked for more: the devices are
     /// files (paced by timers, no device deadline) or none.
     Normal,
-    /// `SCHED_FIFO` at this priority.
-    Realtime(u8),
+    /// `SCHED_FIFO` at [`DSP_PRIORITY`].
+    Realtime,
     /// At normal priority because the system refused real-time scheduling.
     Denied,
     /// Put back at normal priority after running [`MAX_AWAKE`] without
@@ -52,22 +50,11 @@ pub enum Scheduling {
 }
 
 impl Scheduling {
-    fn code(self) -> u8 {
+    /// The real-time priority it runs at: 0 for normal priority.
+    pub fn priority(self) -> u8 {
         match self {
-            Self::Normal => 0,
-            Self::Denied => 1,
-            Self::Demoted => 2,
-            // FIFO priorities are 1 to 99.
-            Self::Realtime(priority) => priority.saturating_add(REALTIME_CODE),
-        }
-    }
-
-    fn from_code(code: u8) -> Self {
-        match code {
-            0 => Self::Normal,
-            1 => Self::Denied,
-            2 => Self::Demoted,
-            code => Self::Realtime(code.saturating_sub(REALTIME_CODE)),
+            Self::Realtime => DSP_PRIORITY,
+            Self::Normal | Self::Denied | Self::Demoted => 0,
         }
     }
 }
@@ -78,11 +65,19 @@ pub struct SharedScheduling(AtomicU8);
 
 impl SharedScheduling {
     pub fn set(&self, scheduling: Scheduling) {
-        self.0.store(scheduling.code(), Ordering::Relaxed);
+        self.0.store(scheduling as u8, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> Scheduling {
-        Scheduling::from_code(self.0.load(Ordering::Relaxed))
+        [
+            Scheduling::Normal,
+            Scheduling::Realtime,
+            Scheduling::Denied,
+            Scheduling::Demoted,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == self.0.load(Ordering::Relaxed))
+        .unwrap_or(Scheduling::Normal)
     }
 }
 
@@ -93,13 +88,13 @@ pub(super) fn schedule_dsp_thread(audio: &AudioSettings, metrics: &AudioMetrics)
     let scheduling = if !device(&audio.input) && !device(&audio.output) {
         Scheduling::Normal
     } else {
-        match promote_this_thread(DSP_PRIORITY) {
+        match set_scheduler(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, DSP_PRIORITY) {
             Ok(()) => {
                 info!(
                     priority = DSP_PRIORITY,
                     "audio DSP thread at real-time priority"
                 );
-                Scheduling::Realtime(DSP_PRIORITY)
+                Scheduling::Realtime
             }
             Err(e) => {
                 warn!(
@@ -168,28 +163,24 @@ impl RunawayGuard {
 /// Takes the calling real-time thread back to normal priority, records it
 /// and says why.
 pub(super) fn demote_runaway_thread(metrics: &AudioMetrics) {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread, and `param` outlives the call.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
-    let error = (rc != 0).then(std::io::Error::last_os_error);
+    let result = set_scheduler(libc::SCHED_OTHER, 0);
     warn!(
-        error = error.map(|e| e.to_string()),
-        "audio DSP thread back at normal priority: it ran 100 ms without waiting, \
+        error = result.err().map(|e| e.to_string()),
+        awake_ms = MAX_AWAKE.as_millis() as u64,
+        "audio DSP thread back at normal priority: it ran without waiting, \
          so a device wakes it faster than real time (ALSA's \"null\" device does)"
     );
     metrics.dsp_scheduling.set(Scheduling::Demoted);
 }
 
-/// Makes the calling thread a `SCHED_FIFO` thread at `priority`. Threads
-/// it starts begin at normal priority (`SCHED_RESET_ON_FORK`).
-pub fn promote_this_thread(priority: u8) -> std::io::Result<()> {
+/// Sets the calling thread's scheduling policy and priority. With
+/// `SCHED_RESET_ON_FORK`, threads it starts begin at normal priority.
+fn set_scheduler(policy: libc::c_int, priority: u8) -> std::io::Result<()> {
     let param = libc::sched_param {
         sched_priority: libc::c_int::from(priority),
     };
     // SAFETY: pid 0 is the calling thread, and `param` outlives the call.
-    let rc = unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
-    };
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 {
         Ok(())
     } else {
@@ -208,9 +199,7 @@ mod tests {
         for s in [
             Scheduling::Denied,
             Scheduling::Demoted,
-            Scheduling::Realtime(DSP_PRIORITY),
-            Scheduling::Realtime(1),
-            Scheduling::Realtime(99),
+            Scheduling::Realtime,
             Scheduling::Normal,
         ] {
             shared.set(s);
@@ -244,7 +233,7 @@ mod tests {
     #[test]
     fn a_promoted_thread_is_fifo_or_refused_and_unchanged() {
         std::thread::spawn(|| {
-            let result = promote_this_thread(DSP_PRIORITY);
+            let result = set_scheduler(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, DSP_PRIORITY);
             // SAFETY: queries of the calling thread.
             let policy = unsafe { libc::sched_getscheduler(0) };
             let mut param = libc::sched_param { sched_priority: -1 };

@@ -8,7 +8,7 @@ use axum::response::Response;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::audio::{AudioMetrics, Scheduling};
+use crate::audio::AudioMetrics;
 use crate::control::LinkView;
 use crate::store::{Backlog, Counts};
 
@@ -252,11 +252,7 @@ pub fn record_audio(a: &AudioMetrics) {
     total("kiosk_audio_engine_failures_total", &a.engine_failures);
     total("kiosk_audio_engine_restarts_total", &a.engine_restarts);
     gauge!("kiosk_audio_engine_up").set(f64::from(u8::from(!a.is_engine_down())));
-    let realtime = match a.dsp_scheduling.get() {
-        Scheduling::Realtime(priority) => priority,
-        Scheduling::Normal | Scheduling::Denied | Scheduling::Demoted => 0,
-    };
-    gauge!("kiosk_audio_dsp_realtime_priority").set(f64::from(realtime));
+    gauge!("kiosk_audio_dsp_realtime_priority").set(f64::from(a.dsp_scheduling.get().priority()));
     if let Some(failure) = a.last_engine_failure() {
         gauge!("kiosk_audio_engine_last_failure_timestamp_seconds")
             .set(failure.at.as_millisecond() as f64 / 1000.0);

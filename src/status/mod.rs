@@ -132,7 +132,7 @@ fn scheduling_note(a: &AudioMetrics) -> &'static str {
             "; audio thread back at normal priority: the microphone or speaker \
              woke it faster than real time"
         }
-        Scheduling::Normal | Scheduling::Realtime(_) => "",
+        Scheduling::Normal | Scheduling::Realtime => "",
     }
 }
 
@@ -491,7 +491,7 @@ mod tests {
     fn the_microphone_line_says_when_the_audio_thread_is_not_real_time() {
         let metrics = AudioMetrics::default();
         assert_eq!(scheduling_note(&metrics), "");
-        metrics.dsp_scheduling.set(Scheduling::Realtime(10));
+        metrics.dsp_scheduling.set(Scheduling::Realtime);
         assert_eq!(scheduling_note(&metrics), "");
         metrics.dsp_scheduling.set(Scheduling::Denied);
         assert!(
