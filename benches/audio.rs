@@ -10,7 +10,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use kiosk_gateway::audio::{
     Aec3, AudioMetrics, AudioSettings, CaptureProcessor, EchoCanceller, FRAME_48K, IncomingPacket,
     Millis, NoiseSuppression, OPUS_FRAME, OpusDecoder, OpusEncoder, Playout, SampleRate, VAD_FRAME,
-    VadSettings, VoiceDetector, read_wav, resample_clip,
+    VadSettings, VoiceDetector, f32_to_i16, fill_block, push_block, read_wav, resample_clip,
 };
 use kiosk_gateway::testkit::network::{NetworkModel, NetworkProfile};
 
@@ -171,5 +171,29 @@ fn playout_through_loss(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, stages, playout_through_loss);
+/// The device callbacks' work for one 10 ms block of a 48 kHz mono 16-bit
+/// device (as the test rig's, and many USB ones), through the ring to the
+/// DSP thread's side, whose one bulk copy is timed too.
+fn device_blocks(c: &mut Criterion) {
+    let (_, s48) = speech();
+    let block: Vec<i16> = s48[..FRAME_48K].iter().map(|&s| f32_to_i16(s)).collect();
+    let (mut producer, mut consumer) = rtrb::RingBuffer::new(4 * FRAME_48K);
+    let mut drained = [0.0; FRAME_48K];
+    c.bench_function("microphone_block_10ms", |b| {
+        b.iter(|| {
+            black_box(push_block(&mut producer, black_box(&block), 1));
+            black_box(consumer.pop_partial_slice(&mut drained).0.len())
+        })
+    });
+    let mut played = vec![0i16; FRAME_48K];
+    let frame = &s48[..FRAME_48K];
+    c.bench_function("speaker_block_10ms", |b| {
+        b.iter(|| {
+            black_box(producer.push_partial_slice(black_box(frame)).0.len());
+            black_box(fill_block(&mut consumer, &mut played, 1))
+        })
+    });
+}
+
+criterion_group!(benches, stages, playout_through_loss, device_blocks);
 criterion_main!(benches);

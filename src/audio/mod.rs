@@ -103,6 +103,7 @@ mod units;
 mod vad;
 mod wav;
 
+pub use backend::ring::{DeviceSample, fill_block, push_block};
 pub use capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
 pub use codec::{
     ExpectedLoss, MAX_DECODED, MAX_EXPECTED_LOSS, MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket,

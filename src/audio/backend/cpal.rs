@@ -14,17 +14,18 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
+use ::cpal::SampleFormat;
 use ::cpal::traits::{DeviceTrait, StreamTrait};
-use ::cpal::{SampleFormat, SizedSample};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tracing::{info, warn};
 
+use super::ring::{DeviceSample, fill_block, push_block};
 use crate::audio::device::{
     ChosenConfig, Direction, choose_config, find_device, with_alsa_messages,
 };
 use crate::audio::metrics::AudioMetrics;
 use crate::audio::settings::{AudioSettings, DeviceSpec};
-use crate::audio::units::{FRAME_MS, Millis, SampleRate, f32_to_i16};
+use crate::audio::units::{FRAME_MS, Millis, SampleRate};
 use crate::audio::{AudioError, error_chain};
 
 /// Speaker ring space beyond `device_buffer_ms`, used only by devices that
@@ -401,7 +402,7 @@ fn open_input(
     ))
 }
 
-fn build_input<T: CallbackSample>(
+fn build_input<T: DeviceSample>(
     device: &::cpal::Device,
     chosen: &ChosenConfig,
     mut producer: rtrb::Producer<f32>,
@@ -423,13 +424,7 @@ fn build_input<T: CallbackSample>(
             // DSP thread is an atomic swap plus, when it sleeps, one futex
             // wake: bounded, and it saves the thread from polling.
             move |data: &[T], _| {
-                let mut overrun = 0;
-                for frame in data.chunks_exact(channels) {
-                    let mono = frame.iter().map(|&s| s.to_f32()).sum::<f32>() / channels as f32;
-                    if producer.push(mono).is_err() {
-                        overrun += 1;
-                    }
-                }
+                let overrun = push_block(&mut producer, data, channels);
                 if overrun > 0 {
                     AudioMetrics::add(&data_metrics.input_overrun_samples, overrun);
                 }
@@ -497,7 +492,7 @@ fn open_output(
     ))
 }
 
-fn build_output<T: CallbackSample>(
+fn build_output<T: DeviceSample>(
     device: &::cpal::Device,
     chosen: &ChosenConfig,
     mut consumer: rtrb::Consumer<f32>,
@@ -520,14 +515,7 @@ fn build_output<T: CallbackSample>(
                 let largest = largest_request
                     .fetch_max(request, Ordering::Relaxed)
                     .max(request);
-                let mut underrun = 0;
-                for frame in data.chunks_exact_mut(channels) {
-                    let sample = consumer.pop().unwrap_or_else(|_| {
-                        underrun += 1;
-                        0.0
-                    });
-                    frame.fill(T::from_f32(sample));
-                }
+                let underrun = fill_block(&mut consumer, data, channels);
                 if underrun > 0 {
                     AudioMetrics::add(&data_metrics.output_underrun_samples, underrun);
                 }
@@ -559,29 +547,5 @@ fn on_error(
         failed.store(true, Ordering::Relaxed);
         wake.dsp.unpark();
         wake.keeper.unpark();
-    }
-}
-
-/// Sample types the callbacks convert.
-trait CallbackSample: SizedSample + Send + 'static {
-    fn to_f32(self) -> f32;
-    fn from_f32(sample: f32) -> Self;
-}
-
-impl CallbackSample for i16 {
-    fn to_f32(self) -> f32 {
-        f32::from(self) / 32768.0
-    }
-    fn from_f32(sample: f32) -> Self {
-        f32_to_i16(sample)
-    }
-}
-
-impl CallbackSample for f32 {
-    fn to_f32(self) -> f32 {
-        self
-    }
-    fn from_f32(sample: f32) -> Self {
-        sample
     }
 }

@@ -1,8 +1,10 @@
 //! Where samples come from and go to: sound devices through cpal, kept open
-//! by a thread of their own ([`cpal`]), and WAV files standing in for them
+//! by a thread of their own ([`cpal`]), their callbacks moving blocks
+//! through lock-free rings ([`ring`]), and WAV files standing in for them
 //! ([`wav`]), paced by the wall clock.
 
 pub mod cpal;
+pub mod ring;
 pub mod wav;
 
 use std::time::{Duration, Instant};
