@@ -486,14 +486,9 @@ impl DspThread {
 
     fn capture(&mut self) -> Result<(), AudioError> {
         let n = match &mut self.input {
-            Input::Device { ring, .. } => {
-                let n = ring.slots().min(self.block.len());
-                for slot in &mut self.block[..n] {
-                    // `slots()` said these are readable; pop cannot fail.
-                    *slot = ring.pop().unwrap_or(0.0);
-                }
-                n
-            }
+            // One copy for the whole block: popping sample by sample
+            // stores the ring's index (a barrier on ARM) for each.
+            Input::Device { ring, .. } => ring.pop_partial_slice(&mut self.block).0.len(),
             Input::Wav(file) => {
                 let n = file.read_due(&mut self.block);
                 if n > 0 {
@@ -549,10 +544,8 @@ impl DspThread {
                     )?;
                     resampler.push(&self.playout_frame)?;
                     while resampler.pop_frame(frame) {
-                        for &s in frame.iter() {
-                            // Sized so a frame always fits; a full ring just drops it.
-                            let _ = ring.push(s);
-                        }
+                        // Sized so a frame always fits; a full ring drops the rest.
+                        let _ = ring.push_partial_slice(frame);
                     }
                 }
             }

@@ -86,9 +86,15 @@ impl Dbfs {
     }
 }
 
-/// Converts a float sample in [-1, 1] to i16 with saturation.
+/// Converts a float sample in [-1, 1] to i16, rounding half away from
+/// zero, with saturation (NaN gives 0).
+///
+/// Not `f32::round`: without SSE4.1 (baseline x86-64) or ARMv8 (armhf) it
+/// is a call into libm for every sample the speaker plays. `as` truncates
+/// toward zero and saturates in a few inline instructions.
 pub fn f32_to_i16(sample: f32) -> i16 {
-    (sample * 32767.0).round().clamp(-32768.0, 32767.0) as i16
+    let scaled = sample * 32767.0;
+    (scaled + 0.5f32.copysign(scaled)) as i16
 }
 
 #[cfg(test)]
@@ -103,6 +109,22 @@ mod tests {
         let level = Dbfs::rms(&sine).0;
         assert!((level + 3.01).abs() < 0.05, "level {level}");
         assert_eq!(Dbfs::rms(&[0.0; 160]), Dbfs::FLOOR);
+    }
+
+    #[test]
+    fn float_samples_round_to_the_nearest_i16_and_saturate() {
+        for k in [-32767i16, -12345, -2, -1, 0, 1, 2, 12345, 32767] {
+            assert_eq!(f32_to_i16(f32::from(k) / 32767.0), k);
+        }
+        // Halves round away from zero, as `f32::round` did.
+        assert_eq!(f32_to_i16(2.5 / 32767.0), 3);
+        assert_eq!(f32_to_i16(-2.5 / 32767.0), -3);
+        assert_eq!(f32_to_i16(2.4 / 32767.0), 2);
+        assert_eq!(f32_to_i16(-2.4 / 32767.0), -2);
+        assert_eq!(f32_to_i16(1.5), 32767);
+        assert_eq!(f32_to_i16(-1.5), -32768);
+        assert_eq!(f32_to_i16(f32::INFINITY), 32767);
+        assert_eq!(f32_to_i16(f32::NAN), 0);
     }
 
     #[test]

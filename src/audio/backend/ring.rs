@@ -35,36 +35,45 @@ impl DeviceSample for f32 {
 /// Mixes a microphone block of `channels` interleaved channels down to
 /// mono into `ring`. A full ring keeps what it holds and drops the newest;
 /// returns the samples dropped.
+///
+/// One chunk per block: pushing sample by sample would store the ring's
+/// index, a barrier on ARM, for each sample.
 pub fn push_block<T: DeviceSample>(
     ring: &mut rtrb::Producer<f32>,
     block: &[T],
     channels: usize,
 ) -> u64 {
-    let mut dropped = 0;
-    for frame in block.chunks_exact(channels) {
-        let mono = frame.iter().map(|&s| s.to_f32()).sum::<f32>() / channels as f32;
-        if ring.push(mono).is_err() {
-            dropped += 1;
-        }
-    }
-    dropped
+    let frames = block.len() / channels;
+    let mono = block
+        .chunks_exact(channels)
+        .map(|frame| frame.iter().map(|&s| s.to_f32()).sum::<f32>() / channels as f32);
+    let pushed = ring
+        .write_chunk_uninit(frames.min(ring.slots()))
+        .map_or(0, |chunk| chunk.fill_from_iter(mono));
+    (frames - pushed) as u64
 }
 
 /// Fills a speaker block of `channels` interleaved channels from `ring`,
 /// each sample on every channel; what the ring lacks is played as silence.
-/// Returns the samples missing.
+/// Returns the samples missing. One chunk per block, as in [`push_block`].
 pub fn fill_block<T: DeviceSample>(
     ring: &mut rtrb::Consumer<f32>,
     block: &mut [T],
     channels: usize,
 ) -> u64 {
-    let mut missing = 0;
-    for frame in block.chunks_exact_mut(channels) {
-        let sample = ring.pop().unwrap_or_else(|_| {
-            missing += 1;
-            0.0
-        });
-        frame.fill(T::from_f32(sample));
+    let mut frames = block.chunks_exact_mut(channels);
+    if let Ok(chunk) = ring.read_chunk(frames.len().min(ring.slots())) {
+        let (first, second) = chunk.as_slices();
+        // Samples first: `zip` takes from its left side before its right,
+        // and a frame taken past the last sample would be left unfilled.
+        for (&sample, frame) in first.iter().chain(second).zip(frames.by_ref()) {
+            frame.fill(T::from_f32(sample));
+        }
+        chunk.commit_all();
+    }
+    let missing = frames.len() as u64;
+    for frame in frames {
+        frame.fill(T::from_f32(0.0));
     }
     missing
 }
