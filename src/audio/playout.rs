@@ -58,6 +58,12 @@ const MAX_OWED_MS: u32 = 500;
 /// Decoded audio below this mean square (-50 dBFS) is a pause: a frame of
 /// concealment inserted after it, to deepen the buffer, goes unheard.
 const QUIET_POWER: f32 = 1e-5;
+/// The bot counts as speaking until this many 10 ms frames in a row have
+/// played as pauses: longer than the gaps between its words and most
+/// between its sentences, so a visitor starting in one still cuts it off.
+/// A stream of silence (Pipecat's transport sends it between answers) is
+/// not speech, and a visitor starting over it cuts nothing off.
+const SPEAKING_HANGOVER_FRAMES: u32 = 50;
 /// Samples per millisecond at 48 kHz.
 const PER_MS: u32 = 48;
 /// What a packet of unknown duration (lost, or not Opus) is taken to hold:
@@ -491,6 +497,8 @@ pub struct Playout {
     muted: bool,
     barge_in_enabled: bool,
     playing: bool,
+    /// 10 ms frames played in a row as pauses (saturating).
+    quiet_frames: u32,
     /// Whether the last audio decoded was a pause (below [`QUIET_POWER`]).
     after_pause: bool,
     metrics: Arc<AudioMetrics>,
@@ -509,6 +517,7 @@ impl Playout {
             muted: false,
             barge_in_enabled: settings.barge_in,
             playing: false,
+            quiet_frames: SPEAKING_HANGOVER_FRAMES,
             after_pause: false,
             metrics,
         })
@@ -526,11 +535,17 @@ impl Playout {
         self.playing
     }
 
-    /// The visitor started speaking: if the bot is playing and barge-in is
+    /// Whether the bot is speaking: its audio is playing and was louder
+    /// than a pause within the last [`SPEAKING_HANGOVER_FRAMES`].
+    pub fn is_speaking(&self) -> bool {
+        self.playing && self.quiet_frames < SPEAKING_HANGOVER_FRAMES
+    }
+
+    /// The visitor started speaking: if the bot is speaking and barge-in is
     /// enabled, fade out over the next frame, flush the queue and stay quiet
     /// until [`release`](Self::release). Returns whether playback was cut.
     pub fn barge_in(&mut self) -> bool {
-        if !self.barge_in_enabled || !self.playing || self.muted {
+        if !self.barge_in_enabled || !self.is_speaking() || self.muted {
             return false;
         }
         self.fading = true;
@@ -570,6 +585,11 @@ impl Playout {
         let audible = self.refill();
         self.copy_pending(out);
         self.playing = audible;
+        self.quiet_frames = if audible && !is_quiet(out) {
+            0
+        } else {
+            self.quiet_frames.saturating_add(1)
+        };
         audible
     }
 
@@ -1085,6 +1105,40 @@ mod tests {
             audible |= playout.next_frame(&mut out);
         }
         assert!(audible, "playback did not resume after release");
+    }
+
+    #[test]
+    fn a_visitor_starting_over_a_silent_stream_cuts_nothing_off() {
+        let metrics = Arc::new(AudioMetrics::default());
+        let mut playout = Playout::new(&AudioSettings::default(), metrics.clone()).unwrap();
+        // Between answers the bot's transport sends silence, then speaks.
+        let silence = vec![0.0; OPUS_FRAME * 40];
+        let speech = speech();
+        let stream: Vec<f32> = silence.iter().chain(&speech[48_000..]).copied().collect();
+        let pkts = encoded(stream.chunks_exact(OPUS_FRAME).take(70), 100);
+        let arrivals: Vec<u32> = (0..70u32).map(|k| k * 20).collect();
+        let mut out = [0.0; FRAME_48K];
+        let mut fed = 0;
+        let mut cut_in_silence = false;
+        for tick in 0..140u32 {
+            while fed < pkts.len() && arrivals[fed] <= tick * 10 {
+                playout.push(pkts[fed], Millis(tick * 10));
+                fed += 1;
+            }
+            playout.next_frame(&mut out);
+            // 650 ms in, the silence has played for over half a second.
+            if tick == 65 {
+                assert!(playout.is_playing(), "the stream plays");
+                assert!(!playout.is_speaking(), "silence is not speech");
+                cut_in_silence = playout.barge_in();
+            }
+        }
+        assert!(!cut_in_silence, "a barge-in over silence");
+        assert_eq!(AudioMetrics::get(&metrics.barge_ins), 0);
+        // Once the bot speaks, the visitor cuts it off.
+        assert!(playout.is_speaking());
+        assert!(playout.barge_in());
+        assert_eq!(AudioMetrics::get(&metrics.barge_ins), 1);
     }
 
     #[test]
