@@ -281,6 +281,25 @@ async fn static_offer_url_four_turns_with_a_pipecat_bot() {
         &speaker_samples(dir.path()),
         &diagnostics(&d).await,
     );
+    // The visitor waits for each answer to end: no barge-in, though the
+    // bot's transport streams silence between answers.
+    let metrics = get(&format!("{}/metrics", d.url)).await.1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "kiosk_audio_barge_ins_total 0"),
+        "barge-ins counted:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("barge_in"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        !d.stderr().contains("visitor spoke over the bot"),
+        "{}",
+        d.stderr()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
