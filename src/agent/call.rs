@@ -2,7 +2,7 @@
 //! utterance the agent's ear closes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +15,6 @@ use super::ear::Utterance;
 use super::hostile::HostileAudio;
 use super::{Shared, media};
 use crate::audio::{self, AudioError};
-use crate::link::RtpClock;
 use crate::link::peer::{Peer, PeerSignal};
 use crate::link::rtvi::{
     self, BotMessage, BotOutput, BotTextKind, ClientMessage, Inbound, PROTOCOL_VERSION,
@@ -33,8 +32,10 @@ pub(super) async fn run(
     let (dc_tx, mut dc_rx) = mpsc::channel::<Arc<dyn DataChannel>>(1);
     let mut dc: Option<Arc<dyn DataChannel>> = None;
     let mut replies = 0u32;
-    // One RTP stream per call: replies continue its sequence and clock.
-    let mut clock = RtpClock::new(Instant::now());
+    let (voice_tx, voice_rx) = mpsc::channel::<media::Reply>(1);
+    // The audio track starts sending once the call is up (its data
+    // channel open), and ends with this task, which holds `voice_tx`.
+    let mut voice_rx = Some(voice_rx);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -59,7 +60,12 @@ pub(super) async fn run(
                 }
                 Some(_) => {}
             },
-            Some(channel) = dc_rx.recv() => dc = Some(channel),
+            Some(channel) = dc_rx.recv() => {
+                dc = Some(channel);
+                if let Some(rx) = voice_rx.take() {
+                    tokio::spawn(media::stream(Arc::clone(&peer), Arc::clone(&shared), rx));
+                }
+            }
             Some(()) = renegotiate.recv() => {
                 if let Some(dc) = &dc {
                     let _ = dc.send_text(&rtvi::signalling_json(&rtvi::Signalling::Renegotiate)).await;
@@ -70,13 +76,11 @@ pub(super) async fn run(
                 if let Some(dc) = &dc {
                     #[cfg(feature = "testkit")]
                     let voice = media::play(
-                        &peer,
-                        &shared.config.reply,
-                        &mut clock,
+                        &voice_tx,
                         (shared.config.hostile && replies == 1).then(|| HostileAudio::new(&shared)),
                     );
                     #[cfg(not(feature = "testkit"))]
-                    let voice = media::play(&peer, &shared.config.reply, &mut clock);
+                    let voice = media::play(&voice_tx);
                     turn(dc, replies, utterance, voice).await;
                 }
             }

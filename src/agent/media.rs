@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -115,36 +115,98 @@ pub(super) async fn decode_track(
     }
 }
 
-/// Plays `pcm` on the peer's track in real time, one packet per 20 ms,
-/// continuing the call's RTP stream (`clock`).
+/// A reply for the call's audio track to say; `done` hears when it has
+/// been sent whole.
+pub(super) struct Reply {
+    #[cfg(feature = "testkit")]
+    pub hostile: Option<super::hostile::HostileAudio>,
+    pub done: oneshot::Sender<Result<(), AudioError>>,
+}
+
+/// Has the call's audio track say the reply, and waits until it is sent.
 pub(super) async fn play(
-    peer: &Peer,
-    pcm: &[i16],
-    clock: &mut RtpClock,
-    #[cfg(feature = "testkit")] mut hostile: Option<super::hostile::HostileAudio>,
+    stream: &mpsc::Sender<Reply>,
+    #[cfg(feature = "testkit")] hostile: Option<super::hostile::HostileAudio>,
 ) -> Result<(), AudioError> {
-    let mut encoder = Encoder::new()?;
-    let payload_type = peer.payload_type().await;
-    let mut ticker = tokio::time::interval(FRAME_DURATION);
-    let (mut pos, mut first) = (0, true);
-    while pos < pcm.len() {
-        ticker.tick().await;
-        let rest = &pcm[pos..];
+    let (done, sent) = oneshot::channel();
+    let reply = Reply {
         #[cfg(feature = "testkit")]
-        let substitute = hostile
-            .as_mut()
-            .and_then(|h| h.next(pos, rest, &mut encoder));
-        #[cfg(not(feature = "testkit"))]
-        let substitute: Option<Result<(bytes::Bytes, usize), AudioError>> = None;
-        let (data, samples) = match substitute {
-            Some(packet) => packet?,
-            None => (encoder.encode(rest)?, FRAME_SAMPLES),
+        hostile,
+        done,
+    };
+    if stream.send(reply).await.is_err() {
+        // The call is over.
+        return Ok(());
+    }
+    sent.await.unwrap_or(Ok(()))
+}
+
+/// A reply being sent: how far, and whether its first packet went.
+struct Saying {
+    reply: Reply,
+    pos: usize,
+    first: bool,
+}
+
+/// The call's audio track, in real time: a packet every 20 ms, the replies
+/// asked for through `replies` and silence between them, as Pipecat's
+/// transport sends (its output track gives a frame every 20 ms whether the
+/// bot talks or not). Ends when the call drops `replies` or the track
+/// fails.
+pub(super) async fn stream(
+    peer: Arc<Peer>,
+    shared: Arc<Shared>,
+    mut replies: mpsc::Receiver<Reply>,
+) {
+    let mut encoder = match Encoder::new() {
+        Ok(encoder) => encoder,
+        Err(e) => {
+            warn!(error = %audio::error_chain(&e), "loopback agent has no encoder");
+            return;
+        }
+    };
+    let payload_type = peer.payload_type().await;
+    // One RTP stream per call: replies continue its sequence and clock.
+    let mut clock = RtpClock::new(Instant::now());
+    let mut ticker = tokio::time::interval(FRAME_DURATION);
+    let silence = [0i16; FRAME_SAMPLES];
+    let mut saying: Option<Saying> = None;
+    loop {
+        ticker.tick().await;
+        if saying.is_none() {
+            match replies.try_recv() {
+                Ok(reply) => {
+                    saying = Some(Saying {
+                        reply,
+                        pos: 0,
+                        first: true,
+                    });
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+        }
+        let next = match &mut saying {
+            Some(s) => next_reply_packet(s, &shared.config.reply, &mut encoder),
+            None => encoder
+                .encode(&silence)
+                .map(|data| (data, FRAME_SAMPLES, false)),
         };
-        pos += samples;
+        let (data, samples, after_silence) = match next {
+            Ok(packet) => packet,
+            Err(e) => {
+                if let Some(s) = saying.take() {
+                    let _ = s.reply.done.send(Err(e));
+                    continue;
+                }
+                warn!(error = %audio::error_chain(&e), "loopback agent could not encode silence");
+                break;
+            }
+        };
         let frame = OpusFrame {
             data,
             duration: FRAME_DURATION * (samples / FRAME_SAMPLES) as u32,
-            after_silence: std::mem::take(&mut first),
+            after_silence,
         };
         let (seq, ts, marker) = clock.stamp(&frame, Instant::now());
         let packet = rtc::rtp::Packet {
@@ -162,12 +224,42 @@ pub(super) async fn play(
         if peer.audio.write_rtp(packet).await.is_err() {
             break;
         }
+        if saying
+            .as_ref()
+            .is_some_and(|s| s.pos >= shared.config.reply.len())
+            && let Some(s) = saying.take()
+        {
+            let _ = s.reply.done.send(Ok(()));
+        }
         // A packet of 40 or 60 ms holds the next ticks' audio too.
         for _ in 1..samples / FRAME_SAMPLES {
             ticker.tick().await;
         }
     }
-    Ok(())
+}
+
+/// The reply's next packet: its data, the samples it holds and whether it
+/// starts the reply.
+fn next_reply_packet(
+    saying: &mut Saying,
+    pcm: &[i16],
+    encoder: &mut Encoder,
+) -> Result<(bytes::Bytes, usize, bool), AudioError> {
+    let rest = &pcm[saying.pos.min(pcm.len())..];
+    #[cfg(feature = "testkit")]
+    let substitute = saying
+        .reply
+        .hostile
+        .as_mut()
+        .and_then(|h| h.next(saying.pos, rest, encoder));
+    #[cfg(not(feature = "testkit"))]
+    let substitute: Option<Result<(bytes::Bytes, usize), AudioError>> = None;
+    let (data, samples) = match substitute {
+        Some(packet) => packet?,
+        None => (encoder.encode(rest)?, FRAME_SAMPLES),
+    };
+    saying.pos += samples;
+    Ok((data, samples, std::mem::take(&mut saying.first)))
 }
 
 #[cfg(all(test, feature = "testkit"))]

@@ -69,6 +69,7 @@ async fn speech_goes_out_reply_comes_back_and_rtvi_flows_both_ways() {
     let mut heard = Vec::new();
     let mut events = Vec::new();
     let silence = [0i16; FRAME_SAMPLES];
+    let mut silence_before = 0;
     tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             tokio::select! {
@@ -83,6 +84,12 @@ async fn speech_goes_out_reply_comes_back_and_rtvi_flows_both_ways() {
                 Some(p) = io.audio_in.recv() => heard.extend_from_slice(decoder.decode(&p.data).unwrap()),
                 Some(e) = io.events.recv() => {
                     let done = e == LinkEvent::Bot(BotMessage::BotStoppedSpeaking);
+                    if e == LinkEvent::Bot(BotMessage::BotStartedSpeaking) {
+                        // Before its reply the agent streams silence, as
+                        // Pipecat's transport does between answers.
+                        silence_before = heard.len();
+                        heard.clear();
+                    }
                     events.push(e);
                     if done { break; }
                 }
@@ -91,12 +98,19 @@ async fn speech_goes_out_reply_comes_back_and_rtvi_flows_both_ways() {
     })
     .await
     .expect("agent finished its turn");
-    // packets still in flight after bot-stopped-speaking
-    while let Ok(Some(p)) =
-        tokio::time::timeout(Duration::from_millis(300), io.audio_in.recv()).await
-    {
-        heard.extend_from_slice(decoder.decode(&p.data).unwrap());
-    }
+    // packets still in flight after bot-stopped-speaking, and the silence
+    // streamed after them
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        while let Some(p) = io.audio_in.recv().await {
+            heard.extend_from_slice(decoder.decode(&p.data).unwrap());
+        }
+    })
+    .await;
+    let silence_ms = silence_before / 48;
+    assert!(
+        silence_ms >= 500,
+        "{silence_ms} ms of silence streamed before the reply"
+    );
 
     let bot: Vec<_> = events
         .iter()
