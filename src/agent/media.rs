@@ -224,12 +224,8 @@ pub(super) async fn stream(
         if peer.audio.write_rtp(packet).await.is_err() {
             break;
         }
-        if saying
-            .as_ref()
-            .is_some_and(|s| s.pos >= shared.config.reply.len())
-            && let Some(s) = saying.take()
-        {
-            let _ = s.reply.done.send(Ok(()));
+        if let Some(said) = saying.take_if(|s| s.pos >= shared.config.reply.len()) {
+            let _ = said.reply.done.send(Ok(()));
         }
         // A packet of 40 or 60 ms holds the next ticks' audio too.
         for _ in 1..samples / FRAME_SAMPLES {

@@ -537,7 +537,7 @@ impl Playout {
 
     /// Whether the bot is speaking: its audio is playing and was louder
     /// than a pause within the last [`SPEAKING_HANGOVER_FRAMES`].
-    pub fn is_speaking(&self) -> bool {
+    fn is_speaking(&self) -> bool {
         self.playing && self.quiet_frames < SPEAKING_HANGOVER_FRAMES
     }
 
@@ -585,7 +585,8 @@ impl Playout {
         let audible = self.refill();
         self.copy_pending(out);
         self.playing = audible;
-        self.quiet_frames = if audible && !is_quiet(out) {
+        // `refill` measured what it decoded: no second pass over the frame.
+        self.quiet_frames = if audible && !self.after_pause {
             0
         } else {
             self.quiet_frames.saturating_add(1)
