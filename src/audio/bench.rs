@@ -7,6 +7,12 @@
 //! as well as the whole path. The capture path runs with the configured
 //! echo canceller, fed the same speech as what the speaker plays.
 //!
+//! Then both paths again, paced as the DSP thread runs them live: one
+//! packet's worth (20 ms) each way per wake-up, sleeping until the next.
+//! The same instructions cost more when the thread sleeps between bursts
+//! (caches and the core's clock go cold), so this is what the audio work
+//! costs in a live session; the figure above is its floor.
+//!
 //! Then the echo canceller in a simulated kiosk room ([`room`]): the bot's
 //! reply through a clipping speaker and a 200 ms reverberant room, the
 //! visitor's four utterances over it at 0 and -6 dB signal-to-echo ratio,
@@ -17,7 +23,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::io::Cursor;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -63,6 +69,12 @@ const LATENCY_RUN: Duration = Duration::from_secs(3);
 /// Audio pushed through each path.
 pub const BENCH_AUDIO: Millis = Millis(60_000);
 
+/// Audio pushed through both paths in real time for the paced figure.
+const PACED_AUDIO: Millis = Millis(10_000);
+/// Audio per wake-up in the paced run: one Opus packet, as on the DSP
+/// thread (`CaptureClock` wakes it once per packet).
+const PACED_WAKE: Millis = Millis(20);
+
 /// How fast one path (capture or playout) runs.
 #[derive(Clone, Debug, Serialize)]
 pub struct PathReport {
@@ -101,6 +113,8 @@ pub struct BenchReport {
     pub capture: PathReport,
     /// Opus packets to the speaker.
     pub playout: PathReport,
+    /// Both paths paced as in a live session.
+    pub paced: PacedReport,
     /// Delay added on the way out.
     pub latency: LatencyReport,
     /// `null` with `[audio] echo_cancel = false`.
@@ -110,6 +124,24 @@ pub struct BenchReport {
     /// playout path as measured here. What the rest of the process costs
     /// is measured against it (`scripts/measure-session`).
     pub audio_work_cpu_s_per_minute: f64,
+}
+
+/// Both paths run as the DSP thread runs them: a burst of work per
+/// packet, asleep in between.
+#[derive(Clone, Debug, Serialize)]
+pub struct PacedReport {
+    /// Audio pushed through both paths, in real time.
+    pub audio_ms: u32,
+    /// Audio per wake-up.
+    pub wake_ms: u32,
+    /// Wake-ups, one per burst.
+    pub wakeups: u32,
+    /// CPU time of the work alone (not the sleeps) per 10 ms frame.
+    pub ns_per_10ms_frame: u64,
+    /// The same per minute of audio: the audio work of a live session.
+    pub cpu_s_per_minute: f64,
+    /// How many times the back-to-back figure the same work costs paced.
+    pub x_back_to_back: f64,
 }
 
 /// CPU-seconds per minute of audio for work taking `ns` per 10 ms frame.
@@ -172,6 +204,14 @@ impl BenchReport {
             "audio work {:.2} CPU-s per minute of live session ({:.2}% of one core)\n",
             self.audio_work_cpu_s_per_minute,
             self.audio_work_cpu_s_per_minute * 100.0 / 60.0
+        ));
+        let p = &self.paced;
+        out.push_str(&format!(
+            "paced    {:.2} CPU-s per minute as live ({} ms per wake-up, {} s of audio), {:.1}x back to back\n",
+            p.cpu_s_per_minute,
+            p.wake_ms,
+            p.audio_ms / 1000,
+            p.x_back_to_back
         ));
         let l = &self.latency;
         out.push_str(&format!(
@@ -282,7 +322,22 @@ pub fn run(device_rate: SampleRate, audio: &AudioSettings) -> Result<BenchReport
     let vad = VadSettings::default();
 
     let capture = bench_capture(audio, &vad, device_rate, block, &mic, &speech48, frames)?;
-    let playout = bench_playout(audio, device_rate, &speech48, frames)?;
+    let packets = encode_packets(audio, &speech48)?;
+    let playout = bench_playout(audio, device_rate, &speech48, &packets, frames)?;
+    let audio_work_ns = capture.ns_per_10ms_frame + playout.ns_per_10ms_frame;
+    let streams = Streams {
+        mic: &mic,
+        block,
+        packets: &packets,
+    };
+    let paced = bench_paced(
+        audio,
+        &vad,
+        device_rate,
+        &streams,
+        PACED_AUDIO,
+        audio_work_ns,
+    )?;
     let latency = live_latency(audio)?;
     let echo = if audio.echo_cancel {
         Some(bench_echo(audio, &clip, &speech48)?)
@@ -290,9 +345,8 @@ pub fn run(device_rate: SampleRate, audio: &AudioSettings) -> Result<BenchReport
         None
     };
     Ok(BenchReport {
-        audio_work_cpu_s_per_minute: cpu_s_per_minute(
-            capture.ns_per_10ms_frame + playout.ns_per_10ms_frame,
-        ),
+        audio_work_cpu_s_per_minute: cpu_s_per_minute(audio_work_ns),
+        paced,
         latency,
         echo,
         device_rate_hz: device_rate.hz(),
@@ -388,14 +442,13 @@ fn bench_capture(
     })
 }
 
-fn bench_playout(
+/// The bot's side: `speech48` as the Opus packets the link delivers.
+fn encode_packets(
     audio: &AudioSettings,
-    rate: SampleRate,
     speech48: &[f32],
-    frames: usize,
-) -> Result<PathReport, AudioError> {
+) -> Result<Vec<IncomingPacket>, AudioError> {
     let mut encoder = OpusEncoder::new(audio)?;
-    let packets: Vec<IncomingPacket> = speech48
+    speech48
         .chunks_exact(OPUS_FRAME)
         .enumerate()
         .map(|(k, c)| {
@@ -406,14 +459,23 @@ fn bench_playout(
                 payload: encoder.encode(frame)?,
             })
         })
-        .collect::<Result<_, AudioError>>()?;
+        .collect()
+}
+
+fn bench_playout(
+    audio: &AudioSettings,
+    rate: SampleRate,
+    speech48: &[f32],
+    packets: &[IncomingPacket],
+    frames: usize,
+) -> Result<PathReport, AudioError> {
     let mut stages = BTreeMap::new();
 
     let (dec_time, samples) = time(|| {
         let mut decoder = OpusDecoder::new()?;
         let mut pcm = [0.0; OPUS_FRAME];
         let mut n = 0;
-        for p in &packets {
+        for p in packets {
             n += decoder.decode(p.payload.bytes(), &mut pcm)?;
         }
         Ok(n)
@@ -474,6 +536,74 @@ fn bench_playout(
         x_realtime: f64::from(BENCH_AUDIO.0) / 1000.0 / total.as_secs_f64(),
         ns_per_10ms_frame: per_frame(total, frames),
         stages,
+    })
+}
+
+/// What both paths are fed: the microphone at the device rate in device
+/// blocks, and the bot's packets.
+struct Streams<'a> {
+    mic: &'a [f32],
+    block: usize,
+    packets: &'a [IncomingPacket],
+}
+
+/// Both paths together for `length` of audio in real time: per wake-up,
+/// `PACED_WAKE` of frames each way as the DSP thread handles them, then
+/// asleep until the next is due. Times the work alone, and compares it
+/// with the same work back to back (`back_to_back_ns` per frame).
+fn bench_paced(
+    audio: &AudioSettings,
+    vad: &VadSettings,
+    rate: SampleRate,
+    streams: &Streams,
+    length: Millis,
+    back_to_back_ns: u64,
+) -> Result<PacedReport, AudioError> {
+    let metrics = Arc::new(AudioMetrics::default());
+    let mut capture =
+        CaptureProcessor::new(audio, vad, rate, streams.block, true, metrics.clone())?;
+    let mut sink = CountingSink::default();
+    capture.link_ready(&mut sink);
+    let mut playout = Playout::new(audio, metrics)?;
+    let mut to_device = StreamResampler::new(SampleRate::OPUS, rate, FRAME_48K)?;
+    let mut frame = [0.0; FRAME_48K];
+    let mut out = vec![0.0; streams.block];
+    let mut mic = streams.mic.chunks_exact(streams.block).cycle();
+    let per_wake = (PACED_WAKE.0 / FRAME_MS.0) as usize;
+    let wakeups = length.0 / PACED_WAKE.0;
+    let mut next_packet = 0;
+    let mut work = Duration::ZERO;
+    let start = Instant::now();
+    for wake in 0..wakeups {
+        let began = thread_cpu_time();
+        for k in 0..per_wake {
+            let now = Millis((wake * per_wake as u32 + k as u32) * FRAME_MS.0);
+            while let Some(p) = streams.packets.get(next_packet)
+                && p.timestamp / 48 <= now.0
+            {
+                playout.push(*p, now);
+                next_packet += 1;
+            }
+            playout.next_frame(&mut frame);
+            to_device.push(&frame)?;
+            while to_device.pop_frame(&mut out) {}
+            capture.observe_playout(&frame);
+            capture.push_samples(mic.next().unwrap_or(&[]), &mut sink)?;
+        }
+        work += thread_cpu_time().saturating_sub(began);
+        let due = start + Duration::from_millis(u64::from((wake + 1) * PACED_WAKE.0));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    black_box((sink.events, sink.bytes, out));
+    let frames = (wakeups as usize * per_wake).max(1);
+    let ns = per_frame(work, frames);
+    Ok(PacedReport {
+        audio_ms: wakeups * PACED_WAKE.0,
+        wake_ms: PACED_WAKE.0,
+        wakeups,
+        ns_per_10ms_frame: ns,
+        cpu_s_per_minute: cpu_s_per_minute(ns),
+        x_back_to_back: ns as f64 / back_to_back_ns.max(1) as f64,
     })
 }
 
@@ -684,5 +814,37 @@ mod tests {
         // 6000 frames a minute: 50 us each is 0.3 s, half a per cent of a core.
         assert!((cpu_s_per_minute(50_000) - 0.3).abs() < 1e-9);
         assert_eq!(cpu_s_per_minute(0), 0.0);
+    }
+
+    #[test]
+    fn the_paced_run_keeps_real_time_one_packet_per_wake_up() {
+        let audio = AudioSettings::default();
+        let clip = built_in(SPEECH_WAV, "speech fixture").unwrap();
+        let speech48 = resample_clip(&clip.samples, SampleRate::VAD, SampleRate::OPUS).unwrap();
+        let packets = encode_packets(&audio, &speech48).unwrap();
+        let streams = Streams {
+            mic: &speech48,
+            block: FRAME_48K,
+            packets: &packets,
+        };
+        let began = Instant::now();
+        let report = bench_paced(
+            &audio,
+            &VadSettings::default(),
+            SampleRate::OPUS,
+            &streams,
+            Millis(300),
+            1_000,
+        )
+        .unwrap();
+        // Run as fast as it can, 300 ms of audio takes a few milliseconds.
+        assert!(began.elapsed() >= Duration::from_millis(300));
+        assert_eq!(
+            (report.wakeups, report.audio_ms, report.wake_ms),
+            (15, 300, 20)
+        );
+        assert!(report.ns_per_10ms_frame > 0);
+        let expected = report.ns_per_10ms_frame as f64 / 1_000.0;
+        assert!((report.x_back_to_back - expected).abs() < 1e-9);
     }
 }
