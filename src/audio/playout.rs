@@ -532,7 +532,14 @@ impl Playout {
 
     /// Whether the bot's audio is being played.
     pub fn is_playing(&self) -> bool {
-        self.playing
+        self.playing && self.quiet_frames == 0
+    }
+
+    /// Whether the frame just played was the bot's voice: decoded audio
+    /// louder than a pause, not the silence a transport streams between
+    /// answers.
+    pub fn played_voice(&self) -> bool {
+        self.playing && self.quiet_frames == 0
     }
 
     /// Whether the bot is speaking: its audio is playing and was louder
@@ -1121,12 +1128,16 @@ mod tests {
         let mut out = [0.0; FRAME_48K];
         let mut fed = 0;
         let mut cut_in_silence = false;
+        let mut first_voice = None;
         for tick in 0..140u32 {
             while fed < pkts.len() && arrivals[fed] <= tick * 10 {
                 playout.push(pkts[fed], Millis(tick * 10));
                 fed += 1;
             }
             playout.next_frame(&mut out);
+            if playout.played_voice() {
+                first_voice.get_or_insert(tick);
+            }
             // 650 ms in, the silence has played for over half a second.
             if tick == 65 {
                 assert!(playout.is_playing(), "the stream plays");
@@ -1136,6 +1147,13 @@ mod tests {
         }
         assert!(!cut_in_silence, "a barge-in over silence");
         assert_eq!(AudioMetrics::get(&metrics.barge_ins), 0);
+        // The voice is heard where the speech starts (the silence is 800 ms,
+        // the jitter buffer holds some 40-80 ms), not where the stream does.
+        let first_voice = first_voice.expect("the speech was voice") * 10;
+        assert!(
+            (800..=1000).contains(&first_voice),
+            "voice at {first_voice} ms"
+        );
         // Once the bot speaks, the visitor cuts it off.
         assert!(playout.is_speaking());
         assert!(playout.barge_in());

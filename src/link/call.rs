@@ -25,9 +25,9 @@ use super::signaling::Signaling;
 use super::transcript::TranscriptAssembler;
 use super::{Link, LinkError, LinkEvent, LinkSettings, LinkStats, OpusFrame};
 use crate::audio::{
-    self, AudioError, AudioMetrics, AudioSettings, ExpectedLoss, FRAME_48K, IncomingPacket, Millis,
-    OPUS_FRAME, OpusEncoder, OpusPacket, PcmClip, Playout, SampleRate, StreamResampler,
-    resample_clip,
+    self, AudioError, AudioMetrics, AudioSettings, ExpectedLoss, FRAME_48K, FRAME_MS,
+    IncomingPacket, Millis, OPUS_FRAME, OpusEncoder, OpusPacket, PcmClip, Playout, SampleRate,
+    StreamResampler, resample_clip,
 };
 
 /// One packet's worth of audio.
@@ -128,8 +128,16 @@ pub struct CallSummary {
     /// Audio from the agent played out: decoded, or rebuilt where packets
     /// were lost (FEC, concealment), through the kiosk's jitter buffer.
     pub audio_received_ms: u64,
-    /// When the agent's first audio arrived, if it did.
+    /// When the agent's first packet arrived, if one did. Pipecat's
+    /// transport streams silence from the start of the call, so this says
+    /// the media flows, not that the bot spoke.
     pub first_audio_received_ms: Option<u64>,
+    /// Of `audio_received_ms`, the agent's voice: audio louder than a pause
+    /// (-50 dBFS). A bot whose speech fails still streams silence; this
+    /// then stays 0.
+    pub voice_received_ms: u64,
+    /// When the agent's voice first played, if it did.
+    pub first_voice_received_ms: Option<u64>,
     /// Final user transcriptions and bot text, in arrival order.
     pub transcripts: Vec<Transcript>,
     /// Times the link restored the call.
@@ -421,6 +429,8 @@ pub async fn run_call(
     let mut frames_sent = 0u64;
     let mut received_samples = 0u64;
     let mut first_audio = None;
+    let mut voice_frames = 0u64;
+    let mut first_voice = None;
     let mut bot_ready = None;
     let mut transcripts = Vec::new();
     let mut transcript = TranscriptAssembler::new();
@@ -458,6 +468,10 @@ pub async fn run_call(
                     for _ in 0..SPEAKER_FRAMES_PER_TICK {
                         if playout.next_frame(&mut speaker) {
                             received_samples += FRAME_48K as u64;
+                            if playout.played_voice() {
+                                voice_frames += 1;
+                                first_voice.get_or_insert_with(|| ms(started.elapsed()));
+                            }
                             jitter_delays.push(metrics.jitter_delay_ms.load(std::sync::atomic::Ordering::Relaxed));
                             if let Some(recording) = &mut recording {
                                 recording.push(&speaker).map_err(|e| CallError::Output {
@@ -543,6 +557,8 @@ pub async fn run_call(
         audio_sent_ms: frames_sent * FRAME.as_millis() as u64,
         audio_received_ms: received_samples * 1000 / u64::from(SampleRate::OPUS.hz()),
         first_audio_received_ms: first_audio,
+        voice_received_ms: voice_frames * u64::from(FRAME_MS.0),
+        first_voice_received_ms: first_voice,
         transcripts,
         reconnects,
         ended_by,

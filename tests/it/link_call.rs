@@ -158,6 +158,17 @@ async fn call_json_reports_the_conversation() {
     assert!(summary["bot_ready_ms"].as_u64().is_some());
     assert_continuous(&summary, 7);
     assert!(summary["audio_received_ms"].as_u64().unwrap() >= 1000);
+    // The agent streams silence from the start; its voice is the 1.5 s
+    // reply, after the 2.7 s utterance.
+    let voice = summary["voice_received_ms"].as_u64().unwrap();
+    assert!((500..=1600).contains(&voice), "{voice} ms of voice");
+    assert!(voice + 1000 <= summary["audio_received_ms"].as_u64().unwrap());
+    let first_audio = summary["first_audio_received_ms"].as_u64().unwrap();
+    let first_voice = summary["first_voice_received_ms"].as_u64().unwrap();
+    assert!(
+        first_voice >= first_audio + 2000,
+        "voice at {first_voice} ms, first packet at {first_audio} ms"
+    );
     let transcripts = summary["transcripts"].as_array().unwrap();
     assert_eq!(transcripts[0]["role"], "user");
     assert!(
@@ -176,4 +187,26 @@ async fn call_json_reports_the_conversation() {
         heard.len() >= 48_000,
         "reply audio written to the output WAV"
     );
+}
+
+/// A bot whose speech fails still answers and streams audio, all of it
+/// silence: `call` says it heard no voice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_reports_no_voice_from_a_bot_that_sends_only_silence() {
+    let agent = LoopbackAgent::start(LoopbackAgentConfig::new(vec![0; 48_000]))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out_wav = dir.path().join("heard.wav");
+    let (summary, _) = call(&agent, &fixture("utterance_48k.wav"), &out_wav, 6).await;
+    assert!(
+        summary["transcripts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["role"] == "bot")
+    );
+    assert!(summary["audio_received_ms"].as_u64().unwrap() >= 3000);
+    assert_eq!(summary["voice_received_ms"], 0);
+    assert_eq!(summary["first_voice_received_ms"], Value::Null);
 }
