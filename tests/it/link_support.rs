@@ -29,6 +29,26 @@ pub async fn call_json(args: Vec<String>) -> (serde_json::Value, String) {
     (serde_json::from_slice(&output.stdout).unwrap(), stderr)
 }
 
+/// The agent streamed silence from the call's start and spoke later: of
+/// the audio `call`'s summary says it received, `voice_ms` was voice, at
+/// least a second was not, and the voice began `voice_after_ms` or more
+/// after the first packet.
+pub fn assert_voice(
+    summary: &serde_json::Value,
+    voice_ms: std::ops::RangeInclusive<u64>,
+    voice_after_ms: u64,
+) {
+    let voice = summary["voice_received_ms"].as_u64().unwrap();
+    assert!(voice_ms.contains(&voice), "{voice} ms of the agent's voice");
+    assert!(voice + 1000 <= summary["audio_received_ms"].as_u64().unwrap());
+    let first_audio = summary["first_audio_received_ms"].as_u64().unwrap();
+    let first_voice = summary["first_voice_received_ms"].as_u64().unwrap();
+    assert!(
+        first_voice >= first_audio + voice_after_ms,
+        "voice at {first_voice} ms, first packet at {first_audio} ms"
+    );
+}
+
 /// Link settings for 127.0.0.1 only: no STUN, loopback sockets.
 pub fn local_settings() -> LinkSettings {
     LinkSettings {

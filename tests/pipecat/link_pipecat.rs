@@ -93,18 +93,7 @@ fn call_reaches_a_pipecat_bot() {
     // Pipecat streams silence from the start: the bot's voice is its
     // reply, which comes after the 2.7 s utterance and its turn's end, two
     // sentences each "synthesized" as the 0.43 s reply WAV.
-    let voice = summary["voice_received_ms"].as_u64().unwrap();
-    assert!(
-        (700..=1000).contains(&voice),
-        "{voice} ms of the bot's voice"
-    );
-    assert!(voice + 1000 <= summary["audio_received_ms"].as_u64().unwrap());
-    let first_audio = summary["first_audio_received_ms"].as_u64().unwrap();
-    let first_voice = summary["first_voice_received_ms"].as_u64().unwrap();
-    assert!(
-        first_voice >= first_audio + 2500,
-        "voice at {first_voice} ms, first packet at {first_audio} ms"
-    );
+    link_support::assert_voice(&summary, 700..=1000, 2500);
     // The bot's RTCP reports on our audio (aiortc carries them in its
     // sender reports) are read: the loss out and round trip come from them.
     let stats = &summary["stats"];
