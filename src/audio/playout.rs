@@ -532,7 +532,7 @@ impl Playout {
 
     /// Whether the bot's audio is being played.
     pub fn is_playing(&self) -> bool {
-        self.playing && self.quiet_frames == 0
+        self.playing
     }
 
     /// Whether the frame just played was the bot's voice: decoded audio
