@@ -521,10 +521,7 @@ fn bench_playout(
         let mut played = 0usize;
         let mut next = 0;
         for tick in 0..frames as u32 {
-            while next < packets.len() && packets[next].timestamp / 48 <= tick * 10 {
-                playout.push(packets[next], Millis(tick * 10));
-                next += 1;
-            }
+            push_due(&mut playout, packets, &mut next, Millis(tick * FRAME_MS.0));
             played += usize::from(playout.next_frame(&mut frame));
             to_device.push(&frame)?;
             while to_device.pop_frame(&mut out) {}
@@ -537,6 +534,18 @@ fn bench_playout(
         ns_per_10ms_frame: per_frame(total, frames),
         stages,
     })
+}
+
+/// Hands `playout` the packets from `next` on that are due at `now`, as
+/// the link would have delivered them (their timestamps count 48 kHz
+/// samples from the first).
+fn push_due(playout: &mut Playout, packets: &[IncomingPacket], next: &mut usize, now: Millis) {
+    while let Some(p) = packets.get(*next)
+        && p.timestamp / 48 <= now.0
+    {
+        playout.push(*p, now);
+        *next += 1;
+    }
 }
 
 /// What both paths are fed: the microphone at the device rate in device
@@ -578,12 +587,7 @@ fn bench_paced(
         let began = thread_cpu_time();
         for k in 0..per_wake {
             let now = Millis((wake * per_wake as u32 + k as u32) * FRAME_MS.0);
-            while let Some(p) = streams.packets.get(next_packet)
-                && p.timestamp / 48 <= now.0
-            {
-                playout.push(*p, now);
-                next_packet += 1;
-            }
+            push_due(&mut playout, streams.packets, &mut next_packet, now);
             playout.next_frame(&mut frame);
             to_device.push(&frame)?;
             while to_device.pop_frame(&mut out) {}
