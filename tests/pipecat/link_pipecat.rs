@@ -19,26 +19,17 @@
 use crate::interop;
 use crate::link_support;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use interop::PipecatBot;
 use link_support::{aligned_correlation, fixture};
 use serde_json::Value;
 
-#[test]
-fn call_reaches_a_pipecat_bot() {
-    let _serial = interop::SERIAL.blocking_lock();
-    let dir = tempfile::tempdir().unwrap();
-    let bot = PipecatBot::start(
-        dir.path(),
-        &[
-            "--audio-idle-timeout",
-            "1.0",
-            "--turn-stop",
-            "speech-timeout",
-        ],
-    );
-    let out_wav = dir.path().join("heard.wav");
+/// `call` to `bot`, sending the 2.7 s utterance for 9 s with 4 s pauses;
+/// returns its JSON summary and where it wrote what it heard.
+fn call(bot: &PipecatBot, dir: &Path) -> (Value, PathBuf) {
+    let out_wav = dir.join("heard.wav");
     let output = Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"))
         .args([
             "call",
@@ -71,24 +62,44 @@ fn call_reaches_a_pipecat_bot() {
     println!("{}", serde_json::to_string_pretty(&summary).unwrap());
     println!("{stderr}");
     println!("bot sent: {}", bot.sent_types().join(" "));
+    (summary, out_wav)
+}
+
+/// Whether `summary` holds a transcript line of `role` starting with `prefix`.
+fn said(summary: &Value, role: &str, prefix: &str) -> bool {
+    summary["transcripts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["role"] == role && t["text"].as_str().unwrap().trim().starts_with(prefix))
+}
+
+/// The bot's arguments: turns end on Pipecat's stock 1 s audio idle timeout.
+const BOT_ARGS: [&str; 4] = [
+    "--audio-idle-timeout",
+    "1.0",
+    "--turn-stop",
+    "speech-timeout",
+];
+
+#[test]
+fn call_reaches_a_pipecat_bot() {
+    let _serial = interop::SERIAL.blocking_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let bot = PipecatBot::start(dir.path(), &BOT_ARGS);
+    let (summary, out_wav) = call(&bot, dir.path());
 
     assert_eq!(summary["connected"], true);
     assert!(
         summary["bot_ready_ms"].as_u64().is_some(),
         "bot-ready from Pipecat"
     );
-    let transcripts = summary["transcripts"].as_array().unwrap();
-    let said = |role: &str, prefix: &str| {
-        transcripts
-            .iter()
-            .any(|t| t["role"] == role && t["text"].as_str().unwrap().trim().starts_with(prefix))
-    };
     assert!(
-        said("user", "utterance 1, "),
-        "{transcripts:?}\n{}",
+        said(&summary, "user", "utterance 1, "),
+        "{}",
         bot.notable_log()
     );
-    assert!(said("bot", "Reply 1."), "{transcripts:?}");
+    assert!(said(&summary, "bot", "Reply 1."));
     assert!(summary["audio_received_ms"].as_u64().unwrap() >= 1000);
     // Pipecat streams silence from the start: the bot's voice is its
     // reply, which comes after the 2.7 s utterance and its turn's end, two
@@ -110,4 +121,41 @@ fn call_reaches_a_pipecat_bot() {
         lag as f64 / 48_000.0
     );
     assert!(corr >= 0.7, "reply correlation {corr}");
+}
+
+/// A stock bot whose speech fails: it answers in text and streams audio,
+/// but its "synthesized" reply is silence. `call` says it heard no voice,
+/// where the audio counters alone would look healthy.
+#[test]
+fn call_hears_no_voice_from_a_pipecat_bot_whose_speech_is_silent() {
+    let _serial = interop::SERIAL.blocking_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let silent = dir.path().join("silent_reply.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(&silent, spec).unwrap();
+    for _ in 0..interop::reply().len() {
+        writer.write_sample(0i16).unwrap();
+    }
+    writer.finalize().unwrap();
+    let mut args = BOT_ARGS.to_vec();
+    let silent_arg = silent.display().to_string();
+    args.extend(["--reply", &silent_arg]);
+    let bot = PipecatBot::start(dir.path(), &args);
+    let (summary, _) = call(&bot, dir.path());
+
+    assert_eq!(summary["connected"], true);
+    assert!(
+        said(&summary, "user", "utterance 1, "),
+        "{}",
+        bot.notable_log()
+    );
+    assert!(said(&summary, "bot", "Reply 1."));
+    assert!(summary["audio_received_ms"].as_u64().unwrap() >= 5000);
+    assert_eq!(summary["voice_received_ms"], 0);
+    assert_eq!(summary["first_voice_received_ms"], Value::Null);
 }
