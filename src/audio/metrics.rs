@@ -34,6 +34,11 @@ pub struct AudioMetrics {
     pub input_overrun_samples: AtomicU64,
     /// Output samples the callback filled with silence for lack of audio.
     pub output_underrun_samples: AtomicU64,
+    /// Milliseconds the microphone's callback slept because the device ran
+    /// ahead of real time (it has no clock: ALSA's `null`, a broken driver).
+    pub input_held_ms: AtomicU64,
+    /// The same for the speaker.
+    pub output_held_ms: AtomicU64,
     /// 10 ms microphone frames processed.
     pub frames_processed: AtomicU64,
     /// Frames the VAD judged voiced.

@@ -76,6 +76,14 @@ fn describe() {
         "kiosk_audio_output_underrun_samples_total",
         "Speaker samples filled with silence for want of audio."
     );
+    describe_counter!(
+        "kiosk_audio_input_held_ms_total",
+        "Milliseconds the microphone was held to real time: it runs faster (no clock)."
+    );
+    describe_counter!(
+        "kiosk_audio_output_held_ms_total",
+        "Milliseconds the speaker was held to real time: it runs faster (no clock)."
+    );
     describe_counter!("kiosk_vad_utterances_total", "Utterances the VAD found.");
     describe_counter!("kiosk_sessions_total", "Sessions ended, by end_reason.");
     describe_histogram!("kiosk_session_duration_seconds", "Session length.");
@@ -226,6 +234,8 @@ pub fn record_audio(a: &AudioMetrics) {
         "kiosk_audio_output_underrun_samples_total",
         &a.output_underrun_samples,
     );
+    total("kiosk_audio_input_held_ms_total", &a.input_held_ms);
+    total("kiosk_audio_output_held_ms_total", &a.output_held_ms);
     total("kiosk_vad_utterances_total", &a.utterances);
     total("kiosk_audio_barge_ins_total", &a.barge_ins);
     total(

@@ -19,6 +19,7 @@ use ::cpal::traits::{DeviceTrait, StreamTrait};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tracing::{info, warn};
 
+use super::hold::HoldToRealTime;
 use super::ring::{DeviceSample, fill_block, push_block};
 use crate::audio::device::{
     ChosenConfig, Direction, choose_config, find_device, with_alsa_messages,
@@ -201,6 +202,9 @@ struct Slot {
     backoff: ExponentialBackoff,
     next_attempt: Instant,
     settings: (Duration, Duration),
+    /// The device's held-back count when its stream opened, or `None` once
+    /// this stream has been reported running ahead of real time.
+    held_at_open: Option<u64>,
 }
 
 impl Slot {
@@ -213,6 +217,7 @@ impl Slot {
             backoff: backoff(min, max),
             next_attempt: Instant::now(),
             settings: (min, max),
+            held_at_open: None,
         }
     }
 
@@ -231,6 +236,31 @@ impl Slot {
         match self.direction {
             Direction::Input => "microphone",
             Direction::Output => "speaker",
+        }
+    }
+
+    /// This direction's count of milliseconds held back to real time.
+    fn held_ms(&self, metrics: &AudioMetrics) -> u64 {
+        AudioMetrics::get(match self.direction {
+            Direction::Input => &metrics.input_held_ms,
+            Direction::Output => &metrics.output_held_ms,
+        })
+    }
+
+    /// Says once per stream that its device runs ahead of real time, which
+    /// only a device without a clock does: a technician sees why it plays
+    /// or records nothing useful.
+    fn report_held(&mut self, metrics: &AudioMetrics) {
+        if let Some(at_open) = self.held_at_open
+            && self.stream.is_some()
+            && self.held_ms(metrics) > at_open
+        {
+            self.held_at_open = None;
+            warn!(
+                device = self.name(),
+                "device runs faster than real time: it has no clock (as ALSA's \"null\" \
+                 device); held to real time"
+            );
         }
     }
 }
@@ -269,6 +299,7 @@ impl Keeper {
             let mut wait = KEEPER_WAIT;
             for k in 0..self.slots.len() {
                 self.keep_open(k);
+                self.slots[k].report_held(&self.metrics);
                 let slot = &self.slots[k];
                 if slot.stream.is_none() {
                     wait = wait.min(slot.next_attempt.saturating_duration_since(Instant::now()));
@@ -301,6 +332,7 @@ impl Keeper {
                 if self.opened.try_send((self.generation, opened)).is_ok() {
                     info!(device = slot.name(), "device open");
                     slot.stream = Some((stream, failed));
+                    slot.held_at_open = Some(slot.held_ms(&self.metrics));
                     self.dsp.unpark();
                 } else {
                     // The DSP thread has not taken the last ones: it is
@@ -417,24 +449,32 @@ fn build_input<T: DeviceSample>(
     let dsp = wake.dsp.clone();
     let capacity = producer.buffer().capacity();
     let rate = chosen.rate();
+    let mut hold = HoldToRealTime::new(rate);
     device
         .build_input_stream::<T, _, _>(
             chosen.config,
             // Real-time: no allocation, locks or logging in here. Waking the
             // DSP thread is an atomic swap plus, when it sleeps, one futex
-            // wake: bounded, and it saves the thread from polling.
+            // wake: bounded, and it saves the thread from polling. It sleeps
+            // only for a device with no clock (`hold`).
             move |data: &[T], _| {
                 let overrun = push_block(&mut producer, data, channels);
                 if overrun > 0 {
                     AudioMetrics::add(&data_metrics.input_overrun_samples, overrun);
                 }
-                clock
-                    .last_input
-                    .store(clock.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                let now = Instant::now();
+                clock.last_input.store(
+                    now.saturating_duration_since(clock.epoch).as_nanos() as u64,
+                    Ordering::Relaxed,
+                );
                 let wake_after = Millis(clock.wake_after.load(Ordering::Relaxed));
                 if capacity - producer.slots() >= rate.samples_in(wake_after) {
                     dsp.unpark();
                 }
+                hold_back(
+                    hold.after(data.len() / channels, now),
+                    &data_metrics.input_held_ms,
+                );
             },
             on_error(metrics, failed, wake),
             None,
@@ -505,11 +545,13 @@ fn build_output<T: DeviceSample>(
     let data_metrics = metrics.clone();
     let largest_request = largest_request.clone();
     let dsp = wake.dsp.clone();
+    let mut hold = HoldToRealTime::new(chosen.rate());
     device
         .build_output_stream::<T, _, _>(
             chosen.config,
             // Real-time: no allocation, locks or logging in here (the wake-up
-            // is as in the input callback: the DSP thread refills the ring).
+            // and the sleep are as in the input callback: the DSP thread
+            // refills the ring).
             move |data: &mut [T], _| {
                 let request = data.len() / channels;
                 let largest = largest_request
@@ -526,11 +568,24 @@ fn build_output<T: DeviceSample>(
                 if consumer.slots() < largest {
                     dsp.unpark();
                 }
+                hold_back(
+                    hold.after(request, Instant::now()),
+                    &data_metrics.output_held_ms,
+                );
             },
             on_error(metrics, failed, wake),
             None,
         )
         .map_err(AudioError::Device)
+}
+
+/// Sleeps a callback for `sleep` (zero but for a device with no clock of
+/// its own, see [`HoldToRealTime`]) and counts it in `held_ms`.
+fn hold_back(sleep: Duration, held_ms: &AtomicU64) {
+    if !sleep.is_zero() {
+        AudioMetrics::add(held_ms, sleep.as_millis() as u64);
+        std::thread::sleep(sleep);
+    }
 }
 
 /// A stream's error callback: the device is lost. It counts the error,

@@ -1,9 +1,11 @@
 //! Where samples come from and go to: sound devices through cpal, kept open
 //! by a thread of their own ([`cpal`]), their callbacks moving blocks
-//! through lock-free rings ([`ring`]), and WAV files standing in for them
-//! ([`wav`]), paced by the wall clock.
+//! through lock-free rings ([`ring`]) and held to real time when a device
+//! has no clock ([`hold`]), and WAV files standing in for them ([`wav`]),
+//! paced by the wall clock.
 
 pub mod cpal;
+mod hold;
 pub mod ring;
 pub mod wav;
 
