@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use interop::PipecatBot;
+use kiosk_gateway::audio::{PcmClip, SampleRate, write_wav};
 use link_support::{aligned_correlation, fixture};
 use serde_json::Value;
 
@@ -65,13 +66,18 @@ fn call(bot: &PipecatBot, dir: &Path) -> (Value, PathBuf) {
     (summary, out_wav)
 }
 
-/// Whether `summary` holds a transcript line of `role` starting with `prefix`.
-fn said(summary: &Value, role: &str, prefix: &str) -> bool {
-    summary["transcripts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|t| t["role"] == role && t["text"].as_str().unwrap().trim().starts_with(prefix))
+/// `call` connected, and its transcript has the visitor's first utterance
+/// and the bot's answer to it.
+fn assert_first_turn(summary: &Value, bot: &PipecatBot) {
+    let said =
+        |role: &str, prefix: &str| {
+            summary["transcripts"].as_array().unwrap().iter().any(|t| {
+                t["role"] == role && t["text"].as_str().unwrap().trim().starts_with(prefix)
+            })
+        };
+    assert_eq!(summary["connected"], true);
+    assert!(said("user", "utterance 1, "), "{}", bot.notable_log());
+    assert!(said("bot", "Reply 1."));
 }
 
 /// The bot's arguments: turns end on Pipecat's stock 1 s audio idle timeout.
@@ -89,17 +95,11 @@ fn call_reaches_a_pipecat_bot() {
     let bot = PipecatBot::start(dir.path(), &BOT_ARGS);
     let (summary, out_wav) = call(&bot, dir.path());
 
-    assert_eq!(summary["connected"], true);
+    assert_first_turn(&summary, &bot);
     assert!(
         summary["bot_ready_ms"].as_u64().is_some(),
         "bot-ready from Pipecat"
     );
-    assert!(
-        said(&summary, "user", "utterance 1, "),
-        "{}",
-        bot.notable_log()
-    );
-    assert!(said(&summary, "bot", "Reply 1."));
     assert!(summary["audio_received_ms"].as_u64().unwrap() >= 1000);
     // Pipecat streams silence from the start: the bot's voice is its
     // reply, which comes after the 2.7 s utterance and its turn's end, two
@@ -131,30 +131,18 @@ fn call_hears_no_voice_from_a_pipecat_bot_whose_speech_is_silent() {
     let _serial = interop::SERIAL.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let silent = dir.path().join("silent_reply.wav");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 48_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
+    let clip = PcmClip {
+        rate: SampleRate::OPUS,
+        samples: vec![0.0; interop::reply().len()],
     };
-    let mut writer = hound::WavWriter::create(&silent, spec).unwrap();
-    for _ in 0..interop::reply().len() {
-        writer.write_sample(0i16).unwrap();
-    }
-    writer.finalize().unwrap();
+    write_wav(&silent, &clip).unwrap();
     let mut args = BOT_ARGS.to_vec();
     let silent_arg = silent.display().to_string();
     args.extend(["--reply", &silent_arg]);
     let bot = PipecatBot::start(dir.path(), &args);
     let (summary, _) = call(&bot, dir.path());
 
-    assert_eq!(summary["connected"], true);
-    assert!(
-        said(&summary, "user", "utterance 1, "),
-        "{}",
-        bot.notable_log()
-    );
-    assert!(said(&summary, "bot", "Reply 1."));
+    assert_first_turn(&summary, &bot);
     assert!(summary["audio_received_ms"].as_u64().unwrap() >= 5000);
     assert_eq!(summary["voice_received_ms"], 0);
     assert_eq!(summary["first_voice_received_ms"], Value::Null);
