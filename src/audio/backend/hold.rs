@@ -40,11 +40,16 @@ impl HoldToRealTime {
         }
     }
 
-    /// Counts a callback's `frames` at `now` (the stream's clock starts at
-    /// its first callback); returns how long to sleep to be back within the
-    /// lead: zero for any device with a clock of its own.
+    /// Counts a callback's `frames` at `now`; returns how long to sleep to
+    /// be back within the lead: zero for any device with a clock of its
+    /// own. The stream's clock starts at its first callback, whose frames
+    /// are not counted: a speaker's first callback fills its whole buffer,
+    /// however large, ahead of time.
     pub fn after(&mut self, frames: usize, now: Instant) -> Duration {
-        let origin = *self.origin.get_or_insert(now);
+        let Some(origin) = self.origin else {
+            self.origin = Some(now);
+            return Duration::ZERO;
+        };
         self.frames += frames as u64;
         let audio = Duration::from_secs_f64(self.frames as f64 / self.rate);
         let elapsed = now.saturating_duration_since(origin);
@@ -67,6 +72,17 @@ mod tests {
         for k in 0..360_000u64 {
             let now = t0 + Duration::from_nanos(k * 9_999_000);
             assert_eq!(hold.after(480, now), Duration::ZERO, "period {k}");
+        }
+    }
+
+    #[test]
+    fn a_speaker_filling_a_large_buffer_at_start_is_not_held() {
+        let mut hold = HoldToRealTime::new(RATE);
+        let t0 = Instant::now();
+        // A whole second of buffer, then a 10 ms period at a time.
+        assert_eq!(hold.after(48_000, t0), Duration::ZERO);
+        for k in 1..500 {
+            assert_eq!(hold.after(480, t0 + MS(10 * k)), Duration::ZERO);
         }
     }
 
