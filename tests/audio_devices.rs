@@ -180,9 +180,8 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
     let capture_settings = AudioSettings {
         input: DeviceSpec::parse("test microphone"),
         output: DeviceSpec::Disabled,
-        // The null slave has no clock: the device is held to real time,
-        // but may run ahead of it by a quarter second; room for the file.
-        input_buffer_ms: Millis(20_000),
+        // The null slave has no clock: the device is held to real time, a
+        // quarter second ahead at most, which the default ring holds.
         ..AudioSettings::default()
     };
     let mut engine = AudioEngine::start(&capture_settings, &VadSettings::default()).unwrap();
@@ -404,7 +403,6 @@ fn file_backed_alsa_devices_capture_play_and_come_back() {
     let late = AudioSettings {
         input: DeviceSpec::parse("kiosk_test_late_mic"),
         output: DeviceSpec::Disabled,
-        input_buffer_ms: Millis(20_000),
         reopen_backoff_min_ms: Millis(100),
         reopen_backoff_max_ms: Millis(400),
         ..AudioSettings::default()

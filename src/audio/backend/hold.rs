@@ -75,15 +75,24 @@ mod tests {
         }
     }
 
+    /// 10 ms periods on time, the `k`th at `t0` + `k` × 10 ms: never held.
+    fn assert_periods_on_time(hold: &mut HoldToRealTime, t0: Instant, ks: std::ops::Range<u64>) {
+        for k in ks {
+            assert_eq!(
+                hold.after(480, t0 + MS(10 * k)),
+                Duration::ZERO,
+                "period {k}"
+            );
+        }
+    }
+
     #[test]
     fn a_speaker_filling_a_large_buffer_at_start_is_not_held() {
         let mut hold = HoldToRealTime::new(RATE);
         let t0 = Instant::now();
         // A whole second of buffer, then a 10 ms period at a time.
         assert_eq!(hold.after(48_000, t0), Duration::ZERO);
-        for k in 1..500 {
-            assert_eq!(hold.after(480, t0 + MS(10 * k)), Duration::ZERO);
-        }
+        assert_periods_on_time(&mut hold, t0, 1..500);
     }
 
     #[test]
@@ -93,9 +102,7 @@ mod tests {
         assert_eq!(hold.after(480, t0), Duration::ZERO);
         // Asleep for 200 ms, then the backlog at once, then on time again.
         assert_eq!(hold.after(20 * 480, t0 + MS(210)), Duration::ZERO);
-        for k in 22..100 {
-            assert_eq!(hold.after(480, t0 + MS(10 * k)), Duration::ZERO);
-        }
+        assert_periods_on_time(&mut hold, t0, 22..100);
     }
 
     #[test]
