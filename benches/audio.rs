@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use kiosk_gateway::audio::{
     Aec3, AudioMetrics, AudioSettings, CaptureProcessor, EchoCanceller, FRAME_48K, IncomingPacket,
-    Millis, NoiseSuppression, OPUS_FRAME, OpusDecoder, OpusEncoder, Playout, SampleRate, VAD_FRAME,
-    VadSettings, VoiceDetector, f32_to_i16, fill_block, push_block, read_wav, resample_clip,
+    Millis, NoiseSuppression, OPUS_FRAME, OpusDecoder, OpusEncoder, Playout, SampleRate,
+    StockBotEncoder, VAD_FRAME, VadSettings, VoiceDetector, f32_to_i16, fill_block, push_block,
+    read_wav, resample_clip,
 };
 use kiosk_gateway::testkit::network::{NetworkModel, NetworkProfile};
 
@@ -58,6 +59,18 @@ fn stages(c: &mut Criterion) {
         b.iter(|| {
             k = (k + 1) % packets.len();
             black_box(dec.decode(packets[k].bytes(), &mut pcm).unwrap())
+        })
+    });
+
+    // What a stock Pipecat bot sends: full band, stereo.
+    let mut bot = StockBotEncoder::new().unwrap();
+    let bot_packets: Vec<_> = frames20.iter().map(|f| bot.encode(f).unwrap()).collect();
+    let mut bot_dec = OpusDecoder::new().unwrap();
+    let mut k = 0;
+    c.bench_function("opus_decode_20ms_stock_bot", |b| {
+        b.iter(|| {
+            k = (k + 1) % bot_packets.len();
+            black_box(bot_dec.decode(bot_packets[k].bytes(), &mut pcm).unwrap())
         })
     });
 

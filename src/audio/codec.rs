@@ -90,6 +90,17 @@ impl OpusPacket {
         Some(Self { data, len })
     }
 
+    /// The packet an encoder writes into a fresh buffer.
+    fn written(encode: impl FnOnce(&mut [u8]) -> opus::Result<usize>) -> Result<Self, AudioError> {
+        let mut data = [0; MAX_PACKET];
+        let len = encode(&mut data)?;
+        // The buffer bounds `len`, so it fits in u16.
+        Ok(Self {
+            data,
+            len: len as u16,
+        })
+    }
+
     /// The packet's bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.data[..usize::from(self.len)]
@@ -159,14 +170,43 @@ impl OpusEncoder {
     /// input rate) into one packet: the kiosk sends 20 ms, but tools that
     /// play an agent make the longer packets some agents send.
     pub fn encode_any(&mut self, frame: &[f32]) -> Result<OpusPacket, AudioError> {
-        let mut out = OpusPacket {
-            data: [0; MAX_PACKET],
-            len: 0,
-        };
-        let len = self.encoder.encode_float(frame, &mut out.data)?;
-        // The buffer bounds `len`, so it fits in u16.
-        out.len = len as u16;
-        Ok(out)
+        OpusPacket::written(|data| self.encoder.encode_float(frame, data))
+    }
+}
+
+/// Encodes as a stock Pipecat bot speaks over SmallWebRTC: aiortc's Opus
+/// encoder (libopus through PyAV) sends 48 kHz stereo at 96 kbit/s,
+/// unconstrained VBR, VoIP, at libav's default complexity (10), with no
+/// in-band FEC; the TTS voice is mono, so both channels carry it. Its
+/// full-band packets cost the kiosk more to decode than its own wideband
+/// ones, so `bench` measures the playout path on these, and the loopback
+/// agent speaks this way.
+pub struct StockBotEncoder {
+    encoder: Encoder,
+    /// The frame in both channels, interleaved; kept to spare an allocation per packet.
+    stereo: Vec<f32>,
+}
+
+impl StockBotEncoder {
+    /// An encoder set up as aiortc sets up its own.
+    pub fn new() -> Result<Self, AudioError> {
+        let mut encoder = Encoder::new(SampleRate::OPUS.hz(), Channels::Stereo, Application::Voip)?;
+        encoder.set_bitrate(Bitrate::Bits(96_000))?;
+        encoder.set_vbr_constraint(false)?;
+        encoder.set_complexity(10)?;
+        Ok(Self {
+            encoder,
+            stereo: Vec::with_capacity(2 * MAX_DECODED),
+        })
+    }
+
+    /// Encodes a frame of 48 kHz mono audio, sent in both channels, into
+    /// one packet: 20 ms as Pipecat sends, or any other duration Opus
+    /// allows (2.5 to 120 ms).
+    pub fn encode(&mut self, frame: &[f32]) -> Result<OpusPacket, AudioError> {
+        self.stereo.clear();
+        self.stereo.extend(frame.iter().flat_map(|&s| [s, s]));
+        OpusPacket::written(|data| self.encoder.encode_float(&self.stereo, data))
     }
 }
 
@@ -473,6 +513,25 @@ mod tests {
         let mut output = Vec::new();
         for p in &packets {
             let n = dec.decode(p, &mut pcm).unwrap();
+            output.extend_from_slice(&pcm[..n]);
+        }
+        assert_eq!(output.len(), input.len());
+        let c = correlation(&input[4800..], &output[4800..], 480);
+        assert!(c > 0.9, "correlation {c}");
+    }
+
+    #[test]
+    fn a_stock_bots_stereo_full_band_stream_decodes_to_its_mono_voice() {
+        let input = tone(50 * OPUS_FRAME);
+        let mut enc = StockBotEncoder::new().unwrap();
+        let mut dec = OpusDecoder::new().unwrap();
+        let mut pcm = [0.0; MAX_DECODED];
+        let mut output = Vec::new();
+        for c in input.chunks_exact(OPUS_FRAME) {
+            let packet = enc.encode(c).unwrap();
+            // TOC config 31 (CELT, full band, 20 ms) with the stereo flag.
+            assert_eq!(packet.bytes()[0] & 0xfc, 31 << 3 | 0x04);
+            let n = dec.decode(packet.bytes(), &mut pcm).unwrap();
             output.extend_from_slice(&pcm[..n]);
         }
         assert_eq!(output.len(), input.len());
