@@ -9,8 +9,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::Shared;
-use super::voice::{Encoder, FRAME_SAMPLES, to_f32, voice_settings};
-use crate::audio::{AudioError, OpusEncoder};
+use super::voice::{Encoder, FRAME_SAMPLES, to_f32};
+use crate::audio::{AudioError, StockBotEncoder};
 
 /// What the first reply of a hostile agent sends from 1 s into its audio,
 /// each in place of the audio it stands for (RTP timestamps advance as
@@ -22,7 +22,7 @@ pub(super) struct HostileAudio {
     shared: Arc<Shared>,
     steps: VecDeque<HostileStep>,
     /// Encodes the long packets (the agent's usual encoder only does 20 ms).
-    long: OpusEncoder,
+    long: StockBotEncoder,
 }
 
 #[derive(Clone, Copy)]
@@ -45,7 +45,7 @@ impl HostileAudio {
             HostileStep::Long(3 * FRAME_SAMPLES),
             HostileStep::Long(2 * FRAME_SAMPLES),
         ]);
-        let long = OpusEncoder::new(&voice_settings()).expect("an Opus encoder for 48 kHz mono");
+        let long = StockBotEncoder::new().expect("an Opus encoder for 48 kHz stereo");
         Self {
             shared: Arc::clone(shared),
             steps,
@@ -83,7 +83,7 @@ impl HostileAudio {
                 let mut pcm: Vec<f32> = rest.iter().take(n).map(|&s| to_f32(s)).collect();
                 pcm.resize(n, 0.0);
                 self.long
-                    .encode_any(&pcm)
+                    .encode(&pcm)
                     .map(|packet| (Bytes::copy_from_slice(packet.bytes()), n))
             }
         };

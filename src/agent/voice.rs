@@ -1,28 +1,18 @@
 //! How the loopback agent speaks: 20 ms Opus packets of 16-bit audio,
-//! encoded as a TTS stream is. Shared by its media path, its ear and (in
-//! the test kit) its hostile mode.
+//! encoded as a stock Pipecat bot encodes its TTS ([`StockBotEncoder`]).
+//! Shared by its media path, its ear and (in the test kit) its hostile
+//! mode.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::audio::{AudioError, AudioSettings, OPUS_FRAME, OpusEncoder};
+use crate::audio::{AudioError, OPUS_FRAME, StockBotEncoder};
 
 /// One packet's worth of audio: 20 ms at 48 kHz.
 pub const FRAME_SAMPLES: usize = OPUS_FRAME;
 /// The length of one packet.
 pub const FRAME_DURATION: Duration = Duration::from_millis(20);
-
-/// How an agent's voice is encoded: a TTS stream at a higher bitrate than
-/// the kiosk's microphone (bots send 64 to 96 kbit/s), so what reaches the
-/// kiosk is close to the reply as written.
-pub(super) fn voice_settings() -> AudioSettings {
-    AudioSettings {
-        opus_bitrate_bps: 64_000,
-        opus_complexity: 5,
-        ..AudioSettings::default()
-    }
-}
 
 /// A 16-bit sample on the audio module's scale (the WAV reader's).
 pub(super) fn to_f32(sample: i16) -> f32 {
@@ -31,15 +21,15 @@ pub(super) fn to_f32(sample: i16) -> f32 {
 
 /// Opus encoder for 20 ms frames of 16-bit samples.
 pub struct Encoder {
-    inner: OpusEncoder,
+    inner: StockBotEncoder,
     frame: [f32; FRAME_SAMPLES],
 }
 
 impl Encoder {
-    /// An encoder with the agent's voice settings.
+    /// An encoder that sounds on the wire like a stock Pipecat bot.
     pub fn new() -> Result<Self, AudioError> {
         Ok(Self {
-            inner: OpusEncoder::new(&voice_settings())?,
+            inner: StockBotEncoder::new()?,
             frame: [0.0; FRAME_SAMPLES],
         })
     }
