@@ -3,10 +3,10 @@
 //! Pushes 60 s of the built-in speech fixture through the capture path
 //! (resample, VAD, segmenter, Opus encode) and the playout path (Opus
 //! decode of what a stock Pipecat bot sends, jitter buffer, resample) as
-//! fast as possible on one thread, in
-//! the same 10 ms frames the engine uses, and times each stage on its own
-//! as well as the whole path. The capture path runs with the configured
-//! echo canceller, fed the same speech as what the speaker plays.
+//! fast as possible on one thread, in the same 10 ms frames the engine
+//! uses, and times each stage on its own as well as the whole path. The
+//! capture path runs with the configured echo canceller, fed the same
+//! speech as what the speaker plays.
 //!
 //! Then both paths again, paced as the DSP thread runs them live: one
 //! packet's worth (20 ms) each way per wake-up, sleeping until the next.

@@ -1,6 +1,7 @@
 //! Opus at 48 kHz mono (libopus through the `opus` crate): 20 ms frames
 //! from the microphone; from the agent, whatever a packet holds (2.5 to
-//! 120 ms).
+//! 120 ms). Also the stream a stock Pipecat bot sends, for `bench` and the
+//! loopback agent.
 
 use opus::{Application, Bandwidth, Bitrate, Channels, Decoder, Encoder};
 
@@ -163,13 +164,6 @@ impl OpusEncoder {
     /// Encodes exactly one 20 ms frame ([`frame_len`](Self::frame_len) samples).
     pub fn encode(&mut self, frame: &[f32]) -> Result<OpusPacket, AudioError> {
         debug_assert_eq!(frame.len(), self.frame_len, "one 20 ms frame");
-        self.encode_any(frame)
-    }
-
-    /// Encodes a frame of any duration Opus allows (2.5 to 120 ms at the
-    /// input rate) into one packet: the kiosk sends 20 ms, but tools that
-    /// play an agent make the longer packets some agents send.
-    pub fn encode_any(&mut self, frame: &[f32]) -> Result<OpusPacket, AudioError> {
         OpusPacket::written(|data| self.encoder.encode_float(frame, data))
     }
 }
