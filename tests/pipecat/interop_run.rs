@@ -112,7 +112,7 @@ pub(crate) async fn run_session_watched(
 
 /// The daemon's playout counters (`kiosk_audio_packets_*` and
 /// `kiosk_audio_frames_*` from /metrics) and its log.
-async fn diagnostics(d: &Daemon) -> String {
+pub(crate) async fn diagnostics(d: &Daemon) -> String {
     let metrics = get(&format!("{}/metrics", d.url)).await.1;
     let playout: Vec<&str> = metrics.lines().filter(|l| is_playout_counter(l)).collect();
     format!("{}\ndaemon:\n{}", playout.join("\n"), d.stderr())

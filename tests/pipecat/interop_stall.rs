@@ -10,7 +10,7 @@
 
 use crate::common;
 use crate::interop;
-use crate::interop_run::{BOT_ARGS, assert_idle, run_session_watched};
+use crate::interop_run::{BOT_ARGS, assert_idle, diagnostics, run_session_watched};
 
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -40,6 +40,16 @@ const SPLIT: usize = 2;
 /// concealment before it, so the buffer runs dry and gives up waiting.
 const STALL_AFTER: Duration = Duration::from_millis(100);
 const STALL_FOR: Duration = Duration::from_millis(300);
+/// The longest the speaker may go quiet inside an answer for the stall to
+/// be the one asked for (300 ms: 220 to 240 ms quiet, seen). The bot goes
+/// on only when it gets a CPU again, with the kiosk's audio of the stall
+/// waiting in its socket; on a loaded machine its silence was far longer
+/// once: an answer played 535 ms late and lost 120 ms at the stall, which
+/// here only a stall near 600 ms does (the speaker quiet for 540 to 570
+/// ms, past the 500 ms the playout owes, and the excess cut as designed).
+/// Such a session is run again: what is tested is the playout under the
+/// stall asked for.
+const MAX_WAIT_MS: usize = 400;
 
 /// Offsets of the reply's speech chunks.
 fn speech_chunks(reply: &[i16]) -> Vec<usize> {
@@ -126,6 +136,18 @@ fn answer_starts(speaker: &[i16]) -> Vec<usize> {
     starts
 }
 
+/// The longest stretch of quiet (10 ms frames under -45 dBFS) between the
+/// first and last loud frame from `start` to `end` on the speaker, ms: how
+/// long the kiosk waited for a stalled bot within that answer.
+fn longest_wait(speaker: &[i16], start: usize, end: usize) -> usize {
+    let levels = frame_levels(&speaker[start..end.min(speaker.len())]);
+    let loud: Vec<usize> = (0..levels.len()).filter(|&i| levels[i] > -45.0).collect();
+    loud.windows(2)
+        .map(|w| (w[1] - w[0] - 1) * 10)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Stops the bot once, early in its second answer, as the status API
 /// tells it (the `bot_speaking` state, from Pipecat's
 /// `bot-started-speaking`).
@@ -183,9 +205,20 @@ impl Staller {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bot_that_stalls_mid_sentence_is_heard_whole() {
-    let _serial = SERIAL.lock().await;
+/// One session with a stalled bot, as the speaker played it.
+struct StalledSession {
+    /// Each answer's unheard chunks (sentence, ms) and how late it played
+    /// at most, samples.
+    answers: Vec<(Vec<(usize, usize)>, usize)>,
+    /// The most packets the daemon had concealed.
+    concealed: u64,
+    /// The longest the speaker went quiet inside an answer, ms.
+    waited_ms: usize,
+    /// The daemon's playout counters and log.
+    diagnostics: String,
+}
+
+async fn stalled_session() -> StalledSession {
     let dir = tempfile::tempdir().unwrap();
     let bot = PipecatBot::start(dir.path(), &BOT_ARGS);
     let staller = Staller::new(&bot);
@@ -195,12 +228,6 @@ async fn a_bot_that_stalls_mid_sentence_is_heard_whole() {
     let (stalled, concealed) = staller.finish();
     assert!(stalled, "the bot never answered twice; {row:?}");
     assert_idle(&row, &bot, &d);
-    // The stall ran the buffer dry mid-speech: it concealed while waiting.
-    assert!(
-        concealed >= 3,
-        "{concealed} packets concealed: no stall heard"
-    );
-
     let spoken = bot
         .sent()
         .iter()
@@ -223,6 +250,12 @@ async fn a_bot_that_stalls_mid_sentence_is_heard_whole() {
         .iter()
         .map(|&start| follow_answer(&reply, &speaker, start, 2))
         .collect();
+    let ends = starts.iter().skip(1).copied().chain([speaker.len()]);
+    let waits: Vec<usize> = starts
+        .iter()
+        .zip(ends)
+        .map(|(&start, end)| longest_wait(&speaker, start, end))
+        .collect();
     for (k, (unheard, late)) in answers.iter().enumerate() {
         println!(
             "answer {}: at most {} ms late; chunks unheard (sentence, ms): {unheard:?}",
@@ -230,6 +263,43 @@ async fn a_bot_that_stalls_mid_sentence_is_heard_whole() {
             late / 48
         );
     }
+    println!("the longest quiet inside each answer, ms: {waits:?}");
+    StalledSession {
+        answers,
+        concealed,
+        waited_ms: waits.into_iter().max().unwrap_or(0),
+        diagnostics: diagnostics(&d).await,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_that_stalls_mid_sentence_is_heard_whole() {
+    let _serial = SERIAL.lock().await;
+    let mut run = stalled_session().await;
+    if run.waited_ms > MAX_WAIT_MS {
+        println!(
+            "the bot stayed silent longer than the stall asked for (the speaker waited {} ms): \
+             run again",
+            run.waited_ms
+        );
+        run = stalled_session().await;
+    }
+    let StalledSession {
+        answers,
+        concealed,
+        waited_ms,
+        diagnostics,
+    } = run;
+    assert!(
+        waited_ms <= MAX_WAIT_MS,
+        "twice the bot stayed silent longer than the stall asked for: the speaker waited \
+         {waited_ms} ms\n{diagnostics}"
+    );
+    // The stall ran the buffer dry mid-speech: it concealed while waiting.
+    assert!(
+        concealed >= 3,
+        "{concealed} packets concealed: no stall heard"
+    );
     // The stall fell in an answer's speech (the second, unless the bot
     // paused between sentences), which played late.
     let late = answers.iter().map(|a| a.1).max().unwrap_or(0);
@@ -244,8 +314,7 @@ async fn a_bot_that_stalls_mid_sentence_is_heard_whole() {
     assert!(
         unheard <= SPLIT,
         "{unheard} chunks of 20 ms of the bot's speech unheard ({concealed} packets concealed)\n\
-         daemon:\n{}",
-        d.stderr()
+         {diagnostics}"
     );
 }
 
