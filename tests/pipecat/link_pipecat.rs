@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use interop::PipecatBot;
-use kiosk_gateway::audio::{PcmClip, SampleRate, write_wav};
+use kiosk_gateway::audio::{OPUS_FRAME, PcmClip, SampleRate, StockBotEncoder, write_wav};
 use link_support::{aligned_correlation, fixture};
 use serde_json::Value;
 
@@ -80,6 +80,43 @@ fn assert_first_turn(summary: &Value, bot: &PipecatBot) {
     assert!(said("bot", "Reply 1."));
 }
 
+/// The bot sends its voice as `StockBotEncoder` encodes it, which is what
+/// `bench` times the playout on and how the loopback agent speaks: the
+/// call's stream (silence, and the reply once per sentence the bot said),
+/// encoded that way, comes to within 20% of the bytes the bot sent. The
+/// kiosk's own encoding (mono wideband, 32 kbit/s) would come to a fifth.
+fn assert_sent_as_stock_bot_encoder_encodes(summary: &Value) {
+    let stats = &summary["stats"];
+    let packets = stats["packets_received"].as_u64().unwrap() as usize;
+    let received = stats["bytes_received"].as_u64().unwrap() as f64;
+    let sentences = summary["transcripts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["role"] == "bot")
+        .count();
+    let reply: Vec<f32> = interop::reply()
+        .iter()
+        .map(|&s| f32::from(s) / 32768.0)
+        .collect();
+    let mut stream: Vec<f32> = reply.repeat(sentences);
+    stream.resize(packets * OPUS_FRAME, 0.0);
+    let mut encoder = StockBotEncoder::new().unwrap();
+    let modelled: usize = stream
+        .chunks_exact(OPUS_FRAME)
+        .map(|frame| encoder.encode(frame).unwrap().bytes().len())
+        .sum();
+    let ratio = received / modelled as f64;
+    println!(
+        "the bot sent {received} bytes in {packets} packets; StockBotEncoder: {modelled} \
+         ({sentences} sentences), ratio {ratio:.2}"
+    );
+    assert!(
+        (0.8..=1.2).contains(&ratio),
+        "the bot sent {received} bytes, StockBotEncoder {modelled} for the same audio"
+    );
+}
+
 /// The bot's arguments: turns end on Pipecat's stock 1 s audio idle timeout.
 const BOT_ARGS: [&str; 4] = [
     "--audio-idle-timeout",
@@ -111,6 +148,7 @@ fn call_reaches_a_pipecat_bot() {
     assert!(stats["remote_reports"].as_u64().unwrap() >= 1, "{stats}");
     assert!(stats["loss_out_recent"].as_f64().is_some(), "{stats}");
     assert!(stats["rtt_ms"].as_f64().is_some(), "{stats}");
+    assert_sent_as_stock_bot_encoder_encodes(&summary);
 
     // The bot's reply is in what we heard.
     let reply = interop::reply();
