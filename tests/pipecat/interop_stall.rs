@@ -210,13 +210,16 @@ struct StalledSession {
     concealed: u64,
     /// The longest the speaker went quiet inside an answer, ms.
     waited_ms: usize,
-    /// Chunks of the bot's speech unheard, all answers.
-    unheard: usize,
     /// The daemon's playout counters and log.
     diagnostics: String,
 }
 
 impl StalledSession {
+    /// Chunks of the bot's speech unheard, all answers.
+    fn unheard(&self) -> usize {
+        self.answers.iter().map(|a| a.0.len()).sum()
+    }
+
     /// Why this session does not show the playout under the stall asked
     /// for with nothing lost, if it does not.
     fn flaw(&self) -> Option<String> {
@@ -225,10 +228,11 @@ impl StalledSession {
                 "the bot stayed silent longer than the stall asked for: the speaker waited {} ms",
                 self.waited_ms
             ))
-        } else if self.unheard > SPLIT {
+        } else if self.unheard() > SPLIT {
             Some(format!(
                 "{} chunks of 20 ms of the bot's speech unheard ({} packets concealed)",
-                self.unheard, self.concealed
+                self.unheard(),
+                self.concealed
             ))
         } else {
             None
@@ -283,7 +287,6 @@ async fn stalled_session() -> StalledSession {
     }
     println!("quiet inside each answer (longest, all), ms: {quiet:?}");
     StalledSession {
-        unheard: answers.iter().map(|a| a.0.len()).sum(),
         answers,
         concealed,
         waited_ms: quiet.iter().map(|q| q.0).max().unwrap_or(0),

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use interop::PipecatBot;
-use kiosk_gateway::audio::{OPUS_FRAME, PcmClip, SampleRate, StockBotEncoder, write_wav};
+use kiosk_gateway::audio::{PcmClip, SampleRate, write_wav};
+use kiosk_gateway::testkit::media::{Encoder, FRAME_SAMPLES};
 use link_support::{aligned_correlation, fixture};
 use serde_json::Value;
 
@@ -81,7 +82,8 @@ fn assert_first_turn(summary: &Value, bot: &PipecatBot) {
 }
 
 /// The bot sends its voice as `StockBotEncoder` encodes it, which is what
-/// `bench` times the playout on and how the loopback agent speaks: the
+/// `bench` times the playout on and (through the loopback agent's encoder,
+/// used here) how the loopback agent speaks: the
 /// call's stream (silence, and the reply once per sentence the bot said),
 /// encoded that way, comes to within 20% of the bytes the bot sent. The
 /// kiosk's own encoding (mono wideband, 32 kbit/s) would come to a fifth.
@@ -95,16 +97,12 @@ fn assert_sent_as_stock_bot_encoder_encodes(summary: &Value) {
         .iter()
         .filter(|t| t["role"] == "bot")
         .count();
-    let reply: Vec<f32> = interop::reply()
-        .iter()
-        .map(|&s| f32::from(s) / 32768.0)
-        .collect();
-    let mut stream: Vec<f32> = reply.repeat(sentences);
-    stream.resize(packets * OPUS_FRAME, 0.0);
-    let mut encoder = StockBotEncoder::new().unwrap();
+    let mut stream = interop::reply().repeat(sentences);
+    stream.resize(packets * FRAME_SAMPLES, 0);
+    let mut encoder = Encoder::new().unwrap();
     let modelled: usize = stream
-        .chunks_exact(OPUS_FRAME)
-        .map(|frame| encoder.encode(frame).unwrap().bytes().len())
+        .chunks_exact(FRAME_SAMPLES)
+        .map(|frame| encoder.encode(frame).unwrap().len())
         .sum();
     let ratio = received / modelled as f64;
     println!(
