@@ -26,10 +26,18 @@ const CHUNK: usize = 960;
 /// A chunk was heard where it played at this normalized correlation or
 /// more (each chunk of an undisturbed play: 0.89 to 0.99).
 const HEARD: f64 = 0.8;
-/// The most a stall may delay an answer's speech past its schedule: the
-/// stall (300 ms), the concealment before it and the buffer filled again
-/// after (390 ms in all, seen).
-const MAX_DELAY: usize = 600 * 48;
+/// A chunk passes the screen where it correlates at this or more at a
+/// third of the rate. Where one scored `HEARD` at the full rate, it
+/// scored 0.80 or more at a third (the unit test's answers), and the
+/// screened search found the same places as a full one in every answer of
+/// three live sessions.
+const SCREEN: f64 = 0.6;
+/// The most the speaker may fall behind the bot's schedule between two
+/// chunks heard in turn: more than the stall asked for (300 ms) with the
+/// concealment before it and the buffer filled again after (390 ms in
+/// all, seen), and than a bot starved after it catching up (430 ms,
+/// seen); the playout owes no more than 500 ms.
+const MAX_STEP: usize = 1000 * 48;
 /// Chunks of an answer's speech a stall may leave unheard without a cut:
 /// the one it split, and one the concealment before it was mixed into.
 /// (The catch-up cut this guards against left 5 to 10 unheard in four
@@ -63,21 +71,100 @@ fn speech_chunks(reply: &[i16]) -> Vec<usize> {
         .collect()
 }
 
-/// The first place in `lo..=hi` where `chunk` plays on `speaker` (then the
-/// best within 1 ms of it).
-fn first_match(chunk: &[i16], speaker: &[i16], lo: usize, hi: usize) -> Option<usize> {
-    let hi = hi.min(speaker.len().checked_sub(chunk.len())?);
+/// Every place in `lo..=hi` where `chunk` plays on `speaker`: the best of
+/// each stretch where it correlates at `HEARD` or more. (A vowel's chunk
+/// also correlates a pitch period or two off its place.)
+fn matches(chunk: &[i16], speaker: &[i16], lo: usize, hi: usize) -> Vec<usize> {
+    let Some(last) = speaker.len().checked_sub(chunk.len()) else {
+        return Vec::new();
+    };
+    let hi = hi.min(last);
+    if lo > hi {
+        return Vec::new();
+    }
     let as_f64 = |x: &[i16]| x.iter().map(|&s| f64::from(s)).collect::<Vec<f64>>();
-    let (chunk, window) = (as_f64(chunk), as_f64(speaker.get(lo..hi + chunk.len())?));
-    let score = |pos: usize| interop::corr(&chunk, &window, pos - lo);
-    let first = (lo..=hi).find(|&pos| score(pos) >= HEARD)?;
-    (first..=(first + 48).min(hi)).max_by(|&a, &b| score(a).total_cmp(&score(b)))
+    let (chunk, window) = (as_f64(chunk), as_f64(&speaker[lo..hi + chunk.len()]));
+    // Quiet stretches (under -55 dBFS) cannot be the chunk: skipped without
+    // correlating, which makes a search through a pause cheap.
+    let quiet = chunk.len() as f64 * (32768.0 * 10f64.powf(-55.0 / 20.0)).powi(2);
+    let mut energy = vec![0.0; window.len() + 1];
+    for (k, x) in window.iter().enumerate() {
+        energy[k + 1] = energy[k] + x * x;
+    }
+    // Screened at a third of the rate (sums of three samples), where a
+    // chunk that plays correlates at `SCREEN` or more, then scored at the
+    // full rate around each place that passes: a ninth of the work.
+    let thirds = |x: &[f64]| {
+        x.chunks_exact(3)
+            .map(|c| c.iter().sum())
+            .collect::<Vec<f64>>()
+    };
+    let (coarse_chunk, coarse_window) = (thirds(&chunk), thirds(&window));
+    let last_at = hi - lo;
+    let mut scored: Vec<(usize, f64)> = Vec::new();
+    for k in 0..=(coarse_window.len() - coarse_chunk.len()).min(last_at / 3) {
+        let at = 3 * k;
+        if energy[at + chunk.len()] - energy[at] < quiet
+            || interop::corr(&coarse_chunk, &coarse_window, k) < SCREEN
+        {
+            continue;
+        }
+        for at in at.saturating_sub(3)..=(at + 3).min(last_at) {
+            if scored.last().is_none_or(|s| s.0 < at) {
+                scored.push((at, interop::corr(&chunk, &window, at)));
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut best: Option<(usize, f64)> = None;
+    let mut previous = None;
+    for &(at, score) in &scored {
+        // A stretch ends where the score falls under `HEARD` or the
+        // screen left a gap.
+        if score < HEARD || previous.is_some_and(|p| at > p + 1) {
+            found.extend(best.take().map(|b| lo + b.0));
+        }
+        if score >= HEARD && best.is_none_or(|b| score > b.1) {
+            best = Some((at, score));
+        }
+        previous = Some(at);
+    }
+    found.extend(best.map(|b| lo + b.0));
+    found
+}
+
+/// A chunk of an answer found on the speaker.
+#[derive(Clone, Copy)]
+struct Found {
+    /// Which sentence, and ms into the reply.
+    chunk: (usize, usize),
+    /// Its place in the answer and its position on the speaker, samples.
+    at: usize,
+    pos: usize,
+}
+
+impl Found {
+    /// Whether `self` can be heard after `before`: later on the speaker
+    /// (a cut brings what follows earlier; each place on the speaker is
+    /// heard once), and no further behind it than a stall may hold the
+    /// speaker back.
+    fn follows(&self, before: &Found) -> bool {
+        before.at < self.at
+            && self.pos + 5 * 48 >= before.pos + CHUNK
+            && self.pos <= before.pos + (self.at - before.at) + MAX_STEP
+    }
 }
 
 /// Follows one answer of `sentences` plays of `reply` back to back, from
 /// `start` on the speaker, chunk by chunk. Returns the speech chunks not
 /// heard (sentence, ms into the reply) and the most any chunk was late
 /// against the answer's schedule, samples.
+///
+/// The chunks heard are the longest run of them found in the answer's
+/// order, each following the one before (`Found::follows`). The same
+/// reply plays in each sentence, so a chunk lost in one is found in the
+/// next one's copy too; the longest run does not take it there, since
+/// that would leave the copy's earlier chunks unheard.
 fn follow_answer(
     reply: &[i16],
     speaker: &[i16],
@@ -85,35 +172,58 @@ fn follow_answer(
     sentences: usize,
 ) -> (Vec<(usize, usize)>, usize) {
     let chunks = speech_chunks(reply);
-    let mut unheard = Vec::new();
-    // (position on the speaker, place in the answer) of the first chunk
-    // heard, and the position of the last.
-    let mut first: Option<(usize, usize)> = None;
-    let mut last: Option<usize> = None;
-    let mut latest = 0;
-    for sentence in 0..sentences {
-        for &offset in &chunks {
-            let at = sentence * reply.len() + offset;
-            // After the last chunk heard (a cut brings what follows it
-            // earlier), and no later than the schedule and a stall allow
-            // (the next sentence's copy of the chunk comes later still).
-            let (lo, hi) = match (first, last) {
-                (Some((p0, a0)), Some(p)) => (p + CHUNK - 5 * 48, p0 + (at - a0) + MAX_DELAY),
-                _ => (start, start + 48_000),
-            };
-            match first_match(&reply[offset..offset + CHUNK], speaker, lo, hi.max(lo)) {
-                Some(pos) => {
-                    if let Some((p0, a0)) = first {
-                        latest = latest.max(pos.saturating_sub(p0 + (at - a0)));
-                    } else {
-                        first = Some((pos, at));
-                    }
-                    last = Some(pos);
-                }
-                None => unheard.push((sentence, offset / 48)),
-            }
-        }
+    let end = start + sentences * reply.len() + 2 * MAX_STEP;
+    let places: Vec<Vec<usize>> = chunks
+        .iter()
+        .map(|&o| matches(&reply[o..o + CHUNK], speaker, start, end))
+        .collect();
+    let found: Vec<Found> = (0..sentences)
+        .flat_map(|sentence| {
+            chunks
+                .iter()
+                .zip(&places)
+                .flat_map(move |(&offset, places)| {
+                    places.iter().map(move |&pos| Found {
+                        chunk: (sentence, offset / 48),
+                        at: sentence * reply.len() + offset,
+                        pos,
+                    })
+                })
+        })
+        .collect();
+    // For each chunk found, the longest run ending there: its length and
+    // the one before. A run starts within a second of the answer.
+    let mut runs: Vec<(usize, Option<usize>)> = Vec::with_capacity(found.len());
+    let longest = |runs: &[(usize, Option<usize>)], candidates: &mut dyn Iterator<Item = usize>| {
+        candidates.max_by_key(|&a| (runs[a].0, std::cmp::Reverse(found[a].pos)))
+    };
+    for (b, chunk) in found.iter().enumerate() {
+        let before = longest(&runs, &mut (0..b).filter(|&a| chunk.follows(&found[a])));
+        runs.push(match before {
+            Some(a) => (runs[a].0 + 1, Some(a)),
+            None if chunk.pos <= start + 48_000 => (1, None),
+            None => (0, None),
+        });
     }
+    let mut heard = Vec::new();
+    let mut last = longest(&runs, &mut (0..found.len()).filter(|&b| runs[b].0 > 0));
+    while let Some(b) = last {
+        heard.push(found[b]);
+        last = runs[b].1;
+    }
+    heard.reverse();
+    let latest = heard.first().map_or(0, |first| {
+        let due = |f: &Found| first.pos + (f.at - first.at);
+        heard
+            .iter()
+            .map(|f| f.pos.saturating_sub(due(f)))
+            .max()
+            .unwrap_or(0)
+    });
+    let unheard = (0..sentences)
+        .flat_map(|s| chunks.iter().map(move |&o| (s, o / 48)))
+        .filter(|&chunk| !heard.iter().any(|f| f.chunk == chunk))
+        .collect();
     (unheard, latest)
 }
 
@@ -219,25 +329,6 @@ impl StalledSession {
     fn unheard(&self) -> usize {
         self.answers.iter().map(|a| a.0.len()).sum()
     }
-
-    /// Why this session does not show the playout under the stall asked
-    /// for with nothing lost, if it does not.
-    fn flaw(&self) -> Option<String> {
-        if self.waited_ms > MAX_WAIT_MS {
-            Some(format!(
-                "the bot stayed silent longer than the stall asked for: the speaker waited {} ms",
-                self.waited_ms
-            ))
-        } else if self.unheard() > SPLIT {
-            Some(format!(
-                "{} chunks of 20 ms of the bot's speech unheard ({} packets concealed)",
-                self.unheard(),
-                self.concealed
-            ))
-        } else {
-            None
-        }
-    }
 }
 
 async fn stalled_session() -> StalledSession {
@@ -297,32 +388,34 @@ async fn stalled_session() -> StalledSession {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_that_stalls_mid_sentence_is_heard_whole() {
     let _serial = SERIAL.lock().await;
-    // Run again once when the session shows something else than the
-    // playout under the stall asked for: in CI, twice, an answer lost the
-    // last 120 ms of its first sentence after the stall with the speaker's
-    // wait and the daemon's drops as usual (220 ms quiet, 11 frames
-    // removed), and never in 42 runs here, alone, in the suite, after
-    // `tests/it` or beside busy loops. A fault of the playout, which is
-    // deterministic for a stall, fails both sessions.
+    // The stall is only asked for: on a loaded machine the bot may stay
+    // silent far longer, past what the playout owes, and then the excess
+    // is cut as designed. Such a session is run again, once.
     let mut run = stalled_session().await;
-    let mut first_flaw = None;
-    if let Some(flaw) = run.flaw() {
-        println!("{flaw}\n{}\nrun again", run.diagnostics);
-        first_flaw = Some(flaw);
+    if run.waited_ms > MAX_WAIT_MS {
+        println!(
+            "the bot stayed silent longer than the stall asked for: the speaker waited {} ms; run again\n{}",
+            run.waited_ms, run.diagnostics
+        );
         run = stalled_session().await;
     }
-    let flaw = run.flaw();
+    let unheard = run.unheard();
     let StalledSession {
         answers,
         concealed,
+        waited_ms,
         diagnostics,
-        ..
     } = run;
+    assert!(
+        waited_ms <= MAX_WAIT_MS,
+        "twice, the bot stayed silent longer than the stall asked for: the speaker waited {waited_ms} ms\n{diagnostics}"
+    );
     // Nothing was lost: every 20 ms of the bot's speech was heard but the
-    // chunk the stall split (`flaw`).
-    if let (Some(first), Some(second)) = (first_flaw, flaw) {
-        panic!("twice: {first}; then {second}\n{diagnostics}");
-    }
+    // chunk the stall split.
+    assert!(
+        unheard <= SPLIT,
+        "{unheard} chunks of 20 ms of the bot's speech unheard ({concealed} packets concealed)\n{diagnostics}"
+    );
     // The stall ran the buffer dry mid-speech: it concealed while waiting.
     assert!(
         concealed >= 3,
@@ -345,7 +438,8 @@ fn an_answer_delayed_by_a_stall_is_heard_whole_and_a_cut_one_is_not() {
     let pause = vec![0i16; 2 * 48_000];
     let answer = [&reply[..], &reply[..]].concat();
     let stall = 150 * 48;
-    // Stopped 150 ms into the first sentence for 300 ms: all of it plays.
+    // Stopped 150 ms into the first sentence for 300 ms: all of it plays,
+    // but the chunk the stall split.
     let delayed = [&answer[..stall], &[0; 300 * 48], &answer[stall..]].concat();
     // The same, with the 120 ms after the stall cut to catch up.
     let cut = [
@@ -354,17 +448,35 @@ fn an_answer_delayed_by_a_stall_is_heard_whole_and_a_cut_one_is_not() {
         &answer[stall + 120 * 48..],
     ]
     .concat();
-    for (played, lost) in [(&delayed, false), (&cut, true)] {
+    // Stopped 300 ms into the first sentence, then starved so that it
+    // catches up slowly: its second word plays 700 ms late (later than the
+    // next sentence's copy of it was due), and the silence before the
+    // second sentence is given back.
+    let (word, lead) = (300 * 48, 60 * 48);
+    let starved = [
+        &answer[..word],
+        &[0; 700 * 48],
+        &answer[word..reply.len()],
+        &answer[reply.len() + lead..],
+    ]
+    .concat();
+    let split = vec![(0, 140)];
+    let lost: Vec<(usize, usize)> = (140..=220).step_by(20).map(|ms| (0, ms)).collect();
+    for (played, expected, late_ms) in [
+        (&delayed, split, 300),
+        (&starved, vec![], 700),
+        (&cut, lost, 180),
+    ] {
         let speaker = [&pause[..], &answer, &pause, played, &pause].concat();
         let starts = answer_starts(&speaker);
         assert_eq!(starts.len(), 2, "{starts:?}");
         assert_eq!(follow_answer(&reply, &speaker, starts[0], 2), (vec![], 0));
         let (unheard, late) = follow_answer(&reply, &speaker, starts[1], 2);
-        assert!(late >= 290 * 48, "{} ms late", late / 48);
-        if lost {
-            assert!(unheard.len() >= 5, "{unheard:?}");
-        } else {
-            assert!(unheard.len() <= SPLIT, "{unheard:?}");
-        }
+        assert_eq!(unheard, expected);
+        assert!(
+            (late / 48).abs_diff(late_ms) <= 10,
+            "{} ms late, not {late_ms}",
+            late / 48
+        );
     }
 }
