@@ -214,8 +214,9 @@ fn kiosk_config() -> EchoCanceller3Config {
     // quiet lead-in under the bot's echo is suppressed with it; at 2 the
     // gain took four frames to open for the loud vowel after it, and the
     // VAD heard the word 110 ms late. At 2.5 it opens a frame sooner, with
-    // no utterance started by echo in the simulated room; from 3 up,
-    // residual echo joined a visitor's utterances at -6 dB.
+    // no utterance started by echo in the simulated room as it was then
+    // (the stream delay at 30 ms; docs/profile.md has what 40 ms does);
+    // from 3 up, residual echo joined a visitor's utterances at -6 dB.
     config.suppressor.normal_tuning.max_inc_factor = 2.5;
     config
 }
