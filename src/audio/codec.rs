@@ -156,6 +156,14 @@ impl OpusEncoder {
         Ok(())
     }
 
+    /// In-band FEC on or off. Off for an agent whose decoder cannot use it
+    /// (its SDP answer lacks `useinbandfec=1`): the encoder then spends
+    /// neither bits nor the CPU of a second, low-rate encoding on it.
+    pub fn set_inband_fec(&mut self, on: bool) -> Result<(), AudioError> {
+        self.encoder.set_inband_fec(on)?;
+        Ok(())
+    }
+
     /// Samples [`encode`](Self::encode) takes: 20 ms at the input rate.
     pub fn frame_len(&self) -> usize {
         self.frame_len
@@ -382,13 +390,25 @@ mod tests {
         // The first packet has nothing before it to protect; libopus then
         // spends LBRR where it judges it worth the bits.
         assert!(!with[0] && with[1..10].iter().all(|&f| f), "{with:?}");
-        let mut enc = OpusEncoder::new(&AudioSettings::default()).unwrap();
-        enc.encoder.set_inband_fec(false).unwrap();
+        // Off (an agent that cannot use it): none; on again mid-stream (the
+        // next call's agent can), back from the next packet. A fresh
+        // encoder: libopus's VAD takes a steady tone for noise after a
+        // while, and codes no FEC for noise.
+        let mut enc = OpusEncoder::new(&settings).unwrap();
+        enc.set_inband_fec(false).unwrap();
+        let mut frames = input.chunks(OPUS_FRAME);
         assert!(
-            input
-                .chunks(OPUS_FRAME)
+            frames
+                .by_ref()
+                .take(10)
                 .all(|f| !has_fec(enc.encode(f).unwrap().bytes()))
         );
+        enc.set_inband_fec(true).unwrap();
+        let again: Vec<bool> = frames
+            .take(10)
+            .map(|f| has_fec(enc.encode(f).unwrap().bytes()))
+            .collect();
+        assert!(again[1..].iter().all(|&f| f), "{again:?}");
         assert!(!has_fec(&[]));
     }
 

@@ -126,6 +126,11 @@ impl Dsp {
         self.capture.report_loss_out(report, fraction)
     }
 
+    /// Whether the agent's decoder uses in-band FEC.
+    pub fn set_inband_fec(&mut self, on: bool) -> Result<(), AudioError> {
+        self.capture.set_inband_fec(on)
+    }
+
     /// The conversation is over: unsent audio is dropped.
     pub fn end_stream(&mut self) {
         self.capture.end_stream();

@@ -58,6 +58,8 @@ pub(super) enum Control {
         report: u64,
         fraction: f64,
     },
+    /// Whether the agent's decoder uses in-band FEC (its SDP answer).
+    InbandFec(bool),
     /// Plays a test signal and records the microphone (the self-test).
     SoundCheck(SoundCheckRequest),
     /// Makes the DSP loop fail, to exercise its restart.
@@ -474,6 +476,7 @@ impl DspThread {
                 Control::LossOut { report, fraction } => {
                     self.dsp.report_loss_out(report, fraction)?;
                 }
+                Control::InbandFec(on) => self.dsp.set_inband_fec(on)?,
                 Control::SoundCheck(request) => {
                     self.sound_check = Some(ActiveCheck::new(request, self.dsp_rate));
                 }

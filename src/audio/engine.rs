@@ -233,6 +233,12 @@ impl AudioEngine {
         self.send(Control::LossOut { report, fraction });
     }
 
+    /// Whether the agent's decoder uses Opus in-band FEC, as its SDP answer
+    /// said: the encoder sends FEC only if it does. Said again is ignored.
+    pub fn set_inband_fec(&self, on: bool) {
+        self.send(Control::InbandFec(on));
+    }
+
     /// The conversation is over: drop unsent audio and wait for the next visitor.
     pub fn end_stream(&self) {
         self.send(Control::EndStream);

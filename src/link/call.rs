@@ -125,6 +125,10 @@ pub struct CallSummary {
     /// the stream never stops (frames dropped while the link was down are
     /// not counted).
     pub audio_sent_ms: u64,
+    /// Of the packets sent, those carrying in-band FEC for the one before:
+    /// none when the agent's answer said its decoder cannot use it
+    /// (`stats.agent_decodes_fec`).
+    pub packets_sent_with_fec: u64,
     /// Audio from the agent played out: decoded, or rebuilt where packets
     /// were lost (FEC, concealment), through the kiosk's jitter buffer.
     pub audio_received_ms: u64,
@@ -413,6 +417,7 @@ pub async fn run_call(
     let mut source = CallSource::new(speech, options.pause);
     let mut encoder = OpusEncoder::with_input_rate(&options.audio, SEND_RATE).map_err(codec)?;
     let mut expected_loss = ExpectedLoss::new(&options.audio);
+    let mut fec_out = true;
     // The same playout path as the kiosk's speaker: jitter buffer, FEC,
     // concealment.
     let metrics = Arc::new(AudioMetrics::default());
@@ -427,6 +432,7 @@ pub async fn run_call(
     let connect_ms = ms(started.elapsed());
 
     let mut frames_sent = 0u64;
+    let mut frames_sent_with_fec = 0u64;
     let mut received_samples = 0u64;
     let mut first_audio = None;
     let mut voice_frames = 0u64;
@@ -460,8 +466,10 @@ pub async fn run_call(
                     };
                     // A full queue means the link is down; the frame is
                     // dropped like the audio engine's overflow would be.
+                    let fec = audio::has_fec(&frame.data);
                     if io.audio_out.try_send(frame).is_ok() {
                         frames_sent += 1;
+                        frames_sent_with_fec += u64::from(fec);
                     }
                     // The speaker's frames on the same tick: no device waits
                     // for them, and one wake-up per 20 ms costs less than three.
@@ -501,8 +509,16 @@ pub async fn run_call(
                 }
             }
             _ = reports.tick() => {
-                if let Ok(stats) = link.stats().await
-                    && let Some(fraction) = stats.loss_out_recent
+                let Ok(stats) = link.stats().await else { continue };
+                // The first tick comes at once, so FEC follows the agent's
+                // answer from the call's first packets.
+                if let Some(fec) = stats.agent_decodes_fec
+                    && fec != fec_out
+                {
+                    encoder.set_inband_fec(fec).map_err(codec)?;
+                    fec_out = fec;
+                }
+                if let Some(fraction) = stats.loss_out_recent
                     && let Some(percent) = expected_loss.report(stats.remote_reports, fraction)
                 {
                     encoder.set_expected_loss(percent).map_err(codec)?;
@@ -555,6 +571,7 @@ pub async fn run_call(
         connect_ms,
         bot_ready_ms: bot_ready,
         audio_sent_ms: frames_sent * FRAME.as_millis() as u64,
+        packets_sent_with_fec: frames_sent_with_fec,
         audio_received_ms: received_samples * 1000 / u64::from(SampleRate::OPUS.hz()),
         first_audio_received_ms: first_audio,
         voice_received_ms: voice_frames * u64::from(FRAME_MS.0),

@@ -46,6 +46,32 @@ pub(crate) fn opus_codec() -> RTCRtpCodec {
     }
 }
 
+/// Whether an SDP answer says the agent's Opus decoder uses in-band FEC:
+/// `useinbandfec=1` in the fmtp line of an Opus payload type (RFC 7587:
+/// absent means 0). A stock Pipecat bot (aiortc) answers with no fmtp for
+/// Opus and never decodes FEC; browsers and libwebrtc say 1.
+pub(crate) fn answer_uses_inband_fec(sdp: &str) -> bool {
+    let opus_types: Vec<&str> = sdp
+        .lines()
+        .filter_map(|line| {
+            let (pt, codec) = line.trim().strip_prefix("a=rtpmap:")?.split_once(' ')?;
+            codec
+                .get(..5)
+                .is_some_and(|c| c.eq_ignore_ascii_case("opus/"))
+                .then_some(pt)
+        })
+        .collect();
+    sdp.lines()
+        .filter_map(|line| line.trim().strip_prefix("a=fmtp:")?.split_once(' '))
+        .filter(|(pt, _)| opus_types.contains(pt))
+        .any(|(_, params)| {
+            params.split(';').any(|p| {
+                let (key, value) = p.split_once('=').unwrap_or((p, ""));
+                key.trim().eq_ignore_ascii_case("useinbandfec") && value.trim() == "1"
+            })
+        })
+}
+
 /// Something the peer connection's driver reported.
 pub(crate) enum PeerSignal {
     Candidate(RTCIceCandidateInit),
@@ -214,5 +240,49 @@ impl Peer {
             }
         }
         OPUS_PAYLOAD_TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer_uses_inband_fec;
+
+    /// The audio section of an answer, with `fmtp` lines as given.
+    fn answer(fmtp: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+             m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 0.0.0.0\r\n\
+             a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n{fmtp}a=sendrecv\r\n"
+        )
+    }
+
+    #[test]
+    fn fec_is_used_only_where_the_answer_declares_it_for_opus() {
+        // aiortc (a stock Pipecat bot): no fmtp for Opus at all.
+        assert!(!answer_uses_inband_fec(&answer("")));
+        // Browsers and libwebrtc.
+        assert!(answer_uses_inband_fec(&answer(
+            "a=fmtp:111 minptime=10;useinbandfec=1\r\n"
+        )));
+        assert!(answer_uses_inband_fec(&answer(
+            "a=fmtp:111 minptime=10; UseInbandFec = 1\r\n"
+        )));
+        assert!(!answer_uses_inband_fec(&answer(
+            "a=fmtp:111 minptime=10;useinbandfec=0\r\n"
+        )));
+        // Declared for another codec's payload type: not Opus's.
+        assert!(!answer_uses_inband_fec(&answer(
+            "a=fmtp:0 useinbandfec=1\r\n"
+        )));
+        // Garbage or truncated lines say nothing.
+        for sdp in [
+            "",
+            "a=fmtp:",
+            "a=rtpmap:111",
+            "a=fmtp:111",
+            "\u{0}\u{ff}a=rtpmap:111 op",
+        ] {
+            assert!(!answer_uses_inband_fec(sdp), "{sdp:?}");
+        }
     }
 }

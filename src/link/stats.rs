@@ -41,6 +41,10 @@ pub struct LinkStats {
     /// The agent reported losing our packets: each goes out twice to the
     /// end of the call.
     pub sending_twice: bool,
+    /// The agent's SDP answer said its decoder uses Opus in-band FEC
+    /// (`useinbandfec=1`); the encoder sends FEC only then. `None` on a
+    /// link without an SDP answer of that kind.
+    pub agent_decodes_fec: Option<bool>,
     /// RTP packets received.
     pub packets_received: u64,
     /// Bytes sent, headers and copies included.

@@ -16,7 +16,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{RTCPeerConnectionState, RTCSessionDescription};
 
 use super::pacer::PacedFrames;
-use super::peer::{Peer, PeerConfig, PeerSignal};
+use super::peer::{Peer, PeerConfig, PeerSignal, answer_uses_inband_fec};
 use super::redundancy::{Change, Redundancy};
 use super::rtp_clock::RtpClock;
 use super::rtvi::{self, ClientMessage, Ignored, Inbound, Signalling};
@@ -55,6 +55,8 @@ pub(super) struct PeerRun {
     /// Candidates found after the offer went out must be trickled.
     trickle: bool,
     payload_type: u8,
+    /// The agent's answer said its decoder uses Opus in-band FEC.
+    agent_fec: bool,
     /// Audio tracks the agent opened; one is read, more are ignored.
     tracks: u32,
 }
@@ -78,6 +80,7 @@ pub(super) async fn establish(ctx: &Arc<Ctx>, kind: OfferKind) -> Result<PeerRun
         dc,
         trickle: false,
         payload_type: 0,
+        agent_fec: false,
         tracks: 0,
     };
     let result = async {
@@ -121,11 +124,17 @@ async fn negotiate(ctx: &Ctx, run: &mut PeerRun, kind: OfferKind) -> Result<(), 
         ))?
         .sdp;
     let answer = ctx.signaling.offer(&sdp, kind).await?;
+    run.agent_fec = answer_uses_inband_fec(&answer);
     run.peer
         .pc
         .set_remote_description(RTCSessionDescription::answer(answer)?)
         .await?;
-    debug!(?kind, trickle = run.trickle, "offer answered");
+    debug!(
+        ?kind,
+        trickle = run.trickle,
+        agent_decodes_fec = run.agent_fec,
+        "offer answered"
+    );
     Ok(())
 }
 
@@ -367,6 +376,7 @@ impl Supervisor {
             Control::Stats(reply) => {
                 let mut stats = self.stats.collect(&self.ctx.counters, &self.run.peer).await;
                 stats.sending_twice = self.redundancy.lossy();
+                stats.agent_decodes_fec = Some(self.run.agent_fec);
                 let _ = reply.send(stats);
             }
         }

@@ -766,6 +766,9 @@ impl Orchestrator {
         if let Some(fraction) = stats.loss_out_recent {
             self.engine.report_loss_out(stats.remote_reports, fraction);
         }
+        if let Some(fec) = stats.agent_decodes_fec {
+            self.engine.set_inband_fec(fec);
+        }
     }
 
     /// Teardown: closes the call. What the agent said until it closed

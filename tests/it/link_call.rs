@@ -171,6 +171,13 @@ async fn call_json_reports_the_conversation() {
     );
     assert!(transcripts.iter().any(|t| t["role"] == "bot"));
     assert!(summary["stats"]["packets_received"].as_u64().unwrap() > 0);
+    // The loopback agent's answer declares `useinbandfec=1`, and its
+    // playout decodes FEC: the speech goes out with it.
+    assert_eq!(summary["stats"]["agent_decodes_fec"], true);
+    assert!(
+        summary["packets_sent_with_fec"].as_u64().unwrap() > 20,
+        "{summary}"
+    );
     // events went to stderr as JSON lines
     assert!(stderr.lines().any(|l| l.contains(r#""type":"bot-ready""#)));
     // a 48 kHz input gives a 48 kHz output

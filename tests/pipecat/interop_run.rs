@@ -300,6 +300,15 @@ async fn static_offer_url_four_turns_with_a_pipecat_bot() {
         "{}",
         d.stderr()
     );
+    // aiortc's answer does not declare `useinbandfec=1`: the kiosk's
+    // encoder stops spending bits on FEC the bot would never decode, and
+    // the bot still heard all four turns (above).
+    let stderr = d.stderr();
+    let fec = stderr
+        .lines()
+        .find(|l| l.contains("encoder follows the agent's answer"))
+        .unwrap_or_else(|| panic!("FEC never followed the answer:\n{stderr}"));
+    assert!(fec.contains("inband_fec=false"), "{fec}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

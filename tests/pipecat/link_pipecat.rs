@@ -146,6 +146,10 @@ fn call_reaches_a_pipecat_bot() {
     assert!(stats["remote_reports"].as_u64().unwrap() >= 1, "{stats}");
     assert!(stats["loss_out_recent"].as_f64().is_some(), "{stats}");
     assert!(stats["rtt_ms"].as_f64().is_some(), "{stats}");
+    // aiortc answers with no `useinbandfec=1` and never decodes FEC: none
+    // is sent, and the bot still understood every word (above).
+    assert_eq!(stats["agent_decodes_fec"], false, "{stats}");
+    assert_eq!(summary["packets_sent_with_fec"], 0, "{summary}");
     assert_sent_as_stock_bot_encoder_encodes(&summary);
 
     // The bot's reply is in what we heard.
