@@ -292,17 +292,20 @@ impl CaptureProcessor {
     /// Whether the agent's decoder uses in-band FEC (its SDP answer): the
     /// encoder sends FEC only if it does.
     pub fn set_inband_fec(&mut self, on: bool) -> Result<(), AudioError> {
+        if on != self.inband_fec && self.encoder.is_some() {
+            info!(inband_fec = on, "encoder follows the agent's answer");
+        }
+        self.switch_inband_fec(on)
+    }
+
+    fn switch_inband_fec(&mut self, on: bool) -> Result<(), AudioError> {
         if on == self.inband_fec {
             return Ok(());
         }
         self.inband_fec = on;
-        match self.encoder.as_mut() {
-            Some(encoder) => {
-                info!(inband_fec = on, "encoder follows the agent's answer");
-                encoder.set_inband_fec(on)
-            }
-            None => Ok(()),
-        }
+        self.encoder
+            .as_mut()
+            .map_or(Ok(()), |encoder| encoder.set_inband_fec(on))
     }
 
     /// The conversation is over: drop anything unsent and go back to idle;
@@ -314,7 +317,8 @@ impl CaptureProcessor {
             let _ = encoder.set_expected_loss(percent);
         }
         // The next call's agent says anew; until then, FEC as configured.
-        let _ = self.set_inband_fec(true);
+        // Only fails for a value out of range.
+        let _ = self.switch_inband_fec(true);
         self.buffer.queue.clear();
         self.buffer.dropped_since_release = 0;
         self.state = StreamState::Idle;
@@ -487,5 +491,70 @@ impl CaptureProcessor {
             StreamState::Buffering | StreamState::Idle => self.buffer.push(frame, &self.metrics),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::{has_fec, read_wav};
+
+    /// Counts the frames sent and those carrying in-band FEC.
+    #[derive(Default)]
+    struct FecCount {
+        frames: usize,
+        with_fec: usize,
+    }
+
+    impl AudioSink for FecCount {
+        fn event(&mut self, _event: AudioEvent) {}
+        fn frame(&mut self, frame: EncodedFrame) {
+            self.frames += 1;
+            self.with_fec += usize::from(has_fec(frame.packet.bytes()));
+        }
+    }
+
+    #[test]
+    fn fec_follows_the_agents_answer_and_is_back_for_the_next_call() {
+        let speech = read_wav(std::path::Path::new(
+            "fixtures/audio/multi_utterance_16k.wav",
+        ))
+        .unwrap()
+        .samples;
+        let audio = AudioSettings {
+            output: DeviceSpec::Disabled,
+            ..AudioSettings::default()
+        };
+        let mut capture = CaptureProcessor::new(
+            &audio,
+            &VadSettings::default(),
+            SampleRate::VAD,
+            speech.len(),
+            true,
+            Arc::default(),
+        )
+        .unwrap();
+        let mut call = |capture: &mut CaptureProcessor| {
+            let mut sink = FecCount::default();
+            capture.link_ready(&mut sink);
+            capture.push_samples(&speech, &mut sink).unwrap();
+            sink
+        };
+        let declared = call(&mut capture);
+        assert!(
+            declared.with_fec > 50,
+            "{} of {}",
+            declared.with_fec,
+            declared.frames
+        );
+        // An agent whose answer lacks `useinbandfec=1`.
+        capture.set_inband_fec(false).unwrap();
+        let undeclared = call(&mut capture);
+        assert!(undeclared.frames > 600);
+        assert_eq!(undeclared.with_fec, 0);
+        // The next call starts as configured, before its agent answers.
+        capture.end_stream();
+        let next = call(&mut capture);
+        assert!(next.with_fec > 50, "{} of {}", next.with_fec, next.frames);
     }
 }
