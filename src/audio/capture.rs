@@ -534,7 +534,7 @@ mod tests {
             Arc::default(),
         )
         .unwrap();
-        let mut call = |capture: &mut CaptureProcessor| {
+        let call = |capture: &mut CaptureProcessor| {
             let mut sink = FecCount::default();
             capture.link_ready(&mut sink);
             capture.push_samples(&speech, &mut sink).unwrap();
