@@ -148,9 +148,6 @@ pub struct CaptureProcessor {
     /// What the encoder is told to expect lost: the configured share, or
     /// the agent's reported loss when higher.
     expected_loss: ExpectedLoss,
-    /// In-band FEC: on unless the agent's answer said its decoder cannot
-    /// use it; on again for the next call.
-    inband_fec: bool,
     /// Silence goes out as nothing (`audio.dtx`); otherwise every frame is sent.
     dtx: bool,
     opus_input: [f32; ENCODE_FRAME],
@@ -219,7 +216,6 @@ impl CaptureProcessor {
                 None
             },
             expected_loss: ExpectedLoss::new(audio),
-            inband_fec: true,
             dtx: audio.dtx,
             opus_input: [0.0; ENCODE_FRAME],
             opus_filled: 0,
@@ -292,33 +288,27 @@ impl CaptureProcessor {
     /// Whether the agent's decoder uses in-band FEC (its SDP answer): the
     /// encoder sends FEC only if it does.
     pub fn set_inband_fec(&mut self, on: bool) -> Result<(), AudioError> {
-        if on != self.inband_fec && self.encoder.is_some() {
+        if let Some(encoder) = self.encoder.as_mut()
+            && encoder.set_inband_fec(on)?
+        {
             info!(inband_fec = on, "encoder follows the agent's answer");
         }
-        self.switch_inband_fec(on)
-    }
-
-    fn switch_inband_fec(&mut self, on: bool) -> Result<(), AudioError> {
-        if on == self.inband_fec {
-            return Ok(());
-        }
-        self.inband_fec = on;
-        self.encoder
-            .as_mut()
-            .map_or(Ok(()), |encoder| encoder.set_inband_fec(on))
+        Ok(())
     }
 
     /// The conversation is over: drop anything unsent and go back to idle;
     /// the next call starts from the configured expected loss again.
     pub fn end_stream(&mut self) {
-        if let (Some(percent), Some(encoder)) = (self.expected_loss.reset(), self.encoder.as_mut())
-        {
-            // Only fails for a value out of range, which `reset` never gives.
-            let _ = encoder.set_expected_loss(percent);
+        let configured_loss = self.expected_loss.reset();
+        if let Some(encoder) = self.encoder.as_mut() {
+            // Neither fails but for a value out of range, which `reset`
+            // never gives. The next call's agent says anew whether it
+            // decodes FEC; until then, FEC as configured.
+            if let Some(percent) = configured_loss {
+                let _ = encoder.set_expected_loss(percent);
+            }
+            let _ = encoder.set_inband_fec(true);
         }
-        // The next call's agent says anew; until then, FEC as configured.
-        // Only fails for a value out of range.
-        let _ = self.switch_inband_fec(true);
         self.buffer.queue.clear();
         self.buffer.dropped_since_release = 0;
         self.state = StreamState::Idle;

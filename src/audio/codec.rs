@@ -114,11 +114,13 @@ impl std::fmt::Debug for OpusPacket {
     }
 }
 
-/// VoIP-tuned encoder with in-band FEC, and DTX when configured.
+/// VoIP-tuned encoder with in-band FEC (unless the agent cannot use it),
+/// and DTX when configured.
 pub struct OpusEncoder {
     encoder: Encoder,
     /// Samples in one 20 ms frame at the input rate.
     frame_len: usize,
+    inband_fec: bool,
 }
 
 impl OpusEncoder {
@@ -145,6 +147,7 @@ impl OpusEncoder {
         Ok(Self {
             encoder,
             frame_len: rate.samples_in(Millis(20)),
+            inband_fec: true,
         })
     }
 
@@ -156,12 +159,17 @@ impl OpusEncoder {
         Ok(())
     }
 
-    /// In-band FEC on or off. Off for an agent whose decoder cannot use it
-    /// (its SDP answer lacks `useinbandfec=1`): the encoder then spends
-    /// neither bits nor the CPU of a second, low-rate encoding on it.
-    pub fn set_inband_fec(&mut self, on: bool) -> Result<(), AudioError> {
+    /// In-band FEC on or off; true if that changed it. Off for an agent
+    /// whose decoder cannot use it (its SDP answer lacks `useinbandfec=1`):
+    /// the encoder then spends neither bits nor the CPU of a second,
+    /// low-rate encoding on it.
+    pub fn set_inband_fec(&mut self, on: bool) -> Result<bool, AudioError> {
+        if on == self.inband_fec {
+            return Ok(false);
+        }
         self.encoder.set_inband_fec(on)?;
-        Ok(())
+        self.inband_fec = on;
+        Ok(true)
     }
 
     /// Samples [`encode`](Self::encode) takes: 20 ms at the input rate.
@@ -395,7 +403,8 @@ mod tests {
         // encoder: libopus's VAD takes a steady tone for noise after a
         // while, and codes no FEC for noise.
         let mut enc = OpusEncoder::new(&settings).unwrap();
-        enc.set_inband_fec(false).unwrap();
+        assert!(enc.set_inband_fec(false).unwrap(), "a change");
+        assert!(!enc.set_inband_fec(false).unwrap(), "said again: none");
         let mut frames = input.chunks(OPUS_FRAME);
         assert!(
             frames

@@ -417,7 +417,6 @@ pub async fn run_call(
     let mut source = CallSource::new(speech, options.pause);
     let mut encoder = OpusEncoder::with_input_rate(&options.audio, SEND_RATE).map_err(codec)?;
     let mut expected_loss = ExpectedLoss::new(&options.audio);
-    let mut fec_out = true;
     // The same playout path as the kiosk's speaker: jitter buffer, FEC,
     // concealment.
     let metrics = Arc::new(AudioMetrics::default());
@@ -512,11 +511,8 @@ pub async fn run_call(
                 let Ok(stats) = link.stats().await else { continue };
                 // The first tick comes at once, so FEC follows the agent's
                 // answer from the call's first packets.
-                if let Some(fec) = stats.agent_decodes_fec
-                    && fec != fec_out
-                {
+                if let Some(fec) = stats.agent_decodes_fec {
                     encoder.set_inband_fec(fec).map_err(codec)?;
-                    fec_out = fec;
                 }
                 if let Some(fraction) = stats.loss_out_recent
                     && let Some(percent) = expected_loss.report(stats.remote_reports, fraction)
