@@ -15,7 +15,9 @@ use toml_edit::Document;
 
 use crate::agent_settings::{AgentSettings, ProvisionMode};
 use crate::audio::NoiseSuppression;
-use crate::audio::{Aggressiveness, AudioSettings, DeviceSpec, Millis, VadSettings};
+use crate::audio::{
+    Aggressiveness, AudioSettings, DeviceSpec, Millis, OPUS_FRAME_LENGTHS, VadSettings,
+};
 use crate::daily::{DailySettings, Privacy, RoomSettings};
 use crate::link::{IceServer, LinkSettings};
 use crate::sip::leg::SipTimeouts;
@@ -594,6 +596,7 @@ fn read_audio(l: &mut Loader<'_>) -> AudioSettings {
             d.opus_expected_loss_percent.into(),
             0..=100,
         ) as i32,
+        opus_frame_ms: millis(l, "audio", "opus_frame_ms", d.opus_frame_ms, 20..=40),
         dtx: l.boolean("audio", "dtx", d.dtx),
         jitter_min_ms: millis(l, "audio", "jitter_min_ms", d.jitter_min_ms, 20..=500),
         jitter_max_ms: millis(l, "audio", "jitter_max_ms", d.jitter_max_ms, 20..=1_000),
@@ -624,6 +627,9 @@ fn read_audio(l: &mut Loader<'_>) -> AudioSettings {
         auto_gain: l.boolean("audio", "auto_gain", d.auto_gain),
         echo_gate: l.boolean("audio", "echo_gate", d.echo_gate),
     };
+    if !OPUS_FRAME_LENGTHS.contains(&a.opus_frame_ms) {
+        l.problem_at("audio", "opus_frame_ms", "must be 20 or 40");
+    }
     if a.jitter_max_ms < a.jitter_min_ms {
         l.problem_at(
             "audio",
@@ -789,6 +795,13 @@ fn check_requirements(l: &mut Loader<'_>, c: &Config) {
             "agent.start_url",
             "missing: session.provision = \"pipecat\" needs the agent's start URL",
         ),
+    }
+    if c.session.provision == ProvisionMode::DailySip && c.audio.opus_frame_ms != Millis(20) {
+        l.problem_at(
+            "audio",
+            "opus_frame_ms",
+            "must be 20 with session.provision = \"daily-sip\": the SIP leg offers 20 ms packets",
+        );
     }
     if c.daily.transcription && c.daily.api_key.is_none() {
         l.problem_at(

@@ -19,11 +19,11 @@ use super::metrics::AudioMetrics;
 use super::resample::StreamResampler;
 use super::segmenter::{SegmentOutput, Segmenter, Utterance};
 use super::settings::{AudioSettings, DeviceSpec, VadSettings};
-use super::units::{Dbfs, FRAME_48K, FRAME_MS, Millis, OPUS_FRAME, SampleRate, VAD_FRAME};
+use super::units::{Dbfs, FRAME_48K, FRAME_MS, Millis, SampleRate, VAD_FRAME};
 use super::vad::VoiceDetector;
 
-/// One 20 ms Opus frame of the 16 kHz stream.
-const ENCODE_FRAME: usize = 2 * VAD_FRAME;
+/// The longest Opus frame of the 16 kHz stream (`opus_frame_ms` 40).
+const MAX_ENCODE_FRAME: usize = 4 * VAD_FRAME;
 /// The microphone level shown on the status page is updated this often (in 10 ms frames).
 const LEVEL_EVERY_FRAMES: u64 = 10;
 /// With DTX on, packets of this size or smaller are Opus DTX frames.
@@ -65,6 +65,8 @@ pub struct EncodedFrame {
     pub timestamp: u32,
     /// First packet of a talkspurt: set the RTP marker bit.
     pub after_silence: bool,
+    /// Audio in the packet (`opus_frame_ms`).
+    pub duration: Millis,
 }
 
 /// Receives the audio engine's output.
@@ -90,17 +92,26 @@ enum StreamState {
 struct SpeechBuffer {
     queue: VecDeque<EncodedFrame>,
     capacity: usize,
+    /// Audio in each packet held.
+    frame: Millis,
     dropped_since_release: u64,
 }
 
 impl SpeechBuffer {
-    fn new(buffer: Millis) -> Self {
-        let capacity = (buffer.0 / 20).max(1) as usize;
+    /// Holds `buffer` of speech in packets of `frame`.
+    fn new(buffer: Millis, frame: Millis) -> Self {
+        let capacity = (buffer.0 / frame.0).max(1) as usize;
         Self {
             queue: VecDeque::with_capacity(capacity),
             capacity,
+            frame,
             dropped_since_release: 0,
         }
+    }
+
+    /// The audio in `packets` packets, in milliseconds.
+    fn ms(&self, packets: u64) -> u64 {
+        packets * u64::from(self.frame.0)
     }
 
     fn push(&mut self, frame: EncodedFrame, metrics: &AudioMetrics) {
@@ -108,7 +119,7 @@ impl SpeechBuffer {
             self.queue.pop_front();
             if self.dropped_since_release == 0 {
                 warn!(
-                    capacity_ms = self.capacity * 20,
+                    capacity_ms = self.ms(self.capacity as u64),
                     "speech buffer full while waiting for the link; dropping the oldest audio"
                 );
             }
@@ -150,8 +161,11 @@ pub struct CaptureProcessor {
     expected_loss: ExpectedLoss,
     /// Silence goes out as nothing (`audio.dtx`); otherwise every frame is sent.
     dtx: bool,
-    opus_input: [f32; ENCODE_FRAME],
+    opus_input: [f32; MAX_ENCODE_FRAME],
     opus_filled: usize,
+    /// Samples per packet at 16 kHz: 20 or 40 ms (`opus_frame_ms`).
+    encode_frame: usize,
+    frame_ms: Millis,
     /// Encoded audio so far, in 48 kHz samples (the RTP clock).
     encoded_samples: u64,
     state: StreamState,
@@ -211,18 +225,24 @@ impl CaptureProcessor {
             gate,
             segmenter,
             encoder: if encode {
-                Some(OpusEncoder::with_input_rate(audio, SampleRate::VAD)?)
+                Some(OpusEncoder::with_frame(
+                    audio,
+                    SampleRate::VAD,
+                    audio.opus_frame(),
+                )?)
             } else {
                 None
             },
             expected_loss: ExpectedLoss::new(audio),
             dtx: audio.dtx,
-            opus_input: [0.0; ENCODE_FRAME],
+            opus_input: [0.0; MAX_ENCODE_FRAME],
             opus_filled: 0,
+            encode_frame: SampleRate::VAD.samples_in(audio.opus_frame()),
+            frame_ms: audio.opus_frame(),
             encoded_samples: 0,
             state: StreamState::Idle,
             next_after_silence: true,
-            buffer: SpeechBuffer::new(vad.buffer_ms),
+            buffer: SpeechBuffer::new(vad.buffer_ms, audio.opus_frame()),
             scratch,
             frames: 0,
             level_energy: 0.0,
@@ -255,7 +275,7 @@ impl CaptureProcessor {
     pub fn link_ready(&mut self, sink: &mut dyn AudioSink) {
         if self.buffer.dropped_since_release > 0 {
             info!(
-                dropped_ms = self.buffer.dropped_since_release * 20,
+                dropped_ms = self.buffer.ms(self.buffer.dropped_since_release),
                 "released speech buffer after dropping its oldest audio"
             );
         }
@@ -316,10 +336,11 @@ impl CaptureProcessor {
         self.next_after_silence = true;
     }
 
-    /// Microphone audio the encoder lacks for its next packet: 10 ms while
-    /// it holds half of one, otherwise 20 (also while nothing is encoded).
+    /// Microphone audio the encoder lacks for its next packet: what a
+    /// packet holds less what it has (a whole packet also while nothing
+    /// is encoded).
     pub fn until_next_packet(&self) -> Millis {
-        Millis::from_frames(((ENCODE_FRAME - self.opus_filled) / VAD_FRAME) as u64)
+        Millis::from_frames(((self.encode_frame - self.opus_filled) / VAD_FRAME) as u64)
     }
 
     /// Processes microphone samples (mono, at the input rate).
@@ -458,13 +479,13 @@ impl CaptureProcessor {
         };
         self.opus_input[self.opus_filled..self.opus_filled + VAD_FRAME].copy_from_slice(frame);
         self.opus_filled += VAD_FRAME;
-        if self.opus_filled < ENCODE_FRAME {
+        if self.opus_filled < self.encode_frame {
             return Ok(());
         }
         self.opus_filled = 0;
-        let packet = encoder.encode(&self.opus_input)?;
+        let packet = encoder.encode(&self.opus_input[..self.encode_frame])?;
         let timestamp = self.encoded_samples as u32;
-        self.encoded_samples += OPUS_FRAME as u64;
+        self.encoded_samples += SampleRate::OPUS.samples_in(self.frame_ms) as u64;
         AudioMetrics::add(&self.metrics.packets_encoded, 1);
         if self.dtx && packet.bytes().len() <= DTX_PACKET_MAX {
             // Nothing to send for DTX silence; the next real packet opens a talkspurt.
@@ -475,6 +496,7 @@ impl CaptureProcessor {
             packet,
             timestamp,
             after_silence: std::mem::take(&mut self.next_after_silence),
+            duration: self.frame_ms,
         };
         match self.state {
             StreamState::Streaming => sink.frame(frame),
@@ -487,7 +509,7 @@ impl CaptureProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::{has_fec, read_wav};
+    use crate::audio::{OPUS_FRAME, has_fec, read_wav};
 
     /// Counts the frames sent and those carrying in-band FEC.
     #[derive(Default)]
@@ -546,5 +568,58 @@ mod tests {
         capture.end_stream();
         let next = call(&mut capture);
         assert!(next.with_fec > 50, "{} of {}", next.with_fec, next.frames);
+    }
+
+    /// Keeps every frame sent.
+    #[derive(Default)]
+    struct Frames(Vec<EncodedFrame>);
+
+    impl AudioSink for Frames {
+        fn event(&mut self, _event: AudioEvent) {}
+        fn frame(&mut self, frame: EncodedFrame) {
+            self.0.push(frame);
+        }
+    }
+
+    #[test]
+    fn packets_carry_opus_frame_ms_of_audio_on_an_unbroken_rtp_clock() {
+        let speech = read_wav(std::path::Path::new(
+            "fixtures/audio/multi_utterance_16k.wav",
+        ))
+        .unwrap()
+        .samples;
+        for frame_ms in [20, 40] {
+            let audio = AudioSettings {
+                output: DeviceSpec::Disabled,
+                opus_frame_ms: Millis(frame_ms),
+                ..AudioSettings::default()
+            };
+            let mut capture = CaptureProcessor::new(
+                &audio,
+                &VadSettings::default(),
+                SampleRate::VAD,
+                speech.len(),
+                true,
+                Arc::default(),
+            )
+            .unwrap();
+            assert_eq!(capture.until_next_packet(), Millis(frame_ms));
+            let mut sink = Frames::default();
+            capture.link_ready(&mut sink);
+            capture.push_samples(&speech, &mut sink).unwrap();
+            let frames = &sink.0;
+            // The whole fixture, in packets of the configured length.
+            let expected = speech.len() / SampleRate::VAD.samples_in(Millis(frame_ms));
+            assert_eq!(frames.len(), expected, "{frame_ms} ms");
+            let step = SampleRate::OPUS.samples_in(Millis(frame_ms)) as u32;
+            let mut decoder = crate::audio::OpusDecoder::new().unwrap();
+            let mut pcm = vec![0.0; 2 * OPUS_FRAME];
+            for (i, f) in frames.iter().enumerate() {
+                assert_eq!(f.duration, Millis(frame_ms));
+                assert_eq!(f.timestamp, i as u32 * step);
+                let decoded = decoder.decode(f.packet.bytes(), &mut pcm).unwrap();
+                assert_eq!(decoded, step as usize, "packet {i} of {frame_ms} ms");
+            }
+        }
     }
 }

@@ -118,7 +118,7 @@ impl std::fmt::Debug for OpusPacket {
 /// and DTX when configured.
 pub struct OpusEncoder {
     encoder: Encoder,
-    /// Samples in one 20 ms frame at the input rate.
+    /// Samples in one frame at the input rate.
     frame_len: usize,
     inband_fec: bool,
 }
@@ -134,6 +134,16 @@ impl OpusEncoder {
     /// stops at 8 kHz anyway (see below), and giving Opus 16 kHz spares a
     /// resampler on each side of it.
     pub fn with_input_rate(settings: &AudioSettings, rate: SampleRate) -> Result<Self, AudioError> {
+        Self::with_frame(settings, rate, Millis(20))
+    }
+
+    /// An encoder fed audio at `rate`, coding `frame` (20 or 40 ms) per
+    /// packet: what goes to the agent, at `opus_frame_ms`.
+    pub fn with_frame(
+        settings: &AudioSettings,
+        rate: SampleRate,
+        frame: Millis,
+    ) -> Result<Self, AudioError> {
         let mut encoder = Encoder::new(rate.hz(), Channels::Mono, Application::Voip)?;
         encoder.set_bitrate(Bitrate::Bits(settings.opus_bitrate_bps))?;
         encoder.set_complexity(settings.opus_complexity)?;
@@ -146,7 +156,7 @@ impl OpusEncoder {
         encoder.set_max_bandwidth(Bandwidth::Wideband)?;
         Ok(Self {
             encoder,
-            frame_len: rate.samples_in(Millis(20)),
+            frame_len: rate.samples_in(frame),
             inband_fec: true,
         })
     }
@@ -172,14 +182,14 @@ impl OpusEncoder {
         Ok(true)
     }
 
-    /// Samples [`encode`](Self::encode) takes: 20 ms at the input rate.
+    /// Samples [`encode`](Self::encode) takes: one frame at the input rate.
     pub fn frame_len(&self) -> usize {
         self.frame_len
     }
 
-    /// Encodes exactly one 20 ms frame ([`frame_len`](Self::frame_len) samples).
+    /// Encodes exactly one frame ([`frame_len`](Self::frame_len) samples).
     pub fn encode(&mut self, frame: &[f32]) -> Result<OpusPacket, AudioError> {
-        debug_assert_eq!(frame.len(), self.frame_len, "one 20 ms frame");
+        debug_assert_eq!(frame.len(), self.frame_len, "one frame");
         OpusPacket::written(|data| self.encoder.encode_float(frame, data))
     }
 }

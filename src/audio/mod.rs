@@ -121,7 +121,7 @@ pub use realtime::Scheduling;
 pub use resample::{StreamResampler, resample_clip};
 pub use segmenter::{SegmentOutput, Segmenter, Utterance};
 pub use settings::NoiseSuppression;
-pub use settings::{AudioSettings, DeviceSpec, VadSettings};
+pub use settings::{AudioSettings, DeviceSpec, OPUS_FRAME_LENGTHS, VadSettings};
 pub use sound_check::SoundCheckRecording;
 pub use units::{Dbfs, FRAME_48K, FRAME_MS, Millis, OPUS_FRAME, SampleRate, VAD_FRAME, f32_to_i16};
 pub use vad::{Aggressiveness, VoiceDetector};

@@ -63,6 +63,9 @@ impl NoiseSuppression {
     }
 }
 
+/// The packet lengths `opus_frame_ms` may take.
+pub const OPUS_FRAME_LENGTHS: [Millis; 2] = [Millis(20), Millis(40)];
+
 /// `[audio]`: devices, codec and playout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AudioSettings {
@@ -80,6 +83,12 @@ pub struct AudioSettings {
     pub opus_complexity: i32,
     /// Loss the encoder should expect, which sizes its in-band FEC.
     pub opus_expected_loss_percent: i32,
+    /// Audio in each packet to the agent: 20 ms (as browsers send) or 40 ms.
+    /// 40 ms halves the packets and with them most of the call's CPU
+    /// outside the codec (docs/profile.md), for 20 ms more delay to the
+    /// agent and 40 ms of speech lost with each lost packet. Only for a
+    /// WebRTC agent: the SIP leg offers 20 ms.
+    pub opus_frame_ms: Millis,
     /// Opus DTX towards the agent: silence inside a live call is sent as
     /// nothing at all. Off by default because an agent such as Pipecat hears
     /// silence only through frames: with no packets its VAD never sees the
@@ -119,6 +128,18 @@ pub struct AudioSettings {
     pub echo_gate: bool,
 }
 
+impl AudioSettings {
+    /// `opus_frame_ms`, or 20 ms for a length the config would have
+    /// refused (settings built in code).
+    pub fn opus_frame(&self) -> Millis {
+        if OPUS_FRAME_LENGTHS.contains(&self.opus_frame_ms) {
+            self.opus_frame_ms
+        } else {
+            OPUS_FRAME_LENGTHS[0]
+        }
+    }
+}
+
 impl Default for AudioSettings {
     fn default() -> Self {
         Self {
@@ -128,6 +149,7 @@ impl Default for AudioSettings {
             opus_bitrate_bps: 32_000,
             opus_complexity: 1,
             opus_expected_loss_percent: 10,
+            opus_frame_ms: Millis(20),
             dtx: false,
             jitter_min_ms: Millis(40),
             jitter_max_ms: Millis(80),

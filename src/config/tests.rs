@@ -69,6 +69,40 @@ fn out_of_range_and_bad_words_are_named() {
 }
 
 #[test]
+fn opus_frame_ms_is_20_or_40_and_20_for_the_sip_leg() {
+    let c = parse(
+        &format!("{MINIMAL}[audio]\nopus_frame_ms = 40\n"),
+        &Env::default(),
+    )
+    .unwrap();
+    assert_eq!(c.audio.opus_frame_ms, Millis(40));
+    assert_eq!(
+        parse(MINIMAL, &Env::default()).unwrap().audio.opus_frame_ms,
+        Millis(20)
+    );
+
+    let p = problems(
+        &format!("{MINIMAL}[audio]\nopus_frame_ms = 30\n"),
+        &Env::default(),
+    );
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(
+        p[0],
+        "/etc/kiosk-gateway/config.toml:4: audio.opus_frame_ms: must be 20 or 40"
+    );
+
+    let sip = "[session]\nprovision = \"daily-sip\"\n[agent]\nstart_url = \"https://agent.example/start\"\n[audio]\nopus_frame_ms = 40\n";
+    let env = Env::new([("KIOSK_GATEWAY_DAILY_API_KEY", "k")], None);
+    let p = problems(sip, &env);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].ends_with("audio.opus_frame_ms: must be 20 with session.provision = \"daily-sip\": the SIP leg offers 20 ms packets"),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
 fn log_level_takes_per_target_levels_and_names_a_bad_one() {
     let src = format!("{MINIMAL}[log]\nlevel = \"warn,kiosk_gateway::link=debug\"\n");
     let c = parse(&src, &Env::default()).unwrap();

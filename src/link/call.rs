@@ -1,6 +1,7 @@
 //! `kiosk-gateway call`: a technician's direct call to an agent. It streams
 //! a WAV the way a browser client streams its microphone: one 20 ms Opus
-//! packet every 20 ms for the whole call (the file, then a pause of
+//! packet every 20 ms (or 40 ms, `opus_frame_ms`, as the kiosk then sends)
+//! for the whole call (the file, then a pause of
 //! near-silence, over and over, like someone talking now and then), records
 //! what the agent says, prints RTVI events as they arrive and ends with a
 //! summary.
@@ -30,10 +31,6 @@ use crate::audio::{
     StreamResampler, resample_clip,
 };
 
-/// One packet's worth of audio.
-const FRAME: Duration = Duration::from_millis(20);
-/// 10 ms speaker frames taken from the playout path per packet's tick.
-const SPEAKER_FRAMES_PER_TICK: usize = OPUS_FRAME / FRAME_48K;
 /// How often the agent's loss reports are read to tune the encoder's FEC.
 const LOSS_REPORTS_EVERY: Duration = Duration::from_secs(1);
 /// The rate `call` encodes at, as the daemon's capture path does.
@@ -265,9 +262,9 @@ pub struct CallSource {
 }
 
 impl CallSource {
-    /// `speech` is at 16 kHz.
-    pub fn new(mut speech: Vec<f32>, pause: Duration) -> Self {
-        let frame_len = SEND_RATE.samples_in(audio::Millis(FRAME.as_millis() as u32));
+    /// `speech` is at 16 kHz, sent `frame` at a time.
+    pub fn new(mut speech: Vec<f32>, pause: Duration, frame: Millis) -> Self {
+        let frame_len = SEND_RATE.samples_in(frame);
         let speech_frames = speech.len().div_ceil(frame_len);
         let mut noise = NoiseFloor::new(NOISE_FLOOR_DBFS);
         let padded = speech_frames * frame_len;
@@ -275,7 +272,7 @@ impl CallSource {
         Self {
             speech,
             speech_frames,
-            pause_frames: (pause.as_millis() / FRAME.as_millis()) as usize,
+            pause_frames: (pause.as_millis() / u128::from(frame.0.max(1))) as usize,
             frame_len,
             position: 0,
             noise,
@@ -287,7 +284,7 @@ impl CallSource {
         self.frame_len
     }
 
-    /// Fills `frame` (`frame_len` samples) with the next 20 ms.
+    /// Fills `frame` (`frame_len` samples) with the next frame's audio.
     pub fn next_frame(&mut self, frame: &mut [f32]) {
         let pos = self.position;
         // An empty input with no pause is all near-silence.
@@ -414,8 +411,14 @@ pub async fn run_call(
         CallOutput::Wav(path) => Some(Recording::create(path, input_rate)?),
         CallOutput::Discard => None,
     };
-    let mut source = CallSource::new(speech, options.pause);
-    let mut encoder = OpusEncoder::with_input_rate(&options.audio, SEND_RATE).map_err(codec)?;
+    // One packet's audio, as the kiosk sends it.
+    let frame_ms = options.audio.opus_frame();
+    let frame_duration = Duration::from_millis(frame_ms.0.into());
+    // The speaker's 10 ms frames played on each packet's tick.
+    let speaker_frames_per_tick = (frame_ms.0 / FRAME_MS.0) as usize;
+    let mut source = CallSource::new(speech, options.pause, frame_ms);
+    let mut encoder =
+        OpusEncoder::with_frame(&options.audio, SEND_RATE, frame_ms).map_err(codec)?;
     let mut expected_loss = ExpectedLoss::new(&options.audio);
     // The same playout path as the kiosk's speaker: jitter buffer, FEC,
     // concealment.
@@ -445,7 +448,7 @@ pub async fn run_call(
     // The frame clock is the kernel's (see `kernel_timer`): one wake-up per
     // packet, none between. Late ticks are made up at once, so the stream
     // keeps pace with the RTP clock: one frame per 20 ms of call.
-    let ticker = KernelTimer::periodic(FRAME).map_err(CallError::Clock)?;
+    let ticker = KernelTimer::periodic(frame_duration).map_err(CallError::Clock)?;
     let mut reports = tokio::time::interval(LOSS_REPORTS_EVERY);
     let end = tokio::time::sleep(options.duration);
     tokio::pin!(end);
@@ -460,7 +463,7 @@ pub async fn run_call(
                     // of the call starts a talk spurt (the RTP marker bit).
                     let frame = OpusFrame {
                         data: Bytes::copy_from_slice(packet.bytes()),
-                        duration: FRAME,
+                        duration: frame_duration,
                         after_silence: frames_sent == 0,
                     };
                     // A full queue means the link is down; the frame is
@@ -472,7 +475,7 @@ pub async fn run_call(
                     }
                     // The speaker's frames on the same tick: no device waits
                     // for them, and one wake-up per 20 ms costs less than three.
-                    for _ in 0..SPEAKER_FRAMES_PER_TICK {
+                    for _ in 0..speaker_frames_per_tick {
                         if playout.next_frame(&mut speaker) {
                             received_samples += FRAME_48K as u64;
                             if playout.played_voice() {
@@ -566,7 +569,7 @@ pub async fn run_call(
         connected: true,
         connect_ms,
         bot_ready_ms: bot_ready,
-        audio_sent_ms: frames_sent * FRAME.as_millis() as u64,
+        audio_sent_ms: frames_sent * u64::from(frame_ms.0),
         packets_sent_with_fec: frames_sent_with_fec,
         audio_received_ms: received_samples * 1000 / u64::from(SampleRate::OPUS.hz()),
         first_audio_received_ms: first_audio,
@@ -588,7 +591,11 @@ mod tests {
     #[test]
     fn source_repeats_the_input_after_a_pause_and_never_runs_dry() {
         // 3 frames and a bit of "speech", then 100 ms (5 frames) of pause.
-        let mut source = CallSource::new(vec![0.5; 320 * 3 + 100], Duration::from_millis(100));
+        let mut source = CallSource::new(
+            vec![0.5; 320 * 3 + 100],
+            Duration::from_millis(100),
+            Millis(20),
+        );
         assert_eq!(source.frame_len(), 320);
         let mut frame = vec![0.0; 320];
         let mut frames = Vec::new();
@@ -611,7 +618,7 @@ mod tests {
         }
         assert!(is_speech(&frames[18]));
 
-        let mut empty = CallSource::new(Vec::new(), Duration::ZERO);
+        let mut empty = CallSource::new(Vec::new(), Duration::ZERO, Millis(20));
         empty.next_frame(&mut frame);
         empty.next_frame(&mut frame);
         assert!(Dbfs::rms(&frame).0 < -65.0);
@@ -619,7 +626,7 @@ mod tests {
 
     #[test]
     fn every_pause_packet_decodes_to_a_near_silent_frame() {
-        let mut source = CallSource::new(vec![0.0; 320], Duration::from_secs(3));
+        let mut source = CallSource::new(vec![0.0; 320], Duration::from_secs(3), Millis(20));
         let mut encoder =
             OpusEncoder::with_input_rate(&AudioSettings::default(), SEND_RATE).unwrap();
         let mut decoder = OpusDecoder::new().unwrap();

@@ -311,6 +311,50 @@ async fn static_offer_url_four_turns_with_a_pipecat_bot() {
     assert!(fec.contains("inband_fec=false"), "{fec}");
 }
 
+/// `audio.opus_frame_ms = 40`: the daemon sends 40 ms packets, about 25 a
+/// second where it sends 50 at 20 ms (the status page's rate), and the
+/// stock bot still hears and answers all four turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_ms_packets_four_turns_with_a_pipecat_bot() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bot = PipecatBot::start(dir.path(), &BOT_ARGS);
+    let agent = format!("offer_url = \"{}\"", bot.url("/api/offer"));
+    let rates = std::sync::Mutex::new(Vec::new());
+    let (d, row) = run_session_watched(
+        dir.path(),
+        &bot,
+        &agent,
+        "",
+        &[("KIOSK_GATEWAY_AUDIO_OPUS_FRAME_MS", "40")],
+        |s| {
+            if let Some(rate) = s["link"]["send_packets_per_second"].as_f64()
+                && s["link"]["live"] == true
+                && rate > 0.0
+            {
+                rates.lock().unwrap().push(rate);
+            }
+        },
+    )
+    .await;
+    assert_idle(&row, &bot, &d);
+    check_conversation(
+        dir.path(),
+        &row,
+        &bot,
+        &speaker_samples(dir.path()),
+        &diagnostics(&d).await,
+    );
+    let mut rates = rates.into_inner().unwrap();
+    assert!(rates.len() >= 20, "{rates:?}");
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    assert!(
+        (20.0..=32.0).contains(&median),
+        "{median} packets a second: {rates:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipecat_start_with_an_api_key_four_turns() {
     let _serial = SERIAL.lock().await;

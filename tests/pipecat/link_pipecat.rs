@@ -31,8 +31,14 @@ use serde_json::Value;
 /// `call` to `bot`, sending the 2.7 s utterance for 9 s with 4 s pauses;
 /// returns its JSON summary and where it wrote what it heard.
 fn call(bot: &PipecatBot, dir: &Path) -> (Value, PathBuf) {
+    call_with(bot, dir, &[])
+}
+
+/// `call` with more arguments (`--config`).
+fn call_with(bot: &PipecatBot, dir: &Path, extra: &[&str]) -> (Value, PathBuf) {
     let out_wav = dir.join("heard.wav");
     let output = Command::new(env!("CARGO_BIN_EXE_kiosk-gateway"))
+        .args(extra)
         .args([
             "call",
             "--offer-url",
@@ -160,6 +166,41 @@ fn call_reaches_a_pipecat_bot() {
         "reply correlation {corr:.3} at {:.3} s",
         lag as f64 / 48_000.0
     );
+    assert!(corr >= 0.7, "reply correlation {corr}");
+}
+
+/// With `audio.opus_frame_ms = 40` the kiosk sends half as many packets,
+/// each 40 ms long: the stock bot (aiortc's decoder, Silero over the
+/// frames it makes of them) hears and answers the visitor as before, and
+/// its own 20 ms packets play as before.
+#[test]
+fn call_with_40_ms_packets_reaches_a_pipecat_bot() {
+    let _serial = interop::SERIAL.blocking_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let bot = PipecatBot::start(dir.path(), &BOT_ARGS);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\noffer_url = \"{}\"\n[audio]\nopus_frame_ms = 40\n",
+            bot.url("/api/offer")
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let (summary, out_wav) = call_with(&bot, dir.path(), &["--config", &config_arg]);
+
+    assert_first_turn(&summary, &bot);
+    link_support::assert_voice(&summary, 700..=1000, 2500);
+    // 9 s of audio in 40 ms packets: 225, not 450 (a few may be dropped
+    // while the link comes up).
+    let sent = summary["stats"]["packets_sent"].as_u64().unwrap();
+    assert!((200..=240).contains(&sent), "{sent} packets sent");
+    assert!(summary["audio_sent_ms"].as_u64().unwrap() >= 8500);
+
+    let reply = interop::reply();
+    let heard = kiosk_gateway::testkit::media::read_wav(&out_wav).unwrap();
+    let (corr, _) = aligned_correlation(&reply, &heard, heard.len());
     assert!(corr >= 0.7, "reply correlation {corr}");
 }
 
