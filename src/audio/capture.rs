@@ -526,8 +526,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fec_follows_the_agents_answer_and_is_back_for_the_next_call() {
+    /// The speech fixture (16 kHz) and an encoding capture path for it,
+    /// with no speaker.
+    fn fixture_capture(frame: Millis) -> (Vec<f32>, CaptureProcessor) {
         let speech = read_wav(std::path::Path::new(
             "fixtures/audio/multi_utterance_16k.wav",
         ))
@@ -535,9 +536,10 @@ mod tests {
         .samples;
         let audio = AudioSettings {
             output: DeviceSpec::Disabled,
+            opus_frame_ms: frame,
             ..AudioSettings::default()
         };
-        let mut capture = CaptureProcessor::new(
+        let capture = CaptureProcessor::new(
             &audio,
             &VadSettings::default(),
             SampleRate::VAD,
@@ -546,6 +548,12 @@ mod tests {
             Arc::default(),
         )
         .unwrap();
+        (speech, capture)
+    }
+
+    #[test]
+    fn fec_follows_the_agents_answer_and_is_back_for_the_next_call() {
+        let (speech, mut capture) = fixture_capture(Millis(20));
         let call = |capture: &mut CaptureProcessor| {
             let mut sink = FecCount::default();
             capture.link_ready(&mut sink);
@@ -583,26 +591,8 @@ mod tests {
 
     #[test]
     fn packets_carry_opus_frame_ms_of_audio_on_an_unbroken_rtp_clock() {
-        let speech = read_wav(std::path::Path::new(
-            "fixtures/audio/multi_utterance_16k.wav",
-        ))
-        .unwrap()
-        .samples;
         for frame_ms in [20, 40] {
-            let audio = AudioSettings {
-                output: DeviceSpec::Disabled,
-                opus_frame_ms: Millis(frame_ms),
-                ..AudioSettings::default()
-            };
-            let mut capture = CaptureProcessor::new(
-                &audio,
-                &VadSettings::default(),
-                SampleRate::VAD,
-                speech.len(),
-                true,
-                Arc::default(),
-            )
-            .unwrap();
+            let (speech, mut capture) = fixture_capture(Millis(frame_ms));
             assert_eq!(capture.until_next_packet(), Millis(frame_ms));
             let mut sink = Frames::default();
             capture.link_ready(&mut sink);
