@@ -92,8 +92,6 @@ enum StreamState {
 struct SpeechBuffer {
     queue: VecDeque<EncodedFrame>,
     capacity: usize,
-    /// Audio in each packet held.
-    frame: Millis,
     dropped_since_release: u64,
 }
 
@@ -104,14 +102,8 @@ impl SpeechBuffer {
         Self {
             queue: VecDeque::with_capacity(capacity),
             capacity,
-            frame,
             dropped_since_release: 0,
         }
-    }
-
-    /// The audio in `packets` packets, in milliseconds.
-    fn ms(&self, packets: u64) -> u64 {
-        packets * u64::from(self.frame.0)
     }
 
     fn push(&mut self, frame: EncodedFrame, metrics: &AudioMetrics) {
@@ -119,7 +111,7 @@ impl SpeechBuffer {
             self.queue.pop_front();
             if self.dropped_since_release == 0 {
                 warn!(
-                    capacity_ms = self.ms(self.capacity as u64),
+                    capacity_ms = self.capacity as u64 * u64::from(frame.duration.0),
                     "speech buffer full while waiting for the link; dropping the oldest audio"
                 );
             }
@@ -163,8 +155,7 @@ pub struct CaptureProcessor {
     dtx: bool,
     opus_input: [f32; MAX_ENCODE_FRAME],
     opus_filled: usize,
-    /// Samples per packet at 16 kHz: 20 or 40 ms (`opus_frame_ms`).
-    encode_frame: usize,
+    /// Audio in each packet: 20 or 40 ms (`opus_frame_ms`).
     frame_ms: Millis,
     /// Encoded audio so far, in 48 kHz samples (the RTP clock).
     encoded_samples: u64,
@@ -237,7 +228,6 @@ impl CaptureProcessor {
             dtx: audio.dtx,
             opus_input: [0.0; MAX_ENCODE_FRAME],
             opus_filled: 0,
-            encode_frame: SampleRate::VAD.samples_in(audio.opus_frame()),
             frame_ms: audio.opus_frame(),
             encoded_samples: 0,
             state: StreamState::Idle,
@@ -275,7 +265,7 @@ impl CaptureProcessor {
     pub fn link_ready(&mut self, sink: &mut dyn AudioSink) {
         if self.buffer.dropped_since_release > 0 {
             info!(
-                dropped_ms = self.buffer.ms(self.buffer.dropped_since_release),
+                dropped_ms = self.buffer.dropped_since_release * u64::from(self.frame_ms.0),
                 "released speech buffer after dropping its oldest audio"
             );
         }
@@ -340,7 +330,12 @@ impl CaptureProcessor {
     /// packet holds less what it has (a whole packet also while nothing
     /// is encoded).
     pub fn until_next_packet(&self) -> Millis {
-        Millis::from_frames(((self.encode_frame - self.opus_filled) / VAD_FRAME) as u64)
+        Millis::from_frames(((self.encode_frame() - self.opus_filled) / VAD_FRAME) as u64)
+    }
+
+    /// Samples of the 16 kHz stream in one packet.
+    fn encode_frame(&self) -> usize {
+        SampleRate::VAD.samples_in(self.frame_ms)
     }
 
     /// Processes microphone samples (mono, at the input rate).
@@ -479,11 +474,13 @@ impl CaptureProcessor {
         };
         self.opus_input[self.opus_filled..self.opus_filled + VAD_FRAME].copy_from_slice(frame);
         self.opus_filled += VAD_FRAME;
-        if self.opus_filled < self.encode_frame {
+        // The encoder was made for packets of `frame_ms`.
+        let packet_len = encoder.frame_len();
+        if self.opus_filled < packet_len {
             return Ok(());
         }
         self.opus_filled = 0;
-        let packet = encoder.encode(&self.opus_input[..self.encode_frame])?;
+        let packet = encoder.encode(&self.opus_input[..packet_len])?;
         let timestamp = self.encoded_samples as u32;
         self.encoded_samples += SampleRate::OPUS.samples_in(self.frame_ms) as u64;
         AudioMetrics::add(&self.metrics.packets_encoded, 1);

@@ -46,6 +46,12 @@ impl Millis {
     }
 }
 
+impl From<Millis> for std::time::Duration {
+    fn from(ms: Millis) -> Self {
+        Self::from_millis(u64::from(ms.0))
+    }
+}
+
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ms", self.0)

@@ -413,9 +413,9 @@ pub async fn run_call(
     };
     // One packet's audio, as the kiosk sends it.
     let frame_ms = options.audio.opus_frame();
-    let frame_duration = Duration::from_millis(frame_ms.0.into());
+    let frame_duration = Duration::from(frame_ms);
     // The speaker's 10 ms frames played on each packet's tick.
-    let speaker_frames_per_tick = (frame_ms.0 / FRAME_MS.0) as usize;
+    let speaker_frames_per_tick = frame_ms.frames() as usize;
     let mut source = CallSource::new(speech, options.pause, frame_ms);
     let mut encoder =
         OpusEncoder::with_frame(&options.audio, SEND_RATE, frame_ms).map_err(codec)?;
@@ -447,7 +447,7 @@ pub async fn run_call(
 
     // The frame clock is the kernel's (see `kernel_timer`): one wake-up per
     // packet, none between. Late ticks are made up at once, so the stream
-    // keeps pace with the RTP clock: one frame per 20 ms of call.
+    // keeps pace with the RTP clock: one frame per frame's length of call.
     let ticker = KernelTimer::periodic(frame_duration).map_err(CallError::Clock)?;
     let mut reports = tokio::time::interval(LOSS_REPORTS_EVERY);
     let end = tokio::time::sleep(options.duration);
@@ -474,7 +474,8 @@ pub async fn run_call(
                         frames_sent_with_fec += u64::from(fec);
                     }
                     // The speaker's frames on the same tick: no device waits
-                    // for them, and one wake-up per 20 ms costs less than three.
+                    // for them, and one wake-up per packet costs less than one
+                    // per 10 ms frame.
                     for _ in 0..speaker_frames_per_tick {
                         if playout.next_frame(&mut speaker) {
                             received_samples += FRAME_48K as u64;

@@ -42,8 +42,8 @@ use webrtc::runtime::{
 use super::kernel_timer::{KernelTimer, in_epoll};
 
 /// Media sends further apart than this are not a stream: the kiosk sends
-/// every 20 ms or every 40 ms (`audio.opus_frame_ms`), so a 40 ms stream,
-/// or one 20 ms tick late by a loaded machine's, is still streaming.
+/// every 20 or 40 ms (`audio.opus_frame_ms`), and a tick a loaded machine
+/// makes late still belongs to the stream.
 const STREAM_GAP: Duration = Duration::from_millis(50);
 /// Media sends in a row, each within [`STREAM_GAP`] of the last, before the
 /// socket leaves epoll: a stream, not a burst of held speech followed by

@@ -377,7 +377,7 @@ impl Orchestrator {
         let Some(c) = &mut self.current else { return };
         self.outbox.push_back(OpusFrame {
             data: Bytes::copy_from_slice(frame.packet.bytes()),
-            duration: Duration::from_millis(frame.duration.0.into()),
+            duration: frame.duration.into(),
             after_silence: frame.after_silence,
         });
         if self.outbox.len() > self.outbox_limit {

@@ -133,6 +133,12 @@ pub(crate) fn assert_idle(row: &SessionRow, bot: &PipecatBot, d: &Daemon) {
     );
 }
 
+/// The session ended idle, and [`check_conversation`] holds for it.
+async fn assert_four_turns(dir: &Path, row: &SessionRow, bot: &PipecatBot, d: &Daemon) {
+    assert_idle(row, bot, d);
+    check_conversation(dir, row, bot, &speaker_samples(dir), &diagnostics(d).await);
+}
+
 /// The stored conversation: four user turns, each answered with two
 /// sentences, in order, each exactly once; the bot heard each utterance
 /// whole; every sentence's audio reached the speaker.
@@ -273,14 +279,7 @@ async fn static_offer_url_four_turns_with_a_pipecat_bot() {
     let bot = PipecatBot::start(dir.path(), &BOT_ARGS);
     let agent = format!("offer_url = \"{}\"", bot.url("/api/offer"));
     let (d, row) = run_session(dir.path(), &bot, &agent, "", &[]).await;
-    assert_idle(&row, &bot, &d);
-    check_conversation(
-        dir.path(),
-        &row,
-        &bot,
-        &speaker_samples(dir.path()),
-        &diagnostics(&d).await,
-    );
+    assert_four_turns(dir.path(), &row, &bot, &d).await;
     // The visitor waits for each answer to end: no barge-in, though the
     // bot's transport streams silence between answers.
     let metrics = get(&format!("{}/metrics", d.url)).await.1;
@@ -337,14 +336,7 @@ async fn forty_ms_packets_four_turns_with_a_pipecat_bot() {
         },
     )
     .await;
-    assert_idle(&row, &bot, &d);
-    check_conversation(
-        dir.path(),
-        &row,
-        &bot,
-        &speaker_samples(dir.path()),
-        &diagnostics(&d).await,
-    );
+    assert_four_turns(dir.path(), &row, &bot, &d).await;
     let mut rates = rates.into_inner().unwrap();
     assert!(rates.len() >= 20, "{rates:?}");
     rates.sort_by(f64::total_cmp);
@@ -395,14 +387,7 @@ async fn pipecat_start_with_an_api_key_four_turns() {
         "every /start and /sessions/... request carries the agent key: {requests:#?}"
     );
     assert!(!d.stderr().contains(AGENT_KEY), "the key is never logged");
-    assert_idle(&row, &bot, &d);
-    check_conversation(
-        dir.path(),
-        &row,
-        &bot,
-        &speaker_samples(dir.path()),
-        &diagnostics(&d).await,
-    );
+    assert_four_turns(dir.path(), &row, &bot, &d).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
