@@ -440,7 +440,7 @@ fn default_store_path(env: &Env) -> PathBuf {
 
 fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
     let kiosk = read_kiosk(l);
-    let audio = read_audio(l);
+    let mut audio = read_audio(l);
     let vad = read_vad(l);
     let daily = DailyConfig {
         base_url: l
@@ -464,6 +464,9 @@ fn read(l: &mut Loader<'_>, path: &Path, env: &Env) -> Config {
         udp_bind: l.string("agent", "udp_bind", "0.0.0.0:0"),
     };
     let session = read_session(l);
+    if session.provision == ProvisionMode::DailySip && !l.is_set("audio", "opus_frame_ms") {
+        audio.opus_frame_ms = crate::sip::OFFERED_PTIME;
+    }
     let secs = Duration::from_secs;
     let sip = SipTimeouts {
         answer_timeout: l.duration("sip", "answer_timeout", secs(10), secs(1)..=secs(120)),
@@ -796,7 +799,9 @@ fn check_requirements(l: &mut Loader<'_>, c: &Config) {
             "missing: session.provision = \"pipecat\" needs the agent's start URL",
         ),
     }
-    if c.session.provision == ProvisionMode::DailySip && c.audio.opus_frame_ms != Millis(20) {
+    if c.session.provision == ProvisionMode::DailySip
+        && c.audio.opus_frame_ms != crate::sip::OFFERED_PTIME
+    {
         l.problem_at(
             "audio",
             "opus_frame_ms",

@@ -9,7 +9,9 @@
 //!
 //! Routes: `POST .../api/offer` (SmallWebRTC offer, bare or under
 //! `/sessions/{id}`) and `PATCH .../api/offer` (trickle) are rewritten;
-//! every other request is passed on as it is.
+//! every other request is passed on as it is. The proxy can also add
+//! attributes to the answer's audio section ([`NetworkProxy::with_answer_lines`]),
+//! as an agent behind a media gateway might send (`a=maxptime:20`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,6 +47,17 @@ impl NetworkProxy {
         uplink: NetworkProfile,
         downlink: NetworkProfile,
     ) -> std::io::Result<Self> {
+        Self::with_answer_lines(agent, uplink, downlink, "").await
+    }
+
+    /// As [`start`](Self::start), and the agent's answers carry `lines`
+    /// (SDP attributes, each ending in CRLF) in their audio section.
+    pub async fn with_answer_lines(
+        agent: SocketAddr,
+        uplink: NetworkProfile,
+        downlink: NetworkProfile,
+        lines: &str,
+    ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
@@ -55,6 +68,7 @@ impl NetworkProxy {
             networks: (uplink, downlink),
             network: network.clone(),
             relays: tokio::sync::Mutex::new(HashMap::new()),
+            answer_lines: lines.to_owned(),
             cancel: cancel.clone(),
         });
         let app = Router::new().fallback(forward).with_state(proxy);
@@ -102,6 +116,8 @@ struct Proxy {
     /// One relay per candidate address of the agent: a renegotiation on
     /// the same peer connection keeps its relay.
     relays: tokio::sync::Mutex<HashMap<SocketAddr, Relay>>,
+    /// Added to each answer's audio section.
+    answer_lines: String,
     cancel: CancellationToken,
 }
 
@@ -199,9 +215,20 @@ impl Proxy {
                 e.insert(relay)
             }
         };
-        answer["sdp"] = relay.rewrite(sdp).into();
+        answer["sdp"] = with_audio_lines(&relay.rewrite(sdp), &self.answer_lines).into();
         Ok(Bytes::from(answer.to_string()))
     }
+}
+
+/// `sdp` with `lines` before the first attribute of its audio section.
+fn with_audio_lines(sdp: &str, lines: &str) -> String {
+    let Some(audio) = sdp.find("m=audio") else {
+        return sdp.to_owned();
+    };
+    let at = sdp[audio..]
+        .find("\na=")
+        .map_or(sdp.len(), |i| audio + i + 1);
+    format!("{}{lines}{}", &sdp[..at], &sdp[at..])
 }
 
 #[cfg(test)]
@@ -228,5 +255,15 @@ mod tests {
         let mut patch = json!({"pc_id": "abc", "candidates": [{"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdp_mid": "0", "sdp_mline_index": 0}]});
         drop_trickled(&mut patch);
         assert_eq!(patch, json!({"pc_id": "abc", "candidates": []}));
+    }
+
+    #[test]
+    fn answer_lines_go_into_the_audio_section() {
+        let sdp = "v=0\r\na=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n";
+        assert_eq!(
+            with_audio_lines(sdp, "a=maxptime:20\r\n"),
+            "v=0\r\na=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=maxptime:20\r\na=mid:0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n"
+        );
+        assert_eq!(with_audio_lines(sdp, ""), sdp);
     }
 }

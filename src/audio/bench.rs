@@ -9,7 +9,7 @@
 //! speech as what the speaker plays.
 //!
 //! Then both paths again, paced as the DSP thread runs them live: one
-//! packet's worth (20 ms) each way per wake-up, sleeping until the next.
+//! packet's worth (`opus_frame_ms`) each way per wake-up, sleeping until the next.
 //! The same instructions cost more when the thread sleeps between bursts
 //! (caches and the core's clock go cold), so this is what the audio work
 //! costs in a live session; the figure above is its floor.
@@ -72,9 +72,6 @@ pub const BENCH_AUDIO: Millis = Millis(60_000);
 
 /// Audio pushed through both paths in real time for the paced figure.
 const PACED_AUDIO: Millis = Millis(10_000);
-/// Audio per wake-up in the paced run: one Opus packet, as on the DSP
-/// thread (`CaptureClock` wakes it once per packet).
-const PACED_WAKE: Millis = Millis(20);
 
 /// How fast one path (capture or playout) runs.
 #[derive(Clone, Debug, Serialize)]
@@ -408,7 +405,7 @@ fn bench_capture(
     stages.insert("segmenter", per_frame(seg_time, decisions.len()));
 
     let (enc_time, bytes) = time(|| {
-        let mut encoder = OpusEncoder::with_input_rate(audio, SampleRate::VAD)?;
+        let mut encoder = OpusEncoder::with_frame(audio, SampleRate::VAD, audio.opus_frame())?;
         let mut bytes = 0usize;
         for chunk in speech16.chunks_exact(encoder.frame_len()) {
             bytes += encoder.encode(chunk)?.bytes().len();
@@ -560,7 +557,8 @@ struct Streams<'a> {
 }
 
 /// Both paths together for `length` of audio in real time: per wake-up,
-/// `PACED_WAKE` of frames each way as the DSP thread handles them, then
+/// one packet's frames (`opus_frame_ms`) each way as the DSP thread
+/// handles them (`CaptureClock` wakes it once per packet), then
 /// asleep until the next is due. Times the work alone, and compares it
 /// with the same work back to back (`back_to_back_ns` per frame).
 fn bench_paced(
@@ -581,15 +579,16 @@ fn bench_paced(
     let mut frame = [0.0; FRAME_48K];
     let mut out = vec![0.0; streams.block];
     let mut mic = streams.mic.chunks_exact(streams.block).cycle();
-    let per_wake = (PACED_WAKE.0 / FRAME_MS.0) as usize;
-    let wakeups = length.0 / PACED_WAKE.0;
+    let wake = audio.opus_frame();
+    let per_wake = wake.frames() as usize;
+    let wakeups = length.0 / wake.0;
     let mut next_packet = 0;
     let mut work = Duration::ZERO;
     let start = Instant::now();
-    for wake in 0..wakeups {
+    for woken in 0..wakeups {
         let began = thread_cpu_time();
         for k in 0..per_wake {
-            let now = Millis((wake * per_wake as u32 + k as u32) * FRAME_MS.0);
+            let now = Millis((woken * per_wake as u32 + k as u32) * FRAME_MS.0);
             push_due(&mut playout, streams.packets, &mut next_packet, now);
             playout.next_frame(&mut frame);
             to_device.push(&frame)?;
@@ -598,15 +597,15 @@ fn bench_paced(
             capture.push_samples(mic.next().unwrap_or(&[]), &mut sink)?;
         }
         work += thread_cpu_time().saturating_sub(began);
-        let due = start + Duration::from_millis(u64::from((wake + 1) * PACED_WAKE.0));
+        let due = start + Duration::from(Millis((woken + 1) * wake.0));
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
     black_box((sink.events, sink.bytes, out));
     let frames = (wakeups as usize * per_wake).max(1);
     let ns = per_frame(work, frames);
     Ok(PacedReport {
-        audio_ms: wakeups * PACED_WAKE.0,
-        wake_ms: PACED_WAKE.0,
+        audio_ms: wakeups * wake.0,
+        wake_ms: wake.0,
         wakeups,
         ns_per_10ms_frame: ns,
         cpu_s_per_minute: cpu_s_per_minute(ns),
@@ -844,11 +843,12 @@ mod tests {
             1_000,
         )
         .unwrap();
-        // Run as fast as it can, 300 ms of audio takes a few milliseconds.
-        assert!(began.elapsed() >= Duration::from_millis(300));
+        // Run as fast as it can, 280 ms of audio (seven 40 ms packets)
+        // takes a few milliseconds.
+        assert!(began.elapsed() >= Duration::from_millis(280));
         assert_eq!(
             (report.wakeups, report.audio_ms, report.wake_ms),
-            (15, 300, 20)
+            (7, 280, 40)
         );
         assert!(report.ns_per_10ms_frame > 0);
         let expected = report.ns_per_10ms_frame as f64 / 1_000.0;

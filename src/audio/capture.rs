@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::AudioError;
-use super::codec::{ExpectedLoss, OpusEncoder, OpusPacket};
+use super::codec::{AgentDecoder, ExpectedLoss, OpusEncoder, OpusPacket};
 use super::echo::{Aec3, EchoCanceller};
 use super::echo_gate::EchoGate;
 use super::metrics::AudioMetrics;
@@ -53,7 +53,7 @@ pub enum AudioEvent {
     },
 }
 
-/// One 20 ms Opus frame of microphone audio.
+/// One Opus packet of microphone audio.
 #[derive(Clone, Copy, Debug)]
 pub struct EncodedFrame {
     /// The Opus packet.
@@ -155,8 +155,13 @@ pub struct CaptureProcessor {
     dtx: bool,
     opus_input: [f32; MAX_ENCODE_FRAME],
     opus_filled: usize,
-    /// Audio in each packet: 20 or 40 ms (`opus_frame_ms`).
+    /// Audio in each packet: 40 or 20 ms (`opus_frame_ms`, or shorter
+    /// packets for an agent that asks for them).
     frame_ms: Millis,
+    /// The configured `opus_frame_ms`, which each call starts with.
+    configured_frame: Millis,
+    /// A packet length the agent asked for, taken at the next packet's start.
+    next_frame: Option<Millis>,
     /// Encoded audio so far, in 48 kHz samples (the RTP clock).
     encoded_samples: u64,
     state: StreamState,
@@ -229,6 +234,8 @@ impl CaptureProcessor {
             opus_input: [0.0; MAX_ENCODE_FRAME],
             opus_filled: 0,
             frame_ms: audio.opus_frame(),
+            configured_frame: audio.opus_frame(),
+            next_frame: None,
             encoded_samples: 0,
             state: StreamState::Idle,
             next_after_silence: true,
@@ -295,19 +302,41 @@ impl CaptureProcessor {
         }
     }
 
-    /// Whether the agent's decoder uses in-band FEC (its SDP answer): the
-    /// encoder sends FEC only if it does.
-    pub fn set_inband_fec(&mut self, on: bool) -> Result<(), AudioError> {
-        if let Some(encoder) = self.encoder.as_mut()
-            && encoder.set_inband_fec(on)?
-        {
-            info!(inband_fec = on, "encoder follows the agent's answer");
+    /// What the agent's decoder takes (its SDP answer): the encoder sends
+    /// FEC only if it decodes it, and packets no longer than it asks for.
+    pub fn follow_agent(&mut self, agent: AgentDecoder) -> Result<(), AudioError> {
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Ok(());
+        };
+        if encoder.set_inband_fec(agent.inband_fec)? {
+            info!(
+                inband_fec = agent.inband_fec,
+                "encoder follows the agent's answer"
+            );
+        }
+        let length = agent.packet_length(self.configured_frame);
+        if length != self.next_frame.unwrap_or(self.frame_ms) {
+            info!(packet_ms = length.0, "packets follow the agent's answer");
+            self.next_frame = Some(length);
+            self.adopt_next_frame();
         }
         Ok(())
     }
 
+    /// Takes up a new packet length between packets, never inside one.
+    fn adopt_next_frame(&mut self) {
+        if self.opus_filled == 0
+            && let (Some(length), Some(encoder)) = (self.next_frame, self.encoder.as_mut())
+        {
+            self.frame_ms = length;
+            encoder.set_frame(length);
+            self.next_frame = None;
+        }
+    }
+
     /// The conversation is over: drop anything unsent and go back to idle;
-    /// the next call starts from the configured expected loss again.
+    /// the next call starts from the configured expected loss and packet
+    /// length again.
     pub fn end_stream(&mut self) {
         let configured_loss = self.expected_loss.reset();
         if let Some(encoder) = self.encoder.as_mut() {
@@ -318,7 +347,10 @@ impl CaptureProcessor {
                 let _ = encoder.set_expected_loss(percent);
             }
             let _ = encoder.set_inband_fec(true);
+            encoder.set_frame(self.configured_frame);
         }
+        self.frame_ms = self.configured_frame;
+        self.next_frame = None;
         self.buffer.queue.clear();
         self.buffer.dropped_since_release = 0;
         self.state = StreamState::Idle;
@@ -469,6 +501,7 @@ impl CaptureProcessor {
         frame: &[f32; VAD_FRAME],
         sink: &mut dyn AudioSink,
     ) -> Result<(), AudioError> {
+        self.adopt_next_frame();
         let Some(encoder) = self.encoder.as_mut() else {
             return Ok(());
         };
@@ -506,7 +539,7 @@ impl CaptureProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::{OPUS_FRAME, has_fec, read_wav};
+    use crate::audio::{AgentDecoder, OPUS_FRAME, has_fec, read_wav};
 
     /// Counts the frames sent and those carrying in-band FEC.
     #[derive(Default)]
@@ -565,7 +598,12 @@ mod tests {
             declared.frames
         );
         // An agent whose answer lacks `useinbandfec=1`.
-        capture.set_inband_fec(false).unwrap();
+        capture
+            .follow_agent(AgentDecoder {
+                inband_fec: false,
+                max_packet: None,
+            })
+            .unwrap();
         let undeclared = call(&mut capture);
         assert!(undeclared.frames > 600);
         assert_eq!(undeclared.with_fec, 0);
@@ -608,5 +646,47 @@ mod tests {
                 assert_eq!(decoded, step as usize, "packet {i} of {frame_ms} ms");
             }
         }
+    }
+
+    #[test]
+    fn packets_shorten_for_an_agent_that_asks_and_lengthen_for_the_next_call() {
+        let (speech, mut capture) = fixture_capture(Millis(40));
+        // 100 packets and 10 ms of the next.
+        let split = VAD_FRAME * (4 * 100 + 1);
+        let mut sink = Frames::default();
+        capture.link_ready(&mut sink);
+        capture.push_samples(&speech[..split], &mut sink).unwrap();
+        let before = sink.0.len();
+        assert_eq!(before, 100);
+        // The answer arrives mid-packet (`a=maxptime:20`): that packet is
+        // finished at 40 ms, the rest are 20 ms.
+        capture
+            .follow_agent(AgentDecoder {
+                inband_fec: true,
+                max_packet: Some(Millis(20)),
+            })
+            .unwrap();
+        assert_eq!(capture.until_next_packet(), Millis(30));
+        capture.push_samples(&speech[split..], &mut sink).unwrap();
+        let lengths: Vec<u32> = sink.0.iter().map(|f| f.duration.0).collect();
+        assert!(lengths[..=before].iter().all(|&l| l == 40), "{lengths:?}");
+        assert!(
+            lengths[before + 1..].iter().all(|&l| l == 20),
+            "{lengths:?}"
+        );
+        assert!(lengths.len() > before + 100, "{lengths:?}");
+        // The RTP clock runs on unbroken across the change.
+        let mut next = 0;
+        for f in &sink.0 {
+            assert_eq!(f.timestamp, next);
+            next += SampleRate::OPUS.samples_in(f.duration) as u32;
+        }
+        // The next call starts at the configured 40 ms.
+        capture.end_stream();
+        assert_eq!(capture.until_next_packet(), Millis(40));
+        let mut next_call = Frames::default();
+        capture.link_ready(&mut next_call);
+        capture.push_samples(&speech, &mut next_call).unwrap();
+        assert!(next_call.0.iter().all(|f| f.duration == Millis(40)));
     }
 }

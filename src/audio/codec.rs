@@ -1,12 +1,12 @@
-//! Opus at 48 kHz mono (libopus through the `opus` crate): 20 ms frames
-//! from the microphone; from the agent, whatever a packet holds (2.5 to
+//! Opus at 48 kHz mono (libopus through the `opus` crate): 40 or 20 ms
+//! frames from the microphone; from the agent, whatever a packet holds (2.5 to
 //! 120 ms). Also the stream a stock Pipecat bot sends, for `bench` and the
 //! loopback agent.
 
 use opus::{Application, Bandwidth, Bitrate, Channels, Decoder, Encoder};
 
 use super::AudioError;
-use super::settings::AudioSettings;
+use super::settings::{AudioSettings, OPUS_FRAME_LENGTHS};
 use super::units::{Millis, SampleRate};
 
 /// Largest packet kept. The microphone's 20 ms packets stay well under 200
@@ -114,10 +114,36 @@ impl std::fmt::Debug for OpusPacket {
     }
 }
 
+/// What the agent's decoder takes, as its SDP answer says: the encoder
+/// follows it for the rest of the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentDecoder {
+    /// It decodes Opus in-band FEC (`useinbandfec=1`).
+    pub inband_fec: bool,
+    /// The longest packet it wants (`a=maxptime`, or a shorter `a=ptime`),
+    /// if it says.
+    pub max_packet: Option<Millis>,
+}
+
+impl AgentDecoder {
+    /// The packet length to send it: `configured`, unless the agent asks
+    /// for shorter packets; then the longest the kiosk sends that it
+    /// takes, or the shortest the kiosk sends (20 ms). Any Opus decoder
+    /// decodes any length (RFC 7587), so asking is a preference.
+    pub fn packet_length(&self, configured: Millis) -> Millis {
+        let limit = self.max_packet.map_or(configured, |m| m.min(configured));
+        OPUS_FRAME_LENGTHS
+            .into_iter()
+            .rfind(|&l| l <= limit)
+            .unwrap_or(OPUS_FRAME_LENGTHS[0])
+    }
+}
+
 /// VoIP-tuned encoder with in-band FEC (unless the agent cannot use it),
 /// and DTX when configured.
 pub struct OpusEncoder {
     encoder: Encoder,
+    rate: SampleRate,
     /// Samples in one frame at the input rate.
     frame_len: usize,
     inband_fec: bool,
@@ -156,6 +182,7 @@ impl OpusEncoder {
         encoder.set_max_bandwidth(Bandwidth::Wideband)?;
         Ok(Self {
             encoder,
+            rate,
             frame_len: rate.samples_in(frame),
             inband_fec: true,
         })
@@ -180,6 +207,11 @@ impl OpusEncoder {
         self.encoder.set_inband_fec(on)?;
         self.inband_fec = on;
         Ok(true)
+    }
+
+    /// Codes `frame` per packet from the next [`encode`](Self::encode) on.
+    pub fn set_frame(&mut self, frame: Millis) {
+        self.frame_len = self.rate.samples_in(frame);
     }
 
     /// Samples [`encode`](Self::encode) takes: one frame at the input rate.

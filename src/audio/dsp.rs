@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::AudioError;
 use super::capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
+use super::codec::AgentDecoder;
 use super::metrics::AudioMetrics;
 use super::playout::{IncomingPacket, Playout};
 use super::settings::{AudioSettings, VadSettings};
@@ -126,9 +127,9 @@ impl Dsp {
         self.capture.report_loss_out(report, fraction)
     }
 
-    /// Whether the agent's decoder uses in-band FEC.
-    pub fn set_inband_fec(&mut self, on: bool) -> Result<(), AudioError> {
-        self.capture.set_inband_fec(on)
+    /// What the agent's decoder takes (its SDP answer).
+    pub fn follow_agent(&mut self, agent: AgentDecoder) -> Result<(), AudioError> {
+        self.capture.follow_agent(agent)
     }
 
     /// The conversation is over: unsent audio is dropped.

@@ -22,6 +22,7 @@ use super::backend::Pacer;
 use super::backend::cpal::{CaptureClock, DeviceKeeper, Opened, OpenedInput, OpenedOutput};
 use super::backend::wav::{WavInput, WavOutput};
 use super::capture::{AudioEvent, AudioSink, EncodedFrame};
+use super::codec::AgentDecoder;
 use super::device::Direction;
 use super::dsp::Dsp;
 use super::metrics::AudioMetrics;
@@ -58,8 +59,8 @@ pub(super) enum Control {
         report: u64,
         fraction: f64,
     },
-    /// Whether the agent's decoder uses in-band FEC (its SDP answer).
-    InbandFec(bool),
+    /// What the agent's decoder takes (its SDP answer).
+    Agent(AgentDecoder),
     /// Plays a test signal and records the microphone (the self-test).
     SoundCheck(SoundCheckRequest),
     /// Makes the DSP loop fail, to exercise its restart.
@@ -476,7 +477,7 @@ impl DspThread {
                 Control::LossOut { report, fraction } => {
                     self.dsp.report_loss_out(report, fraction)?;
                 }
-                Control::InbandFec(on) => self.dsp.set_inband_fec(on)?,
+                Control::Agent(agent) => self.dsp.follow_agent(agent)?,
                 Control::SoundCheck(request) => {
                     self.sound_check = Some(ActiveCheck::new(request, self.dsp_rate));
                 }

@@ -19,7 +19,7 @@ use tracing::warn;
 
 use super::backend::cpal::CaptureClock;
 use super::capture::{AudioEvent, EncodedFrame};
-use super::codec::OpusPacket;
+use super::codec::{AgentDecoder, OpusPacket};
 use super::dsp_thread::{ChannelSink, Control, DspThread, PanicReport};
 use super::metrics::AudioMetrics;
 use super::playout::IncomingPacket;
@@ -233,10 +233,11 @@ impl AudioEngine {
         self.send(Control::LossOut { report, fraction });
     }
 
-    /// Whether the agent's decoder uses Opus in-band FEC, as its SDP answer
-    /// said: the encoder sends FEC only if it does. Said again is ignored.
-    pub fn set_inband_fec(&self, on: bool) {
-        self.send(Control::InbandFec(on));
+    /// What the agent's decoder takes, as its SDP answer said: the encoder
+    /// sends FEC only if it decodes it, and packets no longer than it asks
+    /// for. Said again is ignored.
+    pub fn follow_agent(&self, agent: AgentDecoder) {
+        self.send(Control::Agent(agent));
     }
 
     /// The conversation is over: drop unsent audio and wait for the next visitor.
@@ -344,8 +345,9 @@ mod tests {
         let mut engine = AudioEngine::start(&audio, &VadSettings::default()).unwrap();
         let metrics = engine.metrics().clone();
         engine.link_ready();
+        // 40 ms packets: 7 in 300 ms.
         std::thread::sleep(Duration::from_millis(300));
-        assert!(engine.frames().try_iter().count() >= 10, "not streaming");
+        assert!(engine.frames().try_iter().count() >= 5, "not streaming");
 
         let failed_at = Instant::now();
         engine.inject_failure();
@@ -385,7 +387,8 @@ mod tests {
             playout.push_payload(k, u32::from(k) * OPUS_FRAME as u32, packet.bytes());
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(engine.frames().try_iter().count() >= 15, "stream stopped");
+        // 12 packets in 500 ms.
+        assert!(engine.frames().try_iter().count() >= 9, "stream stopped");
         wait_until("bot audio played", Duration::from_secs(1), || {
             AudioMetrics::get(&metrics.packets_played) >= played_before + 20
         });

@@ -106,8 +106,8 @@ mod wav;
 pub use backend::ring::{DeviceSample, fill_block, push_block};
 pub use capture::{AudioEvent, AudioSink, CaptureProcessor, EncodedFrame};
 pub use codec::{
-    ExpectedLoss, MAX_DECODED, MAX_EXPECTED_LOSS, MAX_PACKET, OpusDecoder, OpusEncoder, OpusPacket,
-    StockBotEncoder, has_fec,
+    AgentDecoder, ExpectedLoss, MAX_DECODED, MAX_EXPECTED_LOSS, MAX_PACKET, OpusDecoder,
+    OpusEncoder, OpusPacket, StockBotEncoder, has_fec,
 };
 pub use dsp::Dsp;
 pub use echo::{Aec3, EchoCanceller, EchoStats};

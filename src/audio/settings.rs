@@ -83,11 +83,12 @@ pub struct AudioSettings {
     pub opus_complexity: i32,
     /// Loss the encoder should expect, which sizes its in-band FEC.
     pub opus_expected_loss_percent: i32,
-    /// Audio in each packet to the agent: 20 ms (as browsers send) or 40 ms.
-    /// 40 ms halves the packets and with them most of the call's CPU
-    /// outside the codec (docs/profile.md), for 20 ms more delay to the
-    /// agent and 40 ms of speech lost with each lost packet. Only for a
-    /// WebRTC agent: the SIP leg offers 20 ms.
+    /// Audio in each packet to the agent: 40 ms (the default) or 20 ms (as
+    /// browsers send). 40 ms halves the packets and with them a third of
+    /// the call's CPU (docs/profile.md), for 20 ms more delay to the agent
+    /// and 40 ms of speech lost with each lost packet. An agent whose SDP
+    /// answer asks for shorter packets (`a=maxptime`, `a=ptime`) gets 20 ms;
+    /// the SIP leg offers 20 ms, so the config makes that its default.
     pub opus_frame_ms: Millis,
     /// Opus DTX towards the agent: silence inside a live call is sent as
     /// nothing at all. Off by default because an agent such as Pipecat hears
@@ -149,7 +150,7 @@ impl Default for AudioSettings {
             opus_bitrate_bps: 32_000,
             opus_complexity: 1,
             opus_expected_loss_percent: 10,
-            opus_frame_ms: Millis(20),
+            opus_frame_ms: Millis(40),
             dtx: false,
             jitter_min_ms: Millis(40),
             jitter_max_ms: Millis(80),

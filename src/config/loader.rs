@@ -200,6 +200,12 @@ impl<'a> Loader<'a> {
         self.problem(origin, format!("{section}.{key}"), message);
     }
 
+    /// Whether the file or the environment gives `section.key` at all,
+    /// for a default that depends on another key.
+    pub fn is_set(&mut self, section: &'static str, key: &'static str) -> bool {
+        self.raw(section, key).is_some()
+    }
+
     fn raw(&mut self, section: &'static str, key: &'static str) -> Option<(Raw<'a>, Origin)> {
         self.known.entry(section).or_default().insert(key);
         let var = env_var_name(section, key);

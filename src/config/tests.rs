@@ -69,16 +69,16 @@ fn out_of_range_and_bad_words_are_named() {
 }
 
 #[test]
-fn opus_frame_ms_is_20_or_40_and_20_for_the_sip_leg() {
+fn opus_frame_ms_is_40_or_20_and_20_for_the_sip_leg() {
     let c = parse(
-        &format!("{MINIMAL}[audio]\nopus_frame_ms = 40\n"),
+        &format!("{MINIMAL}[audio]\nopus_frame_ms = 20\n"),
         &Env::default(),
     )
     .unwrap();
-    assert_eq!(c.audio.opus_frame_ms, Millis(40));
+    assert_eq!(c.audio.opus_frame_ms, Millis(20));
     assert_eq!(
         parse(MINIMAL, &Env::default()).unwrap().audio.opus_frame_ms,
-        Millis(20)
+        Millis(40)
     );
 
     let p = problems(
@@ -91,15 +91,25 @@ fn opus_frame_ms_is_20_or_40_and_20_for_the_sip_leg() {
         "/etc/kiosk-gateway/config.toml:4: audio.opus_frame_ms: must be 20 or 40"
     );
 
-    let sip = "[session]\nprovision = \"daily-sip\"\n[agent]\nstart_url = \"https://agent.example/start\"\n[audio]\nopus_frame_ms = 40\n";
+    // The SIP leg's default is its offer's 20 ms; 40 is refused there.
+    let sip = "[session]\nprovision = \"daily-sip\"\n[agent]\nstart_url = \"https://agent.example/start\"\n";
     let env = Env::new([("KIOSK_GATEWAY_DAILY_API_KEY", "k")], None);
-    let p = problems(sip, &env);
+    assert_eq!(parse(sip, &env).unwrap().audio.opus_frame_ms, Millis(20));
+    let p = problems(&format!("{sip}[audio]\nopus_frame_ms = 40\n"), &env);
     assert_eq!(p.len(), 1, "{p:#?}");
     assert!(
         p[0].ends_with("audio.opus_frame_ms: must be 20 with session.provision = \"daily-sip\": the SIP leg offers 20 ms packets"),
         "{}",
         p[0]
     );
+    let env = Env::new(
+        [
+            ("KIOSK_GATEWAY_DAILY_API_KEY", "k"),
+            ("KIOSK_GATEWAY_AUDIO_OPUS_FRAME_MS", "40"),
+        ],
+        None,
+    );
+    assert_eq!(problems(sip, &env).len(), 1);
 }
 
 #[test]

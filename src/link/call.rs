@@ -1,7 +1,7 @@
 //! `kiosk-gateway call`: a technician's direct call to an agent. It streams
-//! a WAV the way a browser client streams its microphone: one 20 ms Opus
-//! packet every 20 ms (or 40 ms, `opus_frame_ms`, as the kiosk then sends)
-//! for the whole call (the file, then a pause of
+//! a WAV the way the kiosk streams its microphone: one Opus packet every
+//! 40 ms (`opus_frame_ms`; 20 ms when so configured or when the agent's
+//! answer asks for it) for the whole call (the file, then a pause of
 //! near-silence, over and over, like someone talking now and then), records
 //! what the agent says, prints RTVI events as they arrive and ends with a
 //! summary.
@@ -122,6 +122,9 @@ pub struct CallSummary {
     /// the stream never stops (frames dropped while the link was down are
     /// not counted).
     pub audio_sent_ms: u64,
+    /// Audio in each packet sent: `opus_frame_ms`, or 20 ms where the
+    /// agent's answer asked for shorter packets.
+    pub packet_ms: u32,
     /// Of the packets sent, those carrying in-band FEC for the one before:
     /// none when the agent's answer said its decoder cannot use it
     /// (`stats.agent_decodes_fec`).
@@ -411,20 +414,11 @@ pub async fn run_call(
         CallOutput::Wav(path) => Some(Recording::create(path, input_rate)?),
         CallOutput::Discard => None,
     };
-    // One packet's audio, as the kiosk sends it.
-    let frame_ms = options.audio.opus_frame();
-    let frame_duration = Duration::from(frame_ms);
-    // The speaker's 10 ms frames played on each packet's tick.
-    let speaker_frames_per_tick = frame_ms.frames() as usize;
-    let mut source = CallSource::new(speech, options.pause, frame_ms);
-    let mut encoder =
-        OpusEncoder::with_frame(&options.audio, SEND_RATE, frame_ms).map_err(codec)?;
     let mut expected_loss = ExpectedLoss::new(&options.audio);
     // The same playout path as the kiosk's speaker: jitter buffer, FEC,
     // concealment.
     let metrics = Arc::new(AudioMetrics::default());
     let mut playout = Playout::new(&options.audio, Arc::clone(&metrics)).map_err(codec)?;
-    let mut pcm_out = vec![0.0; source.frame_len()];
     let mut speaker = [0.0; FRAME_48K];
     let mut jitter_delays = Vec::new();
     let started = Instant::now();
@@ -432,6 +426,23 @@ pub async fn run_call(
 
     let (link, mut io) = Link::connect(options.link.clone(), signaling).await?;
     let connect_ms = ms(started.elapsed());
+
+    // One packet's audio, as the kiosk sends it to this agent: its answer
+    // is in, and may ask for shorter packets than configured.
+    let configured = options.audio.opus_frame();
+    let frame_ms = match link.stats().await {
+        Ok(stats) => stats
+            .agent_decoder()
+            .map_or(configured, |agent| agent.packet_length(configured)),
+        Err(_) => configured,
+    };
+    let frame_duration = Duration::from(frame_ms);
+    // The speaker's 10 ms frames played on each packet's tick.
+    let speaker_frames_per_tick = frame_ms.frames() as usize;
+    let mut source = CallSource::new(speech, options.pause, frame_ms);
+    let mut encoder =
+        OpusEncoder::with_frame(&options.audio, SEND_RATE, frame_ms).map_err(codec)?;
+    let mut pcm_out = vec![0.0; source.frame_len()];
 
     let mut frames_sent = 0u64;
     let mut frames_sent_with_fec = 0u64;
@@ -571,6 +582,7 @@ pub async fn run_call(
         connect_ms,
         bot_ready_ms: bot_ready,
         audio_sent_ms: frames_sent * u64::from(frame_ms.0),
+        packet_ms: frame_ms.0,
         packets_sent_with_fec: frames_sent_with_fec,
         audio_received_ms: received_samples * 1000 / u64::from(SampleRate::OPUS.hz()),
         first_audio_received_ms: first_audio,

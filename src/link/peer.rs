@@ -28,6 +28,7 @@ use webrtc::peer_connection::{
 use super::remote_report::{RemoteReports, ReportReader};
 use super::send_clocked::SendClockedRuntime;
 use super::setup_flush::SetupFlush;
+use crate::audio::{AgentDecoder, Millis};
 
 /// Application-most, after the RTCP report generators: it only watches.
 const SETUP_FLUSH_SLOT: usize = 20_000;
@@ -46,11 +47,20 @@ pub(crate) fn opus_codec() -> RTCRtpCodec {
     }
 }
 
+/// What an SDP answer says the agent's Opus decoder takes. Garbage says
+/// nothing: no FEC, no limit.
+pub(crate) fn agent_decoder(sdp: &str) -> AgentDecoder {
+    AgentDecoder {
+        inband_fec: answer_uses_inband_fec(sdp),
+        max_packet: answer_max_packet(sdp),
+    }
+}
+
 /// Whether an SDP answer says the agent's Opus decoder uses in-band FEC:
 /// `useinbandfec=1` in the fmtp line of an Opus payload type (RFC 7587:
 /// absent means 0). A stock Pipecat bot (aiortc) answers with no fmtp for
 /// Opus and never decodes FEC; browsers and libwebrtc say 1.
-pub(crate) fn answer_uses_inband_fec(sdp: &str) -> bool {
+fn answer_uses_inband_fec(sdp: &str) -> bool {
     let opus_types: Vec<&str> = sdp
         .lines()
         .filter_map(|line| {
@@ -70,6 +80,24 @@ pub(crate) fn answer_uses_inband_fec(sdp: &str) -> bool {
                 key.trim().eq_ignore_ascii_case("useinbandfec") && value.trim() == "1"
             })
         })
+}
+
+/// The shortest of the answer's `a=maxptime` (the longest packet the
+/// agent takes) and `a=ptime` (the length it prefers), in whole
+/// milliseconds (RFC 4566 allows fractions). Our offer has one audio
+/// section, so the lines are read wherever they stand. Neither is sent by
+/// a stock Pipecat bot (aiortc) or by browsers.
+fn answer_max_packet(sdp: &str) -> Option<Millis> {
+    sdp.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let value = line
+                .strip_prefix("a=maxptime:")
+                .or_else(|| line.strip_prefix("a=ptime:"))?;
+            let ms = value.trim().parse::<f64>().ok()?;
+            (ms.is_finite() && ms >= 1.0).then(|| Millis(ms.min(f64::from(u32::MAX)) as u32))
+        })
+        .min()
 }
 
 /// Something the peer connection's driver reported.
@@ -245,7 +273,8 @@ impl Peer {
 
 #[cfg(test)]
 mod tests {
-    use super::answer_uses_inband_fec;
+    use super::{agent_decoder, answer_uses_inband_fec};
+    use crate::audio::Millis;
 
     /// The audio section of an answer, with `fmtp` lines as given.
     fn answer(fmtp: &str) -> String {
@@ -284,5 +313,29 @@ mod tests {
         ] {
             assert!(!answer_uses_inband_fec(sdp), "{sdp:?}");
         }
+    }
+
+    #[test]
+    fn packets_are_limited_only_where_the_answer_asks() {
+        let limit = |lines: &str| agent_decoder(&answer(lines)).max_packet;
+        // aiortc and browsers: no ptime, no maxptime.
+        assert_eq!(limit(""), None);
+        assert_eq!(limit("a=maxptime:20\r\n"), Some(Millis(20)));
+        assert_eq!(limit("a=ptime:20\r\na=maxptime:120\r\n"), Some(Millis(20)));
+        assert_eq!(limit("a=maxptime:60\r\na=ptime:40\r\n"), Some(Millis(40)));
+        assert_eq!(limit("a=ptime:22.5\r\n"), Some(Millis(22)));
+        // Garbage, zero, negative and absurd values say nothing.
+        for lines in [
+            "a=maxptime:\r\n",
+            "a=maxptime:twenty\r\n",
+            "a=maxptime:0\r\n",
+            "a=ptime:-20\r\n",
+            "a=ptime:NaN\r\n",
+            "a=ptime:inf\r\n",
+            "a=maxptime 20\r\n",
+        ] {
+            assert_eq!(limit(lines), None, "{lines:?}");
+        }
+        assert_eq!(limit("a=maxptime:1e12\r\n"), Some(Millis(u32::MAX)));
     }
 }

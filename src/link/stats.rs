@@ -8,6 +8,7 @@ use serde::Serialize;
 use webrtc::peer_connection::{RTCStatsReportEntry, StatsSelector};
 
 use super::peer::{OPUS_CLOCK_RATE, Peer};
+use crate::audio::{AgentDecoder, Millis};
 
 /// What the link counts as packets and messages pass; read into each
 /// snapshot.
@@ -45,6 +46,9 @@ pub struct LinkStats {
     /// (`useinbandfec=1`); the encoder sends FEC only then. `None` on a
     /// link without an SDP answer of that kind.
     pub agent_decodes_fec: Option<bool>,
+    /// The longest packet the agent's SDP answer asks for (`a=maxptime`,
+    /// `a=ptime`), in milliseconds; `None` where it does not say.
+    pub agent_max_packet_ms: Option<u32>,
     /// RTP packets received.
     pub packets_received: u64,
     /// Bytes sent, headers and copies included.
@@ -87,6 +91,16 @@ pub struct LinkStats {
     pub first_packet_sent_ms: Option<u64>,
     /// Duration of the latest recovery from a broken media path.
     pub last_recovery_ms: Option<u64>,
+}
+
+impl LinkStats {
+    /// What the agent's decoder takes, once its answer is in.
+    pub fn agent_decoder(&self) -> Option<AgentDecoder> {
+        self.agent_decodes_fec.map(|inband_fec| AgentDecoder {
+            inband_fec,
+            max_packet: self.agent_max_packet_ms.map(Millis),
+        })
+    }
 }
 
 /// A snapshot this soon after the previous one averages its rates over

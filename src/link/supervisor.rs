@@ -16,13 +16,14 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{RTCPeerConnectionState, RTCSessionDescription};
 
 use super::pacer::PacedFrames;
-use super::peer::{Peer, PeerConfig, PeerSignal, answer_uses_inband_fec};
+use super::peer::{Peer, PeerConfig, PeerSignal, agent_decoder};
 use super::redundancy::{Change, Redundancy};
 use super::rtp_clock::RtpClock;
 use super::rtvi::{self, ClientMessage, Ignored, Inbound, Signalling};
 use super::signaling::{Candidate, OfferKind, Signaling};
 use super::stats::{self, Counters, LinkStats};
 use super::{LinkError, LinkEvent, LinkSettings, OpusFrame, OpusPacket};
+use crate::audio::AgentDecoder;
 use crate::error_text::error_chain;
 
 pub(crate) enum Control {
@@ -55,8 +56,8 @@ pub(super) struct PeerRun {
     /// Candidates found after the offer went out must be trickled.
     trickle: bool,
     payload_type: u8,
-    /// The agent's answer said its decoder uses Opus in-band FEC.
-    agent_fec: bool,
+    /// What the agent's answer said its decoder takes.
+    agent: AgentDecoder,
     /// Audio tracks the agent opened; one is read, more are ignored.
     tracks: u32,
 }
@@ -80,7 +81,10 @@ pub(super) async fn establish(ctx: &Arc<Ctx>, kind: OfferKind) -> Result<PeerRun
         dc,
         trickle: false,
         payload_type: 0,
-        agent_fec: false,
+        agent: AgentDecoder {
+            inband_fec: false,
+            max_packet: None,
+        },
         tracks: 0,
     };
     let result = async {
@@ -124,7 +128,7 @@ async fn negotiate(ctx: &Ctx, run: &mut PeerRun, kind: OfferKind) -> Result<(), 
         ))?
         .sdp;
     let answer = ctx.signaling.offer(&sdp, kind).await?;
-    run.agent_fec = answer_uses_inband_fec(&answer);
+    run.agent = agent_decoder(&answer);
     run.peer
         .pc
         .set_remote_description(RTCSessionDescription::answer(answer)?)
@@ -132,7 +136,8 @@ async fn negotiate(ctx: &Ctx, run: &mut PeerRun, kind: OfferKind) -> Result<(), 
     debug!(
         ?kind,
         trickle = run.trickle,
-        agent_decodes_fec = run.agent_fec,
+        agent_decodes_fec = run.agent.inband_fec,
+        agent_max_packet_ms = run.agent.max_packet.map(|m| m.0),
         "offer answered"
     );
     Ok(())
@@ -376,7 +381,8 @@ impl Supervisor {
             Control::Stats(reply) => {
                 let mut stats = self.stats.collect(&self.ctx.counters, &self.run.peer).await;
                 stats.sending_twice = self.redundancy.lossy();
-                stats.agent_decodes_fec = Some(self.run.agent_fec);
+                stats.agent_decodes_fec = Some(self.run.agent.inband_fec);
+                stats.agent_max_packet_ms = self.run.agent.max_packet.map(|m| m.0);
                 let _ = reply.send(stats);
             }
         }

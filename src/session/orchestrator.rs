@@ -766,8 +766,8 @@ impl Orchestrator {
         if let Some(fraction) = stats.loss_out_recent {
             self.engine.report_loss_out(stats.remote_reports, fraction);
         }
-        if let Some(fec) = stats.agent_decodes_fec {
-            self.engine.set_inband_fec(fec);
+        if let Some(agent) = stats.agent_decoder() {
+            self.engine.follow_agent(agent);
         }
     }
 

@@ -17,3 +17,5 @@ mod message;
 mod net;
 mod rtp;
 mod sdp;
+
+pub use sdp::OFFERED_PTIME;

@@ -7,10 +7,16 @@ use std::net::{IpAddr, SocketAddr};
 
 use rtc::sdp::description::session::SessionDescription;
 
+use crate::audio::Millis;
+
 /// Opus's payload type in our offer (dynamic; what Daily and browsers use).
 pub const OPUS_PT: u8 = 111;
 /// G.711 μ-law's static payload type.
 pub const PCMU_PT: u8 = 0;
+/// The packet length the offer asks for (`a=ptime`), and so the length
+/// the leg's own Opus frames have: Daily's endpoint has been tried with
+/// no other.
+pub const OFFERED_PTIME: Millis = Millis(20);
 
 /// The audio codec the call runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -100,10 +106,11 @@ pub fn offer(rtp: SocketAddr, session_id: u64, version: u64, codecs: Codecs) -> 
          a=rtpmap:{OPUS_PT} opus/48000/2\r\n\
          a=fmtp:{OPUS_PT} useinbandfec=1\r\n\
          {pcmu}\
-         a=ptime:20\r\n\
+         a=ptime:{ptime}\r\n\
          a=rtcp-mux\r\n\
          a=sendrecv\r\n",
         port = rtp.port(),
+        ptime = OFFERED_PTIME.0,
     )
 }
 

@@ -91,7 +91,8 @@ fn wav_devices_run_a_short_conversation_in_real_time() {
     let ended = ended.expect("utterance did not end");
     assert!(ended.end.0.abs_diff(3730) <= 560, "{ended:?}");
     let streamed = 1 + engine.frames().try_iter().count();
-    assert!(streamed > 100, "only {streamed} packets streamed");
+    // 40 ms packets.
+    assert!(streamed > 50, "only {streamed} packets streamed");
 
     // The speaker file holds the bot's second of speech.
     let played = read_wav(&speaker).unwrap();

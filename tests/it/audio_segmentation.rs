@@ -178,18 +178,19 @@ fn stream_fixture(audio: &AudioSettings, metrics: Arc<AudioMetrics>) -> Recorder
 fn speech_is_held_until_the_link_is_ready_then_every_frame_is_streamed() {
     let metrics = Arc::new(AudioMetrics::default());
     let rec = stream_fixture(&AudioSettings::default(), metrics.clone());
-    // Everything from the pre-roll (0.7 s) to 2.5 s: 90 frames of 20 ms.
-    assert_eq!(rec.released, 90, "packets released");
+    // Everything from the pre-roll (0.7 s) to 2.5 s: 45 packets of 40 ms
+    // (the default).
+    assert_eq!(rec.released, 45, "packets released");
     assert!(rec.frames[0].after_silence);
-    let last = rec.frames[rec.released - 1].timestamp / 960;
-    assert_eq!(last, 89, "last released frame");
-    // From then on one packet per 20 ms, silences included, up to the end
+    let last = rec.frames[rec.released - 1].timestamp / 1920;
+    assert_eq!(last, 44, "last released frame");
+    // From then on one packet per 40 ms, silences included, up to the end
     // of the file (13.42 s): the agent hears the pauses between utterances
     // as audio, which is how its VAD ends a turn.
-    assert_eq!(rec.frames.len(), (13_420 - 700) / 20);
+    assert_eq!(rec.frames.len(), (13_420 - 700) / 40);
     let timestamps: Vec<u32> = rec.frames.iter().map(|f| f.timestamp).collect();
     assert!(
-        timestamps.windows(2).all(|w| w[1] == w[0] + 960),
+        timestamps.windows(2).all(|w| w[1] == w[0] + 1920),
         "a gap or reordering in the stream"
     );
     let talkspurts = rec.frames.iter().filter(|f| f.after_silence).count();
@@ -215,13 +216,13 @@ fn each_wake_up_for_the_audio_asked_for_sends_one_packet() {
     for chunk in before.chunks(160) {
         cap.push_samples(chunk, &mut rec).unwrap();
     }
-    assert_eq!(cap.until_next_packet(), Millis(20), "nothing encoded yet");
+    assert_eq!(cap.until_next_packet(), Millis(40), "nothing encoded yet");
     cap.link_ready(&mut rec);
-    // Half a packet in (a wake-up for another reason took 10 ms): the next
-    // wake-up comes 10 ms later.
-    let (half, mut rest) = after.split_at(160);
-    cap.push_samples(half, &mut rec).unwrap();
-    assert_eq!(cap.until_next_packet(), Millis(10));
+    // A quarter of a packet in (a wake-up for another reason took 10 ms):
+    // the next wake-up comes 30 ms later.
+    let (quarter, mut rest) = after.split_at(160);
+    cap.push_samples(quarter, &mut rec).unwrap();
+    assert_eq!(cap.until_next_packet(), Millis(30));
     let mut wake_ups = 0;
     while !rest.is_empty() {
         let want = clip
@@ -234,11 +235,11 @@ fn each_wake_up_for_the_audio_asked_for_sends_one_packet() {
         rest = later;
         if !rest.is_empty() {
             assert_eq!(rec.frames.len(), sent + 1, "wake-up {wake_ups}");
-            assert_eq!(cap.until_next_packet(), Millis(20));
+            assert_eq!(cap.until_next_packet(), Millis(40));
         }
         wake_ups += 1;
     }
-    assert!(wake_ups > 500, "{wake_ups} wake-ups");
+    assert!(wake_ups > 250, "{wake_ups} wake-ups");
 }
 
 #[test]
@@ -251,7 +252,7 @@ fn with_dtx_on_silences_send_nothing_and_speech_opens_talkspurts() {
     let rec = stream_fixture(&audio, metrics.clone());
     // DTX frames of the pauses are never sent.
     assert!(
-        rec.frames.len() < (13_420 - 700) / 20 - 100,
+        rec.frames.len() < (13_420 - 700) / 40 - 50,
         "{} packets with DTX on",
         rec.frames.len()
     );
@@ -276,13 +277,14 @@ fn buffer_overflow_drops_the_oldest_audio_and_counts_it() {
         cap.push_samples(chunk, &mut rec).unwrap();
     }
     cap.link_ready(&mut rec);
-    assert_eq!(rec.frames.len(), 50, "buffer holds 1 s");
-    // 0.7 s .. 3.0 s were encoded (115 frames); the newest second survived.
+    // 25 packets of 40 ms.
+    assert_eq!(rec.frames.len(), 25, "buffer holds 1 s");
+    // 0.7 s .. 3.0 s were encoded (57 packets); the newest second survived.
     let dropped = AudioMetrics::get(&metrics.buffer_overflow_packets);
-    let dtx = AudioMetrics::get(&metrics.packets_encoded) - dropped - 50;
-    assert!(dropped >= 55 && dtx < 10, "{dropped} dropped, {dtx} DTX");
-    let last = rec.frames[49].timestamp / 960;
-    assert!((113..=114).contains(&last), "last released frame {last}");
-    assert!(rec.frames[0].timestamp / 960 >= last - 50);
+    let dtx = AudioMetrics::get(&metrics.packets_encoded) - dropped - 25;
+    assert!(dropped >= 27 && dtx < 5, "{dropped} dropped, {dtx} DTX");
+    let last = rec.frames[24].timestamp / 1920;
+    assert!((56..=57).contains(&last), "last released frame {last}");
+    assert!(rec.frames[0].timestamp / 1920 >= last - 25);
     assert!(rec.frames[0].after_silence, "the jump is marked");
 }

@@ -227,7 +227,8 @@ async fn call_delivers_the_agents_replies_through_loss_and_jitter() {
         );
         assert_eq!(summary["ended_by"], "duration", "the call held");
         let rate = stats["send_packet_rate"].as_f64().unwrap();
-        assert!((40.0..=60.0).contains(&rate), "{rate} packets a second");
+        // 40 ms packets: 25 a second.
+        assert!((20.0..=30.0).contains(&rate), "{rate} packets a second");
         assert!(replies >= 2, "the agent heard the kiosk");
         assert!(
             d.share >= min_share,

@@ -353,11 +353,12 @@ async fn the_agent_leaving_ends_the_session_and_the_next_visitor_gets_a_new_one(
     );
 }
 
-/// Inside a live call the kiosk sends a packet every 20 ms, the pauses
-/// between utterances included, as a browser does: an agent such as Pipecat
+/// Inside a live call the kiosk sends a packet every 40 ms (the default),
+/// the pauses between utterances included, as a browser does every 20 ms:
+/// an agent such as Pipecat
 /// hears the end of a turn only through silent frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_call_streams_every_20_ms_through_the_pauses() {
+async fn a_live_call_streams_every_40_ms_through_the_pauses() {
     let agent = agent().await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(
@@ -400,7 +401,7 @@ async fn a_live_call_streams_every_20_ms_through_the_pauses() {
         "{} packets over {span} ms; after the first 3 s {rate:.1}/s, longest gap {longest_gap} ms",
         arrivals.len()
     );
-    assert!((47.0..=51.0).contains(&rate), "{rate:.1} packets/s");
+    assert!((23.5..=25.5).contains(&rate), "{rate:.1} packets/s");
     // A sender that goes quiet between utterances leaves gaps of a second
     // or more; scheduling on a busy machine may delay a packet, not skip many.
     assert!(longest_gap < 400, "a {longest_gap} ms gap in the stream");

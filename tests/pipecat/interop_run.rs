@@ -31,6 +31,7 @@ use common::{
 };
 use daily_support::{API_KEY as DAILY_KEY, FakeDaily};
 use interop::{PipecatBot, SERIAL};
+use kiosk_gateway::testkit::network::{NetworkProfile, NetworkProxy};
 use serde_json::Value;
 
 const AGENT_KEY: &str = "pk_test_interop_do_not_log";
@@ -310,41 +311,73 @@ async fn static_offer_url_four_turns_with_a_pipecat_bot() {
     assert!(fec.contains("inband_fec=false"), "{fec}");
 }
 
-/// `audio.opus_frame_ms = 40`: the daemon sends 40 ms packets, about 25 a
-/// second where it sends 50 at 20 ms (the status page's rate), and the
-/// stock bot still hears and answers all four turns.
+/// The median of the status API's `link.send_packets_per_second` while
+/// the link was live, from `run_session_watched`'s views.
+fn median_send_rate(rates: std::sync::Mutex<Vec<f64>>) -> f64 {
+    let mut rates = rates.into_inner().unwrap();
+    assert!(rates.len() >= 20, "{rates:?}");
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
+/// Records the status API's packet rate while the link is live.
+fn watch_send_rate(rates: &std::sync::Mutex<Vec<f64>>) -> impl Fn(&Value) + '_ {
+    move |s| {
+        if let Some(rate) = s["link"]["send_packets_per_second"].as_f64()
+            && s["link"]["live"] == true
+            && rate > 0.0
+        {
+            rates.lock().unwrap().push(rate);
+        }
+    }
+}
+
+/// By default the daemon sends 40 ms packets, about 25 a second (the
+/// status page's rate), and the stock bot hears and answers all four turns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forty_ms_packets_four_turns_with_a_pipecat_bot() {
+async fn forty_ms_packets_by_default_four_turns_with_a_pipecat_bot() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let bot = PipecatBot::start(dir.path(), &BOT_ARGS);
     let agent = format!("offer_url = \"{}\"", bot.url("/api/offer"));
     let rates = std::sync::Mutex::new(Vec::new());
-    let (d, row) = run_session_watched(
-        dir.path(),
-        &bot,
-        &agent,
-        "",
-        &[("KIOSK_GATEWAY_AUDIO_OPUS_FRAME_MS", "40")],
-        |s| {
-            if let Some(rate) = s["link"]["send_packets_per_second"].as_f64()
-                && s["link"]["live"] == true
-                && rate > 0.0
-            {
-                rates.lock().unwrap().push(rate);
-            }
-        },
-    )
-    .await;
+    let (d, row) =
+        run_session_watched(dir.path(), &bot, &agent, "", &[], watch_send_rate(&rates)).await;
     assert_four_turns(dir.path(), &row, &bot, &d).await;
-    let mut rates = rates.into_inner().unwrap();
-    assert!(rates.len() >= 20, "{rates:?}");
-    rates.sort_by(f64::total_cmp);
-    let median = rates[rates.len() / 2];
-    assert!(
-        (20.0..=32.0).contains(&median),
-        "{median} packets a second: {rates:?}"
-    );
+    let median = median_send_rate(rates);
+    assert!((20.0..=32.0).contains(&median), "{median} packets a second");
+    assert!(!d.stderr().contains("packets follow the agent's answer"));
+}
+
+/// An agent whose answer asks for packets of 20 ms at most
+/// (`a=maxptime:20`, added by a proxy in front of the stock bot) gets
+/// them: about 50 a second, and all four turns heard and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_asking_for_20_ms_packets_gets_them_four_turns_with_a_pipecat_bot() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bot = PipecatBot::start(dir.path(), &BOT_ARGS);
+    let proxy = NetworkProxy::with_answer_lines(
+        format!("127.0.0.1:{}", bot.port).parse().unwrap(),
+        NetworkProfile::default(),
+        NetworkProfile::default(),
+        "a=maxptime:20\r\n",
+    )
+    .await
+    .unwrap();
+    let agent = format!("offer_url = \"{}\"", proxy.url("/api/offer"));
+    let rates = std::sync::Mutex::new(Vec::new());
+    let (d, row) =
+        run_session_watched(dir.path(), &bot, &agent, "", &[], watch_send_rate(&rates)).await;
+    assert_four_turns(dir.path(), &row, &bot, &d).await;
+    let median = median_send_rate(rates);
+    assert!((40.0..=60.0).contains(&median), "{median} packets a second");
+    let stderr = d.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("packets follow the agent's answer"))
+        .unwrap_or_else(|| panic!("the packet length never followed the answer:\n{stderr}"));
+    assert!(line.contains("packet_ms=20"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,6 +141,14 @@ fn call_reaches_a_pipecat_bot() {
         summary["bot_ready_ms"].as_u64().is_some(),
         "bot-ready from Pipecat"
     );
+    // 9 s of audio in 40 ms packets, the default: 225 (a few may be
+    // dropped while the link comes up). aiortc's answer asks for no
+    // packet length.
+    assert_eq!(summary["packet_ms"], 40, "{summary}");
+    assert_eq!(summary["stats"]["agent_max_packet_ms"], Value::Null);
+    let sent = summary["stats"]["packets_sent"].as_u64().unwrap();
+    assert!((200..=240).contains(&sent), "{sent} packets sent");
+    assert!(summary["audio_sent_ms"].as_u64().unwrap() >= 8500);
     assert!(summary["audio_received_ms"].as_u64().unwrap() >= 1000);
     // Pipecat streams silence from the start: the bot's voice is its
     // reply, which comes after the 2.7 s utterance and its turn's end, two
@@ -169,12 +177,12 @@ fn call_reaches_a_pipecat_bot() {
     assert!(corr >= 0.7, "reply correlation {corr}");
 }
 
-/// With `audio.opus_frame_ms = 40` the kiosk sends half as many packets,
-/// each 40 ms long: the stock bot (aiortc's decoder, Silero over the
-/// frames it makes of them) hears and answers the visitor as before, and
-/// its own 20 ms packets play as before.
+/// With `audio.opus_frame_ms = 20` the kiosk sends twice as many packets,
+/// each 20 ms long, as browsers do: the stock bot (aiortc's decoder,
+/// Silero over the frames it makes of them) hears and answers the visitor
+/// as at 40 ms, and its own 20 ms packets play as before.
 #[test]
-fn call_with_40_ms_packets_reaches_a_pipecat_bot() {
+fn call_with_20_ms_packets_reaches_a_pipecat_bot() {
     let _serial = interop::SERIAL.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let bot = PipecatBot::start(dir.path(), &BOT_ARGS);
@@ -182,7 +190,7 @@ fn call_with_40_ms_packets_reaches_a_pipecat_bot() {
     std::fs::write(
         &config,
         format!(
-            "[agent]\noffer_url = \"{}\"\n[audio]\nopus_frame_ms = 40\n",
+            "[agent]\noffer_url = \"{}\"\n[audio]\nopus_frame_ms = 20\n",
             bot.url("/api/offer")
         ),
     )
@@ -192,10 +200,10 @@ fn call_with_40_ms_packets_reaches_a_pipecat_bot() {
 
     assert_first_turn(&summary, &bot);
     link_support::assert_voice(&summary, 700..=1000, 2500);
-    // 9 s of audio in 40 ms packets: 225, not 450 (a few may be dropped
-    // while the link comes up).
+    // 9 s of audio in 20 ms packets: 450.
+    assert_eq!(summary["packet_ms"], 20, "{summary}");
     let sent = summary["stats"]["packets_sent"].as_u64().unwrap();
-    assert!((200..=240).contains(&sent), "{sent} packets sent");
+    assert!((400..=470).contains(&sent), "{sent} packets sent");
     assert!(summary["audio_sent_ms"].as_u64().unwrap() >= 8500);
 
     let reply = interop::reply();
