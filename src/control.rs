@@ -51,7 +51,8 @@ pub struct LinkView {
     pub agent_jitter_ms: Option<f64>,
     pub send_kbps: f64,
     pub recv_kbps: f64,
-    /// 50 while a call is live: the agent hears every 20 ms, silences included.
+    /// 25 while a call is live (50 with 20 ms packets): the agent hears every
+    /// packet, silences included.
     pub send_packets_per_second: f64,
     pub restarts: u64,
 }

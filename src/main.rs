@@ -137,7 +137,7 @@ enum Command {
         /// input file's rate) or `none`.
         #[arg(long, default_value = "none")]
         output: CallOutput,
-        /// Length of the call; audio is sent every 20 ms (`audio.opus_frame_ms`) throughout.
+        /// Length of the call; a packet of audio is sent every 40 ms (`audio.opus_frame_ms`) throughout.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
         /// Near-silence sent between repetitions of the input.

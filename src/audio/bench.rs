@@ -88,7 +88,8 @@ pub struct PathReport {
 /// Opus packet leaving the DSP thread, measured on a live engine.
 #[derive(Clone, Debug, Serialize)]
 pub struct LatencyReport {
-    /// Collecting a 20 ms Opus frame: the first sample of a packet waits this long.
+    /// Collecting one packet's audio (`opus_frame_ms`): the first sample of
+    /// a packet waits this long.
     pub framing_ms: u32,
     /// From the delivery of a packet's last samples to the packet.
     pub mean_us: u64,
@@ -635,7 +636,7 @@ fn live_latency(audio: &AudioSettings) -> Result<LatencyReport, AudioError> {
         let packets = engine.frames().try_iter().count() as u64;
         let (mean_us, max_us) = engine.metrics().capture_latency_us().unwrap_or((0, 0));
         Ok(LatencyReport {
-            framing_ms: 20,
+            framing_ms: audio.opus_frame().0,
             mean_us,
             max_us,
             packets,

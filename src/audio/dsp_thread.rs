@@ -39,7 +39,8 @@ use crate::liveness::{Part, wedge_requested};
 /// The DSP thread sleeps until there is work: a device callback, a control
 /// message or a paced file's next frame wakes it. This bounds the sleep so a
 /// device that stops calling back is still noticed; it is longer than the
-/// microphone's wake-ups, one per 20 ms packet, so it does not split them.
+/// microphone's wake-ups, one per packet (40 or 20 ms), so it does not
+/// split them.
 const MAX_WAIT: Duration = Duration::from_millis(50);
 /// The wake-up interval while no microphone and no speaker is open: there is
 /// no callback to keep up with, only reopen attempts and paced playout that

@@ -138,7 +138,7 @@ impl AudioEngine {
         let metrics = Arc::new(AudioMetrics::default());
         let (control_tx, control_rx) = async_mpsc::channel(CONTROL_QUEUE);
         let (event_tx, events) = queue(EVENT_QUEUE, "events");
-        // One packet per 20 ms Opus frame.
+        // At most one packet per 20 ms (the shortest the kiosk sends).
         let buffered_packets = (vad.buffer_ms.0 / (2 * FRAME_MS.0)) as usize;
         let (frame_tx, frames) = queue(buffered_packets + FRAME_QUEUE_SPARE, "frames");
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);

@@ -102,9 +102,11 @@ pub struct AudioSettings {
     /// Playout queued between the DSP thread and the speaker callback:
     /// enough to ride over the thread's wake-ups, small enough that a
     /// barge-in fade is heard at once. The microphone wakes the thread once
-    /// per 20 ms packet; 30 ms lasts from one wake-up to the next with a
-    /// 10 ms speaker period to spare. Less makes the speaker wake the thread
-    /// in between: 10 ms less delay for up to twice the wake-ups.
+    /// per packet; at 20 ms packets 30 ms lasts from one wake-up to the
+    /// next with a 10 ms speaker period to spare, and at 40 ms the speaker
+    /// wakes the thread once in between when its queue runs low. Less makes
+    /// the speaker wake the thread more often: 10 ms less delay for more
+    /// wake-ups.
     pub device_buffer_ms: Millis,
     /// Microphone samples the ring between callback and DSP thread holds.
     /// It adds no delay (the DSP thread drains it as each packet's audio

@@ -1,9 +1,10 @@
 //! Reading the peer connection's UDP socket on the kiosk's own send clock.
 //!
-//! During a live session the kiosk sends one RTP packet every 20 ms and the
-//! agent sends one every 20 ms back, at an unrelated phase. With the stock
-//! socket each arriving datagram wakes the runtime's thread through epoll,
-//! so the thread wakes twice per 20 ms: once to send, once to receive. Each
+//! During a live session the kiosk sends one RTP packet every 40 ms (or
+//! 20 ms, `audio.opus_frame_ms`) and the agent sends one every 20 ms back,
+//! at an unrelated phase. With the stock socket each arriving datagram
+//! wakes the runtime's thread through epoll, so the thread wakes once to
+//! send and once or twice to receive per packet sent. Each
 //! wake-up (epoll, a context switch, a turn of the WebRTC driver) costs far
 //! more than the packet it brings.
 //!
@@ -12,7 +13,7 @@
 //! interval (on average half of one) in the kernel's queue, and both
 //! directions are served by one wake-up. The agent's audio goes to a jitter
 //! buffer of several packets, RTCP and RTVI messages are not time-critical
-//! to 20 ms, and ICE consent answers have seconds of slack. When the media
+//! to 40 ms, and ICE consent answers have seconds of slack. When the media
 //! sends stop (DTX silence, the end of a session, a lost link) a backstop
 //! timer reads the queue and the socket goes back to epoll at once; during
 //! set-up (ICE, DTLS), before any media is sent, it is read the stock way.
@@ -198,7 +199,7 @@ fn readable(socket: &std::net::UdpSocket) -> io::Result<AsyncFd<OwnedFd>> {
 }
 
 /// RTP, not RTCP, STUN or DTLS (RFC 7983, RFC 5761): what the kiosk sends
-/// every 20 ms while it streams.
+/// every packet interval while it streams.
 fn is_rtp(datagram: &[u8]) -> bool {
     matches!(datagram, [first, second, ..]
         if (128..=191).contains(first) && !(192..=223).contains(second))

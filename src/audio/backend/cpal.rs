@@ -71,7 +71,7 @@ pub struct CaptureClock {
     pub epoch: Instant,
     /// Queued microphone audio, in ms, that wakes the DSP thread: what the
     /// encoder lacks for its next packet, as the thread last said. The
-    /// encoder sends nothing before it has a whole 20 ms packet, so waking
+    /// encoder sends nothing before it has a whole packet (40 or 20 ms), so waking
     /// for each 10 ms device period would send nothing sooner (the VAD
     /// hears the first half up to 10 ms later); it would only double the
     /// wake-ups.
