@@ -430,12 +430,12 @@ pub async fn run_call(
     // One packet's audio, as the kiosk sends it to this agent: its answer
     // is in, and may ask for shorter packets than configured.
     let configured = options.audio.opus_frame();
-    let frame_ms = match link.stats().await {
-        Ok(stats) => stats
-            .agent_decoder()
-            .map_or(configured, |agent| agent.packet_length(configured)),
-        Err(_) => configured,
-    };
+    let frame_ms = link
+        .stats()
+        .await
+        .ok()
+        .and_then(|stats| stats.agent_decoder())
+        .map_or(configured, |agent| agent.packet_length(configured));
     let frame_duration = Duration::from(frame_ms);
     // The speaker's 10 ms frames played on each packet's tick.
     let speaker_frames_per_tick = frame_ms.frames() as usize;

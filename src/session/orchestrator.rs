@@ -412,6 +412,10 @@ impl Orchestrator {
                         .is_some_and(|p| matches!(p.media, MediaTarget::Sip { .. }));
                 }
                 self.feed(Event::Connected).await;
+                // The agent's answer is in: the encoder follows it from the
+                // call's first packets, not from the next stats tick, and
+                // the page shows the link at once.
+                self.on_link_stats().await;
                 // A SIP leg has no RTVI: an answered call is a bot that
                 // hears us (Daily's endpoint answers only once it is in the room).
                 if sip {
@@ -754,8 +758,9 @@ impl Orchestrator {
         metrics::histogram!("kiosk_session_duration_seconds").record(duration.as_secs_f64());
     }
 
-    /// Every couple of seconds of a call: its figures for the page, and the
-    /// agent's latest loss report for the encoder.
+    /// When the call connects and every couple of seconds after: its
+    /// figures for the page, and for the encoder the agent's answer and
+    /// its latest loss report.
     async fn on_link_stats(&mut self) {
         let Some((link, _)) = self.current.as_ref().and_then(|c| c.link.as_ref()) else {
             return;
